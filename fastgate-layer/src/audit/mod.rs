@@ -1,0 +1,5 @@
+//! Asynchronous auditing (ports only so far).
+mod event;
+mod sink;
+pub use event::{AuditEvent, Outcome, TokenUsage};
+pub use sink::AuditSink;

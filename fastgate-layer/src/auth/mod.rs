@@ -1,0 +1,3 @@
+//! API-key authentication (ports only so far).
+mod resolver;
+pub use resolver::{KeyResolver, PresentedKey, ResolveError};
