@@ -1,0 +1,483 @@
+// End-to-end tests of the FastGate admin dashboard in a real Chromium.
+//
+// Starts the REAL fastgate binary ($FASTGATE_BIN) in front of the mock backend
+// ($MOCK_BACKEND_BIN), drives /admin/ui/ with playwright-core + Debian's chromium,
+// and sends proxy traffic from node. Run: `npm ci && node --test` in e2e/ with
+// FASTGATE_BIN and MOCK_BACKEND_BIN set (CHROMIUM_PATH defaults to /usr/bin/chromium).
+
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SHOTS = path.join(HERE, 'screenshots');
+const ADMIN_TOKEN = 'e2e-admin-token';
+const XSS = '<img src=x onerror=alert(1)>';
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const CHROME_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+const children = [];
+let tmp;
+let base; // http://127.0.0.1:PORT
+let browser;
+const dialogs = []; // every JS dialog any page opened (must stay empty)
+const foreignRequests = []; // requests to anything but the gateway (must stay empty: no CDN)
+const failedAssets = []; // dashboard assets that did not load
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} must point at the built binary (see e2e/dashboard.test.mjs header)`);
+  if (!fs.existsSync(v)) throw new Error(`${name}=${v} does not exist`);
+  return v;
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function startChild(name, bin, args) {
+  const log = fs.openSync(path.join(tmp, `${name}.log`), 'a');
+  const child = spawn(bin, args, { stdio: ['ignore', log, log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
+  child.name = name;
+  child.on('exit', (code, sig) => { child.exited = { code, sig }; });
+  children.push(child);
+  return child;
+}
+
+function logTail(name) {
+  try {
+    const txt = fs.readFileSync(path.join(tmp, `${name}.log`), 'utf8');
+    return txt.split('\n').slice(-40).join('\n');
+  } catch { return '(no log)'; }
+}
+
+async function killAll() {
+  await Promise.all(children.map((c) => new Promise((resolve) => {
+    if (c.exitCode !== null || c.signalCode !== null) return resolve();
+    const t = setTimeout(() => { try { c.kill('SIGKILL'); } catch { /* gone */ } }, 3000);
+    c.once('exit', () => { clearTimeout(t); resolve(); });
+    try { c.kill('SIGTERM'); } catch { clearTimeout(t); resolve(); }
+  })));
+}
+// Last resort if the runner dies before `after` runs.
+process.on('exit', () => { for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } } });
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what, fn, { timeout = 15000, interval = 200 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) { last = e; }
+    await sleep(interval);
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+async function waitHealthy(child, name, url) {
+  await waitFor(`${url} to answer 200`, async () => {
+    if (child.exited) throw new Error(`${name} exited early (${JSON.stringify(child.exited)}):\n${logTail(name)}`);
+    const res = await fetch(url).catch(() => null);
+    return res && res.status === 200;
+  }, { timeout: 30000, interval: 250 }).catch((e) => {
+    throw new Error(`${e.message}\n--- ${name} log ---\n${logTail(name)}`);
+  });
+}
+
+function chat(apiKey, { stream = false, model = 'gpt-e2e', headers = {} } = {}) {
+  return fetch(`${base}/proxy/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}`, ...headers },
+    body: JSON.stringify({ model, stream, messages: [{ role: 'user', content: 'hello from e2e' }] }),
+  });
+}
+
+async function newPage({ width = 1280, height = 800, locale = 'en-US' } = {}) {
+  const context = await browser.newContext({ viewport: { width, height }, locale, deviceScaleFactor: 1 });
+  const page = await context.newPage();
+  page.on('dialog', async (d) => { dialogs.push(`${d.type()}: ${d.message()}`); await d.dismiss().catch(() => {}); });
+  page.on('request', (r) => {
+    const u = new URL(r.url());
+    if (!['http:', 'https:'].includes(u.protocol)) return; // data: URIs from Bootstrap's CSS
+    if (`${u.protocol}//${u.host}` !== base) foreignRequests.push(r.url());
+  });
+  page.on('response', (r) => {
+    if (r.url().includes('/admin/ui/') && r.status() >= 400) failedAssets.push(`${r.status()} ${r.url()}`);
+  });
+  page.on('requestfailed', (r) => { if (r.url().includes('/admin/ui/')) failedAssets.push(`failed ${r.url()}`); });
+  return { context, page };
+}
+
+async function signIn(page, token = ADMIN_TOKEN) {
+  await page.goto(`${base}/admin/ui/?token=${encodeURIComponent(token)}`);
+}
+
+async function shot(page, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.waitForFunction(() => !document.querySelector('.modal-backdrop:not(.show)'));
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true, animations: 'disabled' });
+}
+
+const tid = (page, id) => page.locator(`[data-testid="${id}"]`);
+
+/** Click refresh and wait for the dashboard's API calls to finish. */
+async function refresh(page) {
+  const done = page.waitForResponse((r) => r.url().includes('/admin/metrics'));
+  await tid(page, 'refresh-btn').click();
+  await done;
+  await page.waitForFunction(() => document.getElementById('refresh-spinner').classList.contains('d-none'));
+}
+
+function keyRow(page, sourceText) {
+  return page.locator('[data-testid="key-row"]', { has: page.locator('[data-testid="key-source-text"]', { hasText: sourceText }) });
+}
+
+async function createKeyInUi(page, source, name) {
+  await tid(page, 'tab-keys').click();
+  await tid(page, 'key-source').fill(source);
+  if (name) await tid(page, 'key-name').fill(name);
+  await tid(page, 'key-create-submit').click();
+  await tid(page, 'new-key-box').waitFor({ state: 'visible' });
+  const apiKey = await tid(page, 'new-key-value').inputValue();
+  await keyRow(page, source).first().waitFor();
+  return apiKey;
+}
+
+before(async () => {
+  const fastgateBin = need('FASTGATE_BIN');
+  const mockBin = need('MOCK_BACKEND_BIN');
+  assert.ok(fs.existsSync(CHROMIUM), `chromium not found at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM_PATH)`);
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fastgate-e2e-'));
+
+  const mockPort = await freePort();
+  const mock = startChild('mock_backend', mockBin, ['--listen', `127.0.0.1:${mockPort}`]);
+  await waitFor('mock backend to listen', async () => {
+    if (mock.exited) throw new Error(`mock_backend exited early:\n${logTail('mock_backend')}`);
+    return new Promise((resolve) => {
+      const s = net.connect(mockPort, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+  });
+
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  const cfg = path.join(tmp, 'fastgate.yaml');
+  fs.writeFileSync(cfg, [
+    `app: {host: "127.0.0.1", port: ${port}}`,
+    `database: {url: "sqlite:///${path.join(tmp, 'fastgate.db')}"}`,
+    `security: {admin_token: "${ADMIN_TOKEN}", key_prefix: "fg_", default_expiry_days: 365}`,
+    'api_gateway:',
+    `  backend_url: "http://127.0.0.1:${mockPort}"`,
+    '  backend_path: "/v1/chat/completions"',
+    '  real_api_key: "sk-e2e-real"',
+    '  strip_headers: ["host", "x-api-key", "authorization", "x-forwarded-for"]',
+    '  async_audit: true',
+    '  timeout: 60',
+    '',
+  ].join('\n'));
+  const gate = startChild('fastgate', fastgateBin, ['--config', cfg]);
+  await waitHealthy(gate, 'fastgate', `${base}/health`);
+
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROME_ARGS });
+});
+
+after(async () => {
+  try { if (browser) await browser.close(); } finally {
+    await killAll();
+    if (tmp && !process.env.E2E_KEEP_TMP) fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+describe('FastGate dashboard', { concurrency: 1 }, () => {
+  let page;
+  let context;
+  let apiKey;
+  const source = 'e2e-user';
+
+  test('opens with ?token=, then removes the token from the address bar', async () => {
+    ({ context, page } = await newPage());
+    await signIn(page);
+    await tid(page, 'app-view').waitFor({ state: 'visible' });
+    assert.ok(!page.url().includes('token'), `token still in URL: ${page.url()}`);
+    assert.equal(new URL(page.url()).pathname, '/admin/ui/');
+    const stored = await page.evaluate(() => sessionStorage.getItem('fastgate.admin_token'));
+    assert.equal(stored, ADMIN_TOKEN);
+    assert.equal(await tid(page, 'signin-view').isVisible(), false);
+    // System status comes from /health.
+    await page.waitForFunction(() => document.querySelector('[data-testid="health-status"]').textContent === 'ok');
+    assert.match(await tid(page, 'health-db').textContent(), /reachable/);
+    await tid(page, 'health-uptime').filter({ hasNotText: '—' }).waitFor();
+    // Fresh instance: the empty states are shown.
+    await tid(page, 'chart-empty').waitFor({ state: 'visible' });
+    assert.equal(await tid(page, 'stat-requests').getAttribute('data-value'), '0');
+  });
+
+  test('creates a key in the UI and shows it once in the copy box', async () => {
+    apiKey = await createKeyInUi(page, source, 'e2e laptop');
+    assert.match(apiKey, /^fg_\S{16,}$/, `unexpected key: ${apiKey}`);
+    assert.match(await tid(page, 'new-key-box').textContent(), /shown only once/);
+    const row = keyRow(page, source);
+    assert.equal(await row.locator('[data-testid="key-status"]').getAttribute('data-status'), 'active');
+    // The list shows the masked form only, never the full key.
+    assert.ok(!(await tid(page, 'keys-body').textContent()).includes(apiKey), 'full key shown in the list');
+    await shot(page, 'desktop-keys');
+    await tid(page, 'new-key-dismiss').click();
+    await tid(page, 'new-key-box').waitFor({ state: 'hidden' });
+    assert.equal(await tid(page, 'new-key-value').inputValue(), '');
+  });
+
+  test('proxy traffic (plain and stream) shows up in the audit log, cards and chart', async () => {
+    await tid(page, 'tab-dashboard').click();
+    const before = Number(await tid(page, 'stat-requests').getAttribute('data-value'));
+    const chartBefore = Number(await tid(page, 'trend-chart').getAttribute('data-total-requests'));
+
+    for (let i = 0; i < 3; i++) {
+      const res = await chat(apiKey);
+      const body = await res.text();
+      assert.equal(res.status, 200, `plain request ${i}: ${body}`);
+      assert.ok(JSON.parse(body).choices, `no choices in ${body}`);
+    }
+    for (let i = 0; i < 2; i++) {
+      const res = await chat(apiKey, { stream: true });
+      const body = await res.text();
+      assert.equal(res.status, 200, `stream request ${i}: ${body}`);
+      assert.match(body, /^data: /m);
+    }
+
+    await tid(page, 'tab-logs').click();
+    await waitFor('5 audit rows', async () => {
+      await refresh(page);
+      return (await tid(page, 'log-row').count()) >= 5;
+    }, { timeout: 20000, interval: 500 });
+
+    const rows = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => ({
+      stream: tr.getAttribute('data-stream'),
+      badge: tr.querySelector('[data-testid="log-stream-badge"]').textContent,
+      badgeStream: tr.querySelector('[data-testid="log-stream-badge"]').getAttribute('data-stream'),
+      status: tr.getAttribute('data-status'),
+      text: tr.textContent,
+    })));
+    assert.equal(rows.length, 5, JSON.stringify(rows));
+    assert.equal(rows.filter((r) => r.stream === 'true').length, 2);
+    assert.equal(rows.filter((r) => r.stream === 'false').length, 3);
+    for (const r of rows) {
+      assert.equal(r.badgeStream, r.stream);
+      assert.equal(r.badge, r.stream === 'true' ? 'Stream' : 'Plain');
+      assert.equal(r.status, '200');
+      assert.ok(r.text.includes(source), `row lacks source path: ${r.text}`);
+    }
+    // Newest first: the two stream requests were sent last.
+    assert.deepEqual(rows.map((r) => r.stream), ['true', 'true', 'false', 'false', 'false']);
+
+    // Filter: stream only.
+    await tid(page, 'logs-filter-stream').selectOption('true');
+    await waitFor('stream filter', async () => {
+      const s = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => tr.getAttribute('data-stream')));
+      return s.length === 2 && s.every((x) => x === 'true');
+    });
+    await tid(page, 'logs-filter-reset').click();
+    await waitFor('filter reset', async () => (await tid(page, 'log-row').count()) === 5);
+
+    // Detail view of one record.
+    await tid(page, 'log-row').first().click();
+    await tid(page, 'log-detail').waitFor({ state: 'visible' });
+    const detail = await tid(page, 'log-detail-body').textContent();
+    assert.ok(detail.includes('/proxy/v1/chat/completions'), detail);
+    assert.ok(detail.includes(source), detail);
+    await shot(page, 'desktop-log-detail');
+    await tid(page, 'log-detail-close').click();
+    await tid(page, 'log-detail').waitFor({ state: 'hidden' });
+    await page.locator('.modal-backdrop').waitFor({ state: 'detached' });
+    await shot(page, 'desktop-logs');
+
+    // Cards and chart changed.
+    await tid(page, 'tab-dashboard').click();
+    await refresh(page);
+    const after = Number(await tid(page, 'stat-requests').getAttribute('data-value'));
+    const chartAfter = Number(await tid(page, 'trend-chart').getAttribute('data-total-requests'));
+    assert.ok(after >= before + 5, `requests card ${before} -> ${after}`);
+    assert.ok(chartAfter >= chartBefore + 5, `chart total ${chartBefore} -> ${chartAfter}`);
+    assert.equal(await tid(page, 'stat-stream').getAttribute('data-value'), '2');
+    assert.equal(await tid(page, 'chart-empty').isVisible(), false);
+    assert.match(await tid(page, 'stat-success').textContent(), /100/);
+    // The chart follows the window selector.
+    await tid(page, 'window-1h').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '60'
+      || document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '61');
+    assert.ok(Number(await tid(page, 'trend-chart').getAttribute('data-total-requests')) >= 5);
+    await shot(page, 'desktop-dashboard');
+    // Key list shows the usage.
+    await tid(page, 'tab-keys').click();
+    await refresh(page);
+    assert.equal((await keyRow(page, source).locator('[data-testid="key-requests"]').textContent()).trim(), '5');
+    await tid(page, 'tab-dashboard').click();
+  });
+
+  test('disabling the key in the UI makes the proxy answer 401', async () => {
+    await tid(page, 'tab-keys').click();
+    const row = keyRow(page, source);
+    await row.locator('[data-testid="key-toggle"]').click();
+    await tid(page, 'confirm-modal').waitFor({ state: 'visible' });
+    await tid(page, 'confirm-ok').click();
+    await waitFor('status badge "disabled"', async () =>
+      (await row.locator('[data-testid="key-status"]').getAttribute('data-status')) === 'disabled');
+    const res = await chat(apiKey);
+    assert.equal(res.status, 401, await res.text());
+    // And back on.
+    await row.locator('[data-testid="key-toggle"]').click();
+    await waitFor('status badge "active"', async () =>
+      (await row.locator('[data-testid="key-status"]').getAttribute('data-status')) === 'active');
+    const again = await chat(apiKey);
+    assert.equal(again.status, 200, await again.text());
+  });
+
+  test('rotate shows the new key once; delete asks for confirmation', async () => {
+    const oldKey = await createKeyInUi(page, 'e2e-rotate');
+    await tid(page, 'new-key-dismiss').click();
+    const row = keyRow(page, 'e2e-rotate');
+    await row.locator('[data-testid="key-rotate"]').click();
+    await tid(page, 'confirm-ok').click();
+    await tid(page, 'new-key-box').waitFor({ state: 'visible' });
+    const newKey = await tid(page, 'new-key-value').inputValue();
+    assert.match(newKey, /^fg_/);
+    assert.notEqual(newKey, oldKey);
+    assert.equal((await chat(newKey)).status, 200);
+    assert.equal((await chat(oldKey)).status, 401);
+    await tid(page, 'new-key-dismiss').click();
+
+    // Cancel first: the key stays.
+    await row.locator('[data-testid="key-delete"]').click();
+    await tid(page, 'confirm-modal').waitFor({ state: 'visible' });
+    await tid(page, 'confirm-cancel').click();
+    await tid(page, 'confirm-modal').waitFor({ state: 'hidden' });
+    assert.equal(await row.count(), 1);
+    await row.locator('[data-testid="key-delete"]').click();
+    await tid(page, 'confirm-modal').waitFor({ state: 'visible' });
+    await tid(page, 'confirm-ok').click();
+    await waitFor('deleted row to disappear', async () => (await row.count()) === 0);
+    assert.equal((await chat(newKey)).status, 401);
+  });
+
+  test('user-provided strings are rendered as text (no HTML injection)', async () => {
+    const xssKey = await createKeyInUi(page, XSS, '<b id="pwn">bold</b>');
+    await tid(page, 'new-key-dismiss').click();
+    const row = keyRow(page, XSS);
+    assert.equal(await row.count(), 1);
+    assert.equal(await row.locator('[data-testid="key-source-text"]').textContent(), XSS);
+    assert.equal(await row.locator('[data-testid="key-name-text"]').textContent(), '<b id="pwn">bold</b>');
+    // Traffic carrying markup in the user agent and model.
+    const res = await chat(xssKey, { model: '<svg onload=alert(2)>', headers: { 'user-agent': '<script>alert(3)</script>' } });
+    assert.equal(res.status, 200, await res.text());
+    await tid(page, 'tab-logs').click();
+    await waitFor('audit row of the XSS key', async () => {
+      await refresh(page);
+      return page.locator('[data-testid="log-row"]', { hasText: XSS }).count();
+    }, { timeout: 20000, interval: 500 });
+    await page.locator('[data-testid="log-row"]', { hasText: XSS }).first().click();
+    await tid(page, 'log-detail').waitFor({ state: 'visible' });
+    await waitFor('detail to show the user agent', async () =>
+      (await tid(page, 'log-detail-body').textContent()).includes('<script>alert(3)</script>'));
+    await tid(page, 'log-detail-close').click();
+    await tid(page, 'tab-dashboard').click();
+    await refresh(page);
+    await sleep(500);
+    const injected = await page.evaluate(() => ({
+      img: document.querySelectorAll('#app-view img').length,
+      svg: document.querySelectorAll('#app-view svg').length,
+      pwn: !!document.getElementById('pwn'),
+      scripts: [...document.scripts].map((s) => s.getAttribute('src')),
+    }));
+    assert.deepEqual(injected, { img: 0, svg: 0, pwn: false, scripts: ['vendor/bootstrap/bootstrap.bundle.min.js', 'vendor/chartjs/chart.umd.min.js', 'app.js'] });
+    assert.deepEqual(dialogs, [], `dialogs fired: ${dialogs.join(', ')}`);
+  });
+
+  test('the language switch offers 中文 and is remembered', async () => {
+    await tid(page, 'lang-select').selectOption('zh');
+    assert.equal(await tid(page, 'tab-dashboard').textContent(), '仪表板');
+    assert.equal(await page.evaluate(() => document.documentElement.lang), 'zh-CN');
+    await page.reload();
+    await tid(page, 'app-view').waitFor({ state: 'visible' }); // token survived the reload (sessionStorage)
+    assert.equal(await tid(page, 'tab-logs').textContent(), '审计日志');
+    await shot(page, 'desktop-dashboard-zh');
+    await tid(page, 'lang-select').selectOption('en');
+    assert.equal(await tid(page, 'tab-dashboard').textContent(), 'Dashboard');
+    await context.close();
+  });
+
+  test('a Chinese browser gets Chinese by default', async () => {
+    const { context: ctx, page: p } = await newPage({ locale: 'zh-CN' });
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'tab-keys').textContent(), 'API Key');
+    assert.equal(await tid(p, 'tab-dashboard').textContent(), '仪表板');
+    await ctx.close();
+  });
+
+  test('at 375 px width nothing overflows horizontally', async () => {
+    const { context: ctx, page: p } = await newPage({ width: 375, height: 812 });
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await p.waitForFunction(() => document.querySelectorAll('[data-testid="key-row"]').length > 0);
+    const overflow = () => p.evaluate(() => ({ sw: document.documentElement.scrollWidth, bw: document.body.scrollWidth }));
+    for (const view of ['dashboard', 'keys', 'logs']) {
+      await tid(p, `tab-${view}`).click();
+      await tid(p, `view-${view}`).waitFor({ state: 'visible' });
+      if (view === 'logs') await p.waitForFunction(() => document.querySelectorAll('[data-testid="log-row"]').length > 0);
+      const o = await overflow();
+      assert.ok(o.sw <= 375 && o.bw <= 375, `${view}: scrollWidth ${JSON.stringify(o)} > 375`);
+      await shot(p, `phone-${view}`);
+    }
+    // The key created on a phone is shown in full inside the copy box.
+    await tid(p, 'tab-keys').click();
+    await createKeyInUi(p, 'e2e-phone');
+    const o = await overflow();
+    assert.ok(o.sw <= 375, `keys with new-key box: scrollWidth ${o.sw}`);
+    await shot(p, 'phone-new-key');
+    await ctx.close();
+  });
+
+  test('a wrong token shows the sign-in form; the right one signs in', async () => {
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p, 'definitely-wrong');
+    await tid(p, 'signin-form').waitFor({ state: 'visible' });
+    assert.ok(!p.url().includes('token'), p.url());
+    assert.equal(await tid(p, 'app-view').isVisible(), false);
+    await tid(p, 'signin-error').waitFor({ state: 'visible' });
+    assert.equal(await p.evaluate(() => sessionStorage.getItem('fastgate.admin_token')), null);
+    await shot(p, 'desktop-signin');
+    // No token at all: the form too.
+    await p.goto(`${base}/admin/ui/`);
+    await tid(p, 'signin-form').waitFor({ state: 'visible' });
+    // Sign in through the form.
+    await tid(p, 'signin-token').fill(ADMIN_TOKEN);
+    await tid(p, 'signin-submit').click();
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'signout-btn').click();
+    await tid(p, 'signin-form').waitFor({ state: 'visible' });
+    await ctx.close();
+  });
+
+  test('everything was served by FastGate itself, no dialogs fired', () => {
+    assert.deepEqual(foreignRequests, [], `requests left the gateway: ${foreignRequests.join(', ')}`);
+    assert.deepEqual(failedAssets, [], `assets failed: ${failedAssets.join(', ')}`);
+    assert.deepEqual(dialogs, []);
+  });
+});

@@ -1,0 +1,1061 @@
+/* FastGate admin dashboard.
+ *
+ * Plain JavaScript, no build step. Talks only to the documented admin API
+ * (docs/admin-api.md). Every string that comes from the API is rendered with
+ * textContent / DOM APIs, never as HTML; no inline scripts or handlers, so a
+ * strict CSP (default-src 'self') can be applied.
+ */
+(function () {
+  'use strict';
+
+  var TOKEN_KEY = 'fastgate.admin_token';
+  var LANG_KEY = 'fastgate.lang';
+  var REFRESH_MS = 30000;
+  var KEYS_PAGE = 50;
+  var LOGS_PAGE = 50;
+
+  // ---------------------------------------------------------------- i18n
+  var I18N = {
+    en: {
+      'brand.sub': 'Admin', 'lang.label': 'Language',
+      'action.signout': 'Sign out', 'action.refresh': 'Refresh', 'action.autorefresh': 'Auto-refresh 30 s',
+      'action.close': 'Close', 'action.copy': 'Copy', 'action.copied': 'Copied', 'action.cancel': 'Cancel',
+      'action.enable': 'Enable', 'action.disable': 'Disable', 'action.rotate': 'Rotate', 'action.delete': 'Delete',
+      'action.logs': 'Logs',
+      'signin.title': 'Sign in', 'signin.help': 'Enter the admin token (security.admin_token) of this FastGate instance.',
+      'signin.token': 'Admin token', 'signin.submit': 'Sign in',
+      'signin.invalid': 'The admin token was rejected. Please sign in again.',
+      'signin.empty': 'Please enter the admin token.',
+      'tab.dashboard': 'Dashboard', 'tab.keys': 'API keys', 'tab.logs': 'Audit log',
+      'status.updated': 'Updated', 'status.loading': 'Loading…', 'status.paused': 'paused',
+      'status.active': 'Active', 'status.disabled': 'Disabled', 'status.expired': 'Expired',
+      'dash.title': 'Overview', 'window.1h': '1 h', 'window.24h': '24 h', 'window.7d': '7 d',
+      'stat.requests': 'Requests', 'stat.success': 'Success rate', 'stat.latency': 'Latency avg / p95',
+      'stat.stream': 'Streaming share', 'stat.tokens': 'Tokens', 'stat.keys': 'Active keys',
+      'stat.errors': '{n} errors', 'stat.ok': '{n} succeeded', 'stat.p50': 'p50 {a} · TTFB {b}',
+      'stat.streamreq': '{n} streaming requests', 'stat.tokensplit': 'prompt {a} · completion {b}',
+      'stat.keystotal': 'of {n} keys',
+      'chart.title': 'Request trend', 'chart.requests': 'Requests', 'chart.errors': 'Errors',
+      'chart.empty': 'No requests in this window yet.',
+      'health.title': 'System status', 'health.status': 'Status', 'health.version': 'Version',
+      'health.uptime': 'Uptime', 'health.database': 'Database', 'health.queue': 'Audit queue',
+      'health.audit': 'Audit writes', 'health.lasterror': 'Last error', 'health.none': 'none',
+      'health.reachable': 'reachable', 'health.unreachable': 'unreachable', 'health.down': 'unreachable',
+      'health.auditline': '{w} written · {r} retried · {d} dropped · {l} lost',
+      'quick.title': 'Quick actions', 'quick.create': 'Create API key', 'quick.refresh': 'Refresh status',
+      'quick.logs': 'View audit log',
+      'top.keys': 'Top keys', 'top.models': 'Models', 'top.empty': 'No data', 'top.nokey': '(no key)',
+      'keys.create': 'Create API key', 'keys.source': 'Source path', 'keys.source.ph': 'user1',
+      'keys.name': 'Name (optional)', 'keys.perms': 'Permissions', 'keys.perms.ph': 'chat',
+      'keys.days': 'Expires in (days)', 'keys.days.ph': 'default', 'keys.never': 'Never expires',
+      'keys.submit': 'Create key', 'keys.warn': 'Copy this key now. It is shown only once and cannot be retrieved later.',
+      'keys.dismiss': 'I have copied it', 'keys.newtitle': 'New API key for “{s}”',
+      'keys.rotatedtitle': 'Rotated API key for “{s}”', 'keys.list': 'API keys',
+      'keys.empty': 'No API keys yet. Create one above.', 'keys.never.short': 'never',
+      'keys.err.source': 'Source path is required.', 'keys.err.days': 'Expiry must be a whole number of days between 1 and 36500.',
+      'keys.created': 'Key created.', 'keys.enabled': 'Key enabled.', 'keys.disabled': 'Key disabled.',
+      'keys.deleted': 'Key deleted.', 'keys.rotated': 'Key rotated. The old key no longer works.',
+      'keys.confirm.delete.title': 'Delete API key?',
+      'keys.confirm.delete.body': 'Key {d} ({s}) will be deleted permanently. Clients using it will get 401.',
+      'keys.confirm.rotate.title': 'Rotate API key?',
+      'keys.confirm.rotate.body': 'A new key replaces {d} ({s}). The old key stops working at once.',
+      'keys.confirm.disable.title': 'Disable API key?',
+      'keys.confirm.disable.body': 'Key {d} ({s}) will be rejected with 401 until it is enabled again.',
+      'keys.range': '{a}–{b} of {n}', 'keys.unused': 'never',
+      'filter.all': 'All', 'filter.apply': 'Apply', 'filter.reset': 'Reset', 'filter.key': 'Key',
+      'filter.status': 'Status', 'filter.type': 'Type', 'filter.model': 'Model',
+      'badge.stream': 'Stream', 'badge.plain': 'Plain',
+      'col.source': 'Source path', 'col.key': 'Key', 'col.status': 'Status', 'col.expires': 'Expires',
+      'col.lastused': 'Last used', 'col.requests': 'Requests', 'col.created': 'Created', 'col.actions': 'Actions',
+      'col.errors': 'Errors', 'col.tokens': 'Tokens', 'col.model': 'Model', 'col.time': 'Time', 'col.type': 'Type',
+      'col.request': 'Request', 'col.latency': 'Latency', 'col.ttfb': 'TTFB', 'col.bytes': 'Bytes in / out',
+      'logs.empty': 'No requests recorded yet.', 'logs.count': '{n} records shown', 'page.more': 'Load older',
+      'page.prev': 'Previous', 'page.next': 'Next',
+      'detail.title': 'Request detail',
+      'f.request_id': 'Request ID', 'f.timestamp': 'Time', 'f.key_id': 'Key ID', 'f.source_path': 'Source path',
+      'f.client_ip': 'Client IP', 'f.user_agent': 'User agent', 'f.method': 'Method', 'f.path': 'Path',
+      'f.target_url': 'Target URL', 'f.status': 'Status', 'f.is_stream': 'Type', 'f.model': 'Model',
+      'f.request_bytes': 'Request bytes', 'f.response_bytes': 'Response bytes', 'f.ttfb_ms': 'TTFB',
+      'f.duration_ms': 'Duration', 'f.outcome': 'Outcome', 'f.error_code': 'Error code',
+      'f.prompt_tokens': 'Prompt tokens', 'f.completion_tokens': 'Completion tokens', 'f.total_tokens': 'Total tokens',
+      'err.network': 'Cannot reach the FastGate server ({m}).', 'err.http': 'Request failed with HTTP {s}.',
+      'err.copy': 'Copy failed; select the key and copy it by hand.'
+    },
+    zh: {
+      'brand.sub': '管理后台', 'lang.label': '语言',
+      'action.signout': '退出', 'action.refresh': '刷新', 'action.autorefresh': '每 30 秒自动刷新',
+      'action.close': '关闭', 'action.copy': '复制', 'action.copied': '已复制', 'action.cancel': '取消',
+      'action.enable': '启用', 'action.disable': '禁用', 'action.rotate': '轮换', 'action.delete': '删除',
+      'action.logs': '日志',
+      'signin.title': '登录', 'signin.help': '请输入本 FastGate 实例的管理员令牌（security.admin_token）。',
+      'signin.token': '管理员令牌', 'signin.submit': '登录',
+      'signin.invalid': '管理员令牌无效，请重新登录。',
+      'signin.empty': '请输入管理员令牌。',
+      'tab.dashboard': '仪表板', 'tab.keys': 'API Key', 'tab.logs': '审计日志',
+      'status.updated': '更新于', 'status.loading': '加载中…', 'status.paused': '已暂停',
+      'status.active': '启用', 'status.disabled': '已禁用', 'status.expired': '已过期',
+      'dash.title': '概览', 'window.1h': '1 小时', 'window.24h': '24 小时', 'window.7d': '7 天',
+      'stat.requests': '请求数', 'stat.success': '成功率', 'stat.latency': '平均 / P95 延迟',
+      'stat.stream': '流式占比', 'stat.tokens': 'Token 用量', 'stat.keys': '活跃 Key',
+      'stat.errors': '{n} 个错误', 'stat.ok': '{n} 个成功', 'stat.p50': 'P50 {a} · 首字节 {b}',
+      'stat.streamreq': '{n} 个流式请求', 'stat.tokensplit': '输入 {a} · 输出 {b}',
+      'stat.keystotal': '共 {n} 个 Key',
+      'chart.title': '请求趋势', 'chart.requests': '请求', 'chart.errors': '错误',
+      'chart.empty': '该时间段内暂无请求。',
+      'health.title': '系统状态', 'health.status': '状态', 'health.version': '版本',
+      'health.uptime': '运行时间', 'health.database': '数据库', 'health.queue': '审计队列',
+      'health.audit': '审计写入', 'health.lasterror': '最近错误', 'health.none': '无',
+      'health.reachable': '可访问', 'health.unreachable': '不可访问', 'health.down': '无法访问',
+      'health.auditline': '已写入 {w} · 重试 {r} · 丢弃 {d} · 丢失 {l}',
+      'quick.title': '快速操作', 'quick.create': '一键创建 Key', 'quick.refresh': '刷新系统状态',
+      'quick.logs': '查看审计日志',
+      'top.keys': 'Key 排行', 'top.models': '模型', 'top.empty': '暂无数据', 'top.nokey': '（无 Key）',
+      'keys.create': '创建 API Key', 'keys.source': '来源路径 (source_path)', 'keys.source.ph': 'user1',
+      'keys.name': '名称（可选）', 'keys.perms': '权限', 'keys.perms.ph': 'chat',
+      'keys.days': '有效期（天）', 'keys.days.ph': '默认', 'keys.never': '永不过期',
+      'keys.submit': '创建 Key', 'keys.warn': '请立即复制此 Key。它只显示这一次，之后无法再次查看。',
+      'keys.dismiss': '我已复制', 'keys.newtitle': '“{s}” 的新 API Key',
+      'keys.rotatedtitle': '“{s}” 轮换后的新 API Key', 'keys.list': 'API Key 列表',
+      'keys.empty': '还没有 API Key，请在上方创建。', 'keys.never.short': '永不',
+      'keys.err.source': '请填写来源路径。', 'keys.err.days': '有效期必须是 1 到 36500 之间的整数天数。',
+      'keys.created': 'Key 已创建。', 'keys.enabled': 'Key 已启用。', 'keys.disabled': 'Key 已禁用。',
+      'keys.deleted': 'Key 已删除。', 'keys.rotated': 'Key 已轮换，旧 Key 已失效。',
+      'keys.confirm.delete.title': '删除 API Key？',
+      'keys.confirm.delete.body': 'Key {d}（{s}）将被永久删除，使用它的客户端将收到 401。',
+      'keys.confirm.rotate.title': '轮换 API Key？',
+      'keys.confirm.rotate.body': '将生成新 Key 替换 {d}（{s}），旧 Key 立即失效。',
+      'keys.confirm.disable.title': '禁用 API Key？',
+      'keys.confirm.disable.body': 'Key {d}（{s}）在重新启用之前会被拒绝（401）。',
+      'keys.range': '第 {a}–{b} 条，共 {n} 条', 'keys.unused': '从未使用',
+      'filter.all': '全部', 'filter.apply': '筛选', 'filter.reset': '重置', 'filter.key': 'Key',
+      'filter.status': '状态码', 'filter.type': '类型', 'filter.model': '模型',
+      'badge.stream': '流式', 'badge.plain': '普通',
+      'col.source': '来源路径', 'col.key': 'Key', 'col.status': '状态', 'col.expires': '过期时间',
+      'col.lastused': '最近使用', 'col.requests': '请求数', 'col.created': '创建时间', 'col.actions': '操作',
+      'col.errors': '错误', 'col.tokens': 'Token', 'col.model': '模型', 'col.time': '时间', 'col.type': '类型',
+      'col.request': '请求', 'col.latency': '耗时', 'col.ttfb': '首字节', 'col.bytes': '字节 入 / 出',
+      'logs.empty': '暂无请求记录。', 'logs.count': '已显示 {n} 条记录', 'page.more': '加载更早记录',
+      'page.prev': '上一页', 'page.next': '下一页',
+      'detail.title': '请求详情',
+      'f.request_id': '请求 ID', 'f.timestamp': '时间', 'f.key_id': 'Key ID', 'f.source_path': '来源路径',
+      'f.client_ip': '客户端 IP', 'f.user_agent': 'User-Agent', 'f.method': '方法', 'f.path': '路径',
+      'f.target_url': '目标地址', 'f.status': '状态码', 'f.is_stream': '类型', 'f.model': '模型',
+      'f.request_bytes': '请求字节', 'f.response_bytes': '响应字节', 'f.ttfb_ms': '首字节时间',
+      'f.duration_ms': '总耗时', 'f.outcome': '结果', 'f.error_code': '错误码',
+      'f.prompt_tokens': '输入 Token', 'f.completion_tokens': '输出 Token', 'f.total_tokens': '总 Token',
+      'err.network': '无法连接 FastGate 服务器（{m}）。', 'err.http': '请求失败，HTTP {s}。',
+      'err.copy': '复制失败，请手动选中 Key 复制。'
+    }
+  };
+
+  function detectLang() {
+    var saved = null;
+    try { saved = localStorage.getItem(LANG_KEY); } catch (e) { /* storage disabled */ }
+    if (saved === 'zh' || saved === 'en') return saved;
+    var nav = (navigator.language || '').toLowerCase();
+    return nav.indexOf('zh') === 0 ? 'zh' : 'en';
+  }
+
+  var lang = detectLang();
+
+  function t(key, vars) {
+    var s = (I18N[lang] && I18N[lang][key]) || I18N.en[key] || key;
+    if (vars) {
+      s = s.replace(/\{(\w+)\}/g, function (m, name) {
+        return Object.prototype.hasOwnProperty.call(vars, name) ? String(vars[name]) : m;
+      });
+    }
+    return s;
+  }
+
+  function applyI18n() {
+    document.documentElement.lang = lang === 'zh' ? 'zh-CN' : 'en';
+    document.title = lang === 'zh' ? 'FastGate 管理后台' : 'FastGate Admin';
+    var nodes = document.querySelectorAll('[data-i18n]');
+    for (var i = 0; i < nodes.length; i++) nodes[i].textContent = t(nodes[i].getAttribute('data-i18n'));
+    nodes = document.querySelectorAll('[data-i18n-placeholder]');
+    for (i = 0; i < nodes.length; i++) nodes[i].setAttribute('placeholder', t(nodes[i].getAttribute('data-i18n-placeholder')));
+    nodes = document.querySelectorAll('[data-i18n-aria]');
+    for (i = 0; i < nodes.length; i++) nodes[i].setAttribute('aria-label', t(nodes[i].getAttribute('data-i18n-aria')));
+    $('lang-select').value = lang;
+  }
+
+  // ---------------------------------------------------------------- DOM helpers
+  function $(id) { return document.getElementById(id); }
+  function show(node, on) { node.classList.toggle('d-none', !on); }
+
+  /** Build an element. `text` is always set as textContent (never HTML). */
+  function el(tag, opts, children) {
+    var node = document.createElement(tag);
+    opts = opts || {};
+    if (opts.cls) node.className = opts.cls;
+    if (opts.text !== undefined && opts.text !== null) node.textContent = String(opts.text);
+    if (opts.title) node.title = String(opts.title);
+    if (opts.attrs) {
+      for (var k in opts.attrs) {
+        if (Object.prototype.hasOwnProperty.call(opts.attrs, k) && opts.attrs[k] !== undefined && opts.attrs[k] !== null) {
+          node.setAttribute(k, String(opts.attrs[k]));
+        }
+      }
+    }
+    if (children) {
+      for (var i = 0; i < children.length; i++) {
+        var c = children[i];
+        if (c === null || c === undefined) continue;
+        node.appendChild(typeof c === 'string' ? document.createTextNode(c) : c);
+      }
+    }
+    return node;
+  }
+
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+
+  /** A table cell carrying its column name (shown as a label when tables collapse on phones). */
+  function td(labelKey, opts, children) {
+    opts = opts || {};
+    opts.attrs = opts.attrs || {};
+    opts.attrs['data-label'] = t(labelKey);
+    return el('td', opts, children);
+  }
+
+  // ---------------------------------------------------------------- formatting
+  function locale() { return lang === 'zh' ? 'zh-CN' : 'en-US'; }
+  function fmtInt(n) {
+    if (n === null || n === undefined || isNaN(n)) return '—';
+    return new Intl.NumberFormat(locale()).format(n);
+  }
+  function fmtPct(x) {
+    if (x === null || x === undefined || isNaN(x)) return '—';
+    return new Intl.NumberFormat(locale(), { style: 'percent', maximumFractionDigits: 1 }).format(x);
+  }
+  function fmtMs(ms) {
+    if (ms === null || ms === undefined || isNaN(ms)) return '—';
+    if (ms >= 10000) return (ms / 1000).toFixed(1) + ' s';
+    if (ms >= 1000) return (ms / 1000).toFixed(2) + ' s';
+    if (ms >= 100) return Math.round(ms) + ' ms';
+    return (Math.round(ms * 10) / 10) + ' ms';
+  }
+  function fmtBytes(b) {
+    if (b === null || b === undefined || isNaN(b)) return '—';
+    if (b < 1024) return b + ' B';
+    if (b < 1024 * 1024) return (b / 1024).toFixed(1) + ' KiB';
+    return (b / 1024 / 1024).toFixed(1) + ' MiB';
+  }
+  function fmtTime(iso) {
+    if (!iso) return '—';
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return String(iso);
+    return d.toLocaleString(locale(), { year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  }
+  function fmtUptime(sec) {
+    if (sec === null || sec === undefined || isNaN(sec)) return '—';
+    sec = Math.floor(sec);
+    var d = Math.floor(sec / 86400), h = Math.floor((sec % 86400) / 3600), m = Math.floor((sec % 3600) / 60), s = sec % 60;
+    var parts = lang === 'zh'
+      ? [d ? d + ' 天' : '', h ? h + ' 小时' : '', m ? m + ' 分' : '', (!d && !h) ? s + ' 秒' : '']
+      : [d ? d + 'd' : '', h ? h + 'h' : '', m ? m + 'm' : '', (!d && !h) ? s + 's' : ''];
+    return parts.filter(Boolean).join(' ');
+  }
+
+  // ---------------------------------------------------------------- API
+  function ApiError(message, status, code) {
+    this.message = message; this.status = status; this.code = code;
+  }
+  ApiError.prototype = Object.create(Error.prototype);
+
+  function getToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return memToken; }
+  }
+  var memToken = null;
+  function setToken(tok) {
+    memToken = tok;
+    try {
+      if (tok) sessionStorage.setItem(TOKEN_KEY, tok); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (e) { /* storage disabled: keep in memory */ }
+  }
+
+  function qs(params) {
+    var parts = [];
+    for (var k in params) {
+      if (!Object.prototype.hasOwnProperty.call(params, k)) continue;
+      var v = params[k];
+      if (v === '' || v === null || v === undefined) continue;
+      parts.push(encodeURIComponent(k) + '=' + encodeURIComponent(v));
+    }
+    return parts.length ? '?' + parts.join('&') : '';
+  }
+
+  /** Call the admin API. Resolves with parsed JSON (or null for 204); rejects with ApiError. */
+  function api(method, path, body, opts) {
+    opts = opts || {};
+    var headers = { 'Accept': 'application/json' };
+    var tok = opts.token !== undefined ? opts.token : getToken();
+    if (tok && !opts.noAuth) headers['Authorization'] = 'Bearer ' + tok;
+    var init = { method: method, headers: headers, cache: 'no-store', credentials: 'same-origin' };
+    if (body !== undefined && body !== null) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    return fetch(path, init).then(function (res) {
+      if (res.status === 204) return null;
+      return res.text().then(function (txt) {
+        var data = null;
+        if (txt) { try { data = JSON.parse(txt); } catch (e) { data = null; } }
+        if (res.ok || (opts.acceptStatus && opts.acceptStatus.indexOf(res.status) >= 0 && data)) return data;
+        var msg = data && data.error && typeof data.error.message === 'string' ? data.error.message : t('err.http', { s: res.status });
+        var code = data && data.error && data.error.code;
+        var err = new ApiError(msg, res.status, code);
+        if (res.status === 401 && !opts.noAuth && !opts.signin) onUnauthorized();
+        throw err;
+      });
+    }, function (e) {
+      throw new ApiError(t('err.network', { m: e && e.message ? e.message : 'network error' }), 0, 'network');
+    });
+  }
+
+  // ---------------------------------------------------------------- messages
+  var toastTimer = null;
+  function showError(err) {
+    if (err && err.status === 401) return; // handled by the sign-in form
+    var msg = err && err.message ? err.message : String(err);
+    $('error-text').textContent = msg;
+    show($('error-banner'), true);
+  }
+  function clearError() { show($('error-banner'), false); $('error-text').textContent = ''; }
+  function toast(msg) {
+    var node = $('toast');
+    node.textContent = msg;
+    show(node, true);
+    if (toastTimer) clearTimeout(toastTimer);
+    toastTimer = setTimeout(function () { show(node, false); }, 4000);
+  }
+
+  // ---------------------------------------------------------------- auth / views
+  var signedIn = false;
+
+  function takeTokenFromUrl() {
+    var url;
+    try { url = new URL(window.location.href); } catch (e) { return; }
+    if (!url.searchParams.has('token')) return;
+    var tok = url.searchParams.get('token');
+    url.searchParams.delete('token');
+    // Remove the token from the address bar (history and Referer) at once.
+    var clean = url.pathname + (url.searchParams.toString() ? '?' + url.searchParams.toString() : '') + url.hash;
+    window.history.replaceState(window.history.state, '', clean);
+    if (tok) setToken(tok);
+  }
+
+  function showSignin(message) {
+    signedIn = false;
+    stopTimer();
+    show($('app-view'), false);
+    show($('signout-btn'), false);
+    show($('signin-view'), true);
+    var errNode = $('signin-error');
+    errNode.textContent = message || '';
+    show(errNode, !!message);
+    var input = $('signin-token');
+    input.value = '';
+    input.focus();
+  }
+
+  function onUnauthorized() {
+    setToken(null);
+    showSignin(t('signin.invalid'));
+  }
+
+  function showApp() {
+    signedIn = true;
+    show($('signin-view'), false);
+    show($('app-view'), true);
+    show($('signout-btn'), true);
+    startTimer();
+    refreshAll(true);
+  }
+
+  /** Check a token against the API: resolves true/false; rejects on other errors. */
+  function verifyToken(tok) {
+    return api('GET', '/admin/keys' + qs({ limit: 1 }), null, { token: tok, signin: true })
+      .then(function () { return true; }, function (err) {
+        if (err.status === 401) return false;
+        throw err;
+      });
+  }
+
+  function start() {
+    takeTokenFromUrl();
+    var tok = getToken();
+    if (!tok) { showSignin(''); return; }
+    verifyToken(tok).then(function (ok) {
+      if (ok) showApp();
+      else { setToken(null); showSignin(t('signin.invalid')); }
+    }, function (err) {
+      // Server problem other than auth: show the form with the message.
+      showSignin(err.message);
+    });
+  }
+
+  // ---------------------------------------------------------------- tabs
+  var currentTab = 'dashboard';
+  function selectTab(name) {
+    currentTab = name;
+    var tabs = document.querySelectorAll('[data-tab]');
+    for (var i = 0; i < tabs.length; i++) {
+      var on = tabs[i].getAttribute('data-tab') === name;
+      tabs[i].classList.toggle('active', on);
+      tabs[i].setAttribute('aria-selected', on ? 'true' : 'false');
+    }
+    show($('view-dashboard'), name === 'dashboard');
+    show($('view-keys'), name === 'keys');
+    show($('view-logs'), name === 'logs');
+    if (name === 'dashboard' && chart) chart.resize();
+  }
+
+  // ---------------------------------------------------------------- refresh
+  var timer = null;
+  var inFlight = 0;
+  function startTimer() {
+    stopTimer();
+    if ($('autorefresh-toggle').checked) timer = setInterval(function () { refreshAll(false); }, REFRESH_MS);
+  }
+  function stopTimer() { if (timer) { clearInterval(timer); timer = null; } }
+
+  function busy(delta) {
+    inFlight += delta;
+    show($('refresh-spinner'), inFlight > 0);
+  }
+
+  function refreshAll(manual) {
+    if (!signedIn) return Promise.resolve();
+    busy(1);
+    var jobs = [loadHealth(), loadMetrics(), loadKeys(), loadKeyOptions()];
+    // Auto-refresh keeps an expanded (paged) log list as it is; a manual refresh restarts it.
+    if (manual || !logsState.paged) jobs.push(loadLogs(false));
+    return Promise.all(jobs.map(function (p) { return p.catch(function (e) { return e; }); }))
+      .then(function (results) {
+        var firstErr = null;
+        for (var i = 0; i < results.length; i++) if (results[i] instanceof ApiError) { firstErr = results[i]; break; }
+        if (firstErr) showError(firstErr); else if (manual) clearError();
+        $('last-updated').textContent = new Date().toLocaleTimeString(locale(), { hour12: false }) +
+          ($('autorefresh-toggle').checked ? '' : ' (' + t('status.paused') + ')');
+      })
+      .then(function () { busy(-1); }, function () { busy(-1); });
+  }
+
+  // ---------------------------------------------------------------- health
+  function loadHealth() {
+    return api('GET', '/health', null, { noAuth: true, acceptStatus: [503] }).then(renderHealth, function (err) {
+      renderHealth(null);
+      throw err;
+    });
+  }
+
+  function renderHealth(h) {
+    var badge = $('health-status');
+    if (!h) {
+      badge.className = 'badge text-bg-danger';
+      badge.textContent = t('health.down');
+      return;
+    }
+    var ok = h.status === 'ok';
+    badge.className = 'badge ' + (ok ? 'text-bg-success' : 'text-bg-warning');
+    badge.textContent = String(h.status || '?');
+    $('health-version').textContent = h.version ? String(h.version) : '—';
+    $('health-uptime').textContent = fmtUptime(h.uptime_seconds);
+    var db = h.database || {};
+    $('health-db').textContent = (db.backend ? String(db.backend) + ' · ' : '') +
+      (db.reachable ? t('health.reachable') : t('health.unreachable'));
+    var a = h.audit || {};
+    $('health-queue').textContent = fmtInt(a.queue_depth) + ' / ' + fmtInt(a.queue_capacity);
+    $('health-audit').textContent = t('health.auditline', {
+      w: fmtInt(a.written || 0), r: fmtInt(a.retried || 0), d: fmtInt(a.dropped || 0), l: fmtInt(a.lost || 0)
+    });
+    var le = h.last_error;
+    var leText;
+    if (le === null || le === undefined || le === '') leText = t('health.none');
+    else if (typeof le === 'string') leText = le;
+    else if (typeof le === 'object' && typeof le.message === 'string') leText = le.message + (le.at ? ' (' + fmtTime(le.at) + ')' : '');
+    else leText = JSON.stringify(le);
+    $('health-lasterror').textContent = leText;
+  }
+
+  // ---------------------------------------------------------------- metrics + chart
+  var metricsWindow = '24h';
+  var chart = null;
+
+  function loadMetrics() {
+    return api('GET', '/admin/metrics' + qs({ window: metricsWindow })).then(renderMetrics);
+  }
+
+  function setStat(id, value, sub) {
+    $(id).textContent = value;
+    $(id + '-sub').textContent = sub || '';
+  }
+
+  function renderMetrics(m) {
+    m = m || {};
+    setStat('stat-requests', fmtInt(m.total_requests), t('stat.errors', { n: fmtInt(m.error_count || 0) }));
+    setStat('stat-success', m.total_requests ? fmtPct(m.success_rate) : '—', t('stat.ok', { n: fmtInt(m.success_count || 0) }));
+    setStat('stat-latency', m.total_requests ? fmtMs(m.avg_latency_ms) + ' / ' + fmtMs(m.p95_latency_ms) : '—',
+      m.total_requests ? t('stat.p50', { a: fmtMs(m.p50_latency_ms), b: fmtMs(m.avg_ttfb_ms) }) : '');
+    setStat('stat-stream', m.total_requests ? fmtPct(m.stream_share) : '—', t('stat.streamreq', { n: fmtInt(m.stream_requests || 0) }));
+    setStat('stat-tokens', fmtInt(m.total_tokens || 0), t('stat.tokensplit', { a: fmtInt(m.prompt_tokens || 0), b: fmtInt(m.completion_tokens || 0) }));
+    setStat('stat-keys', fmtInt(m.active_keys), t('stat.keystotal', { n: fmtInt(m.total_keys) }));
+    $('stat-requests').setAttribute('data-value', String(m.total_requests || 0));
+    $('stat-tokens').setAttribute('data-value', String(m.total_tokens || 0));
+    $('stat-stream').setAttribute('data-value', String(m.stream_requests || 0));
+    $('stat-keys').setAttribute('data-value', String(m.active_keys || 0));
+    renderChart(m);
+    renderTop(m);
+  }
+
+  function chartLabel(iso) {
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return String(iso);
+    var o = metricsWindow === '7d'
+      ? { month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', hour12: false }
+      : { hour: '2-digit', minute: '2-digit', hour12: false };
+    return d.toLocaleString(locale(), o);
+  }
+
+  function renderChart(m) {
+    var series = Array.isArray(m.series) ? m.series : [];
+    var labels = [], req = [], errs = [], sum = 0, errSum = 0;
+    for (var i = 0; i < series.length; i++) {
+      labels.push(chartLabel(series[i].ts));
+      req.push(series[i].requests || 0);
+      errs.push(series[i].errors || 0);
+      sum += series[i].requests || 0;
+      errSum += series[i].errors || 0;
+    }
+    var canvas = $('trend-chart');
+    // Exposed for tests and for assistive tech.
+    canvas.setAttribute('data-total-requests', String(sum));
+    canvas.setAttribute('data-total-errors', String(errSum));
+    canvas.setAttribute('data-points', String(series.length));
+    show($('chart-empty'), sum === 0);
+    if (typeof window.Chart !== 'function') return;
+    if (!chart) {
+      chart = new window.Chart(canvas, {
+        type: 'line',
+        data: { labels: labels, datasets: [
+          { label: t('chart.requests'), data: req, borderColor: '#0d6efd', backgroundColor: 'rgba(13,110,253,.12)', fill: true, tension: 0.25, pointRadius: 0, pointHitRadius: 8, borderWidth: 2 },
+          { label: t('chart.errors'), data: errs, borderColor: '#dc3545', backgroundColor: 'rgba(220,53,69,.12)', fill: true, tension: 0.25, pointRadius: 0, pointHitRadius: 8, borderWidth: 2 }
+        ] },
+        options: {
+          responsive: true, maintainAspectRatio: false, animation: false,
+          interaction: { mode: 'index', intersect: false },
+          scales: {
+            x: { ticks: { maxRotation: 0, autoSkip: true, maxTicksLimit: 8 }, grid: { display: false } },
+            y: { beginAtZero: true, ticks: { precision: 0 } }
+          },
+          plugins: { legend: { position: 'bottom' } }
+        }
+      });
+    } else {
+      chart.data.labels = labels;
+      chart.data.datasets[0].data = req;
+      chart.data.datasets[1].data = errs;
+      chart.data.datasets[0].label = t('chart.requests');
+      chart.data.datasets[1].label = t('chart.errors');
+      chart.update('none');
+    }
+  }
+
+  function renderTop(m) {
+    var body = $('top-keys-body');
+    clear(body);
+    var keys = Array.isArray(m.per_key) ? m.per_key.slice() : [];
+    keys.sort(function (a, b) { return (b.requests || 0) - (a.requests || 0); });
+    keys = keys.slice(0, 8);
+    if (!keys.length) body.appendChild(el('tr', {}, [el('td', { cls: 'text-body-secondary', text: t('top.empty'), attrs: { colspan: 4 } })]));
+    keys.forEach(function (k) {
+      body.appendChild(el('tr', {}, [
+        el('td', {}, [el('span', { cls: 'fg-cell-text', text: k.source_path || k.key_id || t('top.nokey'), title: k.key_id || '' })]),
+        el('td', { cls: 'text-end', text: fmtInt(k.requests) }),
+        el('td', { cls: 'text-end', text: fmtInt(k.errors) }),
+        el('td', { cls: 'text-end', text: fmtInt(k.total_tokens) })
+      ]));
+    });
+    body = $('top-models-body');
+    clear(body);
+    var models = Array.isArray(m.per_model) ? m.per_model.slice() : [];
+    models.sort(function (a, b) { return (b.requests || 0) - (a.requests || 0); });
+    models = models.slice(0, 8);
+    if (!models.length) body.appendChild(el('tr', {}, [el('td', { cls: 'text-body-secondary', text: t('top.empty'), attrs: { colspan: 3 } })]));
+    models.forEach(function (x) {
+      body.appendChild(el('tr', {}, [
+        el('td', {}, [el('span', { cls: 'fg-cell-text', text: x.model || '—' })]),
+        el('td', { cls: 'text-end', text: fmtInt(x.requests) }),
+        el('td', { cls: 'text-end', text: fmtInt(x.total_tokens) })
+      ]));
+    });
+  }
+
+  // ---------------------------------------------------------------- keys
+  var keysState = { offset: 0, total: 0, items: [] };
+
+  function keysQuery() {
+    var st = $('kfl-status').value;
+    var p = { limit: KEYS_PAGE, offset: keysState.offset, source_path: $('kfl-source').value.trim() };
+    if (st === 'active') { p.active = 'true'; p.expired = 'false'; }
+    else if (st === 'disabled') p.active = 'false';
+    else if (st === 'expired') p.expired = 'true';
+    return p;
+  }
+
+  function loadKeys() {
+    var first = !keysState.loaded;
+    if (first) show($('keys-loading'), true);
+    return api('GET', '/admin/keys' + qs(keysQuery())).then(function (res) {
+      keysState.loaded = true;
+      show($('keys-loading'), false);
+      renderKeys(res || {});
+    }, function (err) {
+      show($('keys-loading'), false);
+      throw err;
+    });
+  }
+
+  function statusBadge(k) {
+    var st = k.status || (k.active ? 'active' : 'disabled');
+    var cls = st === 'active' ? 'text-bg-success' : st === 'expired' ? 'text-bg-warning' : 'text-bg-secondary';
+    return el('span', { cls: 'badge ' + cls, text: t('status.' + st), attrs: { 'data-testid': 'key-status', 'data-status': st } });
+  }
+
+  function renderKeys(res) {
+    var items = Array.isArray(res.items) ? res.items : [];
+    keysState.items = items;
+    keysState.total = typeof res.total === 'number' ? res.total : items.length;
+    var body = $('keys-body');
+    clear(body);
+    items.forEach(function (k) {
+      var active = k.status ? k.status === 'active' : !!k.active;
+      var toggle = el('button', {
+        cls: 'btn btn-sm ' + (k.active ? 'btn-outline-warning' : 'btn-outline-success'),
+        text: k.active ? t('action.disable') : t('action.enable'),
+        attrs: { type: 'button', 'data-testid': 'key-toggle', 'data-action': k.active ? 'disable' : 'enable' }
+      });
+      toggle.addEventListener('click', function () { toggleKey(k); });
+      var rotate = el('button', { cls: 'btn btn-sm btn-outline-primary', text: t('action.rotate'), attrs: { type: 'button', 'data-testid': 'key-rotate' } });
+      rotate.addEventListener('click', function () { rotateKey(k); });
+      var del = el('button', { cls: 'btn btn-sm btn-outline-danger', text: t('action.delete'), attrs: { type: 'button', 'data-testid': 'key-delete' } });
+      del.addEventListener('click', function () { deleteKey(k); });
+      var logs = el('button', { cls: 'btn btn-sm btn-outline-secondary', text: t('action.logs'), attrs: { type: 'button', 'data-testid': 'key-logs' } });
+      logs.addEventListener('click', function () { showLogsForKey(k.id); });
+      var srcCell = td('col.source', { cls: 'fg-src-cell' }, [
+        el('div', { cls: 'fg-cell-text fg-block fw-medium', text: k.source_path || '—', title: k.source_path || '', attrs: { 'data-testid': 'key-source-text' } }),
+        k.name ? el('div', { cls: 'small text-body-secondary fg-cell-text fg-block', text: k.name, title: k.name, attrs: { 'data-testid': 'key-name-text' } }) : null
+      ]);
+      var tr = el('tr', { attrs: { 'data-testid': 'key-row', 'data-key-id': k.id, 'data-active': active ? 'true' : 'false' } }, [
+        srcCell,
+        td('col.key', { cls: 'fg-mono', text: k.display || k.id, title: k.id }),
+        td('col.status', {}, [statusBadge(k)]),
+        td('col.expires', { text: k.expires_at ? fmtTime(k.expires_at) : t('keys.never.short') }),
+        td('col.lastused', { text: k.last_used_at ? fmtTime(k.last_used_at) : t('keys.unused') }),
+        td('col.requests', { cls: 'text-end', text: fmtInt(k.request_count || 0), attrs: { 'data-testid': 'key-requests' } }),
+        td('col.created', { text: fmtTime(k.created_at) }),
+        td('col.actions', { cls: 'text-end fg-actions-cell' }, [el('div', { cls: 'fg-actions' }, [toggle, rotate, logs, del])])
+      ]);
+      body.appendChild(tr);
+    });
+    show($('keys-empty'), items.length === 0);
+    var a = items.length ? keysState.offset + 1 : 0;
+    $('keys-range').textContent = t('keys.range', { a: a, b: keysState.offset + items.length, n: keysState.total });
+    $('keys-prev').disabled = keysState.offset <= 0;
+    $('keys-next').disabled = keysState.offset + items.length >= keysState.total;
+  }
+
+  function keyLabel(k) { return k.source_path || k.name || k.id; }
+
+  function showNewKey(res, rotated) {
+    $('new-key-title').textContent = t(rotated ? 'keys.rotatedtitle' : 'keys.newtitle', { s: keyLabel(res) });
+    $('new-key-value').value = res.api_key || '';
+    $('new-key-meta').textContent = (res.id ? 'ID ' + res.id : '') + (res.expires_at ? ' · ' + t('col.expires') + ' ' + fmtTime(res.expires_at) : '');
+    $('new-key-copy').textContent = t('action.copy');
+    show($('new-key-box'), true);
+    selectTab('keys');
+    $('new-key-box').scrollIntoView({ block: 'nearest' });
+    $('new-key-value').select();
+  }
+
+  function hideNewKey() {
+    $('new-key-value').value = '';
+    show($('new-key-box'), false);
+  }
+
+  function copyNewKey() {
+    var input = $('new-key-value');
+    var val = input.value;
+    var done = function () { $('new-key-copy').textContent = t('action.copied'); };
+    var fallback = function () {
+      input.focus(); input.select();
+      var ok = false;
+      try { ok = document.execCommand('copy'); } catch (e) { ok = false; }
+      if (ok) done(); else showError(new ApiError(t('err.copy'), 0));
+    };
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(val).then(done, fallback);
+    else fallback();
+  }
+
+  function formError(msg) {
+    var n = $('key-form-error');
+    n.textContent = msg || '';
+    show(n, !!msg);
+  }
+
+  function submitKeyForm(ev) {
+    ev.preventDefault();
+    formError('');
+    var source = $('kf-source').value.trim();
+    if (!source) { formError(t('keys.err.source')); $('kf-source').focus(); return; }
+    var body = { source_path: source };
+    var name = $('kf-name').value.trim();
+    if (name) body.name = name;
+    var perms = $('kf-perms').value.split(',').map(function (s) { return s.trim(); }).filter(Boolean);
+    if (perms.length) body.permissions = perms;
+    if ($('kf-never').checked) body.never_expires = true;
+    else {
+      var raw = $('kf-days').value.trim();
+      if (raw) {
+        var days = Number(raw);
+        if (!/^\d+$/.test(raw) || days < 1 || days > 36500) { formError(t('keys.err.days')); $('kf-days').focus(); return; }
+        body.expires_days = days;
+      }
+    }
+    var btn = $('kf-submit');
+    btn.disabled = true;
+    api('POST', '/admin/keys', body).then(function (res) {
+      btn.disabled = false;
+      $('kf-source').value = '';
+      $('kf-name').value = '';
+      showNewKey(res, false);
+      toast(t('keys.created'));
+      keysState.offset = 0;
+      return Promise.all([loadKeys(), loadKeyOptions(), loadMetrics()]);
+    }).catch(function (err) {
+      btn.disabled = false;
+      if (err.status !== 401) formError(err.message);
+    });
+  }
+
+  // Confirmation modal (Bootstrap), never window.confirm.
+  var confirmAction = null;
+  var confirmModal = null;
+  function askConfirm(title, body, okText, action) {
+    $('confirm-title').textContent = title;
+    $('confirm-body').textContent = body;
+    $('confirm-ok').textContent = okText;
+    confirmAction = action;
+    if (!confirmModal) confirmModal = new window.bootstrap.Modal($('confirm-modal'));
+    confirmModal.show();
+  }
+  function onConfirmOk() {
+    var action = confirmAction;
+    confirmAction = null;
+    if (confirmModal) confirmModal.hide();
+    if (action) action();
+  }
+
+  function afterKeyChange(msg) {
+    toast(msg);
+    return Promise.all([loadKeys(), loadKeyOptions(), loadMetrics()]).catch(showError);
+  }
+
+  function toggleKey(k) {
+    var doIt = function () {
+      api('PATCH', '/admin/keys/' + encodeURIComponent(k.id), { active: !k.active })
+        .then(function () { return afterKeyChange(t(k.active ? 'keys.disabled' : 'keys.enabled')); })
+        .catch(showError);
+    };
+    if (k.active) {
+      askConfirm(t('keys.confirm.disable.title'), t('keys.confirm.disable.body', { d: k.display || k.id, s: keyLabel(k) }), t('action.disable'), doIt);
+    } else doIt();
+  }
+
+  function rotateKey(k) {
+    askConfirm(t('keys.confirm.rotate.title'), t('keys.confirm.rotate.body', { d: k.display || k.id, s: keyLabel(k) }), t('action.rotate'), function () {
+      api('POST', '/admin/keys/' + encodeURIComponent(k.id) + '/rotate', {})
+        .then(function (res) { showNewKey(res, true); return afterKeyChange(t('keys.rotated')); })
+        .catch(showError);
+    });
+  }
+
+  function deleteKey(k) {
+    askConfirm(t('keys.confirm.delete.title'), t('keys.confirm.delete.body', { d: k.display || k.id, s: keyLabel(k) }), t('action.delete'), function () {
+      api('DELETE', '/admin/keys/' + encodeURIComponent(k.id))
+        .then(function () {
+          if (keysState.items.length === 1 && keysState.offset > 0) keysState.offset = Math.max(0, keysState.offset - KEYS_PAGE);
+          return afterKeyChange(t('keys.deleted'));
+        })
+        .catch(showError);
+    });
+  }
+
+  // Key choices for the audit-log filter.
+  function loadKeyOptions() {
+    return api('GET', '/admin/keys' + qs({ limit: 200 })).then(function (res) {
+      var sel = $('lf-key');
+      var cur = sel.value;
+      while (sel.options.length > 1) sel.remove(1);
+      var items = res && Array.isArray(res.items) ? res.items : [];
+      var found = false;
+      items.forEach(function (k) {
+        var label = keyLabel(k) + ' · ' + (k.display || k.id);
+        var opt = el('option', { text: label, attrs: { value: k.id } });
+        if (k.id === cur) found = true;
+        sel.appendChild(opt);
+      });
+      if (cur && !found) sel.appendChild(el('option', { text: cur, attrs: { value: cur } }));
+      sel.value = cur;
+    });
+  }
+
+  function showLogsForKey(id) {
+    var sel = $('lf-key');
+    var has = false;
+    for (var i = 0; i < sel.options.length; i++) if (sel.options[i].value === id) has = true;
+    if (!has) sel.appendChild(el('option', { text: id, attrs: { value: id } }));
+    sel.value = id;
+    selectTab('logs');
+    loadLogs(false).catch(showError);
+  }
+
+  // ---------------------------------------------------------------- audit log
+  var logsState = { cursor: null, items: [], paged: false, seq: 0, loaded: false };
+
+  function logsQuery() {
+    return {
+      limit: LOGS_PAGE,
+      key_id: $('lf-key').value,
+      status: $('lf-status').value,
+      is_stream: $('lf-stream').value,
+      model: $('lf-model').value.trim()
+    };
+  }
+
+  function loadLogs(more) {
+    var q = logsQuery();
+    if (more && logsState.cursor) q.cursor = logsState.cursor;
+    var seq = ++logsState.seq;
+    if (!logsState.loaded) show($('logs-loading'), true);
+    $('logs-more').disabled = true;
+    return api('GET', '/admin/logs' + qs(q)).then(function (res) {
+      if (seq !== logsState.seq) return; // a newer request superseded this one
+      logsState.loaded = true;
+      show($('logs-loading'), false);
+      var items = res && Array.isArray(res.items) ? res.items : [];
+      if (more) { logsState.items = logsState.items.concat(items); logsState.paged = true; }
+      else { logsState.items = items; logsState.paged = false; }
+      logsState.cursor = res ? res.next_cursor || null : null;
+      renderLogs(items, more);
+    }, function (err) {
+      show($('logs-loading'), false);
+      $('logs-more').disabled = false;
+      throw err;
+    });
+  }
+
+  function statusClass(code) {
+    if (code >= 500) return 'text-bg-danger';
+    if (code >= 400) return 'text-bg-warning';
+    if (code >= 300) return 'text-bg-info';
+    if (code >= 200) return 'text-bg-success';
+    return 'text-bg-secondary';
+  }
+
+  function streamBadge(isStream) {
+    return el('span', {
+      cls: 'badge ' + (isStream ? 'text-bg-primary' : 'text-bg-light border'),
+      text: isStream ? t('badge.stream') : t('badge.plain'),
+      attrs: { 'data-testid': 'log-stream-badge', 'data-stream': isStream ? 'true' : 'false' }
+    });
+  }
+
+  function tokensText(r) {
+    if (r.total_tokens === null || r.total_tokens === undefined) return '—';
+    return fmtInt(r.total_tokens);
+  }
+
+  function renderLogs(items, append) {
+    var body = $('logs-body');
+    if (!append) clear(body);
+    items.forEach(function (r) {
+      var tr = el('tr', { attrs: { 'data-testid': 'log-row', 'data-request-id': r.request_id, 'data-status': r.status, 'data-stream': r.is_stream ? 'true' : 'false', tabindex: '0' } }, [
+        td('col.time', { text: fmtTime(r.timestamp) }),
+        td('col.status', {}, [el('span', { cls: 'badge ' + statusClass(r.status), text: String(r.status), attrs: { 'data-testid': 'log-status' } })]),
+        td('col.type', {}, [streamBadge(!!r.is_stream)]),
+        td('col.request', {}, [el('span', { cls: 'fg-cell-text fg-mono', text: (r.method || '') + ' ' + (r.path || ''), title: r.path || '' })]),
+        td('col.source', {}, [el('span', { cls: 'fg-cell-text', text: r.source_path || r.key_id || t('top.nokey'), title: r.key_id || '' })]),
+        td('col.model', {}, [el('span', { cls: 'fg-cell-text', text: r.model || '—' })]),
+        td('col.latency', { cls: 'text-end', text: fmtMs(r.duration_ms) }),
+        td('col.ttfb', { cls: 'text-end', text: fmtMs(r.ttfb_ms) }),
+        td('col.bytes', { cls: 'text-end', text: fmtBytes(r.request_bytes) + ' / ' + fmtBytes(r.response_bytes) }),
+        td('col.tokens', { cls: 'text-end', text: tokensText(r), attrs: { 'data-testid': 'log-tokens' } })
+      ]);
+      var open = function () { showLogDetail(r); };
+      tr.addEventListener('click', open);
+      tr.addEventListener('keydown', function (ev) { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); open(); } });
+      body.appendChild(tr);
+    });
+    var total = logsState.items.length;
+    show($('logs-empty'), total === 0);
+    $('logs-count').textContent = total ? t('logs.count', { n: fmtInt(total) }) : '';
+    show($('logs-more'), !!logsState.cursor);
+    $('logs-more').disabled = false;
+  }
+
+  var DETAIL_FIELDS = ['request_id', 'timestamp', 'status', 'outcome', 'error_code', 'is_stream', 'method', 'path', 'target_url',
+    'model', 'key_id', 'source_path', 'client_ip', 'user_agent', 'duration_ms', 'ttfb_ms', 'request_bytes', 'response_bytes',
+    'prompt_tokens', 'completion_tokens', 'total_tokens'];
+
+  var logModal = null;
+  function renderDetail(r) {
+    var dl = $('log-detail-body');
+    clear(dl);
+    DETAIL_FIELDS.forEach(function (f) {
+      var v = r[f];
+      var node;
+      if (f === 'is_stream') node = el('dd', {}, [streamBadge(!!v)]);
+      else if (f === 'status') node = el('dd', {}, [el('span', { cls: 'badge ' + statusClass(v), text: String(v) })]);
+      else {
+        var text;
+        if (v === null || v === undefined || v === '') text = '—';
+        else if (f === 'timestamp') text = fmtTime(v) + '  (' + v + ')';
+        else if (f === 'duration_ms' || f === 'ttfb_ms') text = fmtMs(v);
+        else if (f === 'request_bytes' || f === 'response_bytes') text = fmtInt(v) + ' B';
+        else text = typeof v === 'object' ? JSON.stringify(v) : String(v);
+        node = el('dd', { text: text, attrs: { 'data-field': f } });
+      }
+      dl.appendChild(el('dt', { text: t('f.' + f) }));
+      dl.appendChild(node);
+    });
+  }
+
+  function showLogDetail(r) {
+    renderDetail(r);
+    if (!logModal) logModal = new window.bootstrap.Modal($('log-modal'));
+    logModal.show();
+    // Fetch the stored record so the view shows the authoritative version.
+    if (r.request_id) {
+      api('GET', '/admin/logs/' + encodeURIComponent(r.request_id)).then(function (full) {
+        if (full && full.request_id === r.request_id) renderDetail(full);
+      }, function (err) { if (err.status !== 404) showError(err); });
+    }
+  }
+
+  // ---------------------------------------------------------------- wiring
+  function bind() {
+    $('lang-select').addEventListener('change', function () {
+      lang = this.value === 'zh' ? 'zh' : 'en';
+      try { localStorage.setItem(LANG_KEY, lang); } catch (e) { /* ignore */ }
+      applyI18n();
+      if (signedIn) {
+        if (chart) { chart.destroy(); chart = null; }
+        refreshAll(false);
+      }
+    });
+
+    $('signin-form').addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      var tok = $('signin-token').value.trim();
+      var errNode = $('signin-error');
+      if (!tok) { errNode.textContent = t('signin.empty'); show(errNode, true); return; }
+      var btn = this.querySelector('button[type=submit]');
+      btn.disabled = true;
+      verifyToken(tok).then(function (ok) {
+        btn.disabled = false;
+        if (ok) { setToken(tok); $('signin-token').value = ''; showApp(); }
+        else { errNode.textContent = t('signin.invalid'); show(errNode, true); }
+      }, function (err) {
+        btn.disabled = false;
+        errNode.textContent = err.message; show(errNode, true);
+      });
+    });
+
+    $('signout-btn').addEventListener('click', function () {
+      setToken(null);
+      hideNewKey();
+      showSignin('');
+    });
+
+    var tabs = document.querySelectorAll('[data-tab]');
+    for (var i = 0; i < tabs.length; i++) {
+      tabs[i].addEventListener('click', function () { selectTab(this.getAttribute('data-tab')); });
+    }
+
+    $('refresh-btn').addEventListener('click', function () { refreshAll(true); });
+    $('quick-refresh').addEventListener('click', function () { refreshAll(true); });
+    $('quick-logs').addEventListener('click', function () { selectTab('logs'); });
+    $('quick-create').addEventListener('click', function () {
+      selectTab('keys');
+      $('kf-source').focus();
+    });
+    $('autorefresh-toggle').addEventListener('change', function () {
+      if (this.checked) { startTimer(); refreshAll(false); } else stopTimer();
+      var txt = $('last-updated').textContent.replace(/ \(.*\)$/, '');
+      $('last-updated').textContent = txt + (this.checked ? '' : ' (' + t('status.paused') + ')');
+    });
+    $('error-close').addEventListener('click', clearError);
+
+    var wbtns = document.querySelectorAll('[data-window]');
+    for (i = 0; i < wbtns.length; i++) {
+      wbtns[i].addEventListener('click', function () {
+        metricsWindow = this.getAttribute('data-window');
+        for (var j = 0; j < wbtns.length; j++) {
+          var on = wbtns[j] === this;
+          wbtns[j].classList.toggle('active', on);
+          wbtns[j].setAttribute('aria-pressed', on ? 'true' : 'false');
+        }
+        loadMetrics().catch(showError);
+      });
+    }
+
+    $('key-form').addEventListener('submit', submitKeyForm);
+    $('kf-never').addEventListener('change', function () { $('kf-days').disabled = this.checked; });
+    $('new-key-copy').addEventListener('click', copyNewKey);
+    $('new-key-dismiss').addEventListener('click', hideNewKey);
+    $('confirm-ok').addEventListener('click', onConfirmOk);
+
+    $('keys-filter').addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      keysState.offset = 0;
+      loadKeys().catch(showError);
+    });
+    $('kfl-status').addEventListener('change', function () { keysState.offset = 0; loadKeys().catch(showError); });
+    $('keys-prev').addEventListener('click', function () {
+      keysState.offset = Math.max(0, keysState.offset - KEYS_PAGE);
+      loadKeys().catch(showError);
+    });
+    $('keys-next').addEventListener('click', function () {
+      keysState.offset += KEYS_PAGE;
+      loadKeys().catch(showError);
+    });
+
+    $('logs-filter').addEventListener('submit', function (ev) { ev.preventDefault(); loadLogs(false).catch(showError); });
+    ['lf-key', 'lf-status', 'lf-stream'].forEach(function (id) {
+      $(id).addEventListener('change', function () { loadLogs(false).catch(showError); });
+    });
+    $('lf-reset').addEventListener('click', function () {
+      $('lf-key').value = ''; $('lf-status').value = ''; $('lf-stream').value = ''; $('lf-model').value = '';
+      loadLogs(false).catch(showError);
+    });
+    $('logs-more').addEventListener('click', function () { loadLogs(true).catch(showError); });
+
+    // Pause the timer while the tab is hidden; catch up when it is shown again.
+    document.addEventListener('visibilitychange', function () {
+      if (!signedIn) return;
+      if (document.hidden) stopTimer();
+      else if ($('autorefresh-toggle').checked) { startTimer(); refreshAll(false); }
+    });
+  }
+
+  function init() {
+    applyI18n();
+    bind();
+    start();
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+  else init();
+})();
