@@ -1,1 +1,3 @@
+//! Criterion benchmarks of the layer stack (written in a following commit).
+
 fn main() {}

@@ -27,3 +27,17 @@ pub fn json_error<B: From<Bytes>>(status: StatusCode, code: &str, message: &str)
     );
     res
 }
+
+/// A JSON error response that FastGate produced itself, marked with [`Rejected`](crate::Rejected)
+/// so that audit records `code` and `outcome`.
+pub fn rejection<B: From<Bytes>>(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    outcome: crate::audit::Outcome,
+) -> Response<B> {
+    let mut res = json_error(status, code, message);
+    res.extensions_mut()
+        .insert(crate::extensions::Rejected { code, outcome });
+    res
+}

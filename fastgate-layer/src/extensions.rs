@@ -32,9 +32,7 @@ pub struct KeyIdentity {
 impl KeyIdentity {
     /// Whether the key grants `permission`. The permission `*` grants everything.
     pub fn allows(&self, permission: &str) -> bool {
-        self.permissions
-            .iter()
-            .any(|p| p == permission || p == "*")
+        self.permissions.iter().any(|p| p == permission || p == "*")
     }
 
     /// Whether the key has expired at `now`.

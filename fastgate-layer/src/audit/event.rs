@@ -100,7 +100,11 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event with the given id, method and path; every other field empty. For tests and sinks.
-    pub fn new(request_id: impl Into<String>, method: impl Into<String>, path: impl Into<String>) -> Self {
+    pub fn new(
+        request_id: impl Into<String>,
+        method: impl Into<String>,
+        path: impl Into<String>,
+    ) -> Self {
         Self {
             request_id: request_id.into(),
             started_at: SystemTime::now(),

@@ -1,5 +1,83 @@
-//! Asynchronous auditing (ports only so far).
+//! Asynchronous auditing: exactly one [`AuditEvent`] per request, written in batches by a worker
+//! the caller runs.
+//!
+//! [`AuditLayer::pair`] returns the layer and an [`AuditWorker`]. The layer never blocks a
+//! request: events go into a bounded queue with `try_send`, and an event that does not fit is
+//! counted in [`AuditStats::dropped`]. The worker is a plain future (the library never spawns);
+//! it writes batches to an [`AuditSink`], retries failed batches with bounded backoff, and, once
+//! every sender is dropped, drains what is still queued and returns — graceful shutdown loses
+//! nothing.
+//!
+//! Place it **outermost** (inside the request-id layer): it learns who called from the *response*
+//! extensions ([`KeyIdentity`](crate::KeyIdentity), written by auth), why a request was refused
+//! from [`Rejected`](crate::Rejected), where it went from [`TargetUrl`](crate::TargetUrl), and the
+//! client address from the request's [`ClientAddr`](crate::ClientAddr).
+//!
+//! When the event is emitted:
+//!
+//! | what happens | outcome |
+//! |---|---|
+//! | response body ends (or was empty) | `completed`, or the [`Rejected`](crate::Rejected) outcome |
+//! | upstream body fails / goes idle mid-stream | `upstream_error` / `upstream_timeout`, bytes so far |
+//! | client drops the response (or the request before the headers) | `client_aborted` |
+//!
+//! Bytes pass through unchanged. The request's `model` is read from a bounded prefix of the request
+//! body, token usage from the response with the bounded [`scan::UsageScanner`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use fastgate_layer::audit::{AuditConfig, AuditLayer, MemorySink, Outcome};
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let sink = MemorySink::default();
+//! let (layer, worker) = AuditLayer::pair(sink.clone(), AuditConfig::default().max_delay(Duration::from_millis(5)));
+//! let stats = layer.stats();
+//! let worker = tokio::spawn(worker.run());
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|_req| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"hi"))))
+//!     }));
+//! let res = svc.oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap();
+//! res.into_body().collect().await.unwrap();
+//!
+//! worker.await.unwrap(); // every sender is gone: the worker drained the queue and returned
+//! let events = sink.events();
+//! assert_eq!(events.len(), 1);
+//! assert_eq!(events[0].outcome, Outcome::Completed);
+//! assert_eq!(events[0].response_bytes, 2);
+//! assert_eq!(stats.written(), 1);
+//! # }
+//! ```
+
+mod body;
 mod event;
+mod guard;
+mod layer;
+mod memory;
+pub mod scan;
 mod sink;
+mod worker;
+
+pub use body::{AuditBody, AuditRequestBody};
 pub use event::{AuditEvent, Outcome, TokenUsage};
+pub use layer::{Audit, AuditConfig, AuditLayer, AuditStats, ResponseFuture};
+pub use memory::MemorySink;
 pub use sink::AuditSink;
+pub use worker::AuditWorker;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+fn body_classify_for_test<E: 'static>(err: &E) -> Outcome {
+    body::classify(err).0
+}

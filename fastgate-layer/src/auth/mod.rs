@@ -1,3 +1,59 @@
-//! API-key authentication (ports only so far).
+//! API-key authentication.
+//!
+//! [`ApiKeyAuthLayer`] takes the gateway key from `X-API-Key` or `Authorization: Bearer <key>`
+//! (the scheme matched case-insensitively), checks its shape with [`PresentedKey::parse`] *before*
+//! any lookup, resolves it through a [`KeyResolver`] and then checks expiry and the route's
+//! permission. Every refusal is an OpenAI-shaped JSON response (never an `Err`):
+//!
+//! | case | status | code |
+//! |---|---|---|
+//! | no key | 401 | `missing_api_key` |
+//! | malformed, unknown, disabled or revoked key (one message for all) | 401 | `invalid_api_key` |
+//! | expired ([`KeyIdentity::expires_at`](crate::KeyIdentity::expires_at)) | 401 | `expired_api_key` |
+//! | key lacks [`RouteConfig::permission`](crate::RouteConfig::permission) (`chat` without a route) | 403 | `permission_denied` |
+//! | [`ResolveError::Unavailable`] | 503 | `auth_unavailable` |
+//!
+//! Extensions: reads [`RouteConfig`](crate::RouteConfig) from the request; writes
+//! [`KeyIdentity`](crate::KeyIdentity) into the request (for inner layers) and into the response
+//! (for audit, which sits outside), and [`Rejected`](crate::Rejected) on refusals. The presented
+//! key is never echoed, logged or stored.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use fastgate_layer::{KeyIdentity, auth::{ApiKeyAuthLayer, StaticKeys}};
+//! use http::{Request, Response, StatusCode};
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let keys = StaticKeys::new([("sk-client-1", KeyIdentity {
+//!     key_id: "key-1".into(),
+//!     source_path: "team-a".into(),
+//!     permissions: vec!["chat".to_owned()].into(),
+//!     expires_at: None,
+//! })]);
+//! let svc = ServiceBuilder::new()
+//!     .layer(ApiKeyAuthLayer::new(keys))
+//!     .service(service_fn(|req: Request<()>| async move {
+//!         let who = req.extensions().get::<KeyIdentity>().unwrap().key_id.clone();
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(who.to_string()))))
+//!     }));
+//!
+//! let ok = Request::builder().header("authorization", "bearer sk-client-1").body(()).unwrap();
+//! assert_eq!(svc.clone().oneshot(ok).await.unwrap().status(), StatusCode::OK);
+//! let missing = Request::new(());
+//! assert_eq!(svc.oneshot(missing).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+//! # }
+//! ```
+
 mod resolver;
+mod service;
+mod static_keys;
+
 pub use resolver::{KeyResolver, PresentedKey, ResolveError};
+pub use service::{ApiKeyAuth, ApiKeyAuthLayer, AuthError, ResponseFuture};
+pub use static_keys::StaticKeys;

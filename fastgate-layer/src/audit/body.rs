@@ -1,0 +1,228 @@
+//! Body wrappers of the audit layer: [`AuditBody`] (response) and [`AuditRequestBody`] (request).
+
+use std::any::Any;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::Outcome;
+use super::guard::{AuditGuard, RequestStats};
+use super::scan::{SCAN_WINDOW, find_model};
+use crate::body::GatewayBodyError;
+
+pin_project! {
+    /// Response body for [`Audit`](super::Audit). Forwards every frame unchanged while counting
+    /// bytes, timing the first byte and reading token usage; emits the audit event exactly once
+    /// (end, error, or drop).
+    pub struct AuditBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<AuditGuard>,
+    }
+}
+
+impl<B> fmt::Debug for AuditBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditBody")
+            .field("auditing", &self.guard.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> AuditBody<B> {
+    pub(crate) fn new(inner: B, mut guard: Option<AuditGuard>) -> Self {
+        if inner.is_end_stream() {
+            // HEAD, 204, 304 or an empty local body: the client may never poll.
+            if let Some(guard) = guard.as_mut() {
+                guard.finish(Outcome::Completed, None);
+            }
+        }
+        Self { inner, guard }
+    }
+
+    /// A body that is not audited.
+    pub fn unaudited(inner: B) -> Self {
+        Self { inner, guard: None }
+    }
+}
+
+impl<B> Body for AuditBody<B>
+where
+    B: Body,
+    B::Error: 'static,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let Some(guard) = this.guard.as_mut() else {
+            return Poll::Ready(frame);
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    guard.on_data(data.chunk(), data.remaining());
+                }
+                // With an exact Content-Length the client may never poll again.
+                if f.is_trailers() || this.inner.is_end_stream() {
+                    guard.finish(Outcome::Completed, None);
+                }
+            }
+            Some(Err(err)) => {
+                let (outcome, code) = classify(err);
+                guard.finish(outcome, Some(code));
+            }
+            None => guard.finish(Outcome::Completed, None),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pub(super) fn classify<E: 'static>(err: &E) -> (Outcome, &'static str) {
+    match (err as &dyn Any).downcast_ref::<GatewayBodyError>() {
+        Some(e) => (e.outcome(), e.code()),
+        None => (Outcome::UpstreamError, "upstream_error"),
+    }
+}
+
+pin_project! {
+    /// Request body for [`Audit`](super::Audit): counts bytes and reads `model` from a bounded
+    /// prefix (the first 64 KiB) without holding back or changing any byte.
+    pub struct AuditRequestBody<B> {
+        #[pin]
+        inner: B,
+        sniffer: Option<ModelSniffer>,
+    }
+}
+
+impl<B> fmt::Debug for AuditRequestBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditRequestBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> AuditRequestBody<B> {
+    pub(crate) fn new(inner: B, stats: Option<Arc<RequestStats>>) -> Self {
+        Self {
+            inner,
+            sniffer: stats.map(|stats| ModelSniffer {
+                prefix: Vec::new(),
+                done: false,
+                stats,
+            }),
+        }
+    }
+
+    /// A request body that is not audited.
+    pub fn unaudited(inner: B) -> Self {
+        Self {
+            inner,
+            sniffer: None,
+        }
+    }
+}
+
+impl<B: Body> Body for AuditRequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(sniffer) = this.sniffer.as_mut() {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        let last = this.inner.is_end_stream();
+                        sniffer.on_data(data.chunk(), data.remaining(), last);
+                    }
+                }
+                _ => sniffer.finish(),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts request bytes and finds `model` in the first [`SCAN_WINDOW`] bytes.
+struct ModelSniffer {
+    prefix: Vec<u8>,
+    done: bool,
+    stats: Arc<RequestStats>,
+}
+
+impl ModelSniffer {
+    fn on_data(&mut self, chunk: &[u8], len: usize, last: bool) {
+        self.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if self.done {
+            return;
+        }
+        if last && self.prefix.is_empty() && chunk.len() == len {
+            // The whole body in one frame: scan it in place.
+            self.done = true;
+            if let Some(model) = find_model(&chunk[..chunk.len().min(SCAN_WINDOW)]) {
+                let _ = self.stats.model.set(model);
+            }
+            return;
+        }
+        let take = (SCAN_WINDOW - self.prefix.len()).min(chunk.len());
+        self.prefix.extend_from_slice(&chunk[..take]);
+        if last || self.prefix.len() >= SCAN_WINDOW || chunk.len() < len {
+            self.finish();
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(model) = find_model(&self.prefix) {
+            let _ = self.stats.model.set(model);
+        }
+        self.prefix = Vec::new();
+    }
+}
+
+impl Drop for ModelSniffer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<AuditBody<crate::body::GatewayBody>>();
+    check::<AuditRequestBody<hyper::body::Incoming>>();
+}

@@ -1,0 +1,154 @@
+//! [`AuditGuard`]: the one place an audit event is emitted, exactly once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use http::Response;
+use tokio::sync::mpsc;
+
+use super::layer::StatsInner;
+use super::scan::UsageScanner;
+use super::{AuditEvent, Outcome};
+use crate::extensions::{KeyIdentity, Rejected, TargetUrl};
+use crate::forward::is_event_stream;
+
+/// Facts the request body wrapper learns while the request streams.
+#[derive(Debug, Default)]
+pub(crate) struct RequestStats {
+    pub(crate) bytes: AtomicU64,
+    pub(crate) model: OnceLock<String>,
+}
+
+/// Holds the event until the request ends; emits it on `finish` or, failing that, on drop
+/// (as `ClientAborted`). Never blocks: `try_send`, and a full queue counts a drop.
+pub(crate) struct AuditGuard {
+    event: Option<AuditEvent>,
+    start: Instant,
+    tx: Option<mpsc::Sender<AuditEvent>>,
+    stats: Arc<StatsInner>,
+    request: Arc<RequestStats>,
+    rejected: Option<Rejected>,
+    scanner: Option<UsageScanner>,
+}
+
+impl std::fmt::Debug for AuditGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditGuard")
+            .field("pending", &self.event.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditGuard {
+    pub(crate) fn new(
+        event: AuditEvent,
+        start: Instant,
+        tx: mpsc::Sender<AuditEvent>,
+        stats: Arc<StatsInner>,
+        request: Arc<RequestStats>,
+    ) -> Self {
+        Self {
+            event: Some(event),
+            start,
+            tx: Some(tx),
+            stats,
+            request,
+            rejected: None,
+            scanner: None,
+        }
+    }
+
+    /// Record what the response head says.
+    pub(crate) fn on_response<B>(&mut self, res: &Response<B>) {
+        let Some(event) = self.event.as_mut() else {
+            return;
+        };
+        event.status = res.status().as_u16();
+        let ext = res.extensions();
+        if let Some(id) = ext.get::<KeyIdentity>() {
+            event.key_id = Some(Arc::clone(&id.key_id));
+            event.source_path = Some(Arc::clone(&id.source_path));
+        }
+        if let Some(target) = ext.get::<TargetUrl>() {
+            event.target_url = Some(Arc::clone(&target.0));
+        }
+        if let Some(rejected) = ext.get::<Rejected>() {
+            event.error_code = Some(rejected.code);
+            self.rejected = Some(*rejected);
+        }
+        event.is_stream = is_event_stream(res.headers());
+        self.scanner = if event.is_stream {
+            Some(UsageScanner::sse())
+        } else if self.rejected.is_none() && is_json(res.headers()) {
+            Some(UsageScanner::json())
+        } else {
+            None
+        };
+    }
+
+    /// A data frame of `len` bytes passed; `chunk` is its first contiguous part.
+    pub(crate) fn on_data(&mut self, chunk: &[u8], len: usize) {
+        let start = self.start;
+        let Some(event) = self.event.as_mut() else {
+            return;
+        };
+        event.ttfb.get_or_insert_with(|| start.elapsed());
+        event.response_bytes += len as u64;
+        if let Some(scanner) = self.scanner.as_mut() {
+            scanner.push(chunk);
+        }
+    }
+
+    /// Emit the event (once). `code` overrides the error code (body failures).
+    pub(crate) fn finish(&mut self, outcome: Outcome, code: Option<&'static str>) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        event.outcome = match (outcome, self.rejected) {
+            (Outcome::Completed, Some(rejected)) => rejected.outcome,
+            (outcome, _) => outcome,
+        };
+        if code.is_some() {
+            event.error_code = code;
+        }
+        event.duration = self.start.elapsed();
+        event.request_bytes = self.request.bytes.load(Ordering::Relaxed);
+        event.model = self.request.model.get().cloned();
+        if let Some(mut scanner) = self.scanner.take() {
+            scanner.finish();
+            event.usage = scanner.usage();
+        }
+        // Runs inside poll_frame and Drop: never block, never await. Dropping the sender here
+        // lets the worker finish while a finished body is still alive.
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        match tx.try_send(event) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for AuditGuard {
+    fn drop(&mut self) {
+        self.finish(Outcome::ClientAborted, None);
+    }
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start();
+            ct.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/json"))
+                || ct.contains("+json")
+        })
+}

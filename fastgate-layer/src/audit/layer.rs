@@ -1,0 +1,349 @@
+//! [`AuditLayer`], [`Audit`], [`AuditConfig`], [`AuditStats`] and the response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Request, Response, header};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
+use tower::{Layer, Service};
+
+use super::body::{AuditBody, AuditRequestBody};
+use super::guard::{AuditGuard, RequestStats};
+use super::worker::AuditWorker;
+use super::{AuditEvent, AuditSink, Outcome};
+use crate::extensions::ClientAddr;
+use crate::request_id::X_REQUEST_ID;
+
+/// Settings of the audit queue and worker.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AuditConfig {
+    /// Events the queue holds before new ones are dropped (default 65 536).
+    pub capacity: usize,
+    /// Most events per [`AuditSink::write_batch`] call (default 512).
+    pub max_batch: usize,
+    /// Longest time an event waits for its batch to fill (default 200 ms).
+    pub max_delay: Duration,
+    /// Retries of a failed batch before its events are counted as lost (default 5).
+    pub max_retries: u32,
+    /// Wait before the first retry; doubles each time (default 100 ms).
+    pub retry_backoff: Duration,
+    /// Upper bound of the wait between retries (default 5 s).
+    pub max_retry_backoff: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 65_536,
+            max_batch: 512,
+            max_delay: Duration::from_millis(200),
+            max_retries: 5,
+            retry_backoff: Duration::from_millis(100),
+            max_retry_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Set [`capacity`](Self::capacity).
+    #[must_use]
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+    /// Set [`max_batch`](Self::max_batch).
+    #[must_use]
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch;
+        self
+    }
+    /// Set [`max_delay`](Self::max_delay).
+    #[must_use]
+    pub fn max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+    /// Set [`max_retries`](Self::max_retries).
+    #[must_use]
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+    /// Set the first and the largest wait between retries.
+    #[must_use]
+    pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.retry_backoff = first;
+        self.max_retry_backoff = max;
+        self
+    }
+}
+
+/// Counters shared by the layer, its services and the worker.
+#[derive(Debug, Default)]
+pub(crate) struct StatsInner {
+    pub(crate) capacity: usize,
+    /// Events sent into the queue (the worker subtracts what it takes out).
+    pub(crate) queued: AtomicU64,
+    pub(crate) taken: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) lost: AtomicU64,
+}
+
+/// A cheap, cloneable view of the audit counters (for `/health` and metrics).
+#[derive(Clone, Debug)]
+pub struct AuditStats {
+    inner: Arc<StatsInner>,
+}
+
+impl AuditStats {
+    /// Events waiting in the queue.
+    pub fn queue_depth(&self) -> u64 {
+        let queued = self.inner.queued.load(Ordering::Relaxed);
+        let taken = self.inner.taken.load(Ordering::Relaxed);
+        queued.saturating_sub(taken)
+    }
+    /// Queue capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+    /// Events dropped because the queue was full or the worker had stopped.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+    /// Events the sink accepted.
+    pub fn written(&self) -> u64 {
+        self.inner.written.load(Ordering::Relaxed)
+    }
+    /// Batch write attempts that were retried.
+    pub fn retried(&self) -> u64 {
+        self.inner.retried.load(Ordering::Relaxed)
+    }
+    /// Events in batches given up on after the last retry.
+    pub fn lost(&self) -> u64 {
+        self.inner.lost.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    tx: mpsc::Sender<AuditEvent>,
+    stats: Arc<StatsInner>,
+}
+
+/// Layer that applies [`Audit`]. Create it with [`AuditLayer::pair`].
+///
+/// Dropping every clone of the layer (and of the services it made) closes the queue; the worker
+/// then writes what is left and returns.
+#[derive(Clone)]
+pub struct AuditLayer {
+    shared: Option<Shared>,
+}
+
+impl fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayer")
+            .field("enabled", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl AuditLayer {
+    /// The layer and the worker that drains its events into `sink`.
+    ///
+    /// The worker is a plain future: the caller decides where to run it (the library never
+    /// spawns).
+    pub fn pair<W: AuditSink>(sink: W, config: AuditConfig) -> (Self, AuditWorker<W>) {
+        let capacity = config.capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let stats = Arc::new(StatsInner {
+            capacity,
+            ..StatsInner::default()
+        });
+        let worker = AuditWorker::new(rx, sink, config, Arc::clone(&stats));
+        (
+            Self {
+                shared: Some(Shared { tx, stats }),
+            },
+            worker,
+        )
+    }
+
+    /// A layer that audits nothing (bodies pass through without counting).
+    pub fn disabled() -> Self {
+        Self { shared: None }
+    }
+
+    /// Counters of this layer's queue and worker (all zero when disabled).
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            inner: self
+                .shared
+                .as_ref()
+                .map_or_else(Arc::default, |s| Arc::clone(&s.stats)),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Middleware that emits exactly one [`AuditEvent`] per request.
+///
+/// See the [module docs](super) for details.
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+    shared: Option<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Audit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Audit")
+            .field("inner", &self.inner)
+            .field("enabled", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl<S> Audit<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Consume `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Audit<S>
+where
+    S: Service<Request<AuditRequestBody<ReqB>>, Response = Response<ResB>>,
+    ResB: Body,
+{
+    type Response = Response<AuditBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let Some(shared) = &self.shared else {
+            let req = req.map(AuditRequestBody::unaudited);
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                guard: None,
+            };
+        };
+        let start = Instant::now();
+        let event = start_event(&req);
+        let request = Arc::new(RequestStats::default());
+        let guard = AuditGuard::new(
+            event,
+            start,
+            shared.tx.clone(),
+            Arc::clone(&shared.stats),
+            Arc::clone(&request),
+        );
+        let req = req.map(|b| AuditRequestBody::new(b, Some(request)));
+        ResponseFuture {
+            inner: self.inner.call(req),
+            guard: Some(guard),
+        }
+    }
+}
+
+fn start_event<B>(req: &Request<B>) -> AuditEvent {
+    let headers = req.headers();
+    let text = |name: &header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    let mut event = AuditEvent::new(
+        text(&X_REQUEST_ID).unwrap_or_default(),
+        req.method().as_str(),
+        path,
+    );
+    event.started_at = SystemTime::now();
+    event.user_agent = text(&header::USER_AGENT);
+    event.client_ip = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|a| a.0.to_string());
+    event
+}
+
+pin_project! {
+    /// Response future for [`Audit`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<AuditGuard>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("audit::ResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<AuditBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut guard = this.guard.take();
+        match result {
+            Ok(res) => {
+                if let Some(guard) = guard.as_mut() {
+                    guard.on_response(&res);
+                }
+                Poll::Ready(Ok(res.map(|body| AuditBody::new(body, guard))))
+            }
+            Err(err) => {
+                if let Some(guard) = guard.as_mut() {
+                    guard.finish(Outcome::UpstreamError, Some("service_error"));
+                }
+                Poll::Ready(Err(err))
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+use super::*;
+use crate::body::{GatewayBody, GatewayBodyError};
+use crate::extensions::{ClientAddr, KeyIdentity, Rejected};
+use crate::test_util::{MockBody, Step};
+
+fn config() -> AuditConfig {
+    AuditConfig::default()
+        .max_delay(Duration::from_millis(5))
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(2))
+}
+
+/// Serve one request whose response body is `body`; return the response.
+async fn respond<B: Body + Send + 'static>(
+    layer: &AuditLayer,
+    req: Request<Full<Bytes>>,
+    make: impl FnOnce() -> Response<B> + Send + 'static,
+) -> Response<AuditBody<B>> {
+    let make = Arc::new(Mutex::new(Some(make)));
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(
+            move |req: Request<AuditRequestBody<Full<Bytes>>>| {
+                let make = Arc::clone(&make);
+                async move {
+                    // Read the request body like a forward would.
+                    req.into_body().collect().await.unwrap();
+                    let make = make.lock().unwrap().take().unwrap();
+                    Ok::<_, Infallible>(make())
+                }
+            },
+        ));
+    svc.oneshot(req).await.unwrap()
+}
+
+async fn events_after(
+    layer: AuditLayer,
+    worker: AuditWorker<MemorySink>,
+    sink: &MemorySink,
+) -> Vec<AuditEvent> {
+    drop(layer);
+    tokio::time::timeout(Duration::from_secs(5), worker.run())
+        .await
+        .unwrap();
+    sink.events()
+}
+
+fn request() -> Request<Full<Bytes>> {
+    let mut req = Request::post("/proxy/chat?x=1")
+        .header("x-request-id", "rid-1")
+        .header("user-agent", "test-agent")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-test","messages":[]}"#,
+        )))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ClientAddr("127.0.0.9".parse().unwrap()));
+    req
+}
+
+#[tokio::test]
+async fn normal_end_fills_every_field() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let res = respond(&layer, request(), || {
+        let mut res = Response::new(MockBody::new([
+            Step::Data(b"{\"usage\":{\"prompt_tokens\":1,"),
+            Step::Data(b"\"completion_tokens\":2,\"total_tokens\":3}}"),
+        ]));
+        res.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        res.extensions_mut().insert(KeyIdentity {
+            key_id: "k1".into(),
+            source_path: "team".into(),
+            permissions: Arc::from(Vec::<String>::new()),
+            expires_at: None,
+        });
+        res
+    })
+    .await;
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.request_id, "rid-1");
+    assert_eq!(e.method, "POST");
+    assert_eq!(e.path, "/proxy/chat?x=1");
+    assert_eq!(e.user_agent.as_deref(), Some("test-agent"));
+    assert_eq!(e.client_ip.as_deref(), Some("127.0.0.9"));
+    assert_eq!(e.key_id.as_deref(), Some("k1"));
+    assert_eq!(e.source_path.as_deref(), Some("team"));
+    assert_eq!(e.status, 200);
+    assert_eq!(e.outcome, Outcome::Completed);
+    assert_eq!(e.response_bytes, body.len() as u64);
+    assert_eq!(e.request_bytes, 34);
+    assert_eq!(e.model.as_deref(), Some("gpt-test"));
+    assert!(e.ttfb.is_some());
+    assert!(!e.is_stream);
+    assert_eq!(e.usage.unwrap().total_tokens, 3);
+}
+
+#[tokio::test]
+async fn empty_body_emits_at_construction() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let res = respond(&layer, request(), || {
+        let mut r = Response::new(MockBody::new([]));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    })
+    .await;
+    // Never polled: the event must still be Completed.
+    assert_eq!(sink.len(), 0);
+    let events = events_after(layer, worker, &sink).await;
+    drop(res);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, Outcome::Completed);
+    assert_eq!(events[0].status, 204);
+    assert_eq!(events[0].ttfb, None);
+}
+
+#[tokio::test]
+async fn exact_length_without_final_poll_completes() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let res = respond(&layer, request(), || {
+        Response::new(MockBody::new([Step::Data(b"ab"), Step::Data(b"cd")]))
+    })
+    .await;
+    let mut body = res.into_body();
+    body.frame().await.unwrap().unwrap();
+    body.frame().await.unwrap().unwrap();
+    assert!(body.is_end_stream());
+    // Keep the body alive, never poll for None: the event is already sent.
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, Outcome::Completed);
+    assert_eq!(events[0].response_bytes, 4);
+    drop(body);
+}
+
+#[tokio::test]
+async fn trailers_complete() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let res = respond(&layer, request(), || {
+        Response::new(MockBody::new([
+            Step::Data(b"x"),
+            Step::Trailers,
+            Step::Pending,
+        ]))
+    })
+    .await;
+    let mut body = res.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(body.frame().await.unwrap().unwrap().is_trailers());
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events[0].outcome, Outcome::Completed);
+    drop(body);
+}
+
+#[tokio::test]
+async fn upstream_error_and_drop_mid_stream() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+
+    let res = respond(&layer, request(), || {
+        Response::new(MockBody::new([Step::Data(b"abc"), Step::Error]))
+    })
+    .await;
+    assert!(res.into_body().collect().await.is_err());
+
+    let res = respond(&layer, request(), || {
+        Response::new(MockBody::new([Step::Data(b"abcd"), Step::Data(b"more")]))
+    })
+    .await;
+    let mut body = res.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].outcome, Outcome::UpstreamError);
+    assert_eq!(events[0].response_bytes, 3);
+    assert_eq!(events[0].error_code, Some("upstream_error"));
+    assert_eq!(events[1].outcome, Outcome::ClientAborted);
+    assert_eq!(events[1].response_bytes, 4);
+}
+
+#[tokio::test]
+async fn gateway_idle_timeout_is_upstream_timeout() {
+    let err = GatewayBodyError::IdleTimeout(Duration::from_millis(1));
+    assert_eq!(
+        super::body_classify_for_test(&err),
+        Outcome::UpstreamTimeout
+    );
+}
+
+#[tokio::test]
+async fn rejected_outcome_and_code_recorded() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let res = respond(&layer, request(), || {
+        crate::error::rejection::<GatewayBody>(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "invalid API key",
+            Outcome::Rejected,
+        )
+    })
+    .await;
+    assert!(res.extensions().get::<Rejected>().is_some());
+    res.into_body().collect().await.unwrap();
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events[0].outcome, Outcome::Rejected);
+    assert_eq!(events[0].error_code, Some("invalid_api_key"));
+    assert_eq!(events[0].status, 401);
+    assert_eq!(events[0].usage, None);
+}
+
+#[tokio::test]
+async fn sse_usage_and_is_stream() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let res = respond(&layer, request(), || {
+        let mut r = Response::new(MockBody::new([
+            Step::Data(b"data: {\"usage\":null}\n\ndata: {\"usage\":{\"prompt_tokens\":4,"),
+            Step::Data(b"\"completion_tokens\":5,\"total_tokens\":9}}\n\ndata: [DONE]\n\n"),
+        ]));
+        r.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        r
+    })
+    .await;
+    res.into_body().collect().await.unwrap();
+    let events = events_after(layer, worker, &sink).await;
+    assert!(events[0].is_stream);
+    assert_eq!(events[0].usage.unwrap().total_tokens, 9);
+}
+
+#[tokio::test]
+async fn dropping_the_future_before_headers_is_client_aborted() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(
+            |_req: Request<AuditRequestBody<Full<Bytes>>>| async {
+                std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+            },
+        ));
+    let fut = svc.ready().await.unwrap().call(request());
+    let _ = tokio::time::timeout(Duration::from_millis(5), fut).await;
+    drop(svc);
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, Outcome::ClientAborted);
+}
+
+#[tokio::test]
+async fn full_queue_drops_and_counts_without_blocking() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config().capacity(1));
+    let stats = layer.stats();
+    for _ in 0..3 {
+        let res = respond(&layer, request(), || {
+            Response::new(Full::new(Bytes::from_static(b"x")))
+        })
+        .await;
+        res.into_body().collect().await.unwrap();
+    }
+    assert_eq!(stats.capacity(), 1);
+    assert_eq!(stats.queue_depth(), 1);
+    assert_eq!(stats.dropped(), 2);
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(stats.written(), 1);
+    assert_eq!(stats.queue_depth(), 0);
+}
+
+#[tokio::test]
+async fn worker_retries_then_writes_and_counts_lost() {
+    let sink = MemorySink::default();
+    sink.fail_next(2);
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config().max_retries(2));
+    let stats = layer.stats();
+    let worker = tokio::spawn(worker.run());
+    let res = respond(&layer, request(), || Response::new(Full::new(Bytes::new()))).await;
+    drop(res);
+    tokio::time::timeout(Duration::from_secs(5), sink.wait_for(1))
+        .await
+        .unwrap();
+    assert_eq!(stats.retried(), 2);
+    assert_eq!(stats.written(), 1);
+
+    sink.fail_next(10);
+    let res = respond(&layer, request(), || Response::new(Full::new(Bytes::new()))).await;
+    drop(res);
+    drop(layer);
+    tokio::time::timeout(Duration::from_secs(5), worker)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.lost(), 1);
+    assert_eq!(stats.retried(), 4);
+    assert_eq!(sink.len(), 1);
+}
+
+#[tokio::test]
+async fn worker_batches_and_drains_on_close() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config().max_batch(4));
+    for _ in 0..10 {
+        let res = respond(&layer, request(), || Response::new(Full::new(Bytes::new()))).await;
+        drop(res);
+    }
+    let stats = layer.stats();
+    assert_eq!(stats.queue_depth(), 10);
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events.len(), 10);
+    assert_eq!(stats.written(), 10);
+}
+
+#[tokio::test]
+async fn disabled_layer_passes_through() {
+    let layer = AuditLayer::disabled();
+    let res = respond(&layer, request(), || {
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await;
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    assert_eq!(layer.stats().written(), 0);
+}

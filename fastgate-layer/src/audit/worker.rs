@@ -1,0 +1,120 @@
+//! [`AuditWorker`]: drains the audit queue into an [`AuditSink`] in batches.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use super::layer::{AuditConfig, StatsInner};
+use super::{AuditEvent, AuditSink};
+
+/// Drains the audit queue into an [`AuditSink`]. Created by
+/// [`AuditLayer::pair`](super::AuditLayer::pair); run it with [`AuditWorker::run`].
+pub struct AuditWorker<W> {
+    rx: mpsc::Receiver<AuditEvent>,
+    sink: W,
+    config: AuditConfig,
+    stats: Arc<StatsInner>,
+}
+
+impl<W> fmt::Debug for AuditWorker<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditWorker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: AuditSink> AuditWorker<W> {
+    pub(crate) fn new(
+        rx: mpsc::Receiver<AuditEvent>,
+        sink: W,
+        config: AuditConfig,
+        stats: Arc<StatsInner>,
+    ) -> Self {
+        Self {
+            rx,
+            sink,
+            config,
+            stats,
+        }
+    }
+
+    /// Write events in batches until every sender (layer and services) is dropped and the queue
+    /// is empty, then return.
+    ///
+    /// A batch is written when it holds `max_batch` events or its first event has waited
+    /// `max_delay`. A failed batch is retried up to `max_retries` times with doubling backoff
+    /// (each retry counted in [`AuditStats::retried`](super::AuditStats::retried)); after that its
+    /// events are counted as [`lost`](super::AuditStats::lost).
+    pub async fn run(mut self) {
+        let max_batch = self.config.max_batch.max(1);
+        let mut batch = Vec::with_capacity(max_batch.min(1024));
+        while let Some(first) = self.rx.recv().await {
+            batch.push(first);
+            let deadline = tokio::time::sleep(self.config.max_delay);
+            tokio::pin!(deadline);
+            let mut closed = false;
+            while batch.len() < max_batch {
+                // Take what is already queued without waiting.
+                match self.rx.try_recv() {
+                    Ok(event) => {
+                        batch.push(event);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+                tokio::select! {
+                    maybe = self.rx.recv() => match maybe {
+                        Some(event) => batch.push(event),
+                        None => { closed = true; break; }
+                    },
+                    () = &mut deadline => break,
+                }
+            }
+            self.stats
+                .taken
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.write(&batch).await;
+            batch.clear();
+            if closed {
+                break;
+            }
+        }
+        tracing::debug!("audit queue closed; worker done");
+    }
+
+    async fn write(&mut self, batch: &[AuditEvent]) {
+        let mut backoff = self.config.retry_backoff;
+        let mut attempt = 0;
+        loop {
+            match self.sink.write_batch(batch).await {
+                Ok(()) => {
+                    self.stats
+                        .written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+                Err(error) if attempt < self.config.max_retries => {
+                    attempt += 1;
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, attempt, events = batch.len(), "audit batch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.max_retry_backoff);
+                }
+                Err(error) => {
+                    self.stats
+                        .lost
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    tracing::error!(%error, lost = batch.len(), "audit batch given up");
+                    return;
+                }
+            }
+        }
+    }
+}

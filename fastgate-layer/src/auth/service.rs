@@ -1,0 +1,463 @@
+//! [`ApiKeyAuthLayer`], [`ApiKeyAuth`] and their [`ResponseFuture`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::resolver::{KeyResolver, PresentedKey, ResolveError};
+use crate::audit::Outcome;
+use crate::error::rejection;
+use crate::extensions::{KeyIdentity, RouteConfig};
+
+/// Permission required when the request carries no [`RouteConfig`].
+pub const DEFAULT_PERMISSION: &str = "chat";
+
+/// Why authentication failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No key in `authorization` or `x-api-key`.
+    #[error("missing API key")]
+    Missing,
+    /// Malformed, unknown, disabled or revoked. Deliberately one case with one message.
+    #[error("invalid API key")]
+    Invalid,
+    /// The key has expired.
+    #[error("expired API key")]
+    Expired,
+    /// The key does not grant the route's permission.
+    #[error("the API key is not allowed to use this route")]
+    PermissionDenied,
+    /// The resolver could not answer.
+    #[error("API key lookup is unavailable")]
+    Unavailable,
+}
+
+impl AuthError {
+    /// HTTP status of the JSON response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Missing | Self::Invalid | Self::Expired => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable error code, as in the JSON body and the audit record.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_api_key",
+            Self::Invalid => "invalid_api_key",
+            Self::Expired => "expired_api_key",
+            Self::PermissionDenied => "permission_denied",
+            Self::Unavailable => "auth_unavailable",
+        }
+    }
+}
+
+/// Layer that applies [`ApiKeyAuth`]. See the [module docs](super) for an example.
+#[derive(Clone, Debug)]
+pub struct ApiKeyAuthLayer<R> {
+    resolver: R,
+}
+
+impl<R> ApiKeyAuthLayer<R> {
+    /// Authenticate requests with keys resolved by `resolver`.
+    pub fn new(resolver: R) -> Self {
+        Self { resolver }
+    }
+}
+
+impl<S, R: Clone> Layer<S> for ApiKeyAuthLayer<R> {
+    type Service = ApiKeyAuth<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyAuth {
+            inner,
+            resolver: self.resolver.clone(),
+        }
+    }
+}
+
+/// Middleware that authenticates the gateway key. See the [module docs](super) for details.
+#[derive(Clone, Debug)]
+pub struct ApiKeyAuth<S, R> {
+    inner: S,
+    resolver: R,
+}
+
+impl<S, R> ApiKeyAuth<S, R> {
+    /// Wrap `inner`, resolving keys with `resolver`.
+    pub fn new(inner: S, resolver: R) -> Self {
+        Self { inner, resolver }
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Consume `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, R, ReqB, ResB> Service<Request<ReqB>> for ApiKeyAuth<S, R>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    R: KeyResolver,
+    ResB: From<Bytes>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, R::Future, ReqB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let key = match presented_key(req.headers()) {
+            Ok(key) => key,
+            Err(err) => return ResponseFuture::rejected(err, None),
+        };
+        let lookup = self.resolver.resolve(key);
+        // Move the service that `poll_ready` readied into the future; keep the clone.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Lookup { lookup },
+            service: Some(ready),
+            request: Some(req),
+            rejection: None,
+        }
+    }
+}
+
+/// Extract and shape-check the presented key. `X-API-Key` wins over `Authorization`.
+fn presented_key(headers: &HeaderMap) -> Result<PresentedKey, AuthError> {
+    let raw = if let Some(v) = headers.get("x-api-key") {
+        v.to_str().map_err(|_| AuthError::Invalid)?.trim()
+    } else if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| AuthError::Invalid)?;
+        strip_bearer(v).ok_or(AuthError::Invalid)?.trim()
+    } else {
+        return Err(AuthError::Missing);
+    };
+    PresentedKey::parse(raw).ok_or(AuthError::Invalid)
+}
+
+/// `Bearer <token>` with the scheme matched case-insensitively; `None` for any other scheme.
+fn strip_bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    // At least one space between the scheme and the token.
+    let token = rest.strip_prefix(' ')?;
+    Some(token)
+}
+
+pin_project! {
+    /// Response future for [`ApiKeyAuth`].
+    pub struct ResponseFuture<S, L, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<L, S::Future>,
+        service: Option<S>,
+        request: Option<Request<ReqB>>,
+        rejection: Option<(AuthError, Option<KeyIdentity>)>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<L, F> {
+        Rejected,
+        Lookup { #[pin] lookup: L },
+        Inner { #[pin] fut: F, identity: Option<KeyIdentity> },
+    }
+}
+
+impl<S, L, ReqB> fmt::Debug for ResponseFuture<S, L, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("auth::ResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, L, ReqB> ResponseFuture<S, L, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn rejected(err: AuthError, identity: Option<KeyIdentity>) -> Self {
+        Self {
+            state: State::Rejected,
+            service: None,
+            request: None,
+            rejection: Some((err, identity)),
+        }
+    }
+}
+
+impl<S, L, ReqB, ResB> Future for ResponseFuture<S, L, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    L: Future<Output = Result<KeyIdentity, ResolveError>>,
+    ResB: From<Bytes>,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Rejected => {
+                    let (err, identity) = this.rejection.take().expect("polled after completion");
+                    return Poll::Ready(Ok(reject(&err, identity)));
+                }
+                StateProj::Lookup { lookup } => {
+                    let identity = match ready!(lookup.poll(cx)) {
+                        Ok(identity) => identity,
+                        Err(ResolveError::Invalid) => {
+                            return Poll::Ready(Ok(reject(&AuthError::Invalid, None)));
+                        }
+                        Err(ResolveError::Unavailable(source)) => {
+                            tracing::warn!(error = %source, "key resolver unavailable");
+                            return Poll::Ready(Ok(reject(&AuthError::Unavailable, None)));
+                        }
+                    };
+                    let mut req = this.request.take().expect("polled after completion");
+                    if identity.is_expired_at(SystemTime::now()) {
+                        return Poll::Ready(Ok(reject(&AuthError::Expired, Some(identity))));
+                    }
+                    let permission = req
+                        .extensions()
+                        .get::<RouteConfig>()
+                        .map_or(DEFAULT_PERMISSION, |r| &*r.permission);
+                    if !identity.allows(permission) {
+                        return Poll::Ready(Ok(reject(
+                            &AuthError::PermissionDenied,
+                            Some(identity),
+                        )));
+                    }
+                    req.extensions_mut().insert(identity.clone());
+                    let fut = this
+                        .service
+                        .take()
+                        .expect("polled after completion")
+                        .call(req);
+                    this.state.set(State::Inner {
+                        fut,
+                        identity: Some(identity),
+                    });
+                }
+                StateProj::Inner { fut, identity } => {
+                    let mut res = ready!(fut.poll(cx))?;
+                    if let Some(identity) = identity.take() {
+                        res.extensions_mut().insert(identity);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+            }
+        }
+    }
+}
+
+fn reject<B: From<Bytes>>(err: &AuthError, identity: Option<KeyIdentity>) -> Response<B> {
+    tracing::debug!(code = err.code(), "request rejected by auth");
+    let mut res = rejection(
+        err.status(),
+        err.code(),
+        &err.to_string(),
+        Outcome::Rejected,
+    );
+    if let Some(identity) = identity {
+        res.extensions_mut().insert(identity);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::StaticKeys;
+    use crate::extensions::{Backend, Rejected};
+    use http_body_util::{BodyExt, Full};
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    fn identity(perms: &[&str], expires_at: Option<SystemTime>) -> KeyIdentity {
+        KeyIdentity {
+            key_id: "key-1".into(),
+            source_path: "team".into(),
+            permissions: perms.iter().map(|p| (*p).to_owned()).collect(),
+            expires_at,
+        }
+    }
+
+    type Res = Response<Full<Bytes>>;
+
+    async fn call<R: KeyResolver>(resolver: R, req: Request<()>) -> Res {
+        let svc = ServiceBuilder::new()
+            .layer(ApiKeyAuthLayer::new(resolver))
+            .service(service_fn(|req: Request<()>| async move {
+                let id = req
+                    .extensions()
+                    .get::<KeyIdentity>()
+                    .unwrap()
+                    .key_id
+                    .clone();
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(id.to_string()))))
+            }));
+        svc.oneshot(req).await.unwrap()
+    }
+
+    fn keys() -> StaticKeys {
+        StaticKeys::new([
+            ("sk-good", identity(&["chat"], None)),
+            (
+                "sk-old",
+                identity(&["chat"], Some(SystemTime::now() - Duration::from_secs(1))),
+            ),
+            ("sk-embed", identity(&["embeddings"], None)),
+        ])
+    }
+
+    fn req(name: &str, value: &[u8]) -> Request<()> {
+        Request::builder()
+            .header(name, http::HeaderValue::from_bytes(value).unwrap())
+            .body(())
+            .unwrap()
+    }
+
+    async fn code(res: Res) -> (StatusCode, String, Option<Rejected>) {
+        let status = res.status();
+        let rejected = res.extensions().get::<Rejected>().copied();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap(), rejected)
+    }
+
+    #[tokio::test]
+    async fn both_header_styles_accepted() {
+        for (name, value) in [
+            ("x-api-key", &b"sk-good"[..]),
+            ("authorization", b"Bearer sk-good"),
+            ("authorization", b"bEaReR sk-good"),
+        ] {
+            let res = call(keys(), req(name, value)).await;
+            assert_eq!(res.status(), StatusCode::OK, "{name}");
+            assert_eq!(
+                &*res.extensions().get::<KeyIdentity>().unwrap().key_id,
+                "key-1"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_key_is_401_missing() {
+        let (status, body, rejected) = code(call(keys(), Request::new(())).await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("missing_api_key"));
+        assert_eq!(rejected.unwrap().outcome, Outcome::Rejected);
+    }
+
+    #[tokio::test]
+    async fn malformed_and_unknown_share_one_message_and_never_echo() {
+        let counted = CountingResolver::default();
+        let cases: [(&str, &[u8]); 6] = [
+            ("x-api-key", b"sk-unknown"),
+            ("authorization", b"Basic abc"),
+            ("authorization", b"Bearer "),
+            ("authorization", b"Bearersk-good"),
+            ("x-api-key", b"sk with space"),
+            ("x-api-key", &[b'a'; 300]),
+        ];
+        let mut bodies = Vec::new();
+        for (name, value) in cases {
+            let (status, body, _) = code(call(counted.clone(), req(name, value)).await).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert!(body.contains("invalid_api_key"), "{body}");
+            assert!(!body.contains("sk-"));
+            bodies.push(body);
+        }
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+        // Only the well-shaped unknown key reached the resolver.
+        assert_eq!(counted.0.load(Ordering::SeqCst), 1);
+        let non_ascii = call(keys(), req("x-api-key", "sk-ü".as_bytes())).await;
+        assert_eq!(non_ascii.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn expired_and_permission() {
+        let (status, body, _) = code(call(keys(), req("x-api-key", b"sk-old")).await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("expired_api_key"));
+
+        let res = call(keys(), req("x-api-key", b"sk-embed")).await;
+        assert!(res.extensions().get::<KeyIdentity>().is_some());
+        let (status, body, _) = code(res).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("permission_denied"));
+
+        let mut r = req("x-api-key", b"sk-embed");
+        r.extensions_mut().insert(RouteConfig {
+            name: "emb".into(),
+            permission: "embeddings".into(),
+            backend: Arc::new(Backend {
+                base_url: "http://127.0.0.1:1".parse().unwrap(),
+                path: "/".into(),
+                api_key: None,
+                key_header: header::AUTHORIZATION,
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+            }),
+        });
+        assert_eq!(call(keys(), r).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn unavailable_resolver_is_503() {
+        #[derive(Clone)]
+        struct Down;
+        impl KeyResolver for Down {
+            type Future = std::future::Ready<Result<KeyIdentity, ResolveError>>;
+            fn resolve(&self, _key: PresentedKey) -> Self::Future {
+                std::future::ready(Err(ResolveError::Unavailable("db down".into())))
+            }
+        }
+        let (status, body, _) = code(call(Down, req("x-api-key", b"sk-good")).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("auth_unavailable"));
+    }
+
+    #[derive(Clone, Default)]
+    struct CountingResolver(Arc<AtomicUsize>);
+    impl KeyResolver for CountingResolver {
+        type Future = std::future::Ready<Result<KeyIdentity, ResolveError>>;
+        fn resolve(&self, _key: PresentedKey) -> Self::Future {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Err(ResolveError::Invalid))
+        }
+    }
+}

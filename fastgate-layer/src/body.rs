@@ -1,0 +1,220 @@
+//! [`GatewayBody`]: the one response body type the whole stack returns.
+//!
+//! A response either streams from the upstream (a hyper [`Incoming`] body guarded by an idle
+//! timeout between frames) or was produced locally (a JSON error, a 413, a 404). Keeping both in one
+//! concrete enum, with a concrete error type, is what lets poem's `compat()` and hyper accept the
+//! stack without boxing: the body is `Send + Sync` and its error implements
+//! [`std::error::Error`].
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use fastgate_layer::body::GatewayBody;
+//! use http_body_util::BodyExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let body = GatewayBody::from(Bytes::from_static(b"{}"));
+//! assert_eq!(body.collect().await.unwrap().to_bytes(), "{}");
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::audit::Outcome;
+
+/// Why a [`GatewayBody`] stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayBodyError {
+    /// The upstream failed mid-body (connection reset, protocol error).
+    #[error("upstream body failed")]
+    Upstream(#[source] hyper::Error),
+    /// The upstream sent nothing for longer than the idle timeout.
+    #[error("upstream body went idle for longer than {0:?}")]
+    IdleTimeout(Duration),
+}
+
+impl GatewayBodyError {
+    /// Stable error code for audit and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Upstream(_) => "upstream_error",
+            Self::IdleTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// The audit outcome this failure maps to.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Upstream(_) => Outcome::UpstreamError,
+            Self::IdleTimeout(_) => Outcome::UpstreamTimeout,
+        }
+    }
+}
+
+/// Response body of the gateway: an upstream stream with an idle timeout, or local bytes.
+///
+/// Frames pass through unchanged; [`is_end_stream`](Body::is_end_stream) and
+/// [`size_hint`](Body::size_hint) are exact.
+pub struct GatewayBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Upstream {
+        body: Incoming,
+        idle: Duration,
+        timer: Pin<Box<Sleep>>,
+    },
+    Local(Option<Bytes>),
+}
+
+impl GatewayBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            inner: Inner::Local(None),
+        }
+    }
+
+    /// Stream `body` from the upstream; fail with [`GatewayBodyError::IdleTimeout`] when no frame
+    /// arrives for `idle`. There is no total timeout.
+    pub fn upstream(body: Incoming, idle: Duration) -> Self {
+        Self {
+            inner: Inner::Upstream {
+                body,
+                idle,
+                timer: Box::pin(tokio::time::sleep(idle)),
+            },
+        }
+    }
+}
+
+impl From<Bytes> for GatewayBody {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+}
+
+impl Default for GatewayBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl fmt::Debug for GatewayBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Upstream { idle, .. } => f
+                .debug_struct("GatewayBody::Upstream")
+                .field("idle", idle)
+                .finish_non_exhaustive(),
+            Inner::Local(bytes) => f
+                .debug_struct("GatewayBody::Local")
+                .field("len", &bytes.as_ref().map_or(0, Bytes::len))
+                .finish(),
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = GatewayBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, GatewayBodyError>>> {
+        // Every field is Unpin (the timer is boxed), so no projection is needed.
+        match &mut self.get_mut().inner {
+            Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream { body, idle, timer } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    if frame.is_some() {
+                        timer.as_mut().reset(Instant::now() + *idle);
+                    }
+                    Poll::Ready(frame.map(|r| r.map_err(GatewayBodyError::Upstream)))
+                }
+                Poll::Pending => {
+                    ready!(timer.as_mut().poll(cx));
+                    Poll::Ready(Some(Err(GatewayBodyError::IdleTimeout(*idle))))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Local(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<GatewayBody>();
+    check::<GatewayBodyError>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn local_body_yields_once_with_exact_hint() {
+        let mut body = GatewayBody::from(Bytes::from_static(b"hello"));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn empty_body_is_end_stream_at_once() {
+        let body = GatewayBody::from(Bytes::new());
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(
+            GatewayBody::empty()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn error_codes_map_to_outcomes() {
+        let e = GatewayBodyError::IdleTimeout(Duration::from_secs(1));
+        assert_eq!(e.code(), "upstream_timeout");
+        assert_eq!(e.outcome(), Outcome::UpstreamTimeout);
+    }
+}

@@ -1,0 +1,410 @@
+//! [`ForwardService`]: the leaf service that streams a request to its backend and the answer back.
+//!
+//! Reads the [`RouteConfig`] from the request extensions (inserted by
+//! [`RouteLayer`](crate::route::RouteLayer) or by the embedding application), rewrites the URI to
+//! `backend.base_url` + `backend.path` (keeping the query string) and sends the request through a
+//! pooled hyper-util client (HTTP/1.1 and HTTP/2, `http://` and `https://` with rustls, TCP_NODELAY).
+//! Bodies are streamed both ways, never collected.
+//!
+//! Timeouts: the connect timeout of the pool ([`ForwardConfig::connect_timeout`]), the backend's
+//! `response_timeout` from sending the request up to the response headers (connecting included),
+//! and its `idle_timeout` between two response body frames. There is never a total timeout on a
+//! stream. (The per-backend `Backend::connect_timeout` is not applied separately yet: one pool
+//! serves all backends.)
+//!
+//! | failure | response | [`Rejected`](crate::Rejected) code / outcome |
+//! |---|---|---|
+//! | no `RouteConfig` in the extensions | 500 | `no_route` / `rejected` |
+//! | connection refused / DNS / TLS | 502 | `upstream_unreachable` / `upstream_error` |
+//! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
+//! | headers later than `response_timeout` | 504 | `upstream_timeout` / `upstream_timeout` |
+//!
+//! Upstream statuses and bodies (4xx and 5xx included) pass unchanged. On `text/event-stream`
+//! responses the service sets `Cache-Control: no-cache` and `X-Accel-Buffering: no` so that a
+//! buffering reverse proxy in front of FastGate does not hold events back. The response carries
+//! [`TargetUrl`] in its extensions.
+//!
+//! # Example
+//!
+//! ```
+//! use fastgate_layer::forward::ForwardService;
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let forward: ForwardService<Full<Bytes>> = ForwardService::new();
+//! # let _ = forward;
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::audit::Outcome;
+use crate::body::GatewayBody;
+use crate::error::{BoxError, rejection};
+use crate::extensions::{Backend, RouteConfig, TargetUrl};
+use crate::scrub::remove_hop_by_hop;
+
+/// Settings of the pooled client behind [`ForwardService`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ForwardConfig {
+    /// Time allowed to open a TCP connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept (default 90 s).
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per upstream host (default 64).
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// Set the connect timeout.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+/// Leaf service that forwards a request to the backend of its [`RouteConfig`].
+///
+/// Generic over the request body `B`; cloning is cheap (the connection pool is shared) and needs
+/// no `B: Clone`. See the [module docs](self) for details.
+pub struct ForwardService<B> {
+    client: HttpsClient<B>,
+}
+
+impl<B> Clone for ForwardService<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for ForwardService<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForwardService").finish_non_exhaustive()
+    }
+}
+
+impl<B> Default for ForwardService<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> ForwardService<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// A forward service with [`ForwardConfig::default`].
+    pub fn new() -> Self {
+        Self::with_config(&ForwardConfig::default())
+    }
+
+    /// A forward service with its own connection pool configured by `config`.
+    pub fn with_config(config: &ForwardConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        Self { client }
+    }
+}
+
+impl<B> Service<Request<B>> for ForwardService<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(route) = req.extensions().get::<RouteConfig>() else {
+            tracing::error!("request reached ForwardService without a RouteConfig");
+            return ResponseFuture::ready(rejection(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no_route",
+                "no route configured for this request",
+                Outcome::Rejected,
+            ));
+        };
+        let backend = Arc::clone(&route.backend);
+        let Some((uri, target)) = upstream_uri(&backend, req.uri()) else {
+            tracing::error!(route = %route.name, "backend URL of route is not usable");
+            return ResponseFuture::ready(rejection(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad_backend",
+                "the backend of this route is misconfigured",
+                Outcome::Rejected,
+            ));
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let fut = self.client.request(Request::from_parts(parts, body));
+        // Bounds connecting and waiting for the headers together; never the body.
+        let wait = backend.response_timeout;
+        ResponseFuture {
+            state: State::Waiting {
+                fut: tokio::time::timeout(wait, fut),
+                target: Some(target),
+                idle: backend.idle_timeout,
+            },
+        }
+    }
+}
+
+/// Build the upstream URI (and the audit-safe target URL, without query) for a request.
+fn upstream_uri(backend: &Backend, incoming: &Uri) -> Option<(Uri, TargetUrl)> {
+    let scheme = backend.base_url.scheme_str()?;
+    let authority = backend.base_url.authority()?.as_str();
+    let base_path = backend.base_url.path().trim_end_matches('/');
+    let path = backend.path.as_str();
+    let sep = if path.starts_with('/') || path.is_empty() {
+        ""
+    } else {
+        "/"
+    };
+    let target = format!("{scheme}://{authority}{base_path}{sep}{path}");
+    let full = match incoming.query() {
+        Some(q) => format!("{target}?{q}"),
+        None => target.clone(),
+    };
+    let uri = full.parse::<Uri>().ok()?;
+    Some((uri, TargetUrl(target.into())))
+}
+
+pin_project! {
+    /// Response future for [`ForwardService`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Ready { res: Option<Response<GatewayBody>> },
+        Waiting {
+            #[pin]
+            fut: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture>,
+            target: Option<TargetUrl>,
+            idle: Duration,
+        },
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("forward::ResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseFuture {
+    fn ready(res: Response<GatewayBody>) -> Self {
+        Self {
+            state: State::Ready { res: Some(res) },
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { res } => {
+                Poll::Ready(Ok(res.take().expect("polled after completion")))
+            }
+            StateProj::Waiting { fut, target, idle } => {
+                let result = std::task::ready!(fut.poll(cx));
+                let target = target.take().expect("polled after completion");
+                let mut res = match result {
+                    Ok(Ok(res)) => upstream_response(res, *idle),
+                    Ok(Err(err)) if err.is_connect() => {
+                        tracing::warn!(target = %target.0, error = %err, "upstream unreachable");
+                        rejection(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_unreachable",
+                            "the upstream could not be reached",
+                            Outcome::UpstreamError,
+                        )
+                    }
+                    Ok(Err(err)) => {
+                        tracing::warn!(target = %target.0, error = %err, "upstream request failed");
+                        rejection(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            "the upstream failed before answering",
+                            Outcome::UpstreamError,
+                        )
+                    }
+                    Err(_elapsed) => {
+                        tracing::warn!(target = %target.0, "upstream response timed out");
+                        rejection(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            "the upstream did not answer in time",
+                            Outcome::UpstreamTimeout,
+                        )
+                    }
+                };
+                res.extensions_mut().insert(target);
+                Poll::Ready(Ok(res))
+            }
+        }
+    }
+}
+
+fn upstream_response(
+    res: Response<hyper::body::Incoming>,
+    idle: Duration,
+) -> Response<GatewayBody> {
+    let (mut parts, body) = res.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    if is_event_stream(&parts.headers) {
+        parts
+            .headers
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        parts.headers.insert(
+            http::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+    }
+    Response::from_parts(parts, GatewayBody::upstream(body, idle))
+}
+
+/// Whether the headers announce a `text/event-stream` body.
+pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..17)
+                .is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<ForwardService<http_body_util::Full<Bytes>>>();
+    check::<ForwardService<hyper::body::Incoming>>();
+    fn check_send<T: Send + 'static>() {}
+    check_send::<ResponseFuture>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extensions::Backend;
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+
+    fn backend(base: &str, path: &str) -> Backend {
+        Backend {
+            base_url: base.parse().unwrap(),
+            path: path.into(),
+            api_key: None,
+            key_header: header::AUTHORIZATION,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn uri_joins_base_path_and_keeps_query() {
+        let b = backend("http://127.0.0.1:9/v1/", "/chat/completions");
+        let (uri, target) = upstream_uri(&b, &"/proxy/x?a=1&b=2".parse().unwrap()).unwrap();
+        assert_eq!(uri, "http://127.0.0.1:9/v1/chat/completions?a=1&b=2");
+        assert_eq!(&*target.0, "http://127.0.0.1:9/v1/chat/completions");
+        let b = backend("https://api.example.com", "v2/x");
+        let (uri, _) = upstream_uri(&b, &"/p".parse().unwrap()).unwrap();
+        assert_eq!(uri, "https://api.example.com/v2/x");
+    }
+
+    #[test]
+    fn event_stream_detection() {
+        let mut h = http::HeaderMap::new();
+        assert!(!is_event_stream(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
+        );
+        assert!(is_event_stream(&h));
+    }
+
+    #[tokio::test]
+    async fn without_route_answers_500_no_route() {
+        let svc = ForwardService::<Full<Bytes>>::new();
+        let res = svc
+            .oneshot(Request::new(Full::new(Bytes::new())))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let rejected = res.extensions().get::<crate::Rejected>().copied().unwrap();
+        assert_eq!(rejected.code, "no_route");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(std::str::from_utf8(&body).unwrap().contains("no_route"));
+    }
+}
