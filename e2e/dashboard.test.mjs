@@ -30,6 +30,11 @@ let browser;
 const dialogs = []; // every JS dialog any page opened (must stay empty)
 const foreignRequests = []; // requests to anything but the gateway (must stay empty: no CDN)
 const failedAssets = []; // dashboard assets that did not load
+const pageErrors = []; // uncaught exceptions and console errors (CSP violations included)
+// The CSP the server is meant to send; the tests enforce it themselves so the page is
+// proven to work under it whatever the server sends. data: images are for the icons
+// inside Bootstrap's CSS (select arrows, checkbox ticks).
+const CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 function need(name) {
   const v = process.env[name];
@@ -123,6 +128,17 @@ async function newPage({ width = 1280, height = 800, locale = 'en-US' } = {}) {
     if (r.url().includes('/admin/ui/') && r.status() >= 400) failedAssets.push(`${r.status()} ${r.url()}`);
   });
   page.on('requestfailed', (r) => { if (r.url().includes('/admin/ui/')) failedAssets.push(`failed ${r.url()}`); });
+  page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    // Failed API calls (401 for a wrong token, 404 for a stale row) are logged by the
+    // browser as "Failed to load resource"; they are expected in some tests.
+    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) pageErrors.push(`console: ${m.text()}`);
+  });
+  await context.route('**/admin/ui/**', async (route) => {
+    if (route.request().resourceType() !== 'document') return route.continue();
+    const response = await route.fetch();
+    await route.fulfill({ response, headers: { ...response.headers(), 'content-security-policy': CSP } });
+  });
   return { context, page };
 }
 
@@ -150,10 +166,12 @@ function keyRow(page, sourceText) {
   return page.locator('[data-testid="key-row"]', { has: page.locator('[data-testid="key-source-text"]', { hasText: sourceText }) });
 }
 
-async function createKeyInUi(page, source, name) {
+async function createKeyInUi(page, source, name, { never = false, days = '' } = {}) {
   await tid(page, 'tab-keys').click();
   await tid(page, 'key-source').fill(source);
   if (name) await tid(page, 'key-name').fill(name);
+  await tid(page, 'key-never').setChecked(never);
+  if (!never) await tid(page, 'key-days').fill(String(days));
   await tid(page, 'key-create-submit').click();
   await tid(page, 'new-key-box').waitFor({ state: 'visible' });
   const apiKey = await tid(page, 'new-key-value').inputValue();
@@ -324,10 +342,19 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
       || document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '61');
     assert.ok(Number(await tid(page, 'trend-chart').getAttribute('data-total-requests')) >= 5);
     await shot(page, 'desktop-dashboard');
-    // Key list shows the usage.
+    // Key list shows the usage; "Logs" on a key filters the audit log by it.
     await tid(page, 'tab-keys').click();
     await refresh(page);
-    assert.equal((await keyRow(page, source).locator('[data-testid="key-requests"]').textContent()).trim(), '5');
+    const row = keyRow(page, source);
+    assert.equal((await row.locator('[data-testid="key-requests"]').textContent()).trim(), '5');
+    assert.notEqual((await row.locator('[data-testid="key-lastused"]').textContent()).trim(), 'never');
+    assert.match(await row.locator('[data-testid="key-expires"]').textContent(), /\d{4}/); // default expiry: 365 days
+    const keyId = await row.getAttribute('data-key-id');
+    await row.locator('[data-testid="key-logs"]').click();
+    await tid(page, 'view-logs').waitFor({ state: 'visible' });
+    assert.equal(await tid(page, 'logs-filter-key').inputValue(), keyId);
+    await waitFor('key-filtered rows', async () => (await tid(page, 'log-row').count()) === 5);
+    await tid(page, 'logs-filter-reset').click();
     await tid(page, 'tab-dashboard').click();
   });
 
@@ -350,9 +377,10 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
   });
 
   test('rotate shows the new key once; delete asks for confirmation', async () => {
-    const oldKey = await createKeyInUi(page, 'e2e-rotate');
+    const oldKey = await createKeyInUi(page, 'e2e-rotate', '', { never: true });
     await tid(page, 'new-key-dismiss').click();
     const row = keyRow(page, 'e2e-rotate');
+    assert.equal((await row.locator('[data-testid="key-expires"]').textContent()).trim(), 'never');
     await row.locator('[data-testid="key-rotate"]').click();
     await tid(page, 'confirm-ok').click();
     await tid(page, 'new-key-box').waitFor({ state: 'visible' });
@@ -374,6 +402,36 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await tid(page, 'confirm-ok').click();
     await waitFor('deleted row to disappear', async () => (await row.count()) === 0);
     assert.equal((await chat(newKey)).status, 401);
+  });
+
+  test('API errors are shown as readable messages', async () => {
+    // A key with a 7-day expiry, deleted behind the page's back: acting on the stale row
+    // gets a 404 whose error.message the page must show.
+    await createKeyInUi(page, 'e2e-stale', '', { days: 7 });
+    await tid(page, 'new-key-dismiss').click();
+    const row = keyRow(page, 'e2e-stale');
+    const id = await row.getAttribute('data-key-id');
+    const del = await fetch(`${base}/admin/keys/${encodeURIComponent(id)}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(del.status, 204);
+    const res = await fetch(`${base}/admin/keys/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(res.status, 404);
+    const body = await res.json();
+    await row.locator('[data-testid="key-toggle"]').click();
+    await tid(page, 'confirm-ok').click();
+    await tid(page, 'error-banner').waitFor({ state: 'visible' });
+    assert.equal(await tid(page, 'error-text').textContent(), body.error.message);
+    // Client-side validation of the form.
+    await tid(page, 'key-source').fill('');
+    await tid(page, 'key-create-submit').click();
+    await tid(page, 'key-form-error').waitFor({ state: 'visible' });
+    await tid(page, 'key-days').fill('0');
+    await tid(page, 'key-source').fill('x');
+    await tid(page, 'key-create-submit').click();
+    assert.match(await tid(page, 'key-form-error').textContent(), /36500/);
+    await tid(page, 'key-days').fill('');
+    await tid(page, 'key-source').fill('');
+    await refresh(page);
+    await tid(page, 'error-banner').waitFor({ state: 'hidden' }); // a good manual refresh clears it
   });
 
   test('user-provided strings are rendered as text (no HTML injection)', async () => {
@@ -454,6 +512,28 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('auto-refresh every 30 s, and it can be paused', async () => {
+    const { context: ctx, page: p } = await newPage();
+    await p.clock.install();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await p.waitForFunction(() => document.getElementById('refresh-spinner').classList.contains('d-none'));
+    let metricsCalls = 0;
+    p.on('request', (r) => { if (r.url().includes('/admin/metrics')) metricsCalls++; });
+    await p.clock.runFor(31000);
+    await waitFor('an automatic refresh', async () => metricsCalls >= 1);
+    await p.waitForFunction(() => document.getElementById('refresh-spinner').classList.contains('d-none'));
+    await tid(p, 'autorefresh-toggle').uncheck();
+    const paused = metricsCalls;
+    await p.clock.runFor(95000);
+    await sleep(300);
+    assert.equal(metricsCalls, paused, 'refreshed while paused');
+    assert.match(await tid(p, 'last-updated').textContent(), /paused/);
+    await tid(p, 'autorefresh-toggle').check(); // resuming refreshes at once
+    await waitFor('refresh on resume', async () => metricsCalls > paused);
+    await ctx.close();
+  });
+
   test('a wrong token shows the sign-in form; the right one signs in', async () => {
     const { context: ctx, page: p } = await newPage();
     await signIn(p, 'definitely-wrong');
@@ -475,8 +555,9 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
-  test('everything was served by FastGate itself, no dialogs fired', () => {
+  test('everything was served by FastGate itself, no dialogs or script errors', () => {
     assert.deepEqual(foreignRequests, [], `requests left the gateway: ${foreignRequests.join(', ')}`);
+    assert.deepEqual(pageErrors, [], `errors in the page: ${pageErrors.join('\n')}`);
     assert.deepEqual(failedAssets, [], `assets failed: ${failedAssets.join(', ')}`);
     assert.deepEqual(dialogs, []);
   });

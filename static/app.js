@@ -651,8 +651,8 @@
         srcCell,
         td('col.key', { cls: 'fg-mono', text: k.display || k.id, title: k.id }),
         td('col.status', {}, [statusBadge(k)]),
-        td('col.expires', { text: k.expires_at ? fmtTime(k.expires_at) : t('keys.never.short') }),
-        td('col.lastused', { text: k.last_used_at ? fmtTime(k.last_used_at) : t('keys.unused') }),
+        td('col.expires', { text: k.expires_at ? fmtTime(k.expires_at) : t('keys.never.short'), attrs: { 'data-testid': 'key-expires' } }),
+        td('col.lastused', { text: k.last_used_at ? fmtTime(k.last_used_at) : t('keys.unused'), attrs: { 'data-testid': 'key-lastused' } }),
         td('col.requests', { cls: 'text-end', text: fmtInt(k.request_count || 0), attrs: { 'data-testid': 'key-requests' } }),
         td('col.created', { text: fmtTime(k.created_at) }),
         td('col.actions', { cls: 'text-end fg-actions-cell' }, [el('div', { cls: 'fg-actions' }, [toggle, rotate, logs, del])])
