@@ -240,7 +240,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.equal(stored, ADMIN_TOKEN);
     assert.equal(await tid(page, 'signin-view').isVisible(), false);
     // System status comes from /health.
-    await page.waitForFunction(() => document.querySelector('[data-testid="health-status"]').textContent === 'ok');
+    await page.waitForFunction(() => document.querySelector('[data-testid="health-status"]').getAttribute('data-status') === 'ok');
     assert.match(await tid(page, 'health-db').textContent(), /reachable/);
     await tid(page, 'health-uptime').filter({ hasNotText: '—' }).waitFor();
     // Fresh instance: the empty states are shown.
@@ -413,11 +413,13 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     const id = await row.getAttribute('data-key-id');
     const del = await fetch(`${base}/admin/keys/${encodeURIComponent(id)}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     assert.equal(del.status, 204);
-    const res = await fetch(`${base}/admin/keys/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
-    assert.equal(res.status, 404);
-    const body = await res.json();
     await row.locator('[data-testid="key-toggle"]').click();
+    const patched = page.waitForResponse((r) => r.request().method() === 'PATCH');
     await tid(page, 'confirm-ok').click();
+    const res = await patched;
+    assert.equal(res.status(), 404);
+    const body = await res.json();
+    assert.equal(typeof body.error.message, 'string');
     await tid(page, 'error-banner').waitFor({ state: 'visible' });
     assert.equal(await tid(page, 'error-text').textContent(), body.error.message);
     // Client-side validation of the form.
