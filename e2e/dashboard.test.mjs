@@ -146,10 +146,10 @@ async function signIn(page, token = ADMIN_TOKEN) {
   await page.goto(`${base}/admin/ui/?token=${encodeURIComponent(token)}`);
 }
 
-async function shot(page, name) {
+async function shot(page, name, { fullPage = true } = {}) {
   fs.mkdirSync(SHOTS, { recursive: true });
   await page.waitForFunction(() => !document.querySelector('.modal-backdrop:not(.show)'));
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true, animations: 'disabled' });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage, animations: 'disabled' });
 }
 
 const tid = (page, id) => page.locator(`[data-testid="${id}"]`);
@@ -469,6 +469,29 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.deepEqual(dialogs, [], `dialogs fired: ${dialogs.join(', ')}`);
   });
 
+  test('the audit log pages with next_cursor ("Load older")', async () => {
+    const adminGet = async (p) => (await fetch(`${base}${p}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
+    const have = (await adminGet('/admin/logs?limit=1000')).items.length;
+    const send = Math.max(0, 60 - have);
+    for (let i = 0; i < send; i++) assert.equal((await chat(apiKey, { stream: i % 4 === 0 })).status, 200);
+    const total = await waitFor('all audit records written', async () => {
+      const n = (await adminGet('/admin/logs?limit=1000')).items.length;
+      return n >= have + send ? n : 0;
+    });
+    await tid(page, 'tab-logs').click();
+    await refresh(page);
+    assert.equal(await tid(page, 'log-row').count(), 50);
+    await tid(page, 'logs-more').waitFor({ state: 'visible' });
+    await tid(page, 'logs-more').click();
+    await waitFor('older page appended', async () => (await tid(page, 'log-row').count()) === total);
+    await tid(page, 'logs-more').waitFor({ state: 'hidden' }); // no next_cursor after the last page
+    const ids = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => tr.getAttribute('data-request-id')));
+    assert.equal(new Set(ids).size, ids.length, 'a record appears twice across pages');
+    const times = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => Date.parse(tr.getAttribute('data-ts'))));
+    for (let i = 1; i < times.length; i++) assert.ok(times[i - 1] >= times[i], `not newest first at row ${i}`);
+    await tid(page, 'tab-dashboard').click();
+  });
+
   test('the language switch offers 中文 and is remembered', async () => {
     await tid(page, 'lang-select').selectOption('zh');
     assert.equal(await tid(page, 'tab-dashboard').textContent(), '仪表板');
@@ -503,7 +526,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
       if (view === 'logs') await p.waitForFunction(() => document.querySelectorAll('[data-testid="log-row"]').length > 0);
       const o = await overflow();
       assert.ok(o.sw <= 375 && o.bw <= 375, `${view}: scrollWidth ${JSON.stringify(o)} > 375`);
-      await shot(p, `phone-${view}`);
+      await shot(p, `phone-${view}`, { fullPage: view !== 'logs' });
     }
     // The key created on a phone is shown in full inside the copy box.
     await tid(p, 'tab-keys').click();

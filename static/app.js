@@ -884,7 +884,7 @@
     var body = $('logs-body');
     if (!append) clear(body);
     items.forEach(function (r) {
-      var tr = el('tr', { attrs: { 'data-testid': 'log-row', 'data-request-id': r.request_id, 'data-status': r.status, 'data-stream': r.is_stream ? 'true' : 'false', tabindex: '0' } }, [
+      var tr = el('tr', { attrs: { 'data-testid': 'log-row', 'data-request-id': r.request_id, 'data-ts': r.timestamp, 'data-status': r.status, 'data-stream': r.is_stream ? 'true' : 'false', tabindex: '0' } }, [
         td('col.time', { text: fmtTime(r.timestamp) }),
         td('col.status', {}, [el('span', { cls: 'badge ' + statusClass(r.status), text: String(r.status), attrs: { 'data-testid': 'log-status' } })]),
         td('col.type', {}, [streamBadge(!!r.is_stream)]),
