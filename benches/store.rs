@@ -1,1 +1,2 @@
+//! Store benchmarks (see fastgate-store).
 fn main() {}

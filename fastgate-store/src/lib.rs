@@ -1,1 +1,379 @@
-//! stub
+//! FastGate's storage: API keys and audit records on SQLite (one file, zero setup) or PostgreSQL
+//! (shared by several gateway instances).
+//!
+//! - [`Store::connect`] takes M-FastGate's SQLAlchemy-style URLs ([`parse_database_url`]) and
+//!   applies the migrations of `migrations/sqlite` or `migrations/postgres` (same numbering).
+//! - Keys are `prefix + 43 base64url chars` (32 CSPRNG bytes); only their SHA-256 is stored.
+//! - [`Store::key_resolver`] implements [`fastgate_layer::KeyResolver`] with a TTL cache keyed by
+//!   the hash, stale-if-error when the database fails, and usage counted in memory.
+//! - [`Store::audit_sink`] implements [`fastgate_layer::AuditSink`]: one transaction per batch,
+//!   multi-row `VALUES`, and per-minute rollups maintained in the same transaction so
+//!   [`Store::metrics`] never scans the audit table.
+//! - [`Store::background`] is the one long-running task (the library never spawns): usage flush,
+//!   cross-instance key invalidation (PostgreSQL `LISTEN/NOTIFY` plus a change-watermark poll that
+//!   also covers other processes on SQLite), and retention purge.
+//!
+//! One SQL dialect serves both backends (`$N` placeholders, BIGINT unix-millisecond times,
+//! runtime `query_as`); [`on_pool!`] runs a statement on whichever pool the store holds.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Runs the same code against whichever pool the store holds. The SQL must be valid on both.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            crate::Db::Sqlite($pool) => $body,
+            crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Binds a list of [`Arg`](crate::Arg)s to a query, in order.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut q = $query;
+        for arg in $args {
+            q = match arg {
+                crate::Arg::I64(v) => q.bind(v),
+                crate::Arg::OptI64(v) => q.bind(v),
+                crate::Arg::Text(v) => q.bind(v),
+                crate::Arg::OptText(v) => q.bind(v),
+                crate::Arg::Bool(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
+mod audit;
+mod background;
+mod cache;
+mod error;
+mod keys;
+mod metrics;
+mod model;
+mod url;
+
+pub use audit::StoreAuditSink;
+pub use background::BackgroundOptions;
+pub use cache::StoreKeyResolver;
+pub use error::StoreError;
+pub use keys::hash_key;
+pub use model::{
+    AuditFilter, AuditPage, AuditRecord, CreatedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate,
+    KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey, SeriesPoint,
+};
+pub use url::{DatabaseUrl, PostgresUrl, SqliteLocation, parse_database_url};
+
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// SQLite (embedded file).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connection and cache settings.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Prefix of generated keys (`fg_`).
+    pub key_prefix: String,
+    /// How long a resolved key is served from memory without asking the database. Zero disables
+    /// the cache (every resolution queries the database).
+    pub cache_ttl: Duration,
+    /// Most keys kept in the cache.
+    pub cache_capacity: usize,
+    /// After a failed lookup, how long stale cache entries are served without retrying the
+    /// database (so a down database costs one slow lookup per interval, not one per request).
+    pub stale_retry_interval: Duration,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Longest wait for a pooled connection (this bounds how long a lookup waits on a down database).
+    pub acquire_timeout: Duration,
+    /// SQLite `busy_timeout`.
+    pub sqlite_busy_timeout: Duration,
+    /// Apply pending migrations in [`Store::connect`].
+    pub migrate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            key_prefix: "fg_".to_owned(),
+            cache_ttl: Duration::from_secs(30),
+            cache_capacity: 100_000,
+            stale_retry_interval: Duration::from_secs(1),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(3),
+            sqlite_busy_timeout: Duration::from_secs(5),
+            migrate: true,
+        }
+    }
+}
+
+/// Counters for `/health` and metrics. All monotonic since the store was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Resolutions answered from the cache while fresh.
+    pub cache_hits: u64,
+    /// Resolutions that queried the database.
+    pub cache_misses: u64,
+    /// Resolutions answered from a stale entry because the database failed.
+    pub stale_served: u64,
+    /// Lookups that failed on the database.
+    pub lookup_errors: u64,
+    /// Cache invalidations (local changes, notifications, watermark changes).
+    pub invalidations: u64,
+    /// Audit rows committed.
+    pub audit_rows_written: u64,
+    /// Audit batches that failed (the caller retries them).
+    pub audit_batches_failed: u64,
+    /// Usage flushes that failed (their counts are kept and retried).
+    pub usage_flush_errors: u64,
+    /// Audit rows removed by retention.
+    pub audit_rows_purged: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) cache_misses: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) lookup_errors: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) audit_rows_written: AtomicU64,
+    pub(crate) audit_batches_failed: AtomicU64,
+    pub(crate) usage_flush_errors: AtomicU64,
+    pub(crate) audit_rows_purged: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The connection pool, by backend.
+#[derive(Clone, Debug)]
+pub(crate) enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A value bound to a dynamically built statement.
+#[derive(Debug)]
+pub(crate) enum Arg {
+    I64(i64),
+    OptI64(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+    Bool(bool),
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) db: Db,
+    pub(crate) opts: StoreOptions,
+    pub(crate) cache: cache::KeyCache,
+    pub(crate) usage: cache::UsageBuffer,
+    pub(crate) counters: Counters,
+}
+
+/// Handle to the database, the key cache and the counters. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Connect by URL (see [`parse_database_url`]) and, unless `opts.migrate` is false, apply
+    /// pending migrations. A SQLite file is created if missing; its directory must exist.
+    pub async fn connect(url: &str, opts: StoreOptions) -> Result<Self, StoreError> {
+        let parsed = parse_database_url(url)?;
+        Self::connect_parsed(&parsed, opts).await
+    }
+
+    /// [`Store::connect`] with an already parsed URL.
+    pub async fn connect_parsed(url: &DatabaseUrl, opts: StoreOptions) -> Result<Self, StoreError> {
+        let db = match url {
+            DatabaseUrl::Sqlite(loc) => {
+                let (conn, pool) = match loc {
+                    SqliteLocation::Memory => (
+                        SqliteConnectOptions::from_str("sqlite::memory:")?,
+                        // Each connection to :memory: is its own database: keep exactly one forever.
+                        SqlitePoolOptions::new()
+                            .max_connections(1)
+                            .min_connections(1)
+                            .idle_timeout(None)
+                            .max_lifetime(None),
+                    ),
+                    SqliteLocation::File(path) => {
+                        if let Some(dir) = path.parent()
+                            && !dir.as_os_str().is_empty()
+                            && !dir.is_dir()
+                        {
+                            return Err(StoreError::DirectoryMissing {
+                                dir: dir.to_owned(),
+                            });
+                        }
+                        (
+                            SqliteConnectOptions::new()
+                                .filename(path)
+                                .create_if_missing(true)
+                                .journal_mode(SqliteJournalMode::Wal),
+                            SqlitePoolOptions::new().max_connections(opts.max_connections.max(1)),
+                        )
+                    }
+                };
+                let conn = conn
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(opts.sqlite_busy_timeout)
+                    .foreign_keys(true);
+                let pool = pool
+                    .acquire_timeout(opts.acquire_timeout)
+                    .connect_with(conn)
+                    .await
+                    .map_err(|source| StoreError::Connect {
+                        backend: "sqlite",
+                        source,
+                    })?;
+                Db::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(pg) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(opts.max_connections.max(2))
+                    .acquire_timeout(opts.acquire_timeout)
+                    .connect(pg.expose())
+                    .await
+                    .map_err(|source| StoreError::Connect {
+                        backend: "postgres",
+                        source,
+                    })?;
+                Db::Postgres(pool)
+            }
+        };
+        let migrate = opts.migrate;
+        let store = Self {
+            inner: Arc::new(Inner {
+                db,
+                cache: cache::KeyCache::new(opts.cache_capacity),
+                usage: cache::UsageBuffer::default(),
+                counters: Counters::default(),
+                opts,
+            }),
+        };
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Apply pending migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.inner.db {
+            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Which database this store talks to.
+    pub fn backend(&self) -> Backend {
+        match self.inner.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Check that the database answers (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(&self.inner.db, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await.map(drop)?
+        });
+        Ok(())
+    }
+
+    /// Close the pool: every later database call fails (cached keys keep resolving). For
+    /// shutdown, and for tests that simulate a database that went away.
+    pub async fn close(&self) {
+        on_pool!(&self.inner.db, |pool| pool.close().await);
+    }
+
+    /// The options the store was created with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.opts
+    }
+
+    /// Counter snapshot.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            cache_hits: get(&c.cache_hits),
+            cache_misses: get(&c.cache_misses),
+            stale_served: get(&c.stale_served),
+            lookup_errors: get(&c.lookup_errors),
+            invalidations: get(&c.invalidations),
+            audit_rows_written: get(&c.audit_rows_written),
+            audit_batches_failed: get(&c.audit_batches_failed),
+            usage_flush_errors: get(&c.usage_flush_errors),
+            audit_rows_purged: get(&c.audit_rows_purged),
+        }
+    }
+}
+
+/// Unix milliseconds (negative before 1970, saturating).
+pub(crate) fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+/// Inverse of [`to_ms`].
+pub(crate) fn from_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+/// Microseconds, saturating.
+pub(crate) fn to_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Inverse of [`to_us`] (negative values read as zero).
+pub(crate) fn from_us(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// u64 → BIGINT, saturating.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// BIGINT → u64 (negative values read as zero).
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,166 @@
+//! The store's one long-running task, spawned and tracked by the server.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use sqlx::postgres::PgListener;
+
+use crate::keys::NOTIFY_CHANNEL;
+use crate::{Db, Store};
+
+/// What [`Store::background`] does and how often.
+#[derive(Clone, Debug)]
+pub struct BackgroundOptions {
+    /// How often accumulated key usage is written.
+    pub usage_flush_interval: Duration,
+    /// How often the key-change watermark is polled (catches changes made by other processes on
+    /// SQLite, and anything a lost PostgreSQL notification connection missed).
+    pub invalidation_poll_interval: Duration,
+    /// Audit retention; `None` keeps records forever.
+    pub retention: Option<Duration>,
+    /// How often the retention purge runs (the first run is one interval after start).
+    pub purge_interval: Duration,
+    /// Rows deleted per purge transaction.
+    pub purge_batch: u32,
+}
+
+impl Default for BackgroundOptions {
+    fn default() -> Self {
+        Self {
+            usage_flush_interval: Duration::from_secs(5),
+            invalidation_poll_interval: Duration::from_secs(1),
+            retention: None,
+            purge_interval: Duration::from_secs(3600),
+            purge_batch: 1000,
+        }
+    }
+}
+
+enum Event {
+    Shutdown,
+    Flush,
+    Poll,
+    Purge,
+    Notified(Result<Option<sqlx::postgres::PgNotification>, sqlx::Error>),
+}
+
+impl Store {
+    /// Usage flush, cross-instance key invalidation and retention purge, until `shutdown`
+    /// resolves; then a final usage flush. Never spawns: the caller runs (and tracks) the future.
+    pub fn background(
+        &self,
+        opts: BackgroundOptions,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let store = self.clone();
+        async move {
+            let mut shutdown = std::pin::pin!(shutdown);
+            let tick = |d: Duration| {
+                let mut t = tokio::time::interval_at(
+                    tokio::time::Instant::now() + d.max(Duration::from_millis(10)),
+                    d.max(Duration::from_millis(10)),
+                );
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            };
+            let mut flush = tick(opts.usage_flush_interval);
+            let mut poll = tick(opts.invalidation_poll_interval);
+            let mut purge = tick(opts.purge_interval);
+            let mut listener: Option<PgListener> = store.connect_listener().await;
+            let mut generation = store.key_generation().await.ok();
+
+            loop {
+                let event = {
+                    let notified = async {
+                        match listener.as_mut() {
+                            Some(l) => l.try_recv().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = &mut shutdown => Event::Shutdown,
+                        _ = flush.tick() => Event::Flush,
+                        _ = poll.tick() => Event::Poll,
+                        _ = purge.tick() => Event::Purge,
+                        r = notified => Event::Notified(r),
+                    }
+                };
+                match event {
+                    Event::Shutdown => break,
+                    Event::Flush => {
+                        if let Err(e) = store.flush_usage().await {
+                            tracing::warn!(error = %e, "key usage flush failed; will retry");
+                        }
+                    }
+                    Event::Poll => {
+                        if matches!(store.inner.db, Db::Postgres(_)) && listener.is_none() {
+                            listener = store.connect_listener().await;
+                            if listener.is_some() {
+                                // Notifications may have been missed while disconnected.
+                                store.invalidate_all();
+                            }
+                        }
+                        match store.key_generation().await {
+                            Ok(g) => {
+                                if generation.is_some_and(|old| old != g) {
+                                    store.invalidate_all();
+                                }
+                                generation = Some(g);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "key change poll failed"),
+                        }
+                    }
+                    Event::Purge => {
+                        if let Some(keep) = opts.retention {
+                            let cutoff = SystemTime::now() - keep;
+                            match store.purge_audit_older_than(cutoff, opts.purge_batch).await {
+                                Ok(n) if n > 0 => tracing::info!(rows = n, "audit retention purge"),
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "audit retention purge failed")
+                                }
+                            }
+                        }
+                        if let Err(e) = store.purge_expired_secrets(SystemTime::now()).await {
+                            tracing::debug!(error = %e, "rotated-secret cleanup failed");
+                        }
+                    }
+                    Event::Notified(Ok(Some(n))) => store.invalidate_key(n.payload()),
+                    Event::Notified(Ok(None)) => {
+                        // The connection dropped; PgListener reconnects on the next call, and
+                        // anything sent meanwhile is lost.
+                        store.invalidate_all();
+                    }
+                    Event::Notified(Err(e)) => {
+                        tracing::warn!(error = %e, "key change listener failed; reconnecting on next poll");
+                        listener = None;
+                        store.invalidate_all();
+                    }
+                }
+            }
+            if let Err(e) = store.flush_usage().await {
+                tracing::warn!(error = %e, "final key usage flush failed");
+            }
+        }
+    }
+
+    async fn connect_listener(&self) -> Option<PgListener> {
+        let Db::Postgres(pool) = &self.inner.db else {
+            return None;
+        };
+        let mut l = match PgListener::connect_with(pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open key change listener");
+                return None;
+            }
+        };
+        match l.listen(NOTIFY_CHANNEL).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for key changes");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The key cache in front of lookups, the resolver port, and batched usage counting.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use fastgate_layer::{KeyIdentity, KeyResolver, PresentedKey, ResolveError};
+
+use crate::keys::{decode_permissions, hash_key, lookup_hash};
+use crate::{Counters, Store, StoreError, from_ms, to_ms};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps inconsistent (single inserts/removes).
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    identity: KeyIdentity,
+    fetched: Instant,
+    /// End of the rotation grace period for this hash; `None` = current secret.
+    valid_until: Option<SystemTime>,
+}
+
+/// Resolved keys by SHA-256 hash.
+#[derive(Debug)]
+pub(crate) struct KeyCache {
+    map: Mutex<HashMap<String, Entry>>,
+    /// Bumped by every invalidation; a lookup that raced with one does not fill the cache.
+    generation: AtomicU64,
+    capacity: usize,
+    /// Until when stale entries are served without asking the database (after a failure).
+    db_failed_until: Mutex<Option<Instant>>,
+}
+
+impl KeyCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            capacity: capacity.max(1),
+            db_failed_until: Mutex::new(None),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<Entry> {
+        lock(&self.map).get(hash).cloned()
+    }
+
+    fn insert(&self, hash: String, entry: Entry, generation: u64, ttl: std::time::Duration) {
+        let mut map = lock(&self.map);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if map.len() >= self.capacity && !map.contains_key(&hash) {
+            let now = Instant::now();
+            map.retain(|_, e| now.duration_since(e.fetched) < ttl);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+        }
+        map.insert(hash, entry);
+    }
+
+    fn remove(&self, hash: &str) {
+        lock(&self.map).remove(hash);
+    }
+
+    /// Drop every entry of one key.
+    pub(crate) fn invalidate_key(&self, key_id: &str) {
+        let mut map = lock(&self.map);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.retain(|_, e| &*e.identity.key_id != key_id);
+    }
+
+    /// Drop everything.
+    pub(crate) fn clear(&self) {
+        let mut map = lock(&self.map);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+/// Usage accumulated in memory until the next flush: key id → (count, last use in unix ms).
+#[derive(Debug, Default)]
+pub(crate) struct UsageBuffer {
+    map: Mutex<HashMap<Arc<str>, (u64, i64)>>,
+}
+
+impl UsageBuffer {
+    fn record(&self, key_id: &Arc<str>, at_ms: i64) {
+        let mut map = lock(&self.map);
+        let e = map.entry(Arc::clone(key_id)).or_insert((0, at_ms));
+        e.0 += 1;
+        e.1 = e.1.max(at_ms);
+    }
+
+    pub(crate) fn pending(&self, key_id: &str) -> Option<(u64, i64)> {
+        lock(&self.map).get(key_id).copied()
+    }
+
+    pub(crate) fn forget(&self, key_id: &str) {
+        lock(&self.map).remove(key_id);
+    }
+
+    fn take(&self) -> HashMap<Arc<str>, (u64, i64)> {
+        std::mem::take(&mut *lock(&self.map))
+    }
+
+    fn restore(&self, batch: HashMap<Arc<str>, (u64, i64)>) {
+        let mut map = lock(&self.map);
+        for (k, (n, at)) in batch {
+            let e = map.entry(k).or_insert((0, at));
+            e.0 += n;
+            e.1 = e.1.max(at);
+        }
+    }
+}
+
+/// [`KeyResolver`] backed by the store, with the TTL cache. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StoreKeyResolver {
+    store: Store,
+}
+
+impl KeyResolver for StoreKeyResolver {
+    type Future = Pin<Box<dyn Future<Output = Result<KeyIdentity, ResolveError>> + Send>>;
+
+    fn resolve(&self, key: PresentedKey) -> Self::Future {
+        let store = self.store.clone();
+        // Hash right away: the secret goes no further.
+        let hash = hash_key(key.expose());
+        drop(key);
+        Box::pin(async move { store.resolve_hash(&hash).await })
+    }
+}
+
+impl Store {
+    /// The [`KeyResolver`] for the auth layer.
+    pub fn key_resolver(&self) -> StoreKeyResolver {
+        StoreKeyResolver {
+            store: self.clone(),
+        }
+    }
+
+    /// Resolve a presented key (what [`StoreKeyResolver`] does), for CLI tools and tests.
+    pub async fn resolve_key(&self, secret: &str) -> Result<KeyIdentity, ResolveError> {
+        self.resolve_hash(&hash_key(secret)).await
+    }
+
+    async fn resolve_hash(&self, hash: &str) -> Result<KeyIdentity, ResolveError> {
+        let inner = &self.inner;
+        let ttl = inner.opts.cache_ttl;
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let cached = if ttl.is_zero() {
+            None
+        } else {
+            inner.cache.get(hash)
+        };
+        let cached = match cached {
+            Some(e) if e.valid_until.is_some_and(|t| t <= wall) => {
+                inner.cache.remove(hash);
+                None
+            }
+            other => other,
+        };
+        if let Some(e) = &cached {
+            let fresh = now.duration_since(e.fetched) < ttl;
+            let db_failing = lock(&inner.cache.db_failed_until).is_some_and(|until| now < until);
+            if fresh || db_failing {
+                Counters::add(
+                    if fresh {
+                        &inner.counters.cache_hits
+                    } else {
+                        &inner.counters.stale_served
+                    },
+                    1,
+                );
+                inner.usage.record(&e.identity.key_id, to_ms(wall));
+                return Ok(e.identity.clone());
+            }
+        }
+        Counters::add(&inner.counters.cache_misses, 1);
+        let generation = inner.cache.generation.load(Ordering::Acquire);
+        match lookup_hash(&inner.db, hash).await {
+            Ok(Some(row)) => {
+                let valid_until = row.valid_until.map(from_ms);
+                if !row.active || valid_until.is_some_and(|t| t <= wall) {
+                    inner.cache.remove(hash);
+                    return Err(ResolveError::Invalid);
+                }
+                let permissions = decode_permissions(&row.permissions)
+                    .map_err(|e| ResolveError::Unavailable(Box::new(e)))?;
+                let identity = KeyIdentity {
+                    key_id: row.id.into(),
+                    source_path: row.source_path.into(),
+                    permissions: permissions.into(),
+                    expires_at: row.expires_at.map(from_ms),
+                };
+                if !ttl.is_zero() {
+                    let entry = Entry {
+                        identity: identity.clone(),
+                        fetched: now,
+                        valid_until,
+                    };
+                    inner.cache.insert(hash.to_owned(), entry, generation, ttl);
+                }
+                *lock(&inner.cache.db_failed_until) = None;
+                inner.usage.record(&identity.key_id, to_ms(wall));
+                Ok(identity)
+            }
+            Ok(None) => {
+                inner.cache.remove(hash);
+                Err(ResolveError::Invalid)
+            }
+            Err(err) => {
+                Counters::add(&inner.counters.lookup_errors, 1);
+                *lock(&inner.cache.db_failed_until) =
+                    Some(Instant::now() + inner.opts.stale_retry_interval);
+                match cached {
+                    Some(e) => {
+                        tracing::warn!(key_id = %e.identity.key_id, error = %err, "key lookup failed; serving cached identity");
+                        Counters::add(&inner.counters.stale_served, 1);
+                        inner.usage.record(&e.identity.key_id, to_ms(wall));
+                        Ok(e.identity)
+                    }
+                    None => {
+                        tracing::warn!(error = %err, "key lookup failed");
+                        Err(ResolveError::Unavailable(Box::new(err)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop a key from this instance's cache (done by every change made through this store).
+    pub fn invalidate_key(&self, key_id: &str) {
+        Counters::add(&self.inner.counters.invalidations, 1);
+        self.inner.cache.invalidate_key(key_id);
+    }
+
+    /// Drop the whole key cache.
+    pub fn invalidate_all(&self) {
+        Counters::add(&self.inner.counters.invalidations, 1);
+        self.inner.cache.clear();
+    }
+
+    /// Keys currently cached.
+    pub fn cached_keys(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    /// Write accumulated usage (`request_count`, `last_used_at`) in one transaction. On failure
+    /// the counts are kept for the next flush. Returns how many keys were updated.
+    pub async fn flush_usage(&self) -> Result<usize, StoreError> {
+        let batch = self.inner.usage.take();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        const SQL: &str = "UPDATE api_keys SET request_count = request_count + $1, \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END \
+             WHERE id = $3";
+        let result: Result<(), sqlx::Error> = on_pool!(&self.inner.db, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                for (id, (count, last)) in &batch {
+                    sqlx::query(SQL)
+                        .bind(crate::to_i64(*count))
+                        .bind(*last)
+                        .bind(&**id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            }
+            .await
+        });
+        match result {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                Counters::add(&self.inner.counters.usage_flush_errors, 1);
+                self.inner.usage.restore(batch);
+                Err(e.into())
+            }
+        }
+    }
+}

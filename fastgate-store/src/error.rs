@@ -1,0 +1,62 @@
+//! Errors returned by the store. Messages are lowercase and never contain a secret (a key, or a
+//! password from a database URL).
+
+use std::path::PathBuf;
+
+/// Errors returned by [`Store`](crate::Store).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database URL has a scheme the store does not speak.
+    #[error(
+        "unsupported database URL scheme {scheme:?} (accepted: sqlite:, sqlite://, sqlite:///, \
+         postgres://, postgresql://, postgresql+<driver>://)"
+    )]
+    UnsupportedUrl {
+        /// The scheme found (the text before the first `:`), or empty when there is none.
+        scheme: String,
+    },
+    /// The database URL has an accepted scheme but cannot be used.
+    #[error("invalid database URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it (never contains the URL's password).
+        reason: &'static str,
+    },
+    /// The directory that should hold the SQLite file does not exist (it is not created).
+    #[error("directory {dir:?} for the SQLite database does not exist")]
+    DirectoryMissing {
+        /// The missing directory.
+        dir: PathBuf,
+    },
+    /// Opening the first connection failed.
+    #[error("cannot connect to the {backend} database")]
+    Connect {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed to apply.
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// An argument was rejected before reaching the database.
+    #[error("invalid input: {0}")]
+    InvalidInput(&'static str),
+    /// A stored value could not be decoded (e.g. a permissions column that is not a JSON list).
+    #[error("corrupt stored value in {0}")]
+    Corrupt(&'static str),
+}
+
+impl StoreError {
+    /// Whether the error means the database could not be reached or failed (as opposed to bad input).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Database(_) | Self::Migrate(_)
+        )
+    }
+}

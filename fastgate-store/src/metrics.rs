@@ -1,0 +1,278 @@
+//! Dashboard aggregates, computed from the per-minute rollups (never from the audit table).
+//!
+//! Latency percentiles come from a per-minute histogram with fixed geometric buckets: bucket 0
+//! holds durations below 1 ms, bucket `i ≥ 1` holds `[1.1^(i-1), 1.1^i)` ms, and the last
+//! bucket everything from about an hour up. A percentile is interpolated (geometrically) inside
+//! the bucket that holds it, so it is within 10 % (relative) of the exact value, or within 1 ms
+//! below 1 ms.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use crate::model::{KeyUsage, Metrics, MetricsWindow, ModelUsage, SeriesPoint};
+use crate::{Store, StoreError, from_ms, to_ms, to_u64};
+
+const RATIO: f64 = 1.1;
+const MAX_BUCKET: i32 = 160;
+
+/// Histogram bucket of a duration.
+pub(crate) fn latency_bucket(d: Duration) -> i32 {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1.0 {
+        0
+    } else {
+        // ln(ms) / ln(1.1) ≤ 160 for every duration up to ~4.4 days; beyond, the cap applies.
+        ((ms.ln() / RATIO.ln()).floor() as i32 + 1).clamp(1, MAX_BUCKET)
+    }
+}
+
+fn bucket_bounds(b: i32) -> (f64, f64) {
+    if b <= 0 {
+        (0.0, 1.0)
+    } else {
+        (RATIO.powi(b - 1), RATIO.powi(b))
+    }
+}
+
+/// Estimated `q` quantile (0..=1) in ms from `(bucket, count)` pairs sorted by bucket.
+pub(crate) fn quantile_ms(hist: &[(i32, i64)], q: f64) -> f64 {
+    let total: i64 = hist.iter().map(|(_, c)| *c).sum();
+    if total <= 0 {
+        return 0.0;
+    }
+    // Rank of the wanted sample, 1-based ("nearest rank"), then interpolate inside its bucket.
+    let rank = (q * total as f64).ceil().max(1.0);
+    let mut seen = 0.0;
+    for &(b, c) in hist {
+        let c = c as f64;
+        if c <= 0.0 {
+            continue;
+        }
+        if seen + c >= rank {
+            let frac = ((rank - seen) - 0.5) / c;
+            let frac = frac.clamp(0.0, 1.0);
+            let (lo, hi) = bucket_bounds(b);
+            return if b <= 0 {
+                lo + (hi - lo) * frac
+            } else {
+                lo * (hi / lo).powf(frac)
+            };
+        }
+        seen += c;
+    }
+    bucket_bounds(hist.last().map_or(0, |(b, _)| *b)).1
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AggRow {
+    b: i64,
+    key_id: String,
+    model: String,
+    source_path: String,
+    requests: i64,
+    errors: i64,
+    streams: i64,
+    duration_sum_us: i64,
+    ttfb_sum_us: i64,
+    ttfb_count: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    total_tokens: i64,
+}
+
+const AGG_SQL: &str = "SELECT CAST((minute - $1) / $2 AS BIGINT) AS b, key_id, model, \
+     MAX(source_path) AS source_path, \
+     CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
+     CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
+     CAST(SUM(ttfb_sum_us) AS BIGINT) AS ttfb_sum_us, CAST(SUM(ttfb_count) AS BIGINT) AS ttfb_count, \
+     CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+     CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+     CAST(SUM(total_tokens) AS BIGINT) AS total_tokens \
+     FROM audit_rollup_minute WHERE minute >= $1 AND minute <= $3 \
+     GROUP BY CAST((minute - $1) / $2 AS BIGINT), key_id, model";
+
+const HIST_SQL: &str = "SELECT bucket, CAST(SUM(count) AS BIGINT) FROM audit_latency_minute \
+     WHERE minute >= $1 AND minute <= $2 GROUP BY bucket ORDER BY bucket";
+
+const KEYS_SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN active = $1 AND \
+     (expires_at IS NULL OR expires_at > $2) THEN 1 ELSE 0 END), 0) AS BIGINT) FROM api_keys";
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+impl Store {
+    /// Aggregates over `window` ending at `now` (see [`Metrics`] for the bucket alignment).
+    pub async fn metrics(
+        &self,
+        window: MetricsWindow,
+        now: SystemTime,
+    ) -> Result<Metrics, StoreError> {
+        let bucket_ms = i64::try_from(window.bucket().as_millis()).unwrap_or(i64::MAX);
+        let window_ms = i64::try_from(window.duration().as_millis()).unwrap_or(i64::MAX);
+        let now_ms = to_ms(now);
+        let since_ms = (now_ms - window_ms).div_euclid(bucket_ms) * bucket_ms;
+        let n_buckets = usize::try_from((now_ms - since_ms).div_euclid(bucket_ms) + 1).unwrap_or(0);
+
+        let (rows, hist, keys) = on_pool!(&self.inner.db, |pool| {
+            let rows: Vec<AggRow> = sqlx::query_as(AGG_SQL)
+                .bind(since_ms)
+                .bind(bucket_ms)
+                .bind(now_ms)
+                .fetch_all(pool)
+                .await?;
+            let hist: Vec<(i32, i64)> = sqlx::query_as(HIST_SQL)
+                .bind(since_ms)
+                .bind(now_ms)
+                .fetch_all(pool)
+                .await?;
+            let keys: (i64, i64) = sqlx::query_as(KEYS_SQL)
+                .bind(true)
+                .bind(now_ms)
+                .fetch_one(pool)
+                .await?;
+            (rows, hist, keys)
+        });
+
+        let mut series: Vec<SeriesPoint> = (0..n_buckets)
+            .map(|i| SeriesPoint {
+                ts: from_ms(since_ms + bucket_ms * i as i64),
+                requests: 0,
+                errors: 0,
+                total_tokens: 0,
+            })
+            .collect();
+        let mut per_key: HashMap<String, KeyUsage> = HashMap::new();
+        let mut per_model: HashMap<String, ModelUsage> = HashMap::new();
+        let (mut total, mut errors, mut streams, mut dur_us, mut ttfb_us, mut ttfb_n) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut prompt, mut completion, mut tokens) = (0u64, 0u64, 0u64);
+        for r in rows {
+            let (req, err, tok) = (to_u64(r.requests), to_u64(r.errors), to_u64(r.total_tokens));
+            total += req;
+            errors += err;
+            streams += to_u64(r.streams);
+            dur_us = dur_us.saturating_add(to_u64(r.duration_sum_us));
+            ttfb_us = ttfb_us.saturating_add(to_u64(r.ttfb_sum_us));
+            ttfb_n += to_u64(r.ttfb_count);
+            prompt = prompt.saturating_add(to_u64(r.prompt_tokens));
+            completion = completion.saturating_add(to_u64(r.completion_tokens));
+            tokens = tokens.saturating_add(tok);
+            if let Some(p) = usize::try_from(r.b).ok().and_then(|i| series.get_mut(i)) {
+                p.requests += req;
+                p.errors += err;
+                p.total_tokens = p.total_tokens.saturating_add(tok);
+            }
+            if !r.key_id.is_empty() {
+                let k = per_key.entry(r.key_id.clone()).or_insert_with(|| KeyUsage {
+                    key_id: r.key_id.clone(),
+                    source_path: String::new(),
+                    requests: 0,
+                    errors: 0,
+                    total_tokens: 0,
+                });
+                if k.source_path < r.source_path {
+                    k.source_path = r.source_path.clone();
+                }
+                k.requests += req;
+                k.errors += err;
+                k.total_tokens = k.total_tokens.saturating_add(tok);
+            }
+            if !r.model.is_empty() {
+                let m = per_model
+                    .entry(r.model.clone())
+                    .or_insert_with(|| ModelUsage {
+                        model: r.model.clone(),
+                        requests: 0,
+                        total_tokens: 0,
+                    });
+                m.requests += req;
+                m.total_tokens = m.total_tokens.saturating_add(tok);
+            }
+        }
+        let mut per_key: Vec<KeyUsage> = per_key.into_values().collect();
+        per_key.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| a.key_id.cmp(&b.key_id))
+        });
+        let mut per_model: Vec<ModelUsage> = per_model.into_values().collect();
+        per_model.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| a.model.cmp(&b.model))
+        });
+
+        let success = total - errors.min(total);
+        Ok(Metrics {
+            window,
+            since: from_ms(since_ms),
+            until: now,
+            bucket: window.bucket(),
+            total_requests: total,
+            success_count: success,
+            error_count: errors,
+            success_rate: ratio(success, total),
+            avg_latency_ms: ratio(dur_us, total) / 1000.0,
+            p50_latency_ms: quantile_ms(&hist, 0.50),
+            p95_latency_ms: quantile_ms(&hist, 0.95),
+            avg_ttfb_ms: ratio(ttfb_us, ttfb_n) / 1000.0,
+            stream_requests: streams,
+            stream_share: ratio(streams, total),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: tokens,
+            active_keys: to_u64(keys.1),
+            total_keys: to_u64(keys.0),
+            per_key,
+            per_model,
+            series,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_bounded() {
+        let mut last = 0;
+        for ms in [
+            0.0, 0.5, 1.0, 1.05, 1.2, 10.0, 99.0, 100.0, 1000.0, 60_000.0, 1e9,
+        ] {
+            let b = latency_bucket(Duration::from_secs_f64(ms / 1000.0));
+            assert!(b >= last, "{ms}");
+            last = b;
+            if b > 0 && b < MAX_BUCKET {
+                let (lo, hi) = bucket_bounds(b);
+                assert!(
+                    lo <= ms * 1.000_001 && ms < hi * 1.000_001,
+                    "{ms} not in [{lo},{hi})"
+                );
+            }
+        }
+        assert_eq!(latency_bucket(Duration::from_secs(1_000_000)), MAX_BUCKET);
+    }
+
+    #[test]
+    fn quantiles_are_within_ten_percent() {
+        // 1..=1000 ms uniformly: exact p50 = 500, p95 = 950.
+        let mut hist: HashMap<i32, i64> = HashMap::new();
+        for ms in 1..=1000u64 {
+            *hist
+                .entry(latency_bucket(Duration::from_millis(ms)))
+                .or_default() += 1;
+        }
+        let mut hist: Vec<(i32, i64)> = hist.into_iter().collect();
+        hist.sort_unstable();
+        for (q, exact) in [(0.5, 500.0), (0.95, 950.0), (0.99, 990.0), (0.01, 10.0)] {
+            let est = quantile_ms(&hist, q);
+            assert!(
+                (est - exact).abs() / exact <= 0.10,
+                "q{q}: {est} vs {exact}"
+            );
+        }
+        assert_eq!(quantile_ms(&[], 0.5), 0.0);
+    }
+}

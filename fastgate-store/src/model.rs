@@ -1,0 +1,358 @@
+//! The store's public data types.
+
+use std::time::{Duration, SystemTime};
+
+/// A key to create.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewKey {
+    /// Free-form label.
+    pub name: Option<String>,
+    /// Owner / tenant label (`source_path` in M-FastGate). Must not be empty.
+    pub source_path: String,
+    /// Permissions, e.g. `chat`.
+    pub permissions: Vec<String>,
+    /// When the key stops working; `None` = never.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A created (or rotated) key: the record and the secret, which is shown this once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CreatedKey {
+    /// The stored record (no secret in it).
+    pub record: KeyRecord,
+    /// The full key. Give it to the caller once; never log or store it.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("record", &self.record)
+            .field("secret", &"******")
+            .finish()
+    }
+}
+
+/// Changes to a key; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    /// New name (`Some(None)` clears it).
+    pub name: Option<Option<String>>,
+    /// New owner label (not empty).
+    pub source_path: Option<String>,
+    /// New permission list.
+    pub permissions: Option<Vec<String>>,
+    /// New expiry (`Some(None)` = never).
+    pub expires_at: Option<Option<SystemTime>>,
+    /// Enable or disable.
+    pub active: Option<bool>,
+}
+
+impl KeyUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.source_path.is_none()
+            && self.permissions.is_none()
+            && self.expires_at.is_none()
+            && self.active.is_none()
+    }
+}
+
+/// Key listing filter. `limit` 0 means the default (50); it is capped at 1000.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyFilter {
+    /// Only enabled (`true`) or disabled (`false`) keys.
+    pub active: Option<bool>,
+    /// Only keys of this owner.
+    pub source_path: Option<String>,
+    /// Only expired (`true`) or not expired (`false`) keys, at the time of the query.
+    pub expired: Option<bool>,
+    /// Page size.
+    pub limit: u32,
+    /// Rows to skip.
+    pub offset: u32,
+}
+
+/// One page of keys, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys on this page.
+    pub items: Vec<KeyRecord>,
+    /// Keys matching the filter, over all pages.
+    pub total: u64,
+}
+
+/// A stored key. Contains no secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Public id (`k_…`), safe to log.
+    pub id: String,
+    /// Free-form label.
+    pub name: Option<String>,
+    /// Owner / tenant label.
+    pub source_path: String,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Display form of the secret: prefix, first 4 characters, `…`, last 4 (`fg_AbCd…wxYz`).
+    pub display: String,
+    /// Creation time.
+    pub created_at: SystemTime,
+    /// Last change through the admin API (not usage).
+    pub updated_at: SystemTime,
+    /// Expiry; `None` = never.
+    pub expires_at: Option<SystemTime>,
+    /// Enabled flag.
+    pub active: bool,
+    /// Last successful resolution (flushed in batches; includes this instance's unflushed uses).
+    pub last_used_at: Option<SystemTime>,
+    /// Number of successful resolutions (same batching as `last_used_at`).
+    pub request_count: u64,
+}
+
+impl KeyRecord {
+    /// `"disabled"` when not active, else `"expired"` when expired at `now`, else `"active"`.
+    pub fn status(&self, now: SystemTime) -> &'static str {
+        if !self.active {
+            "disabled"
+        } else if self.is_expired_at(now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+
+    /// Whether the key has expired at `now`.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// Audit query filter. `limit` 0 means the default (50); it is capped at 1000.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this key id.
+    pub key_id: Option<String>,
+    /// Only this owner.
+    pub source_path: Option<String>,
+    /// Status class 2..=5 (`2` = 2xx). Other values are rejected.
+    pub status_class: Option<u16>,
+    /// Only streamed (`true`) or plain (`false`) responses.
+    pub is_stream: Option<bool>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only records started at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only records started before this time.
+    pub until: Option<SystemTime>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// One page of audit records, newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditPage {
+    /// Records on this page.
+    pub items: Vec<AuditRecord>,
+    /// Opaque cursor for the next (older) page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A stored audit record: every [`AuditEvent`](fastgate_layer::AuditEvent) field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditRecord {
+    /// Request id (`X-Request-Id`).
+    pub request_id: String,
+    /// Arrival time (millisecond precision).
+    pub started_at: SystemTime,
+    /// Public key id.
+    pub key_id: Option<String>,
+    /// Key owner.
+    pub source_path: Option<String>,
+    /// Client IP.
+    pub client_ip: Option<String>,
+    /// Client `User-Agent`.
+    pub user_agent: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    /// Upstream URL.
+    pub target_url: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Event-stream response.
+    pub is_stream: bool,
+    /// Model from the request.
+    pub model: Option<String>,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+    /// Time to first byte (microsecond precision).
+    pub ttfb: Option<Duration>,
+    /// Total duration (microsecond precision).
+    pub duration: Duration,
+    /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout` or `rejected`.
+    pub outcome: String,
+    /// Stable error code.
+    pub error_code: Option<String>,
+    /// `usage.prompt_tokens`.
+    pub prompt_tokens: Option<u64>,
+    /// `usage.completion_tokens`.
+    pub completion_tokens: Option<u64>,
+    /// `usage.total_tokens`.
+    pub total_tokens: Option<u64>,
+}
+
+impl AuditRecord {
+    /// A completed request with a status below 400.
+    pub fn is_success(&self) -> bool {
+        self.outcome == "completed" && self.status < 400
+    }
+}
+
+/// Metrics window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricsWindow {
+    /// 1 hour, 60 s buckets.
+    Hour,
+    /// 24 hours, 1 h buckets.
+    Day,
+    /// 7 days, 6 h buckets.
+    Week,
+}
+
+impl MetricsWindow {
+    /// Length of the window.
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Hour => 3600,
+            Self::Day => 86_400,
+            Self::Week => 7 * 86_400,
+        })
+    }
+
+    /// Width of one series bucket.
+    pub fn bucket(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Hour => 60,
+            Self::Day => 3600,
+            Self::Week => 21_600,
+        })
+    }
+
+    /// `1h`, `24h` or `7d`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "1h",
+            Self::Day => "24h",
+            Self::Week => "7d",
+        }
+    }
+
+    /// Parse `1h`, `24h` or `7d`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "1h" => Some(Self::Hour),
+            "24h" => Some(Self::Day),
+            "7d" => Some(Self::Week),
+            _ => None,
+        }
+    }
+}
+
+/// Aggregates over a window.
+///
+/// The window is aligned to bucket boundaries: `since` is the start of the bucket holding
+/// `until - window`, so the series covers the whole window (plus at most one bucket) and every
+/// bucket is full-width except the last, which ends at `until`. Latency percentiles come from a
+/// fixed geometric histogram (bucket ratio 1.2) and are accurate to within ±10 % (relative).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metrics {
+    /// The window asked for.
+    pub window: MetricsWindow,
+    /// Start of the first bucket.
+    pub since: SystemTime,
+    /// `now`.
+    pub until: SystemTime,
+    /// Series bucket width.
+    pub bucket: Duration,
+    /// Requests in the window.
+    pub total_requests: u64,
+    /// Completed with status < 400.
+    pub success_count: u64,
+    /// Everything else.
+    pub error_count: u64,
+    /// `success_count / total_requests` (0 when there are none).
+    pub success_rate: f64,
+    /// Mean duration, ms.
+    pub avg_latency_ms: f64,
+    /// Median duration, ms (approximate, see above).
+    pub p50_latency_ms: f64,
+    /// 95th percentile duration, ms (approximate, see above).
+    pub p95_latency_ms: f64,
+    /// Mean time to first byte over requests that had one, ms.
+    pub avg_ttfb_ms: f64,
+    /// Streamed responses.
+    pub stream_requests: u64,
+    /// `stream_requests / total_requests`.
+    pub stream_share: f64,
+    /// Sum of prompt tokens.
+    pub prompt_tokens: u64,
+    /// Sum of completion tokens.
+    pub completion_tokens: u64,
+    /// Sum of total tokens.
+    pub total_tokens: u64,
+    /// Keys enabled and not expired now.
+    pub active_keys: u64,
+    /// All keys.
+    pub total_keys: u64,
+    /// Per key (requests without a key are left out), most requests first.
+    pub per_key: Vec<KeyUsage>,
+    /// Per model (requests without a model are left out), most requests first.
+    pub per_model: Vec<ModelUsage>,
+    /// One point per bucket, oldest first, empty buckets included.
+    pub series: Vec<SeriesPoint>,
+}
+
+/// Usage of one key in a window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Key id.
+    pub key_id: String,
+    /// The key's owner as recorded by the most recent request.
+    pub source_path: String,
+    /// Requests.
+    pub requests: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+}
+
+/// Usage of one model in a window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelUsage {
+    /// Model name.
+    pub model: String,
+    /// Requests.
+    pub requests: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+}
+
+/// One series bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeriesPoint {
+    /// Bucket start.
+    pub ts: SystemTime,
+    /// Requests.
+    pub requests: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+}

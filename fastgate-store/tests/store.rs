@@ -1,0 +1,1504 @@
+//! The store suite: runs on a fresh SQLite file per test always, and on PostgreSQL (a fresh
+//! database per test, created through `FASTGATE_TEST_DATABASE_URL`) when that variable is set.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fastgate_layer::{
+    AuditEvent, AuditSink, KeyResolver, Outcome, PresentedKey, ResolveError, TokenUsage,
+};
+use fastgate_store::{
+    AuditFilter, Backend, BackgroundOptions, KeyFilter, KeyUpdate, MetricsWindow, NewKey, Store,
+    StoreError, StoreOptions, hash_key,
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh database for one test, on each configured backend.
+struct TestDb {
+    url: String,
+    backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>, // (admin url, database name)
+}
+
+impl TestDb {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("fastgate.db").display());
+        Self {
+            url,
+            backend: Backend::Sqlite,
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    async fn postgres(admin: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("fgt_{}_{}_{}", std::process::id(), n, nanos);
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin)
+            .await
+            .unwrap();
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let (base, query) = admin
+            .split_once('?')
+            .map_or((admin, None), |(b, q)| (b, Some(q)));
+        let slash = base.rfind('/').unwrap();
+        let mut url = format!("{}/{}", &base[..slash], name);
+        if let Some(q) = query {
+            url = format!("{url}?{q}");
+        }
+        Self {
+            url,
+            backend: Backend::Postgres,
+            _dir: None,
+            pg: Some((admin.to_owned(), name)),
+        }
+    }
+
+    async fn store(&self) -> Store {
+        self.store_with(test_opts()).await
+    }
+
+    async fn store_with(&self, opts: StoreOptions) -> Store {
+        let store = Store::connect(&self.url, opts).await.unwrap();
+        assert_eq!(store.backend(), self.backend);
+        store
+    }
+
+    async fn finish(self, stores: &[&Store]) {
+        for s in stores {
+            s.close().await;
+        }
+        if let Some((admin, name)) = &self.pg {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin)
+                .await
+                .unwrap();
+            let _ = sqlx::Executor::execute(
+                &mut conn,
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+            )
+            .await;
+        }
+    }
+}
+
+fn test_opts() -> StoreOptions {
+    StoreOptions {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(2),
+        ..StoreOptions::default()
+    }
+}
+
+/// Runs `body` on SQLite, and on PostgreSQL when `FASTGATE_TEST_DATABASE_URL` is set.
+macro_rules! on_backends {
+    ($name:ident, |$db:ident| $body:block) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            async fn run($db: TestDb) $body
+            run(TestDb::sqlite().await).await;
+            if let Ok(admin) = std::env::var("FASTGATE_TEST_DATABASE_URL") {
+                if !admin.is_empty() {
+                    run(TestDb::postgres(&admin).await).await;
+                }
+            }
+        }
+    };
+}
+
+fn new_key(source: &str) -> NewKey {
+    NewKey {
+        name: Some(format!("{source} laptop")),
+        source_path: source.to_owned(),
+        permissions: vec!["chat".to_owned()],
+        expires_at: None,
+    }
+}
+
+fn presented(secret: &str) -> PresentedKey {
+    PresentedKey::parse(secret).unwrap()
+}
+
+fn event(i: u64, at: SystemTime) -> AuditEvent {
+    let mut e = AuditEvent::new(
+        format!("req-{i:06}"),
+        "POST",
+        "/proxy/miniai/v2/chat/completions",
+    );
+    e.started_at = at;
+    e.status = 200;
+    e.duration = Duration::from_millis(100);
+    e.ttfb = Some(Duration::from_millis(10));
+    e.model = Some("gpt-3.5-turbo".to_owned());
+    e.key_id = Some(Arc::from("k_a"));
+    e.source_path = Some(Arc::from("user1"));
+    e.client_ip = Some("127.0.0.1".to_owned());
+    e.user_agent = Some("curl/8".to_owned());
+    e.target_url = Some(Arc::from(
+        "http://127.0.0.1:1030/miniai/v2/chat/completions",
+    ));
+    e.request_bytes = 120;
+    e.response_bytes = 2048;
+    e
+}
+
+/// Poll `cond` every 10 ms until true or `limit` passes; returns the time it took.
+async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    tokio::time::timeout(limit, async {
+        loop {
+            if cond().await {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .ok()
+}
+
+// ---------------------------------------------------------------- connect / migrations / URLs
+
+#[tokio::test]
+async fn sqlite_file_is_created_in_wal_mode_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    assert!(!path.exists());
+    let store = Store::connect(&format!("sqlite:///{}", path.display()), test_opts())
+        .await
+        .unwrap();
+    assert!(path.exists());
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+    assert_eq!(store.backend().as_str(), "sqlite");
+    store.close().await;
+    // Reopen: migrations already applied, data kept.
+    let store = Store::connect(&format!("sqlite:{}", path.display()), test_opts())
+        .await
+        .unwrap();
+    let created = store.create_key(new_key("user1")).await.unwrap();
+    store.close().await;
+    let store = Store::connect(&format!("sqlite:///{}", path.display()), test_opts())
+        .await
+        .unwrap();
+    assert!(store.get_key(&created.record.id).await.unwrap().is_some());
+    store.close().await;
+    let mode = std::fs::read(dir.path().join("fresh.db")).unwrap();
+    // WAL databases have file-format version bytes 18/19 set to 2.
+    assert_eq!((mode[18], mode[19]), (2, 2));
+}
+
+#[tokio::test]
+async fn sqlite_missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:///{}/no/such/dir/fastgate.db", dir.path().display());
+    let err = Store::connect(&url, test_opts()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::DirectoryMissing { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!dir.path().join("no").exists());
+}
+
+#[tokio::test]
+async fn unsupported_url_is_rejected_without_leaking_the_password() {
+    let err = Store::connect("mysql://root:hunter2@localhost/fg", test_opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedUrl { .. }));
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("postgres://"), "{text}");
+}
+
+#[tokio::test]
+async fn postgres_connection_failure_does_not_leak_the_password() {
+    // Nothing listens on port 1.
+    let opts = StoreOptions {
+        acquire_timeout: Duration::from_millis(500),
+        ..test_opts()
+    };
+    let err = Store::connect("postgresql+asyncpg://fg:hunter2@127.0.0.1:1/fg", opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Connect {
+                backend: "postgres",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut text = format!("{err} {err:?}");
+    let mut src = std::error::Error::source(&err);
+    while let Some(s) = src {
+        text.push_str(&format!(" {s} {s:?}"));
+        src = s.source();
+    }
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn memory_url_works_for_a_single_pool() {
+    let store = Store::connect("sqlite::memory:", test_opts())
+        .await
+        .unwrap();
+    let k = store.create_key(new_key("mem")).await.unwrap();
+    assert_eq!(
+        store
+            .resolve_key(&k.secret)
+            .await
+            .unwrap()
+            .source_path
+            .as_ref(),
+        "mem"
+    );
+}
+
+// ---------------------------------------------------------------- keys
+
+on_backends!(
+    create_key_returns_secret_once_and_stores_only_its_hash,
+    |db| {
+        let store = db.store().await;
+        let created = store.create_key(new_key("user1")).await.unwrap();
+        let secret = &created.secret;
+        assert!(secret.starts_with("fg_"));
+        assert!(secret.len() >= 3 + 43, "{secret}");
+        let rec = &created.record;
+        assert!(rec.id.starts_with("k_"));
+        assert!(!rec.id.contains(&secret[3..]));
+        assert_eq!(
+            rec.display,
+            format!("fg_{}…{}", &secret[3..7], &secret[secret.len() - 4..])
+        );
+        assert_eq!(rec.source_path, "user1");
+        assert_eq!(rec.name.as_deref(), Some("user1 laptop"));
+        assert_eq!(rec.permissions, vec!["chat".to_owned()]);
+        assert!(rec.active);
+        assert_eq!(rec.status(SystemTime::now()), "active");
+        assert_eq!(rec.request_count, 0);
+        assert!(rec.last_used_at.is_none());
+        assert!(rec.expires_at.is_none());
+        assert!(!format!("{created:?}").contains(secret.as_str()));
+
+        let id = store.resolve_key(secret).await.unwrap();
+        assert_eq!(&*id.key_id, rec.id.as_str());
+        assert!(id.allows("chat") && !id.allows("admin"));
+
+        // Every text column of the key tables: the hash is there, the secret is not.
+        let url = db.url.clone();
+        let dump: Vec<String> = match db.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT id || '|' || COALESCE(name,'') || '|' || source_path || '|' || permissions || '|' || display FROM api_keys \
+                 UNION ALL SELECT hash || '|' || key_id FROM api_key_hashes",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+                pool.close().await;
+                rows.into_iter().map(|r| r.0).collect()
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT id || '|' || COALESCE(name,'') || '|' || source_path || '|' || permissions || '|' || display FROM api_keys \
+                 UNION ALL SELECT hash || '|' || key_id FROM api_key_hashes",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+                pool.close().await;
+                rows.into_iter().map(|r| r.0).collect()
+            }
+        };
+        assert_eq!(dump.len(), 2);
+        assert!(dump.iter().all(|row| !row.contains(secret.as_str())));
+        assert!(dump.iter().any(|row| row.starts_with(&hash_key(secret))));
+        db.finish(&[&store]).await;
+    }
+);
+
+#[tokio::test]
+async fn sqlite_file_never_contains_the_secret() {
+    let db = TestDb::sqlite().await;
+    let store = db.store().await;
+    let mut secrets = Vec::new();
+    for i in 0..20 {
+        let k = store
+            .create_key(new_key(&format!("user{i}")))
+            .await
+            .unwrap();
+        let rotated = store
+            .rotate_key(&k.record.id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        secrets.push(k.secret);
+        secrets.push(rotated.secret);
+    }
+    store.close().await;
+    let dir = db._dir.as_ref().unwrap().path().to_owned();
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    for s in &secrets {
+        assert!(
+            !text.contains(&s[3..]),
+            "secret found in the database files"
+        );
+    }
+}
+
+on_backends!(get_list_filters_and_pagination, |db| {
+    let store = db.store().await;
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut nk = new_key(if i % 2 == 0 { "even" } else { "odd" });
+        if i == 3 {
+            nk.expires_at = Some(now - Duration::from_secs(60));
+        }
+        if i == 4 {
+            nk.expires_at = Some(now + Duration::from_secs(3600));
+        }
+        ids.push(store.create_key(nk).await.unwrap().record.id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store
+        .update_key(
+            &ids[5],
+            KeyUpdate {
+                active: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(store.get_key("k_nope").await.unwrap().is_none());
+    let all = store.list_keys(&KeyFilter::default()).await.unwrap();
+    assert_eq!(all.total, 7);
+    // Newest first.
+    assert_eq!(
+        all.items.iter().map(|k| k.id.clone()).collect::<Vec<_>>(),
+        ids.iter().rev().cloned().collect::<Vec<_>>()
+    );
+
+    let page = store
+        .list_keys(&KeyFilter {
+            limit: 3,
+            offset: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 7);
+    assert_eq!(
+        page.items.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        vec![&ids[3], &ids[2], &ids[1]]
+    );
+
+    let even = store
+        .list_keys(&KeyFilter {
+            source_path: Some("even".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(even.total, 4);
+    assert!(even.items.iter().all(|k| k.source_path == "even"));
+
+    let disabled = store
+        .list_keys(&KeyFilter {
+            active: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        disabled
+            .items
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![&ids[5]]
+    );
+    assert_eq!(disabled.items[0].status(SystemTime::now()), "disabled");
+    let active = store
+        .list_keys(&KeyFilter {
+            active: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(active.total, 6);
+
+    let expired = store
+        .list_keys(&KeyFilter {
+            expired: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        expired
+            .items
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![&ids[3]]
+    );
+    assert_eq!(expired.items[0].status(SystemTime::now()), "expired");
+    let live = store
+        .list_keys(&KeyFilter {
+            expired: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(live.total, 6);
+    let combo = store
+        .list_keys(&KeyFilter {
+            expired: Some(false),
+            active: Some(true),
+            source_path: Some("odd".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(combo.total, 1); // odd: 1, 3 (expired), 5 (disabled)
+    assert_eq!(combo.items[0].id, ids[1]);
+    db.finish(&[&store]).await;
+});
+
+on_backends!(update_changes_fields_and_takes_effect_at_once, |db| {
+    let store = db.store().await;
+    let k = store.create_key(new_key("user1")).await.unwrap();
+    let resolver = store.key_resolver();
+    let id = resolver.resolve(presented(&k.secret)).await.unwrap();
+    assert_eq!(&*id.source_path, "user1");
+
+    let exp = UNIX_EPOCH + Duration::from_millis(4_102_444_800_000); // 2100-01-01
+    let updated = store
+        .update_key(
+            &k.record.id,
+            KeyUpdate {
+                name: Some(None),
+                source_path: Some("user9".into()),
+                permissions: Some(vec!["chat".into(), "embeddings".into()]),
+                expires_at: Some(Some(exp)),
+                active: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.name, None);
+    assert_eq!(updated.source_path, "user9");
+    assert_eq!(
+        updated.permissions,
+        vec!["chat".to_owned(), "embeddings".to_owned()]
+    );
+    assert_eq!(updated.expires_at, Some(exp));
+    assert!(updated.updated_at >= updated.created_at);
+    // The cached identity was dropped: the new values are seen at once.
+    let id = resolver.resolve(presented(&k.secret)).await.unwrap();
+    assert_eq!(&*id.source_path, "user9");
+    assert!(id.allows("embeddings"));
+    assert_eq!(id.expires_at, Some(exp));
+
+    // Disable: invalid at once; enable again: valid.
+    store
+        .update_key(
+            &k.record.id,
+            KeyUpdate {
+                active: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        resolver.resolve(presented(&k.secret)).await,
+        Err(ResolveError::Invalid)
+    ));
+    store
+        .update_key(
+            &k.record.id,
+            KeyUpdate {
+                active: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(resolver.resolve(presented(&k.secret)).await.is_ok());
+
+    assert!(
+        store
+            .update_key(
+                "k_missing",
+                KeyUpdate {
+                    active: Some(false),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let bad = store
+        .update_key(
+            &k.record.id,
+            KeyUpdate {
+                source_path: Some("  ".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::InvalidInput(_))));
+    assert!(matches!(
+        store.create_key(new_key("")).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    db.finish(&[&store]).await;
+});
+
+on_backends!(delete_revokes_at_once, |db| {
+    let store = db.store().await;
+    let k = store.create_key(new_key("user1")).await.unwrap();
+    store.resolve_key(&k.secret).await.unwrap();
+    assert!(store.delete_key(&k.record.id).await.unwrap());
+    assert!(matches!(
+        store.resolve_key(&k.secret).await,
+        Err(ResolveError::Invalid)
+    ));
+    assert!(store.get_key(&k.record.id).await.unwrap().is_none());
+    assert!(!store.delete_key(&k.record.id).await.unwrap());
+    assert!(matches!(
+        store.resolve_key("fg_never_issued").await,
+        Err(ResolveError::Invalid)
+    ));
+    db.finish(&[&store]).await;
+});
+
+on_backends!(rotation_with_and_without_grace, |db| {
+    let store = db.store().await;
+    let k = store.create_key(new_key("user1")).await.unwrap();
+    store.resolve_key(&k.secret).await.unwrap();
+
+    // No grace: the old secret stops at once.
+    let r1 = store
+        .rotate_key(&k.record.id, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(r1.secret, k.secret);
+    assert_eq!(r1.record.id, k.record.id);
+    assert_ne!(r1.record.display, k.record.display);
+    assert!(matches!(
+        store.resolve_key(&k.secret).await,
+        Err(ResolveError::Invalid)
+    ));
+    assert_eq!(
+        &*store.resolve_key(&r1.secret).await.unwrap().key_id,
+        k.record.id.as_str()
+    );
+
+    // Grace: both work until it ends, then only the new one.
+    let r2 = store
+        .rotate_key(&k.record.id, Duration::from_millis(700))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.resolve_key(&r1.secret).await.is_ok());
+    assert!(store.resolve_key(&r2.secret).await.is_ok());
+    let took = wait_until(Duration::from_secs(3), || async {
+        matches!(
+            store.resolve_key(&r1.secret).await,
+            Err(ResolveError::Invalid)
+        )
+    })
+    .await
+    .expect("old secret still valid after its grace period");
+    assert!(
+        took >= Duration::from_millis(500),
+        "old secret stopped too early: {took:?}"
+    );
+    assert!(store.resolve_key(&r2.secret).await.is_ok());
+    assert_eq!(
+        store
+            .purge_expired_secrets(SystemTime::now())
+            .await
+            .unwrap(),
+        1
+    );
+
+    assert!(
+        store
+            .rotate_key("k_missing", Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    db.finish(&[&store]).await;
+});
+
+on_backends!(expired_keys_resolve_with_their_expiry, |db| {
+    let store = db.store().await;
+    let past = UNIX_EPOCH + Duration::from_millis(1_600_000_000_000);
+    let k = store
+        .create_key(NewKey {
+            expires_at: Some(past),
+            ..new_key("user1")
+        })
+        .await
+        .unwrap();
+    let id = store.resolve_key(&k.secret).await.unwrap();
+    assert_eq!(id.expires_at, Some(past));
+    assert!(id.is_expired_at(SystemTime::now()));
+    db.finish(&[&store]).await;
+});
+
+on_backends!(usage_is_counted_in_memory_and_flushed_in_batches, |db| {
+    let store = db.store().await;
+    let a = store.create_key(new_key("a")).await.unwrap();
+    let b = store.create_key(new_key("b")).await.unwrap();
+    let resolver = store.key_resolver();
+    for _ in 0..5 {
+        resolver.resolve(presented(&a.secret)).await.unwrap();
+    }
+    resolver.resolve(presented(&b.secret)).await.unwrap();
+    // Visible before the flush (pending usage is merged in) ...
+    assert_eq!(
+        store
+            .get_key(&a.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .request_count,
+        5
+    );
+    // ... and written by it: a second store on the same database sees it.
+    assert_eq!(store.flush_usage().await.unwrap(), 2);
+    let other = db.store().await;
+    let ra = other.get_key(&a.record.id).await.unwrap().unwrap();
+    assert_eq!(ra.request_count, 5);
+    assert!(ra.last_used_at.is_some());
+    assert_eq!(
+        other
+            .get_key(&b.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .request_count,
+        1
+    );
+    assert_eq!(store.flush_usage().await.unwrap(), 0);
+    resolver.resolve(presented(&a.secret)).await.unwrap();
+    store.flush_usage().await.unwrap();
+    assert_eq!(
+        other
+            .get_key(&a.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .request_count,
+        6
+    );
+    db.finish(&[&store, &other]).await;
+});
+
+on_backends!(
+    cache_serves_recent_keys_and_stale_ones_when_the_database_is_gone,
+    |db| {
+        let store = db
+            .store_with(StoreOptions {
+                cache_ttl: Duration::from_millis(200),
+                ..test_opts()
+            })
+            .await;
+        let known = store.create_key(new_key("user1")).await.unwrap();
+        let unknown_yet = store.create_key(new_key("user2")).await.unwrap();
+        store.resolve_key(&known.secret).await.unwrap();
+        let before = store.stats();
+        store.resolve_key(&known.secret).await.unwrap();
+        assert_eq!(store.stats().cache_hits, before.cache_hits + 1);
+        assert_eq!(store.stats().cache_misses, before.cache_misses);
+
+        store.close().await; // the database "goes away"
+        assert!(store.ping().await.is_err());
+        // Fresh entry: served.
+        assert!(store.resolve_key(&known.secret).await.is_ok());
+        // Past its TTL: still served (stale-if-error).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let id = store.resolve_key(&known.secret).await.unwrap();
+        assert_eq!(&*id.source_path, "user1");
+        assert!(store.stats().stale_served >= 1);
+        // Never seen: unavailable, not invalid.
+        assert!(matches!(
+            store.resolve_key(&unknown_yet.secret).await,
+            Err(ResolveError::Unavailable(_))
+        ));
+        db.finish(&[]).await;
+    }
+);
+
+on_backends!(uncached_resolver_asks_the_database_every_time, |db| {
+    let store = db
+        .store_with(StoreOptions {
+            cache_ttl: Duration::ZERO,
+            ..test_opts()
+        })
+        .await;
+    let k = store.create_key(new_key("user1")).await.unwrap();
+    for _ in 0..3 {
+        store.resolve_key(&k.secret).await.unwrap();
+    }
+    assert_eq!(store.stats().cache_misses, 3);
+    assert_eq!(store.cached_keys(), 0);
+    db.finish(&[&store]).await;
+});
+
+on_backends!(
+    revocation_reaches_a_second_instance_within_two_seconds,
+    |db| {
+        // Two stores with their own pools on one database, as two gateway instances would be.
+        let opts = StoreOptions {
+            cache_ttl: Duration::from_secs(600),
+            ..test_opts()
+        };
+        let a = db.store_with(opts.clone()).await;
+        let b = db.store_with(opts).await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let bg = tokio::spawn(b.background(
+            BackgroundOptions {
+                invalidation_poll_interval: Duration::from_millis(500),
+                ..Default::default()
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let k = a.create_key(new_key("user1")).await.unwrap();
+        let k2 = a.create_key(new_key("user2")).await.unwrap();
+        b.resolve_key(&k.secret).await.unwrap();
+        b.resolve_key(&k2.secret).await.unwrap();
+        assert_eq!(b.cached_keys(), 2);
+        // Let the listener settle, then revoke through A.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let hits_before = b.stats().cache_hits;
+        b.resolve_key(&k.secret).await.unwrap();
+        assert_eq!(
+            b.stats().cache_hits,
+            hits_before + 1,
+            "B answers from its cache"
+        );
+
+        let start = Instant::now();
+        a.update_key(
+            &k.record.id,
+            KeyUpdate {
+                active: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let took = wait_until(Duration::from_secs(5), || async {
+            matches!(b.resolve_key(&k.secret).await, Err(ResolveError::Invalid))
+        })
+        .await
+        .map(|_| start.elapsed());
+        let took = took.expect("revocation did not reach the second instance");
+        eprintln!(
+            "[{}] revocation reached instance B after {took:?}",
+            db.backend.as_str()
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(b.resolve_key(&k2.secret).await.is_ok());
+
+        // Rotation and deletion propagate the same way.
+        let start = Instant::now();
+        a.delete_key(&k2.record.id).await.unwrap();
+        wait_until(Duration::from_secs(5), || async {
+            matches!(b.resolve_key(&k2.secret).await, Err(ResolveError::Invalid))
+        })
+        .await
+        .expect("deletion did not reach the second instance");
+        assert!(start.elapsed() < Duration::from_secs(2));
+
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), bg)
+            .await
+            .unwrap()
+            .unwrap();
+        db.finish(&[&a, &b]).await;
+    }
+);
+
+on_backends!(
+    background_flushes_usage_and_stops_with_a_final_flush,
+    |db| {
+        let store = db.store().await;
+        let k = store.create_key(new_key("user1")).await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let bg = tokio::spawn(store.background(
+            BackgroundOptions {
+                usage_flush_interval: Duration::from_secs(3600),
+                ..Default::default()
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        store.resolve_key(&k.secret).await.unwrap();
+        store.resolve_key(&k.secret).await.unwrap();
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), bg)
+            .await
+            .unwrap()
+            .unwrap();
+        let other = db.store().await;
+        assert_eq!(
+            other
+                .get_key(&k.record.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .request_count,
+            2
+        );
+        db.finish(&[&store, &other]).await;
+    }
+);
+
+on_backends!(background_purges_by_retention, |db| {
+    let store = db.store().await;
+    let now = SystemTime::now();
+    let events: Vec<AuditEvent> = (0..30)
+        .map(|i| {
+            event(
+                i,
+                if i < 20 {
+                    now - Duration::from_secs(10 * 86_400)
+                } else {
+                    now
+                },
+            )
+        })
+        .collect();
+    store.audit_sink().write_batch(&events).await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let bg = tokio::spawn(store.background(
+        BackgroundOptions {
+            retention: Some(Duration::from_secs(86_400)),
+            purge_interval: Duration::from_millis(50),
+            purge_batch: 3,
+            ..Default::default()
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    wait_until(Duration::from_secs(5), || async {
+        store.count_audit().await.unwrap() == 10
+    })
+    .await
+    .expect("retention purge did not run");
+    stop_tx.send(()).unwrap();
+    bg.await.unwrap();
+    assert_eq!(store.stats().audit_rows_purged, 20);
+    db.finish(&[&store]).await;
+});
+
+// ---------------------------------------------------------------- audit
+
+on_backends!(audit_batch_round_trips_every_field, |db| {
+    let store = db.store().await;
+    let at = UNIX_EPOCH + Duration::from_millis(1_764_150_000_123);
+    let mut e = event(1, at);
+    e.is_stream = true;
+    e.status = 502;
+    e.outcome = Outcome::UpstreamError;
+    e.error_code = Some("upstream_error");
+    e.ttfb = Some(Duration::from_micros(3_200));
+    e.duration = Duration::from_micros(410_500);
+    e.usage = Some(TokenUsage {
+        prompt_tokens: 9,
+        completion_tokens: 12,
+        total_tokens: 21,
+    });
+    let mut bare = AuditEvent::new("req-bare", "GET", "/nope");
+    bare.started_at = at;
+    bare.status = 404;
+    bare.outcome = Outcome::Rejected;
+    store
+        .audit_sink()
+        .write_batch(&[e.clone(), bare])
+        .await
+        .unwrap();
+    store.audit_sink().write_batch(&[]).await.unwrap();
+
+    let r = store.get_audit("req-000001").await.unwrap().unwrap();
+    assert_eq!(r.request_id, "req-000001");
+    assert_eq!(r.started_at, at);
+    assert_eq!(r.key_id.as_deref(), Some("k_a"));
+    assert_eq!(r.source_path.as_deref(), Some("user1"));
+    assert_eq!(r.client_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.user_agent.as_deref(), Some("curl/8"));
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/proxy/miniai/v2/chat/completions");
+    assert_eq!(
+        r.target_url.as_deref(),
+        Some("http://127.0.0.1:1030/miniai/v2/chat/completions")
+    );
+    assert_eq!(r.status, 502);
+    assert!(r.is_stream);
+    assert_eq!(r.model.as_deref(), Some("gpt-3.5-turbo"));
+    assert_eq!((r.request_bytes, r.response_bytes), (120, 2048));
+    assert_eq!(r.ttfb, Some(Duration::from_micros(3_200)));
+    assert_eq!(r.duration, Duration::from_micros(410_500));
+    assert_eq!(r.outcome, "upstream_error");
+    assert_eq!(r.error_code.as_deref(), Some("upstream_error"));
+    assert_eq!(
+        (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+        (Some(9), Some(12), Some(21))
+    );
+    assert!(!r.is_success());
+
+    let b = store.get_audit("req-bare").await.unwrap().unwrap();
+    assert_eq!(
+        (b.key_id, b.model, b.ttfb, b.total_tokens),
+        (None, None, None, None)
+    );
+    assert_eq!(b.outcome, "rejected");
+    assert!(store.get_audit("req-none").await.unwrap().is_none());
+    assert_eq!(store.count_audit().await.unwrap(), 2);
+    assert_eq!(store.stats().audit_rows_written, 2);
+    db.finish(&[&store]).await;
+});
+
+on_backends!(audit_large_batches_are_chunked_in_one_transaction, |db| {
+    let store = db.store().await;
+    let now = SystemTime::now();
+    let events: Vec<AuditEvent> = (0..2_345)
+        .map(|i| event(i, now - Duration::from_millis(i)))
+        .collect();
+    store.audit_sink().write_batch(&events).await.unwrap();
+    assert_eq!(store.count_audit().await.unwrap(), 2_345);
+    let m = store.metrics(MetricsWindow::Hour, now).await.unwrap();
+    assert_eq!(m.total_requests, 2_345);
+
+    // A failing batch leaves nothing behind (all or nothing), so the worker can retry it.
+    store.close().await;
+    let sink_err = store.audit_sink().write_batch(&events[..10]).await;
+    assert!(sink_err.is_err());
+    assert_eq!(store.stats().audit_batches_failed, 1);
+    let again = db.store().await;
+    assert_eq!(again.count_audit().await.unwrap(), 2_345);
+    db.finish(&[&again]).await;
+});
+
+on_backends!(audit_query_filters_and_keyset_pagination, |db| {
+    let store = db.store().await;
+    let base = UNIX_EPOCH + Duration::from_secs(1_764_150_000);
+    let mut events = Vec::new();
+    for i in 0..50u64 {
+        // Pairs share a millisecond so the id tie-break is exercised.
+        let mut e = event(i, base + Duration::from_millis(i / 2 * 1000));
+        e.key_id = Some(Arc::from(if i % 2 == 0 { "k_even" } else { "k_odd" }));
+        e.source_path = Some(Arc::from(if i % 5 == 0 { "five" } else { "other" }));
+        e.status = match i % 4 {
+            0 => 200,
+            1 => 404,
+            2 => 503,
+            _ => 302,
+        };
+        e.is_stream = i % 3 == 0;
+        e.model = Some(if i < 10 {
+            "m-small".to_owned()
+        } else {
+            "m-large".to_owned()
+        });
+        events.push(e);
+    }
+    store.audit_sink().write_batch(&events).await.unwrap();
+
+    // Walk every page: newest first, no duplicates, no gaps.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .query_audit(&AuditFilter {
+                limit: 7,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 7);
+        seen.extend(page.items.iter().map(|r| r.request_id.clone()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 50);
+    let mut expected: Vec<String> = (0..50).rev().map(|i| format!("req-{i:06}")).collect();
+    // Within a shared millisecond the later insert (higher id) comes first — same as index order.
+    expected.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, expected);
+
+    let q = |f: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .query_audit(&AuditFilter { limit: 1000, ..f })
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let by_key = q(AuditFilter {
+        key_id: Some("k_odd".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_key.len(), 25);
+    assert!(by_key.iter().all(|r| r.key_id.as_deref() == Some("k_odd")));
+    assert_eq!(
+        q(AuditFilter {
+            source_path: Some("five".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        10
+    );
+    let s5 = q(AuditFilter {
+        status_class: Some(5),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        s5.len() == 12 && s5.iter().all(|r| r.status == 503),
+        "{}",
+        s5.len()
+    );
+    assert_eq!(
+        q(AuditFilter {
+            status_class: Some(2),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        13
+    );
+    assert_eq!(
+        q(AuditFilter {
+            status_class: Some(3),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        12
+    );
+    assert_eq!(
+        q(AuditFilter {
+            is_stream: Some(true),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        17
+    );
+    assert_eq!(
+        q(AuditFilter {
+            is_stream: Some(false),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        33
+    );
+    assert_eq!(
+        q(AuditFilter {
+            model: Some("m-small".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        10
+    );
+    let ranged = q(AuditFilter {
+        since: Some(base + Duration::from_secs(5)),
+        until: Some(base + Duration::from_secs(10)),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ranged.len(), 10); // seconds 5..=9, two each
+    let combo = q(AuditFilter {
+        key_id: Some("k_even".into()),
+        status_class: Some(2),
+        model: Some("m-large".into()),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        combo
+            .iter()
+            .all(|r| r.key_id.as_deref() == Some("k_even") && r.status == 200)
+    );
+    assert_eq!(combo.len(), 10); // i in 12,16,..,48
+    // Metacharacters are plain data.
+    assert!(
+        q(AuditFilter {
+            model: Some("x' OR '1'='1".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    // Default and capped limits.
+    assert_eq!(
+        store
+            .query_audit(&AuditFilter::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        50
+    );
+    let bad = store
+        .query_audit(&AuditFilter {
+            cursor: Some("garbage!".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::InvalidInput(_))));
+    let bad = store
+        .query_audit(&AuditFilter {
+            status_class: Some(7),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::InvalidInput(_))));
+    db.finish(&[&store]).await;
+});
+
+on_backends!(purge_deletes_old_records_in_batches, |db| {
+    let store = db.store().await;
+    let now = SystemTime::now();
+    let old = now - Duration::from_secs(40 * 86_400);
+    let events: Vec<AuditEvent> = (0..25)
+        .map(|i| {
+            event(
+                i,
+                if i < 17 {
+                    old + Duration::from_secs(i)
+                } else {
+                    now
+                },
+            )
+        })
+        .collect();
+    store.audit_sink().write_batch(&events).await.unwrap();
+    let cutoff = now - Duration::from_secs(30 * 86_400);
+    assert_eq!(store.purge_audit_older_than(cutoff, 4).await.unwrap(), 17);
+    assert_eq!(store.count_audit().await.unwrap(), 8);
+    assert_eq!(store.purge_audit_older_than(cutoff, 4).await.unwrap(), 0);
+    assert!(store.get_audit("req-000000").await.unwrap().is_none());
+    assert!(store.get_audit("req-000020").await.unwrap().is_some());
+    db.finish(&[&store]).await;
+});
+
+// ---------------------------------------------------------------- metrics
+
+on_backends!(metrics_aggregate_the_window, |db| {
+    let store = db.store().await;
+    let k1 = store.create_key(new_key("user1")).await.unwrap();
+    let k2 = store.create_key(new_key("user2")).await.unwrap();
+    let k3 = store.create_key(new_key("user3")).await.unwrap();
+    store
+        .update_key(
+            &k3.record.id,
+            KeyUpdate {
+                active: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let _expired = store
+        .create_key(NewKey {
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+            ..new_key("user4")
+        })
+        .await
+        .unwrap();
+
+    // now = 10:30:30 on some day; the Day window's buckets are whole hours.
+    let day0 = 1_764_115_200u64; // 2025-11-26T00:00:00Z
+    let now = UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600 + 30 * 60 + 30);
+    let mut events = Vec::new();
+    let mut n = 0u64;
+    let mut push = |at: SystemTime,
+                    key: &str,
+                    sp: &str,
+                    model: Option<&str>,
+                    status: u16,
+                    outcome: Outcome,
+                    ms: u64,
+                    stream: bool,
+                    tokens: Option<u64>| {
+        let mut e = event(n, at);
+        n += 1;
+        e.key_id = Some(Arc::from(key));
+        e.source_path = Some(Arc::from(sp));
+        e.model = model.map(str::to_owned);
+        e.status = status;
+        e.outcome = outcome;
+        e.duration = Duration::from_millis(ms);
+        e.ttfb = if stream {
+            Some(Duration::from_millis(ms / 10))
+        } else {
+            None
+        };
+        e.is_stream = stream;
+        e.usage = tokens.map(|t| TokenUsage {
+            prompt_tokens: t / 3,
+            completion_tokens: t - t / 3,
+            total_tokens: t,
+        });
+        events.push(e);
+    };
+    let k1id = k1.record.id.as_str();
+    let k2id = k2.record.id.as_str();
+    // 100 requests at 10:05 (k1, model a): 90 ok at 1..=90 ms, 10 errors (500) at 1000 ms.
+    for i in 1..=90 {
+        push(
+            now - Duration::from_secs(25 * 60) + Duration::from_millis(i),
+            k1id,
+            "user1",
+            Some("a"),
+            200,
+            Outcome::Completed,
+            i,
+            i % 2 == 0,
+            Some(30),
+        );
+    }
+    for _ in 0..10 {
+        push(
+            now - Duration::from_secs(25 * 60),
+            k1id,
+            "user1",
+            Some("a"),
+            500,
+            Outcome::Completed,
+            1000,
+            false,
+            None,
+        );
+    }
+    // 20 at 03:10 (k2, model b), 5 of them client aborts with status 200 (errors).
+    for i in 0..20 {
+        let outcome = if i < 5 {
+            Outcome::ClientAborted
+        } else {
+            Outcome::Completed
+        };
+        push(
+            now - Duration::from_secs(7 * 3600 + 20 * 60),
+            k2id,
+            "user2",
+            Some("b"),
+            200,
+            outcome,
+            50,
+            true,
+            Some(3),
+        );
+    }
+    // Outside the Day window (2 days ago) and rejected without a key or model inside it.
+    push(
+        now - Duration::from_secs(2 * 86_400),
+        k1id,
+        "user1",
+        Some("a"),
+        200,
+        Outcome::Completed,
+        5,
+        false,
+        Some(1000),
+    );
+    let mut anon = event(999, now - Duration::from_secs(60));
+    anon.key_id = None;
+    anon.source_path = None;
+    anon.model = None;
+    anon.status = 401;
+    anon.outcome = Outcome::Rejected;
+    anon.duration = Duration::from_millis(1);
+    anon.ttfb = None;
+    events.push(anon);
+    store.audit_sink().write_batch(&events[..60]).await.unwrap(); // two batches hit the same rollup rows
+    store.audit_sink().write_batch(&events[60..]).await.unwrap();
+
+    let m = store.metrics(MetricsWindow::Day, now).await.unwrap();
+    assert_eq!(m.window, MetricsWindow::Day);
+    assert_eq!(m.bucket, Duration::from_secs(3600));
+    assert_eq!(m.until, now);
+    // since = start of the hour holding now - 24h (10:00 the day before); 25 hourly buckets.
+    assert_eq!(m.since, UNIX_EPOCH + Duration::from_secs(day0 - 14 * 3600));
+    assert_eq!(m.series.len(), 25);
+    assert_eq!(m.series[0].ts, m.since);
+    assert_eq!(
+        m.series[24].ts,
+        UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600)
+    );
+    assert_eq!(m.total_requests, 121);
+    assert_eq!(m.error_count, 10 + 5 + 1);
+    assert_eq!(m.success_count, 105);
+    assert!((m.success_rate - 105.0 / 121.0).abs() < 1e-9);
+    assert_eq!(m.stream_requests, 45 + 20);
+    assert!((m.stream_share - 65.0 / 121.0).abs() < 1e-9);
+    assert_eq!(m.total_tokens, 90 * 30 + 20 * 3);
+    assert_eq!(m.prompt_tokens, 90 * 10 + 20);
+    assert_eq!(m.completion_tokens, 90 * 20 + 20 * 2);
+    let sum_ms: u64 = (1..=90).sum::<u64>() + 10_000 + 20 * 50 + 1;
+    assert!(
+        (m.avg_latency_ms - sum_ms as f64 / 121.0).abs() < 1e-6,
+        "{}",
+        m.avg_latency_ms
+    );
+    // ttfb: 45 streams at i/10 ms (even i), 20 at 5 ms.
+    let ttfb_sum: u64 = (1..=90u64)
+        .filter(|i| i % 2 == 0)
+        .map(|i| i / 10)
+        .sum::<u64>()
+        + 20 * 5;
+    assert!(
+        (m.avg_ttfb_ms - ttfb_sum as f64 / 65.0).abs() < 1e-6,
+        "{}",
+        m.avg_ttfb_ms
+    );
+    // Exact p50 of the 121 durations is the 61st smallest: 1(anon), 1..=90 and 20×50 → 50 ms region.
+    let mut all: Vec<f64> = (1..=90)
+        .map(|i| i as f64)
+        .chain(std::iter::repeat_n(1000.0, 10))
+        .chain(std::iter::repeat_n(50.0, 20))
+        .collect();
+    all.push(1.0);
+    all.sort_by(f64::total_cmp);
+    let exact = |q: f64| all[((q * all.len() as f64).ceil() as usize).max(1) - 1];
+    for (est, q) in [(m.p50_latency_ms, 0.5), (m.p95_latency_ms, 0.95)] {
+        let want = exact(q);
+        assert!(
+            (est - want).abs() / want <= 0.10,
+            "p{q}: estimated {est}, exact {want}"
+        );
+    }
+    assert_eq!((m.active_keys, m.total_keys), (2, 4));
+
+    assert_eq!(m.per_key.len(), 2);
+    assert_eq!(
+        (
+            m.per_key[0].key_id.as_str(),
+            m.per_key[0].source_path.as_str()
+        ),
+        (k1id, "user1")
+    );
+    assert_eq!(
+        (
+            m.per_key[0].requests,
+            m.per_key[0].errors,
+            m.per_key[0].total_tokens
+        ),
+        (100, 10, 2700)
+    );
+    assert_eq!(
+        (
+            m.per_key[1].requests,
+            m.per_key[1].errors,
+            m.per_key[1].total_tokens
+        ),
+        (20, 5, 60)
+    );
+    assert_eq!(
+        m.per_model
+            .iter()
+            .map(|p| (p.model.as_str(), p.requests, p.total_tokens))
+            .collect::<Vec<_>>(),
+        vec![("a", 100, 2700), ("b", 20, 60)]
+    );
+
+    let hour = |h: u64| {
+        m.series
+            .iter()
+            .find(|p| p.ts == UNIX_EPOCH + Duration::from_secs(day0 + h * 3600))
+            .unwrap()
+    };
+    assert_eq!(
+        (hour(10).requests, hour(10).errors, hour(10).total_tokens),
+        (101, 11, 2700)
+    );
+    assert_eq!(
+        (hour(3).requests, hour(3).errors, hour(3).total_tokens),
+        (20, 5, 60)
+    );
+    assert_eq!(m.series.iter().map(|p| p.requests).sum::<u64>(), 121);
+
+    // Hour window: 60 s buckets, the 10:05 minute holds 100 requests.
+    let h = store.metrics(MetricsWindow::Hour, now).await.unwrap();
+    assert_eq!(h.series.len(), 61);
+    assert_eq!(h.total_requests, 101);
+    let at_0905 = UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600 + 5 * 60);
+    assert_eq!(
+        h.series.iter().find(|p| p.ts == at_0905).unwrap().requests,
+        100
+    );
+    // Week window: 6 h buckets, everything.
+    let w = store.metrics(MetricsWindow::Week, now).await.unwrap();
+    assert_eq!(w.total_requests, 122);
+    assert_eq!(w.bucket, Duration::from_secs(21_600));
+    assert!(w.series.len() == 29, "{}", w.series.len());
+    // Empty store window.
+    let empty = store
+        .metrics(MetricsWindow::Hour, now + Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            empty.total_requests,
+            empty.success_rate,
+            empty.p95_latency_ms
+        ),
+        (0, 0.0, 0.0)
+    );
+    assert_eq!(empty.series.len(), 61);
+    db.finish(&[&store]).await;
+});
