@@ -53,9 +53,17 @@ pub fn is_valid_request_id(id: &[u8]) -> bool {
 }
 
 /// A fresh UUID v7 as a header value.
+///
+/// The random bits come from the thread-local generator of `rand` rather than a `getrandom`
+/// system call per id (request ids must be unique, not secret).
 pub fn generate_request_id() -> HeaderValue {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let random: [u8; 10] = rand::random();
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    let text = id.hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 

@@ -71,11 +71,12 @@ where
         };
         match &frame {
             Some(Ok(f)) => {
+                let ended = this.inner.is_end_stream();
                 if let Some(data) = f.data_ref() {
-                    guard.on_data(data.chunk(), data.remaining());
+                    guard.on_data(data.chunk(), data.remaining(), ended);
                 }
                 // With an exact Content-Length the client may never poll again.
-                if f.is_trailers() || this.inner.is_end_stream() {
+                if f.is_trailers() || ended {
                     guard.finish(Outcome::Completed, None);
                 }
             }

@@ -87,8 +87,9 @@ impl AuditGuard {
         };
     }
 
-    /// A data frame of `len` bytes passed; `chunk` is its first contiguous part.
-    pub(crate) fn on_data(&mut self, chunk: &[u8], len: usize) {
+    /// A data frame of `len` bytes passed; `chunk` is its first contiguous part; `last` when the
+    /// body says it ends with this frame.
+    pub(crate) fn on_data(&mut self, chunk: &[u8], len: usize, last: bool) {
         let start = self.start;
         let Some(event) = self.event.as_mut() else {
             return;
@@ -96,7 +97,12 @@ impl AuditGuard {
         event.ttfb.get_or_insert_with(|| start.elapsed());
         event.response_bytes += len as u64;
         if let Some(scanner) = self.scanner.as_mut() {
-            scanner.push(chunk);
+            if last && chunk.len() == len {
+                // Often the whole JSON body in one frame: scanned in place, without a copy.
+                scanner.push_complete(chunk);
+            } else {
+                scanner.push(chunk);
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, header};
 use http_body::Body;
@@ -295,7 +295,6 @@ fn start_event<B>(req: &Request<B>) -> AuditEvent {
         req.method().as_str(),
         path,
     );
-    event.started_at = SystemTime::now();
     event.user_agent = text(&header::USER_AGENT);
     event.client_ip = req
         .extensions()

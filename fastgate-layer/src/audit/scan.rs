@@ -257,7 +257,6 @@ impl UsageScanner {
 }
 
 fn scan_event(event: &[u8]) -> Option<TokenUsage> {
-    USAGE_KEY.find(event)?;
     extract_usage(event)
 }
 

@@ -45,37 +45,20 @@ impl<W: AuditSink> AuditWorker<W> {
     /// is empty, then return.
     ///
     /// A batch is written when it holds `max_batch` events or its first event has waited
-    /// `max_delay`. A failed batch is retried up to `max_retries` times with doubling backoff
-    /// (each retry counted in [`AuditStats::retried`](super::AuditStats::retried)); after that its
-    /// events are counted as [`lost`](super::AuditStats::lost).
+    /// `max_delay`. While a batch fills, the worker sleeps instead of waking for every event, so
+    /// under load it wakes about once per batch. A failed batch is retried up to `max_retries`
+    /// times with doubling backoff (each retry counted in
+    /// [`AuditStats::retried`](super::AuditStats::retried)); after that its events are counted as
+    /// [`lost`](super::AuditStats::lost).
     pub async fn run(mut self) {
         let max_batch = self.config.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch.min(1024));
         while let Some(first) = self.rx.recv().await {
             batch.push(first);
-            let deadline = tokio::time::sleep(self.config.max_delay);
-            tokio::pin!(deadline);
-            let mut closed = false;
-            while batch.len() < max_batch {
-                // Take what is already queued without waiting.
-                match self.rx.try_recv() {
-                    Ok(event) => {
-                        batch.push(event);
-                        continue;
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => {}
-                }
-                tokio::select! {
-                    maybe = self.rx.recv() => match maybe {
-                        Some(event) => batch.push(event),
-                        None => { closed = true; break; }
-                    },
-                    () = &mut deadline => break,
-                }
+            let mut closed = self.drain_into(&mut batch, max_batch);
+            if batch.len() < max_batch && !closed {
+                tokio::time::sleep(self.config.max_delay).await;
+                closed = self.drain_into(&mut batch, max_batch);
             }
             self.stats
                 .taken
@@ -87,6 +70,18 @@ impl<W: AuditSink> AuditWorker<W> {
             }
         }
         tracing::debug!("audit queue closed; worker done");
+    }
+
+    /// Move queued events into `batch` without waiting; `true` when the queue is closed and empty.
+    fn drain_into(&mut self, batch: &mut Vec<AuditEvent>, max_batch: usize) -> bool {
+        while batch.len() < max_batch {
+            match self.rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
     }
 
     async fn write(&mut self, batch: &[AuditEvent]) {
