@@ -34,7 +34,7 @@
       'stat.stream': 'Streaming share', 'stat.tokens': 'Tokens', 'stat.keys': 'Active keys',
       'stat.errors': '{n} errors', 'stat.ok': '{n} succeeded', 'stat.p50': 'p50 {a} · TTFB {b}',
       'stat.streamreq': '{n} streaming requests', 'stat.tokensplit': 'prompt {a} · completion {b}',
-      'stat.keystotal': 'of {n} keys',
+      'stat.keystotal': 'total: {n}',
       'chart.title': 'Request trend', 'chart.requests': 'Requests', 'chart.errors': 'Errors',
       'chart.empty': 'No requests in this window yet.',
       'health.title': 'System status', 'health.status': 'Status', 'health.version': 'Version',
@@ -576,7 +576,7 @@
       body.appendChild(el('tr', {}, [
         el('td', {}, [el('span', { cls: 'fg-cell-text', text: k.source_path || k.key_id || t('top.nokey'), title: k.key_id || '' })]),
         el('td', { cls: 'text-end', text: fmtInt(k.requests) }),
-        el('td', { cls: 'text-end', text: fmtInt(k.errors) }),
+        el('td', { cls: 'text-end d-none d-sm-table-cell', text: fmtInt(k.errors) }),
         el('td', { cls: 'text-end', text: fmtInt(k.total_tokens) })
       ]));
     });
