@@ -31,6 +31,7 @@ const dialogs = []; // every JS dialog any page opened (must stay empty)
 const foreignRequests = []; // requests to anything but the gateway (must stay empty: no CDN)
 const failedAssets = []; // dashboard assets that did not load
 const pageErrors = []; // uncaught exceptions and console errors (CSP violations included)
+const tokenInUrl = []; // requests other than the first navigation that carry ?token=
 // The CSP the server is meant to send; the tests enforce it themselves so the page is
 // proven to work under it whatever the server sends. data: images are for the icons
 // inside Bootstrap's CSS (select arrows, checkbox ticks).
@@ -123,6 +124,8 @@ async function newPage({ width = 1280, height = 800, locale = 'en-US' } = {}) {
     const u = new URL(r.url());
     if (!['http:', 'https:'].includes(u.protocol)) return; // data: URIs from Bootstrap's CSS
     if (`${u.protocol}//${u.host}` !== base) foreignRequests.push(r.url());
+    const isEntry = r.isNavigationRequest() && u.pathname === '/admin/ui/';
+    if (u.searchParams.has('token') && !isEntry) tokenInUrl.push(r.url());
   });
   page.on('response', (r) => {
     if (r.url().includes('/admin/ui/') && r.status() >= 400) failedAssets.push(`${r.status()} ${r.url()}`);
@@ -559,6 +562,21 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('a token that stops working mid-session brings back the sign-in form', async () => {
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    assert.equal(await p.evaluate(() => localStorage.getItem('fastgate.admin_token')), null, 'token must not be in localStorage');
+    await p.evaluate(() => sessionStorage.setItem('fastgate.admin_token', 'revoked-token'));
+    // One API call (not a full refresh): every failed admin request counts towards the
+    // server's lockout of an address (429 after a handful), and later tests sign in again.
+    await tid(p, 'window-7d').click();
+    await tid(p, 'signin-form').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'app-view').isVisible(), false);
+    assert.match(await tid(p, 'signin-error').textContent(), /rejected/);
+    await ctx.close();
+  });
+
   test('a wrong token shows the sign-in form; the right one signs in', async () => {
     const { context: ctx, page: p } = await newPage();
     await signIn(p, 'definitely-wrong');
@@ -583,6 +601,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
   test('everything was served by FastGate itself, no dialogs or script errors', () => {
     assert.deepEqual(foreignRequests, [], `requests left the gateway: ${foreignRequests.join(', ')}`);
     assert.deepEqual(pageErrors, [], `errors in the page: ${pageErrors.join('\n')}`);
+    assert.deepEqual(tokenInUrl, [], `token sent in a URL: ${tokenInUrl.join(', ')}`);
     assert.deepEqual(failedAssets, [], `assets failed: ${failedAssets.join(', ')}`);
     assert.deepEqual(dialogs, []);
   });
