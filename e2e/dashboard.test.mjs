@@ -3,7 +3,7 @@
 // Starts the REAL fastgate binary ($FASTGATE_BIN) in front of the mock backend
 // ($MOCK_BACKEND_BIN), drives /admin/ui/ with playwright-core + Debian's chromium,
 // and sends proxy traffic from node. Run: `npm ci && node --test` in e2e/ with
-// FASTGATE_BIN and MOCK_BACKEND_BIN set (CHROMIUM_PATH defaults to /usr/bin/chromium).
+// FASTGATE_BIN and MOCK_BACKEND_BIN set (CHROMIUM_PATH or CHROMIUM_BIN, default /usr/bin/chromium).
 
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,7 +19,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SHOTS = path.join(HERE, 'screenshots');
 const ADMIN_TOKEN = 'e2e-admin-token';
 const XSS = '<img src=x onerror=alert(1)>';
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const CHROMIUM = process.env.CHROMIUM_PATH || process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const CHROME_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
