@@ -6,11 +6,10 @@
 //! pooled hyper-util client (HTTP/1.1 and HTTP/2, `http://` and `https://` with rustls, TCP_NODELAY).
 //! Bodies are streamed both ways, never collected.
 //!
-//! Timeouts: the connect timeout of the pool ([`ForwardConfig::connect_timeout`]), the backend's
-//! `response_timeout` from sending the request up to the response headers (connecting included),
-//! and its `idle_timeout` between two response body frames. There is never a total timeout on a
-//! stream. (The per-backend `Backend::connect_timeout` is not applied separately yet: one pool
-//! serves all backends.)
+//! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
+//! counts as unreachable), its `response_timeout` from sending the request up to the response
+//! headers (connecting included), and its `idle_timeout` between two response body frames. There
+//! is never a total timeout on a stream.
 //!
 //! | failure | response | [`Rejected`](crate::Rejected) code / outcome |
 //! |---|---|---|
@@ -38,11 +37,12 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -66,7 +66,8 @@ use crate::scrub::remove_hop_by_hop;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ForwardConfig {
-    /// Time allowed to open a TCP connection (default 5 s).
+    /// Time allowed to open a connection to an upstream no route has been seen for yet
+    /// (default 5 s); a route's `Backend::connect_timeout` applies to its upstream.
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept (default 90 s).
     pub pool_idle_timeout: Duration,
@@ -93,7 +94,7 @@ impl ForwardConfig {
     }
 }
 
-type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+type HttpsClient<B> = Client<ConnectTimeouts<HttpsConnector<HttpConnector>>, B>;
 
 /// Leaf service that forwards a request to the backend of its [`RouteConfig`].
 ///
@@ -101,12 +102,14 @@ type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 /// no `B: Clone`. See the [module docs](self) for details.
 pub struct ForwardService<B> {
     client: HttpsClient<B>,
+    timeouts: Timeouts,
 }
 
 impl<B> Clone for ForwardService<B> {
     fn clone(&self) -> Self {
         Self {
             client: self.client.clone(),
+            timeouts: self.timeouts.clone(),
         }
     }
 }
@@ -144,19 +147,26 @@ where
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
+        let timeouts = Timeouts {
+            by_authority: Arc::default(),
+            default: config.connect_timeout,
+        };
+        let connector = ConnectTimeouts {
+            inner: https,
+            timeouts: timeouts.clone(),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .timer(hyper_util::rt::TokioTimer::new())
-            .build(https);
-        Self { client }
+            .build(connector);
+        Self { client, timeouts }
     }
 }
 
@@ -194,6 +204,10 @@ where
                 Outcome::Rejected,
             ));
         };
+        if let Some(authority) = uri.authority() {
+            self.timeouts
+                .note(authority.as_str(), backend.connect_timeout);
+        }
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -207,6 +221,80 @@ where
                 idle: backend.idle_timeout,
             },
         }
+    }
+}
+
+/// Connect timeouts per upstream authority, learned from the backends requests are sent to.
+#[derive(Clone, Debug)]
+struct Timeouts {
+    by_authority: Arc<RwLock<HashMap<String, Duration>>>,
+    default: Duration,
+}
+
+impl Timeouts {
+    fn note(&self, authority: &str, timeout: Duration) {
+        let known = self
+            .by_authority
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(authority)
+            .copied();
+        if known != Some(timeout) {
+            self.by_authority
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(authority.to_owned(), timeout);
+        }
+    }
+
+    fn get(&self, uri: &Uri) -> Duration {
+        uri.authority()
+            .and_then(|a| {
+                self.by_authority
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(a.as_str())
+                    .copied()
+            })
+            .unwrap_or(self.default)
+    }
+}
+
+/// Opening a connection took longer than the backend's connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the upstream timed out after {0:?}")]
+pub struct ConnectTimeout(Duration);
+
+/// Connector wrapper that bounds connecting (TCP and TLS) by the upstream's connect timeout.
+#[derive(Clone, Debug)]
+struct ConnectTimeouts<C> {
+    inner: C,
+    timeouts: Timeouts,
+}
+
+impl<C> Service<Uri> for ConnectTimeouts<C>
+where
+    C: Service<Uri> + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.timeouts.get(&uri);
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimeout(timeout)) as BoxError),
+            }
+        })
     }
 }
 
@@ -392,6 +480,33 @@ mod tests {
             HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
         );
         assert!(is_event_stream(&h));
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_is_per_upstream_authority() {
+        let timeouts = Timeouts {
+            by_authority: Arc::default(),
+            default: Duration::from_secs(60),
+        };
+        timeouts.note("slow.example:80", Duration::from_millis(20));
+        let never = tower::service_fn(|_uri: Uri| {
+            std::future::pending::<Result<tokio::net::TcpStream, std::io::Error>>()
+        });
+        let mut connector = ConnectTimeouts {
+            inner: never,
+            timeouts: timeouts.clone(),
+        };
+        let started = std::time::Instant::now();
+        let err = connector
+            .call("http://slow.example:80/x".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.is::<ConnectTimeout>());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            timeouts.get(&"http://other.example/".parse().unwrap()),
+            Duration::from_secs(60)
+        );
     }
 
     #[tokio::test]
