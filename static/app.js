@@ -403,7 +403,7 @@
     for (var i = 0; i < tabs.length; i++) {
       var on = tabs[i].getAttribute('data-tab') === name;
       tabs[i].classList.toggle('active', on);
-      tabs[i].setAttribute('aria-selected', on ? 'true' : 'false');
+      if (on) tabs[i].setAttribute('aria-current', 'page'); else tabs[i].removeAttribute('aria-current');
     }
     show($('view-dashboard'), name === 'dashboard');
     show($('view-keys'), name === 'keys');
