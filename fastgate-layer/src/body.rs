@@ -76,6 +76,9 @@ enum Inner {
         body: Incoming,
         idle: Duration,
         timer: Pin<Box<Sleep>>,
+        /// The timer measures the current wait (armed at the first `Pending` after a frame), so
+        /// time the client spends not reading never counts as upstream silence.
+        armed: bool,
     },
     Local(Option<Bytes>),
 }
@@ -96,6 +99,7 @@ impl GatewayBody {
                 body,
                 idle,
                 timer: Box::pin(tokio::time::sleep(idle)),
+                armed: true,
             },
         }
     }
@@ -141,14 +145,21 @@ impl Body for GatewayBody {
         // Every field is Unpin (the timer is boxed), so no projection is needed.
         match &mut self.get_mut().inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream { body, idle, timer } => match Pin::new(body).poll_frame(cx) {
+            Inner::Upstream {
+                body,
+                idle,
+                timer,
+                armed,
+            } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    if frame.is_some() {
-                        timer.as_mut().reset(Instant::now() + *idle);
-                    }
+                    *armed = false;
                     Poll::Ready(frame.map(|r| r.map_err(GatewayBodyError::Upstream)))
                 }
                 Poll::Pending => {
+                    if !*armed {
+                        *armed = true;
+                        timer.as_mut().reset(Instant::now() + *idle);
+                    }
                     ready!(timer.as_mut().poll(cx));
                     Poll::Ready(Some(Err(GatewayBodyError::IdleTimeout(*idle))))
                 }
