@@ -122,3 +122,29 @@ async fn errors_are_json_with_request_id_and_upstream_errors_pass_unchanged() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert!(res.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn http2_client_is_forwarded_as_http1_upstream() {
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(http::Version, String)>();
+    let up = upstream(move |req: Request<hyper::body::Incoming>| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let host = req.headers()["host"].to_str().unwrap().to_owned();
+            seen_tx.send((req.version(), host)).unwrap();
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let gw = gateway(backend(up), test_audit_config(), 1 << 20, true).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let res = h2.request(chat(gw.addr, full("{}"))).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().contains_key("x-request-id"));
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    let (version, host) = seen_rx.recv().await.unwrap();
+    assert_eq!(version, http::Version::HTTP_11);
+    assert_eq!(host, up.to_string());
+}
