@@ -2,10 +2,10 @@
 //!
 //! | extension | written by | read by |
 //! |---|---|---|
-//! | [`RouteConfig`] (request) | the embedding application (or its router) | auth (required permission), inject (upstream key), forward (backend) |
+//! | [`RouteConfig`] (request) | [`RouteLayer`](crate::route::RouteLayer), or the embedding application | auth (required permission), inject (upstream key), forward (backend) |
 //! | [`ClientAddr`] (request) | the embedding application (accept loop / poem middleware) | audit |
 //! | [`KeyIdentity`] (request and response) | auth | inject (later: per-key policy), audit |
-//! | [`Rejected`] (response) | any layer that answers on its own (auth, limit, forward) | audit |
+//! | [`Rejected`] (response) | any layer that answers on its own (route, limit, auth, forward) | audit |
 //! | [`TargetUrl`] (response) | forward | audit |
 
 use std::net::IpAddr;

@@ -55,5 +55,7 @@ mod service;
 mod static_keys;
 
 pub use resolver::{KeyResolver, PresentedKey, ResolveError};
-pub use service::{ApiKeyAuth, ApiKeyAuthLayer, AuthError, ResponseFuture};
+pub use service::{
+    ApiKeyAuth, ApiKeyAuthLayer, AuthError, DEFAULT_PERMISSION, ResponseFuture, extract_key,
+};
 pub use static_keys::StaticKeys;

@@ -145,7 +145,27 @@ where
     }
 }
 
-/// Extract and shape-check the presented key. `X-API-Key` wins over `Authorization`.
+/// Extract and shape-check the presented key, as [`ApiKeyAuth`] does before any lookup.
+///
+/// `X-API-Key` wins over `Authorization`; `Authorization` must use the `Bearer` scheme (matched
+/// case-insensitively). Errors are [`AuthError::Missing`] or [`AuthError::Invalid`]. Public so that
+/// it can be fuzzed and reused.
+///
+/// ```
+/// use fastgate_layer::auth::{AuthError, extract_key};
+/// use http::HeaderMap;
+///
+/// let mut headers = HeaderMap::new();
+/// assert!(matches!(extract_key(&headers), Err(AuthError::Missing)));
+/// headers.insert("authorization", "BEARER sk-1".parse().unwrap());
+/// assert_eq!(extract_key(&headers).unwrap().expose(), "sk-1");
+/// headers.insert("authorization", "Token sk-1".parse().unwrap());
+/// assert!(matches!(extract_key(&headers), Err(AuthError::Invalid)));
+/// ```
+pub fn extract_key(headers: &HeaderMap) -> Result<PresentedKey, AuthError> {
+    presented_key(headers)
+}
+
 fn presented_key(headers: &HeaderMap) -> Result<PresentedKey, AuthError> {
     let raw = if let Some(v) = headers.get("x-api-key") {
         v.to_str().map_err(|_| AuthError::Invalid)?.trim()
