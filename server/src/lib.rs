@@ -1,1 +1,258 @@
-//! stub
+//! The `fastgate` server: assembles `fastgate-layer` and `fastgate-store` behind a poem app with
+//! the admin API (`/admin`, documented at `/docs` and `/openapi.json`), `/health` and the
+//! embedded dashboard (`/admin/ui/`).
+//!
+//! `main.rs` only parses arguments and wires signals; everything a test needs is here:
+//! [`Gateway::start`] takes a listener that is already bound (tests bind `127.0.0.1:0`).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod guard;
+pub mod state;
+pub mod ui;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastgate_layer::audit::{AuditConfig as LayerAuditConfig, AuditLayer};
+use fastgate_layer::route::RouteTable;
+use fastgate_layer::{ClientAddr, GatewayBuilder};
+use fastgate_store::{BackgroundOptions, Store, StoreOptions};
+use poem::endpoint::TowerCompatExt;
+use poem::listener::TcpAcceptor;
+use poem::{EndpointExt, Response, Route, Server};
+use poem_openapi::OpenApiService;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::state::AppState;
+
+/// Open the database named by the settings (migrations applied).
+pub async fn connect_store(settings: &Settings) -> Result<Store, fastgate_store::StoreError> {
+    let c = &settings.config;
+    Store::connect(
+        &c.database.url,
+        StoreOptions {
+            key_prefix: c.security.key_prefix.clone(),
+            cache_ttl: Duration::from_secs(c.security.key_cache_ttl_seconds),
+            max_connections: c.database.max_connections,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+}
+
+/// The OpenAPI service (admin API + health); also used to print the spec.
+pub fn openapi(state: Arc<AppState>) -> OpenApiService<(api::SystemApi, api::AdminApi), ()> {
+    OpenApiService::new(
+        (
+            api::SystemApi::new(state.clone()),
+            api::AdminApi::new(state),
+        ),
+        "FastGate",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Admin API of FastGate, an API gateway for OpenAI-compatible LLM backends. \
+         Every /admin endpoint needs the admin token: `?token=`, `Authorization: Bearer` or \
+         `X-Admin-Token`. Errors are OpenAI-shaped: {\"error\":{\"message\",\"type\",\"code\"}}.",
+    )
+}
+
+/// A running gateway: the server task, the audit worker and the shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Shared state (settings, store, counters).
+    pub state: Arc<AppState>,
+    /// The live route table (replaced on reload).
+    pub routes: RouteTable,
+    server: JoinHandle<std::io::Result<()>>,
+    audit_worker: JoinHandle<()>,
+    background: JoinHandle<()>,
+    background_stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gateway {
+    /// Start serving on `listener` until `shutdown` resolves; then in-flight requests get
+    /// `app.shutdown_timeout` seconds, and every queued audit event is written.
+    pub async fn start(
+        listener: tokio::net::TcpListener,
+        settings: Settings,
+        store: Store,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let c = settings.config.clone();
+        if !c.api_gateway.async_audit {
+            tracing::warn!(
+                "api_gateway.async_audit: false is accepted, but audit is always asynchronous"
+            );
+        }
+        let (audit, audit_worker) = AuditLayer::pair(
+            store.audit_sink(),
+            LayerAuditConfig::default()
+                .capacity(c.audit.queue_capacity)
+                .max_batch(c.audit.batch_size)
+                .max_delay(Duration::from_millis(c.audit.flush_interval_ms)),
+        );
+        let routes = RouteTable::new(settings.routes.clone());
+        let strip: Vec<http::HeaderName> = c
+            .api_gateway
+            .strip_headers
+            .iter()
+            .filter_map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        let gateway = GatewayBuilder::new(store.key_resolver(), routes.clone())
+            .audit(audit.clone())
+            .strip_headers(strip)
+            .max_body_bytes(c.api_gateway.max_body_bytes)
+            .build();
+        let state = Arc::new(AppState::new(store.clone(), settings, audit.stats()));
+        drop(audit);
+
+        let proxy = gateway
+            .compat()
+            .before(|mut req: poem::Request| async move {
+                if let Some(addr) = req.remote_addr().as_socket_addr() {
+                    let ip = addr.ip();
+                    req.extensions_mut().insert(ClientAddr(ip));
+                }
+                Ok(req)
+            });
+        let api = openapi(state.clone());
+        let app = Route::new()
+            .at("/", poem::get(root))
+            .at("/openapi.json", api.spec_endpoint())
+            .nest("/docs", api.swagger_ui())
+            .nest_no_strip("/proxy", proxy)
+            .at("/admin/ui", ui::serve_ui)
+            .at("/admin/ui/*path", ui::serve_ui)
+            .nest("/", api)
+            .with(guard::AdminGuard::new(state.clone()))
+            .around(access_log)
+            .catch_all_error(json_error);
+
+        let worker = tokio::spawn(audit_worker.run());
+        let (background_stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let background = tokio::spawn(
+            store.background(
+                BackgroundOptions {
+                    retention: (c.audit.retention_days > 0)
+                        .then(|| Duration::from_secs(u64::from(c.audit.retention_days) * 86_400)),
+                    ..BackgroundOptions::default()
+                },
+                async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                },
+            ),
+        );
+        let grace = Duration::from_secs(c.app.shutdown_timeout);
+        let acceptor = TcpAcceptor::from_tokio(listener)?;
+        let server = tokio::spawn(async move {
+            Server::new_with_acceptor(acceptor)
+                .run_with_graceful_shutdown(app, shutdown, Some(grace))
+                .await
+        });
+        Ok(Self {
+            state,
+            routes,
+            server,
+            audit_worker: worker,
+            background,
+            background_stop,
+        })
+    }
+
+    /// Apply a reloaded configuration: routes, real keys, timeouts and the admin token.
+    /// Settings that need a restart (listen address, database, audit queue) are reported.
+    pub fn reload(&self, new: Settings) {
+        let old = self.state.settings();
+        let (a, b) = (&old.config, &new.config);
+        if a.app.host != b.app.host
+            || a.app.port != b.app.port
+            || a.database.url != b.database.url
+            || a.audit.queue_capacity != b.audit.queue_capacity
+            || a.api_gateway.strip_headers != b.api_gateway.strip_headers
+            || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
+        {
+            tracing::warn!(
+                "listen address, database, audit queue, strip_headers and max_body_bytes changes take effect after a restart"
+            );
+        }
+        self.routes.replace(new.routes.clone());
+        self.state.replace_settings(new);
+        tracing::info!(routes = self.routes.len(), "configuration reloaded");
+    }
+
+    /// Wait for the server to stop (after the shutdown future resolved), then flush audit.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let served = self.server.await.map_err(std::io::Error::other)?;
+        // The app (and with it every audit sender) is gone once the server returns; the worker
+        // drains what is queued and stops.
+        match tokio::time::timeout(Duration::from_secs(30), self.audit_worker).await {
+            Ok(_) => {}
+            Err(_) => tracing::error!("audit worker did not finish within 30 s"),
+        }
+        let _ = self.background_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.background).await;
+        served
+    }
+}
+
+/// One log line per request: method, path (never the query string, which may hold the admin
+/// token), status and duration.
+async fn access_log<E: poem::Endpoint>(ep: Arc<E>, req: poem::Request) -> poem::Result<Response> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let remote = req.remote_addr().as_socket_addr().map(|a| a.ip());
+    let res = ep.call(req).await.map(poem::IntoResponse::into_response);
+    let status = res
+        .as_ref()
+        .map_or_else(|e| e.status(), poem::Response::status);
+    tracing::debug!(
+        target: "fastgate::access",
+        %method,
+        path,
+        status = status.as_u16(),
+        client = ?remote,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    res
+}
+
+#[poem::handler]
+fn root() -> poem::web::Json<serde_json::Value> {
+    poem::web::Json(serde_json::json!({
+        "name": "FastGate",
+        "version": env!("CARGO_PKG_VERSION"),
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "health": "/health",
+        "dashboard": "/admin/ui/",
+    }))
+}
+
+/// Every error poem produces itself (unknown path, unparsable parameter or body) as OpenAI JSON.
+async fn json_error(err: poem::Error) -> Response {
+    let status = err.status();
+    let code = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "request_too_large",
+        415 => "unsupported_media_type",
+        400..=499 => "bad_request",
+        _ => "internal_error",
+    };
+    let message = if status.is_server_error() {
+        "internal error".to_owned()
+    } else {
+        err.to_string()
+    };
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(fastgate_layer::error::error_body(&message, code).to_vec())
+}

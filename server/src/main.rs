@@ -1,1 +1,249 @@
-fn main() {}
+//! The `fastgate` binary: parse arguments, load config, set up logging, run.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::Parser;
+use fastgate_server::cli::{Cli, Command, KeysCommand};
+use fastgate_server::config::{LogFormat, Settings};
+use fastgate_server::{Gateway, connect_store};
+use fastgate_store::{KeyFilter, KeyUpdate, NewKey};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fastgate: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        println!(
+            "configuration OK: {} ({} route(s){})",
+            cli.config.display(),
+            settings.routes.len(),
+            settings
+                .routes_path
+                .as_ref()
+                .map(|p| format!(", routes from {}", p.display()))
+                .unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fastgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fastgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let c = &settings.config;
+    let default = c
+        .logging
+        .level
+        .clone()
+        .unwrap_or_else(|| if c.app.debug { "debug" } else { "info" }.to_owned());
+    let mut filter = std::env::var("RUST_LOG").unwrap_or(default);
+    // sqlx logs statements (never bound values) at debug; `database.echo` shows them.
+    filter.push_str(if c.database.echo {
+        ",sqlx=debug"
+    } else {
+        ",sqlx=warn"
+    });
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command {
+        None | Some(Command::Serve) => serve(cli.config, settings).await,
+        Some(Command::CheckConfig) => Ok(()),
+        Some(Command::Migrate) => {
+            let store = connect_store(&settings).await.context("database")?;
+            store.migrate().await.context("migrations")?;
+            println!("migrations applied ({})", store.backend().as_str());
+            Ok(())
+        }
+        Some(Command::Openapi) => {
+            let store = connect_store(&settings).await.context("database")?;
+            let (audit, _worker) = fastgate_layer::audit::AuditLayer::pair(
+                store.audit_sink(),
+                fastgate_layer::audit::AuditConfig::default(),
+            );
+            let stats = audit.stats();
+            let state = std::sync::Arc::new(fastgate_server::state::AppState::new(
+                store, settings, stats,
+            ));
+            println!("{}", fastgate_server::openapi(state).spec());
+            Ok(())
+        }
+        Some(Command::Keys(cmd)) => keys(cmd, settings).await,
+    }
+}
+
+async fn serve(path: std::path::PathBuf, settings: Settings) -> anyhow::Result<()> {
+    let store = connect_store(&settings).await.context("database")?;
+    let addr = settings.listen_addr();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = store.backend().as_str(),
+        routes = settings.routes.len(),
+        "FastGate {} listening",
+        env!("CARGO_PKG_VERSION")
+    );
+    if settings.config.security.admin_token.expose() == "admin_secret_token_dev" {
+        tracing::warn!(
+            "security.admin_token is the development default; set FASTGATE__SECURITY__ADMIN_TOKEN in production"
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway = Gateway::start(listener, settings, store, async move {
+        let _ = stop_rx.await;
+    })
+    .await?;
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match Settings::load(&path) {
+                Ok(new) => gateway.reload(new),
+                Err(e) => tracing::error!("configuration reload failed, keeping the running configuration: {e}"),
+            },
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+        }
+    }
+    let _ = stop_tx.send(());
+    gateway.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
+    let store = connect_store(&settings).await.context("database")?;
+    let now = SystemTime::now();
+    match cmd {
+        KeysCommand::Create(args) => {
+            let days = args
+                .expires_days
+                .unwrap_or(settings.config.security.default_expiry_days);
+            let permissions = if args.permissions.is_empty() {
+                vec!["chat".to_owned()]
+            } else {
+                args.permissions
+            };
+            let created = store
+                .create_key(NewKey {
+                    name: args.name,
+                    source_path: args.source_path,
+                    permissions,
+                    expires_at: (!args.never_expires)
+                        .then(|| now + Duration::from_secs(u64::from(days) * 86_400)),
+                })
+                .await?;
+            println!("{}", created.secret);
+            eprintln!(
+                "created key {} for {} — store it now: it is not shown again",
+                created.record.id, created.record.source_path
+            );
+        }
+        KeysCommand::List { source_path, json } => {
+            let page = store
+                .list_keys(&KeyFilter {
+                    active: None,
+                    source_path,
+                    expired: None,
+                    limit: 1000,
+                    offset: 0,
+                })
+                .await?;
+            if json {
+                let items: Vec<serde_json::Value> = page
+                    .items
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "id": k.id, "name": k.name, "source_path": k.source_path,
+                            "permissions": k.permissions, "display": k.display,
+                            "status": k.status(now), "request_count": k.request_count,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(items));
+            } else {
+                println!(
+                    "{:<28} {:<10} {:<20} {:<16} {:<24} {:>8}",
+                    "ID", "STATUS", "SOURCE_PATH", "PERMISSIONS", "KEY", "REQUESTS"
+                );
+                for k in &page.items {
+                    println!(
+                        "{:<28} {:<10} {:<20} {:<16} {:<24} {:>8}",
+                        k.id,
+                        k.status(now),
+                        k.source_path,
+                        k.permissions.join(","),
+                        k.display,
+                        k.request_count
+                    );
+                }
+                eprintln!("{} key(s)", page.total);
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let update = KeyUpdate {
+                active: Some(false),
+                ..KeyUpdate::default()
+            };
+            match store.update_key(&id, update).await? {
+                Some(k) => println!("revoked {}", k.id),
+                None => anyhow::bail!("no key with id {id}"),
+            }
+        }
+        KeysCommand::Rotate { id, grace_seconds } => {
+            match store
+                .rotate_key(&id, Duration::from_secs(grace_seconds))
+                .await?
+            {
+                Some(created) => {
+                    println!("{}", created.secret);
+                    eprintln!(
+                        "rotated key {} — the old secret works for {grace_seconds} more second(s)",
+                        created.record.id
+                    );
+                }
+                None => anyhow::bail!("no key with id {id}"),
+            }
+        }
+    }
+    Ok(())
+}

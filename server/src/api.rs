@@ -1,0 +1,1045 @@
+//! The admin API (`/admin/...`) and `/health`, as a typed poem-openapi service.
+//!
+//! The admin token itself is checked by [`crate::guard`] before a request reaches these handlers;
+//! the security schemes here document the three ways to present it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use fastgate_store::{
+    AuditFilter, AuditRecord, KeyFilter, KeyRecord, KeyUpdate, MetricsWindow, NewKey, StoreError,
+};
+use poem_openapi::auth::{ApiKey, Bearer};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme, Tags};
+
+use crate::state::AppState;
+
+// === security schemes (documentation; the guard enforces them) ===
+
+/// Admin token in the `token` query parameter (M-FastGate's way).
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "token", key_in = "query")]
+#[allow(dead_code)]
+pub(crate) struct AdminQuery(ApiKey);
+
+/// Admin token in the `X-Admin-Token` header.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "X-Admin-Token", key_in = "header")]
+#[allow(dead_code)]
+pub(crate) struct AdminHeader(ApiKey);
+
+/// Admin token as `Authorization: Bearer <token>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer")]
+#[allow(dead_code)]
+pub(crate) struct AdminBearer(Bearer);
+
+/// Any one of the three ways to present the admin token.
+#[derive(SecurityScheme)]
+#[allow(dead_code)]
+pub(crate) enum AdminAuth {
+    /// `?token=`
+    Query(AdminQuery),
+    /// `X-Admin-Token`
+    Header(AdminHeader),
+    /// `Authorization: Bearer`
+    Bearer(AdminBearer),
+}
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Gateway API keys
+    Keys,
+    /// Audit records of proxied requests
+    Logs,
+    /// Aggregated metrics for the dashboard
+    Metrics,
+    /// Health and configuration
+    System,
+}
+
+// === shared objects ===
+
+/// OpenAI-shaped error body.
+#[derive(Object, Debug)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Details of an error.
+#[derive(Object, Debug)]
+pub struct ErrorDetail {
+    /// Human-readable message (never contains a secret).
+    pub message: String,
+    /// Always `fastgate_error`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// Stable machine-readable code.
+    pub code: String,
+}
+
+impl ErrorBody {
+    /// Build an error body.
+    pub fn new(code: &str, message: impl Into<String>) -> Json<Self> {
+        Json(Self {
+            error: ErrorDetail {
+                message: message.into(),
+                kind: fastgate_layer::error::ERROR_TYPE.into(),
+                code: code.into(),
+            },
+        })
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(name: &str, s: &str) -> Result<SystemTime, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| SystemTime::from(t.with_timezone(&Utc)))
+        .map_err(|_| format!("{name} must be an RFC 3339 timestamp"))
+}
+
+/// A gateway API key (never the key itself, only its display form).
+#[derive(Object, Debug)]
+pub struct KeyInfo {
+    /// Public key id, safe to log.
+    pub id: String,
+    /// Optional label.
+    pub name: Option<String>,
+    /// Owner / tenant label.
+    pub source_path: String,
+    /// Permissions, e.g. `chat`.
+    pub permissions: Vec<String>,
+    /// Shortened form for display: prefix, first characters, last four.
+    pub display: String,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+    /// Expiry (RFC 3339), or null for never.
+    pub expires_at: Option<String>,
+    /// Whether the key is enabled.
+    pub active: bool,
+    /// `active`, `disabled` or `expired`.
+    pub status: String,
+    /// Last successful use (RFC 3339), updated in batches.
+    pub last_used_at: Option<String>,
+    /// Requests made with this key, updated in batches.
+    pub request_count: u64,
+}
+
+impl KeyInfo {
+    fn from_record(r: KeyRecord, now: SystemTime) -> Self {
+        Self {
+            status: r.status(now).to_owned(),
+            id: r.id,
+            name: r.name,
+            source_path: r.source_path,
+            permissions: r.permissions,
+            display: r.display,
+            created_at: rfc3339(r.created_at),
+            updated_at: rfc3339(r.updated_at),
+            expires_at: r.expires_at.map(rfc3339),
+            active: r.active,
+            last_used_at: r.last_used_at.map(rfc3339),
+            request_count: r.request_count,
+        }
+    }
+}
+
+/// A key together with its secret, shown this once.
+#[derive(Object, Debug)]
+pub struct CreatedKey {
+    /// The key's details.
+    #[oai(flatten)]
+    pub key: KeyInfo,
+    /// The full gateway key. It is not stored and cannot be shown again.
+    pub api_key: String,
+}
+
+/// Body of `POST /admin/keys` (M-FastGate's fields, plus `name` and `never_expires`).
+#[derive(Object, Debug)]
+pub struct CreateKeyRequest {
+    /// Owner / tenant label, e.g. `user1`.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub source_path: String,
+    /// Permissions; defaults to `["chat"]`.
+    #[oai(validator(max_items = 32))]
+    pub permissions: Option<Vec<String>>,
+    /// Days until expiry; defaults to `security.default_expiry_days`.
+    #[oai(validator(minimum(value = "1"), maximum(value = "36500")))]
+    pub expires_days: Option<i64>,
+    /// Create a key that never expires (conflicts with `expires_days`).
+    pub never_expires: Option<bool>,
+    /// Optional label.
+    #[oai(validator(max_length = 200))]
+    pub name: Option<String>,
+}
+
+/// Body of `PATCH /admin/keys/{id}`: every field optional.
+#[derive(Object, Debug)]
+pub struct UpdateKeyRequest {
+    /// New label (empty string clears it).
+    #[oai(validator(max_length = 200))]
+    pub name: Option<String>,
+    /// New owner / tenant label.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub source_path: Option<String>,
+    /// New permissions.
+    #[oai(validator(max_items = 32))]
+    pub permissions: Option<Vec<String>>,
+    /// New expiry, in days from now.
+    #[oai(validator(minimum(value = "1"), maximum(value = "36500")))]
+    pub expires_days: Option<i64>,
+    /// Remove the expiry.
+    pub never_expires: Option<bool>,
+    /// Enable or disable the key (takes effect at once).
+    pub active: Option<bool>,
+}
+
+/// A page of keys.
+#[derive(Object, Debug)]
+pub struct KeyList {
+    /// The keys, newest first.
+    pub items: Vec<KeyInfo>,
+    /// Keys matching the filters.
+    pub total: u64,
+    /// Page size used.
+    pub limit: u32,
+    /// Offset used.
+    pub offset: u32,
+}
+
+/// One audit record.
+#[derive(Object, Debug)]
+pub struct AuditEntry {
+    /// Request id, as in the `X-Request-Id` header.
+    pub request_id: String,
+    /// When the request arrived (RFC 3339).
+    pub timestamp: String,
+    /// Public id of the key used, if any.
+    pub key_id: Option<String>,
+    /// The key's owner label.
+    pub source_path: Option<String>,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Path called on the gateway.
+    pub path: String,
+    /// Backend URL the request went to.
+    pub target_url: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Whether the response was a stream.
+    pub is_stream: bool,
+    /// Model named in the request.
+    pub model: Option<String>,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+    /// Time to first byte, ms.
+    pub ttfb_ms: Option<f64>,
+    /// Total duration, ms.
+    pub duration_ms: f64,
+    /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout` or `rejected`.
+    pub outcome: String,
+    /// Error code, when the request failed.
+    pub error_code: Option<String>,
+    /// Prompt tokens reported by the backend.
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens reported by the backend.
+    pub completion_tokens: Option<u64>,
+    /// Total tokens reported by the backend.
+    pub total_tokens: Option<u64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl From<AuditRecord> for AuditEntry {
+    fn from(r: AuditRecord) -> Self {
+        Self {
+            request_id: r.request_id,
+            timestamp: rfc3339(r.started_at),
+            key_id: r.key_id,
+            source_path: r.source_path,
+            client_ip: r.client_ip,
+            user_agent: r.user_agent,
+            method: r.method,
+            path: r.path,
+            target_url: r.target_url,
+            status: r.status,
+            is_stream: r.is_stream,
+            model: r.model,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            ttfb_ms: r.ttfb.map(ms),
+            duration_ms: ms(r.duration),
+            outcome: r.outcome,
+            error_code: r.error_code,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            total_tokens: r.total_tokens,
+        }
+    }
+}
+
+/// A page of audit records.
+#[derive(Object, Debug)]
+pub struct AuditList {
+    /// Records, newest first.
+    pub items: Vec<AuditEntry>,
+    /// Pass as `cursor` to get the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Metrics window.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The last hour (1-minute buckets).
+    #[oai(rename = "1h")]
+    Hour,
+    /// The last 24 hours (1-hour buckets).
+    #[oai(rename = "24h")]
+    Day,
+    /// The last 7 days (6-hour buckets).
+    #[oai(rename = "7d")]
+    Week,
+}
+
+/// Requests and tokens of one key.
+#[derive(Object, Debug)]
+pub struct KeyUsageEntry {
+    /// Key id.
+    pub key_id: String,
+    /// Owner label.
+    pub source_path: Option<String>,
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Tokens.
+    pub total_tokens: u64,
+}
+
+/// Requests and tokens of one model.
+#[derive(Object, Debug)]
+pub struct ModelUsageEntry {
+    /// Model name.
+    pub model: String,
+    /// Requests.
+    pub requests: u64,
+    /// Tokens.
+    pub total_tokens: u64,
+}
+
+/// One bucket of the trend series.
+#[derive(Object, Debug)]
+pub struct SeriesEntry {
+    /// Bucket start (RFC 3339).
+    pub ts: String,
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Tokens.
+    pub total_tokens: u64,
+}
+
+/// Aggregates over a window, for the dashboard.
+#[derive(Object, Debug)]
+pub struct MetricsReport {
+    /// `1h`, `24h` or `7d`.
+    pub window: String,
+    /// Window start (RFC 3339).
+    pub since: String,
+    /// Window end (RFC 3339).
+    pub until: String,
+    /// Width of a series bucket.
+    pub bucket_seconds: u64,
+    /// Requests in the window.
+    pub total_requests: u64,
+    /// Completed with status < 400.
+    pub success_count: u64,
+    /// Everything else.
+    pub error_count: u64,
+    /// success_count / total_requests (0 when there were none).
+    pub success_rate: f64,
+    /// Mean duration, ms.
+    pub avg_latency_ms: f64,
+    /// Median duration, ms.
+    pub p50_latency_ms: f64,
+    /// 95th percentile duration, ms.
+    pub p95_latency_ms: f64,
+    /// Mean time to first byte, ms.
+    pub avg_ttfb_ms: f64,
+    /// Streamed responses.
+    pub stream_requests: u64,
+    /// stream_requests / total_requests.
+    pub stream_share: f64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// All tokens.
+    pub total_tokens: u64,
+    /// Keys that are enabled and not expired.
+    pub active_keys: u64,
+    /// All keys.
+    pub total_keys: u64,
+    /// Per key, busiest first.
+    pub per_key: Vec<KeyUsageEntry>,
+    /// Per model, busiest first.
+    pub per_model: Vec<ModelUsageEntry>,
+    /// Trend series over the whole window.
+    pub series: Vec<SeriesEntry>,
+}
+
+/// Database status in `/health`.
+#[derive(Object, Debug)]
+pub struct DatabaseHealth {
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// Whether a trivial query succeeded just now.
+    pub reachable: bool,
+}
+
+/// Audit pipeline status in `/health`.
+#[derive(Object, Debug)]
+pub struct AuditHealth {
+    /// Events waiting to be written.
+    pub queue_depth: u64,
+    /// Queue capacity.
+    pub queue_capacity: u64,
+    /// Events dropped because the queue was full.
+    pub dropped: u64,
+    /// Events written.
+    pub written: u64,
+    /// Batch writes retried.
+    pub retried: u64,
+    /// Events lost after the retries ran out.
+    pub lost: u64,
+}
+
+/// `GET /health`.
+#[derive(Object, Debug)]
+pub struct Health {
+    /// `ok`, or `degraded` when the database is unreachable.
+    pub status: String,
+    /// FastGate version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Database status.
+    pub database: DatabaseHealth,
+    /// Audit pipeline status.
+    pub audit: AuditHealth,
+    /// The most recent internal error, if any (never contains a secret).
+    pub last_error: Option<String>,
+}
+
+// === responses ===
+
+#[derive(ApiResponse)]
+enum HealthResponse {
+    /// Healthy.
+    #[oai(status = 200)]
+    Ok(Json<Health>),
+    /// The database is unreachable.
+    #[oai(status = 503)]
+    Degraded(Json<Health>),
+}
+
+#[derive(ApiResponse)]
+#[allow(clippy::large_enum_variant)] // built once per admin call; boxing buys nothing
+enum CreateKeyResponse {
+    /// Created; `api_key` is shown this once.
+    #[oai(status = 201)]
+    Created(Json<CreatedKey>),
+    /// Invalid input.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum KeyListResponse {
+    /// The keys.
+    #[oai(status = 200)]
+    Ok(Json<KeyList>),
+    /// Invalid input.
+    #[oai(status = 400)]
+    #[allow(dead_code)]
+    BadRequest(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum KeyResponse {
+    /// The key.
+    #[oai(status = 200)]
+    Ok(Json<KeyInfo>),
+    /// Invalid input.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No such key.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+#[allow(clippy::large_enum_variant)] // built once per admin call; boxing buys nothing
+enum RotateResponse {
+    /// Rotated; `api_key` is the new key, shown this once.
+    #[oai(status = 200)]
+    Ok(Json<CreatedKey>),
+    /// No such key.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum DeleteResponse {
+    /// Deleted; the key stops working at once.
+    #[oai(status = 204)]
+    Deleted,
+    /// No such key.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum LogsResponse {
+    /// A page of records.
+    #[oai(status = 200)]
+    Ok(Json<AuditList>),
+    /// Invalid input.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+#[allow(clippy::large_enum_variant)] // built once per admin call; boxing buys nothing
+enum LogResponse {
+    /// The record.
+    #[oai(status = 200)]
+    Ok(Json<AuditEntry>),
+    /// No such record.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum MetricsResponse {
+    /// Aggregates.
+    #[oai(status = 200)]
+    Ok(Json<MetricsReport>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum ConfigResponse {
+    /// The effective configuration, secrets replaced by `******`.
+    #[oai(status = 200)]
+    Ok(Json<serde_json::Value>),
+}
+
+macro_rules! unavailable {
+    ($state:expr, $variant:path, $err:expr) => {{
+        let err: StoreError = $err;
+        $state.record_error("store", &err);
+        $variant(ErrorBody::new(
+            "store_unavailable",
+            "the database is unavailable",
+        ))
+    }};
+}
+
+fn bad_request(message: impl Into<String>) -> Json<ErrorBody> {
+    ErrorBody::new("bad_request", message)
+}
+
+fn not_found(what: &str) -> Json<ErrorBody> {
+    ErrorBody::new("not_found", format!("{what} not found"))
+}
+
+fn clean_permissions(p: Option<Vec<String>>) -> Result<Option<Vec<String>>, String> {
+    let Some(list) = p else { return Ok(None) };
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for p in list {
+        let p = p.trim().to_owned();
+        if p.is_empty()
+            || p.len() > 64
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:*".contains(&b))
+        {
+            return Err(
+                "permissions must be 1 to 64 characters of A-Z, a-z, 0-9, _ - . : *".into(),
+            );
+        }
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(Some(out))
+}
+
+fn expiry(
+    days: Option<i64>,
+    never: Option<bool>,
+    now: SystemTime,
+) -> Result<Option<Option<SystemTime>>, String> {
+    match (days, never.unwrap_or(false)) {
+        (Some(_), true) => Err("expires_days and never_expires cannot both be set".into()),
+        (None, true) => Ok(Some(None)),
+        (Some(d), false) => {
+            let d = u64::try_from(d).map_err(|_| "expires_days must be positive".to_string())?;
+            Ok(Some(Some(now + Duration::from_secs(d * 86_400))))
+        }
+        (None, false) => Ok(None),
+    }
+}
+
+// === the API ===
+
+/// `/health`.
+#[derive(Debug)]
+pub struct SystemApi {
+    state: Arc<AppState>,
+}
+
+impl SystemApi {
+    /// The system endpoints over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+#[OpenApi(tag = "ApiTags::System")]
+impl SystemApi {
+    /// Health: version, uptime, database reachability, audit queue.
+    ///
+    /// Answers 503 when the database is unreachable (cached keys keep working meanwhile).
+    #[oai(path = "/health", method = "get")]
+    async fn health(&self) -> HealthResponse {
+        let s = &self.state;
+        let reachable = s.db_reachable().await;
+        let stats = s.audit_stats();
+        let health = Health {
+            status: if reachable { "ok" } else { "degraded" }.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: s.started.elapsed().as_secs(),
+            database: DatabaseHealth {
+                backend: s.store.backend().as_str().into(),
+                reachable,
+            },
+            audit: AuditHealth {
+                queue_depth: stats.queue_depth(),
+                queue_capacity: stats.capacity() as u64,
+                dropped: stats.dropped(),
+                written: stats.written(),
+                retried: stats.retried(),
+                lost: stats.lost(),
+            },
+            last_error: s.last_error(),
+        };
+        if reachable {
+            HealthResponse::Ok(Json(health))
+        } else {
+            HealthResponse::Degraded(Json(health))
+        }
+    }
+}
+
+/// `/admin/...`.
+#[derive(Debug)]
+pub struct AdminApi {
+    state: Arc<AppState>,
+}
+
+impl AdminApi {
+    /// The admin endpoints over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+#[OpenApi(prefix_path = "/admin")]
+impl AdminApi {
+    /// Create a gateway API key
+    ///
+    /// The full key is in `api_key` of the response and is shown only this once.
+    #[oai(path = "/keys", method = "post", tag = "ApiTags::Keys")]
+    async fn create_key(
+        &self,
+        _auth: AdminAuth,
+        body: Json<CreateKeyRequest>,
+    ) -> CreateKeyResponse {
+        let now = SystemTime::now();
+        let body = body.0;
+        let permissions = match clean_permissions(body.permissions) {
+            Ok(p) => p.unwrap_or_else(|| vec!["chat".into()]),
+            Err(m) => return CreateKeyResponse::BadRequest(bad_request(m)),
+        };
+        let default_days = u64::from(self.state.settings().config.security.default_expiry_days);
+        let expires_at = match expiry(body.expires_days, body.never_expires, now) {
+            Ok(Some(at)) => at,
+            Ok(None) => Some(now + Duration::from_secs(default_days * 86_400)),
+            Err(m) => return CreateKeyResponse::BadRequest(bad_request(m)),
+        };
+        let source_path = body.source_path.trim().to_owned();
+        if source_path.is_empty() {
+            return CreateKeyResponse::BadRequest(bad_request("source_path must not be empty"));
+        }
+        let new = NewKey {
+            name: body.name.filter(|n| !n.trim().is_empty()),
+            source_path,
+            permissions,
+            expires_at,
+        };
+        match self.state.store.create_key(new).await {
+            Ok(created) => {
+                tracing::info!(key_id = %created.record.id, "key created");
+                CreateKeyResponse::Created(Json(CreatedKey {
+                    key: KeyInfo::from_record(created.record, now),
+                    api_key: created.secret,
+                }))
+            }
+            Err(e) => unavailable!(self.state, CreateKeyResponse::Unavailable, e),
+        }
+    }
+
+    /// List gateway API keys
+    #[oai(path = "/keys", method = "get", tag = "ApiTags::Keys")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list_keys(
+        &self,
+        _auth: AdminAuth,
+        /// Only enabled (`true`) or disabled (`false`) keys.
+        active: Query<Option<bool>>,
+        /// Only keys of this owner.
+        source_path: Query<Option<String>>,
+        /// Only expired (`true`) or unexpired (`false`) keys.
+        expired: Query<Option<bool>>,
+        /// Page size, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Keys to skip.
+        #[oai(validator(maximum(value = "10000000")))]
+        offset: Query<Option<u32>>,
+    ) -> KeyListResponse {
+        let now = SystemTime::now();
+        let filter = KeyFilter {
+            active: active.0,
+            source_path: source_path.0.filter(|s| !s.is_empty()),
+            expired: expired.0,
+            limit: limit.0.unwrap_or(50),
+            offset: offset.0.unwrap_or(0),
+        };
+        match self.state.store.list_keys(&filter).await {
+            Ok(page) => KeyListResponse::Ok(Json(KeyList {
+                items: page
+                    .items
+                    .into_iter()
+                    .map(|r| KeyInfo::from_record(r, now))
+                    .collect(),
+                total: page.total,
+                limit: filter.limit,
+                offset: filter.offset,
+            })),
+            Err(e) => unavailable!(self.state, KeyListResponse::Unavailable, e),
+        }
+    }
+
+    /// Get one key
+    #[oai(path = "/keys/:id", method = "get", tag = "ApiTags::Keys")]
+    async fn get_key(&self, _auth: AdminAuth, id: Path<String>) -> KeyResponse {
+        match self.state.store.get_key(&id.0).await {
+            Ok(Some(r)) => KeyResponse::Ok(Json(KeyInfo::from_record(r, SystemTime::now()))),
+            Ok(None) => KeyResponse::NotFound(not_found("key")),
+            Err(e) => unavailable!(self.state, KeyResponse::Unavailable, e),
+        }
+    }
+
+    /// Update a key (name, owner, permissions, expiry, enabled)
+    ///
+    /// Disabling a key or taking a permission away takes effect at once on this instance, and
+    /// within 2 seconds on other instances sharing the PostgreSQL database.
+    #[oai(path = "/keys/:id", method = "patch", tag = "ApiTags::Keys")]
+    async fn update_key(
+        &self,
+        _auth: AdminAuth,
+        id: Path<String>,
+        body: Json<UpdateKeyRequest>,
+    ) -> KeyResponse {
+        let now = SystemTime::now();
+        let body = body.0;
+        let permissions = match clean_permissions(body.permissions) {
+            Ok(p) => p,
+            Err(m) => return KeyResponse::BadRequest(bad_request(m)),
+        };
+        let expires_at = match expiry(body.expires_days, body.never_expires, now) {
+            Ok(e) => e,
+            Err(m) => return KeyResponse::BadRequest(bad_request(m)),
+        };
+        let source_path = match body.source_path.map(|s| s.trim().to_owned()) {
+            Some(s) if s.is_empty() => {
+                return KeyResponse::BadRequest(bad_request("source_path must not be empty"));
+            }
+            other => other,
+        };
+        let update = KeyUpdate {
+            name: body
+                .name
+                .map(|n| Some(n.trim().to_owned()).filter(|n| !n.is_empty())),
+            source_path,
+            permissions,
+            expires_at,
+            active: body.active,
+        };
+        match self.state.store.update_key(&id.0, update).await {
+            Ok(Some(r)) => {
+                tracing::info!(key_id = %r.id, "key updated");
+                KeyResponse::Ok(Json(KeyInfo::from_record(r, now)))
+            }
+            Ok(None) => KeyResponse::NotFound(not_found("key")),
+            Err(e) => unavailable!(self.state, KeyResponse::Unavailable, e),
+        }
+    }
+
+    /// Delete a key
+    #[oai(path = "/keys/:id", method = "delete", tag = "ApiTags::Keys")]
+    async fn delete_key(&self, _auth: AdminAuth, id: Path<String>) -> DeleteResponse {
+        match self.state.store.delete_key(&id.0).await {
+            Ok(true) => {
+                tracing::info!(key_id = %id.0, "key deleted");
+                DeleteResponse::Deleted
+            }
+            Ok(false) => DeleteResponse::NotFound(not_found("key")),
+            Err(e) => unavailable!(self.state, DeleteResponse::Unavailable, e),
+        }
+    }
+
+    /// Rotate a key: issue a new secret for the same key id
+    ///
+    /// The old secret keeps working for `grace_seconds` (default 0).
+    #[oai(path = "/keys/:id/rotate", method = "post", tag = "ApiTags::Keys")]
+    async fn rotate_key(
+        &self,
+        _auth: AdminAuth,
+        id: Path<String>,
+        /// Seconds the old secret keeps working (default 0: it stops at once).
+        #[oai(validator(maximum(value = "2592000")))]
+        grace_seconds: Query<Option<u64>>,
+    ) -> RotateResponse {
+        let grace = grace_seconds.0.unwrap_or(0);
+        match self
+            .state
+            .store
+            .rotate_key(&id.0, Duration::from_secs(grace))
+            .await
+        {
+            Ok(Some(created)) => {
+                tracing::info!(key_id = %created.record.id, grace, "key rotated");
+                RotateResponse::Ok(Json(CreatedKey {
+                    key: KeyInfo::from_record(created.record, SystemTime::now()),
+                    api_key: created.secret,
+                }))
+            }
+            Ok(None) => RotateResponse::NotFound(not_found("key")),
+            Err(e) => unavailable!(self.state, RotateResponse::Unavailable, e),
+        }
+    }
+
+    /// Audit log, newest first
+    #[oai(path = "/logs", method = "get", tag = "ApiTags::Logs")]
+    #[allow(clippy::too_many_arguments)]
+    async fn logs(
+        &self,
+        _auth: AdminAuth,
+        /// Records per page, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Only this key id.
+        key_id: Query<Option<String>>,
+        /// Only this owner.
+        source_path: Query<Option<String>>,
+        /// Status class: `2xx`, `3xx`, `4xx` or `5xx`.
+        status: Query<Option<String>>,
+        /// Only streamed (`true`) or plain (`false`) requests.
+        is_stream: Query<Option<bool>>,
+        /// Only this model.
+        model: Query<Option<String>>,
+        /// Not before (RFC 3339).
+        since: Query<Option<String>>,
+        /// Before (RFC 3339).
+        until: Query<Option<String>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> LogsResponse {
+        let status_class = match status.0.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => match s.to_ascii_lowercase().as_str() {
+                "2xx" => Some(2),
+                "3xx" => Some(3),
+                "4xx" => Some(4),
+                "5xx" => Some(5),
+                _ => {
+                    return LogsResponse::BadRequest(bad_request(
+                        "status must be 2xx, 3xx, 4xx or 5xx",
+                    ));
+                }
+            },
+        };
+        let time = |name: &str, v: Option<String>| match v.filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(s) => parse_time(name, &s).map(Some),
+        };
+        let since = match time("since", since.0) {
+            Ok(t) => t,
+            Err(m) => return LogsResponse::BadRequest(bad_request(m)),
+        };
+        let until = match time("until", until.0) {
+            Ok(t) => t,
+            Err(m) => return LogsResponse::BadRequest(bad_request(m)),
+        };
+        let filter = AuditFilter {
+            key_id: key_id.0.filter(|s| !s.is_empty()),
+            source_path: source_path.0.filter(|s| !s.is_empty()),
+            status_class,
+            is_stream: is_stream.0,
+            model: model.0.filter(|s| !s.is_empty()),
+            since,
+            until,
+            cursor: cursor.0.filter(|s| !s.is_empty()),
+            limit: limit.0.unwrap_or(50),
+        };
+        match self.state.store.query_audit(&filter).await {
+            Ok(page) => LogsResponse::Ok(Json(AuditList {
+                items: page.items.into_iter().map(AuditEntry::from).collect(),
+                next_cursor: page.next_cursor,
+            })),
+            Err(StoreError::InvalidInput(m)) => LogsResponse::BadRequest(bad_request(m)),
+            Err(e) => unavailable!(self.state, LogsResponse::Unavailable, e),
+        }
+    }
+
+    /// One audit record by request id
+    #[oai(path = "/logs/:request_id", method = "get", tag = "ApiTags::Logs")]
+    async fn log(&self, _auth: AdminAuth, request_id: Path<String>) -> LogResponse {
+        match self.state.store.get_audit(&request_id.0).await {
+            Ok(Some(r)) => LogResponse::Ok(Json(r.into())),
+            Ok(None) => LogResponse::NotFound(not_found("audit record")),
+            Err(e) => unavailable!(self.state, LogResponse::Unavailable, e),
+        }
+    }
+
+    /// Aggregated metrics for a window (what the dashboard shows)
+    #[oai(path = "/metrics", method = "get", tag = "ApiTags::Metrics")]
+    async fn metrics(
+        &self,
+        _auth: AdminAuth,
+        /// `1h`, `24h` (default) or `7d`.
+        window: Query<Option<Window>>,
+    ) -> MetricsResponse {
+        let window = window.0.unwrap_or(Window::Day);
+        let (w, name) = match window {
+            Window::Hour => (MetricsWindow::Hour, "1h"),
+            Window::Day => (MetricsWindow::Day, "24h"),
+            Window::Week => (MetricsWindow::Week, "7d"),
+        };
+        match self.state.store.metrics(w, SystemTime::now()).await {
+            Ok(m) => MetricsResponse::Ok(Json(MetricsReport {
+                window: name.into(),
+                since: rfc3339(m.since),
+                until: rfc3339(m.until),
+                bucket_seconds: m.bucket.as_secs(),
+                total_requests: m.total_requests,
+                success_count: m.success_count,
+                error_count: m.error_count,
+                success_rate: m.success_rate,
+                avg_latency_ms: m.avg_latency_ms,
+                p50_latency_ms: m.p50_latency_ms,
+                p95_latency_ms: m.p95_latency_ms,
+                avg_ttfb_ms: m.avg_ttfb_ms,
+                stream_requests: m.stream_requests,
+                stream_share: m.stream_share,
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens,
+                total_tokens: m.total_tokens,
+                active_keys: m.active_keys,
+                total_keys: m.total_keys,
+                per_key: m
+                    .per_key
+                    .into_iter()
+                    .map(|k| KeyUsageEntry {
+                        key_id: k.key_id,
+                        source_path: Some(k.source_path).filter(|s| !s.is_empty()),
+                        requests: k.requests,
+                        errors: k.errors,
+                        total_tokens: k.total_tokens,
+                    })
+                    .collect(),
+                per_model: m
+                    .per_model
+                    .into_iter()
+                    .map(|k| ModelUsageEntry {
+                        model: k.model,
+                        requests: k.requests,
+                        total_tokens: k.total_tokens,
+                    })
+                    .collect(),
+                series: m
+                    .series
+                    .into_iter()
+                    .map(|p| SeriesEntry {
+                        ts: rfc3339(p.ts),
+                        requests: p.requests,
+                        errors: p.errors,
+                        total_tokens: p.total_tokens,
+                    })
+                    .collect(),
+            })),
+            Err(e) => unavailable!(self.state, MetricsResponse::Unavailable, e),
+        }
+    }
+
+    /// The effective configuration, every secret redacted
+    #[oai(path = "/config", method = "get", tag = "ApiTags::System")]
+    async fn config(&self, _auth: AdminAuth) -> ConfigResponse {
+        ConfigResponse::Ok(Json(self.state.settings().redacted_json()))
+    }
+}

@@ -1,0 +1,88 @@
+//! Command line: `fastgate [serve]`, `check-config`, `migrate`, `keys create|list|revoke|rotate`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// FastGate: an API gateway for OpenAI-compatible LLM backends.
+#[derive(Debug, Parser)]
+#[command(name = "fastgate", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (M-FastGate's YAML format).
+    #[arg(
+        long,
+        short,
+        env = "FASTGATE_CONFIG",
+        default_value = "config/development.yaml",
+        global = true
+    )]
+    pub config: PathBuf,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate the configuration (and routes file) without starting.
+    CheckConfig,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI spec of the admin API as JSON.
+    Openapi,
+    /// Manage gateway API keys in the configured database (works while the server runs).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `fastgate keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once.
+    Create(CreateArgs),
+    /// List keys.
+    List {
+        /// Only keys of this owner.
+        #[arg(long)]
+        source_path: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a key at once (it can be re-enabled through the admin API).
+    Revoke {
+        /// Key id (`k_…`).
+        id: String,
+    },
+    /// Issue a new secret for a key and print it once.
+    Rotate {
+        /// Key id (`k_…`).
+        id: String,
+        /// Seconds the old secret keeps working.
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+    },
+}
+
+/// `fastgate keys create` arguments (the fields of `POST /admin/keys`).
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Owner / tenant label, e.g. `user1`.
+    #[arg(long)]
+    pub source_path: String,
+    /// Permission (repeatable); default `chat`.
+    #[arg(long = "permission")]
+    pub permissions: Vec<String>,
+    /// Days until expiry; default `security.default_expiry_days`.
+    #[arg(long, conflicts_with = "never_expires", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub expires_days: Option<u32>,
+    /// The key never expires.
+    #[arg(long)]
+    pub never_expires: bool,
+    /// Optional label.
+    #[arg(long)]
+    pub name: Option<String>,
+}

@@ -1,0 +1,1011 @@
+//! Configuration: M-FastGate's YAML file (same keys), `FASTGATE__SECTION__KEY` environment
+//! overrides, an optional routes file, and validation that names the offending key.
+//!
+//! Loading order: the YAML file, then every `FASTGATE__…` environment variable on top, then
+//! validation. Unknown keys are rejected. Secrets (`security.admin_token`,
+//! `api_gateway.real_api_key`, route keys) are held as [`Secret`] and serialize as `******`, so
+//! the effective config can be shown (`GET /admin/config`) without leaking them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastgate_layer::{Backend, RouteConfig, Secret};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_yaml_ng::Value;
+
+/// Prefix of environment variables that override config keys (`FASTGATE__API_GATEWAY__TIMEOUT`).
+pub const ENV_PREFIX: &str = "FASTGATE__";
+
+/// The mask printed instead of a secret.
+pub const MASK: &str = "******";
+
+/// A configuration problem, naming the key (and the file line, for YAML errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {message}", location(.file, *.line))]
+pub struct ConfigError {
+    /// File the problem was found in.
+    pub file: PathBuf,
+    /// Line in that file, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `api_gateway.backend_url`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn location(file: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}", file.display()),
+        None => file.display().to_string(),
+    }
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// === the file format ===
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `app`: name, listen address, shutdown.
+    #[serde(default)]
+    pub app: AppConfig,
+    /// `database`: where keys and audit records live.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// `security`: admin token and key policy.
+    pub security: SecurityConfig,
+    /// `api_gateway`: the unified endpoint and its backend.
+    pub api_gateway: ApiGatewayConfig,
+    /// `audit`: queue, batching and retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// `logging`: level and format.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// `app` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppConfig {
+    /// Display name (kept from M-FastGate).
+    pub name: String,
+    /// Informational version string (kept from M-FastGate; the binary reports its own).
+    pub version: Option<String>,
+    /// Verbose logging when `logging.level` is not set.
+    pub debug: bool,
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on.
+    pub port: u16,
+    /// Seconds in-flight requests and streams get to finish on SIGTERM/SIGINT.
+    pub shutdown_timeout: u64,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            name: "FastGate".into(),
+            version: None,
+            debug: false,
+            host: "0.0.0.0".into(),
+            port: 8514,
+            shutdown_timeout: 30,
+        }
+    }
+}
+
+/// `database` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:///./fastgate.db` (relative), `sqlite:////abs/path.db`, or `postgresql://…`.
+    #[serde(serialize_with = "serialize_db_url")]
+    pub url: String,
+    /// Log every SQL statement at debug level (kept from M-FastGate).
+    pub echo: bool,
+    /// Connection pool size.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite:///./fastgate.db".into(),
+            echo: false,
+            max_connections: 10,
+        }
+    }
+}
+
+/// `security` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Token for the admin API and dashboard. Pass it as `FASTGATE__SECURITY__ADMIN_TOKEN` in production.
+    #[serde(deserialize_with = "de_secret", serialize_with = "ser_secret")]
+    pub admin_token: Secret,
+    /// Prefix of generated gateway keys.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Expiry of new keys when the request does not say.
+    #[serde(default = "default_expiry_days")]
+    pub default_expiry_days: u32,
+    /// How long a resolved key is trusted without asking the database again.
+    #[serde(default = "default_key_cache_ttl")]
+    pub key_cache_ttl_seconds: u64,
+    /// Failed admin logins allowed per client address per minute before answering 429.
+    #[serde(default = "default_admin_max_failures")]
+    pub admin_max_failures_per_minute: u32,
+}
+
+fn default_key_prefix() -> String {
+    "fg_".into()
+}
+fn default_expiry_days() -> u32 {
+    365
+}
+fn default_key_cache_ttl() -> u64 {
+    30
+}
+fn default_admin_max_failures() -> u32 {
+    10
+}
+
+/// `api_gateway` section: the unified endpoint `/proxy` + `backend_path`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiGatewayConfig {
+    /// Backend base URL, e.g. `http://127.0.0.1:9000`.
+    pub backend_url: String,
+    /// Backend path; the gateway serves it at `/proxy` + this path.
+    pub backend_path: String,
+    /// The real upstream key injected into every forwarded request.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_secret",
+        serialize_with = "ser_opt_secret"
+    )]
+    pub real_api_key: Option<Secret>,
+    /// Header carrying the real key (`authorization` sends `Bearer <key>`).
+    #[serde(default = "default_key_header")]
+    pub key_header: String,
+    /// Request headers removed before forwarding (hop-by-hop headers are always removed).
+    #[serde(default = "default_strip_headers")]
+    pub strip_headers: Vec<String>,
+    /// Kept from M-FastGate. Audit is always asynchronous; `false` is accepted and logged.
+    #[serde(default = "yes")]
+    pub async_audit: bool,
+    /// Seconds to wait for the backend's response headers.
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// Seconds to wait for a connection to the backend.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: u64,
+    /// Longest silence, in seconds, between two chunks of a response (streams included).
+    #[serde(default = "default_timeout")]
+    pub idle_timeout: u64,
+    /// Largest request body accepted, in bytes (larger → 413).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Permission a key needs for the unified endpoint.
+    #[serde(default = "default_permission")]
+    pub permission: String,
+    /// Extra routes file; defaults to `routes.yaml` beside the config file when that exists.
+    #[serde(default)]
+    pub routes_file: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_key_header() -> String {
+    "authorization".into()
+}
+fn default_strip_headers() -> Vec<String> {
+    ["host", "x-api-key", "authorization", "x-forwarded-for"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_permission() -> String {
+    "chat".into()
+}
+
+/// `audit` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days audit records are kept; 0 keeps them forever.
+    pub retention_days: u32,
+    /// Events queued in memory before new ones are dropped (and counted).
+    pub queue_capacity: usize,
+    /// Largest batch written in one transaction.
+    pub batch_size: usize,
+    /// Longest time, in milliseconds, an event waits in memory before its batch is written.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            queue_capacity: 65_536,
+            batch_size: 512,
+            flush_interval_ms: 200,
+        }
+    }
+}
+
+/// `logging` section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `tracing` filter, e.g. `info` or `fastgate=debug,info`. `RUST_LOG` wins when set.
+    pub level: Option<String>,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: None,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The routes file: extra endpoints under `/proxy/`.
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// The routes.
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+}
+
+/// One extra route.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// Name for logs; defaults to the path.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path clients call; must start with `/proxy/`.
+    pub path: String,
+    /// Backend base URL.
+    pub backend_url: String,
+    /// Backend path.
+    pub backend_path: String,
+    /// Real key for this backend; defaults to `api_gateway.real_api_key`.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_secret",
+        serialize_with = "ser_opt_secret"
+    )]
+    pub real_api_key: Option<Secret>,
+    /// Read the real key from this environment variable instead.
+    #[serde(default)]
+    pub real_api_key_env: Option<String>,
+    /// Header carrying the key; defaults to `api_gateway.key_header`.
+    #[serde(default)]
+    pub key_header: Option<String>,
+    /// Response-header timeout in seconds; defaults to `api_gateway.timeout`.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// Permission a key needs; defaults to `chat`.
+    #[serde(default)]
+    pub permission: Option<String>,
+}
+
+// === secrets in serde ===
+
+fn de_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    String::deserialize(d).map(Secret::new)
+}
+
+fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?
+        .filter(|s| !s.is_empty())
+        .map(Secret::new))
+}
+
+fn ser_secret<S: Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(MASK)
+}
+
+fn ser_opt_secret<S: Serializer>(v: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str(MASK),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_db_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url_password(url))
+}
+
+/// Replace the password of a `scheme://user:password@host` URL with the mask.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:{MASK}@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+// === loading ===
+
+/// A loaded, validated configuration plus everything derived from it.
+#[derive(Clone)]
+pub struct Settings {
+    /// The parsed config (secrets masked when serialized).
+    pub config: Config,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Routes by the exact path clients call.
+    pub routes: HashMap<String, RouteConfig>,
+    /// The routes file that was loaded, if any.
+    pub routes_path: Option<PathBuf>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("path", &self.path)
+            .field("routes", &self.routes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Load `path`, apply the process environment's overrides and validate.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Load `path` with the given environment (tests pass their own).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+        let config = parse_config(path, &text, env)?;
+        Self::from_config(path, config)
+    }
+
+    /// Validate a parsed config and derive the routes.
+    pub fn from_config(path: &Path, config: Config) -> Result<Self, ConfigError> {
+        validate(path, &config)?;
+        let routes_path = routes_file_path(path, &config);
+        let extra = match &routes_path {
+            Some(p) => load_routes_file(p)?,
+            None => RoutesFile::default(),
+        };
+        let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
+        Ok(Self {
+            config,
+            path: path.to_path_buf(),
+            routes,
+            routes_path,
+        })
+    }
+
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> String {
+        let host = &self.config.app.host;
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", self.config.app.port)
+        } else {
+            format!("{host}:{}", self.config.app.port)
+        }
+    }
+
+    /// The effective config as JSON, secrets masked.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = value.as_object_mut() {
+            let routes: Vec<serde_json::Value> = self
+                .routes
+                .iter()
+                .map(|(path, r)| {
+                    serde_json::json!({
+                        "path": path,
+                        "name": &*r.name,
+                        "permission": &*r.permission,
+                        "backend_url": r.backend.base_url.to_string(),
+                        "backend_path": r.backend.path,
+                        "real_api_key": r.backend.api_key.as_ref().map(|_| MASK),
+                        "key_header": r.backend.key_header.as_str(),
+                        "timeout_seconds": r.backend.response_timeout.as_secs(),
+                    })
+                })
+                .collect();
+            obj.insert("routes".into(), serde_json::Value::Array(routes));
+        }
+        value
+    }
+}
+
+/// Parse YAML text, apply overrides from `env` and deserialize strictly.
+pub fn parse_config(
+    path: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    // First pass straight from the text: syntax errors, unknown keys and wrong types come with a line.
+    let direct = serde_yaml_ng::Deserializer::from_str(text);
+    if let Err(err) = serde_path_to_error::deserialize::<_, Config>(direct) {
+        let overridden = err.path().to_string();
+        let line = err.inner().location().map(|l| l.line());
+        // A missing key may legitimately come from the environment; check again after overrides.
+        let missing = err.inner().to_string().contains("missing field");
+        if !missing {
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                line,
+                key: display_path(&overridden),
+                message: strip_location(&err.inner().to_string()),
+            });
+        }
+    }
+    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: e.location().map(|l| l.line()),
+        key: "(yaml)".into(),
+        message: strip_location(&e.to_string()),
+    })?;
+    if value.is_null() {
+        value = Value::Mapping(Default::default());
+    }
+    let overrides: Vec<(Vec<String>, String)> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix(ENV_PREFIX)?;
+            let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            (!segments.iter().any(String::is_empty)).then_some((segments, v))
+        })
+        .collect();
+    // Env values are parsed as YAML scalars (numbers, booleans, `[a, b]` lists); where that type
+    // does not fit the key (a numeric-looking token, say), the value is retried as a string.
+    let mut as_string = vec![false; overrides.len()];
+    loop {
+        let mut merged = value.clone();
+        for (i, (segments, raw)) in overrides.iter().enumerate() {
+            let parsed = if as_string[i] {
+                Value::String(raw.clone())
+            } else {
+                serde_yaml_ng::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()))
+            };
+            let parsed = if parsed.is_null() && !raw.trim().is_empty() {
+                Value::String(raw.clone())
+            } else {
+                parsed
+            };
+            set_path(&mut merged, segments, parsed);
+        }
+        match serde_path_to_error::deserialize::<_, Config>(merged) {
+            Ok(config) => return Ok(config),
+            Err(err) => {
+                let key = err.path().to_string();
+                let retry = overrides
+                    .iter()
+                    .position(|(segments, _)| segments.join(".") == key)
+                    .filter(|&i| !as_string[i]);
+                if let Some(i) = retry {
+                    as_string[i] = true;
+                    continue;
+                }
+                let from_env = overrides.iter().any(|(segments, _)| {
+                    segments.join(".") == key
+                        || key.starts_with(&format!("{}.", segments.join(".")))
+                });
+                return Err(ConfigError {
+                    file: path.to_path_buf(),
+                    line: None,
+                    key: display_path(&key),
+                    message: if from_env {
+                        format!(
+                            "{} (set by {ENV_PREFIX}{})",
+                            strip_location(&err.inner().to_string()),
+                            key.replace('.', "__").to_ascii_uppercase()
+                        )
+                    } else {
+                        strip_location(&err.inner().to_string())
+                    },
+                });
+            }
+        }
+    }
+}
+
+fn display_path(path: &str) -> String {
+    if path.is_empty() || path == "." {
+        "(top level)".into()
+    } else {
+        path.to_owned()
+    }
+}
+
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn set_path(root: &mut Value, segments: &[String], new: Value) {
+    let Some((last, parents)) = segments.split_last() else {
+        return;
+    };
+    let mut node = root;
+    for seg in parents {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Default::default());
+        }
+        let Value::Mapping(map) = node else { return };
+        node = map
+            .entry(Value::String(seg.clone()))
+            .or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    if !node.is_mapping() {
+        *node = Value::Mapping(Default::default());
+    }
+    if let Value::Mapping(map) = node {
+        map.insert(Value::String(last.clone()), new);
+    }
+}
+
+fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
+    let err = |key: &str, msg: String| Err(ConfigError::new(path, key, msg));
+    if c.security.admin_token.expose().trim().is_empty() {
+        return err("security.admin_token", "must not be empty".into());
+    }
+    let prefix = &c.security.key_prefix;
+    if prefix.is_empty()
+        || prefix.len() > 16
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return err(
+            "security.key_prefix",
+            "must be 1 to 16 characters of A-Z, a-z, 0-9, '_' or '-'".into(),
+        );
+    }
+    if c.security.default_expiry_days == 0 || c.security.default_expiry_days > 36_500 {
+        return err(
+            "security.default_expiry_days",
+            "must be between 1 and 36500".into(),
+        );
+    }
+    if let Err(e) = fastgate_store::parse_database_url(&c.database.url) {
+        return err("database.url", e.to_string());
+    }
+    if c.database.max_connections == 0 {
+        return err("database.max_connections", "must be at least 1".into());
+    }
+    parse_backend_url(&c.api_gateway.backend_url)
+        .map_err(|m| ConfigError::new(path, "api_gateway.backend_url", m))?;
+    check_path(&c.api_gateway.backend_path)
+        .map_err(|m| ConfigError::new(path, "api_gateway.backend_path", m))?;
+    for (i, h) in c.api_gateway.strip_headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return err(
+                &format!("api_gateway.strip_headers[{i}]"),
+                format!("{h:?} is not a valid header name"),
+            );
+        }
+    }
+    if http::HeaderName::from_bytes(c.api_gateway.key_header.as_bytes()).is_err() {
+        return err(
+            "api_gateway.key_header",
+            "is not a valid header name".into(),
+        );
+    }
+    for (key, v) in [
+        ("api_gateway.timeout", c.api_gateway.timeout),
+        ("api_gateway.connect_timeout", c.api_gateway.connect_timeout),
+        ("api_gateway.idle_timeout", c.api_gateway.idle_timeout),
+    ] {
+        if v == 0 || v > 86_400 {
+            return err(key, "must be between 1 and 86400 seconds".into());
+        }
+    }
+    if c.api_gateway.max_body_bytes == 0 {
+        return err("api_gateway.max_body_bytes", "must be at least 1".into());
+    }
+    if c.audit.queue_capacity == 0 {
+        return err("audit.queue_capacity", "must be at least 1".into());
+    }
+    if c.audit.batch_size == 0 || c.audit.batch_size > 5_000 {
+        return err("audit.batch_size", "must be between 1 and 5000".into());
+    }
+    if let Some(level) = &c.logging.level
+        && tracing_subscriber::EnvFilter::try_new(level).is_err()
+    {
+        return err("logging.level", format!("{level:?} is not a valid filter"));
+    }
+    Ok(())
+}
+
+fn parse_backend_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not have a query string"));
+    }
+    Ok(uri)
+}
+
+fn check_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with '/'"));
+    }
+    if p.parse::<http::uri::PathAndQuery>().is_err() || p.contains('?') || p.contains('#') {
+        return Err(format!("{p:?} is not a valid path"));
+    }
+    Ok(())
+}
+
+fn routes_file_path(config_path: &Path, c: &Config) -> Option<PathBuf> {
+    match &c.api_gateway.routes_file {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            Some(if p.is_absolute() {
+                p
+            } else {
+                config_path.parent().unwrap_or(Path::new(".")).join(p)
+            })
+        }
+        Some(_) => None,
+        None => {
+            let beside = config_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("routes.yaml");
+            beside.is_file().then_some(beside)
+        }
+    }
+}
+
+fn load_routes_file(path: &Path) -> Result<RoutesFile, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+    if text.trim().is_empty() {
+        return Ok(RoutesFile::default());
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|err| ConfigError {
+        file: path.to_path_buf(),
+        line: err.inner().location().map(|l| l.line()),
+        key: display_path(&err.path().to_string()),
+        message: strip_location(&err.inner().to_string()),
+    })
+}
+
+fn build_routes(
+    config_path: &Path,
+    routes_path: Option<&Path>,
+    c: &Config,
+    extra: &RoutesFile,
+) -> Result<HashMap<String, RouteConfig>, ConfigError> {
+    let g = &c.api_gateway;
+    let key_header = |h: &str, file: &Path, key: &str| {
+        http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+            .map_err(|_| ConfigError::new(file, key, "is not a valid header name"))
+    };
+    let main_path = format!("/proxy{}", g.backend_path);
+    let main = RouteConfig {
+        name: Arc::from("default"),
+        permission: Arc::from(g.permission.as_str()),
+        backend: Arc::new(Backend {
+            base_url: parse_backend_url(&g.backend_url)
+                .map_err(|m| ConfigError::new(config_path, "api_gateway.backend_url", m))?,
+            path: g.backend_path.clone(),
+            api_key: g.real_api_key.clone(),
+            key_header: key_header(&g.key_header, config_path, "api_gateway.key_header")?,
+            connect_timeout: Duration::from_secs(g.connect_timeout),
+            response_timeout: Duration::from_secs(g.timeout),
+            idle_timeout: Duration::from_secs(g.idle_timeout),
+        }),
+    };
+    let mut routes = HashMap::new();
+    routes.insert(main_path, main);
+    let file = routes_path.unwrap_or(config_path);
+    for (i, r) in extra.routes.iter().enumerate() {
+        let k = |field: &str| format!("routes[{i}].{field}");
+        if !r.path.starts_with("/proxy/") {
+            return Err(ConfigError::new(file, k("path"), "must start with /proxy/"));
+        }
+        check_path(&r.path).map_err(|m| ConfigError::new(file, k("path"), m))?;
+        check_path(&r.backend_path).map_err(|m| ConfigError::new(file, k("backend_path"), m))?;
+        let base_url = parse_backend_url(&r.backend_url)
+            .map_err(|m| ConfigError::new(file, k("backend_url"), m))?;
+        let api_key = match (&r.real_api_key, &r.real_api_key_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    file,
+                    k("real_api_key_env"),
+                    "set either real_api_key or real_api_key_env, not both",
+                ));
+            }
+            (Some(key), None) => Some(key.clone()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+                _ => {
+                    return Err(ConfigError::new(
+                        file,
+                        k("real_api_key_env"),
+                        format!("environment variable {var} is not set"),
+                    ));
+                }
+            },
+            (None, None) => g.real_api_key.clone(),
+        };
+        let timeout = r.timeout.unwrap_or(g.timeout);
+        if timeout == 0 || timeout > 86_400 {
+            return Err(ConfigError::new(
+                file,
+                k("timeout"),
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        let route = RouteConfig {
+            name: Arc::from(r.name.as_deref().unwrap_or(&r.path)),
+            permission: Arc::from(r.permission.as_deref().unwrap_or("chat")),
+            backend: Arc::new(Backend {
+                base_url,
+                path: r.backend_path.clone(),
+                api_key,
+                key_header: key_header(
+                    r.key_header.as_deref().unwrap_or(&g.key_header),
+                    file,
+                    &k("key_header"),
+                )?,
+                connect_timeout: Duration::from_secs(g.connect_timeout),
+                response_timeout: Duration::from_secs(timeout),
+                idle_timeout: Duration::from_secs(g.idle_timeout.max(timeout)),
+            }),
+        };
+        if routes.insert(r.path.clone(), route).is_some() {
+            return Err(ConfigError::new(
+                file,
+                k("path"),
+                format!("{} is already routed", r.path),
+            ));
+        }
+    }
+    Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+app:
+  name: "M-FastGate"
+  version: "0.1.0"
+  debug: true
+  host: "0.0.0.0"
+  port: 8514
+
+database:
+  url: "sqlite:///./fastgate.db"
+  echo: true
+
+security:
+  admin_token: "admin_secret_token_dev"
+  key_prefix: "fg_"
+  default_expiry_days: 365
+
+api_gateway:
+  backend_url: "http://127.0.0.1:9000"
+  backend_path: "/miniai/v2/chat/completions"
+  real_api_key: "your_real_api_key_here"
+  strip_headers:
+    - "host"
+    - "x-api-key"
+    - "authorization"
+    - "x-forwarded-for"
+  async_audit: true
+  timeout: 60
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        parse_config(
+            Path::new("test.yaml"),
+            text,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    #[test]
+    fn seed_file_parses_with_its_keys() {
+        let c = parse(SEED, &[]).unwrap();
+        assert_eq!(c.app.port, 8514);
+        assert_eq!(c.security.admin_token.expose(), "admin_secret_token_dev");
+        assert_eq!(c.api_gateway.timeout, 60);
+        assert_eq!(c.api_gateway.strip_headers.len(), 4);
+        let s = Settings::from_config(Path::new("/nonexistent/dev.yaml"), c).unwrap();
+        assert!(s.routes.contains_key("/proxy/miniai/v2/chat/completions"));
+    }
+
+    #[test]
+    fn env_overrides_win_and_keep_types() {
+        let c = parse(
+            SEED,
+            &[
+                ("FASTGATE__API_GATEWAY__REAL_API_KEY", "12345"),
+                ("FASTGATE__APP__PORT", "9999"),
+                ("FASTGATE__API_GATEWAY__STRIP_HEADERS", "[x-a, x-b]"),
+                ("FASTGATE__SECURITY__ADMIN_TOKEN", "true"),
+                ("OTHER__APP__PORT", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.app.port, 9999);
+        assert_eq!(c.api_gateway.real_api_key.unwrap().expose(), "12345");
+        assert_eq!(c.api_gateway.strip_headers, ["x-a", "x-b"]);
+        assert_eq!(c.security.admin_token.expose(), "true");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = SEED.replace("  echo: true", "  echo: true\n  pool_size: 3");
+        let e = parse(&text, &[]).unwrap_err();
+        assert_eq!(e.key, "database.pool_size");
+        assert!(e.message.contains("pool_size"), "{e}");
+        assert_eq!(e.line, Some(12));
+    }
+
+    #[test]
+    fn bad_yaml_reports_a_line() {
+        let e = parse("app:\n  port: [1, 2\n", &[]).unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_from_env_names_the_variable() {
+        let e = parse(SEED, &[("FASTGATE__APP__PORT", "eighty")]).unwrap_err();
+        assert_eq!(e.key, "app.port");
+        assert!(e.message.contains("FASTGATE__APP__PORT"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_may_come_from_env() {
+        let text = SEED.replace("  admin_token: \"admin_secret_token_dev\"\n", "");
+        assert!(parse(&text, &[]).is_err());
+        let c = parse(&text, &[("FASTGATE__SECURITY__ADMIN_TOKEN", "from-env")]).unwrap();
+        assert_eq!(c.security.admin_token.expose(), "from-env");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        for (from, to, key) in [
+            (
+                "http://127.0.0.1:9000",
+                "ftp://x",
+                "api_gateway.backend_url",
+            ),
+            (
+                "\"/miniai/v2/chat/completions\"",
+                "\"miniai\"",
+                "api_gateway.backend_path",
+            ),
+            ("sqlite:///./fastgate.db", "mysql://x/y", "database.url"),
+        ] {
+            let c = parse(&SEED.replace(from, to), &[]).unwrap();
+            let e = Settings::from_config(Path::new("/x/dev.yaml"), c).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_serialize() {
+        let text = SEED.replace(
+            "sqlite:///./fastgate.db",
+            "postgresql://fastgate:pg-secret@127.0.0.1/fastgate",
+        );
+        let c = parse(&text, &[]).unwrap();
+        let s = Settings::from_config(Path::new("/x/dev.yaml"), c).unwrap();
+        let json = s.redacted_json().to_string();
+        for secret in [
+            "admin_secret_token_dev",
+            "your_real_api_key_here",
+            "pg-secret",
+        ] {
+            assert!(!json.contains(secret), "{secret} leaked: {json}");
+        }
+        assert!(json.contains(MASK));
+        assert!(!format!("{s:?}").contains("your_real_api_key_here"));
+    }
+
+    #[test]
+    fn routes_file_adds_routes_and_rejects_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        std::fs::write(
+            dir.path().join("routes.yaml"),
+            "routes:\n  - path: /proxy/v1/embeddings\n    backend_url: http://127.0.0.1:9001\n    backend_path: /v1/embeddings\n    permission: embed\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        let r = &s.routes["/proxy/v1/embeddings"];
+        assert_eq!(&*r.permission, "embed");
+        assert_eq!(
+            r.backend.api_key.as_ref().unwrap().expose(),
+            "your_real_api_key_here"
+        );
+
+        std::fs::write(
+            dir.path().join("routes.yaml"),
+            "routes:\n  - path: /proxy/miniai/v2/chat/completions\n    backend_url: http://127.0.0.1:9001\n    backend_path: /x\n",
+        )
+        .unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert_eq!(e.key, "routes[0].path");
+    }
+
+    #[test]
+    fn redacts_url_passwords() {
+        assert_eq!(
+            redact_url_password("postgres://u:p@h:5432/db"),
+            "postgres://u:******@h:5432/db"
+        );
+        assert_eq!(redact_url_password("sqlite:///./x.db"), "sqlite:///./x.db");
+    }
+}

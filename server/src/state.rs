@@ -1,0 +1,86 @@
+//! State shared by the admin API, the guard and the signal handlers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use fastgate_layer::audit::AuditStats;
+use fastgate_store::Store;
+
+use crate::config::Settings;
+
+/// Everything the admin side of the server shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// When the server started.
+    pub started: Instant,
+    settings: ArcSwap<Settings>,
+    audit: AuditStats,
+    last_error: Mutex<Option<String>>,
+}
+
+impl AppState {
+    /// New state over a store, settings and the audit pipeline's counters.
+    pub fn new(store: Store, settings: Settings, audit: AuditStats) -> Self {
+        Self {
+            store,
+            started: Instant::now(),
+            settings: ArcSwap::from_pointee(settings),
+            audit,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The current settings (replaced atomically on reload).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Swap in reloaded settings.
+    pub fn replace_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Counters of the audit pipeline.
+    pub fn audit_stats(&self) -> &AuditStats {
+        &self.audit
+    }
+
+    /// Remember an internal error for `/health` (the text never holds a secret).
+    pub fn record_error(&self, context: &str, err: &dyn std::error::Error) {
+        tracing::error!(error = %err, context, "internal error");
+        let text = format!(
+            "{} {context}: {err}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(text);
+        }
+    }
+
+    /// The most recent internal error.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Whether the database answers a trivial query within two seconds.
+    pub async fn db_reachable(&self) -> bool {
+        match tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                self.record_error("database", &e);
+                false
+            }
+            Err(_) => {
+                self.record_error("database", &Timeout);
+                false
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("ping timed out")]
+struct Timeout;

@@ -1,0 +1,539 @@
+//! Black-box tests of the real `fastgate` binary: M-FastGate's README flows as written.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+
+#[tokio::test]
+async fn seed_readme_flows_work_unchanged() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+
+    // Create keys as in the README (token in the query string).
+    let user1 = fg.create_key("user1").await;
+    let user2 = fg.create_key("user2").await;
+    let key1 = user1["api_key"].as_str().unwrap().to_owned();
+    let key2 = user2["api_key"].as_str().unwrap().to_owned();
+    assert!(key1.starts_with("fg_") && key1.len() >= 40, "{key1}");
+    assert_eq!(user1["source_path"], "user1");
+    assert_eq!(user1["permissions"], serde_json::json!(["chat"]));
+
+    // user1: streaming request with X-API-Key.
+    let started = Instant::now();
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key1)
+        .header("Content-Type", "application/json")
+        .header("X-Custom-Trace", "keep-me")
+        .body(chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    assert!(res.headers().contains_key("x-request-id"));
+    let mut stream = res.bytes_stream();
+    let mut got = Vec::new();
+    let mut first_at = None;
+    while let Some(chunk) = stream.next().await {
+        first_at.get_or_insert_with(|| started.elapsed());
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        full_sse(),
+        "stream bytes changed"
+    );
+    // The first event arrives long before the stream ends (no buffering).
+    assert!(
+        first_at.unwrap() < SSE_GAP * 2,
+        "first byte after {:?}",
+        first_at.unwrap()
+    );
+    let seen = upstream.last();
+    assert_eq!(seen.path, BACKEND_PATH);
+    assert_eq!(seen.headers["authorization"], format!("Bearer {REAL_KEY}"));
+    assert!(seen.headers.get("x-api-key").is_none());
+    assert_eq!(seen.headers["x-custom-trace"], "keep-me");
+
+    // user2: plain request with Authorization: Bearer.
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("Authorization", format!("Bearer {key2}"))
+        .header("Content-Type", "application/json")
+        .header("X-Forwarded-For", "10.1.2.3")
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), JSON_REPLY);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["authorization"], format!("Bearer {REAL_KEY}"));
+    assert!(
+        !format!("{:?}", seen.headers).contains(&key2),
+        "client key leaked upstream"
+    );
+    assert!(seen.headers.get("x-forwarded-for").is_none());
+
+    // No key, bad key.
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "missing_api_key");
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", "fg_not-a-real-key")
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(
+        upstream.count(),
+        2,
+        "rejected requests must not reach the backend"
+    );
+
+    // List keys (README: GET /admin/keys?token=...).
+    let res = fg
+        .http
+        .get(fg.url(&format!("/admin/keys?token={ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let keys: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(keys["total"], 2);
+    assert!(
+        !keys.to_string().contains(&key1),
+        "listing must not show full keys"
+    );
+
+    // Logs (README: GET /admin/logs?token=...&limit=10): both requests and both rejections.
+    let items = fg.wait_logs("", |items| items.len() >= 4).await;
+    let stream_row = items
+        .iter()
+        .find(|r| r["is_stream"] == true)
+        .expect("stream row");
+    assert_eq!(stream_row["source_path"], "user1");
+    assert_eq!(stream_row["status"], 200);
+    assert_eq!(stream_row["outcome"], "completed");
+    assert_eq!(stream_row["model"], "gpt-3.5-turbo");
+    assert_eq!(stream_row["response_bytes"], full_sse().len() as u64);
+    assert_eq!(stream_row["total_tokens"], 12);
+    let plain_row = items
+        .iter()
+        .find(|r| r["source_path"] == "user2")
+        .expect("user2 row");
+    assert_eq!(plain_row["is_stream"], false);
+    assert_eq!(plain_row["total_tokens"], 7);
+    assert_eq!(plain_row["client_ip"], "127.0.0.1");
+    let rejected: Vec<_> = items.iter().filter(|r| r["status"] == 401).collect();
+    assert_eq!(rejected.len(), 2);
+    assert!(rejected.iter().all(|r| r["outcome"] == "rejected"));
+    let res = fg
+        .http
+        .get(fg.url(&format!("/admin/logs?token={ADMIN_TOKEN}&limit=10")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // One record by request id.
+    let rid = stream_row["request_id"].as_str().unwrap();
+    let one: serde_json::Value = fg
+        .admin_get(&format!("/admin/logs/{rid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["request_id"], rid);
+
+    // Metrics (README: GET /admin/metrics?token=...).
+    let res = fg
+        .http
+        .get(fg.url(&format!("/admin/metrics?token={ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let m: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(m["total_requests"], 4);
+    assert_eq!(m["success_count"], 2);
+    assert_eq!(m["stream_requests"], 1);
+    assert_eq!(m["total_tokens"], 19);
+    assert_eq!(m["total_keys"], 2);
+
+    // No secret in the logs or the database.
+    let logs = fg.logs();
+    let db = std::fs::read(fg.db_path()).unwrap();
+    let wal = std::fs::read(fg.db_path().with_extension("db-wal")).unwrap_or_default();
+    for secret in [key1.as_str(), key2.as_str(), REAL_KEY, ADMIN_TOKEN] {
+        assert!(!logs.contains(secret), "secret in logs");
+        let needle = secret.as_bytes();
+        for hay in [&db, &wal] {
+            assert!(
+                !hay.windows(needle.len()).any(|w| w == needle),
+                "secret in the database"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn disabling_a_key_stops_it_at_once() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let created = fg.create_key("user1").await;
+    let key = created["api_key"].as_str().unwrap();
+    let id = created["id"].as_str().unwrap();
+    let call = || {
+        fg.http
+            .post(fg.proxy_url())
+            .header("X-API-Key", key)
+            .body(chat_body(false))
+            .send()
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+    let res = fg
+        .http
+        .patch(fg.url(&format!("/admin/keys/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "disabled");
+    assert_eq!(call().await.unwrap().status(), 401);
+
+    // Rotation: the new secret works, the old one stops (no grace).
+    let res = fg
+        .http
+        .patch(fg.url(&format!("/admin/keys/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"active": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(call().await.unwrap().status(), 200);
+    let rotated: serde_json::Value = fg
+        .http
+        .post(fg.url(&format!("/admin/keys/{id}/rotate")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_key = rotated["api_key"].as_str().unwrap();
+    assert_ne!(new_key, key);
+    assert_eq!(call().await.unwrap().status(), 401);
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", new_key)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // Delete: gone at once.
+    let res = fg
+        .http
+        .delete(fg.url(&format!("/admin/keys/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", new_key)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        fg.admin_get(&format!("/admin/keys/{id}")).await.status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let out = std::process::Command::new(bin())
+        .args(["--config"])
+        .arg(&fg.config)
+        .args([
+            "keys",
+            "create",
+            "--source-path",
+            "cli-user",
+            "--permission",
+            "chat",
+            "--expires-days",
+            "30",
+            "--name",
+            "from cli",
+        ])
+        .current_dir(fg.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("fg_"), "{key}");
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(&fg.config)
+        .args(["keys", "list", "--json"])
+        .current_dir(fg.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["source_path"], "cli-user");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&key));
+}
+
+#[tokio::test]
+async fn unknown_paths_and_bad_admin_input_get_json_errors() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+
+    let res = fg
+        .http
+        .post(fg.url("/proxy/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["error"]["code"].is_string(), "{body}");
+
+    let res = fg.http.get(fg.url("/no/such/page")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "fastgate_error");
+
+    for (path, status) in [
+        ("/admin/logs?limit=100000000000", 400),
+        ("/admin/logs?limit=abc", 400),
+        ("/admin/logs?status=9xx", 400),
+        ("/admin/logs?since=yesterday", 400),
+        (
+            "/admin/logs?model=%27%3B%20DROP%20TABLE%20audit_log%3B--",
+            200,
+        ),
+        ("/admin/keys?active=maybe", 400),
+        ("/admin/metrics?window=2y", 400),
+        ("/admin/keys/k_nonexistent", 404),
+        ("/admin/logs/nonexistent", 404),
+    ] {
+        let res = fg.admin_get(path).await;
+        assert_eq!(res.status(), status, "{path}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        if status != 200 {
+            assert!(body["error"]["message"].is_string(), "{path}: {body}");
+        }
+    }
+    let res = fg
+        .http
+        .post(fg.url("/admin/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"source_path": "x", "expires_days": -3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = fg
+        .http
+        .post(fg.url("/admin/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn admin_token_is_required_and_failures_are_throttled() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    assert_eq!(
+        fg.http
+            .get(fg.url("/admin/keys"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(fg.admin_get("/admin/keys").await.status(), 200);
+    let ok = fg
+        .http
+        .get(fg.url("/admin/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // The dashboard page itself needs no token (it shows a sign-in form).
+    let ui = fg.http.get(fg.url("/admin/ui/")).send().await.unwrap();
+    assert_eq!(ui.status(), 200);
+    assert!(
+        ui.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+
+    // 5 failures allowed per minute in the test config (the token-less call above was the
+    // first); then 429, even with the right token.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = fg
+            .http
+            .get(fg.url("/admin/keys?token=wrong"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    let res = fg.admin_get("/admin/keys").await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(
+        !fg.logs().contains("wrong"),
+        "presented admin tokens must not be logged"
+    );
+}
+
+#[tokio::test]
+async fn openapi_spec_and_docs_describe_the_api() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let spec: serde_json::Value = fg
+        .http
+        .get(fg.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/health",
+        "/admin/keys",
+        "/admin/keys/{id}",
+        "/admin/keys/{id}/rotate",
+        "/admin/logs",
+        "/admin/logs/{request_id}",
+        "/admin/metrics",
+        "/admin/config",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} missing from the spec"
+        );
+    }
+    let schemes = spec["components"]["securitySchemes"].as_object().unwrap();
+    assert_eq!(schemes.len(), 3, "{schemes:?}");
+    let docs = fg.http.get(fg.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+
+    let cfg: serde_json::Value = fg.admin_get("/admin/config").await.json().await.unwrap();
+    let text = cfg.to_string();
+    assert!(
+        !text.contains(REAL_KEY) && !text.contains(ADMIN_TOKEN),
+        "{text}"
+    );
+    assert_eq!(cfg["api_gateway"]["real_api_key"], "******");
+
+    let health: serde_json::Value = fg
+        .http
+        .get(fg.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["database"]["reachable"], true);
+    assert!(health["audit"]["queue_capacity"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn env_override_wins_over_the_file() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &upstream.url(),
+        |_| {},
+        &[("FASTGATE__API_GATEWAY__REAL_API_KEY", "sk-from-env-31337")],
+    )
+    .await;
+    let key = fg.create_key("u").await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        "Bearer sk-from-env-31337"
+    );
+    let _ = Duration::ZERO;
+}

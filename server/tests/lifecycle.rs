@@ -1,0 +1,194 @@
+//! Start-up errors, reload on SIGHUP and graceful shutdown on SIGTERM, against the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+
+fn run_check(yaml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config").arg(&path).arg("check-config");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn config_errors_exit_non_zero_naming_the_key() {
+    let good = config_yaml(
+        8514,
+        std::path::Path::new("/tmp/x.db"),
+        "http://127.0.0.1:9",
+    );
+    let (code, out) = run_check(&good, &[]);
+    assert_eq!(code, Some(0), "{out}");
+
+    let cases = [
+        (good.replace("  port: 8514", "  port: [8514"), "c.yaml:"),
+        (
+            good.replace("  echo: false", "  echo: false\n  pool: 3"),
+            "pool",
+        ),
+        (
+            good.replace("http://127.0.0.1:9", "not a url"),
+            "api_gateway.backend_url",
+        ),
+        (
+            good.replace("sqlite:////tmp/x.db", "mysql://db/x"),
+            "database.url",
+        ),
+        (good.replace("  port: 8514", "  port: 99999"), "app.port"),
+    ];
+    for (yaml, needle) in cases {
+        let (code, out) = run_check(&yaml, &[]);
+        assert_eq!(code, Some(2), "{out}");
+        assert!(out.contains(needle), "expected {needle:?} in: {out}");
+    }
+    // A bad value from the environment names the variable.
+    let (code, out) = run_check(&good, &[("FASTGATE__APP__PORT", "eighty")]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("FASTGATE__APP__PORT"), "{out}");
+    // YAML errors carry a line number.
+    let (_, out) = run_check(&good.replace("  port: 8514", "  port: [8514"), &[]);
+    assert!(out.contains("c.yaml:"), "{out}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_routes_and_keeps_the_old_config_on_error() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.create_key("u").await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let call = |path: String| {
+        fg.http
+            .post(fg.url(&path))
+            .header("X-API-Key", &key)
+            .body(chat_body(false))
+            .send()
+    };
+    let main = format!("/proxy{BACKEND_PATH}");
+    assert_eq!(call(main.clone()).await.unwrap().status(), 200);
+    assert_eq!(
+        call("/proxy/v1/embeddings".into()).await.unwrap().status(),
+        404
+    );
+
+    // A broken file: the old configuration keeps serving.
+    let original = std::fs::read_to_string(&fg.config).unwrap();
+    std::fs::write(&fg.config, "app: [broken").unwrap();
+    fg.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fg.logs().contains("reload failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload error logged:\n{}",
+            fg.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(call(main.clone()).await.unwrap().status(), 200);
+
+    // A valid file with a routes file: the new route appears, with its own real key.
+    std::fs::write(&fg.config, &original).unwrap();
+    std::fs::write(
+        fg.dir.path().join("routes.yaml"),
+        format!(
+            "routes:\n  - path: /proxy/v1/embeddings\n    backend_url: {}\n    backend_path: /v1/embeddings\n    real_api_key: sk-embeddings-route\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    fg.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = call("/proxy/v1/embeddings?x=1".into())
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "route not reloaded:\n{}",
+            fg.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/v1/embeddings");
+    assert_eq!(seen.query.as_deref(), Some("x=1"));
+    assert_eq!(seen.headers["authorization"], "Bearer sk-embeddings-route");
+    assert!(!fg.logs().contains("sk-embeddings-route"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_stream_finish_and_writes_its_audit_row() {
+    let upstream = Upstream::start().await;
+    let mut fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.create_key("u").await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let mut stream = res.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+
+    fg.signal("TERM");
+    // New connections are refused soon after, while the open stream keeps flowing.
+    let mut got = first.to_vec();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(got).unwrap(), full_sse());
+    assert_eq!(
+        fg.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        fg.logs()
+    );
+
+    // The audit row of the finished stream is in the database.
+    let store = fastgate_store::Store::connect(
+        &format!("sqlite:///{}", fg.db_path().display()),
+        fastgate_store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let row = store
+        .get_audit(&rid)
+        .await
+        .unwrap()
+        .expect("audit row written before exit");
+    assert_eq!(row.outcome, "completed");
+    assert!(row.is_stream);
+    assert_eq!(row.response_bytes, full_sse().len() as u64);
+}
