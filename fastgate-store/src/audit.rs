@@ -19,7 +19,8 @@ const ROLLUP_CHUNK: usize = 1000;
 /// Rows per histogram upsert (3 binds a row).
 const HIST_CHUNK: usize = 2000;
 
-const MINUTE_MS: i64 = 60_000;
+pub(crate) const MINUTE_MS: i64 = 60_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 
 /// [`AuditSink`] that writes into the store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -61,11 +62,11 @@ type RollupKey = (i64, String, String);
 /// (minute, histogram bucket) → count.
 type HistRow = ((i64, i32), i64);
 
-fn rollups(events: &[AuditEvent]) -> (Vec<(RollupKey, Rollup)>, Vec<HistRow>) {
+fn rollups(events: &[AuditEvent], granularity_ms: i64) -> (Vec<(RollupKey, Rollup)>, Vec<HistRow>) {
     let mut roll: HashMap<RollupKey, Rollup> = HashMap::new();
     let mut hist: HashMap<(i64, i32), i64> = HashMap::new();
     for e in events {
-        let minute = to_ms(e.started_at).div_euclid(MINUTE_MS) * MINUTE_MS;
+        let minute = to_ms(e.started_at).div_euclid(granularity_ms) * granularity_ms;
         let key = (
             minute,
             e.key_id.as_deref().unwrap_or("").to_owned(),
@@ -169,9 +170,10 @@ fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
 
 /// Runs the multi-row inserts of one batch inside an open transaction `$tx`.
 macro_rules! insert_batch {
-    ($tx:expr, $events:expr, $roll:expr, $hist:expr) => {{
+    ($tx:expr, $events:expr) => {{
         for chunk in $events.chunks(AUDIT_CHUNK) {
-            let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
+            let mut qb =
+                sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
             qb.push_values(chunk, |mut b, e| {
                 b.push_bind(e.request_id.as_str())
                     .push_bind(to_ms(e.started_at))
@@ -197,10 +199,19 @@ macro_rules! insert_batch {
             });
             qb.build().execute(&mut *$tx).await?;
         }
+    }};
+}
+
+/// Upserts one granularity of rollups inside an open transaction `$tx`.
+macro_rules! upsert_rollups {
+    ($tx:expr, $table:expr, $hist_table:expr, $col:expr, $roll:expr, $hist:expr) => {{
         for chunk in $roll.chunks(ROLLUP_CHUNK) {
             let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_rollup_minute (minute, key_id, model, source_path, requests, errors, \
-                 streams, duration_sum_us, ttfb_sum_us, ttfb_count, prompt_tokens, completion_tokens, total_tokens) ",
+                format!(
+                    "INSERT INTO {} ({}, key_id, model, source_path, requests, errors, streams, \
+                     duration_sum_us, ttfb_sum_us, ttfb_count, prompt_tokens, completion_tokens, total_tokens) ",
+                    $table, $col
+                ),
             );
             qb.push_values(chunk, |mut b, ((minute, key_id, model), r)| {
                 b.push_bind(*minute)
@@ -218,27 +229,27 @@ macro_rules! insert_batch {
                     .push_bind(r.total_tokens);
             });
             qb.push(
-                " ON CONFLICT (minute, key_id, model) DO UPDATE SET \
-                 source_path = CASE WHEN excluded.source_path = '' THEN audit_rollup_minute.source_path ELSE excluded.source_path END, \
-                 requests = audit_rollup_minute.requests + excluded.requests, \
-                 errors = audit_rollup_minute.errors + excluded.errors, \
-                 streams = audit_rollup_minute.streams + excluded.streams, \
-                 duration_sum_us = audit_rollup_minute.duration_sum_us + excluded.duration_sum_us, \
-                 ttfb_sum_us = audit_rollup_minute.ttfb_sum_us + excluded.ttfb_sum_us, \
-                 ttfb_count = audit_rollup_minute.ttfb_count + excluded.ttfb_count, \
-                 prompt_tokens = audit_rollup_minute.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = audit_rollup_minute.completion_tokens + excluded.completion_tokens, \
-                 total_tokens = audit_rollup_minute.total_tokens + excluded.total_tokens",
+                &format!(" ON CONFLICT ({col}, key_id, model) DO UPDATE SET \
+                 source_path = CASE WHEN excluded.source_path = '' THEN {t}.source_path ELSE excluded.source_path END, \
+                 requests = {t}.requests + excluded.requests, \
+                 errors = {t}.errors + excluded.errors, \
+                 streams = {t}.streams + excluded.streams, \
+                 duration_sum_us = {t}.duration_sum_us + excluded.duration_sum_us, \
+                 ttfb_sum_us = {t}.ttfb_sum_us + excluded.ttfb_sum_us, \
+                 ttfb_count = {t}.ttfb_count + excluded.ttfb_count, \
+                 prompt_tokens = {t}.prompt_tokens + excluded.prompt_tokens, \
+                 completion_tokens = {t}.completion_tokens + excluded.completion_tokens, \
+                 total_tokens = {t}.total_tokens + excluded.total_tokens", t = $table, col = $col),
             );
             qb.build().execute(&mut *$tx).await?;
         }
         for chunk in $hist.chunks(HIST_CHUNK) {
-            let mut qb = sqlx::QueryBuilder::new("INSERT INTO audit_latency_minute (minute, bucket, count) ");
+            let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO {} ({}, bucket, count) ", $hist_table, $col));
             qb.push_values(chunk, |mut b, ((minute, bucket), count)| {
                 b.push_bind(*minute).push_bind(*bucket).push_bind(*count);
             });
             qb.push(
-                " ON CONFLICT (minute, bucket) DO UPDATE SET count = audit_latency_minute.count + excluded.count",
+                &format!(" ON CONFLICT ({col}, bucket) DO UPDATE SET count = {t}.count + excluded.count", t = $hist_table, col = $col),
             );
             qb.build().execute(&mut *$tx).await?;
         }
@@ -259,11 +270,28 @@ impl Store {
         if events.is_empty() {
             return Ok(()); // push_values panics on an empty iterator
         }
-        let (roll, hist) = rollups(events);
+        let (roll_m, hist_m) = rollups(events, MINUTE_MS);
+        let (roll_h, hist_h) = rollups(events, HOUR_MS);
         let result: Result<(), sqlx::Error> = on_pool!(&self.inner.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
-                insert_batch!(tx, events, roll, hist);
+                insert_batch!(tx, events);
+                upsert_rollups!(
+                    tx,
+                    "audit_rollup_minute",
+                    "audit_latency_minute",
+                    "minute",
+                    roll_m,
+                    hist_m
+                );
+                upsert_rollups!(
+                    tx,
+                    "audit_rollup_hour",
+                    "audit_latency_hour",
+                    "hour",
+                    roll_h,
+                    hist_h
+                );
                 tx.commit().await
             }
             .await
@@ -424,7 +452,16 @@ impl Store {
             tokio::task::yield_now().await;
         }
         let minute_cut = cutoff.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let hour_cut = cutoff.div_euclid(HOUR_MS) * HOUR_MS;
         on_pool!(&self.inner.db, |pool| {
+            sqlx::query("DELETE FROM audit_rollup_hour WHERE hour < $1")
+                .bind(hour_cut)
+                .execute(pool)
+                .await?;
+            sqlx::query("DELETE FROM audit_latency_hour WHERE hour < $1")
+                .bind(hour_cut)
+                .execute(pool)
+                .await?;
             sqlx::query("DELETE FROM audit_rollup_minute WHERE minute < $1")
                 .bind(minute_cut)
                 .execute(pool)

@@ -172,9 +172,9 @@ impl Store {
             }
             other => other,
         };
+        let db_failing = lock(&inner.cache.db_failed_until).is_some_and(|until| now < until);
         if let Some(e) = &cached {
             let fresh = now.duration_since(e.fetched) < ttl;
-            let db_failing = lock(&inner.cache.db_failed_until).is_some_and(|until| now < until);
             if fresh || db_failing {
                 Counters::add(
                     if fresh {
@@ -187,6 +187,11 @@ impl Store {
                 inner.usage.record(&e.identity.key_id, to_ms(wall));
                 return Ok(e.identity.clone());
             }
+        }
+        if db_failing && cached.is_none() {
+            // The database failed moments ago: answer at once rather than queue every unknown
+            // key behind the pool's acquire timeout. One lookup per interval probes it again.
+            return Err(ResolveError::Unavailable(Box::new(StoreError::Unavailable)));
         }
         Counters::add(&inner.counters.cache_misses, 1);
         let generation = inner.cache.generation.load(Ordering::Acquire);

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// A migration failed to apply.
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database failed moments ago; the store answers without asking it until
+    /// [`StoreOptions::stale_retry_interval`](crate::StoreOptions::stale_retry_interval) has passed.
+    #[error("database unavailable (recent failure)")]
+    Unavailable,
     /// An argument was rejected before reaching the database.
     #[error("invalid input: {0}")]
     InvalidInput(&'static str),

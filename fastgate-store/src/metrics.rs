@@ -1,4 +1,5 @@
-//! Dashboard aggregates, computed from the per-minute rollups (never from the audit table).
+//! Dashboard aggregates, computed from the rollups (never from the audit table): the 1 h window
+//! reads the per-minute tables, the 24 h and 7 d windows the hourly ones.
 //!
 //! Latency percentiles come from a per-minute histogram with fixed geometric buckets: bucket 0
 //! holds durations below 1 ms, bucket `i ≥ 1` holds `[1.1^(i-1), 1.1^i)` ms, and the last
@@ -9,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use crate::audit::HOUR_MS;
 use crate::model::{KeyUsage, Metrics, MetricsWindow, ModelUsage, SeriesPoint};
 use crate::{Store, StoreError, from_ms, to_ms, to_u64};
 
@@ -80,19 +82,28 @@ struct AggRow {
     total_tokens: i64,
 }
 
-const AGG_SQL: &str = "SELECT CAST((minute - $1) / $2 AS BIGINT) AS b, key_id, model, \
-     MAX(source_path) AS source_path, \
-     CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
-     CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
-     CAST(SUM(ttfb_sum_us) AS BIGINT) AS ttfb_sum_us, CAST(SUM(ttfb_count) AS BIGINT) AS ttfb_count, \
-     CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
-     CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
-     CAST(SUM(total_tokens) AS BIGINT) AS total_tokens \
-     FROM audit_rollup_minute WHERE minute >= $1 AND minute <= $3 \
-     GROUP BY CAST((minute - $1) / $2 AS BIGINT), key_id, model";
+/// Aggregate of one rollup table (`table`, time column `col`) grouped by series bucket, key and model.
+fn agg_sql(table: &str, col: &str) -> String {
+    format!(
+        "SELECT CAST(({col} - $1) / $2 AS BIGINT) AS b, key_id, model, \
+         MAX(source_path) AS source_path, \
+         CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
+         CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
+         CAST(SUM(ttfb_sum_us) AS BIGINT) AS ttfb_sum_us, CAST(SUM(ttfb_count) AS BIGINT) AS ttfb_count, \
+         CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+         CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+         CAST(SUM(total_tokens) AS BIGINT) AS total_tokens \
+         FROM {table} WHERE {col} >= $1 AND {col} <= $3 \
+         GROUP BY CAST(({col} - $1) / $2 AS BIGINT), key_id, model"
+    )
+}
 
-const HIST_SQL: &str = "SELECT bucket, CAST(SUM(count) AS BIGINT) FROM audit_latency_minute \
-     WHERE minute >= $1 AND minute <= $2 GROUP BY bucket ORDER BY bucket";
+fn hist_sql(table: &str, col: &str) -> String {
+    format!(
+        "SELECT bucket, CAST(SUM(count) AS BIGINT) FROM {table} \
+         WHERE {col} >= $1 AND {col} <= $2 GROUP BY bucket ORDER BY bucket"
+    )
+}
 
 const KEYS_SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN active = $1 AND \
      (expires_at IS NULL OR expires_at > $2) THEN 1 ELSE 0 END), 0) AS BIGINT) FROM api_keys";
@@ -114,14 +125,27 @@ impl Store {
         let since_ms = (now_ms - window_ms).div_euclid(bucket_ms) * bucket_ms;
         let n_buckets = usize::try_from((now_ms - since_ms).div_euclid(bucket_ms) + 1).unwrap_or(0);
 
+        // Hour-wide buckets (24 h, 7 d) read the hourly rollups: `since` is then hour-aligned and
+        // every hour row lies wholly inside or outside the window's buckets.
+        let (agg, hist_q) = if bucket_ms % HOUR_MS == 0 {
+            (
+                agg_sql("audit_rollup_hour", "hour"),
+                hist_sql("audit_latency_hour", "hour"),
+            )
+        } else {
+            (
+                agg_sql("audit_rollup_minute", "minute"),
+                hist_sql("audit_latency_minute", "minute"),
+            )
+        };
         let (rows, hist, keys) = on_pool!(&self.inner.db, |pool| {
-            let rows: Vec<AggRow> = sqlx::query_as(AGG_SQL)
+            let rows: Vec<AggRow> = sqlx::query_as(&agg)
                 .bind(since_ms)
                 .bind(bucket_ms)
                 .bind(now_ms)
                 .fetch_all(pool)
                 .await?;
-            let hist: Vec<(i32, i64)> = sqlx::query_as(HIST_SQL)
+            let hist: Vec<(i32, i64)> = sqlx::query_as(&hist_q)
                 .bind(since_ms)
                 .bind(now_ms)
                 .fetch_all(pool)
