@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fastgate_layer::audit::{AuditConfig, AuditEvent, AuditLayer, AuditSink};
 use fastgate_layer::auth::StaticKeys;
 use fastgate_layer::body::GatewayBody;
@@ -173,22 +173,13 @@ fn sse_chunks() -> Vec<Bytes> {
     chunks
 }
 
+type Frames = Vec<Result<Frame<Bytes>, Infallible>>;
 type ChunkBody =
     StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
-fn chunk_body(chunks: &[Bytes]) -> ChunkBody {
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
-        chunks.iter().cloned().map(|b| Ok(Frame::data(b))).collect();
-    StreamBody::new(futures_util::stream::iter(frames))
-}
-
-fn sse_response(chunks: &[Bytes]) -> Response<ChunkBody> {
-    let mut res = Response::new(chunk_body(chunks));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    res
+/// The frames of one response (built in the untimed setup of each batch).
+fn frames(chunks: &[Bytes]) -> Frames {
+    chunks.iter().cloned().map(|b| Ok(Frame::data(b))).collect()
 }
 
 async fn drain<B: http_body::Body + Unpin>(mut body: B) -> usize
@@ -210,36 +201,60 @@ fn bench_sse_body(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _guard = rt.enter();
-    let chunks = Arc::new(sse_chunks());
+    let chunks = sse_chunks();
 
     let (audit, worker) = AuditLayer::pair(CountingSink::default(), AuditConfig::default());
     rt.spawn(worker.run());
+    // The in-memory service answers with the frames the timed routine put here.
+    let slot: Arc<std::sync::Mutex<Option<Frames>>> = Arc::default();
+    let svc = {
+        let slot = Arc::clone(&slot);
+        ServiceBuilder::new()
+            .layer(audit)
+            .service(service_fn(move |_req: Request<_>| {
+                let frames = slot
+                    .lock()
+                    .expect("slot")
+                    .take()
+                    .expect("frames for this request");
+                let mut res: Response<ChunkBody> =
+                    Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/event-stream"),
+                );
+                async move { Ok::<_, Infallible>(res) }
+            }))
+    };
 
     let mut group = c.benchmark_group("sse_body");
     group.throughput(Throughput::Elements(CHUNKS as u64));
     group.bench_function("bare_10k_chunks", |b| {
-        b.to_async(&rt).iter(|| {
-            let body = chunk_body(&chunks);
-            async move { assert_eq!(drain(body).await, CHUNKS) }
-        });
+        b.to_async(&rt).iter_batched(
+            || frames(&chunks),
+            |frames| async move {
+                let body: ChunkBody = StreamBody::new(futures_util::stream::iter(frames));
+                assert_eq!(drain(body).await, CHUNKS);
+            },
+            BatchSize::LargeInput,
+        );
     });
     group.bench_function("audited_10k_chunks", |b| {
-        b.to_async(&rt).iter(|| {
-            let chunks = Arc::clone(&chunks);
-            let svc = ServiceBuilder::new()
-                .layer(audit.clone())
-                .service(service_fn(move |_req: Request<_>| {
-                    let res = sse_response(&chunks);
-                    async move { Ok::<_, Infallible>(res) }
-                }));
-            async move {
-                let res = svc
-                    .oneshot(Request::new(Full::new(Bytes::new())))
-                    .await
-                    .expect("infallible");
-                assert_eq!(drain(res.into_body()).await, CHUNKS);
-            }
-        });
+        b.to_async(&rt).iter_batched(
+            || frames(&chunks),
+            |frames| {
+                *slot.lock().expect("slot") = Some(frames);
+                let svc = svc.clone();
+                async move {
+                    let res = svc
+                        .oneshot(Request::new(Full::new(Bytes::new())))
+                        .await
+                        .expect("infallible");
+                    assert_eq!(drain(res.into_body()).await, CHUNKS);
+                }
+            },
+            BatchSize::LargeInput,
+        );
     });
     group.finish();
 }

@@ -52,15 +52,25 @@ struct UsageJson {
 /// The last `"usage": {...}` object in `bytes` with at least one token count.
 pub fn extract_usage(bytes: &[u8]) -> Option<TokenUsage> {
     let mut found = None;
-    for at in USAGE_KEY.find_iter(bytes) {
-        let rest = &bytes[at + 7..];
-        let rest = skip_ws(rest);
+    let mut from = 0;
+    // `"usage"` plus at least `:{}` must fit in what is left.
+    while bytes.len() - from >= 10 {
+        let Some(at) = USAGE_KEY.find(&bytes[from..]) else {
+            break;
+        };
+        let rest = skip_ws(&bytes[from + at + 7..]);
+        from = bytes.len() - rest.len();
         let Some(rest) = rest.strip_prefix(b":") else {
             continue;
         };
         let rest = skip_ws(rest);
+        from = bytes.len() - rest.len();
         if rest.first() != Some(&b'{') {
-            continue; // `"usage": null` in intermediate chunks
+            // `"usage": null` in intermediate chunks: skip the value.
+            if rest.starts_with(b"null") {
+                from += 4;
+            }
+            continue;
         }
         let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<UsageJson>();
         if let Some(Ok(u)) = stream.next()
@@ -76,6 +86,7 @@ pub fn extract_usage(bytes: &[u8]) -> Option<TokenUsage> {
                 total_tokens: u.total_tokens.unwrap_or(prompt + completion),
             });
         }
+        from += stream.byte_offset().max(1);
     }
     found
 }
