@@ -199,4 +199,8 @@ fn _assert_gateway_bounds() {
     type PoemBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>;
     check::<_, PoemBody>(&gateway::<PoemBody>());
     check::<_, hyper::body::Incoming>(&gateway::<hyper::body::Incoming>());
+    // The request body type is inferred from how the service is used.
+    let inferred =
+        GatewayBuilder::new(crate::auth::StaticKeys::default(), RouteTable::default()).build();
+    check::<_, PoemBody>(&inferred);
 }
