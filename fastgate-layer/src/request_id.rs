@@ -125,12 +125,10 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) if is_valid_request_id(v.as_bytes()) => v.clone(),
-            _ => {
-                let id = generate_request_id();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
-                id
-            }
+            _ => generate_request_id(),
         };
+        // `insert` also drops any further `x-request-id` values the client sent.
+        req.headers_mut().insert(X_REQUEST_ID, id.clone());
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(id),
