@@ -211,6 +211,18 @@ impl UsageScanner {
         else {
             return;
         };
+        if self.buf.is_empty()
+            && newlines == 0
+            && !last_cr
+            && !overflow
+            && (chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n"))
+        {
+            // The common case: the chunk holds whole events and nothing is pending. Scan it in
+            // place (the last usage in it wins, as it would event by event); the state stays fresh.
+            let found = scan_event(chunk);
+            self.note(found);
+            return;
+        }
         let mut start = 0; // start of the current event within `chunk`
         let mut pos = 0; // first byte not yet examined
         for i in memchr::memchr2_iter(b'\n', b'\r', chunk) {
