@@ -301,7 +301,11 @@ where
 /// Build the upstream URI (and the audit-safe target URL, without query) for a request.
 fn upstream_uri(backend: &Backend, incoming: &Uri) -> Option<(Uri, TargetUrl)> {
     let scheme = backend.base_url.scheme_str()?;
+    // Never carry `user:password@` into the upstream URI, the audit record or a log line.
     let authority = backend.base_url.authority()?.as_str();
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let base_path = backend.base_url.path().trim_end_matches('/');
     let path = backend.path.as_str();
     let sep = if path.starts_with('/') || path.is_empty() {
@@ -466,6 +470,10 @@ mod tests {
         let (uri, target) = upstream_uri(&b, &"/proxy/x?a=1&b=2".parse().unwrap()).unwrap();
         assert_eq!(uri, "http://127.0.0.1:9/v1/chat/completions?a=1&b=2");
         assert_eq!(&*target.0, "http://127.0.0.1:9/v1/chat/completions");
+        let b = backend("http://user:secret@127.0.0.1:9", "/x");
+        let (uri, target) = upstream_uri(&b, &"/p".parse().unwrap()).unwrap();
+        assert_eq!(uri, "http://127.0.0.1:9/x");
+        assert!(!target.0.contains("secret"));
         let b = backend("https://api.example.com", "v2/x");
         let (uri, _) = upstream_uri(&b, &"/p".parse().unwrap()).unwrap();
         assert_eq!(uri, "https://api.example.com/v2/x");
