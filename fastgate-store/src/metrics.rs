@@ -7,7 +7,6 @@
 //! the bucket that holds it, so it is within 10 % (relative) of the exact value, or within 1 ms
 //! below 1 ms.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use crate::audit::HOUR_MS;
@@ -67,9 +66,8 @@ pub(crate) fn quantile_ms(hist: &[(i32, i64)], q: f64) -> f64 {
 
 #[derive(Debug, sqlx::FromRow)]
 struct AggRow {
-    b: i64,
-    key_id: String,
-    model: String,
+    /// The group: series bucket index (as text), key id or model.
+    g: String,
     source_path: String,
     requests: i64,
     errors: i64,
@@ -82,19 +80,29 @@ struct AggRow {
     total_tokens: i64,
 }
 
-/// Aggregate of one rollup table (`table`, time column `col`) grouped by series bucket, key and model.
-fn agg_sql(table: &str, col: &str) -> String {
+const SUMS: &str = "MAX(source_path) AS source_path, \
+     CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
+     CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
+     CAST(SUM(ttfb_sum_us) AS BIGINT) AS ttfb_sum_us, CAST(SUM(ttfb_count) AS BIGINT) AS ttfb_count, \
+     CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+     CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+     CAST(SUM(total_tokens) AS BIGINT) AS total_tokens";
+
+/// Sums of one rollup table (`table`, time column `col`) per series bucket. Binds: since,
+/// bucket width, until. The database does the grouping, so only one row per bucket comes back.
+fn series_sql(table: &str, col: &str) -> String {
+    let b = format!("CAST(({col} - $1) / $2 AS BIGINT)");
     format!(
-        "SELECT CAST(({col} - $1) / $2 AS BIGINT) AS b, key_id, model, \
-         MAX(source_path) AS source_path, \
-         CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
-         CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
-         CAST(SUM(ttfb_sum_us) AS BIGINT) AS ttfb_sum_us, CAST(SUM(ttfb_count) AS BIGINT) AS ttfb_count, \
-         CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
-         CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
-         CAST(SUM(total_tokens) AS BIGINT) AS total_tokens \
-         FROM {table} WHERE {col} >= $1 AND {col} <= $3 \
-         GROUP BY CAST(({col} - $1) / $2 AS BIGINT), key_id, model"
+        "SELECT CAST({b} AS TEXT) AS g, {SUMS} FROM {table} \
+         WHERE {col} >= $1 AND {col} <= $3 GROUP BY {b}"
+    )
+}
+
+/// Sums per `group` column (`key_id` or `model`), rows without one left out. Binds: since, until.
+fn group_sql(table: &str, col: &str, group: &str) -> String {
+    format!(
+        "SELECT {group} AS g, {SUMS} FROM {table} \
+         WHERE {col} >= $1 AND {col} <= $2 AND {group} <> '' GROUP BY {group}"
     )
 }
 
@@ -127,21 +135,31 @@ impl Store {
 
         // Hour-wide buckets (24 h, 7 d) read the hourly rollups: `since` is then hour-aligned and
         // every hour row lies wholly inside or outside the window's buckets.
-        let (agg, hist_q) = if bucket_ms % HOUR_MS == 0 {
-            (
-                agg_sql("audit_rollup_hour", "hour"),
-                hist_sql("audit_latency_hour", "hour"),
-            )
+        let (table, col, hist_table) = if bucket_ms % HOUR_MS == 0 {
+            ("audit_rollup_hour", "hour", "audit_latency_hour")
         } else {
-            (
-                agg_sql("audit_rollup_minute", "minute"),
-                hist_sql("audit_latency_minute", "minute"),
-            )
+            ("audit_rollup_minute", "minute", "audit_latency_minute")
         };
-        let (rows, hist, keys) = on_pool!(&self.inner.db, |pool| {
-            let rows: Vec<AggRow> = sqlx::query_as(&agg)
+        let (series_q, key_q, model_q) = (
+            series_sql(table, col),
+            group_sql(table, col, "key_id"),
+            group_sql(table, col, "model"),
+        );
+        let hist_q = hist_sql(hist_table, col);
+        let (by_bucket, by_key, by_model, hist, keys) = on_pool!(&self.inner.db, |pool| {
+            let by_bucket: Vec<AggRow> = sqlx::query_as(&series_q)
                 .bind(since_ms)
                 .bind(bucket_ms)
+                .bind(now_ms)
+                .fetch_all(pool)
+                .await?;
+            let by_key: Vec<AggRow> = sqlx::query_as(&key_q)
+                .bind(since_ms)
+                .bind(now_ms)
+                .fetch_all(pool)
+                .await?;
+            let by_model: Vec<AggRow> = sqlx::query_as(&model_q)
+                .bind(since_ms)
                 .bind(now_ms)
                 .fetch_all(pool)
                 .await?;
@@ -155,7 +173,7 @@ impl Store {
                 .bind(now_ms)
                 .fetch_one(pool)
                 .await?;
-            (rows, hist, keys)
+            (by_bucket, by_key, by_model, hist, keys)
         });
 
         let mut series: Vec<SeriesPoint> = (0..n_buckets)
@@ -166,12 +184,10 @@ impl Store {
                 total_tokens: 0,
             })
             .collect();
-        let mut per_key: HashMap<String, KeyUsage> = HashMap::new();
-        let mut per_model: HashMap<String, ModelUsage> = HashMap::new();
         let (mut total, mut errors, mut streams, mut dur_us, mut ttfb_us, mut ttfb_n) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         let (mut prompt, mut completion, mut tokens) = (0u64, 0u64, 0u64);
-        for r in rows {
+        for r in by_bucket {
             let (req, err, tok) = (to_u64(r.requests), to_u64(r.errors), to_u64(r.total_tokens));
             total += req;
             errors += err;
@@ -182,45 +198,35 @@ impl Store {
             prompt = prompt.saturating_add(to_u64(r.prompt_tokens));
             completion = completion.saturating_add(to_u64(r.completion_tokens));
             tokens = tokens.saturating_add(tok);
-            if let Some(p) = usize::try_from(r.b).ok().and_then(|i| series.get_mut(i)) {
+            if let Some(p) = r.g.parse::<usize>().ok().and_then(|i| series.get_mut(i)) {
                 p.requests += req;
                 p.errors += err;
                 p.total_tokens = p.total_tokens.saturating_add(tok);
             }
-            if !r.key_id.is_empty() {
-                let k = per_key.entry(r.key_id.clone()).or_insert_with(|| KeyUsage {
-                    key_id: r.key_id.clone(),
-                    source_path: String::new(),
-                    requests: 0,
-                    errors: 0,
-                    total_tokens: 0,
-                });
-                if k.source_path < r.source_path {
-                    k.source_path = r.source_path.clone();
-                }
-                k.requests += req;
-                k.errors += err;
-                k.total_tokens = k.total_tokens.saturating_add(tok);
-            }
-            if !r.model.is_empty() {
-                let m = per_model
-                    .entry(r.model.clone())
-                    .or_insert_with(|| ModelUsage {
-                        model: r.model.clone(),
-                        requests: 0,
-                        total_tokens: 0,
-                    });
-                m.requests += req;
-                m.total_tokens = m.total_tokens.saturating_add(tok);
-            }
         }
-        let mut per_key: Vec<KeyUsage> = per_key.into_values().collect();
+        let mut per_key: Vec<KeyUsage> = by_key
+            .into_iter()
+            .map(|r| KeyUsage {
+                key_id: r.g,
+                source_path: r.source_path,
+                requests: to_u64(r.requests),
+                errors: to_u64(r.errors),
+                total_tokens: to_u64(r.total_tokens),
+            })
+            .collect();
+        let mut per_model: Vec<ModelUsage> = by_model
+            .into_iter()
+            .map(|r| ModelUsage {
+                model: r.g,
+                requests: to_u64(r.requests),
+                total_tokens: to_u64(r.total_tokens),
+            })
+            .collect();
         per_key.sort_by(|a, b| {
             b.requests
                 .cmp(&a.requests)
                 .then_with(|| a.key_id.cmp(&b.key_id))
         });
-        let mut per_model: Vec<ModelUsage> = per_model.into_values().collect();
         per_model.sort_by(|a, b| {
             b.requests
                 .cmp(&a.requests)
@@ -258,6 +264,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn buckets_are_monotonic_and_bounded() {
