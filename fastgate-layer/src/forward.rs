@@ -372,7 +372,7 @@ impl Future for ResponseFuture {
                 let mut res = match result {
                     Ok(Ok(res)) => upstream_response(res, *idle),
                     Ok(Err(err)) if err.is_connect() => {
-                        tracing::warn!(target = %target.0, error = %err, "upstream unreachable");
+                        tracing::warn!(upstream = %target.0, error = %err, "upstream unreachable");
                         rejection(
                             StatusCode::BAD_GATEWAY,
                             "upstream_unreachable",
@@ -381,7 +381,7 @@ impl Future for ResponseFuture {
                         )
                     }
                     Ok(Err(err)) => {
-                        tracing::warn!(target = %target.0, error = %err, "upstream request failed");
+                        tracing::warn!(upstream = %target.0, error = %err, "upstream request failed");
                         rejection(
                             StatusCode::BAD_GATEWAY,
                             "upstream_error",
@@ -390,7 +390,7 @@ impl Future for ResponseFuture {
                         )
                     }
                     Err(_elapsed) => {
-                        tracing::warn!(target = %target.0, "upstream response timed out");
+                        tracing::warn!(upstream = %target.0, "upstream response timed out");
                         rejection(
                             StatusCode::GATEWAY_TIMEOUT,
                             "upstream_timeout",
