@@ -305,7 +305,12 @@ pub fn find_model(json: &[u8]) -> Option<String> {
                 return None;
             }
             let (vs, ve) = p.string()?;
-            let mut model: String = serde_json::from_slice(&json[vs..ve]).ok()?;
+            let raw = &json[vs + 1..ve - 1];
+            let mut model: String = if raw.contains(&b'\\') {
+                serde_json::from_slice(&json[vs..ve]).ok()?
+            } else {
+                String::from_utf8(raw.to_vec()).ok()?
+            };
             if model.len() > MAX_MODEL_LEN {
                 let mut cut = MAX_MODEL_LEN;
                 while !model.is_char_boundary(cut) {
