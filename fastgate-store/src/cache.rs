@@ -34,6 +34,9 @@ pub(crate) struct KeyCache {
     capacity: usize,
     /// Until when stale entries are served without asking the database (after a failure).
     db_failed_until: Mutex<Option<Instant>>,
+    /// Hashes the database did not know, with when that was seen. Safe to cache: a secret
+    /// cannot be presented before it exists (256 random bits), and disabled keys are not in here.
+    unknown: Mutex<HashMap<String, Instant>>,
 }
 
 impl KeyCache {
@@ -43,7 +46,25 @@ impl KeyCache {
             generation: AtomicU64::new(0),
             capacity: capacity.max(1),
             db_failed_until: Mutex::new(None),
+            unknown: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn is_known_unknown(&self, hash: &str, ttl: std::time::Duration) -> bool {
+        lock(&self.unknown)
+            .get(hash)
+            .is_some_and(|seen| seen.elapsed() < ttl)
+    }
+
+    fn remember_unknown(&self, hash: &str, ttl: std::time::Duration) {
+        let mut map = lock(&self.unknown);
+        if map.len() >= self.capacity {
+            map.retain(|_, seen| seen.elapsed() < ttl);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+        }
+        map.insert(hash.to_owned(), Instant::now());
     }
 
     fn get(&self, hash: &str) -> Option<Entry> {
@@ -172,6 +193,10 @@ impl Store {
             }
             other => other,
         };
+        if !ttl.is_zero() && cached.is_none() && inner.cache.is_known_unknown(hash, ttl) {
+            Counters::add(&inner.counters.negative_hits, 1);
+            return Err(ResolveError::Invalid);
+        }
         let db_failing = lock(&inner.cache.db_failed_until).is_some_and(|until| now < until);
         if let Some(e) = &cached {
             let fresh = now.duration_since(e.fetched) < ttl;
@@ -224,6 +249,9 @@ impl Store {
             }
             Ok(None) => {
                 inner.cache.remove(hash);
+                if !ttl.is_zero() {
+                    inner.cache.remember_unknown(hash, ttl);
+                }
                 Err(ResolveError::Invalid)
             }
             Err(err) => {

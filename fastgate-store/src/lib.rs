@@ -137,6 +137,8 @@ pub struct StoreStats {
     pub cache_hits: u64,
     /// Resolutions that queried the database.
     pub cache_misses: u64,
+    /// Unknown keys answered from the negative cache (no database query).
+    pub negative_hits: u64,
     /// Resolutions answered from a stale entry because the database failed.
     pub stale_served: u64,
     /// Lookups that failed on the database.
@@ -157,6 +159,7 @@ pub struct StoreStats {
 pub(crate) struct Counters {
     pub(crate) cache_hits: AtomicU64,
     pub(crate) cache_misses: AtomicU64,
+    pub(crate) negative_hits: AtomicU64,
     pub(crate) stale_served: AtomicU64,
     pub(crate) lookup_errors: AtomicU64,
     pub(crate) invalidations: AtomicU64,
@@ -330,6 +333,7 @@ impl Store {
         StoreStats {
             cache_hits: get(&c.cache_hits),
             cache_misses: get(&c.cache_misses),
+            negative_hits: get(&c.negative_hits),
             stale_served: get(&c.stale_served),
             lookup_errors: get(&c.lookup_errors),
             invalidations: get(&c.invalidations),

@@ -598,6 +598,16 @@ on_backends!(delete_revokes_at_once, |db| {
     ));
     assert!(store.get_key(&k.record.id).await.unwrap().is_none());
     assert!(!store.delete_key(&k.record.id).await.unwrap());
+    // A client looping on a deleted (or never issued) key does not reach the database again.
+    let misses = store.stats().cache_misses;
+    for _ in 0..5 {
+        assert!(matches!(
+            store.resolve_key(&k.secret).await,
+            Err(ResolveError::Invalid)
+        ));
+    }
+    assert_eq!(store.stats().cache_misses, misses);
+    assert_eq!(store.stats().negative_hits, 5);
     assert!(matches!(
         store.resolve_key("fg_never_issued").await,
         Err(ResolveError::Invalid)
