@@ -14,7 +14,7 @@
 //!   also covers other processes on SQLite), and retention purge.
 //!
 //! One SQL dialect serves both backends (`$N` placeholders, BIGINT unix-millisecond times,
-//! runtime `query_as`); [`on_pool!`] runs a statement on whichever pool the store holds.
+//! runtime `query_as`); a private `on_pool!` macro runs a statement on whichever pool the store holds.
 
 use std::str::FromStr;
 use std::sync::Arc;
