@@ -333,7 +333,12 @@ impl Store {
         let hash = hash_key(&secret);
         let now = SystemTime::now();
         let now_ms = to_ms(now);
-        let grace_end = to_ms(now + grace);
+        // Rounded up to the next millisecond: the old secret never gets less than `grace`.
+        let end = now + grace;
+        let partial_ms = end
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|d| d.subsec_nanos() % 1_000_000 != 0);
+        let grace_end = to_ms(end) + i64::from(partial_ms);
         let backend = self.backend();
         let found = on_pool!(&self.inner.db, |pool| {
             let mut tx = pool.begin().await?;
