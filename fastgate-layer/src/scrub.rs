@@ -66,10 +66,41 @@ pub fn hop_by_hop_headers() -> [HeaderName; 9] {
     ]
 }
 
+/// The names to strip, with a mask of their lengths so that most request headers are ruled out
+/// by one bit test instead of comparisons against every name.
+#[derive(Debug)]
+struct StripSet {
+    names: Box<[HeaderName]>,
+    /// Bit `n` set when some name has length `n`; bit 127 for lengths of 127 and more.
+    len_mask: u128,
+}
+
+impl StripSet {
+    fn new(names: Vec<HeaderName>) -> Self {
+        let len_mask = names.iter().fold(0u128, |m, n| m | len_bit(n.as_str()));
+        Self {
+            names: names.into(),
+            len_mask,
+        }
+    }
+
+    fn position(&self, name: &HeaderName) -> Option<usize> {
+        let s = name.as_str();
+        if self.len_mask & len_bit(s) == 0 {
+            return None;
+        }
+        self.names.iter().position(|n| n.as_str() == s)
+    }
+}
+
+fn len_bit(name: &str) -> u128 {
+    1u128 << name.len().min(127)
+}
+
 /// Layer that applies [`ScrubHeaders`].
 #[derive(Clone, Debug)]
 pub struct ScrubHeadersLayer {
-    headers: Arc<[HeaderName]>,
+    headers: Arc<StripSet>,
 }
 
 impl ScrubHeadersLayer {
@@ -82,7 +113,7 @@ impl ScrubHeadersLayer {
             }
         }
         Self {
-            headers: list.into(),
+            headers: Arc::new(StripSet::new(list)),
         }
     }
 
@@ -93,7 +124,7 @@ impl ScrubHeadersLayer {
 
     /// The headers this layer removes (hop-by-hop ones included).
     pub fn headers(&self) -> &[HeaderName] {
-        &self.headers
+        &self.headers.names
     }
 }
 
@@ -120,7 +151,7 @@ impl<S> Layer<S> for ScrubHeadersLayer {
 #[derive(Clone, Debug)]
 pub struct ScrubHeaders<S> {
     inner: S,
-    headers: Arc<[HeaderName]>,
+    headers: Arc<StripSet>,
 }
 
 impl<S> ScrubHeaders<S> {
@@ -158,10 +189,28 @@ where
 }
 
 /// Remove the headers named in `Connection`, then `always`.
-fn scrub(headers: &mut HeaderMap, always: &[HeaderName]) {
+///
+/// One pass over the (few) request headers with cheap name comparisons, then a removal only for
+/// the names actually present: much cheaper than hashing every name of `always` per request.
+fn scrub(headers: &mut HeaderMap, always: &StripSet) {
     remove_connection_listed(headers);
-    for name in always {
-        headers.remove(name);
+    if always.names.len() > 64 {
+        for name in always.names.iter() {
+            headers.remove(name);
+        }
+        return;
+    }
+    // Bit i set when `always.names[i]` is present; nothing is cloned or allocated.
+    let mut hits: u64 = 0;
+    for name in headers.keys() {
+        if let Some(i) = always.position(name) {
+            hits |= 1 << i;
+        }
+    }
+    while hits != 0 {
+        let i = hits.trailing_zeros() as usize;
+        hits &= hits - 1;
+        headers.remove(&always.names[i]);
     }
 }
 
