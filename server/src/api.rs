@@ -111,6 +111,7 @@ pub struct KeyInfo {
     /// Public key id, safe to log.
     pub id: String,
     /// Optional label.
+    #[oai(nullable)]
     pub name: Option<String>,
     /// Owner / tenant label.
     pub source_path: String,
@@ -123,12 +124,14 @@ pub struct KeyInfo {
     /// Last change (RFC 3339).
     pub updated_at: String,
     /// Expiry (RFC 3339), or null for never.
+    #[oai(nullable)]
     pub expires_at: Option<String>,
     /// Whether the key is enabled.
     pub active: bool,
     /// `active`, `disabled` or `expired`.
     pub status: String,
     /// Last successful use (RFC 3339), updated in batches.
+    #[oai(nullable)]
     pub last_used_at: Option<String>,
     /// Requests made with this key, updated in batches.
     pub request_count: u64,
@@ -224,42 +227,53 @@ pub struct AuditEntry {
     /// When the request arrived (RFC 3339).
     pub timestamp: String,
     /// Public id of the key used, if any.
+    #[oai(nullable)]
     pub key_id: Option<String>,
     /// The key's owner label.
+    #[oai(nullable)]
     pub source_path: Option<String>,
     /// Client address.
+    #[oai(nullable)]
     pub client_ip: Option<String>,
     /// Client user agent.
+    #[oai(nullable)]
     pub user_agent: Option<String>,
     /// HTTP method.
     pub method: String,
     /// Path called on the gateway.
     pub path: String,
     /// Backend URL the request went to.
+    #[oai(nullable)]
     pub target_url: Option<String>,
     /// Status sent to the client.
     pub status: u16,
     /// Whether the response was a stream.
     pub is_stream: bool,
     /// Model named in the request.
+    #[oai(nullable)]
     pub model: Option<String>,
     /// Request body bytes.
     pub request_bytes: u64,
     /// Response body bytes.
     pub response_bytes: u64,
     /// Time to first byte, ms.
+    #[oai(nullable)]
     pub ttfb_ms: Option<f64>,
     /// Total duration, ms.
     pub duration_ms: f64,
     /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout` or `rejected`.
     pub outcome: String,
     /// Error code, when the request failed.
+    #[oai(nullable)]
     pub error_code: Option<String>,
     /// Prompt tokens reported by the backend.
+    #[oai(nullable)]
     pub prompt_tokens: Option<u64>,
     /// Completion tokens reported by the backend.
+    #[oai(nullable)]
     pub completion_tokens: Option<u64>,
     /// Total tokens reported by the backend.
+    #[oai(nullable)]
     pub total_tokens: Option<u64>,
 }
 
@@ -301,6 +315,7 @@ pub struct AuditList {
     /// Records, newest first.
     pub items: Vec<AuditEntry>,
     /// Pass as `cursor` to get the next (older) page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -324,6 +339,7 @@ pub struct KeyUsageEntry {
     /// Key id.
     pub key_id: String,
     /// Owner label.
+    #[oai(nullable)]
     pub source_path: Option<String>,
     /// Requests.
     pub requests: u64,
@@ -432,6 +448,21 @@ pub struct AuditHealth {
     pub lost: u64,
 }
 
+/// Key-lookup counters (since start).
+#[derive(Object, Debug)]
+pub struct KeyLookupHealth {
+    /// Lookups answered from the cache.
+    pub cache_hits: u64,
+    /// Lookups that queried the database.
+    pub cache_misses: u64,
+    /// Lookups answered from a stale cache entry because the database failed.
+    pub stale_served: u64,
+    /// Lookups that failed on the database.
+    pub lookup_errors: u64,
+    /// Keys currently cached.
+    pub cached: u64,
+}
+
 /// `GET /health`.
 #[derive(Object, Debug)]
 pub struct Health {
@@ -445,7 +476,10 @@ pub struct Health {
     pub database: DatabaseHealth,
     /// Audit pipeline status.
     pub audit: AuditHealth,
+    /// Key lookups: how many were answered from the cache and how many asked the database.
+    pub keys: KeyLookupHealth,
     /// The most recent internal error, if any (never contains a secret).
+    #[oai(nullable)]
     pub last_error: Option<String>,
 }
 
@@ -470,6 +504,10 @@ enum CreateKeyResponse {
     /// Invalid input.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// No `Content-Type: application/json` on the body (answered before the handler runs).
+    #[oai(status = 415)]
+    #[allow(dead_code)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The database is unavailable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -497,6 +535,10 @@ enum KeyResponse {
     /// Invalid input.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
+    /// No `Content-Type: application/json` on the body (answered before the handler runs).
+    #[oai(status = 415)]
+    #[allow(dead_code)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// No such key.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -511,6 +553,10 @@ enum RotateResponse {
     /// Rotated; `api_key` is the new key, shown this once.
     #[oai(status = 200)]
     Ok(Json<CreatedKey>),
+    /// Invalid input (`grace_seconds` not a number in range; answered before the handler runs).
+    #[oai(status = 400)]
+    #[allow(dead_code)]
+    BadRequest(Json<ErrorBody>),
     /// No such key.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -564,6 +610,10 @@ enum MetricsResponse {
     /// Aggregates.
     #[oai(status = 200)]
     Ok(Json<MetricsReport>),
+    /// Invalid input (unknown `window`; answered before the handler runs).
+    #[oai(status = 400)]
+    #[allow(dead_code)]
+    BadRequest(Json<ErrorBody>),
     /// The database is unavailable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -673,6 +723,16 @@ impl SystemApi {
                 written: stats.written(),
                 retried: stats.retried(),
                 lost: stats.lost(),
+            },
+            keys: {
+                let k = s.store.stats();
+                KeyLookupHealth {
+                    cache_hits: k.cache_hits,
+                    cache_misses: k.cache_misses,
+                    stale_served: k.stale_served,
+                    lookup_errors: k.lookup_errors,
+                    cached: s.store.cached_keys() as u64,
+                }
             },
             last_error: s.last_error(),
         };

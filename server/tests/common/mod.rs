@@ -360,3 +360,326 @@ pub fn chat_body(stream: bool) -> String {
     })
     .to_string()
 }
+
+// === fault injection: a raw-TCP upstream that misbehaves on purpose ===
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How a [`FaultUpstream`] answers every request.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// A complete response with this status, JSON body and optional `Retry-After`.
+    Status {
+        status: u16,
+        body: &'static str,
+        retry_after: Option<&'static str>,
+    },
+    /// Read the request, never send response headers (the connection stays open).
+    NeverAnswer,
+    /// Send SSE headers and this many events, then stay silent with the connection open.
+    StallAfter(usize),
+    /// Send SSE headers and this many events, then reset the connection (RST).
+    ResetAfter(usize),
+    /// Stream this many events `gap` apart, then `[DONE]`; notices when the gateway hangs up.
+    Slow { events: usize, gap: Duration },
+}
+
+/// Counters of a [`FaultUpstream`].
+#[derive(Debug, Default)]
+pub struct FaultCounters {
+    /// Connections accepted so far.
+    pub accepted: AtomicUsize,
+    /// Connections open right now.
+    pub live: AtomicUsize,
+    /// Requests read.
+    pub requests: AtomicUsize,
+    /// Streams the gateway hung up on before the upstream finished them.
+    pub dropped_mid_stream: AtomicUsize,
+    /// Streams sent to the end.
+    pub finished: AtomicUsize,
+}
+
+/// An upstream on 127.0.0.1 speaking HTTP/1.1 by hand, so it can stall, reset and count.
+#[derive(Clone, Debug)]
+pub struct FaultUpstream {
+    pub addr: SocketAddr,
+    pub counters: Arc<FaultCounters>,
+}
+
+/// One SSE chunk as the fault upstream sends it (also what the client must receive).
+pub fn fault_event(i: usize) -> String {
+    format!(
+        "data: {{\"id\":\"f\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"e{i}\"}}}}]}}\n\n"
+    )
+}
+
+struct LiveGuard(Arc<FaultCounters>);
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Read one request (head and `Content-Length` body); `false` when the peer closed first.
+async fn read_request(sock: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = Vec::with_capacity(4096);
+    let mut tmp = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        match sock.read(&mut tmp).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < len {
+        match sock.read(&mut tmp).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => have += n,
+        }
+    }
+    true
+}
+
+fn chunk(data: &str) -> Vec<u8> {
+    format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// `true` when the peer hung up (or sent anything) within `wait`.
+async fn peer_gone(sock: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut b = [0u8; 64];
+    tokio::time::timeout(wait, sock.read(&mut b)).await.is_ok()
+}
+
+async fn serve_fault(mut sock: tokio::net::TcpStream, fault: Fault, c: Arc<FaultCounters>) {
+    loop {
+        if !read_request(&mut sock).await {
+            return;
+        }
+        c.requests.fetch_add(1, Ordering::SeqCst);
+        match &fault {
+            Fault::Status {
+                status,
+                body,
+                retry_after,
+            } => {
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                    body.len()
+                );
+                if let Some(r) = retry_after {
+                    head.push_str(&format!("retry-after: {r}\r\n"));
+                }
+                head.push_str("\r\n");
+                head.push_str(body);
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Fault::NeverAnswer => {
+                // Hold the connection until the gateway gives up (bounded).
+                let _ = peer_gone(&mut sock, Duration::from_secs(60)).await;
+                return;
+            }
+            Fault::StallAfter(n) | Fault::ResetAfter(n) => {
+                let mut out = SSE_HEAD.to_vec();
+                for i in 0..*n {
+                    out.extend(chunk(&fault_event(i)));
+                }
+                if sock.write_all(&out).await.is_err() {
+                    return;
+                }
+                let _ = sock.flush().await;
+                if matches!(fault, Fault::ResetAfter(_)) {
+                    // Let the bytes leave, then RST instead of FIN.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Linger 0 makes the close an immediate RST (nothing to block on).
+                    #[allow(deprecated)]
+                    let _ = sock.set_linger(Some(Duration::ZERO));
+                    return;
+                }
+                if peer_gone(&mut sock, Duration::from_secs(60)).await {
+                    c.dropped_mid_stream.fetch_add(1, Ordering::SeqCst);
+                }
+                return;
+            }
+            Fault::Slow { events, gap } => {
+                if sock.write_all(SSE_HEAD).await.is_err() {
+                    return;
+                }
+                for i in 0..*events {
+                    if sock.write_all(&chunk(&fault_event(i))).await.is_err()
+                        || peer_gone(&mut sock, *gap).await
+                    {
+                        c.dropped_mid_stream.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                let mut tail = chunk("data: [DONE]\n\n");
+                tail.extend_from_slice(b"0\r\n\r\n");
+                if sock.write_all(&tail).await.is_err() {
+                    c.dropped_mid_stream.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                c.finished.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl FaultUpstream {
+    pub async fn start(fault: Fault) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters: Arc<FaultCounters> = Arc::default();
+        let c = counters.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.accepted.fetch_add(1, Ordering::SeqCst);
+                c.live.fetch_add(1, Ordering::SeqCst);
+                let guard = LiveGuard(c.clone());
+                let (fault, c) = (fault.clone(), c.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    serve_fault(sock, fault, c).await;
+                });
+            }
+        });
+        Self { addr, counters }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn live(&self) -> usize {
+        self.counters.live.load(Ordering::SeqCst)
+    }
+
+    pub fn dropped(&self) -> usize {
+        self.counters.dropped_mid_stream.load(Ordering::SeqCst)
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds; panics with `what` after `within`.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Send raw bytes to `127.0.0.1:port` and return everything the server answers (bounded).
+pub async fn raw_http(port: u16, request: &[u8]) -> String {
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The server may answer and close before it read everything (431); ignore write errors.
+    let _ = sock.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 answer (0 when there is none).
+pub fn raw_status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Fastgate {
+    /// A fresh gateway key for `source_path`.
+    pub async fn key(&self, source_path: &str) -> String {
+        self.create_key(source_path).await["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `GET /health`: status code and JSON.
+    pub async fn health(&self) -> (u16, serde_json::Value) {
+        let r = self.http.get(self.url("/health")).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// A proxied chat request with `key` in `X-API-Key`.
+    pub async fn chat(&self, key: &str, stream: bool) -> reqwest::Response {
+        self.http
+            .post(self.proxy_url())
+            .header("X-API-Key", key)
+            .header("content-type", "application/json")
+            .body(chat_body(stream))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Poll `/admin/logs/{request_id}` until the row is there.
+    pub async fn wait_audit(&self, request_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.admin_get(&format!("/admin/logs/{request_id}")).await;
+            if r.status() == 200 {
+                return r.json().await.unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit row for {request_id} (last status {})",
+                r.status()
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// Start the binary again on the same config, database and log file (after it exited).
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_healthy().await;
+    }
+
+    /// Open the gateway's SQLite file directly (a second pool, as another process would).
+    pub async fn open_store(&self) -> fastgate_store::Store {
+        fastgate_store::Store::connect(
+            &format!("sqlite:///{}", self.db_path().display()),
+            fastgate_store::StoreOptions::default(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// The request id a response carries.
+pub fn request_id(res: &reqwest::Response) -> String {
+    res.headers()["x-request-id"].to_str().unwrap().to_owned()
+}

@@ -1,0 +1,512 @@
+//! Hostile input against the real `fastgate` binary: malformed keys, secrets leaking, oversized
+//! bodies and headers, bad admin input, path traversal. Raw paths and header bytes go over a raw
+//! TCP socket, because reqwest would normalise or refuse them.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn lookups(h: &Value) -> (u64, u64) {
+    (
+        h["keys"]["cache_hits"].as_u64().unwrap(),
+        h["keys"]["cache_misses"].as_u64().unwrap(),
+    )
+}
+
+fn post_with(port: u16, headers: &[u8], body: &str) -> Vec<u8> {
+    let mut req = format!(
+        "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(headers);
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body.as_bytes());
+    req
+}
+
+#[tokio::test]
+async fn malformed_keys_get_401_without_a_database_lookup() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let long = format!("X-API-Key: fg_{}\r\n", "a".repeat(300));
+    let hostile: Vec<Vec<u8>> = vec![
+        b"X-API-Key: \r\n".to_vec(),
+        long.into_bytes(),
+        "X-API-Key: fg_ключ_ü\r\n".as_bytes().to_vec(),
+        b"X-API-Key: fg_abc def\r\n".to_vec(),
+        b"X-API-Key: fg_abc\tdef\r\n".to_vec(),
+        b"X-API-Key: ' OR '1'='1' --\r\n".to_vec(),
+        b"X-API-Key: fg_\xff\xfe\r\n".to_vec(),
+        b"Authorization: Basic dXNlcjpwYXNz\r\n".to_vec(),
+        b"Authorization: Bearer\r\n".to_vec(),
+        b"Authorization: Bearer \r\n".to_vec(),
+        b"Authorization: Bearerfg_abc\r\n".to_vec(),
+        b"Authorization: Bearer fg_a b\r\n".to_vec(),
+        b"Authorization: Bearer fg_\x01abc\r\n".to_vec(),
+        b"Authorization: Bearer fg_abc\r\n X-Injected: yes\r\n".to_vec(),
+        b"Authorization: Token fg_abc\r\n".to_vec(),
+        b"Authorization: Bearer fg_\xc3\xa9t\xc3\xa9\r\n".to_vec(),
+    ];
+    let (_, before) = fg.health().await;
+    for h in &hostile {
+        let answer = raw_http(fg.port, &post_with(fg.port, h, &chat_body(false))).await;
+        let status = raw_status(&answer);
+        // Control characters and folded lines are refused by the HTTP parser (400) before the
+        // gateway sees them; everything else is the gateway's 401.
+        assert!(
+            status == 401 || status == 400,
+            "{:?} → {status}: {answer}",
+            String::from_utf8_lossy(h)
+        );
+        if status == 401 {
+            assert!(
+                answer.contains("\"invalid_api_key\"") || answer.contains("\"missing_api_key\""),
+                "{answer}"
+            );
+        }
+        assert!(!answer.contains("X-Injected"), "{answer}");
+    }
+    let (_, after) = fg.health().await;
+    assert_eq!(
+        lookups(&before),
+        lookups(&after),
+        "malformed keys must not reach the key store"
+    );
+    assert_eq!(up.count(), 0, "nothing reached the backend");
+
+    // Control: a well-formed unknown key is one lookup, so the counters do see lookups.
+    let answer = raw_http(
+        fg.port,
+        &post_with(fg.port, b"X-API-Key: fg_wellformedButUnknown123\r\n", "{}"),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 401);
+    let (_, control) = fg.health().await;
+    assert_eq!(lookups(&control).1, lookups(&after).1 + 1);
+}
+
+#[tokio::test]
+async fn keys_and_secrets_never_reach_logs_error_bodies_audit_or_config() {
+    let up = Upstream::start().await;
+    let mut fg = Fastgate::start(&up.url()).await;
+    let mut secrets: Vec<String> = vec![ADMIN_TOKEN.into(), REAL_KEY.into()];
+    let created = fg.create_key("u1").await;
+    let key1 = created["api_key"].as_str().unwrap().to_owned();
+    let key2 = fg.key("u2").await;
+    secrets.push(key1.clone());
+    secrets.push(key2.clone());
+
+    // Use the keys both ways, plain and streamed.
+    let res = fg.chat(&key1, true).await;
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap();
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("Authorization", format!("Bearer {key2}"))
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Rotate: the new secret is also a secret.
+    let rotated: Value = fg
+        .http
+        .post(fg.url(&format!(
+            "/admin/keys/{}/rotate?grace_seconds=60",
+            created["id"].as_str().unwrap()
+        )))
+        .header("x-admin-token", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key3 = rotated["api_key"].as_str().unwrap().to_owned();
+    secrets.push(key3.clone());
+    assert_eq!(fg.chat(&key3, false).await.status(), 200);
+
+    // Wrong and unknown credentials: the error body never echoes them.
+    let unknown = "fg_unknownKeyThatLooksReal0123456789abcdef".to_owned();
+    let wrong_admin = "wrong-admin-token-7d1e".to_owned();
+    secrets.push(unknown.clone());
+    secrets.push(wrong_admin.clone());
+    let res = fg.chat(&unknown, false).await;
+    assert_eq!(res.status(), 401);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains(&unknown), "{body}");
+    let res = fg
+        .http
+        .get(fg.url(&format!("/admin/keys?token={wrong_admin}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(!res.text().await.unwrap().contains(&wrong_admin));
+    // The admin token in the query string (M-FastGate's way) is not logged either.
+    let res = fg
+        .http
+        .get(fg.url(&format!("/admin/logs?token={ADMIN_TOKEN}&limit=5")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let logs = res.text().await.unwrap();
+    // The effective config shows neither the admin token nor the real key.
+    let config = fg.admin_get("/admin/config").await.text().await.unwrap();
+    assert!(config.contains("******"), "{config}");
+    for s in &secrets {
+        assert!(!config.contains(s.as_str()), "/admin/config leaks a secret");
+        assert!(!logs.contains(s.as_str()), "/admin/logs leaks a secret");
+    }
+    // The backend got the real key, never a gateway key.
+    for seen in up.seen.lock().unwrap().iter() {
+        assert_eq!(seen.headers["authorization"], format!("Bearer {REAL_KEY}"));
+        for k in [&key1, &key2, &key3] {
+            assert!(!format!("{:?}", seen.headers).contains(k.as_str()));
+        }
+    }
+
+    // Stop cleanly so that logs and the audit are flushed, then grep the files.
+    fg.signal("TERM");
+    assert_eq!(fg.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let mut files = vec![fg.log.clone()];
+    for ext in ["", "-wal", "-shm"] {
+        let p = std::path::PathBuf::from(format!("{}{ext}", fg.db_path().display()));
+        if p.exists() {
+            files.push(p);
+        }
+    }
+    let log = fg.logs();
+    assert!(
+        log.contains("rejected admin request"),
+        "the log is captured"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for s in &secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{} contains the secret {}…",
+                f.display(),
+                &s[..6]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &up.url(),
+        |y| *y = y.replace("  timeout: 5\n", "  timeout: 5\n  max_body_bytes: 2048\n"),
+        &[],
+    )
+    .await;
+    let key = fg.key("u").await;
+
+    // Over the limit with a Content-Length, and streamed without one.
+    let big = "x".repeat(4096);
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let rid = request_id(&res);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "request_too_large");
+    assert_eq!(fg.wait_audit(&rid).await["status"], 413);
+    let chunks: Vec<Result<String, std::io::Error>> = (0..8).map(|_| Ok("y".repeat(512))).collect();
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    // Without a Content-Length the gateway streams the body and cuts it at the limit: the client
+    // gets 413 (or its upload is cut), and the backend never receives more than the limit.
+    if let Ok(res) = res {
+        let status = res.status();
+        let rid = request_id(&res);
+        let text = res.text().await.unwrap_or_default();
+        assert_eq!(status, 413, "{text}");
+        assert_eq!(fg.wait_audit(&rid).await["status"], 413);
+    }
+    for seen in up.seen.lock().unwrap().iter() {
+        assert!(
+            seen.body.len() <= 2048,
+            "the backend got {} bytes",
+            seen.body.len()
+        );
+    }
+    let before_json = up.count();
+
+    // Invalid JSON: forwarded byte for byte, answered by the backend, audited.
+    let junk = "{\"model\": \"gpt\", not json at all \u{1F600}";
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .header("content-type", "application/json")
+        .body(junk)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let rid = request_id(&res);
+    assert_eq!(up.count(), before_json + 1);
+    assert_eq!(up.last().body, junk.as_bytes());
+    let row = fg.wait_audit(&rid).await;
+    assert_eq!(row["outcome"], "completed");
+    assert_eq!(row["request_bytes"], junk.len() as u64);
+
+    // Huge headers: one enormous header, and very many small ones.
+    let huge = format!("x-big: {}\r\n", "a".repeat(512 * 1024));
+    let answer = raw_http(fg.port, &post_with(fg.port, huge.as_bytes(), "{}")).await;
+    assert_eq!(
+        raw_status(&answer),
+        431,
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    let many: String = (0..500).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let answer = raw_http(fg.port, &post_with(fg.port, many.as_bytes(), "{}")).await;
+    assert_eq!(
+        raw_status(&answer),
+        431,
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    // The gateway is still fine afterwards.
+    assert_eq!(fg.chat(&key, false).await.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_admin_input_gets_4xx_json_never_500() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let id = fg.create_key("u").await["id"].as_str().unwrap().to_owned();
+    let huge = "9".repeat(40);
+    let cases: Vec<(&str, String, Option<&str>, u16)> = vec![
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path": {"a": 1}}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path": ["u"]}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":"u","expires_days":-5}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":"u","expires_days":0}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":"u","expires_days":"ten"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":"u","expires_days":1e400}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":"u","permissions":"chat"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":"u","permissions":["a b"]}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":""}"#),
+            400,
+        ),
+        ("POST", "/admin/keys".into(), Some("not json"), 400),
+        ("POST", "/admin/keys".into(), Some("[]"), 400),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(r#"{"source_path":"u","expires_days":3,"never_expires":true}"#),
+            400,
+        ),
+        ("GET", format!("/admin/keys?limit={huge}"), None, 400),
+        ("GET", "/admin/keys?limit=-1".into(), None, 400),
+        ("GET", "/admin/keys?offset=-1".into(), None, 400),
+        ("GET", "/admin/keys?active=maybe".into(), None, 400),
+        ("GET", "/admin/logs?limit=100000".into(), None, 400),
+        ("GET", "/admin/logs?limit=0".into(), None, 400),
+        (
+            "GET",
+            "/admin/logs?cursor=%27%3B%20DROP%20TABLE%20audit_log%3B--".into(),
+            None,
+            400,
+        ),
+        ("GET", "/admin/logs?since=yesterday".into(), None, 400),
+        ("GET", "/admin/logs?status=6xx".into(), None, 400),
+        ("GET", "/admin/logs?is_stream=perhaps".into(), None, 400),
+        ("GET", "/admin/metrics?window=1y".into(), None, 400),
+        ("GET", "/admin/keys/k_doesnotexist".into(), None, 404),
+        (
+            "GET",
+            "/admin/keys/%27%20OR%20%271%27%3D%271".into(),
+            None,
+            404,
+        ),
+        (
+            "PATCH",
+            "/admin/keys/k_nope".into(),
+            Some(r#"{"name":"x"}"#),
+            404,
+        ),
+        (
+            "PATCH",
+            format!("/admin/keys/{id}"),
+            Some(r#"{"expires_days":-1}"#),
+            400,
+        ),
+        (
+            "PATCH",
+            format!("/admin/keys/{id}"),
+            Some(r#"{"active":"yes"}"#),
+            400,
+        ),
+        ("DELETE", "/admin/keys/k_nope".into(), None, 404),
+        ("POST", "/admin/keys/k_nope/rotate".into(), Some("{}"), 404),
+        (
+            "POST",
+            format!("/admin/keys/{id}/rotate?grace_seconds=-1"),
+            None,
+            400,
+        ),
+        (
+            "POST",
+            format!("/admin/keys/{id}/rotate?grace_seconds={huge}"),
+            None,
+            400,
+        ),
+        ("GET", "/admin/logs/not-a-request-id".into(), None, 404),
+        ("GET", "/admin/logs/%27%3B--".into(), None, 404),
+        ("GET", "/admin/nothing-here".into(), None, 404),
+    ];
+    for (method, path, body, want) in &cases {
+        let mut req = fg
+            .http
+            .request(method.parse().unwrap(), fg.url(path))
+            .header("x-admin-token", ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(*b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        assert_eq!(status, *want, "{method} {path} {body:?} → {status} {text}");
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert!(v["error"]["code"].is_string(), "{method} {path}: {text}");
+    }
+    // SQL metacharacters in filters are just text: an empty answer, not an error.
+    for q in [
+        "/admin/keys?source_path=%27%20OR%201%3D1%20--",
+        "/admin/logs?model=x%27%3B%20DROP%20TABLE%20keys%3B--&key_id=%25&source_path=%22",
+    ] {
+        let res = fg.admin_get(q).await;
+        assert_eq!(res.status(), 200, "{q}");
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 0, "{q}: {v}");
+    }
+    // Nothing was damaged.
+    let v: Value = fg.admin_get("/admin/keys").await.json().await.unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[tokio::test]
+async fn static_path_traversal_is_404_and_never_bypasses_the_admin_guard() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let paths = [
+        "/admin/ui/../../etc/passwd",
+        "/admin/ui/../../../../../../etc/passwd",
+        "/admin/ui/%2e%2e/%2e%2e/etc/passwd",
+        "/admin/ui/%2E%2E/%2E%2E/etc/passwd",
+        "/admin/ui/..%2f..%2fetc%2fpasswd",
+        "/admin/ui/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/admin/ui/%252e%252e/%252e%252e/etc/passwd",
+        "/admin/ui/..%252f..%252fetc%252fpasswd",
+        "/admin/ui/..\\..\\etc\\passwd",
+        "/admin/ui/..%5c..%5cetc%5cpasswd",
+        "/admin/ui/....//....//etc/passwd",
+        "/admin/ui/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd",
+        "/admin/ui/./../Cargo.toml",
+        "/admin/ui//etc/passwd",
+        "/admin/ui/%2e%2e/%2e%2e/Cargo.toml",
+        "/admin/ui/index.html%00.js",
+    ];
+    for p in paths {
+        let req = format!("GET {p} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+        let answer = raw_http(fg.port, req.as_bytes()).await;
+        let status = raw_status(&answer);
+        assert!(
+            status == 404 || status == 400,
+            "{p} → {status}: {}",
+            &answer[..answer.len().min(300)]
+        );
+        assert!(!answer.contains("root:"), "{p} leaked /etc/passwd");
+        assert!(!answer.contains("[workspace]"), "{p} leaked a file");
+    }
+    // The dashboard prefix must not be a way around the admin token.
+    for p in [
+        "/admin/ui/../keys",
+        "/admin/ui/%2e%2e/keys",
+        "/admin/ui/..%2fkeys",
+        "/admin/ui/../config",
+    ] {
+        let req = format!("GET {p} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+        let answer = raw_http(fg.port, req.as_bytes()).await;
+        let status = raw_status(&answer);
+        assert!(
+            status == 404 || status == 401 || status == 400,
+            "{p} → {status}: {}",
+            &answer[..answer.len().min(300)]
+        );
+        assert!(!answer.contains("\"items\""), "{p} bypassed the guard");
+        assert!(!answer.contains("admin_token"), "{p} bypassed the guard");
+    }
+    // The real files are still served.
+    let req = "GET /admin/ui/ HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw_status(&raw_http(fg.port, req.as_bytes()).await), 200);
+}
