@@ -55,10 +55,21 @@ enum Mode {
         #[arg(long, default_value_t = 2)]
         warmup: u64,
     },
-    /// Sequential streaming requests, alternating between the URLs.
+    /// Sequential streaming requests, alternating between the URLs. With `--serve PORT` this
+    /// process is also the SSE upstream on 127.0.0.1:PORT: every event carries its send instant,
+    /// so the delay each event picks up on the way is measured exactly, per event.
     Stream {
         #[arg(long, default_value_t = 20)]
         count: usize,
+        /// Serve the SSE upstream on this loopback port.
+        #[arg(long)]
+        serve: Option<u16>,
+        /// Events per stream (served upstream).
+        #[arg(long, default_value_t = 8)]
+        events: usize,
+        /// Milliseconds between events (served upstream).
+        #[arg(long, default_value_t = 50)]
+        gap_ms: u64,
     },
     /// Open `count` streams at once, wait until each has its first event, hold, then close.
     Hold {
@@ -143,7 +154,24 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Mode::Stream { count } => rt.block_on(stream_run(&target, &args.url, count)),
+        Mode::Stream {
+            count,
+            serve,
+            events,
+            gap_ms,
+        } => {
+            let epoch = Instant::now();
+            if let Some(port) = serve {
+                let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))?;
+                rt.spawn(serve_sse(
+                    listener,
+                    epoch,
+                    events,
+                    Duration::from_millis(gap_ms),
+                ));
+            }
+            rt.block_on(stream_run(&target, &args.url, count, epoch))
+        }
         Mode::Hold { count, hold_ms } => {
             rt.block_on(hold_run(&target, &args.url[0], count, hold_ms))
         }
@@ -229,41 +257,129 @@ fn print_percentiles(url: &str, lat: &mut [u64]) {
     );
 }
 
-/// Arrival time (from the send) of each SSE event of one streamed request.
-async fn stream_once(target: &Target, url: &str) -> anyhow::Result<Vec<Duration>> {
+/// The served SSE upstream: `events` events `gap` apart (a dedicated thread sleeps to each
+/// instant, so the runtime's millisecond timer does not blur the schedule), each carrying
+/// `"t_ns"`, its send instant since `epoch`; then `data: [DONE]`.
+async fn serve_sse(
+    listener: tokio::net::TcpListener,
+    epoch: Instant,
+    events: usize,
+    gap: Duration,
+) {
+    use hyper::body::Frame;
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |req: Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(events + 2);
+                    std::thread::spawn(move || {
+                        let start = Instant::now();
+                        for i in 0..events {
+                            let at = start + gap * u32::try_from(i).unwrap_or(0);
+                            let now = Instant::now();
+                            if at > now {
+                                std::thread::sleep(at - now);
+                            }
+                            let t = epoch.elapsed().as_nanos();
+                            let ev = format!(
+                                "data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}}}}],\"t_ns\":{t}}}\n\n"
+                            );
+                            if tx.blocking_send(Bytes::from(ev)).is_err() {
+                                return;
+                            }
+                        }
+                        let _ = tx.blocking_send(Bytes::from_static(b"data: [DONE]\n\n"));
+                    });
+                    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(
+                        rx,
+                        |mut rx| async move {
+                            rx.recv()
+                                .await
+                                .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+                        },
+                    ));
+                    let mut res = hyper::Response::new(body);
+                    res.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("text/event-stream"),
+                    );
+                    Ok::<_, std::convert::Infallible>(res)
+                },
+            );
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// `"t_ns":N` in an event, if present.
+fn event_t_ns(event: &[u8]) -> Option<u128> {
+    let key = b"\"t_ns\":";
+    let at = event.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = event[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// For each SSE event of one streamed request: its arrival (from the send) and, when the event
+/// carries its send instant, the transit time (arrival minus send instant).
+async fn stream_once(
+    target: &Target,
+    url: &str,
+    epoch: Instant,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let sent = Instant::now();
     let res = target.client.request(target.request(url)?).await?;
     anyhow::ensure!(res.status().is_success(), "{url}: status {}", res.status());
     let mut body = res.into_body();
     let mut arrivals = Vec::new();
+    let mut transits = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Some(frame) = body.frame().await {
         let frame = frame?;
         let at = sent.elapsed();
+        let since_epoch = epoch.elapsed().as_nanos();
         if let Some(data) = frame.data_ref() {
             tail.extend_from_slice(data);
             while let Some(pos) = tail.windows(2).position(|w| w == b"\n\n") {
                 arrivals.push(at);
+                if let Some(t) = event_t_ns(&tail[..pos]) {
+                    let ns = since_epoch.saturating_sub(t);
+                    transits.push(Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)));
+                }
                 tail.drain(..pos + 2);
             }
         }
         anyhow::ensure!(Instant::now() < deadline, "{url}: stream longer than 10 s");
     }
-    Ok(arrivals)
+    Ok((arrivals, transits))
 }
 
-async fn stream_run(target: &Target, urls: &[String], count: usize) -> anyhow::Result<()> {
-    // Per URL: per event index, the arrival offsets over all requests.
+async fn stream_run(
+    target: &Target,
+    urls: &[String],
+    count: usize,
+    epoch: Instant,
+) -> anyhow::Result<()> {
+    // Per URL: per event index, the arrival offsets over all requests; all transit times.
     let mut per_url: Vec<Vec<Vec<Duration>>> = vec![Vec::new(); urls.len()];
+    let mut transit: Vec<Vec<Duration>> = vec![Vec::new(); urls.len()];
     for _ in 0..2 {
         for url in urls {
-            stream_once(target, url).await?; // warm-up: connections, caches
+            stream_once(target, url, epoch).await?; // warm-up: connections, caches
         }
     }
     for _ in 0..count {
         for (u, url) in urls.iter().enumerate() {
-            let arrivals = stream_once(target, url).await?;
+            let (arrivals, transits) = stream_once(target, url, epoch).await?;
+            transit[u].extend(transits);
             let slots = &mut per_url[u];
             if slots.len() < arrivals.len() {
                 slots.resize(arrivals.len(), Vec::new());
@@ -290,11 +406,17 @@ async fn stream_run(target: &Target, urls: &[String], count: usize) -> anyhow::R
             .iter()
             .map(|v| format!("{:.2}", ms(median(v))))
             .collect();
+        let mut tr = transit[u].clone();
+        tr.sort_unstable();
         println!(
-            "stream url={url} events={} ttfb_p50_ms={:.3} ttfb_max_ms={:.3} event_offsets_p50_ms={}",
+            "stream url={url} events={} ttfb_p50_ms={:.3} ttfb_max_ms={:.3} transit_n={} transit_p50_ms={:.3} transit_p99_ms={:.3} transit_max_ms={:.3} event_offsets_p50_ms={}",
             slots.len(),
             ms(ttfb),
             ms(ttfb_max),
+            tr.len(),
+            ms(tr.get(tr.len() / 2).copied().unwrap_or_default()),
+            ms(tr.get(tr.len() * 99 / 100).copied().unwrap_or_default()),
+            ms(tr.last().copied().unwrap_or_default()),
             offsets.join(",")
         );
     }
