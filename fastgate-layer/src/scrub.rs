@@ -1,10 +1,11 @@
 //! Strip client credentials and hop-by-hop headers before a request leaves the gateway.
 //!
 //! [`ScrubHeadersLayer`] removes a configurable list ([`default_strip_headers`]: `host`,
-//! `x-api-key`, `authorization`, `x-forwarded-for`) and **always** the RFC 9110 hop-by-hop headers
-//! (`connection`, `keep-alive`, `proxy-connection`, `te`, `trailer`, `transfer-encoding`,
-//! `upgrade`, `proxy-authorization`, `proxy-authenticate`) plus every header named in
-//! `Connection`. It adds no `X-Forwarded-For` or `Forwarded` of its own. Every other header,
+//! `x-api-key`, `authorization`, `x-forwarded-for`) and **always** the client's credentials
+//! (`authorization`, `x-api-key`: the gateway key must never reach the upstream, whatever the
+//! configured list says), the RFC 9110 hop-by-hop headers (`connection`, `keep-alive`,
+//! `proxy-connection`, `te`, `trailer`, `transfer-encoding`, `upgrade`, `proxy-authorization`,
+//! `proxy-authenticate`) plus every header named in `Connection`. It adds no `X-Forwarded-For` or `Forwarded` of its own. Every other header,
 //! unknown ones included, passes unchanged.
 //!
 //! Place it after auth (auth needs the client's key) and before
@@ -104,10 +105,12 @@ pub struct ScrubHeadersLayer {
 }
 
 impl ScrubHeadersLayer {
-    /// Remove `headers` (e.g. [`default_strip_headers`]) plus the hop-by-hop headers.
+    /// Remove `headers` (e.g. [`default_strip_headers`]) plus the client's credentials and the
+    /// hop-by-hop headers.
     pub fn new(headers: impl IntoIterator<Item = HeaderName>) -> Self {
         let mut list: Vec<HeaderName> = headers.into_iter().collect();
-        for h in hop_by_hop_headers() {
+        let credentials = [header::AUTHORIZATION, HeaderName::from_static("x-api-key")];
+        for h in credentials.into_iter().chain(hop_by_hop_headers()) {
             if !list.contains(&h) {
                 list.push(h);
             }
@@ -290,13 +293,20 @@ mod tests {
             }));
         let req = Request::builder()
             .header("x-drop", "1")
-            .header("x-api-key", "kept-because-not-listed")
+            .header("x-api-key", "fg_client-key")
+            .header("authorization", "Bearer fg_client-key")
+            .header("x-forwarded-for", "10.0.0.1")
             .body(())
             .unwrap();
         let h = svc.oneshot(req).await.unwrap();
         assert!(h.get("x-drop").is_none());
-        assert!(h.get("x-api-key").is_some());
-        assert!(h.get("forwarded").is_none() && h.get("x-forwarded-for").is_none());
+        // Credentials go whatever the configured list says; x-forwarded-for was not listed.
+        assert!(h.get("x-api-key").is_none() && h.get("authorization").is_none());
+        assert_eq!(
+            h["x-forwarded-for"], "10.0.0.1",
+            "passed through as received"
+        );
+        assert!(h.get("forwarded").is_none(), "none added");
     }
 
     #[test]

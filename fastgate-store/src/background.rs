@@ -128,13 +128,14 @@ impl Store {
                     Event::Notified(Ok(Some(n))) => store.invalidate_key(n.payload()),
                     Event::Notified(Ok(None)) => {
                         // The connection dropped; PgListener reconnects on the next call, and
-                        // anything sent meanwhile is lost.
-                        store.invalidate_all();
+                        // anything sent meanwhile is lost: re-validate every cached key, but keep
+                        // serving them if the database itself is what went away.
+                        store.expire_all();
                     }
                     Event::Notified(Err(e)) => {
                         tracing::warn!(error = %e, "key change listener failed; reconnecting on next poll");
                         listener = None;
-                        store.invalidate_all();
+                        store.expire_all();
                     }
                 }
             }

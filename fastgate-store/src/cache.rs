@@ -23,6 +23,9 @@ struct Entry {
     fetched: Instant,
     /// End of the rotation grace period for this hash; `None` = current secret.
     valid_until: Option<SystemTime>,
+    /// Set when change notifications may have been missed: the entry must be re-validated, but
+    /// is still served if the database cannot answer.
+    stale: bool,
 }
 
 /// Resolved keys by SHA-256 hash.
@@ -95,6 +98,16 @@ impl KeyCache {
         let mut map = lock(&self.map);
         self.generation.fetch_add(1, Ordering::AcqRel);
         map.retain(|_, e| &*e.identity.key_id != key_id);
+    }
+
+    /// Keep every entry, but make the next lookup of each ask the database (serving the entry
+    /// only if the database fails).
+    pub(crate) fn mark_stale(&self) {
+        let mut map = lock(&self.map);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for e in map.values_mut() {
+            e.stale = true;
+        }
     }
 
     /// Drop everything.
@@ -199,7 +212,7 @@ impl Store {
         }
         let db_failing = lock(&inner.cache.db_failed_until).is_some_and(|until| now < until);
         if let Some(e) = &cached {
-            let fresh = now.duration_since(e.fetched) < ttl;
+            let fresh = !e.stale && now.duration_since(e.fetched) < ttl;
             if fresh || db_failing {
                 Counters::add(
                     if fresh {
@@ -240,6 +253,7 @@ impl Store {
                         identity: identity.clone(),
                         fetched: now,
                         valid_until,
+                        stale: false,
                     };
                     inner.cache.insert(hash.to_owned(), entry, generation, ttl);
                 }
@@ -278,6 +292,13 @@ impl Store {
     pub fn invalidate_key(&self, key_id: &str) {
         Counters::add(&self.inner.counters.invalidations, 1);
         self.inner.cache.invalidate_key(key_id);
+    }
+
+    /// Re-validate every cached key on its next use, but keep serving the cached identity while
+    /// the database cannot answer (used when change notifications may have been missed).
+    pub fn expire_all(&self) {
+        Counters::add(&self.inner.counters.invalidations, 1);
+        self.inner.cache.mark_stale();
     }
 
     /// Drop the whole key cache.

@@ -71,7 +71,7 @@ pub use model::{
     AuditFilter, AuditPage, AuditRecord, CreatedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate,
     KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey, SeriesPoint,
 };
-pub use url::{DatabaseUrl, PostgresUrl, SqliteLocation, parse_database_url};
+pub use url::{DatabaseUrl, PostgresUrl, SqliteLocation, parse_database_url, redact_url};
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -159,19 +159,65 @@ fn parse_sqlite(rest: &str) -> Result<DatabaseUrl, StoreError> {
 }
 
 /// Replace the password of `scheme://user:password@host/...` with `******`.
-pub(crate) fn redact(url: &str) -> String {
+/// `url` with its password replaced by `******`: the `user:password@` part of the authority and
+/// any `password=` query parameter (which sqlx's PostgreSQL driver also accepts).
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, after)) = url.split_once("://") else {
         return url.to_owned();
     };
     let auth_end = after.find(['/', '?', '#']).unwrap_or(after.len());
     let (authority, tail) = after.split_at(auth_end);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:******{host}"),
+                None => authority.to_owned(),
+            }
+        }
+        None => authority.to_owned(),
     };
-    let (userinfo, host) = authority.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:******{host}{tail}"),
-        None => url.to_owned(),
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=******"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            let mut t = format!("{path}?{}", params.join("&"));
+            if let Some(f) = fragment {
+                t.push('#');
+                t.push_str(f);
+            }
+            t
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+pub(crate) fn redact(url: &str) -> String {
+    redact_url(url)
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn masks_userinfo_and_password_parameters() {
+        assert_eq!(
+            redact_url("postgresql://fg:pw@h:5432/db?sslmode=disable&password=x2#f"),
+            "postgresql://fg:******@h:5432/db?sslmode=disable&password=******#f"
+        );
+        assert_eq!(redact_url("http://u@h/p"), "http://u@h/p");
+        assert_eq!(redact_url("sqlite:///./x.db"), "sqlite:///./x.db");
     }
 }
 

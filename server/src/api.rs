@@ -157,13 +157,22 @@ impl KeyInfo {
 }
 
 /// A key together with its secret, shown this once.
-#[derive(Object, Debug)]
+#[derive(Object)]
 pub struct CreatedKey {
     /// The key's details.
     #[oai(flatten)]
     pub key: KeyInfo,
     /// The full gateway key. It is not stored and cannot be shown again.
     pub api_key: String,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("key", &self.key)
+            .field("api_key", &"******")
+            .finish()
+    }
 }
 
 /// Body of `POST /admin/keys` (M-FastGate's fields, plus `name` and `never_expires`).
@@ -798,6 +807,7 @@ impl AdminApi {
                     api_key: created.secret,
                 }))
             }
+            Err(StoreError::InvalidInput(m)) => CreateKeyResponse::BadRequest(bad_request(m)),
             Err(e) => unavailable!(self.state, CreateKeyResponse::Unavailable, e),
         }
     }
@@ -896,6 +906,7 @@ impl AdminApi {
                 KeyResponse::Ok(Json(KeyInfo::from_record(r, now)))
             }
             Ok(None) => KeyResponse::NotFound(not_found("key")),
+            Err(StoreError::InvalidInput(m)) => KeyResponse::BadRequest(bad_request(m)),
             Err(e) => unavailable!(self.state, KeyResponse::Unavailable, e),
         }
     }

@@ -110,7 +110,7 @@ impl Default for AppConfig {
 }
 
 /// `database` section.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite:///./fastgate.db` (relative), `sqlite:////abs/path.db`, or `postgresql://…`.
@@ -129,6 +129,16 @@ impl Default for DatabaseConfig {
             echo: false,
             max_connections: 10,
         }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("echo", &self.echo)
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 
@@ -167,10 +177,11 @@ fn default_admin_max_failures() -> u32 {
 }
 
 /// `api_gateway` section: the unified endpoint `/proxy` + `backend_path`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiGatewayConfig {
     /// Backend base URL, e.g. `http://127.0.0.1:9000`.
+    #[serde(serialize_with = "serialize_db_url")]
     pub backend_url: String,
     /// Backend path; the gateway serves it at `/proxy` + this path.
     pub backend_path: String,
@@ -208,6 +219,18 @@ pub struct ApiGatewayConfig {
     /// Extra routes file; defaults to `routes.yaml` beside the config file when that exists.
     #[serde(default)]
     pub routes_file: Option<String>,
+}
+
+impl fmt::Debug for ApiGatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiGatewayConfig")
+            .field("backend_url", &redact_url_password(&self.backend_url))
+            .field("backend_path", &self.backend_path)
+            .field("real_api_key", &self.real_api_key)
+            .field("strip_headers", &self.strip_headers)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 fn yes() -> bool {
@@ -307,6 +330,7 @@ pub struct RouteEntry {
     /// Path clients call; must start with `/proxy/`.
     pub path: String,
     /// Backend base URL.
+    #[serde(serialize_with = "serialize_db_url")]
     pub backend_url: String,
     /// Backend path.
     pub backend_path: String,
@@ -358,22 +382,9 @@ fn serialize_db_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url_password(url))
 }
 
-/// Replace the password of a `scheme://user:password@host` URL with the mask.
+/// Replace the password of a URL (`user:password@` or a `password=` parameter) with the mask.
 pub fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:{MASK}@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+    fastgate_store::redact_url(url)
 }
 
 // === loading ===
@@ -389,6 +400,8 @@ pub struct Settings {
     pub routes: HashMap<String, RouteConfig>,
     /// The routes file that was loaded, if any.
     pub routes_path: Option<PathBuf>,
+    /// Problems that did not stop the load (logged at start and on reload).
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Debug for Settings {
@@ -420,9 +433,28 @@ impl Settings {
     /// Validate a parsed config and derive the routes.
     pub fn from_config(path: &Path, config: Config) -> Result<Self, ConfigError> {
         validate(path, &config)?;
-        let routes_path = routes_file_path(path, &config);
+        let mut routes_path = routes_file_path(path, &config);
+        let explicit = config
+            .api_gateway
+            .routes_file
+            .as_deref()
+            .is_some_and(|p| !p.is_empty());
+        let mut warnings = Vec::new();
         let extra = match &routes_path {
-            Some(p) => load_routes_file(p)?,
+            Some(p) => match load_routes_file(p) {
+                Ok(extra) => extra,
+                // A `routes.yaml` found beside the config may be M-FastGate's own file, in
+                // another format: ignore it (loudly) rather than refuse to start.
+                Err(e) if !explicit => {
+                    warnings.push(format!(
+                        "ignoring {}: not in FastGate's routes format ({e}); set api_gateway.routes_file to use it",
+                        p.display()
+                    ));
+                    routes_path = None;
+                    RoutesFile::default()
+                }
+                Err(e) => return Err(e),
+            },
             None => RoutesFile::default(),
         };
         let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
@@ -431,6 +463,7 @@ impl Settings {
             path: path.to_path_buf(),
             routes,
             routes_path,
+            warnings,
         })
     }
 
@@ -456,7 +489,7 @@ impl Settings {
                         "path": path,
                         "name": &*r.name,
                         "permission": &*r.permission,
-                        "backend_url": r.backend.base_url.to_string(),
+                        "backend_url": redact_url_password(&r.backend.base_url.to_string()),
                         "backend_path": r.backend.path,
                         "real_api_key": r.backend.api_key.as_ref().map(|_| MASK),
                         "key_header": r.backend.key_header.as_str(),
@@ -509,16 +542,17 @@ pub fn parse_config(
             (!segments.iter().any(String::is_empty)).then_some((segments, v))
         })
         .collect();
-    // Env values are parsed as YAML scalars (numbers, booleans, `[a, b]` lists); where that type
-    // does not fit the key (a numeric-looking token, say), the value is retried as a string.
-    let mut as_string = vec![false; overrides.len()];
+    // Env values are taken verbatim as strings (a secret like `a #b` or `&x` stays intact);
+    // where the key wants another type (a number, a boolean, a `[a, b]` list) the value is
+    // read as YAML instead.
+    let mut as_yaml = vec![false; overrides.len()];
     loop {
         let mut merged = value.clone();
         for (i, (segments, raw)) in overrides.iter().enumerate() {
-            let parsed = if as_string[i] {
-                Value::String(raw.clone())
-            } else {
+            let parsed = if as_yaml[i] {
                 serde_yaml_ng::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()))
+            } else {
+                Value::String(raw.clone())
             };
             let parsed = if parsed.is_null() && !raw.trim().is_empty() {
                 Value::String(raw.clone())
@@ -534,9 +568,9 @@ pub fn parse_config(
                 let retry = overrides
                     .iter()
                     .position(|(segments, _)| segments.join(".") == key)
-                    .filter(|&i| !as_string[i]);
+                    .filter(|&i| !as_yaml[i]);
                 if let Some(i) = retry {
-                    as_string[i] = true;
+                    as_yaml[i] = true;
                     continue;
                 }
                 let from_env = overrides.iter().any(|(segments, _)| {
@@ -998,6 +1032,61 @@ api_gateway:
         .unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert_eq!(e.key, "routes[0].path");
+    }
+
+    #[test]
+    fn a_foreign_routes_yaml_beside_the_config_is_ignored_but_an_explicit_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        std::fs::write(dir.path().join("routes.yaml"), "miniai:\n  prefix: /v2\n").unwrap();
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        assert_eq!(s.routes.len(), 1);
+        assert!(s.routes_path.is_none());
+        assert!(s.warnings[0].contains("routes.yaml"), "{:?}", s.warnings);
+        let e = Settings::load_with_env(
+            &cfg,
+            vec![(
+                "FASTGATE__API_GATEWAY__ROUTES_FILE".into(),
+                "routes.yaml".into(),
+            )],
+        )
+        .unwrap_err();
+        assert!(e.message.contains("miniai"), "{e}");
+    }
+
+    #[test]
+    fn env_strings_are_taken_verbatim() {
+        let c = parse(
+            SEED,
+            &[
+                ("FASTGATE__SECURITY__ADMIN_TOKEN", "s3cr3t #tail-part"),
+                ("FASTGATE__API_GATEWAY__REAL_API_KEY", "&anchor 'q' "),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.security.admin_token.expose(), "s3cr3t #tail-part");
+        assert_eq!(c.api_gateway.real_api_key.unwrap().expose(), "&anchor 'q' ");
+    }
+
+    #[test]
+    fn backend_and_database_passwords_are_redacted_everywhere() {
+        let text = SEED
+            .replace(
+                "http://127.0.0.1:9000",
+                "http://bkuser:bkPASSWORD@127.0.0.1:9000",
+            )
+            .replace(
+                "sqlite:///./fastgate.db",
+                "postgresql://fg@127.0.0.1/db?password=pgPASSWORD",
+            );
+        let c = parse(&text, &[]).unwrap();
+        let s = Settings::from_config(Path::new("/x/dev.yaml"), c).unwrap();
+        let shown = format!("{} {:?} {:?}", s.redacted_json(), s.config, s);
+        assert!(
+            !shown.contains("bkPASSWORD") && !shown.contains("pgPASSWORD"),
+            "{shown}"
+        );
     }
 
     #[test]

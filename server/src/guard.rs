@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use crate::state::AppState;
 
 const WINDOW: Duration = Duration::from_secs(60);
+const MAX_TRACKED: usize = 10_000;
 
 /// Middleware that applies [`AdminGuardEndpoint`].
 #[derive(Debug, Clone)]
@@ -143,14 +144,19 @@ impl<E: Endpoint> Endpoint for AdminGuardEndpoint<E> {
             .unwrap_or(false);
         if !ok {
             if let (Some(ip), Ok(mut map)) = (ip, self.guard.failures.lock()) {
-                if map.len() > 10_000 {
+                if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
                     map.retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
                 }
-                let entry = map.entry(ip).or_insert((now, 0));
-                if now.duration_since(entry.0) >= WINDOW {
-                    *entry = (now, 0);
+                // Bounded memory: past MAX_TRACKED live addresses, new ones are not tracked.
+                if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
+                    tracing::warn!("admin failure table full; not tracking another address");
+                } else {
+                    let entry = map.entry(ip).or_insert((now, 0));
+                    if now.duration_since(entry.0) >= WINDOW {
+                        *entry = (now, 0);
+                    }
+                    entry.1 += 1;
                 }
-                entry.1 += 1;
             }
             tracing::warn!(client = ?ip, path, "rejected admin request: invalid admin token");
             return Ok(error(

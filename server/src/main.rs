@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&settings);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -136,7 +139,12 @@ async fn serve(path: std::path::PathBuf, settings: Settings) -> anyhow::Result<(
     loop {
         tokio::select! {
             _ = hup.recv() => match Settings::load(&path) {
-                Ok(new) => gateway.reload(new),
+                Ok(new) => {
+                    for warning in &new.warnings {
+                        tracing::warn!("{warning}");
+                    }
+                    gateway.reload(new);
+                }
                 Err(e) => tracing::error!("configuration reload failed, keeping the running configuration: {e}"),
             },
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }

@@ -72,7 +72,7 @@ pub struct AuditEvent {
     pub user_agent: Option<String>,
     /// HTTP method.
     pub method: String,
-    /// Path (and query) as received by the gateway.
+    /// Path as received by the gateway (without the query string, which may hold credentials).
     pub path: String,
     /// Upstream URL the request was forwarded to, if it was.
     pub target_url: Option<Arc<str>>,

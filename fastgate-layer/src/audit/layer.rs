@@ -286,10 +286,8 @@ fn start_event<B>(req: &Request<B>) -> AuditEvent {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    // The path only: a query string may carry credentials meant for the upstream.
+    let path = req.uri().path().to_owned();
     let mut event = AuditEvent::new(
         text(&X_REQUEST_ID).unwrap_or_default(),
         req.method().as_str(),
