@@ -19,7 +19,9 @@
 # RATE_SECONDS (10), STREAMS (20 interleaved pairs), HOLD (1000), AUDIT_N (100000),
 # LOADGEN_CPU (0), SERVER_CPU (1), PORT_BASE (19400), FASTGATE_THREADS (unset: runtime default),
 # FASTGATE_BIN (another fastgate binary, e.g. a copy of an earlier build, for before/after),
-# PERF_OUT (file: perf record of FastGate during the first closed-loop run).
+# FASTGATE_BIN_B (a second fastgate binary run as one more target in every round: before/after),
+# PERF_OUT (file: perf record of FastGate during the first closed-loop run), SKIP_BUILD=1
+# (use the binaries already in $CARGO_TARGET_DIR/release).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -69,7 +71,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------- build
 log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-(cd "$ROOT" && cargo build --release --quiet --bin fastgate --example mock_backend --example loadgen)
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    (cd "$ROOT" && cargo build --release --quiet --bin fastgate --example mock_backend --example loadgen)
+fi
 FASTGATE=${FASTGATE_BIN:-$BIN/fastgate} # FASTGATE_BIN: compare another build of the gateway
 MOCK=$BIN/examples/mock_backend
 LOADGEN=$BIN/examples/loadgen
@@ -109,7 +113,8 @@ P_MOCK=$(pick_port "$PORT_BASE")
 P_NGINX=$(pick_port $((P_MOCK + 1)))
 P_FG=$(pick_port $((P_NGINX + 1)))
 P_FG_OFF=$(pick_port $((P_FG + 1)))
-P_SSE=$(pick_port $((P_FG_OFF + 1))) # loadgen's own timestamping SSE upstream
+P_FG_B=$(pick_port $((P_FG_OFF + 1)))
+P_SSE=$(pick_port $((P_FG_B + 1))) # loadgen's own timestamping SSE upstream
 BACKEND_PATH=/miniai/v2/chat/completions
 ADMIN=bench-admin-token-3f9a
 REAL_KEY=sk-real-upstream-bench
@@ -204,7 +209,7 @@ logging:
   level: "warn"
 EOF
 }
-start_fastgate() { # name port queue_capacity → sets PID_<name>
+start_fastgate() { # name port queue_capacity [binary] → sets PID_<name>
     mkdir -p "$WORK/$1"
     cat >"$WORK/$1/routes.yaml" <<EOF
 routes:
@@ -215,13 +220,18 @@ EOF
     fastgate_config "$2" "$WORK/$1/fastgate.db" "$3" "$WORK/$1/routes.yaml" >"$WORK/$1/config.yaml"
     local threads=()
     [[ -n ${FASTGATE_THREADS:-} ]] && threads=(env "TOKIO_WORKER_THREADS=$FASTGATE_THREADS")
-    taskset -c "$SERVER_CPU" "${threads[@]}" "$FASTGATE" --config "$WORK/$1/config.yaml" >"$WORK/$1/log" 2>&1 &
+    taskset -c "$SERVER_CPU" "${threads[@]}" "${4:-$FASTGATE}" --config "$WORK/$1/config.yaml" >"$WORK/$1/log" 2>&1 &
     PIDS+=($!)
     printf -v "PID_$1" '%s' "$!"
     wait_port "$2"
 }
 start_fastgate fg "$P_FG" 65536
 start_fastgate fgoff "$P_FG_OFF" 1
+TARGETS=(direct nginx fg fgoff)
+if [[ -n ${FASTGATE_BIN_B:-} ]]; then # a second build (e.g. before a change), audit on, same run
+    start_fastgate fgb "$P_FG_B" 65536 "$FASTGATE_BIN_B"
+    TARGETS+=(fgb)
+fi
 
 create_key() { # port → prints the key
     local out
@@ -232,6 +242,7 @@ create_key() { # port → prints the key
 }
 KEY=$(create_key "$P_FG")
 KEY_OFF=$(create_key "$P_FG_OFF")
+[[ -n ${PID_fgb:-} ]] && KEY_B=$(create_key "$P_FG_B")
 [[ $KEY == fg_* && $KEY_OFF == fg_* ]] || die "could not create keys (see $WORK/fg/log)"
 
 BODY='{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"Hello"}]}'
@@ -264,6 +275,7 @@ EOF
 }
 LUA_FG=$(wrk_script "$KEY")
 LUA_FGOFF=$(wrk_script "$KEY_OFF")
+[[ -n ${KEY_B:-} ]] && LUA_FGB=$(wrk_script "$KEY_B")
 
 cpu_ticks() { # pid → utime+stime in clock ticks
     [[ -n $1 && -r /proc/$1/stat ]] || { echo 0; return; }
@@ -312,6 +324,7 @@ run_wrk "$U_DIRECT" "$LUA_NONE" 2 >/dev/null
 run_wrk "$U_NGINX" "$LUA_NONE" 2 >/dev/null
 run_wrk "$U_FG" "$LUA_FG" 2 >/dev/null
 run_wrk "$U_FGOFF" "$LUA_FGOFF" 2 >/dev/null
+[[ -n ${PID_fgb:-} ]] && run_wrk "http://127.0.0.1:$P_FG_B/proxy$BACKEND_PATH" "$LUA_FGB" 2 >/dev/null
 sleep 1
 log "memory: $HOLD concurrent open streams through FastGate"
 RSS_IDLE=$(rss_kib "$PID_fg")
@@ -349,7 +362,9 @@ for r in $(seq 1 "$ROUNDS"); do
     R[fg,$r]=$(run_wrk "$U_FG" "$LUA_FG" "$DURATION" "$PID_fg" "$PID_MOCK")
     [[ -n ${PERF_PID:-} ]] && { wait "$PERF_PID" || true; PERF_PID=""; }
     R[fgoff,$r]=$(run_wrk "$U_FGOFF" "$LUA_FGOFF" "$DURATION" "$PID_fgoff" "$PID_MOCK")
-    for t in direct nginx fg fgoff; do log "  $t: ${R[$t,$r]}"; done
+    [[ -n ${PID_fgb:-} ]] &&
+        R[fgb,$r]=$(run_wrk "http://127.0.0.1:$P_FG_B/proxy$BACKEND_PATH" "$LUA_FGB" "$DURATION" "$PID_fgb" "$PID_MOCK")
+    for t in "${TARGETS[@]}"; do log "  $t: ${R[$t,$r]}"; done
 done
 field() { # target fieldno → values of all rounds, one per line
     local r
@@ -433,7 +448,8 @@ Closed loop: wrk -t1 -c$CONNS -d${DURATION}s, POST small non-stream chat request
 | nginx reverse proxy            | $(printf '%6s' "$(med nginx 1)") | $(printf '%6s' "$(med nginx 2)") | $(printf '%6s' "$(med nginx 3)") | $(printf '%17s' "$(med nginx 6)") | $(field nginx 1 | paste -sd' ') |
 | FastGate (audit → SQLite)      | $(printf '%6s' "$(med fg 1)") | $(printf '%6s' "$(med fg 2)") | $(printf '%6s' "$(med fg 3)") | $(printf '%17s' "$(med fg 6)") | $(field fg 1 | paste -sd' ') |
 | FastGate (audit writes off)    | $(printf '%6s' "$(med fgoff 1)") | $(printf '%6s' "$(med fgoff 2)") | $(printf '%6s' "$(med fgoff 3)") | $(printf '%17s' "$(med fgoff 6)") | $(field fgoff 1 | paste -sd' ') |
-(server CPU: proxy + mock backend CPU time from /proc per request; non-2xx/socket errors: $(for t in direct nginx fg fgoff; do field $t 5; done | sort -u | paste -sd,))
+$([[ -n ${PID_fgb:-} ]] && echo "| FastGate B (FASTGATE_BIN_B)    | $(printf '%6s' "$(med fgb 1)") | $(printf '%6s' "$(med fgb 2)") | $(printf '%6s' "$(med fgb 3)") | $(printf '%17s' "$(med fgb 6)") | $(field fgb 1 | paste -sd' ') |")
+(server CPU: proxy + mock backend CPU time from /proc per request; non-2xx/socket errors: $(for t in "${TARGETS[@]}"; do field "$t" 5; done | sort -u | paste -sd,))
 
 | ratio (median of per-round ratios) | value | target |
 |------------------------------------|-------|--------|
@@ -441,6 +457,7 @@ Closed loop: wrk -t1 -c$CONNS -d${DURATION}s, POST small non-stream chat request
 | FastGate / direct                  | $(ratio_rounds fg direct | median) | – |
 | nginx / direct                     | $(ratio_rounds nginx direct | median) | – |
 | audit on / audit writes off        | $(ratio_rounds fg fgoff | median) | ≥ 0.90 |
+$([[ -n ${PID_fgb:-} ]] && echo "| FastGate / FastGate B              | $(ratio_rounds fg fgb | median) | – |")
 
 Open loop at $RATE req/s, ${RATE_SECONDS}s × 2 per target, latency from the scheduled send time (µs, median of 2 runs)
 | target   | p50 | p90 | p99 | p99.9 | max |
