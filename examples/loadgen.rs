@@ -428,8 +428,8 @@ async fn stream_run(
         let mut worst_per_pair = Vec::new();
         for r in 0..count {
             let mut worst = f64::MIN;
-            for i in 0..events {
-                if let (Some(x), Some(y)) = (a[i].get(r), b[i].get(r)) {
+            for (sa, sb) in a.iter().zip(b) {
+                if let (Some(x), Some(y)) = (sa.get(r), sb.get(r)) {
                     worst = worst.max(ms(*y) - ms(*x));
                 }
             }
