@@ -637,14 +637,22 @@ impl Fastgate {
     pub async fn wait_audit(&self, request_id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let r = self.admin_get(&format!("/admin/logs/{request_id}")).await;
-            if r.status() == 200 {
+            // A transport error (a pooled connection the server closed) is retried like a 404.
+            let r = self
+                .http
+                .get(self.url(&format!("/admin/logs/{request_id}")))
+                .header("x-admin-token", ADMIN_TOKEN)
+                .send()
+                .await;
+            let status = r.as_ref().map(reqwest::Response::status).ok();
+            if let Ok(r) = r
+                && r.status() == 200
+            {
                 return r.json().await.unwrap();
             }
             assert!(
                 Instant::now() < deadline,
-                "no audit row for {request_id} (last status {})",
-                r.status()
+                "no audit row for {request_id} (last status {status:?})"
             );
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
