@@ -809,6 +809,83 @@ on_backends!(uncached_resolver_asks_the_database_every_time, |db| {
     db.finish(&[&store]).await;
 });
 
+on_backends!(postgres_notify_alone_delivers_revocation, |db| {
+    // The watermark poll is pushed out to a minute, so only LISTEN/NOTIFY can be what
+    // tells instance B: this fails if notifications are not sent or not listened to.
+    if db.backend != Backend::Postgres {
+        db.finish(&[]).await;
+        return;
+    }
+    let opts = StoreOptions {
+        cache_ttl: Duration::from_secs(600),
+        ..test_opts()
+    };
+    let a = db.store_with(opts.clone()).await;
+    let b = db.store_with(opts).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let bg = tokio::spawn(b.background(
+        BackgroundOptions {
+            invalidation_poll_interval: Duration::from_secs(60),
+            ..Default::default()
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let k = a.create_key(new_key("user1")).await.unwrap();
+    b.resolve_key(&k.secret).await.unwrap();
+    // Wait until B's listener is up (a change made before it listens would be missed):
+    // touch a probe key through A until B counts an invalidation.
+    let probe = a.create_key(new_key("probe")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = b.stats().invalidations;
+        a.update_key(
+            &probe.record.id,
+            KeyUpdate {
+                name: Some(Some(format!("probe {seen}"))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        if wait_until(Duration::from_millis(300), || async {
+            b.stats().invalidations > seen
+        })
+        .await
+        .is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B's listener never came up");
+    }
+    assert!(b.resolve_key(&k.secret).await.is_ok(), "still valid on B");
+    let start = Instant::now();
+    a.update_key(
+        &k.record.id,
+        KeyUpdate {
+            active: Some(false),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        matches!(b.resolve_key(&k.secret).await, Err(ResolveError::Invalid))
+    })
+    .await
+    .expect("NOTIFY did not reach the second instance");
+    let took = start.elapsed();
+    eprintln!("[postgres] revocation by NOTIFY alone after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), bg)
+        .await
+        .unwrap()
+        .unwrap();
+    db.finish(&[&a, &b]).await;
+});
+
 on_backends!(
     revocation_reaches_a_second_instance_within_two_seconds,
     |db| {
