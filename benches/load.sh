@@ -20,6 +20,7 @@
 # LOADGEN_CPU (0), SERVER_CPU (1), PORT_BASE (19400), FASTGATE_THREADS (unset: runtime default),
 # FASTGATE_BIN (another fastgate binary, e.g. a copy of an earlier build, for before/after),
 # FASTGATE_BIN_B (a second fastgate binary run as one more target in every round: before/after),
+# QUICK=1 (closed loop only, no memory/open-loop/stream/count runs),
 # PERF_OUT (file: perf record of FastGate during the first closed-loop run), SKIP_BUILD=1
 # (use the binaries already in $CARGO_TARGET_DIR/release).
 set -euo pipefail
@@ -72,11 +73,12 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------- build
 log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    (cd "$ROOT" && cargo build --release --quiet --bin fastgate --example mock_backend --example loadgen)
+    (cd "$ROOT" && cargo build --release --quiet --bin fastgate --example mock_backend --example loadgen --example bare_proxy)
 fi
 FASTGATE=${FASTGATE_BIN:-$BIN/fastgate} # FASTGATE_BIN: compare another build of the gateway
 MOCK=$BIN/examples/mock_backend
 LOADGEN=$BIN/examples/loadgen
+BARE=$BIN/examples/bare_proxy
 
 # ---------------------------------------------------------------- processes, cleanup
 WORK=$(mktemp -d /tmp/fastgate-load.XXXXXX)
@@ -115,6 +117,7 @@ P_FG=$(pick_port $((P_NGINX + 1)))
 P_FG_OFF=$(pick_port $((P_FG + 1)))
 P_FG_B=$(pick_port $((P_FG_OFF + 1)))
 P_SSE=$(pick_port $((P_FG_B + 1))) # loadgen's own timestamping SSE upstream
+P_BARE=$(pick_port $((P_SSE + 1)))
 BACKEND_PATH=/miniai/v2/chat/completions
 ADMIN=bench-admin-token-3f9a
 REAL_KEY=sk-real-upstream-bench
@@ -166,6 +169,13 @@ taskset -c "$SERVER_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -
 PIDS+=($!)
 wait_port "$P_NGINX"
 PID_NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -1 || true)
+
+# The floor of the Rust stack: hyper server + hyper-util pooled client and nothing else.
+taskset -c "$SERVER_CPU" "$BARE" --listen "127.0.0.1:$P_BARE" --upstream "http://127.0.0.1:$P_MOCK" \
+    >"$WORK/bare.log" 2>&1 &
+PID_BARE=$!
+PIDS+=("$PID_BARE")
+wait_port "$P_BARE"
 
 # FastGate: the seed config format, SQLite in the temp dir. The second instance differs only in
 # audit.queue_capacity: 1 ("audit writes off": the audit layer still builds every event, but
@@ -227,7 +237,7 @@ EOF
 }
 start_fastgate fg "$P_FG" 65536
 start_fastgate fgoff "$P_FG_OFF" 1
-TARGETS=(direct nginx fg fgoff)
+TARGETS=(direct nginx bare fg fgoff)
 if [[ -n ${FASTGATE_BIN_B:-} ]]; then # a second build (e.g. before a change), audit on, same run
     start_fastgate fgb "$P_FG_B" 65536 "$FASTGATE_BIN_B"
     TARGETS+=(fgb)
@@ -249,11 +259,12 @@ BODY='{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"Hello"}]}'
 SBODY='{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"Hello"}],"stream":true}'
 U_DIRECT=http://127.0.0.1:$P_MOCK$BACKEND_PATH
 U_NGINX=http://127.0.0.1:$P_NGINX$BACKEND_PATH
+U_BARE=http://127.0.0.1:$P_BARE$BACKEND_PATH
 U_FG=http://127.0.0.1:$P_FG/proxy$BACKEND_PATH
 U_FGOFF=http://127.0.0.1:$P_FG_OFF/proxy$BACKEND_PATH
 
 # Sanity: every target answers 200, FastGate rejects a bad key, the backend sees the real key.
-for u in "$U_DIRECT" "$U_NGINX"; do
+for u in "$U_DIRECT" "$U_NGINX" "$U_BARE"; do
     [[ $(curl -s -o /dev/null -w '%{http_code}' -X POST "$u" -H 'Content-Type: application/json' -d "$BODY") == 200 ]] ||
         die "$u does not answer 200"
 done
@@ -322,12 +333,14 @@ log "warm-up"
 LUA_NONE=$LUA_FG
 run_wrk "$U_DIRECT" "$LUA_NONE" 2 >/dev/null
 run_wrk "$U_NGINX" "$LUA_NONE" 2 >/dev/null
+run_wrk "$U_BARE" "$LUA_NONE" 2 >/dev/null
 run_wrk "$U_FG" "$LUA_FG" 2 >/dev/null
 run_wrk "$U_FGOFF" "$LUA_FGOFF" 2 >/dev/null
 [[ -n ${PID_fgb:-} ]] && run_wrk "http://127.0.0.1:$P_FG_B/proxy$BACKEND_PATH" "$LUA_FGB" 2 >/dev/null
 sleep 1
-log "memory: $HOLD concurrent open streams through FastGate"
 RSS_IDLE=$(rss_kib "$PID_fg")
+if [[ -z ${QUICK:-} ]]; then
+log "memory: $HOLD concurrent open streams through FastGate"
 on_loadgen_cpu "$LOADGEN" hold --url "$U_FG" --count "$HOLD" --hold-ms 3000 \
     --header "X-API-Key: $KEY" --header "x-mock-chunks: 40" --header "x-mock-chunk-delay-ms: 500" \
     --body "$SBODY" >"$WORK/hold.out" 2>&1 &
@@ -345,6 +358,8 @@ wait "$HOLD_PID" || die "hold run failed: $(cat "$WORK/hold.out")"
 PER_STREAM_KIB=$(awk -v a="$RSS_IDLE" -v b="$RSS_HOLD" -v n="$HOLD" 'BEGIN { printf "%.1f", (b - a) / n }')
 sleep 1
 
+fi
+
 # ---------------------------------------------------------------- 2. closed loop, rounds
 declare -A R
 for r in $(seq 1 "$ROUNDS"); do
@@ -353,6 +368,7 @@ for r in $(seq 1 "$ROUNDS"); do
     log "closed loop round $r/$ROUNDS: $CONNS connections, ${DURATION}s each"
     R[direct,$r]=$(run_wrk "$U_DIRECT" "$LUA_NONE" "$DURATION" "$PID_MOCK")
     R[nginx,$r]=$(run_wrk "$U_NGINX" "$LUA_NONE" "$DURATION" "$PID_NGINX_WORKER" "$PID_MOCK")
+    R[bare,$r]=$(run_wrk "$U_BARE" "$LUA_NONE" "$DURATION" "$PID_BARE" "$PID_MOCK")
     if [[ -n ${PERF_OUT:-} && $r == 1 ]] && command -v perf >/dev/null; then
         # Profile FastGate during the first closed-loop run (software clock: works in VMs).
         perf record -q -e cpu-clock -F 999 --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -p "$PID_fg" -o "$PERF_OUT" -- sleep "$DURATION" \
@@ -377,6 +393,17 @@ ratio_rounds() { # a b → per-round rps ratios a/b
             'BEGIN { printf "%.3f\n", (b > 0 ? a / b : 0) }'
     done
 }
+
+if [[ -n ${QUICK:-} ]]; then # QUICK=1: closed loop only
+    for t in "${TARGETS[@]}"; do
+        printf '%-8s req/s %8s  cpu µs/req %6s  rounds: %s\n' "$t" "$(field "$t" 1 | median)" "$(field "$t" 6 | median)" "$(field "$t" 1 | paste -sd' ')"
+    done
+    printf 'FastGate/nginx %s  bare/nginx %s  FastGate/bare %s  audit on/off %s\n' "$(ratio_rounds fg nginx | median)" \
+        "$(ratio_rounds bare nginx | median)" "$(ratio_rounds fg bare | median)" "$(ratio_rounds fg fgoff | median)"
+    [[ -n ${PID_fgb:-} ]] && printf 'FastGate/FastGate B %s\n' "$(ratio_rounds fg fgb | median)"
+    printf 'RSS fg: %s KiB, peak %s KiB\n' "$(rss_kib "$PID_fg")" "$(hwm_kib "$PID_fg")"
+    exit 0
+fi
 
 # ---------------------------------------------------------------- 3. open loop at a fixed rate
 check_deadline
@@ -446,6 +473,7 @@ Closed loop: wrk -t1 -c$CONNS -d${DURATION}s, POST small non-stream chat request
 |--------------------------------|--------|--------|--------|-------------------|-----------------|
 | direct (mock backend)          | $(printf '%6s' "$(med direct 1)") | $(printf '%6s' "$(med direct 2)") | $(printf '%6s' "$(med direct 3)") | $(printf '%17s' "$(med direct 6)") | $(field direct 1 | paste -sd' ') |
 | nginx reverse proxy            | $(printf '%6s' "$(med nginx 1)") | $(printf '%6s' "$(med nginx 2)") | $(printf '%6s' "$(med nginx 3)") | $(printf '%17s' "$(med nginx 6)") | $(field nginx 1 | paste -sd' ') |
+| bare hyper proxy (floor)       | $(printf '%6s' "$(med bare 1)") | $(printf '%6s' "$(med bare 2)") | $(printf '%6s' "$(med bare 3)") | $(printf '%17s' "$(med bare 6)") | $(field bare 1 | paste -sd' ') |
 | FastGate (audit → SQLite)      | $(printf '%6s' "$(med fg 1)") | $(printf '%6s' "$(med fg 2)") | $(printf '%6s' "$(med fg 3)") | $(printf '%17s' "$(med fg 6)") | $(field fg 1 | paste -sd' ') |
 | FastGate (audit writes off)    | $(printf '%6s' "$(med fgoff 1)") | $(printf '%6s' "$(med fgoff 2)") | $(printf '%6s' "$(med fgoff 3)") | $(printf '%17s' "$(med fgoff 6)") | $(field fgoff 1 | paste -sd' ') |
 $([[ -n ${PID_fgb:-} ]] && echo "| FastGate B (FASTGATE_BIN_B)    | $(printf '%6s' "$(med fgb 1)") | $(printf '%6s' "$(med fgb 2)") | $(printf '%6s' "$(med fgb 3)") | $(printf '%17s' "$(med fgb 6)") | $(field fgb 1 | paste -sd' ') |")
@@ -455,6 +483,8 @@ $([[ -n ${PID_fgb:-} ]] && echo "| FastGate B (FASTGATE_BIN_B)    | $(printf '%6
 |------------------------------------|-------|--------|
 | FastGate / nginx                   | $(ratio_rounds fg nginx | median) | ≥ 0.75 |
 | FastGate / direct                  | $(ratio_rounds fg direct | median) | – |
+| bare hyper proxy / nginx           | $(ratio_rounds bare nginx | median) | – |
+| FastGate / bare hyper proxy        | $(ratio_rounds fg bare | median) | – |
 | nginx / direct                     | $(ratio_rounds nginx direct | median) | – |
 | audit on / audit writes off        | $(ratio_rounds fg fgoff | median) | ≥ 0.90 |
 $([[ -n ${PID_fgb:-} ]] && echo "| FastGate / FastGate B              | $(ratio_rounds fg fgb | median) | – |")

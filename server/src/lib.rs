@@ -1,5 +1,6 @@
-//! The `fastgate` server: assembles `fastgate-layer` and `fastgate-store` behind a poem app with
-//! the admin API (`/admin`, documented at `/docs` and `/openapi.json`), `/health` and the
+//! The `fastgate` server: assembles `fastgate-layer` and `fastgate-store` behind one hyper accept
+//! loop ([`front`]): `/proxy/...` goes straight to the layer stack, everything else to a poem app
+//! with the admin API (`/admin`, documented at `/docs` and `/openapi.json`), `/health` and the
 //! embedded dashboard (`/admin/ui/`).
 //!
 //! `main.rs` only parses arguments and wires signals; everything a test needs is here:
@@ -8,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod front;
 pub mod guard;
 pub mod state;
 pub mod ui;
@@ -16,14 +18,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fastgate_layer::GatewayBuilder;
 use fastgate_layer::audit::{AuditConfig as LayerAuditConfig, AuditLayer};
 use fastgate_layer::route::RouteTable;
-use fastgate_layer::{ClientAddr, GatewayBuilder};
 use fastgate_store::{BackgroundOptions, Store, StoreOptions};
-use poem::endpoint::TowerCompatExt;
-use poem::listener::{Acceptor, TcpAcceptor};
-use poem::web::{LocalAddr, RemoteAddr};
-use poem::{EndpointExt, Response, Route, Server};
+use poem::{EndpointExt, Response, Route};
 use poem_openapi::OpenApiService;
 use tokio::task::JoinHandle;
 
@@ -111,31 +110,21 @@ impl Gateway {
             .audit(audit.clone())
             .strip_headers(strip)
             .max_body_bytes(c.api_gateway.max_body_bytes)
-            .build();
+            .build::<hyper::body::Incoming>();
         let state = Arc::new(AppState::new(store.clone(), settings, audit.stats()));
         drop(audit);
 
-        let proxy = gateway
-            .compat()
-            .before(|mut req: poem::Request| async move {
-                if let Some(addr) = req.remote_addr().as_socket_addr() {
-                    let ip = addr.ip();
-                    req.extensions_mut().insert(ClientAddr(ip));
-                }
-                Ok(req)
-            });
         let api = openapi(state.clone());
         let app = Route::new()
             .at("/", poem::get(root))
             .at("/openapi.json", api.spec_endpoint())
             .nest("/docs", api.swagger_ui())
-            .nest_no_strip("/proxy", proxy)
             .at("/admin/ui", ui::serve_ui)
             .at("/admin/ui/*path", ui::serve_ui)
             .nest("/", api)
             .with(guard::AdminGuard::new(state.clone()))
-            .around(access_log)
-            .catch_all_error(json_error);
+            .catch_all_error(json_error)
+            .boxed();
 
         let worker = tokio::spawn(audit_worker.run());
         let (background_stop, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -152,12 +141,13 @@ impl Gateway {
             ),
         );
         let grace = Duration::from_secs(c.app.shutdown_timeout);
-        let acceptor = NoDelayAcceptor(TcpAcceptor::from_tokio(listener)?);
-        let server = tokio::spawn(async move {
-            Server::new_with_acceptor(acceptor)
-                .run_with_graceful_shutdown(app, shutdown, Some(grace))
-                .await
-        });
+        let server = tokio::spawn(front::serve(
+            listener,
+            gateway,
+            Arc::new(app),
+            shutdown,
+            grace,
+        ));
         Ok(Self {
             state,
             routes,
@@ -202,56 +192,6 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.background).await;
         served
     }
-}
-
-/// poem's `TcpAcceptor` with `TCP_NODELAY` on every accepted connection: a small write (an SSE
-/// event, a body sent after its headers) leaves at once instead of waiting for the client to
-/// acknowledge the previous segment (Nagle's algorithm against delayed ACKs).
-struct NoDelayAcceptor(TcpAcceptor);
-
-impl Acceptor for NoDelayAcceptor {
-    type Io = tokio::net::TcpStream;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
-    }
-
-    async fn accept(
-        &mut self,
-    ) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
-        let accepted = self.0.accept().await?;
-        if let Err(e) = accepted.0.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
-        }
-        Ok(accepted)
-    }
-}
-
-/// One log line per request: method, path (never the query string, which may hold the admin
-/// token), status and duration. Nothing is copied from the request unless the line is enabled
-/// (it is a debug event: off by default, so the hot path pays no allocation for it).
-async fn access_log<E: poem::Endpoint>(ep: Arc<E>, req: poem::Request) -> poem::Result<Response> {
-    if !tracing::enabled!(target: "fastgate::access", tracing::Level::DEBUG) {
-        return ep.call(req).await.map(poem::IntoResponse::into_response);
-    }
-    let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let remote = req.remote_addr().as_socket_addr().map(|a| a.ip());
-    let res = ep.call(req).await.map(poem::IntoResponse::into_response);
-    let status = res
-        .as_ref()
-        .map_or_else(|e| e.status(), poem::Response::status);
-    tracing::debug!(
-        target: "fastgate::access",
-        %method,
-        path,
-        status = status.as_u16(),
-        client = ?remote,
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    res
 }
 
 #[poem::handler]

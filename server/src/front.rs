@@ -1,0 +1,253 @@
+//! The HTTP front of the server: one hyper accept loop for the whole port.
+//!
+//! `/proxy` and everything under it goes straight to the `fastgate-layer` stack: the request body
+//! stays hyper's `Incoming`, the response body is the stack's own, nothing is boxed and no poem
+//! routing, middleware or body conversion runs on the hot path. Every other path is handed to the
+//! poem app (admin API, `/docs`, `/openapi.json`, `/health`, dashboard) through poem's own
+//! conversion of a hyper request.
+//!
+//! Connections get `TCP_NODELAY` (an SSE event or a body written after its headers leaves at
+//! once), HTTP/1.1 with keep-alive or HTTP/2 (h2c, detected from the preface), and a 30 s limit
+//! for reading a request's headers (a client that trickles headers is disconnected). On shutdown
+//! the listener closes, every connection finishes its in-flight request (HTTP/1.1) or gets a
+//! GOAWAY (HTTP/2), and whatever is still open after the grace period is aborted, which lets
+//! the audit layer record those requests as interrupted.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fastgate_layer::ClientAddr;
+use fastgate_layer::audit::AuditBody;
+use fastgate_layer::body::GatewayBody;
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
+use poem::web::{LocalAddr, RemoteAddr};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::util::Oneshot;
+
+/// The proxy stack as the server assembles it: store-backed keys, hyper's request body.
+pub type ProxyService = fastgate_layer::Gateway<fastgate_store::StoreKeyResolver, Incoming>;
+
+/// Body of the poem app's responses (poem's own boxed body).
+type AppBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// Body of every response the front writes.
+pub type FrontBody = Either<AuditBody<GatewayBody>, AppBody>;
+
+/// The poem app behind the front (everything but `/proxy`).
+pub type App = Arc<poem::endpoint::BoxEndpoint<'static>>;
+
+/// Time allowed to read a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether `path` belongs to the proxy (`/proxy` itself or anything below `/proxy/`).
+fn is_proxy_path(path: &str) -> bool {
+    path.strip_prefix("/proxy")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+struct Shared {
+    proxy: ProxyService,
+    app: App,
+    local: LocalAddr,
+}
+
+/// The per-connection hyper service: dispatches by path.
+#[derive(Clone)]
+struct ConnService {
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<FrontBody>;
+    type Error = Infallible;
+    type Future = FrontFuture;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let log = tracing::enabled!(target: "fastgate::access", tracing::Level::DEBUG)
+            .then(|| AccessLog::new(&req, self.remote));
+        let kind = if is_proxy_path(req.uri().path()) {
+            req.extensions_mut().insert(ClientAddr(self.remote.ip()));
+            Kind::Proxy {
+                fut: Oneshot::new(self.shared.proxy.clone(), req),
+            }
+        } else {
+            let req = poem::Request::from((
+                req,
+                self.shared.local.clone(),
+                RemoteAddr(poem::Addr::SocketAddr(self.remote)),
+                http::uri::Scheme::HTTP,
+            ));
+            let app = Arc::clone(&self.shared.app);
+            Kind::App {
+                fut: Box::pin(async move { poem::Endpoint::get_response(&*app, req).await }),
+            }
+        };
+        FrontFuture { kind, log }
+    }
+}
+
+pin_project! {
+    /// Response future of the front: the proxy stack's own future, unboxed, or the poem app's.
+    struct FrontFuture {
+        #[pin]
+        kind: Kind,
+        log: Option<AccessLog>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Proxy { #[pin] fut: Oneshot<ProxyService, Request<Incoming>> },
+        App { fut: Pin<Box<dyn Future<Output = poem::Response> + Send>> },
+    }
+}
+
+impl Future for FrontFuture {
+    type Output = Result<Response<FrontBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = match this.kind.project() {
+            KindProj::Proxy { fut } => match std::task::ready!(fut.poll(cx)) {
+                Ok(res) => res.map(Either::Left),
+                Err(never) => match never {},
+            },
+            KindProj::App { fut } => {
+                let res: Response<AppBody> = std::task::ready!(fut.as_mut().poll(cx)).into();
+                res.map(Either::Right)
+            }
+        };
+        if let Some(log) = this.log.take() {
+            log.finish(res.status());
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+/// One debug line per request: method, path (never the query string, which may hold the admin
+/// token), status and duration. Built only when the `fastgate::access` debug event is enabled,
+/// so the hot path copies nothing for it otherwise.
+struct AccessLog {
+    started: Instant,
+    method: http::Method,
+    path: String,
+    client: std::net::IpAddr,
+}
+
+impl AccessLog {
+    fn new(req: &Request<Incoming>, remote: SocketAddr) -> Self {
+        Self {
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            client: remote.ip(),
+        }
+    }
+
+    fn finish(self, status: http::StatusCode) {
+        tracing::debug!(
+            target: "fastgate::access",
+            method = %self.method,
+            path = self.path,
+            status = status.as_u16(),
+            client = %self.client,
+            elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}
+
+/// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
+/// accepting, let in-flight requests finish for up to `grace`, and abort what is left.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: ProxyService,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let local = LocalAddr(poem::Addr::SocketAddr(listener.local_addr()?));
+    let shared = Arc::new(Shared { proxy, app, local });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
+                }
+                let service = ConnService { shared: Arc::clone(&shared), remote };
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                connections.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(client = %remote.ip(), "connection ended with an error: {e}");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    drop(shared);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                open = connections.len(),
+                "connections still open after the shutdown grace period; closing them"
+            );
+        }
+    }
+    connections.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_proxy_path;
+
+    #[test]
+    fn proxy_paths() {
+        assert!(is_proxy_path("/proxy"));
+        assert!(is_proxy_path("/proxy/"));
+        assert!(is_proxy_path("/proxy/miniai/v2/chat/completions"));
+        assert!(!is_proxy_path("/proxyx"));
+        assert!(!is_proxy_path("/admin/proxy/x"));
+        assert!(!is_proxy_path("/"));
+    }
+}
