@@ -1,6 +1,7 @@
 //! Audit records: batched inserts with their per-minute rollups, queries, retention.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -10,14 +11,6 @@ use fastgate_layer::{AuditEvent, AuditSink, Outcome};
 use crate::metrics::latency_bucket;
 use crate::model::{AuditFilter, AuditPage, AuditRecord};
 use crate::{Arg, Counters, Store, StoreError, from_ms, from_us, to_i64, to_ms, to_u64, to_us};
-
-/// Rows per multi-row INSERT: 22 binds a row keeps this far below SQLite's 32 766 and
-/// PostgreSQL's 65 535 bind limits.
-const AUDIT_CHUNK: usize = 500;
-/// Rows per rollup upsert (13 binds a row).
-const ROLLUP_CHUNK: usize = 1000;
-/// Rows per histogram upsert (3 binds a row).
-const HIST_CHUNK: usize = 2000;
 
 pub(crate) const MINUTE_MS: i64 = 60_000;
 pub(crate) const HOUR_MS: i64 = 3_600_000;
@@ -58,19 +51,22 @@ struct Rollup {
     total_tokens: i64,
 }
 
-type RollupKey = (i64, String, String);
+type RollupKey<'a> = (i64, &'a str, &'a str);
 /// (minute, histogram bucket) → count.
 type HistRow = ((i64, i32), i64);
 
-fn rollups(events: &[AuditEvent], granularity_ms: i64) -> (Vec<(RollupKey, Rollup)>, Vec<HistRow>) {
-    let mut roll: HashMap<RollupKey, Rollup> = HashMap::new();
+fn rollups(
+    events: &[AuditEvent],
+    granularity_ms: i64,
+) -> (Vec<(RollupKey<'_>, Rollup)>, Vec<HistRow>) {
+    let mut roll: HashMap<RollupKey<'_>, Rollup> = HashMap::new();
     let mut hist: HashMap<(i64, i32), i64> = HashMap::new();
     for e in events {
         let minute = to_ms(e.started_at).div_euclid(granularity_ms) * granularity_ms;
         let key = (
             minute,
-            e.key_id.as_deref().unwrap_or("").to_owned(),
-            e.model.clone().unwrap_or_default(),
+            e.key_id.as_deref().unwrap_or(""),
+            e.model.as_deref().unwrap_or(""),
         );
         let r = roll.entry(key).or_default();
         if let Some(sp) = e.source_path.as_deref() {
@@ -168,90 +164,192 @@ fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
     Ok((a.parse().map_err(|_| BAD)?, b.parse().map_err(|_| BAD)?))
 }
 
+/// Rows per multi-row statement. A batch is cut greedily into chunks of these sizes (500 rows =
+/// 7 × 64 + 3 × 16 + 1 × 4), so every statement text is one of a few fixed ones that each
+/// connection prepares once and keeps in its statement cache: a text per batch size would be
+/// parsed and planned again for nearly every batch. 64 rows × 21 binds stays far below SQLite's
+/// 32 766 and PostgreSQL's 65 535 bind limits.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// `items` cut greedily into slices whose lengths are in [`CHUNKS`].
+fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = CHUNKS.iter().copied().find(|&c| c <= items.len())?;
+        let (head, tail) = items.split_at(n);
+        items = tail;
+        Some(head)
+    })
+}
+
+/// The statements of one backend, built once (`CHUNKS.len()` sizes each).
+struct AuditSql {
+    insert: Vec<String>,
+    roll_minute: Vec<String>,
+    roll_hour: Vec<String>,
+    hist_minute: Vec<String>,
+    hist_hour: Vec<String>,
+}
+
+impl AuditSql {
+    fn get(sqlite: bool) -> &'static Self {
+        static SQLITE: OnceLock<AuditSql> = OnceLock::new();
+        static POSTGRES: OnceLock<AuditSql> = OnceLock::new();
+        if sqlite {
+            SQLITE.get_or_init(|| Self::build(true))
+        } else {
+            POSTGRES.get_or_init(|| Self::build(false))
+        }
+    }
+
+    fn build(sqlite: bool) -> Self {
+        // `OR FAIL` (SQLite only): a failing row stops the statement without undoing the rows it
+        // already wrote, which the default `ABORT` must be able to do, so SQLite writes no
+        // statement journal. The caller rolls the whole transaction back on any error anyway.
+        let insert = if sqlite {
+            "INSERT OR FAIL INTO"
+        } else {
+            "INSERT INTO"
+        };
+        let sized = |head: &str, cols: usize, tail: &str| -> Vec<String> {
+            CHUNKS
+                .iter()
+                .map(|&rows| {
+                    let mut sql = String::with_capacity(head.len() + tail.len() + rows * cols * 6);
+                    sql.push_str(head);
+                    sql.push_str(" VALUES ");
+                    let mut n = 0;
+                    for r in 0..rows {
+                        sql.push_str(if r == 0 { "(" } else { ", (" });
+                        for c in 0..cols {
+                            n += 1;
+                            if c > 0 {
+                                sql.push_str(", ");
+                            }
+                            // Positional `?` on SQLite: sqlx binds it without looking its name up.
+                            if sqlite {
+                                sql.push('?');
+                            } else {
+                                sql.push_str(&format!("${n}"));
+                            }
+                        }
+                        sql.push(')');
+                    }
+                    sql.push_str(tail);
+                    sql
+                })
+                .collect()
+        };
+        let rollup = |table: &str, col: &str| {
+            sized(
+                &format!(
+                    "{insert} {table} ({col}, key_id, model, source_path, requests, errors, streams, \
+                     duration_sum_us, ttfb_sum_us, ttfb_count, prompt_tokens, completion_tokens, \
+                     total_tokens)"
+                ),
+                13,
+                &format!(
+                    " ON CONFLICT ({col}, key_id, model) DO UPDATE SET \
+                     source_path = CASE WHEN excluded.source_path = '' THEN {table}.source_path ELSE excluded.source_path END, \
+                     requests = {table}.requests + excluded.requests, \
+                     errors = {table}.errors + excluded.errors, \
+                     streams = {table}.streams + excluded.streams, \
+                     duration_sum_us = {table}.duration_sum_us + excluded.duration_sum_us, \
+                     ttfb_sum_us = {table}.ttfb_sum_us + excluded.ttfb_sum_us, \
+                     ttfb_count = {table}.ttfb_count + excluded.ttfb_count, \
+                     prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, \
+                     completion_tokens = {table}.completion_tokens + excluded.completion_tokens, \
+                     total_tokens = {table}.total_tokens + excluded.total_tokens"
+                ),
+            )
+        };
+        let hist = |table: &str, col: &str| {
+            sized(
+                &format!("{insert} {table} ({col}, bucket, count)"),
+                3,
+                &format!(
+                    " ON CONFLICT ({col}, bucket) DO UPDATE SET count = {table}.count + excluded.count"
+                ),
+            )
+        };
+        Self {
+            insert: sized(&format!("{insert} audit_events ({AUDIT_COLUMNS})"), 21, ""),
+            roll_minute: rollup("audit_rollup_minute", "minute"),
+            roll_hour: rollup("audit_rollup_hour", "hour"),
+            hist_minute: hist("audit_latency_minute", "minute"),
+            hist_hour: hist("audit_latency_hour", "hour"),
+        }
+    }
+}
+
+/// The statement of `sqls` (one per [`CHUNKS`] size) for a chunk of `rows` rows.
+fn sql_for(sqls: &[String], rows: usize) -> &str {
+    let i = CHUNKS.iter().position(|&c| c == rows).unwrap_or(0);
+    &sqls[i]
+}
+
 /// Runs the multi-row inserts of one batch inside an open transaction `$tx`.
 macro_rules! insert_batch {
-    ($tx:expr, $events:expr) => {{
-        for chunk in $events.chunks(AUDIT_CHUNK) {
-            let mut qb =
-                sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
-            qb.push_values(chunk, |mut b, e| {
-                b.push_bind(e.request_id.as_str())
-                    .push_bind(to_ms(e.started_at))
-                    .push_bind(e.key_id.as_deref())
-                    .push_bind(e.source_path.as_deref())
-                    .push_bind(e.client_ip.as_deref())
-                    .push_bind(e.user_agent.as_deref())
-                    .push_bind(e.method.as_str())
-                    .push_bind(e.path.as_str())
-                    .push_bind(e.target_url.as_deref())
-                    .push_bind(i32::from(e.status))
-                    .push_bind(e.is_stream)
-                    .push_bind(e.model.as_deref())
-                    .push_bind(to_i64(e.request_bytes))
-                    .push_bind(to_i64(e.response_bytes))
-                    .push_bind(e.ttfb.map(to_us))
-                    .push_bind(to_us(e.duration))
-                    .push_bind(e.outcome.as_str())
-                    .push_bind(e.error_code)
-                    .push_bind(e.usage.map(|u| to_i64(u.prompt_tokens)))
-                    .push_bind(e.usage.map(|u| to_i64(u.completion_tokens)))
-                    .push_bind(e.usage.map(|u| to_i64(u.total_tokens)));
-            });
-            qb.build().execute(&mut *$tx).await?;
+    ($tx:expr, $sql:expr, $events:expr) => {{
+        for chunk in fixed_chunks($events) {
+            let mut q = sqlx::query(sql_for(&$sql.insert, chunk.len()));
+            for e in chunk {
+                q = q
+                    .bind(e.request_id.as_str())
+                    .bind(to_ms(e.started_at))
+                    .bind(e.key_id.as_deref())
+                    .bind(e.source_path.as_deref())
+                    .bind(e.client_ip.as_deref())
+                    .bind(e.user_agent.as_deref())
+                    .bind(e.method.as_str())
+                    .bind(e.path.as_str())
+                    .bind(e.target_url.as_deref())
+                    .bind(i32::from(e.status))
+                    .bind(e.is_stream)
+                    .bind(e.model.as_deref())
+                    .bind(to_i64(e.request_bytes))
+                    .bind(to_i64(e.response_bytes))
+                    .bind(e.ttfb.map(to_us))
+                    .bind(to_us(e.duration))
+                    .bind(e.outcome.as_str())
+                    .bind(e.error_code)
+                    .bind(e.usage.map(|u| to_i64(u.prompt_tokens)))
+                    .bind(e.usage.map(|u| to_i64(u.completion_tokens)))
+                    .bind(e.usage.map(|u| to_i64(u.total_tokens)));
+            }
+            q.execute(&mut *$tx).await?;
         }
     }};
 }
 
 /// Upserts one granularity of rollups inside an open transaction `$tx`.
 macro_rules! upsert_rollups {
-    ($tx:expr, $table:expr, $hist_table:expr, $col:expr, $roll:expr, $hist:expr) => {{
-        for chunk in $roll.chunks(ROLLUP_CHUNK) {
-            let mut qb = sqlx::QueryBuilder::new(
-                format!(
-                    "INSERT INTO {} ({}, key_id, model, source_path, requests, errors, streams, \
-                     duration_sum_us, ttfb_sum_us, ttfb_count, prompt_tokens, completion_tokens, total_tokens) ",
-                    $table, $col
-                ),
-            );
-            qb.push_values(chunk, |mut b, ((minute, key_id, model), r)| {
-                b.push_bind(*minute)
-                    .push_bind(key_id.as_str())
-                    .push_bind(model.as_str())
-                    .push_bind(r.source_path.as_str())
-                    .push_bind(r.requests)
-                    .push_bind(r.errors)
-                    .push_bind(r.streams)
-                    .push_bind(r.duration_sum_us)
-                    .push_bind(r.ttfb_sum_us)
-                    .push_bind(r.ttfb_count)
-                    .push_bind(r.prompt_tokens)
-                    .push_bind(r.completion_tokens)
-                    .push_bind(r.total_tokens);
-            });
-            qb.push(
-                &format!(" ON CONFLICT ({col}, key_id, model) DO UPDATE SET \
-                 source_path = CASE WHEN excluded.source_path = '' THEN {t}.source_path ELSE excluded.source_path END, \
-                 requests = {t}.requests + excluded.requests, \
-                 errors = {t}.errors + excluded.errors, \
-                 streams = {t}.streams + excluded.streams, \
-                 duration_sum_us = {t}.duration_sum_us + excluded.duration_sum_us, \
-                 ttfb_sum_us = {t}.ttfb_sum_us + excluded.ttfb_sum_us, \
-                 ttfb_count = {t}.ttfb_count + excluded.ttfb_count, \
-                 prompt_tokens = {t}.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = {t}.completion_tokens + excluded.completion_tokens, \
-                 total_tokens = {t}.total_tokens + excluded.total_tokens", t = $table, col = $col),
-            );
-            qb.build().execute(&mut *$tx).await?;
+    ($tx:expr, $roll_sql:expr, $hist_sql:expr, $roll:expr, $hist:expr) => {{
+        for chunk in fixed_chunks(&$roll) {
+            let mut q = sqlx::query(sql_for(&$roll_sql, chunk.len()));
+            for ((minute, key_id, model), r) in chunk {
+                q = q
+                    .bind(*minute)
+                    .bind(*key_id)
+                    .bind(*model)
+                    .bind(r.source_path.as_str())
+                    .bind(r.requests)
+                    .bind(r.errors)
+                    .bind(r.streams)
+                    .bind(r.duration_sum_us)
+                    .bind(r.ttfb_sum_us)
+                    .bind(r.ttfb_count)
+                    .bind(r.prompt_tokens)
+                    .bind(r.completion_tokens)
+                    .bind(r.total_tokens);
+            }
+            q.execute(&mut *$tx).await?;
         }
-        for chunk in $hist.chunks(HIST_CHUNK) {
-            let mut qb = sqlx::QueryBuilder::new(format!("INSERT INTO {} ({}, bucket, count) ", $hist_table, $col));
-            qb.push_values(chunk, |mut b, ((minute, bucket), count)| {
-                b.push_bind(*minute).push_bind(*bucket).push_bind(*count);
-            });
-            qb.push(
-                &format!(" ON CONFLICT ({col}, bucket) DO UPDATE SET count = {t}.count + excluded.count", t = $hist_table, col = $col),
-            );
-            qb.build().execute(&mut *$tx).await?;
+        for chunk in fixed_chunks(&$hist) {
+            let mut q = sqlx::query(sql_for(&$hist_sql, chunk.len()));
+            for ((minute, bucket), count) in chunk {
+                q = q.bind(*minute).bind(*bucket).bind(*count);
+            }
+            q.execute(&mut *$tx).await?;
         }
     }};
 }
@@ -268,30 +366,17 @@ impl Store {
     /// retry after an error).
     pub async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
-            return Ok(()); // push_values panics on an empty iterator
+            return Ok(());
         }
         let (roll_m, hist_m) = rollups(events, MINUTE_MS);
         let (roll_h, hist_h) = rollups(events, HOUR_MS);
+        let sql = AuditSql::get(matches!(self.inner.db, crate::Db::Sqlite(_)));
         let result: Result<(), sqlx::Error> = on_pool!(&self.inner.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
-                insert_batch!(tx, events);
-                upsert_rollups!(
-                    tx,
-                    "audit_rollup_minute",
-                    "audit_latency_minute",
-                    "minute",
-                    roll_m,
-                    hist_m
-                );
-                upsert_rollups!(
-                    tx,
-                    "audit_rollup_hour",
-                    "audit_latency_hour",
-                    "hour",
-                    roll_h,
-                    hist_h
-                );
+                insert_batch!(tx, sql, events);
+                upsert_rollups!(tx, sql.roll_minute, sql.hist_minute, roll_m, hist_m);
+                upsert_rollups!(tx, sql.roll_hour, sql.hist_hour, roll_h, hist_h);
                 tx.commit().await
             }
             .await
@@ -479,6 +564,33 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn fixed_chunks_cover_every_row_in_order_with_fixed_sizes() {
+        for n in [0usize, 1, 3, 4, 5, 63, 64, 65, 500, 512, 1000] {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = fixed_chunks(&items).collect();
+            assert!(chunks.iter().all(|c| CHUNKS.contains(&c.len())), "{n}");
+            assert_eq!(chunks.concat(), items, "{n}");
+        }
+        assert_eq!(fixed_chunks(&[0u8; 512]).count(), 8);
+        // Every size has its statement, with as many placeholders as binds.
+        for sqlite in [true, false] {
+            let sql = AuditSql::get(sqlite);
+            for (i, rows) in CHUNKS.iter().enumerate() {
+                let binds = |s: &str| {
+                    if sqlite {
+                        s.matches('?').count()
+                    } else {
+                        s.matches('$').count()
+                    }
+                };
+                assert_eq!(binds(&sql.insert[i]), rows * 21);
+                assert_eq!(binds(&sql.roll_minute[i]), rows * 13);
+                assert_eq!(binds(&sql.hist_hour[i]), rows * 3);
+            }
+        }
+    }
 
     #[test]
     fn cursor_round_trip_and_garbage() {
