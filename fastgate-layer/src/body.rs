@@ -75,7 +75,9 @@ enum Inner {
     Upstream {
         body: Incoming,
         idle: Duration,
-        timer: Pin<Box<Sleep>>,
+        /// Created at the first `Pending`: a body that is ready at once (a small JSON answer)
+        /// never allocates or registers a timer.
+        timer: Option<Pin<Box<Sleep>>>,
         /// The timer measures the current wait (armed at the first `Pending` after a frame), so
         /// time the client spends not reading never counts as upstream silence.
         armed: bool,
@@ -98,8 +100,8 @@ impl GatewayBody {
             inner: Inner::Upstream {
                 body,
                 idle,
-                timer: Box::pin(tokio::time::sleep(idle)),
-                armed: true,
+                timer: None,
+                armed: false,
             },
         }
     }
@@ -156,6 +158,7 @@ impl Body for GatewayBody {
                     Poll::Ready(frame.map(|r| r.map_err(GatewayBodyError::Upstream)))
                 }
                 Poll::Pending => {
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
                     if !*armed {
                         *armed = true;
                         timer.as_mut().reset(Instant::now() + *idle);

@@ -57,6 +57,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::audit::Outcome;
+use crate::backend_cache::BackendCache;
 use crate::body::GatewayBody;
 use crate::error::{BoxError, rejection};
 use crate::extensions::{Backend, RouteConfig, TargetUrl};
@@ -103,6 +104,8 @@ type HttpsClient<B> = Client<ConnectTimeouts<HttpsConnector<HttpConnector>>, B>;
 pub struct ForwardService<B> {
     client: HttpsClient<B>,
     timeouts: Timeouts,
+    /// The upstream URI (without query) and audit target of each backend, built once.
+    targets: BackendCache<Option<(Uri, TargetUrl)>>,
 }
 
 impl<B> Clone for ForwardService<B> {
@@ -110,6 +113,7 @@ impl<B> Clone for ForwardService<B> {
         Self {
             client: self.client.clone(),
             timeouts: self.timeouts.clone(),
+            targets: self.targets.clone(),
         }
     }
 }
@@ -166,7 +170,11 @@ where
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        Self { client, timeouts }
+        Self {
+            client,
+            timeouts,
+            targets: BackendCache::default(),
+        }
     }
 }
 
@@ -195,7 +203,23 @@ where
             ));
         };
         let backend = Arc::clone(&route.backend);
-        let Some((uri, target)) = upstream_uri(&backend, req.uri()) else {
+        let prepared = self.targets.get_or_insert_with(&backend, || {
+            let prepared = upstream_uri(&backend, None);
+            if let Some(authority) = prepared.as_ref().and_then(|(uri, _)| uri.authority()) {
+                self.timeouts
+                    .note(authority.as_str(), backend.connect_timeout);
+            }
+            prepared
+        });
+        let uri_and_target = prepared.and_then(|(uri, target)| match req.uri().query() {
+            None => Some((uri, target)),
+            // The query string is kept; only then is a URI built per request.
+            Some(q) => format!("{}?{q}", target.0)
+                .parse::<Uri>()
+                .ok()
+                .map(|uri| (uri, target)),
+        });
+        let Some((uri, target)) = uri_and_target else {
             tracing::error!(route = %route.name, "backend URL of route is not usable");
             return ResponseFuture::ready(rejection(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -204,10 +228,6 @@ where
                 Outcome::Rejected,
             ));
         };
-        if let Some(authority) = uri.authority() {
-            self.timeouts
-                .note(authority.as_str(), backend.connect_timeout);
-        }
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -298,8 +318,9 @@ where
     }
 }
 
-/// Build the upstream URI (and the audit-safe target URL, without query) for a request.
-fn upstream_uri(backend: &Backend, incoming: &Uri) -> Option<(Uri, TargetUrl)> {
+/// Build the upstream URI (and the audit-safe target URL, without query) for a request whose
+/// query string is `query`.
+fn upstream_uri(backend: &Backend, query: Option<&str>) -> Option<(Uri, TargetUrl)> {
     let scheme = backend.base_url.scheme_str()?;
     // Never carry `user:password@` into the upstream URI, the audit record or a log line.
     let authority = backend.base_url.authority()?.as_str();
@@ -314,7 +335,7 @@ fn upstream_uri(backend: &Backend, incoming: &Uri) -> Option<(Uri, TargetUrl)> {
         "/"
     };
     let target = format!("{scheme}://{authority}{base_path}{sep}{path}");
-    let full = match incoming.query() {
+    let full = match query {
         Some(q) => format!("{target}?{q}"),
         None => target.clone(),
     };
@@ -467,15 +488,15 @@ mod tests {
     #[test]
     fn uri_joins_base_path_and_keeps_query() {
         let b = backend("http://127.0.0.1:9/v1/", "/chat/completions");
-        let (uri, target) = upstream_uri(&b, &"/proxy/x?a=1&b=2".parse().unwrap()).unwrap();
+        let (uri, target) = upstream_uri(&b, Some("a=1&b=2")).unwrap();
         assert_eq!(uri, "http://127.0.0.1:9/v1/chat/completions?a=1&b=2");
         assert_eq!(&*target.0, "http://127.0.0.1:9/v1/chat/completions");
         let b = backend("http://user:secret@127.0.0.1:9", "/x");
-        let (uri, target) = upstream_uri(&b, &"/p".parse().unwrap()).unwrap();
+        let (uri, target) = upstream_uri(&b, None).unwrap();
         assert_eq!(uri, "http://127.0.0.1:9/x");
         assert!(!target.0.contains("secret"));
         let b = backend("https://api.example.com", "v2/x");
-        let (uri, _) = upstream_uri(&b, &"/p".parse().unwrap()).unwrap();
+        let (uri, _) = upstream_uri(&b, None).unwrap();
         assert_eq!(uri, "https://api.example.com/v2/x");
     }
 

@@ -35,6 +35,8 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use tower::{Layer, Service};
 
+use crate::backend_cache::BackendCache;
+
 use crate::extensions::RouteConfig;
 use crate::secret::Secret;
 
@@ -42,12 +44,13 @@ use crate::secret::Secret;
 #[derive(Clone, Debug, Default)]
 pub struct InjectUpstreamKeyLayer {
     fixed: Option<(HeaderName, HeaderValue)>,
+    credentials: BackendCache<Option<HeaderValue>>,
 }
 
 impl InjectUpstreamKeyLayer {
     /// Take the key from the request's [`RouteConfig`] backend.
     pub fn new() -> Self {
-        Self { fixed: None }
+        Self::default()
     }
 
     /// Always send `Authorization: Bearer <key>`, whatever the route. An empty or unusable key
@@ -60,6 +63,7 @@ impl InjectUpstreamKeyLayer {
     pub fn header(name: HeaderName, key: Secret) -> Self {
         Self {
             fixed: credential_value(&name, &key).map(|v| (name, v)),
+            credentials: BackendCache::default(),
         }
     }
 }
@@ -71,6 +75,7 @@ impl<S> Layer<S> for InjectUpstreamKeyLayer {
         InjectUpstreamKey {
             inner,
             fixed: self.fixed.clone(),
+            credentials: self.credentials.clone(),
         }
     }
 }
@@ -80,6 +85,8 @@ impl<S> Layer<S> for InjectUpstreamKeyLayer {
 pub struct InjectUpstreamKey<S> {
     inner: S,
     fixed: Option<(HeaderName, HeaderValue)>,
+    /// Each backend's header value, built once (not a `format!` and a copy per request).
+    credentials: BackendCache<Option<HeaderValue>>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for InjectUpstreamKey<S> {
@@ -123,10 +130,13 @@ where
         if let Some((name, value)) = &self.fixed {
             req.headers_mut().insert(name.clone(), value.clone());
         } else if let Some(route) = req.extensions().get::<RouteConfig>() {
-            let backend = std::sync::Arc::clone(&route.backend);
+            let backend = &route.backend;
             if let Some(key) = &backend.api_key {
-                let value = credential_value(&backend.key_header, key);
-                set(req.headers_mut(), &backend.key_header, value);
+                let value = self
+                    .credentials
+                    .get_or_insert_with(backend, || credential_value(&backend.key_header, key));
+                let name = backend.key_header.clone();
+                set(req.headers_mut(), &name, value);
             }
         }
         self.inner.call(req)

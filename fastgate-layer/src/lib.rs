@@ -88,6 +88,7 @@
 
 pub mod audit;
 pub mod auth;
+mod backend_cache;
 pub mod body;
 pub mod error;
 pub mod extensions;

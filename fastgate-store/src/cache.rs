@@ -165,15 +165,77 @@ pub struct StoreKeyResolver {
 }
 
 impl KeyResolver for StoreKeyResolver {
-    type Future = Pin<Box<dyn Future<Output = Result<KeyIdentity, ResolveError>> + Send>>;
+    type Future = ResolveFuture;
 
     fn resolve(&self, key: PresentedKey) -> Self::Future {
-        let store = self.store.clone();
         // Hash right away: the secret goes no further.
         let hash = hash_key(key.expose());
         drop(key);
-        Box::pin(async move { store.resolve_hash(&hash).await })
+        // A cache hit (or a known-unknown key) is answered without boxing a future.
+        match self.store.resolve_cached(&hash) {
+            Cached::Done(result) => ResolveFuture {
+                inner: ResolveInner::Ready(Some(result)),
+            },
+            Cached::Miss(miss) => {
+                let store = self.store.clone();
+                ResolveFuture {
+                    inner: ResolveInner::Lookup(Box::pin(async move {
+                        store.resolve_uncached(&hash, miss).await
+                    })),
+                }
+            }
+        }
     }
+}
+
+/// Future of [`StoreKeyResolver::resolve`]: ready at once on a cache hit, a database lookup
+/// otherwise.
+pub struct ResolveFuture {
+    inner: ResolveInner,
+}
+
+enum ResolveInner {
+    Ready(Option<Result<KeyIdentity, ResolveError>>),
+    Lookup(Pin<Box<dyn Future<Output = Result<KeyIdentity, ResolveError>> + Send>>),
+}
+
+impl std::fmt::Debug for ResolveFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolveFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResolveFuture {
+    type Output = Result<KeyIdentity, ResolveError>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().inner {
+            ResolveInner::Ready(result) => std::task::Poll::Ready(
+                result
+                    .take()
+                    .expect("ResolveFuture polled after completion"),
+            ),
+            ResolveInner::Lookup(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What the cache alone can say about a key hash.
+enum Cached {
+    /// The answer (hit, known-unknown key, or the database is known to be failing).
+    Done(Result<KeyIdentity, ResolveError>),
+    /// The database must be asked; carries what the cache knew.
+    Miss(Miss),
+}
+
+/// State carried from the cache check to the database lookup.
+struct Miss {
+    cached: Option<Entry>,
+    now: Instant,
+    wall: SystemTime,
 }
 
 impl Store {
@@ -190,6 +252,15 @@ impl Store {
     }
 
     async fn resolve_hash(&self, hash: &str) -> Result<KeyIdentity, ResolveError> {
+        match self.resolve_cached(hash) {
+            Cached::Done(result) => result,
+            Cached::Miss(miss) => self.resolve_uncached(hash, miss).await,
+        }
+    }
+
+    /// The cache's answer for `hash`, if it has one (counted as a hit, negative hit or stale
+    /// serve); otherwise what the database lookup needs.
+    fn resolve_cached(&self, hash: &str) -> Cached {
         let inner = &self.inner;
         let ttl = inner.opts.cache_ttl;
         let now = Instant::now();
@@ -208,7 +279,7 @@ impl Store {
         };
         if !ttl.is_zero() && cached.is_none() && inner.cache.is_known_unknown(hash, ttl) {
             Counters::add(&inner.counters.negative_hits, 1);
-            return Err(ResolveError::Invalid);
+            return Cached::Done(Err(ResolveError::Invalid));
         }
         let db_failing = lock(&inner.cache.db_failed_until).is_some_and(|until| now < until);
         if let Some(e) = &cached {
@@ -223,14 +294,24 @@ impl Store {
                     1,
                 );
                 inner.usage.record(&e.identity.key_id, to_ms(wall));
-                return Ok(e.identity.clone());
+                return Cached::Done(Ok(e.identity.clone()));
             }
         }
         if db_failing && cached.is_none() {
             // The database failed moments ago: answer at once rather than queue every unknown
             // key behind the pool's acquire timeout. One lookup per interval probes it again.
-            return Err(ResolveError::Unavailable(Box::new(StoreError::Unavailable)));
+            return Cached::Done(Err(ResolveError::Unavailable(Box::new(
+                StoreError::Unavailable,
+            ))));
         }
+        Cached::Miss(Miss { cached, now, wall })
+    }
+
+    /// Ask the database about `hash` (after [`Self::resolve_cached`] had no answer).
+    async fn resolve_uncached(&self, hash: &str, miss: Miss) -> Result<KeyIdentity, ResolveError> {
+        let Miss { cached, now, wall } = miss;
+        let inner = &self.inner;
+        let ttl = inner.opts.cache_ttl;
         Counters::add(&inner.counters.cache_misses, 1);
         let generation = inner.cache.generation.load(Ordering::Acquire);
         match lookup_hash(&inner.db, hash).await {

@@ -64,7 +64,7 @@ mod url;
 
 pub use audit::StoreAuditSink;
 pub use background::BackgroundOptions;
-pub use cache::StoreKeyResolver;
+pub use cache::{ResolveFuture, StoreKeyResolver};
 pub use error::StoreError;
 pub use keys::hash_key;
 pub use model::{
