@@ -38,22 +38,58 @@ pub(crate) fn is_success(outcome: Outcome, status: u16) -> bool {
 }
 
 #[derive(Debug, Default)]
-struct Rollup {
-    source_path: String,
-    requests: i64,
-    errors: i64,
-    streams: i64,
-    duration_sum_us: i64,
-    ttfb_sum_us: i64,
-    ttfb_count: i64,
-    prompt_tokens: i64,
-    completion_tokens: i64,
-    total_tokens: i64,
+pub(crate) struct Rollup {
+    pub(crate) source_path: String,
+    pub(crate) requests: i64,
+    pub(crate) errors: i64,
+    pub(crate) streams: i64,
+    pub(crate) duration_sum_us: i64,
+    pub(crate) ttfb_sum_us: i64,
+    pub(crate) ttfb_count: i64,
+    pub(crate) prompt_tokens: i64,
+    pub(crate) completion_tokens: i64,
+    pub(crate) total_tokens: i64,
 }
 
-type RollupKey<'a> = (i64, &'a str, &'a str);
-/// (minute, histogram bucket) → count.
-type HistRow = ((i64, i32), i64);
+/// (bucket start, key id, model); key id and model are `""` when absent.
+pub(crate) type RollupKey<'a> = (i64, &'a str, &'a str);
+/// (bucket start, histogram bucket) → count.
+pub(crate) type HistRow = ((i64, i32), i64);
+
+/// The rollup rows of one batch at one granularity.
+pub(crate) struct AuditRollups<'a> {
+    pub(crate) roll: Vec<(RollupKey<'a>, Rollup)>,
+    pub(crate) hist: Vec<HistRow>,
+}
+
+impl<'a> AuditRollups<'a> {
+    pub(crate) fn of(events: &'a [AuditEvent], granularity_ms: i64) -> Self {
+        let (roll, hist) = rollups(events, granularity_ms);
+        Self { roll, hist }
+    }
+}
+
+/// The one-row SQLite statements (`?` placeholders), for the rusqlite audit writer.
+pub(crate) struct SqliteStatements {
+    pub(crate) insert: &'static str,
+    pub(crate) roll_minute: &'static str,
+    pub(crate) roll_hour: &'static str,
+    pub(crate) hist_minute: &'static str,
+    pub(crate) hist_hour: &'static str,
+}
+
+impl SqliteStatements {
+    pub(crate) fn get() -> Self {
+        let sql = AuditSql::get(true);
+        Self {
+            insert: sql_for(&sql.insert, 1),
+            roll_minute: sql_for(&sql.roll_minute, 1),
+            roll_hour: sql_for(&sql.roll_hour, 1),
+            hist_minute: sql_for(&sql.hist_minute, 1),
+            hist_hour: sql_for(&sql.hist_hour, 1),
+        }
+    }
+}
 
 fn rollups(
     events: &[AuditEvent],
@@ -367,6 +403,18 @@ impl Store {
     pub async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
+        }
+        if let Some(writer) = &self.inner.sqlite_audit {
+            return match writer.write(events).await {
+                Ok(()) => {
+                    Counters::add(&self.inner.counters.audit_rows_written, events.len() as u64);
+                    Ok(())
+                }
+                Err(e) => {
+                    Counters::add(&self.inner.counters.audit_batches_failed, 1);
+                    Err(e.into())
+                }
+            };
         }
         let (roll_m, hist_m) = rollups(events, MINUTE_MS);
         let (roll_h, hist_h) = rollups(events, HOUR_MS);

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// A batch of audit rows could not be written to the SQLite file.
+    #[error("audit write failed")]
+    AuditWrite(#[from] crate::sqlite_audit::SqliteAuditError),
     /// A migration failed to apply.
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -60,7 +63,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Self::Connect { .. } | Self::Database(_) | Self::Migrate(_)
+            Self::Connect { .. } | Self::Database(_) | Self::Migrate(_) | Self::AuditWrite(_)
         )
     }
 }

@@ -60,6 +60,7 @@ mod error;
 mod keys;
 mod metrics;
 mod model;
+mod sqlite_audit;
 mod url;
 
 pub use audit::StoreAuditSink;
@@ -71,6 +72,7 @@ pub use model::{
     AuditFilter, AuditPage, AuditRecord, CreatedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate,
     KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey, SeriesPoint,
 };
+pub use sqlite_audit::SqliteAuditError;
 pub use url::{DatabaseUrl, PostgresUrl, SqliteLocation, parse_database_url, redact_url};
 
 /// Which database a [`Store`] talks to.
@@ -199,6 +201,8 @@ pub(crate) struct Inner {
     pub(crate) cache: cache::KeyCache,
     pub(crate) usage: cache::UsageBuffer,
     pub(crate) counters: Counters,
+    /// Audit inserts on a SQLite file go through their own rusqlite connection.
+    pub(crate) sqlite_audit: Option<sqlite_audit::SqliteAuditWriter>,
 }
 
 /// Handle to the database, the key cache and the counters. Cheap to clone.
@@ -217,6 +221,7 @@ impl Store {
 
     /// [`Store::connect`] with an already parsed URL.
     pub async fn connect_parsed(url: &DatabaseUrl, opts: StoreOptions) -> Result<Self, StoreError> {
+        let mut sqlite_audit = None;
         let db = match url {
             DatabaseUrl::Sqlite(loc) => {
                 let (conn, pool) = match loc {
@@ -238,6 +243,10 @@ impl Store {
                                 dir: dir.to_owned(),
                             });
                         }
+                        sqlite_audit = Some(sqlite_audit::SqliteAuditWriter::new(
+                            path.clone(),
+                            opts.sqlite_busy_timeout,
+                        ));
                         (
                             SqliteConnectOptions::new()
                                 .filename(path)
@@ -281,6 +290,7 @@ impl Store {
                 cache: cache::KeyCache::new(opts.cache_capacity),
                 usage: cache::UsageBuffer::default(),
                 counters: Counters::default(),
+                sqlite_audit,
                 opts,
             }),
         };
@@ -319,6 +329,9 @@ impl Store {
     /// shutdown, and for tests that simulate a database that went away.
     pub async fn close(&self) {
         on_pool!(&self.inner.db, |pool| pool.close().await);
+        if let Some(writer) = &self.inner.sqlite_audit {
+            writer.close();
+        }
     }
 
     /// The options the store was created with.
