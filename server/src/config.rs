@@ -94,6 +94,9 @@ pub struct AppConfig {
     pub port: u16,
     /// Seconds in-flight requests and streams get to finish on SIGTERM/SIGINT.
     pub shutdown_timeout: u64,
+    /// Seconds a connection may take to send a request's headers, counted from when it starts
+    /// waiting for the request (so also how long an idle HTTP/1.1 keep-alive connection is kept).
+    pub header_read_timeout: u64,
 }
 
 impl Default for AppConfig {
@@ -105,6 +108,7 @@ impl Default for AppConfig {
             host: "0.0.0.0".into(),
             port: 8514,
             shutdown_timeout: 30,
+            header_read_timeout: 60,
         }
     }
 }
@@ -691,6 +695,12 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     }
     if c.api_gateway.max_body_bytes == 0 {
         return err("api_gateway.max_body_bytes", "must be at least 1".into());
+    }
+    if c.app.header_read_timeout == 0 {
+        return err(
+            "app.header_read_timeout",
+            "must be at least 1 (seconds)".into(),
+        );
     }
     if c.audit.queue_capacity == 0 {
         return err("audit.queue_capacity", "must be at least 1".into());

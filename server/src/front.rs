@@ -7,8 +7,11 @@
 //! conversion of a hyper request.
 //!
 //! Connections get `TCP_NODELAY` (an SSE event or a body written after its headers leaves at
-//! once), HTTP/1.1 with keep-alive or HTTP/2 (h2c, detected from the preface), and a 30 s limit
-//! for reading a request's headers (a client that trickles headers is disconnected). On shutdown
+//! once), HTTP/1.1 with keep-alive or HTTP/2 (h2c, detected from the preface), and a limit for
+//! reading a request's headers (`app.header_read_timeout`, 60 s by default), which hyper counts
+//! from the moment the connection waits for its next request: a client that trickles headers,
+//! or an HTTP/1.1 connection idle that long between requests, is closed (nginx closes idle
+//! keep-alive connections after 75 s). On shutdown
 //! the listener closes, every connection finishes its in-flight request (HTTP/1.1) or gets a
 //! GOAWAY (HTTP/2), and whatever is still open after the grace period is aborted, which lets
 //! the audit layer record those requests as interrupted.
@@ -48,9 +51,6 @@ pub type FrontBody = Either<AuditBody<GatewayBody>, AppBody>;
 
 /// The poem app behind the front (everything but `/proxy`).
 pub type App = Arc<poem::endpoint::BoxEndpoint<'static>>;
-
-/// Time allowed to read a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether `path` belongs to the proxy (`/proxy` itself or anything below `/proxy/`).
 fn is_proxy_path(path: &str) -> bool {
@@ -172,22 +172,32 @@ impl AccessLog {
     }
 }
 
+/// Connection settings of the front.
+#[derive(Clone, Copy, Debug)]
+pub struct FrontConfig {
+    /// Time allowed to read a request's headers (see the module docs).
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get after the shutdown signal.
+    pub grace: Duration,
+}
+
 /// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
-/// accepting, let in-flight requests finish for up to `grace`, and abort what is left.
+/// accepting, let in-flight requests finish for up to `config.grace`, and abort what is left.
 pub async fn serve(
     listener: TcpListener,
     proxy: ProxyService,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    config: FrontConfig,
 ) -> std::io::Result<()> {
+    let grace = config.grace;
     let local = LocalAddr(poem::Addr::SocketAddr(listener.local_addr()?));
     let shared = Arc::new(Shared { proxy, app, local });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();

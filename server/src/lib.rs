@@ -141,12 +141,16 @@ impl Gateway {
             ),
         );
         let grace = Duration::from_secs(c.app.shutdown_timeout);
+        let front_config = front::FrontConfig {
+            header_read_timeout: Duration::from_secs(c.app.header_read_timeout),
+            grace,
+        };
         let server = tokio::spawn(front::serve(
             listener,
             gateway,
             Arc::new(app),
             shutdown,
-            grace,
+            front_config,
         ));
         Ok(Self {
             state,
@@ -165,13 +169,14 @@ impl Gateway {
         let (a, b) = (&old.config, &new.config);
         if a.app.host != b.app.host
             || a.app.port != b.app.port
+            || a.app.header_read_timeout != b.app.header_read_timeout
             || a.database.url != b.database.url
             || a.audit.queue_capacity != b.audit.queue_capacity
             || a.api_gateway.strip_headers != b.api_gateway.strip_headers
             || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
         {
             tracing::warn!(
-                "listen address, database, audit queue, strip_headers and max_body_bytes changes take effect after a restart"
+                "listen address, header_read_timeout, database, audit queue, strip_headers and max_body_bytes changes take effect after a restart"
             );
         }
         self.routes.replace(new.routes.clone());

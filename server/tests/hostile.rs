@@ -510,3 +510,68 @@ async fn static_path_traversal_is_404_and_never_bypasses_the_admin_guard() {
     let req = "GET /admin/ui/ HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n";
     assert_eq!(raw_status(&raw_http(fg.port, req.as_bytes()).await), 200);
 }
+
+/// Reads until the server closes the connection (or `within` passes); returns the bytes read and
+/// whether the close was seen.
+async fn read_until_closed(sock: &mut tokio::net::TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0) | Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &up.url(),
+        |y| *y = y.replacen("app:\n", "app:\n  header_read_timeout: 1\n", 1),
+        &[],
+    )
+    .await;
+    let key = fg.create_key("slow").await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A client that never finishes its headers (slowloris) is disconnected after ~1 s.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    slow.write_all(b"POST /proxy/x HTTP/1.1\r\nhost: a\r\nx-api-key: fg_")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(closed, "a connection trickling headers was kept open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "closed after {took:?}, expected about 1 s"
+    );
+
+    // A complete request on a keep-alive connection is served; left idle, the connection is
+    // closed after the same timeout.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let body = chat_body(false);
+    let req = format!(
+        "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    idle.write_all(req.as_bytes()).await.unwrap();
+    let (got, closed) = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed, "an idle keep-alive connection was kept open");
+    assert_eq!(up.count(), 1);
+}
