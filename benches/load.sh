@@ -118,6 +118,7 @@ P_FG_OFF=$(pick_port $((P_FG + 1)))
 P_FG_B=$(pick_port $((P_FG_OFF + 1)))
 P_SSE=$(pick_port $((P_FG_B + 1))) # loadgen's own timestamping SSE upstream
 P_BARE=$(pick_port $((P_SSE + 1)))
+P_FG_HOLD=$(pick_port $((P_BARE + 1)))
 BACKEND_PATH=/miniai/v2/chat/completions
 ADMIN=bench-admin-token-3f9a
 REAL_KEY=sk-real-upstream-bench
@@ -237,6 +238,9 @@ EOF
 }
 start_fastgate fg "$P_FG" 65536
 start_fastgate fgoff "$P_FG_OFF" 1
+# A separate instance holds the 1,000 open streams, so that the load runs' instance ("fg") reports
+# the peak RSS of the load runs alone; the stream instance's own peak is reported beside it.
+[[ -z ${QUICK:-} ]] && start_fastgate fghold "$P_FG_HOLD" 65536
 TARGETS=(direct nginx bare fg fgoff)
 if [[ -n ${FASTGATE_BIN_B:-} ]]; then # a second build (e.g. before a change), audit on, same run
     start_fastgate fgb "$P_FG_B" 65536 "$FASTGATE_BIN_B"
@@ -252,6 +256,7 @@ create_key() { # port → prints the key
 }
 KEY=$(create_key "$P_FG")
 KEY_OFF=$(create_key "$P_FG_OFF")
+[[ -n ${PID_fghold:-} ]] && KEY_HOLD=$(create_key "$P_FG_HOLD")
 [[ -n ${PID_fgb:-} ]] && KEY_B=$(create_key "$P_FG_B")
 [[ $KEY == fg_* && $KEY_OFF == fg_* ]] || die "could not create keys (see $WORK/fg/log)"
 
@@ -286,6 +291,8 @@ EOF
 }
 LUA_FG=$(wrk_script "$KEY")
 LUA_FGOFF=$(wrk_script "$KEY_OFF")
+[[ -n ${KEY_HOLD:-} ]] && LUA_FGHOLD=$(wrk_script "$KEY_HOLD")
+U_FGHOLD=http://127.0.0.1:$P_FG_HOLD/proxy$BACKEND_PATH
 [[ -n ${KEY_B:-} ]] && LUA_FGB=$(wrk_script "$KEY_B")
 
 cpu_ticks() { # pid → utime+stime in clock ticks
@@ -336,13 +343,15 @@ run_wrk "$U_NGINX" "$LUA_NONE" 2 >/dev/null
 run_wrk "$U_BARE" "$LUA_NONE" 2 >/dev/null
 run_wrk "$U_FG" "$LUA_FG" 2 >/dev/null
 run_wrk "$U_FGOFF" "$LUA_FGOFF" 2 >/dev/null
+[[ -n ${PID_fghold:-} ]] && run_wrk "$U_FGHOLD" "$LUA_FGHOLD" 2 >/dev/null
 [[ -n ${PID_fgb:-} ]] && run_wrk "http://127.0.0.1:$P_FG_B/proxy$BACKEND_PATH" "$LUA_FGB" 2 >/dev/null
 sleep 1
 RSS_IDLE=$(rss_kib "$PID_fg")
 if [[ -z ${QUICK:-} ]]; then
+RSS_HOLD_IDLE=$(rss_kib "$PID_fghold")
 log "memory: $HOLD concurrent open streams through FastGate"
-on_loadgen_cpu "$LOADGEN" hold --url "$U_FG" --count "$HOLD" --hold-ms 3000 \
-    --header "X-API-Key: $KEY" --header "x-mock-chunks: 40" --header "x-mock-chunk-delay-ms: 500" \
+on_loadgen_cpu "$LOADGEN" hold --url "$U_FGHOLD" --count "$HOLD" --hold-ms 3000 \
+    --header "X-API-Key: $KEY_HOLD" --header "x-mock-chunks: 40" --header "x-mock-chunk-delay-ms: 500" \
     --body "$SBODY" >"$WORK/hold.out" 2>&1 &
 HOLD_PID=$!
 PIDS+=("$HOLD_PID")
@@ -353,9 +362,9 @@ for _ in $(seq 1 600); do
 done
 grep -q READY "$WORK/hold.out" || die "streams did not open: $(cat "$WORK/hold.out")"
 sleep 1
-RSS_HOLD=$(rss_kib "$PID_fg")
+RSS_HOLD=$(rss_kib "$PID_fghold")
 wait "$HOLD_PID" || die "hold run failed: $(cat "$WORK/hold.out")"
-PER_STREAM_KIB=$(awk -v a="$RSS_IDLE" -v b="$RSS_HOLD" -v n="$HOLD" 'BEGIN { printf "%.1f", (b - a) / n }')
+PER_STREAM_KIB=$(awk -v a="$RSS_HOLD_IDLE" -v b="$RSS_HOLD" -v n="$HOLD" 'BEGIN { printf "%.1f", (b - a) / n }')
 sleep 1
 
 fi
@@ -507,8 +516,8 @@ Memory (FastGate, from /proc/PID/status)
 | what | value | target |
 |------|-------|--------|
 | RSS idle after warm-up | $(mib "$RSS_IDLE") MiB | – |
-| $HOLD concurrent open streams: RSS | $(mib "$RSS_HOLD") MiB → $PER_STREAM_KIB KiB per stream | ≤ 40 KiB |
-| peak RSS (VmHWM) after all runs | $(mib "$HWM_END") MiB (current $(mib "$RSS_END") MiB; nginx worker peak $(mib "${NGINX_HWM/\?/0}") MiB) | ≤ 40 MiB |
+| peak RSS (VmHWM) after all load runs (closed loop, open loop, streaming, $AUDIT_N-request count) | $(mib "$HWM_END") MiB (current $(mib "$RSS_END") MiB; nginx worker peak $(mib "${NGINX_HWM/\?/0}") MiB) | ≤ 40 MiB |
+| $HOLD concurrent open streams (second instance): RSS | $(mib "$RSS_HOLD_IDLE") → $(mib "$RSS_HOLD") MiB → $PER_STREAM_KIB KiB per stream; that instance's peak $(mib "$(hwm_kib "$PID_fghold")") MiB | ≤ 40 KiB |
 
 Audit exactly once
 | requests sent | 2xx | new audit rows | at req/s | queue |
