@@ -12,6 +12,8 @@ use crate::metrics::latency_bucket;
 use crate::model::{AuditFilter, AuditPage, AuditRecord};
 use crate::{Arg, Counters, Store, StoreError, from_ms, from_us, to_i64, to_ms, to_u64, to_us};
 
+type FastHash = foldhash::fast::RandomState;
+
 pub(crate) const MINUTE_MS: i64 = 60_000;
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 
@@ -95,8 +97,10 @@ fn rollups(
     events: &[AuditEvent],
     granularity_ms: i64,
 ) -> (Vec<(RollupKey<'_>, Rollup)>, Vec<HistRow>) {
-    let mut roll: HashMap<RollupKey<'_>, Rollup> = HashMap::new();
-    let mut hist: HashMap<(i64, i32), i64> = HashMap::new();
+    // foldhash instead of SipHash: four lookups per event, on keys that come from our own
+    // events (no attacker chooses them); SipHash was ~3% of the gateway's instructions here.
+    let mut roll: HashMap<RollupKey<'_>, Rollup, FastHash> = HashMap::default();
+    let mut hist: HashMap<(i64, i32), i64, FastHash> = HashMap::default();
     for e in events {
         let minute = to_ms(e.started_at).div_euclid(granularity_ms) * granularity_ms;
         let key = (
