@@ -71,9 +71,11 @@ impl<'a> AuditRollups<'a> {
     }
 }
 
-/// The one-row SQLite statements (`?` placeholders), for the rusqlite audit writer.
+/// The SQLite statements (`?` placeholders) for the rusqlite audit writer: the row insert for
+/// each chunk size, the one-row rollup upserts.
 pub(crate) struct SqliteStatements {
-    pub(crate) insert: &'static str,
+    /// Row inserts; pick with [`SqliteStatements::insert_for`].
+    insert: &'static [String],
     pub(crate) roll_minute: &'static str,
     pub(crate) roll_hour: &'static str,
     pub(crate) hist_minute: &'static str,
@@ -81,10 +83,15 @@ pub(crate) struct SqliteStatements {
 }
 
 impl SqliteStatements {
+    /// The row insert for a chunk of `rows` rows (a size from [`fixed_chunks`]).
+    pub(crate) fn insert_for(&self, rows: usize) -> &'static str {
+        sql_for(self.insert, rows)
+    }
+
     pub(crate) fn get() -> Self {
         let sql = AuditSql::get(true);
         Self {
-            insert: sql_for(&sql.insert, 1),
+            insert: &sql.insert,
             roll_minute: sql_for(&sql.roll_minute, 1),
             roll_hour: sql_for(&sql.roll_hour, 1),
             hist_minute: sql_for(&sql.hist_minute, 1),
@@ -212,7 +219,7 @@ fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
 const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
 /// `items` cut greedily into slices whose lengths are in [`CHUNKS`].
-fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+pub(crate) fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         let n = CHUNKS.iter().copied().find(|&c| c <= items.len())?;
         let (head, tail) = items.split_at(n);

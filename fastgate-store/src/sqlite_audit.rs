@@ -5,8 +5,8 @@
 //! CPU than SQLite's own insert (callgrind: ~15k of ~29k instructions per row). This writer keeps
 //! one connection of its own, binds the event's fields in place with statements prepared once
 //! (`prepare_cached`), and runs on tokio's blocking pool. Same tables, same statements (the
-//! one-row forms of [`AuditSql`](crate::audit)), same transaction: a batch is written whole or not
-//! at all, rollups included. Everything else (reads, keys, migrations, PostgreSQL, `:memory:`)
+//! 64/16/4/1-row inserts and one-row upserts of `AuditSql`), same transaction: a batch is
+//! written whole or not at all, rollups included. Everything else (reads, keys, migrations, PostgreSQL, `:memory:`)
 //! stays on sqlx.
 
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fastgate_layer::AuditEvent;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior, params};
 
 use crate::audit::{AuditRollups, SqliteStatements};
 use crate::{to_i64, to_ms, to_us};
@@ -104,33 +104,14 @@ fn write_batch(conn: &mut Connection, events: &[AuditEvent]) -> Result<(), rusql
     // IMMEDIATE: take the write lock up front (waiting up to busy_timeout for another writer)
     // instead of failing on a read-to-write upgrade half-way through the batch.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut insert = tx.prepare_cached(sql.insert)?;
-        for e in events {
-            insert.execute(params![
-                e.request_id.as_str(),
-                to_ms(e.started_at),
-                e.key_id.as_deref(),
-                e.source_path.as_deref(),
-                e.client_ip.as_deref(),
-                e.user_agent.as_deref(),
-                e.method.as_str(),
-                e.path.as_str(),
-                e.target_url.as_deref(),
-                i32::from(e.status),
-                e.is_stream,
-                e.model.as_deref(),
-                to_i64(e.request_bytes),
-                to_i64(e.response_bytes),
-                e.ttfb.map(to_us),
-                to_us(e.duration),
-                e.outcome.as_str(),
-                e.error_code,
-                e.usage.map(|u| to_i64(u.prompt_tokens)),
-                e.usage.map(|u| to_i64(u.completion_tokens)),
-                e.usage.map(|u| to_i64(u.total_tokens)),
-            ])?;
+    // Multi-row statements (64/16/4/1 rows): SQLite updates `sqlite_sequence` (AUTOINCREMENT)
+    // and sets up the statement once per execution, not once per row.
+    for chunk in crate::audit::fixed_chunks(events) {
+        let mut insert = tx.prepare_cached(sql.insert_for(chunk.len()))?;
+        for (i, e) in chunk.iter().enumerate() {
+            bind_row(&mut insert, i * 21, e)?;
         }
+        insert.raw_execute()?;
     }
     for (granularity, roll_sql, hist_sql) in [
         (crate::audit::MINUTE_MS, sql.roll_minute, sql.hist_minute),
@@ -161,4 +142,35 @@ fn write_batch(conn: &mut Connection, events: &[AuditEvent]) -> Result<(), rusql
         }
     }
     tx.commit()
+}
+
+/// Bind the 21 columns of `e` to parameters `base + 1 ..= base + 21` of `stmt`.
+fn bind_row(stmt: &mut Statement<'_>, base: usize, e: &AuditEvent) -> Result<(), rusqlite::Error> {
+    let mut n = base;
+    let mut bind = |value: &dyn rusqlite::ToSql| {
+        n += 1;
+        stmt.raw_bind_parameter(n, value)
+    };
+    bind(&e.request_id.as_str())?;
+    bind(&to_ms(e.started_at))?;
+    bind(&e.key_id.as_deref())?;
+    bind(&e.source_path.as_deref())?;
+    bind(&e.client_ip.as_deref())?;
+    bind(&e.user_agent.as_deref())?;
+    bind(&e.method.as_str())?;
+    bind(&e.path.as_str())?;
+    bind(&e.target_url.as_deref())?;
+    bind(&i32::from(e.status))?;
+    bind(&e.is_stream)?;
+    bind(&e.model.as_deref())?;
+    bind(&to_i64(e.request_bytes))?;
+    bind(&to_i64(e.response_bytes))?;
+    bind(&e.ttfb.map(to_us))?;
+    bind(&to_us(e.duration))?;
+    bind(&e.outcome.as_str())?;
+    bind(&e.error_code)?;
+    bind(&e.usage.map(|u| to_i64(u.prompt_tokens)))?;
+    bind(&e.usage.map(|u| to_i64(u.completion_tokens)))?;
+    bind(&e.usage.map(|u| to_i64(u.total_tokens)))?;
+    Ok(())
 }
