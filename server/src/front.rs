@@ -9,9 +9,10 @@
 //! Connections get `TCP_NODELAY` (an SSE event or a body written after its headers leaves at
 //! once), HTTP/1.1 with keep-alive or HTTP/2 (h2c, detected from the preface), and a limit for
 //! reading a request's headers (`app.header_read_timeout`, 60 s by default), which hyper counts
-//! from the moment the connection waits for its next request: a client that trickles headers,
-//! or an HTTP/1.1 connection idle that long between requests, is closed (nginx closes idle
-//! keep-alive connections after 75 s). On shutdown
+//! from the moment the connection waits for its next request: a client that sends nothing,
+//! trickles headers, or leaves an HTTP/1.1 connection idle that long between requests is closed
+//! (nginx closes idle keep-alive connections after 75 s). An HTTP/2 connection has no idle limit
+//! once its preface is read. On shutdown
 //! the listener closes, every connection finishes its in-flight request (HTTP/1.1) or gets a
 //! GOAWAY (HTTP/2), and whatever is still open after the grace period is aborted, which lets
 //! the audit layer record those requests as interrupted.
@@ -220,12 +221,22 @@ pub async fn serve(
                     tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
                 }
                 let service = ConnService { shared: Arc::clone(&shared), remote };
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let first_byte = config.header_read_timeout;
                 connections.spawn(async move {
-                    if let Err(e) = conn.await {
+                    // hyper's header timer starts once the protocol is known (after the first
+                    // bytes): a connection that sends nothing at all is closed here instead.
+                    let mut probe = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(first_byte, stream.peek(&mut probe)).await,
+                        Ok(Ok(1..))
+                    ) {
+                        tracing::debug!(client = %remote.ip(), "closing a connection that sent nothing");
+                        return;
+                    }
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(client = %remote.ip(), "connection ended with an error: {e}");
                     }
                 });

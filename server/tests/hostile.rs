@@ -542,6 +542,15 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         .unwrap()
         .to_owned();
 
+    // A client that connects and sends nothing is disconnected after ~1 s.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(10)).await;
+    assert!(closed, "a connection that sent nothing was kept open");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
     // A client that never finishes its headers (slowloris) is disconnected after ~1 s.
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
         .await
