@@ -146,7 +146,9 @@ fn write_batch(conn: &mut Connection, events: &[AuditEvent]) -> Result<(), rusql
     tx.commit()
 }
 
-/// Bind the 21 columns of `e` to parameters `base + 1 ..= base + 21` of `stmt`.
+/// Bind the 21 columns of `e` to parameters `base + 1 ..= base + 21` of `stmt`, in the order of
+/// `AUDIT_COLUMNS` (as `insert_batch!` in `audit.rs` does for sqlx). The store tests read every
+/// field back from a SQLite file, so a column out of order fails them.
 fn bind_row(stmt: &mut Statement<'_>, base: usize, e: &AuditEvent) -> Result<(), rusqlite::Error> {
     let mut n = base;
     let mut bind = |value: &dyn rusqlite::ToSql| {
