@@ -58,19 +58,6 @@ pub(crate) type RollupKey<'a> = (i64, &'a str, &'a str);
 /// (bucket start, histogram bucket) → count.
 pub(crate) type HistRow = ((i64, i32), i64);
 
-/// The rollup rows of one batch at one granularity.
-pub(crate) struct AuditRollups<'a> {
-    pub(crate) roll: Vec<(RollupKey<'a>, Rollup)>,
-    pub(crate) hist: Vec<HistRow>,
-}
-
-impl<'a> AuditRollups<'a> {
-    pub(crate) fn of(events: &'a [AuditEvent], granularity_ms: i64) -> Self {
-        let (roll, hist) = rollups(events, granularity_ms);
-        Self { roll, hist }
-    }
-}
-
 /// The SQLite statements (`?` placeholders) for the rusqlite audit writer: the row insert for
 /// each chunk size, the one-row rollup upserts.
 pub(crate) struct SqliteStatements {
@@ -100,7 +87,9 @@ impl SqliteStatements {
     }
 }
 
-fn rollups(
+/// The rollup rows (per bucket, key and model) and latency-histogram rows of one batch at one
+/// granularity.
+pub(crate) fn rollups(
     events: &[AuditEvent],
     granularity_ms: i64,
 ) -> (Vec<(RollupKey<'_>, Rollup)>, Vec<HistRow>) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use fastgate_layer::AuditEvent;
 use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior, params};
 
-use crate::audit::{AuditRollups, SqliteStatements};
+use crate::audit::{SqliteStatements, rollups};
 use crate::{to_i64, to_ms, to_us};
 
 /// Why a batch was not written.
@@ -59,7 +59,12 @@ impl SqliteAuditWriter {
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    /// Write `events` and their rollups in one transaction.
+    /// Write `events` and their rollups in one transaction, on tokio's blocking pool.
+    ///
+    /// The batch is copied for that. Writing in place through `block_in_place` saved ~2.5% of
+    /// the instructions per request but cost more CPU in the load benchmark (47.2 vs 43.1 µs per
+    /// request incl. the mock, one A/B run: the runtime hands its worker to another thread for
+    /// every batch) and more memory (38 vs 29 MiB), so the copy stays.
     pub(crate) async fn write(&self, events: &[AuditEvent]) -> Result<(), SqliteAuditError> {
         let events = events.to_vec();
         let this = self.clone();
@@ -119,7 +124,7 @@ fn write_batch(conn: &mut Connection, events: &[AuditEvent]) -> Result<(), rusql
         (crate::audit::MINUTE_MS, sql.roll_minute, sql.hist_minute),
         (crate::audit::HOUR_MS, sql.roll_hour, sql.hist_hour),
     ] {
-        let AuditRollups { roll, hist } = AuditRollups::of(events, granularity);
+        let (roll, hist) = rollups(events, granularity);
         let mut upsert = tx.prepare_cached(roll_sql)?;
         for ((bucket_start, key_id, model), r) in &roll {
             upsert.execute(params![
