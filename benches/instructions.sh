@@ -5,6 +5,7 @@
 #   benches/instructions.sh                          # the release build of this tree
 #   benches/instructions.sh OLD_BIN NEW_BIN ...      # several fastgate binaries, one line each
 #   REQUESTS=2000 ROUNDS=2 benches/instructions.sh
+#   DUMP_DIR=/tmp/cg benches/instructions.sh         # also keep each callgrind dump (callgrind_annotate)
 #
 # For each binary: FastGate runs under `valgrind --tool=callgrind` (mock backend and load
 # generator run natively, loopback only), gets 500 warm-up requests, then its counters are zeroed,
@@ -96,6 +97,7 @@ EOF
     grep -q " ok=$REQUESTS " "$d/count.out" || { echo "not every request succeeded: $(cat "$d/count.out")" >&2; return 1; }
     dump=$(ls "$d"/cg.*.1 | head -1)
     ir=$(sed -n 's/^summary: *//p' "$dump" | head -1)
+    [[ -n ${DUMP_DIR:-} ]] && mkdir -p "$DUMP_DIR" && cp "$dump" "$DUMP_DIR/$(basename "$bin").$RANDOM.callgrind"
     echo $((ir / REQUESTS))
 }
 

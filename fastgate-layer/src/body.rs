@@ -32,6 +32,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::audit::Outcome;
+use crate::upstream::PooledConn;
 
 /// Why a [`GatewayBody`] stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,9 @@ enum Inner {
         /// The timer measures the current wait (armed at the first `Pending` after a frame), so
         /// time the client spends not reading never counts as upstream silence.
         armed: bool,
+        /// The pooled upstream connection that reads `body` (plain `http://` upstreams; with
+        /// hyper-util's client the connection runs in a task of its own and this is `None`).
+        conn: Option<PooledConn>,
     },
     Local(Option<Bytes>),
 }
@@ -102,6 +106,24 @@ impl GatewayBody {
                 idle,
                 timer: None,
                 armed: false,
+                conn: None,
+            },
+        }
+    }
+
+    /// Like [`upstream`](Self::upstream), for a body read through a pooled connection that this
+    /// body drives and hands back to its pool once the body has ended.
+    pub(crate) fn upstream_pooled(body: Incoming, idle: Duration, mut conn: PooledConn) -> Self {
+        if body.is_end_stream() {
+            conn.set_ended();
+        }
+        Self {
+            inner: Inner::Upstream {
+                body,
+                idle,
+                timer: None,
+                armed: false,
+                conn: Some(conn),
             },
         }
     }
@@ -152,21 +174,36 @@ impl Body for GatewayBody {
                 idle,
                 timer,
                 armed,
-            } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(frame) => {
-                    *armed = false;
-                    Poll::Ready(frame.map(|r| r.map_err(GatewayBodyError::Upstream)))
+                conn,
+            } => {
+                if let Some(conn) = conn.as_mut() {
+                    conn.drive(cx);
                 }
-                Poll::Pending => {
-                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
-                    if !*armed {
-                        *armed = true;
-                        timer.as_mut().reset(Instant::now() + *idle);
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(conn) = conn.as_mut() {
+                    match &polled {
+                        Poll::Ready(None) => conn.set_ended(),
+                        Poll::Ready(Some(Ok(_))) if body.is_end_stream() => conn.set_ended(),
+                        _ => {}
                     }
-                    ready!(timer.as_mut().poll(cx));
-                    Poll::Ready(Some(Err(GatewayBodyError::IdleTimeout(*idle))))
                 }
-            },
+                match polled {
+                    Poll::Ready(frame) => {
+                        *armed = false;
+                        Poll::Ready(frame.map(|r| r.map_err(GatewayBodyError::Upstream)))
+                    }
+                    Poll::Pending => {
+                        let timer =
+                            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                        if !*armed {
+                            *armed = true;
+                            timer.as_mut().reset(Instant::now() + *idle);
+                        }
+                        ready!(timer.as_mut().poll(cx));
+                        Poll::Ready(Some(Err(GatewayBodyError::IdleTimeout(*idle))))
+                    }
+                }
+            }
         }
     }
 

@@ -2,9 +2,13 @@
 //!
 //! Reads the [`RouteConfig`] from the request extensions (inserted by
 //! [`RouteLayer`](crate::route::RouteLayer) or by the embedding application), rewrites the URI to
-//! `backend.base_url` + `backend.path` (keeping the query string) and sends the request through a
-//! pooled hyper-util client (HTTP/1.1 and HTTP/2, `http://` and `https://` with rustls, TCP_NODELAY).
-//! Bodies are streamed both ways, never collected.
+//! `backend.base_url` + `backend.path` (keeping the query string) and sends the request upstream
+//! with TCP_NODELAY. Bodies are streamed both ways, never collected.
+//!
+//! Plain `http://` backends get HTTP/1.1 connections pooled per backend that are driven by the
+//! request using them (no task per connection, no hop between tasks; see the `upstream` module).
+//! `https://` backends go through hyper-util's pooled client with rustls (HTTP/1.1, or HTTP/2
+//! when the upstream offers it through ALPN).
 //!
 //! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
 //! counts as unreachable), its `response_timeout` from sending the request up to the response
@@ -49,6 +53,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -62,6 +67,7 @@ use crate::body::GatewayBody;
 use crate::error::{BoxError, rejection};
 use crate::extensions::{Backend, RouteConfig, TargetUrl};
 use crate::scrub::remove_hop_by_hop;
+use crate::upstream::{HostPool, PoolSettings, PooledConn, SendError, Sent};
 
 /// Settings of the pooled client behind [`ForwardService`].
 #[derive(Clone, Debug)]
@@ -72,7 +78,8 @@ pub struct ForwardConfig {
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept (default 90 s).
     pub pool_idle_timeout: Duration,
-    /// Idle connections kept per upstream host (default 64).
+    /// Idle connections kept per backend (`http://`) or per upstream host (`https://`)
+    /// (default 64).
     pub pool_max_idle_per_host: usize,
 }
 
@@ -97,6 +104,17 @@ impl ForwardConfig {
 
 type HttpsClient<B> = Client<ConnectTimeouts<HttpsConnector<HttpConnector>>, B>;
 
+/// What a backend's requests need, built once per backend.
+struct Prepared<B> {
+    /// Absolute upstream URI without query (the hyper-util path).
+    uri: Uri,
+    /// The same, origin-form (path only), for the pooled HTTP/1 path.
+    origin: Uri,
+    target: TargetUrl,
+    /// Pool of plain `http://` upstreams; `None` sends through hyper-util (TLS, HTTP/2).
+    pool: Option<Arc<HostPool<B>>>,
+}
+
 /// Leaf service that forwards a request to the backend of its [`RouteConfig`].
 ///
 /// Generic over the request body `B`; cloning is cheap (the connection pool is shared) and needs
@@ -104,8 +122,9 @@ type HttpsClient<B> = Client<ConnectTimeouts<HttpsConnector<HttpConnector>>, B>;
 pub struct ForwardService<B> {
     client: HttpsClient<B>,
     timeouts: Timeouts,
-    /// The upstream URI (without query) and audit target of each backend, built once.
-    targets: BackendCache<Option<(Uri, TargetUrl)>>,
+    pool_settings: PoolSettings,
+    /// The upstream URI (without query), audit target and connection pool of each backend.
+    targets: BackendCache<Option<Arc<Prepared<B>>>>,
 }
 
 impl<B> Clone for ForwardService<B> {
@@ -113,6 +132,7 @@ impl<B> Clone for ForwardService<B> {
         Self {
             client: self.client.clone(),
             timeouts: self.timeouts.clone(),
+            pool_settings: self.pool_settings,
             targets: self.targets.clone(),
         }
     }
@@ -173,6 +193,10 @@ where
         Self {
             client,
             timeouts,
+            pool_settings: PoolSettings {
+                idle_timeout: config.pool_idle_timeout,
+                max_idle: config.pool_max_idle_per_host,
+            },
             targets: BackendCache::default(),
         }
     }
@@ -204,22 +228,35 @@ where
         };
         let backend = Arc::clone(&route.backend);
         let prepared = self.targets.get_or_insert_with(&backend, || {
-            let prepared = upstream_uri(&backend, None);
-            if let Some(authority) = prepared.as_ref().and_then(|(uri, _)| uri.authority()) {
+            let (uri, target) = upstream_uri(&backend, None)?;
+            let origin = uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<Uri>()
+                .ok()?;
+            let pool = HostPool::for_uri(&uri, backend.connect_timeout, self.pool_settings);
+            if pool.is_none()
+                && let Some(authority) = uri.authority()
+            {
                 self.timeouts
                     .note(authority.as_str(), backend.connect_timeout);
             }
-            prepared
+            Some(Arc::new(Prepared {
+                uri,
+                origin,
+                target,
+                pool: pool.map(Arc::new),
+            }))
         });
-        let uri_and_target = prepared.and_then(|(uri, target)| match req.uri().query() {
-            None => Some((uri, target)),
-            // The query string is kept; only then is a URI built per request.
-            Some(q) => format!("{}?{q}", target.0)
-                .parse::<Uri>()
-                .ok()
-                .map(|uri| (uri, target)),
+        let uri = prepared.as_ref().and_then(|p| {
+            let base = if p.pool.is_some() { &p.origin } else { &p.uri };
+            match req.uri().query() {
+                None => Some(base.clone()),
+                // The query string is kept; only then is a URI built per request.
+                Some(q) => format!("{base}?{q}").parse::<Uri>().ok(),
+            }
         });
-        let Some((uri, target)) = uri_and_target else {
+        let (Some(prepared), Some(uri)) = (prepared, uri) else {
             tracing::error!(route = %route.name, "backend URL of route is not usable");
             return ResponseFuture::ready(rejection(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -231,13 +268,17 @@ where
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        let fut = self.client.request(Request::from_parts(parts, body));
+        let req = Request::from_parts(parts, body);
+        let fut = match &prepared.pool {
+            Some(pool) => Sending::Pooled(Box::pin(Arc::clone(pool).send(req))),
+            None => Sending::Client(self.client.request(req)),
+        };
         // Bounds connecting and waiting for the headers together; never the body.
         let wait = backend.response_timeout;
         ResponseFuture {
             state: State::Waiting {
                 fut: tokio::time::timeout(wait, fut),
-                target: Some(target),
+                target: Some(prepared.target.clone()),
                 idle: backend.idle_timeout,
             },
         }
@@ -357,7 +398,7 @@ pin_project! {
         Ready { res: Option<Response<GatewayBody>> },
         Waiting {
             #[pin]
-            fut: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture>,
+            fut: tokio::time::Timeout<Sending>,
             target: Option<TargetUrl>,
             idle: Duration,
         },
@@ -391,7 +432,7 @@ impl Future for ResponseFuture {
                 let result = std::task::ready!(fut.poll(cx));
                 let target = target.take().expect("polled after completion");
                 let mut res = match result {
-                    Ok(Ok(res)) => upstream_response(res, *idle),
+                    Ok(Ok((res, conn))) => upstream_response(res, *idle, conn),
                     Ok(Err(err)) if err.is_connect() => {
                         tracing::warn!(upstream = %target.0, error = %err, "upstream unreachable");
                         rejection(
@@ -427,9 +468,51 @@ impl Future for ResponseFuture {
     }
 }
 
+/// The request on its way: through a pooled HTTP/1 connection, or through hyper-util.
+enum Sending {
+    Pooled(Pin<Box<dyn Future<Output = Result<Sent, SendError>> + Send>>),
+    Client(hyper_util::client::legacy::ResponseFuture),
+}
+
+/// Why no response headers came back.
+#[derive(Debug, thiserror::Error)]
+enum SendFailure {
+    #[error(transparent)]
+    Pooled(#[from] SendError),
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendFailure {
+    fn is_connect(&self) -> bool {
+        match self {
+            Self::Pooled(err) => err.is_connect(),
+            Self::Client(err) => err.is_connect(),
+        }
+    }
+}
+
+impl Future for Sending {
+    type Output = Result<(Response<Incoming>, Option<PooledConn>), SendFailure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Both variants are Unpin (boxed futures).
+        match self.get_mut() {
+            Self::Pooled(fut) => fut
+                .as_mut()
+                .poll(cx)
+                .map(|r| r.map(|(res, conn)| (res, Some(conn))).map_err(Into::into)),
+            Self::Client(fut) => Pin::new(fut)
+                .poll(cx)
+                .map(|r| r.map(|res| (res, None)).map_err(Into::into)),
+        }
+    }
+}
+
 fn upstream_response(
-    res: Response<hyper::body::Incoming>,
+    res: Response<Incoming>,
     idle: Duration,
+    conn: Option<PooledConn>,
 ) -> Response<GatewayBody> {
     let (mut parts, body) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -442,7 +525,11 @@ fn upstream_response(
             HeaderValue::from_static("no"),
         );
     }
-    Response::from_parts(parts, GatewayBody::upstream(body, idle))
+    let body = match conn {
+        Some(conn) => GatewayBody::upstream_pooled(body, idle, conn),
+        None => GatewayBody::upstream(body, idle),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Whether the headers announce a `text/event-stream` body.

@@ -100,6 +100,7 @@ pub mod request_id;
 pub mod route;
 pub mod scrub;
 pub mod secret;
+mod upstream;
 
 #[cfg(test)]
 mod test_util;
