@@ -245,7 +245,7 @@ where
                 uri,
                 origin,
                 target,
-                pool: pool.map(Arc::new),
+                pool,
             }))
         });
         let uri = prepared.as_ref().and_then(|p| {
@@ -498,10 +498,7 @@ impl Future for Sending {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Both variants are Unpin (boxed futures).
         match self.get_mut() {
-            Self::Pooled(fut) => fut
-                .as_mut()
-                .poll(cx)
-                .map(|r| r.map(|(res, conn)| (res, Some(conn))).map_err(Into::into)),
+            Self::Pooled(fut) => fut.as_mut().poll(cx).map(|r| r.map_err(Into::into)),
             Self::Client(fut) => Pin::new(fut)
                 .poll(cx)
                 .map(|r| r.map(|res| (res, None)).map_err(Into::into)),

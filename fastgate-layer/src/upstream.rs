@@ -12,16 +12,23 @@
 //! request from 39.1k to 29.5k (callgrind, `examples/bare_proxy.rs` against the same loop on this
 //! module's design).
 //!
-//! Semantics kept from hyper-util: idle connections expire after the pool's idle timeout and at
-//! most `max_idle` are kept; a connection is reused only once its response has been read to the
-//! end (a body dropped early closes it); a request that failed on a reused connection before any
-//! of it was written (the upstream had closed the connection) is retried on another one; `Host`
-//! is set to the upstream's authority unless the request already carries one. TLS and HTTP/2
+//! One exception: when the upstream answers before it has the whole request body, the upload must
+//! go on while the response body may be polled only as fast as the client reads it, so such a
+//! connection is handed to a task of its own (as hyper-util does for every connection) and pooled
+//! by that task when the exchange is over.
+//!
+//! Semantics kept from hyper-util: idle connections expire after the pool's idle timeout (a task
+//! per pool closes expired ones and ones the upstream closed, also without traffic) and at most
+//! `max_idle` are kept; a connection is reused only once its response has been read to the end
+//! (a body dropped early closes it); a request that failed on a reused connection before any of
+//! it was written (the upstream had closed the connection) is retried on another one; `Host` is
+//! set to the upstream's authority unless the request already carries one. TLS and HTTP/2
 //! upstreams still go through hyper-util (see [`ForwardService`](crate::forward::ForwardService)).
 
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -36,8 +43,9 @@ use tokio::net::TcpStream;
 
 use crate::error::BoxError;
 
-/// Response headers and the connection that will read the body.
-pub(crate) type Sent = (Response<Incoming>, PooledConn);
+/// Response headers, and the connection that the body must drive (`None` when a task of its own
+/// drives it: the request body was still being uploaded when the headers came).
+pub(crate) type Sent = (Response<Incoming>, Option<PooledConn>);
 
 /// Attempts on reused connections that the upstream had closed before the request was written.
 const MAX_STALE_RETRIES: usize = 2;
@@ -102,25 +110,68 @@ type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// One upstream connection: the request sender and the connection future that does its I/O.
 struct Conn<B> {
-    tx: SendRequest<B>,
+    tx: SendRequest<Upload<B>>,
     conn: ConnFuture,
     /// The connection future has completed (closed or failed): never poll it again.
     done: bool,
+    /// Set once hyper has taken the last frame of the current request body.
+    uploaded: Arc<AtomicBool>,
     pool: Weak<HostPool<B>>,
+}
+
+/// A request body as the connection sees it: records when hyper has taken its last frame.
+struct Upload<B> {
+    inner: B,
+    uploaded: Arc<AtomicBool>,
+}
+
+impl<B> Body for Upload<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let finished = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if finished {
+            this.uploaded.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl<B> HostPool<B>
 where
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// A pool for `uri`'s authority when it is a plain `http://` URI; `None` otherwise.
+    /// A pool for `uri`'s authority when it is a plain `http://` URI; `None` otherwise. Inside a
+    /// tokio runtime a task closes its idle connections that expired or that the upstream closed,
+    /// also while no request comes; it ends with the pool.
     pub(crate) fn for_uri(
         uri: &Uri,
         connect_timeout: Duration,
         settings: PoolSettings,
-    ) -> Option<Self> {
+    ) -> Option<Arc<Self>> {
         if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
             return None;
         }
@@ -130,7 +181,7 @@ where
             Some(p) if p != 80 => HeaderValue::from_str(&format!("{host}:{p}")).ok()?,
             _ => HeaderValue::from_str(host).ok()?,
         };
-        Some(Self {
+        let pool = Arc::new(Self {
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
@@ -141,7 +192,11 @@ where
             idle_timeout: settings.idle_timeout,
             max_idle: settings.max_idle,
             idle: Mutex::default(),
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap_idle(Arc::downgrade(&pool)));
+        }
+        Some(pool)
     }
 
     /// Send `req` (origin-form URI) and wait for the response headers.
@@ -157,7 +212,12 @@ where
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            let mut sent = std::pin::pin!(conn.tx.try_send_request(req));
+            let uploaded = Arc::clone(&conn.uploaded);
+            uploaded.store(req.body().is_end_stream(), Ordering::Release);
+            let mut sent = std::pin::pin!(
+                conn.tx
+                    .try_send_request(req.map(|inner| Upload { inner, uploaded }))
+            );
             let first = poll_fn(|cx| {
                 conn.drive(cx);
                 match sent.as_mut().poll(cx) {
@@ -170,7 +230,16 @@ where
             })
             .await;
             let mut err = match first {
-                Some(Ok(res)) => return Ok((res, PooledConn::new(conn))),
+                Some(Ok(res)) if conn.uploaded.load(Ordering::Acquire) => {
+                    return Ok((res, Some(PooledConn::new(conn))));
+                }
+                Some(Ok(res)) => {
+                    // The upstream answered before it had the whole request body. The body of
+                    // the response may only be polled while the client can take it, and the
+                    // upload must go on regardless: a task of its own drives the connection.
+                    tokio::spawn(drive_to_idle(conn));
+                    return Ok((res, None));
+                }
                 Some(Err(err)) => err,
                 None => {
                     drop(conn);
@@ -184,7 +253,7 @@ where
             match err.take_message() {
                 Some(message) if reused && stale_retries < MAX_STALE_RETRIES => {
                     stale_retries += 1;
-                    req = message;
+                    req = message.map(|upload| upload.inner);
                 }
                 _ => return Err(SendError::Request(err.into_error())),
             }
@@ -193,22 +262,34 @@ where
 
     /// The most recently used idle connection that is still open, if any.
     fn checkout(&self) -> Option<Box<Conn<B>>> {
-        let mut stale = Vec::new();
-        let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut found = None;
-            while let Some((mut conn, since)) = idle.pop() {
-                if since.elapsed() < self.idle_timeout && conn.is_open() {
-                    found = Some(conn);
-                    break;
-                }
-                stale.push(conn);
+        loop {
+            let (mut conn, since) = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
+            // Checked (and a stale one closed) outside the lock.
+            if since.elapsed() < self.idle_timeout && conn.is_open() {
+                return Some(conn);
             }
-            found
-        };
-        // Closing sockets happens outside the lock.
-        drop(stale);
-        found
+        }
+    }
+
+    /// Close the idle connections that expired or that the upstream closed.
+    fn reap(&self) {
+        let entries =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        let now = Instant::now();
+        let kept: Vec<_> = entries
+            .into_iter()
+            .filter_map(|(mut conn, since)| {
+                (now.duration_since(since) < self.idle_timeout && conn.is_open())
+                    .then_some((conn, since))
+            })
+            .collect();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // Connections put back meanwhile are newer: the kept ones go in front of them.
+        idle.splice(0..0, kept);
     }
 
     /// Put a connection whose exchange has completed back into the idle list.
@@ -245,6 +326,7 @@ where
                 tx,
                 conn: Box::pin(conn) as ConnFuture,
                 done: false,
+                uploaded: Arc::default(),
                 pool: Arc::downgrade(self),
             }))
         };
@@ -254,9 +336,54 @@ where
     }
 }
 
+/// Drive a connection whose request body is still being uploaded until the exchange is over,
+/// then pool it (or drop it if it closed).
+async fn drive_to_idle<B>(mut conn: Box<Conn<B>>)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    poll_fn(|cx| {
+        conn.drive(cx);
+        if conn.done || conn.tx.is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    conn.release();
+}
+
+/// Every so often, close the pool's idle connections that expired or were closed by the upstream
+/// (they would otherwise linger in CLOSE_WAIT until the next request). Ends with the pool.
+async fn reap_idle<B>(pool: Weak<HostPool<B>>)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let every = match pool.upgrade() {
+        Some(pool) => pool
+            .idle_timeout
+            .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.reap(),
+            None => return,
+        }
+    }
+}
+
 impl<B> Conn<B>
 where
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -283,7 +410,7 @@ trait Drive: Send {
 
 impl<B> Drive for Conn<B>
 where
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -313,7 +440,7 @@ pub(crate) struct PooledConn {
 impl PooledConn {
     fn new<B>(conn: Box<Conn<B>>) -> Self
     where
-        B: Body + Send + 'static,
+        B: Body + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {

@@ -659,3 +659,174 @@ async fn idle_connections_expire_and_the_idle_list_is_bounded() {
     );
     drop(up.drain_seen());
 }
+
+/// 9. (review) Full duplex: the upstream answers before it has read the whole request body (it
+/// streams a response at once and reads the body concurrently). The rest of the request body must
+/// reach the upstream even while nobody is reading the response body yet: a hyper server in
+/// front of the stack stops polling the response body as soon as its client stops reading (a
+/// client that uploads its whole body before reading is the common case), so an upload that is
+/// only driven from `GatewayBody::poll_frame` stalls there, and with it the client's upload:
+/// nothing ever times out. hyper-util's client drove the connection in a task of its own, so the
+/// upload went on regardless of the response body.
+#[tokio::test]
+async fn request_body_upload_continues_while_the_response_body_is_not_read() {
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel::<Bytes>();
+    let addr = upstream(move |req: Request<Incoming>| {
+        let got_tx = got_tx.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Bytes::from_static(b": accepted\n\n"))).await;
+                let Ok(got) = req.into_body().collect().await else {
+                    return;
+                };
+                let got = got.to_bytes();
+                let n = got.len();
+                let _ = got_tx.send(got);
+                let _ = tx.send(Ok(Bytes::from(format!("data: got {n}\n\n")))).await;
+            });
+            let mut res = Response::new(body);
+            res.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            res
+        }
+    })
+    .await;
+    let route = route(addr);
+    let svc = ForwardService::<TestBody>::new();
+
+    let (req_tx, req_body) = channel_body();
+    req_tx
+        .send(Ok(Bytes::from_static(b"{\"part\":1,")))
+        .await
+        .unwrap();
+    let req = forward_request(Method::POST, ROUTE, &route, req_body);
+    let res = tokio::time::timeout(Duration::from_secs(5), svc.clone().oneshot(req))
+        .await
+        .expect("response headers in time")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // The client sends the rest of its body now and reads the response only afterwards.
+    req_tx
+        .send(Ok(Bytes::from_static(b"\"part\":2}")))
+        .await
+        .unwrap();
+    drop(req_tx);
+    let got = tokio::time::timeout(Duration::from_secs(3), got_rx.recv())
+        .await
+        .expect("the upstream received the whole request body while the response body was unread")
+        .unwrap();
+    assert_eq!(got, "{\"part\":1,\"part\":2}");
+
+    let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect())
+        .await
+        .expect("response body in time")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, ": accepted\n\ndata: got 19\n\n");
+}
+
+/// 10. (review) The same through the whole stack, as a client sees it: the client uploads its
+/// whole body before reading the response (what most HTTP clients do) and the upstream streams at
+/// once while reading the body. Once the response fills the socket buffers towards the client,
+/// hyper's server stops polling the response body, so the upstream connection (driven only from
+/// there) stops uploading, the gateway stops reading the client's body, and the client's upload
+/// blocks for good (no timeout fires: nothing is polled). With hyper-util's client this passes in
+/// well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_stack_client_uploading_before_reading_does_not_deadlock() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 48 << 20;
+    let addr = upstream(move |req: Request<Incoming>| async move {
+        let (tx, body) = channel_body();
+        let done = Arc::new(AtomicBool::new(false));
+        let reader_done = Arc::clone(&done);
+        let (n_tx, mut n_rx) = mpsc::unbounded_channel::<usize>();
+        tokio::spawn(async move {
+            let mut body = req.into_body();
+            let mut n = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    n += data.len();
+                }
+            }
+            reader_done.store(true, Ordering::SeqCst);
+            let _ = n_tx.send(n);
+        });
+        tokio::spawn(async move {
+            // SSE comments until the request body has been read, then the answer.
+            let pad = Bytes::from(format!(": {}\n\n", "p".repeat(16 * 1024)));
+            while !done.load(Ordering::SeqCst) {
+                tokio::select! {
+                    sent = tx.send(Ok(pad.clone())) => if sent.is_err() { return },
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            let n = n_rx.recv().await.unwrap();
+            let _ = tx.send(Ok(Bytes::from(format!("data: got {n}\n\n")))).await;
+        });
+        let mut res = Response::new(body);
+        res.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        res
+    })
+    .await;
+    let gw = gateway(backend(addr), test_audit_config(), 1 << 30, true).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST {ROUTE} HTTP/1.1\r\nhost: gw\r\nx-api-key: {CLIENT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {N}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sent = 0;
+        while sent < N {
+            s.write_all(&chunk).await.unwrap();
+            sent += chunk.len();
+        }
+    })
+    .await
+    .expect("the client uploads its whole request body (the gateway keeps reading it)");
+    let want = format!("data: got {N}\n\n");
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before the end of the response");
+            tail.extend_from_slice(&buf[..n]);
+            if tail.windows(want.len()).any(|w| w == want.as_bytes()) {
+                return;
+            }
+            let keep = tail.len().saturating_sub(want.len());
+            tail.drain(..keep);
+        }
+    })
+    .await
+    .expect("the whole response, with the upstream's count of the request body");
+}
+
+/// An idle connection past `pool_idle_timeout` is closed even when no further request comes
+/// (the pool's reaper task), so idle sockets do not linger.
+#[tokio::test]
+async fn expired_idle_connections_are_closed_without_traffic() {
+    let mut up = fixed_upstream("ok").await;
+    let route = route(up.addr);
+    let mut config = ForwardConfig::default();
+    config.pool_idle_timeout = Duration::from_millis(500);
+    let svc = ForwardService::<TestBody>::with_config(&config);
+    assert_eq!(post(&svc, &route, "a").await.0, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(4), up.closed.recv())
+        .await
+        .expect("the idle connection was closed by the pool without another request")
+        .unwrap();
+    assert_eq!(closed, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed only once expired"
+    );
+    drop(svc);
+}
