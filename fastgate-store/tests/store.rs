@@ -1040,6 +1040,48 @@ on_backends!(background_purges_by_retention, |db| {
 
 // ---------------------------------------------------------------- audit
 
+// 150 rows = 64 + 64 + 16 + 4 + 1 + 1: every multi-row statement size, each row with values of
+// its own (text of different lengths, NULLs on some rows), read back row by row. Guards the
+// column order and the in-place binding of the SQLite writer across rows of one statement.
+on_backends!(
+    audit_batch_of_every_chunk_size_keeps_each_rows_values,
+    |db| {
+        let store = db.store().await;
+        let at = UNIX_EPOCH + Duration::from_millis(1_764_150_000_000);
+        let events: Vec<AuditEvent> = (0..150u64)
+            .map(|i| {
+                let mut e = event(i, at + Duration::from_millis(i));
+                e.user_agent = (i % 3 != 0).then(|| format!("agent/{}", "x".repeat(i as usize)));
+                e.model = (i % 5 != 0).then(|| format!("model-{i}"));
+                e.request_bytes = i * 7;
+                e.status = 200 + u16::try_from(i % 3).unwrap();
+                e
+            })
+            .collect();
+        store.audit_sink().write_batch(&events).await.unwrap();
+        for i in 0..150u64 {
+            let r = store
+                .get_audit(&format!("req-{i:06}"))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("row {i} missing"));
+            assert_eq!(r.started_at, at + Duration::from_millis(i), "row {i}");
+            assert_eq!(
+                r.user_agent,
+                (i % 3 != 0).then(|| format!("agent/{}", "x".repeat(i as usize))),
+                "row {i}"
+            );
+            assert_eq!(
+                r.model,
+                (i % 5 != 0).then(|| format!("model-{i}")),
+                "row {i}"
+            );
+            assert_eq!(r.request_bytes, i * 7, "row {i}");
+            assert_eq!(u64::from(r.status), 200 + i % 3, "row {i}");
+        }
+    }
+);
+
 on_backends!(audit_batch_round_trips_every_field, |db| {
     let store = db.store().await;
     let at = UNIX_EPOCH + Duration::from_millis(1_764_150_000_123);
