@@ -100,15 +100,7 @@ impl GatewayBody {
     /// Stream `body` from the upstream; fail with [`GatewayBodyError::IdleTimeout`] when no frame
     /// arrives for `idle`. There is no total timeout.
     pub fn upstream(body: Incoming, idle: Duration) -> Self {
-        Self {
-            inner: Inner::Upstream {
-                body,
-                idle,
-                timer: None,
-                armed: false,
-                conn: None,
-            },
-        }
+        Self::upstream_with(body, idle, None)
     }
 
     /// Like [`upstream`](Self::upstream), for a body read through a pooled connection that this
@@ -117,13 +109,17 @@ impl GatewayBody {
         if body.is_end_stream() {
             conn.set_ended();
         }
+        Self::upstream_with(body, idle, Some(conn))
+    }
+
+    fn upstream_with(body: Incoming, idle: Duration, conn: Option<PooledConn>) -> Self {
         Self {
             inner: Inner::Upstream {
                 body,
                 idle,
                 timer: None,
                 armed: false,
-                conn: Some(conn),
+                conn,
             },
         }
     }
