@@ -120,6 +120,12 @@ struct Prepared<B> {
 /// Generic over the request body `B`; cloning is cheap (the connection pool is shared) and needs
 /// no `B: Clone`. See the [module docs](self) for details.
 pub struct ForwardService<B> {
+    /// One pointer: the auth layer clones the services below it for every request, and the
+    /// futures that hold those clones are moved around while they run.
+    shared: Arc<Shared<B>>,
+}
+
+struct Shared<B> {
     client: HttpsClient<B>,
     timeouts: Timeouts,
     pool_settings: PoolSettings,
@@ -130,10 +136,7 @@ pub struct ForwardService<B> {
 impl<B> Clone for ForwardService<B> {
     fn clone(&self) -> Self {
         Self {
-            client: self.client.clone(),
-            timeouts: self.timeouts.clone(),
-            pool_settings: self.pool_settings,
-            targets: self.targets.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -191,13 +194,15 @@ where
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
         Self {
-            client,
-            timeouts,
-            pool_settings: PoolSettings {
-                idle_timeout: config.pool_idle_timeout,
-                max_idle: config.pool_max_idle_per_host,
-            },
-            targets: BackendCache::default(),
+            shared: Arc::new(Shared {
+                client,
+                timeouts,
+                pool_settings: PoolSettings {
+                    idle_timeout: config.pool_idle_timeout,
+                    max_idle: config.pool_max_idle_per_host,
+                },
+                targets: BackendCache::default(),
+            }),
         }
     }
 }
@@ -227,18 +232,20 @@ where
             ));
         };
         let backend = Arc::clone(&route.backend);
-        let prepared = self.targets.get_or_insert_with(&backend, || {
+        let shared = &*self.shared;
+        let prepared = shared.targets.get_or_insert_with(&backend, || {
             let (uri, target) = upstream_uri(&backend, None)?;
             let origin = uri
                 .path_and_query()
                 .map_or("/", |pq| pq.as_str())
                 .parse::<Uri>()
                 .ok()?;
-            let pool = HostPool::for_uri(&uri, backend.connect_timeout, self.pool_settings);
+            let pool = HostPool::for_uri(&uri, backend.connect_timeout, shared.pool_settings);
             if pool.is_none()
                 && let Some(authority) = uri.authority()
             {
-                self.timeouts
+                shared
+                    .timeouts
                     .note(authority.as_str(), backend.connect_timeout);
             }
             Some(Arc::new(Prepared {
@@ -271,7 +278,7 @@ where
         let req = Request::from_parts(parts, body);
         let fut = match &prepared.pool {
             Some(pool) => Sending::Pooled(Box::pin(Arc::clone(pool).send(req))),
-            None => Sending::Client(self.client.request(req)),
+            None => Sending::Client(shared.client.request(req)),
         };
         // Bounds connecting and waiting for the headers together; never the body.
         let wait = backend.response_timeout;
