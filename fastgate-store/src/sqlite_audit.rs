@@ -49,6 +49,13 @@ struct WriterConn {
     conn: Connection,
 }
 
+impl Drop for WriterConn {
+    fn drop(&mut self) {
+        // Finalize the statements before the connection closes, whatever the field order.
+        self.inserts.clear();
+    }
+}
+
 impl std::fmt::Debug for WriterConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriterConn")
@@ -236,14 +243,10 @@ mod raw {
 
         /// Insert `rows` (exactly as many as the statement was prepared for).
         pub(super) fn execute(&mut self, rows: &[AuditEvent]) -> Result<(), rusqlite::Error> {
-            let result = self.bind_and_step(rows);
-            // SAFETY: a valid statement. Resetting and unbinding before returning means no
-            // pointer into `rows` stays bound once the borrow ends.
-            unsafe {
-                ffi::sqlite3_reset(self.stmt);
-                ffi::sqlite3_clear_bindings(self.stmt);
-            }
-            result
+            // Reset and unbind on every way out (return, `?`, unwind), so no pointer into `rows`
+            // stays bound once the borrow ends.
+            let _unbind = Unbind(self.stmt);
+            self.bind_and_step(rows)
         }
 
         /// Bind the 21 columns of each row in the order of `AUDIT_COLUMNS` (as `insert_batch!`
@@ -289,17 +292,19 @@ mod raw {
                 // SAFETY: a valid statement and parameter index.
                 None => unsafe { ffi::sqlite3_bind_null(self.stmt, *at) },
                 Some(s) => {
-                    let len = c_int::try_from(s.len()).map_err(|_| too_big())?;
-                    // SAFETY: `s` is valid for `len` bytes and outlives the statement's use of
-                    // it: `execute` steps and then resets and unbinds before `s`'s borrow ends.
+                    // An empty string is bound as a real (static) empty C string, as rusqlite
+                    // does, rather than as `str`'s dangling pointer.
+                    let (ptr, len) = if s.is_empty() {
+                        (c"".as_ptr(), 0)
+                    } else {
+                        let len = c_int::try_from(s.len()).map_err(|_| too_big())?;
+                        (s.as_ptr().cast(), len)
+                    };
+                    // SAFETY: `ptr` is valid for `len` bytes and outlives the statement's use
+                    // of it: `execute` steps and then resets and unbinds before `s`'s borrow
+                    // ends.
                     unsafe {
-                        ffi::sqlite3_bind_text(
-                            self.stmt,
-                            *at,
-                            s.as_ptr().cast(),
-                            len,
-                            ffi::SQLITE_STATIC(),
-                        )
+                        ffi::sqlite3_bind_text(self.stmt, *at, ptr, len, ffi::SQLITE_STATIC())
                     }
                 }
             };
@@ -323,6 +328,19 @@ mod raw {
                 Ok(())
             } else {
                 Err(error(self.db, rc))
+            }
+        }
+    }
+
+    /// Resets and unbinds a statement when dropped.
+    struct Unbind(*mut ffi::sqlite3_stmt);
+
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            // SAFETY: a valid statement (the `Insert` it belongs to outlives this guard).
+            unsafe {
+                ffi::sqlite3_reset(self.0);
+                ffi::sqlite3_clear_bindings(self.0);
             }
         }
     }

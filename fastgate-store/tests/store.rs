@@ -1048,10 +1048,16 @@ on_backends!(
     |db| {
         let store = db.store().await;
         let at = UNIX_EPOCH + Duration::from_millis(1_764_150_000_000);
+        // NULL, empty and non-empty texts of many lengths.
+        let agent = |i: u64| match i % 3 {
+            0 => None,
+            _ if i % 10 == 1 => Some(String::new()),
+            _ => Some(format!("agent/{}", "x".repeat(i as usize))),
+        };
         let events: Vec<AuditEvent> = (0..150u64)
             .map(|i| {
                 let mut e = event(i, at + Duration::from_millis(i));
-                e.user_agent = (i % 3 != 0).then(|| format!("agent/{}", "x".repeat(i as usize)));
+                e.user_agent = agent(i);
                 e.model = (i % 5 != 0).then(|| format!("model-{i}"));
                 e.request_bytes = i * 7;
                 e.status = 200 + u16::try_from(i % 3).unwrap();
@@ -1066,11 +1072,7 @@ on_backends!(
                 .unwrap()
                 .unwrap_or_else(|| panic!("row {i} missing"));
             assert_eq!(r.started_at, at + Duration::from_millis(i), "row {i}");
-            assert_eq!(
-                r.user_agent,
-                (i % 3 != 0).then(|| format!("agent/{}", "x".repeat(i as usize))),
-                "row {i}"
-            );
+            assert_eq!(r.user_agent, agent(i), "row {i}");
             assert_eq!(
                 r.model,
                 (i % 5 != 0).then(|| format!("model-{i}")),
