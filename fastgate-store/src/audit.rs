@@ -404,22 +404,23 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        if let Some(writer) = &self.inner.sqlite_audit {
-            return match writer.write(events).await {
-                Ok(()) => {
-                    Counters::add(&self.inner.counters.audit_rows_written, events.len() as u64);
-                    Ok(())
-                }
-                Err(e) => {
-                    Counters::add(&self.inner.counters.audit_batches_failed, 1);
-                    Err(e.into())
-                }
-            };
+        let result: Result<(), StoreError> = match &self.inner.sqlite_audit {
+            Some(writer) => writer.write(events).await.map_err(Into::into),
+            None => self.insert_audit_sqlx(events).await.map_err(Into::into),
+        };
+        match &result {
+            Ok(()) => Counters::add(&self.inner.counters.audit_rows_written, events.len() as u64),
+            Err(_) => Counters::add(&self.inner.counters.audit_batches_failed, 1),
         }
+        result
+    }
+
+    /// The sqlx path of [`insert_audit`](Self::insert_audit): PostgreSQL and `:memory:`.
+    async fn insert_audit_sqlx(&self, events: &[AuditEvent]) -> Result<(), sqlx::Error> {
         let (roll_m, hist_m) = rollups(events, MINUTE_MS);
         let (roll_h, hist_h) = rollups(events, HOUR_MS);
         let sql = AuditSql::get(matches!(self.inner.db, crate::Db::Sqlite(_)));
-        let result: Result<(), sqlx::Error> = on_pool!(&self.inner.db, |pool| {
+        on_pool!(&self.inner.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
                 insert_batch!(tx, sql, events);
@@ -428,17 +429,7 @@ impl Store {
                 tx.commit().await
             }
             .await
-        });
-        match result {
-            Ok(()) => {
-                Counters::add(&self.inner.counters.audit_rows_written, events.len() as u64);
-                Ok(())
-            }
-            Err(e) => {
-                Counters::add(&self.inner.counters.audit_batches_failed, 1);
-                Err(e.into())
-            }
-        }
+        })
     }
 
     /// Audit records matching `filter`, newest first, with a cursor for the next page.
