@@ -26,6 +26,11 @@ struct Entry {
     /// Set when change notifications may have been missed: the entry must be re-validated, but
     /// is still served if the database cannot answer.
     stale: bool,
+    /// The database knows this hash but refuses it: the key is disabled, or this is a rotated-out
+    /// secret past its grace period. Answered `Invalid` without a query while fresh, like an
+    /// unknown key; kept in this map (not in `unknown`) so that every invalidation of the key
+    /// (re-enabling it, here or on another instance) drops it.
+    rejected: bool,
 }
 
 /// Resolved keys by SHA-256 hash.
@@ -38,7 +43,8 @@ pub(crate) struct KeyCache {
     /// Until when stale entries are served without asking the database (after a failure).
     db_failed_until: Mutex<Option<Instant>>,
     /// Hashes the database did not know, with when that was seen. Safe to cache: a secret
-    /// cannot be presented before it exists (256 random bits), and disabled keys are not in here.
+    /// cannot be presented before it exists (256 random bits). Disabled keys are not in here but
+    /// in `map` as rejected entries, which their key's invalidations reach.
     unknown: Mutex<HashMap<String, Instant>>,
 }
 
@@ -271,7 +277,9 @@ impl Store {
             inner.cache.get(hash)
         };
         let cached = match cached {
-            Some(e) if e.valid_until.is_some_and(|t| t <= wall) => {
+            // A secret whose grace period ended while cached: ask the database (which then
+            // caches it as rejected).
+            Some(e) if !e.rejected && e.valid_until.is_some_and(|t| t <= wall) => {
                 inner.cache.remove(hash);
                 None
             }
@@ -285,6 +293,10 @@ impl Store {
         if let Some(e) = &cached {
             let fresh = !e.stale && now.duration_since(e.fetched) < ttl;
             if fresh || db_failing {
+                if e.rejected {
+                    Counters::add(&inner.counters.negative_hits, 1);
+                    return Cached::Done(Err(ResolveError::Invalid));
+                }
                 Counters::add(
                     if fresh {
                         &inner.counters.cache_hits
@@ -318,7 +330,27 @@ impl Store {
             Ok(Some(row)) => {
                 let valid_until = row.valid_until.map(from_ms);
                 if !row.active || valid_until.is_some_and(|t| t <= wall) {
-                    inner.cache.remove(hash);
+                    // Remembered, so that a client retrying with a disabled or rotated-out
+                    // key does not cost a query per request.
+                    if ttl.is_zero() {
+                        inner.cache.remove(hash);
+                    } else {
+                        let identity = KeyIdentity {
+                            key_id: row.id.into(),
+                            source_path: row.source_path.into(),
+                            permissions: Arc::new([]),
+                            expires_at: None,
+                        };
+                        let entry = Entry {
+                            identity,
+                            fetched: now,
+                            valid_until,
+                            stale: false,
+                            rejected: true,
+                        };
+                        inner.cache.insert(hash.to_owned(), entry, generation, ttl);
+                    }
+                    *lock(&inner.cache.db_failed_until) = None;
                     return Err(ResolveError::Invalid);
                 }
                 let permissions = decode_permissions(&row.permissions)
@@ -335,6 +367,7 @@ impl Store {
                         fetched: now,
                         valid_until,
                         stale: false,
+                        rejected: false,
                     };
                     inner.cache.insert(hash.to_owned(), entry, generation, ttl);
                 }
@@ -354,6 +387,11 @@ impl Store {
                 *lock(&inner.cache.db_failed_until) =
                     Some(Instant::now() + inner.opts.stale_retry_interval);
                 match cached {
+                    // Last known state: refused. Keep refusing while the database is down.
+                    Some(e) if e.rejected => {
+                        Counters::add(&inner.counters.negative_hits, 1);
+                        Err(ResolveError::Invalid)
+                    }
                     Some(e) => {
                         tracing::warn!(key_id = %e.identity.key_id, error = %err, "key lookup failed; serving cached identity");
                         Counters::add(&inner.counters.stale_served, 1);

@@ -139,7 +139,7 @@ pub struct StoreStats {
     pub cache_hits: u64,
     /// Resolutions that queried the database.
     pub cache_misses: u64,
-    /// Unknown keys answered from the negative cache (no database query).
+    /// Unknown, disabled or rotated-out keys answered from the cache (no database query).
     pub negative_hits: u64,
     /// Resolutions answered from a stale entry because the database failed.
     pub stale_served: u64,

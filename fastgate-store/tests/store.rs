@@ -615,6 +615,84 @@ on_backends!(delete_revokes_at_once, |db| {
     db.finish(&[&store]).await;
 });
 
+on_backends!(
+    refused_keys_are_answered_from_the_cache_until_changed,
+    |db| {
+        let store = db.store().await;
+        let k = store.create_key(new_key("user1")).await.unwrap();
+        store.resolve_key(&k.secret).await.unwrap();
+        let disable = |active| KeyUpdate {
+            active: Some(active),
+            ..Default::default()
+        };
+        store
+            .update_key(&k.record.id, disable(false))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.resolve_key(&k.secret).await,
+            Err(ResolveError::Invalid)
+        ));
+        // A client retrying with the disabled key does not reach the database again.
+        let before = store.stats();
+        for _ in 0..5 {
+            assert!(matches!(
+                store.resolve_key(&k.secret).await,
+                Err(ResolveError::Invalid)
+            ));
+        }
+        let after = store.stats();
+        assert_eq!(after.cache_misses, before.cache_misses);
+        assert_eq!(after.negative_hits, before.negative_hits + 5);
+        // Enabling it again takes effect at once.
+        store.update_key(&k.record.id, disable(true)).await.unwrap();
+        assert!(store.resolve_key(&k.secret).await.is_ok());
+
+        // A secret rotated out without grace: refused, then refused from the cache.
+        let r = store
+            .rotate_key(&k.record.id, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            store.resolve_key(&k.secret).await,
+            Err(ResolveError::Invalid)
+        ));
+        let misses = store.stats().cache_misses;
+        for _ in 0..3 {
+            assert!(matches!(
+                store.resolve_key(&k.secret).await,
+                Err(ResolveError::Invalid)
+            ));
+        }
+        assert_eq!(store.stats().cache_misses, misses);
+        assert!(store.resolve_key(&r.secret).await.is_ok());
+
+        // With the cache off, every lookup asks the database (and a re-enabled key works).
+        let uncached = db
+            .store_with(StoreOptions {
+                cache_ttl: Duration::ZERO,
+                ..test_opts()
+            })
+            .await;
+        store
+            .update_key(&k.record.id, disable(false))
+            .await
+            .unwrap();
+        let misses = uncached.stats().cache_misses;
+        for _ in 0..2 {
+            assert!(matches!(
+                uncached.resolve_key(&r.secret).await,
+                Err(ResolveError::Invalid)
+            ));
+        }
+        assert_eq!(uncached.stats().cache_misses, misses + 2);
+        store.update_key(&k.record.id, disable(true)).await.unwrap();
+        assert!(uncached.resolve_key(&r.secret).await.is_ok());
+        db.finish(&[&store, &uncached]).await;
+    }
+);
+
 on_backends!(rotation_with_and_without_grace, |db| {
     let store = db.store().await;
     let k = store.create_key(new_key("user1")).await.unwrap();
@@ -943,6 +1021,33 @@ on_backends!(
         );
         assert!(took < Duration::from_secs(2), "took {took:?}");
         assert!(b.resolve_key(&k2.secret).await.is_ok());
+
+        // B now remembers the disabled key as refused (no query per retry); enabling it again
+        // through A must reach B as fast, although B's cache TTL is ten minutes.
+        let misses = b.stats().cache_misses;
+        for _ in 0..3 {
+            assert!(matches!(
+                b.resolve_key(&k.secret).await,
+                Err(ResolveError::Invalid)
+            ));
+        }
+        assert_eq!(b.stats().cache_misses, misses, "B asked the database again");
+        let start = Instant::now();
+        a.update_key(
+            &k.record.id,
+            KeyUpdate {
+                active: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        wait_until(Duration::from_secs(5), || async {
+            b.resolve_key(&k.secret).await.is_ok()
+        })
+        .await
+        .expect("re-enabling did not reach the second instance");
+        assert!(start.elapsed() < Duration::from_secs(2));
 
         // Rotation and deletion propagate the same way.
         let start = Instant::now();
