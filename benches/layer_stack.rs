@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use fastgate_layer::audit::{AuditConfig, AuditEvent, AuditLayer, AuditSink};
+use fastgate_layer::audit::{AuditBatch, AuditConfig, AuditLayer, AuditSink};
 use fastgate_layer::auth::StaticKeys;
 use fastgate_layer::body::GatewayBody;
 use fastgate_layer::gateway::UpstreamBody;
@@ -35,7 +35,7 @@ struct CountingSink(Arc<AtomicU64>);
 impl AuditSink for CountingSink {
     type Error = Infallible;
 
-    async fn write_batch(&mut self, events: &[AuditEvent]) -> Result<(), Infallible> {
+    async fn write_batch(&mut self, events: &AuditBatch) -> Result<(), Infallible> {
         self.0.fetch_add(events.len() as u64, Ordering::Relaxed);
         Ok(())
     }

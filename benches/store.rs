@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fastgate_layer::audit::AuditBatch;
 use fastgate_layer::{AuditEvent, AuditSink, KeyResolver, Outcome, PresentedKey, TokenUsage};
 use fastgate_store::{MetricsWindow, NewKey, Store, StoreOptions};
 
@@ -147,7 +148,7 @@ fn audit_insert(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(backend, format!("batch{BATCH}")), |b| {
             b.iter_custom(|iters| {
                 let now = SystemTime::now();
-                let batches: Vec<Vec<AuditEvent>> = (0..iters)
+                let batches: Vec<AuditBatch> = (0..iters)
                     .map(|_| {
                         (0..BATCH)
                             .map(|_| {

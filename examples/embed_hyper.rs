@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastgate_layer::audit::{AuditConfig, AuditEvent, AuditLayer, AuditSink};
+use fastgate_layer::audit::{AuditBatch, AuditConfig, AuditLayer, AuditSink};
 use fastgate_layer::auth::StaticKeys;
 use fastgate_layer::route::RouteTable;
 use fastgate_layer::{Backend, ClientAddr, GatewayBuilder, KeyIdentity, RouteConfig, Secret};
@@ -35,8 +35,8 @@ struct PrintSink;
 impl AuditSink for PrintSink {
     type Error = Infallible;
 
-    async fn write_batch(&mut self, events: &[AuditEvent]) -> Result<(), Infallible> {
-        for e in events {
+    async fn write_batch(&mut self, events: &AuditBatch) -> Result<(), Infallible> {
+        for e in events.iter() {
             println!(
                 "audit: {} {} {} -> {} {} key={} model={} bytes={}/{} usage={:?}",
                 e.request_id,

@@ -105,7 +105,7 @@ mod upstream;
 #[cfg(test)]
 mod test_util;
 
-pub use audit::{AuditEvent, AuditSink, Outcome, TokenUsage};
+pub use audit::{AuditBatch, AuditEvent, AuditSink, Outcome, TokenUsage};
 pub use auth::{KeyResolver, PresentedKey, ResolveError};
 pub use error::{BoxError, json_error};
 pub use extensions::{Backend, ClientAddr, KeyIdentity, Rejected, RouteConfig, TargetUrl};

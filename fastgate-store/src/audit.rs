@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use fastgate_layer::audit::AuditBatch;
 use fastgate_layer::{AuditEvent, AuditSink, Outcome};
 
 use crate::metrics::latency_bucket;
@@ -28,9 +29,9 @@ impl AuditSink for StoreAuditSink {
 
     fn write_batch(
         &mut self,
-        events: &[AuditEvent],
+        events: &AuditBatch,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.store.insert_audit(events)
+        self.store.insert_audit_batch(events)
     }
 }
 
@@ -401,11 +402,17 @@ impl Store {
     /// Insert a batch of audit events and update the rollups, all in one transaction (safe to
     /// retry after an error).
     pub async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        self.insert_audit_batch(&AuditBatch::from(events)).await
+    }
+
+    /// [`insert_audit`](Self::insert_audit) for a shared batch, which the SQLite writer takes to
+    /// its thread without copying the events.
+    pub async fn insert_audit_batch(&self, events: &AuditBatch) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
         let result: Result<(), StoreError> = match &self.inner.sqlite_audit {
-            Some(writer) => writer.write(events).await.map_err(Into::into),
+            Some(writer) => writer.write(events.clone()).await.map_err(Into::into),
             None => self.insert_audit_sqlx(events).await.map_err(Into::into),
         };
         match &result {

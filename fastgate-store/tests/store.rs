@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fastgate_layer::audit::AuditBatch;
 use fastgate_layer::{
     AuditEvent, AuditSink, KeyResolver, Outcome, PresentedKey, ResolveError, TokenUsage,
 };
@@ -1119,7 +1120,11 @@ on_backends!(background_purges_by_retention, |db| {
             )
         })
         .collect();
-    store.audit_sink().write_batch(&events).await.unwrap();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(&events[..]))
+        .await
+        .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let bg = tokio::spawn(store.background(
         BackgroundOptions {
@@ -1169,7 +1174,11 @@ on_backends!(
                 e
             })
             .collect();
-        store.audit_sink().write_batch(&events).await.unwrap();
+        store
+            .audit_sink()
+            .write_batch(&AuditBatch::from(&events[..]))
+            .await
+            .unwrap();
         for i in 0..150u64 {
             let r = store
                 .get_audit(&format!("req-{i:06}"))
@@ -1210,10 +1219,14 @@ on_backends!(audit_batch_round_trips_every_field, |db| {
     bare.outcome = Outcome::Rejected;
     store
         .audit_sink()
-        .write_batch(&[e.clone(), bare])
+        .write_batch(&AuditBatch::from(vec![e.clone(), bare]))
         .await
         .unwrap();
-    store.audit_sink().write_batch(&[]).await.unwrap();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::default())
+        .await
+        .unwrap();
 
     let r = store.get_audit("req-000001").await.unwrap().unwrap();
     assert_eq!(r.request_id, "req-000001");
@@ -1260,14 +1273,21 @@ on_backends!(audit_large_batches_are_chunked_in_one_transaction, |db| {
     let events: Vec<AuditEvent> = (0..2_345)
         .map(|i| event(i, now - Duration::from_millis(i)))
         .collect();
-    store.audit_sink().write_batch(&events).await.unwrap();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(&events[..]))
+        .await
+        .unwrap();
     assert_eq!(store.count_audit().await.unwrap(), 2_345);
     let m = store.metrics(MetricsWindow::Hour, now).await.unwrap();
     assert_eq!(m.total_requests, 2_345);
 
     // A failing batch leaves nothing behind (all or nothing), so the worker can retry it.
     store.close().await;
-    let sink_err = store.audit_sink().write_batch(&events[..10]).await;
+    let sink_err = store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(&events[..10]))
+        .await;
     assert!(sink_err.is_err());
     assert_eq!(store.stats().audit_batches_failed, 1);
     let again = db.store().await;
@@ -1298,7 +1318,11 @@ on_backends!(audit_query_filters_and_keyset_pagination, |db| {
         });
         events.push(e);
     }
-    store.audit_sink().write_batch(&events).await.unwrap();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(&events[..]))
+        .await
+        .unwrap();
 
     // Walk every page: newest first, no duplicates, no gaps.
     let mut seen = Vec::new();
@@ -1478,7 +1502,11 @@ on_backends!(purge_deletes_old_records_in_batches, |db| {
             )
         })
         .collect();
-    store.audit_sink().write_batch(&events).await.unwrap();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(&events[..]))
+        .await
+        .unwrap();
     let cutoff = now - Duration::from_secs(30 * 86_400);
     assert_eq!(store.purge_audit_older_than(cutoff, 4).await.unwrap(), 17);
     assert_eq!(store.count_audit().await.unwrap(), 8);
@@ -1617,8 +1645,16 @@ on_backends!(metrics_aggregate_the_window, |db| {
     anon.duration = Duration::from_millis(1);
     anon.ttfb = None;
     events.push(anon);
-    store.audit_sink().write_batch(&events[..60]).await.unwrap(); // two batches hit the same rollup rows
-    store.audit_sink().write_batch(&events[60..]).await.unwrap();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(&events[..60]))
+        .await
+        .unwrap(); // two batches hit the same rollup rows
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(&events[60..]))
+        .await
+        .unwrap();
 
     let m = store.metrics(MetricsWindow::Day, now).await.unwrap();
     assert_eq!(m.window, MetricsWindow::Day);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::{AuditEvent, AuditSink};
+use super::{AuditBatch, AuditEvent, AuditSink};
 
 /// The error a [`MemorySink`] returns when told to fail.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ impl MemorySink {
 impl AuditSink for MemorySink {
     type Error = MemorySinkError;
 
-    async fn write_batch(&mut self, events: &[AuditEvent]) -> Result<(), MemorySinkError> {
+    async fn write_batch(&mut self, events: &AuditBatch) -> Result<(), MemorySinkError> {
         let failing = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

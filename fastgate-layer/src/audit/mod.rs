@@ -71,7 +71,7 @@ pub use body::{AuditBody, AuditRequestBody};
 pub use event::{AuditEvent, Outcome, TokenUsage};
 pub use layer::{Audit, AuditConfig, AuditLayer, AuditStats, ResponseFuture};
 pub use memory::MemorySink;
-pub use sink::AuditSink;
+pub use sink::{AuditBatch, AuditSink};
 pub use worker::AuditWorker;
 
 #[cfg(test)]

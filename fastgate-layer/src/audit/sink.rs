@@ -1,8 +1,53 @@
 //! The audit port: where the worker writes batches of events.
 
 use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use super::AuditEvent;
+
+/// A batch of audit events, as handed to an [`AuditSink`]: a shared, read-only slice.
+///
+/// Cloning it is one reference-count increment, so a sink that writes on another thread (a
+/// blocking pool, a writer thread) can take the batch along without copying the events, and the
+/// worker can hand the same batch to a retry.
+///
+/// ```
+/// use fastgate_layer::audit::{AuditBatch, AuditEvent};
+///
+/// let batch = AuditBatch::from(vec![AuditEvent::new("r1", "POST", "/proxy/chat")]);
+/// let shared = batch.clone();
+/// assert_eq!(shared.len(), 1);
+/// assert_eq!(shared[0].request_id, "r1");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditBatch(Arc<[AuditEvent]>);
+
+impl Deref for AuditBatch {
+    type Target = [AuditEvent];
+
+    fn deref(&self) -> &[AuditEvent] {
+        &self.0
+    }
+}
+
+impl From<Vec<AuditEvent>> for AuditBatch {
+    fn from(events: Vec<AuditEvent>) -> Self {
+        Self(events.into())
+    }
+}
+
+impl From<&[AuditEvent]> for AuditBatch {
+    fn from(events: &[AuditEvent]) -> Self {
+        Self(events.into())
+    }
+}
+
+impl FromIterator<AuditEvent> for AuditBatch {
+    fn from_iter<I: IntoIterator<Item = AuditEvent>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
 
 /// Where audit events end up. Implemented by `fastgate-store`.
 ///
@@ -16,6 +61,6 @@ pub trait AuditSink: Send + 'static {
     /// Persist a batch, all or nothing.
     fn write_batch(
         &mut self,
-        events: &[AuditEvent],
+        events: &AuditBatch,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use super::layer::{AuditConfig, StatsInner};
-use super::{AuditEvent, AuditSink};
+use super::{AuditBatch, AuditEvent, AuditSink};
 
 /// Drains the audit queue into an [`AuditSink`]. Created by
 /// [`AuditLayer::pair`](super::AuditLayer::pair); run it with [`AuditWorker::run`].
@@ -63,8 +63,9 @@ impl<W: AuditSink> AuditWorker<W> {
             self.stats
                 .taken
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            self.write(&batch).await;
-            batch.clear();
+            // Moved (not copied) into a shared batch; `batch` keeps its capacity.
+            let shared: AuditBatch = batch.drain(..).collect();
+            self.write(&shared).await;
             if closed {
                 break;
             }
@@ -84,7 +85,7 @@ impl<W: AuditSink> AuditWorker<W> {
         false
     }
 
-    async fn write(&mut self, batch: &[AuditEvent]) {
+    async fn write(&mut self, batch: &AuditBatch) {
         let mut backoff = self.config.retry_backoff;
         let mut attempt = 0;
         loop {
