@@ -294,11 +294,55 @@ fn start_event<B>(req: &Request<B>) -> AuditEvent {
         path,
     );
     event.user_agent = text(&header::USER_AGENT);
-    event.client_ip = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map(|a| a.0.to_string());
+    event.client_ip = req.extensions().get::<ClientAddr>().map(|a| ip_text(a.0));
     event
+}
+
+/// `ip` as text, as `Display` writes it. IPv4 is written by hand: `Display` (which supports
+/// width and padding) cost ~1.4k instructions per request, about 1.7% of the whole request.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
+#[cfg(test)]
+mod ip_tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::ip_text;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for octet in 0..=255u8 {
+            for ip in [
+                Ipv4Addr::new(octet, 0, 7, 255),
+                Ipv4Addr::new(10, octet, 100, 9),
+                Ipv4Addr::new(192, 168, octet, 99),
+                Ipv4Addr::new(1, 10, 100, octet),
+            ] {
+                assert_eq!(ip_text(IpAddr::V4(ip)), ip.to_string());
+            }
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        assert_eq!(ip_text(v6), "2001:db8::1");
+        let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
+        assert_eq!(ip_text(mapped), mapped.to_string());
+    }
 }
 
 pin_project! {
