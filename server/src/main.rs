@@ -93,7 +93,17 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Openapi) => {
-            let store = connect_store(&settings).await.context("database")?;
+            // The spec does not depend on the data: describe the API over a throw-away in-memory
+            // database, so that printing it needs no reachable (or writable) configured one.
+            let store = fastgate_store::Store::connect(
+                "sqlite::memory:",
+                fastgate_store::StoreOptions {
+                    max_connections: 1,
+                    ..fastgate_store::StoreOptions::default()
+                },
+            )
+            .await
+            .context("in-memory database for the spec")?;
             let (audit, _worker) = fastgate_layer::audit::AuditLayer::pair(
                 store.audit_sink(),
                 fastgate_layer::audit::AuditConfig::default(),

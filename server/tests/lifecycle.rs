@@ -30,6 +30,37 @@ fn run_check(yaml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
 }
 
 #[test]
+fn openapi_command_prints_the_spec_without_touching_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    // A SQLite file in a directory that does not exist, then an unreachable PostgreSQL server:
+    // neither may stop the spec from being printed, and no file is created.
+    let db = dir.path().join("missing-dir").join("fastgate.db");
+    let sqlite = config_yaml(8514, &db, "http://127.0.0.1:9");
+    let port = free_port();
+    let postgres = sqlite.replace(
+        &format!("sqlite:///{}", db.display()),
+        &format!("postgresql://fastgate@127.0.0.1:{port}/fastgate"),
+    );
+    assert_ne!(postgres, sqlite, "the database URL was not replaced");
+    for yaml in [sqlite, postgres] {
+        std::fs::write(&path, yaml).unwrap();
+        let out = Command::new(bin())
+            .arg("--config")
+            .arg(&path)
+            .arg("openapi")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+        assert!(spec["paths"]["/admin/keys"].is_object(), "{spec}");
+        assert!(!db.parent().unwrap().exists());
+    }
+}
+
+#[test]
 fn config_errors_exit_non_zero_naming_the_key() {
     let good = config_yaml(
         8514,
