@@ -23,7 +23,7 @@ pin_project! {
     pub struct AuditBody<B> {
         #[pin]
         inner: B,
-        guard: Option<AuditGuard>,
+        guard: Option<Box<AuditGuard>>,
     }
 }
 
@@ -36,7 +36,7 @@ impl<B> fmt::Debug for AuditBody<B> {
 }
 
 impl<B: Body> AuditBody<B> {
-    pub(crate) fn new(inner: B, mut guard: Option<AuditGuard>) -> Self {
+    pub(crate) fn new(inner: B, mut guard: Option<Box<AuditGuard>>) -> Self {
         if inner.is_end_stream() {
             // HEAD, 204, 304 or an empty local body: the client may never poll.
             if let Some(guard) = guard.as_mut() {

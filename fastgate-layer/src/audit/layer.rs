@@ -263,13 +263,15 @@ where
         let start = Instant::now();
         let event = start_event(&req);
         let request = Arc::new(RequestStats::default());
-        let guard = AuditGuard::new(
+        // Boxed: the guard holds the whole event (~400 bytes), and the response future and
+        // body it travels in are moved through every layer above; a pointer is cheaper to move.
+        let guard = Box::new(AuditGuard::new(
             event,
             start,
             shared.tx.clone(),
             Arc::clone(&shared.stats),
             Arc::clone(&request),
-        );
+        ));
         let req = req.map(|b| AuditRequestBody::new(b, Some(request)));
         ResponseFuture {
             inner: self.inner.call(req),
@@ -350,7 +352,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        guard: Option<AuditGuard>,
+        guard: Option<Box<AuditGuard>>,
     }
 }
 
