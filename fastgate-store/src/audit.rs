@@ -46,6 +46,8 @@ pub(crate) struct Rollup {
     pub(crate) requests: i64,
     pub(crate) errors: i64,
     pub(crate) streams: i64,
+    /// Requests summed in `duration_sum_us` and the histogram: all but FastGate's own rejections.
+    pub(crate) latency_count: i64,
     pub(crate) duration_sum_us: i64,
     pub(crate) ttfb_sum_us: i64,
     pub(crate) ttfb_count: i64,
@@ -112,10 +114,16 @@ pub(crate) fn rollups(
         r.requests += 1;
         r.errors += i64::from(!is_success(e.outcome, e.status));
         r.streams += i64::from(e.is_stream);
-        r.duration_sum_us = r.duration_sum_us.saturating_add(to_us(e.duration));
-        if let Some(t) = e.ttfb {
-            r.ttfb_sum_us = r.ttfb_sum_us.saturating_add(to_us(t));
-            r.ttfb_count += 1;
+        // FastGate's own answers (bad key, unknown route, ...) take microseconds: they count as
+        // requests and errors, but stay out of the latency and TTFB figures.
+        let timed = e.outcome != Outcome::Rejected;
+        if timed {
+            r.latency_count += 1;
+            r.duration_sum_us = r.duration_sum_us.saturating_add(to_us(e.duration));
+            if let Some(t) = e.ttfb {
+                r.ttfb_sum_us = r.ttfb_sum_us.saturating_add(to_us(t));
+                r.ttfb_count += 1;
+            }
         }
         if let Some(u) = e.usage {
             r.prompt_tokens = r.prompt_tokens.saturating_add(to_i64(u.prompt_tokens));
@@ -124,9 +132,11 @@ pub(crate) fn rollups(
                 .saturating_add(to_i64(u.completion_tokens));
             r.total_tokens = r.total_tokens.saturating_add(to_i64(u.total_tokens));
         }
-        *hist
-            .entry((minute, latency_bucket(e.duration)))
-            .or_default() += 1;
+        if timed {
+            *hist
+                .entry((minute, latency_bucket(e.duration)))
+                .or_default() += 1;
+        }
     }
     (roll.into_iter().collect(), hist.into_iter().collect())
 }
@@ -281,9 +291,9 @@ impl AuditSql {
                 &format!(
                     "{insert} {table} ({col}, key_id, model, source_path, requests, errors, streams, \
                      duration_sum_us, ttfb_sum_us, ttfb_count, prompt_tokens, completion_tokens, \
-                     total_tokens)"
+                     total_tokens, latency_count)"
                 ),
-                13,
+                14,
                 &format!(
                     " ON CONFLICT ({col}, key_id, model) DO UPDATE SET \
                      source_path = CASE WHEN excluded.source_path = '' THEN {table}.source_path ELSE excluded.source_path END, \
@@ -295,7 +305,8 @@ impl AuditSql {
                      ttfb_count = {table}.ttfb_count + excluded.ttfb_count, \
                      prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, \
                      completion_tokens = {table}.completion_tokens + excluded.completion_tokens, \
-                     total_tokens = {table}.total_tokens + excluded.total_tokens"
+                     total_tokens = {table}.total_tokens + excluded.total_tokens, \
+                     latency_count = {table}.latency_count + excluded.latency_count"
                 ),
             )
         };
@@ -377,7 +388,8 @@ macro_rules! upsert_rollups {
                     .bind(r.ttfb_count)
                     .bind(r.prompt_tokens)
                     .bind(r.completion_tokens)
-                    .bind(r.total_tokens);
+                    .bind(r.total_tokens)
+                    .bind(r.latency_count);
             }
             q.execute(&mut *$tx).await?;
         }

@@ -72,6 +72,7 @@ struct AggRow {
     requests: i64,
     errors: i64,
     streams: i64,
+    latency_count: i64,
     duration_sum_us: i64,
     ttfb_sum_us: i64,
     ttfb_count: i64,
@@ -82,7 +83,8 @@ struct AggRow {
 
 const SUMS: &str = "MAX(source_path) AS source_path, \
      CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
-     CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
+     CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(latency_count) AS BIGINT) AS latency_count, \
+     CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
      CAST(SUM(ttfb_sum_us) AS BIGINT) AS ttfb_sum_us, CAST(SUM(ttfb_count) AS BIGINT) AS ttfb_count, \
      CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
      CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
@@ -186,12 +188,14 @@ impl Store {
             .collect();
         let (mut total, mut errors, mut streams, mut dur_us, mut ttfb_us, mut ttfb_n) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut timed = 0u64;
         let (mut prompt, mut completion, mut tokens) = (0u64, 0u64, 0u64);
         for r in by_bucket {
             let (req, err, tok) = (to_u64(r.requests), to_u64(r.errors), to_u64(r.total_tokens));
             total += req;
             errors += err;
             streams += to_u64(r.streams);
+            timed += to_u64(r.latency_count);
             dur_us = dur_us.saturating_add(to_u64(r.duration_sum_us));
             ttfb_us = ttfb_us.saturating_add(to_u64(r.ttfb_sum_us));
             ttfb_n += to_u64(r.ttfb_count);
@@ -243,7 +247,7 @@ impl Store {
             success_count: success,
             error_count: errors,
             success_rate: ratio(success, total),
-            avg_latency_ms: ratio(dur_us, total) / 1000.0,
+            avg_latency_ms: ratio(dur_us, timed) / 1000.0,
             p50_latency_ms: quantile_ms(&hist, 0.50),
             p95_latency_ms: quantile_ms(&hist, 0.95),
             avg_ttfb_ms: ratio(ttfb_us, ttfb_n) / 1000.0,

@@ -288,13 +288,14 @@ pub struct Metrics {
     pub error_count: u64,
     /// `success_count / total_requests` (0 when there are none).
     pub success_rate: f64,
-    /// Mean duration, ms.
+    /// Mean duration, ms. Latency figures leave out the requests FastGate answered itself
+    /// (outcome `rejected`: bad key, unknown route, body too large), which take microseconds.
     pub avg_latency_ms: f64,
-    /// Median duration, ms (approximate, see above).
+    /// Median duration, ms (approximate, see above; rejections left out).
     pub p50_latency_ms: f64,
-    /// 95th percentile duration, ms (approximate, see above).
+    /// 95th percentile duration, ms (approximate, see above; rejections left out).
     pub p95_latency_ms: f64,
-    /// Mean time to first byte over requests that had one, ms.
+    /// Mean time to first byte over requests that had one, rejections left out, ms.
     pub avg_ttfb_ms: f64,
     /// Streamed responses.
     pub stream_requests: u64,

@@ -172,6 +172,7 @@ fn write_batch(w: &mut WriterConn, events: &[AuditEvent]) -> Result<(), rusqlite
                 r.prompt_tokens,
                 r.completion_tokens,
                 r.total_tokens,
+                r.latency_count,
             ])?;
         }
         let mut upsert = tx.prepare_cached(hist_sql)?;

@@ -401,13 +401,14 @@ pub struct MetricsReport {
     pub error_count: u64,
     /// success_count / total_requests (0 when there were none).
     pub success_rate: f64,
-    /// Mean duration, ms.
+    /// Mean duration, ms. Requests FastGate answered itself (outcome `rejected`: bad key,
+    /// unknown route, body too large) count in the totals but not in the latency figures.
     pub avg_latency_ms: f64,
-    /// Median duration, ms.
+    /// Median duration, ms (rejections left out).
     pub p50_latency_ms: f64,
-    /// 95th percentile duration, ms.
+    /// 95th percentile duration, ms (rejections left out).
     pub p95_latency_ms: f64,
-    /// Mean time to first byte, ms.
+    /// Mean time to first byte, ms (rejections left out).
     pub avg_ttfb_ms: f64,
     /// Streamed responses.
     pub stream_requests: u64,
