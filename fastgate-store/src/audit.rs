@@ -644,7 +644,7 @@ mod tests {
                     }
                 };
                 assert_eq!(binds(&sql.insert[i]), rows * 21);
-                assert_eq!(binds(&sql.roll_minute[i]), rows * 13);
+                assert_eq!(binds(&sql.roll_minute[i]), rows * 14);
                 assert_eq!(binds(&sql.hist_hour[i]), rows * 3);
             }
         }
