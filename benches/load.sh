@@ -299,17 +299,24 @@ cpu_ticks() { # pid → utime+stime in clock ticks
     [[ -n $1 && -r /proc/$1/stat ]] || { echo 0; return; }
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
+cpu_split() { # pid → "utime stime" in clock ticks
+    [[ -n $1 && -r /proc/$1/stat ]] || { echo "0 0"; return; }
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'
+}
 TCK=$(getconf CLK_TCK)
 
-# wrk run → "rps p50_ms p99_ms nreq non2xx server_cpu_us_per_req"
+# wrk run → "rps p50_ms p99_ms nreq non2xx server_cpu_us_per_req first_pid_user_us first_pid_sys_us"
+# (the first pid is the proxy; for `direct`, the mock itself)
 run_wrk() { # url lua seconds pid...
     local url=$1 lua=$2 secs=$3
     shift 3
-    local before=0 after=0 p out
+    local before=0 after=0 p out u0=0 s0=0 u1=0 s1=0
     for p in "$@"; do before=$((before + $(cpu_ticks "$p"))); done
+    (($#)) && read -r u0 s0 < <(cpu_split "$1")
     out=$(on_loadgen_cpu wrk -t1 -c"$CONNS" -d"${secs}s" --latency -s "$lua" "$url" 2>&1)
     for p in "$@"; do after=$((after + $(cpu_ticks "$p"))); done
-    awk -v ticks=$((after - before)) -v tck="$TCK" '
+    (($#)) && read -r u1 s1 < <(cpu_split "$1")
+    awk -v ticks=$((after - before)) -v tck="$TCK" -v pu=$((u1 - u0)) -v ps=$((s1 - s0)) '
         function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
         /Requests\/sec/ { rps = $2 }
         /^ +50%/ { p50 = ms($2) }
@@ -317,7 +324,8 @@ run_wrk() { # url lua seconds pid...
         /requests in/ { n = $1 }
         /Non-2xx/ { bad = $NF }
         /Socket errors/ { bad = bad "+sock" }
-        END { printf "%.0f %.3f %.3f %d %s %.1f\n", rps, p50, p99, n, (bad == "" ? 0 : bad), (n > 0 ? ticks / tck * 1e6 / n : 0) }' <<<"$out"
+        END { printf "%.0f %.3f %.3f %d %s %.1f %.1f %.1f\n", rps, p50, p99, n, (bad == "" ? 0 : bad), (n > 0 ? ticks / tck * 1e6 / n : 0),
+              (n > 0 ? pu / tck * 1e6 / n : 0), (n > 0 ? ps / tck * 1e6 / n : 0) }' <<<"$out"
 }
 
 busy_check() {
@@ -405,7 +413,8 @@ ratio_rounds() { # a b → per-round rps ratios a/b
 
 if [[ -n ${QUICK:-} ]]; then # QUICK=1: closed loop only
     for t in "${TARGETS[@]}"; do
-        printf '%-8s req/s %8s  cpu µs/req %6s  rounds: %s\n' "$t" "$(field "$t" 1 | median)" "$(field "$t" 6 | median)" "$(field "$t" 1 | paste -sd' ')"
+        printf '%-8s req/s %8s  cpu µs/req %6s (proxy user %5s sys %5s)  rounds: %s\n' "$t" "$(field "$t" 1 | median)" \
+            "$(field "$t" 6 | median)" "$(field "$t" 7 | median)" "$(field "$t" 8 | median)" "$(field "$t" 1 | paste -sd' ')"
     done
     printf 'FastGate/nginx %s  bare/nginx %s  FastGate/bare %s  audit on/off %s\n' "$(ratio_rounds fg nginx | median)" \
         "$(ratio_rounds bare nginx | median)" "$(ratio_rounds fg bare | median)" "$(ratio_rounds fg fgoff | median)"
@@ -478,15 +487,15 @@ FastGate load benchmark — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPU ($(se
 loadgen on CPU $LOADGEN_CPU; mock backend (1 thread) + nginx (1 worker) + FastGate on CPU $SERVER_CPU; loopback; $ROUNDS rounds, median shown
 
 Closed loop: wrk -t1 -c$CONNS -d${DURATION}s, POST small non-stream chat request ($(printf %s "$BODY" | wc -c) B)
-| target                         | req/s  | p50 ms | p99 ms | server CPU µs/req | req/s per round |
-|--------------------------------|--------|--------|--------|-------------------|-----------------|
-| direct (mock backend)          | $(printf '%6s' "$(med direct 1)") | $(printf '%6s' "$(med direct 2)") | $(printf '%6s' "$(med direct 3)") | $(printf '%17s' "$(med direct 6)") | $(field direct 1 | paste -sd' ') |
-| nginx reverse proxy            | $(printf '%6s' "$(med nginx 1)") | $(printf '%6s' "$(med nginx 2)") | $(printf '%6s' "$(med nginx 3)") | $(printf '%17s' "$(med nginx 6)") | $(field nginx 1 | paste -sd' ') |
-| bare hyper proxy (floor)       | $(printf '%6s' "$(med bare 1)") | $(printf '%6s' "$(med bare 2)") | $(printf '%6s' "$(med bare 3)") | $(printf '%17s' "$(med bare 6)") | $(field bare 1 | paste -sd' ') |
-| FastGate (audit → SQLite)      | $(printf '%6s' "$(med fg 1)") | $(printf '%6s' "$(med fg 2)") | $(printf '%6s' "$(med fg 3)") | $(printf '%17s' "$(med fg 6)") | $(field fg 1 | paste -sd' ') |
-| FastGate (audit writes off)    | $(printf '%6s' "$(med fgoff 1)") | $(printf '%6s' "$(med fgoff 2)") | $(printf '%6s' "$(med fgoff 3)") | $(printf '%17s' "$(med fgoff 6)") | $(field fgoff 1 | paste -sd' ') |
-$([[ -n ${PID_fgb:-} ]] && echo "| FastGate B (FASTGATE_BIN_B)    | $(printf '%6s' "$(med fgb 1)") | $(printf '%6s' "$(med fgb 2)") | $(printf '%6s' "$(med fgb 3)") | $(printf '%17s' "$(med fgb 6)") | $(field fgb 1 | paste -sd' ') |")
-(server CPU: proxy + mock backend CPU time from /proc per request; non-2xx/socket errors: $(for t in "${TARGETS[@]}"; do field "$t" 5; done | sort -u | paste -sd,))
+| target                         | req/s  | p50 ms | p99 ms | server CPU µs/req | proxy user / sys µs/req | req/s per round |
+|--------------------------------|--------|--------|--------|-------------------|-------------------------|-----------------|
+| direct (mock backend)          | $(printf '%6s' "$(med direct 1)") | $(printf '%6s' "$(med direct 2)") | $(printf '%6s' "$(med direct 3)") | $(printf '%17s' "$(med direct 6)") | $(printf '%23s' "$(med direct 7) / $(med direct 8)") | $(field direct 1 | paste -sd' ') |
+| nginx reverse proxy            | $(printf '%6s' "$(med nginx 1)") | $(printf '%6s' "$(med nginx 2)") | $(printf '%6s' "$(med nginx 3)") | $(printf '%17s' "$(med nginx 6)") | $(printf '%23s' "$(med nginx 7) / $(med nginx 8)") | $(field nginx 1 | paste -sd' ') |
+| bare hyper proxy (floor)       | $(printf '%6s' "$(med bare 1)") | $(printf '%6s' "$(med bare 2)") | $(printf '%6s' "$(med bare 3)") | $(printf '%17s' "$(med bare 6)") | $(printf '%23s' "$(med bare 7) / $(med bare 8)") | $(field bare 1 | paste -sd' ') |
+| FastGate (audit → SQLite)      | $(printf '%6s' "$(med fg 1)") | $(printf '%6s' "$(med fg 2)") | $(printf '%6s' "$(med fg 3)") | $(printf '%17s' "$(med fg 6)") | $(printf '%23s' "$(med fg 7) / $(med fg 8)") | $(field fg 1 | paste -sd' ') |
+| FastGate (audit writes off)    | $(printf '%6s' "$(med fgoff 1)") | $(printf '%6s' "$(med fgoff 2)") | $(printf '%6s' "$(med fgoff 3)") | $(printf '%17s' "$(med fgoff 6)") | $(printf '%23s' "$(med fgoff 7) / $(med fgoff 8)") | $(field fgoff 1 | paste -sd' ') |
+$([[ -n ${PID_fgb:-} ]] && echo "| FastGate B (FASTGATE_BIN_B)    | $(printf '%6s' "$(med fgb 1)") | $(printf '%6s' "$(med fgb 2)") | $(printf '%6s' "$(med fgb 3)") | $(printf '%17s' "$(med fgb 6)") | $(printf '%23s' "$(med fgb 7) / $(med fgb 8)") | $(field fgb 1 | paste -sd' ') |")
+(server CPU: proxy + mock backend CPU time from /proc per request; proxy user / sys: the proxy alone (for direct: the mock), user space and kernel; non-2xx/socket errors: $(for t in "${TARGETS[@]}"; do field "$t" 5; done | sort -u | paste -sd,))
 
 | ratio (median of per-round ratios) | value | target |
 |------------------------------------|-------|--------|
