@@ -46,7 +46,7 @@ pub(crate) struct Rollup {
     pub(crate) requests: i64,
     pub(crate) errors: i64,
     pub(crate) streams: i64,
-    /// Requests summed in `duration_sum_us` and the histogram: all but FastGate's own rejections.
+    /// Requests summed in `duration_sum_us` and the histogram: all but FastGate's own 4xx refusals.
     pub(crate) latency_count: i64,
     pub(crate) duration_sum_us: i64,
     pub(crate) ttfb_sum_us: i64,
@@ -114,9 +114,10 @@ pub(crate) fn rollups(
         r.requests += 1;
         r.errors += i64::from(!is_success(e.outcome, e.status));
         r.streams += i64::from(e.is_stream);
-        // FastGate's own answers (bad key, unknown route, ...) take microseconds: they count as
-        // requests and errors, but stay out of the latency and TTFB figures.
-        let timed = e.outcome != Outcome::Rejected;
+        // FastGate's own refusals of the client (bad key, unknown route, body too large: 4xx)
+        // take microseconds: they count as requests and errors, but stay out of the latency and
+        // TTFB figures. Its 5xx answers (database unavailable, bad backend) stay in.
+        let timed = !(e.outcome == Outcome::Rejected && e.status < 500);
         if timed {
             r.latency_count += 1;
             r.duration_sum_us = r.duration_sum_us.saturating_add(to_us(e.duration));
@@ -306,7 +307,7 @@ impl AuditSql {
                      prompt_tokens = {table}.prompt_tokens + excluded.prompt_tokens, \
                      completion_tokens = {table}.completion_tokens + excluded.completion_tokens, \
                      total_tokens = {table}.total_tokens + excluded.total_tokens, \
-                     latency_count = {table}.latency_count + excluded.latency_count"
+                     latency_count = COALESCE({table}.latency_count, {table}.requests) + excluded.latency_count"
                 ),
             )
         };
@@ -414,18 +415,33 @@ impl Store {
     /// Insert a batch of audit events and update the rollups, all in one transaction (safe to
     /// retry after an error).
     pub async fn insert_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
-        self.insert_audit_batch(&AuditBatch::from(events)).await
+        // Only the SQLite writer, which needs the events on its own thread, copies them.
+        self.insert_audit_any(events, None).await
     }
 
     /// [`insert_audit`](Self::insert_audit) for a shared batch, which the SQLite writer takes to
     /// its thread without copying the events.
     pub async fn insert_audit_batch(&self, events: &AuditBatch) -> Result<(), StoreError> {
+        self.insert_audit_any(events, Some(events)).await
+    }
+
+    /// Writes `events` (through the SQLite writer when there is one, which needs `shared`) and
+    /// counts the outcome once.
+    async fn insert_audit_any(
+        &self,
+        events: &[AuditEvent],
+        shared: Option<&AuditBatch>,
+    ) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let result: Result<(), StoreError> = match &self.inner.sqlite_audit {
-            Some(writer) => writer.write(events.clone()).await.map_err(Into::into),
-            None => self.insert_audit_sqlx(events).await.map_err(Into::into),
+        let result: Result<(), StoreError> = match (&self.inner.sqlite_audit, shared) {
+            (Some(writer), Some(shared)) => writer.write(shared.clone()).await.map_err(Into::into),
+            (Some(writer), None) => writer
+                .write(AuditBatch::from(events))
+                .await
+                .map_err(Into::into),
+            (None, _) => self.insert_audit_sqlx(events).await.map_err(Into::into),
         };
         match &result {
             Ok(()) => Counters::add(&self.inner.counters.audit_rows_written, events.len() as u64),
@@ -622,6 +638,36 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn rollups_leave_fastgates_own_refusals_out_of_latency() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let ev = |status: u16, outcome: Outcome, ms: u64| {
+            let mut e = AuditEvent::new("r", "POST", "/proxy/x");
+            e.started_at = at;
+            e.status = status;
+            e.outcome = outcome;
+            e.duration = std::time::Duration::from_millis(ms);
+            e.ttfb = Some(std::time::Duration::from_millis(ms));
+            e
+        };
+        let events = [
+            ev(200, Outcome::Completed, 10),
+            ev(401, Outcome::Rejected, 1),
+            ev(404, Outcome::Rejected, 1),
+            // The database was unavailable for the key check: slow, and the gateway's fault.
+            ev(503, Outcome::Rejected, 2_000),
+            ev(502, Outcome::UpstreamError, 30),
+        ];
+        let (roll, hist) = rollups(&events, MINUTE_MS);
+        assert_eq!(roll.len(), 1);
+        let r = &roll[0].1;
+        assert_eq!((r.requests, r.errors), (5, 4));
+        assert_eq!(r.latency_count, 3);
+        assert_eq!(r.duration_sum_us, 2_040_000);
+        assert_eq!((r.ttfb_count, r.ttfb_sum_us), (3, 2_040_000));
+        assert_eq!(hist.iter().map(|(_, n)| n).sum::<i64>(), 3);
+    }
 
     #[test]
     fn fixed_chunks_cover_every_row_in_order_with_fixed_sizes() {

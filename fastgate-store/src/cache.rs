@@ -387,11 +387,9 @@ impl Store {
                 *lock(&inner.cache.db_failed_until) =
                     Some(Instant::now() + inner.opts.stale_retry_interval);
                 match cached {
-                    // Last known state: refused. Keep refusing while the database is down.
-                    Some(e) if e.rejected => {
-                        Counters::add(&inner.counters.negative_hits, 1);
-                        Err(ResolveError::Invalid)
-                    }
+                    // Last known state: refused. Keep refusing while the database is down (the
+                    // lookup was attempted, so this is a miss and an error, not a negative hit).
+                    Some(e) if e.rejected => Err(ResolveError::Invalid),
                     Some(e) => {
                         tracing::warn!(key_id = %e.identity.key_id, error = %err, "key lookup failed; serving cached identity");
                         Counters::add(&inner.counters.stale_served, 1);
@@ -426,7 +424,7 @@ impl Store {
         self.inner.cache.clear();
     }
 
-    /// Keys currently cached.
+    /// Key hashes currently cached: valid keys and refused ones (disabled, rotated out).
     pub fn cached_keys(&self) -> usize {
         self.inner.cache.len()
     }

@@ -83,7 +83,7 @@ struct AggRow {
 
 const SUMS: &str = "MAX(source_path) AS source_path, \
      CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
-     CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(latency_count) AS BIGINT) AS latency_count, \
+     CAST(SUM(streams) AS BIGINT) AS streams, CAST(SUM(COALESCE(latency_count, requests)) AS BIGINT) AS latency_count, \
      CAST(SUM(duration_sum_us) AS BIGINT) AS duration_sum_us, \
      CAST(SUM(ttfb_sum_us) AS BIGINT) AS ttfb_sum_us, CAST(SUM(ttfb_count) AS BIGINT) AS ttfb_count, \
      CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \

@@ -1871,5 +1871,29 @@ on_backends!(migration_0002_backfills_hourly_rollups, |db| {
         "{}",
         day.p50_latency_ms
     );
+    // Rows written before 0003 have no latency_count (they summed every request). New events
+    // added onto such a row: a completed one counts, a refused (401) one does not.
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_minute + 10_000).unwrap());
+    let mut done = event(1, at);
+    done.key_id = Some("k_old".into());
+    done.source_path = Some("user1".into());
+    done.model = Some("m".into());
+    done.duration = Duration::from_millis(40);
+    let mut refused = done.clone();
+    refused.status = 401;
+    refused.outcome = Outcome::Rejected;
+    refused.duration = Duration::from_millis(1);
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(vec![done, refused]))
+        .await
+        .unwrap();
+    let day = store.metrics(MetricsWindow::Day, now).await.unwrap();
+    assert_eq!(day.total_requests, 17);
+    assert!(
+        (day.avg_latency_ms - 190.0 / 16.0).abs() < 1e-9,
+        "{}",
+        day.avg_latency_ms
+    );
     db.finish(&[&store]).await;
 });

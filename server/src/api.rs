@@ -469,7 +469,7 @@ pub struct KeyLookupHealth {
     pub stale_served: u64,
     /// Lookups that failed on the database.
     pub lookup_errors: u64,
-    /// Keys currently cached.
+    /// Key hashes currently cached (valid keys and refused ones: disabled, rotated out).
     pub cached: u64,
 }
 
