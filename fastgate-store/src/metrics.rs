@@ -1,5 +1,7 @@
 //! Dashboard aggregates, computed from the rollups (never from the audit table): the 1 h window
-//! reads the per-minute tables, the 24 h and 7 d windows the hourly ones.
+//! reads the per-minute tables, the 24 h and 7 d windows the hourly ones from their first whole
+//! hour on and the per-minute ones for the part of an hour before it, so every window is exact
+//! to the minute.
 //!
 //! Latency percentiles come from a per-minute histogram with fixed geometric buckets: bucket 0
 //! holds durations below 1 ms, bucket `i ≥ 1` holds `[1.1^(i-1), 1.1^i)` ms, and the last
@@ -9,7 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::audit::HOUR_MS;
+use crate::audit::{HOUR_MS, MINUTE_MS};
 use crate::model::{KeyUsage, Metrics, MetricsWindow, ModelUsage, SeriesPoint};
 use crate::{Store, StoreError, from_ms, to_ms, to_u64};
 
@@ -90,29 +92,40 @@ const SUMS: &str = "MAX(source_path) AS source_path, \
      CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
      CAST(SUM(total_tokens) AS BIGINT) AS total_tokens";
 
-/// Sums of one rollup table (`table`, time column `col`) per series bucket. Binds: since,
-/// bucket width, until. The database does the grouping, so only one row per bucket comes back.
-fn series_sql(table: &str, col: &str) -> String {
-    let b = format!("CAST(({col} - $1) / $2 AS BIGINT)");
+/// The rollup rows of a window as one relation `r` with time column `t`: rows of the coarse
+/// table (`coarse`, time column `col`: hourly or per-minute) from `$1` (aligned to its
+/// granularity) to `$2` (until), plus the per-minute rows from `$3` (the window's start) up to
+/// `$1`, which cover the window's first, partial hour exactly.
+fn window_rows(coarse: &str, col: &str, fine: &str, columns: &str) -> String {
     format!(
-        "SELECT CAST({b} AS TEXT) AS g, {SUMS} FROM {table} \
-         WHERE {col} >= $1 AND {col} <= $3 GROUP BY {b}"
+        "(SELECT {col} AS t, {columns} FROM {coarse} WHERE {col} >= $1 AND {col} <= $2 \
+         UNION ALL SELECT minute AS t, {columns} FROM {fine} WHERE minute >= $3 AND minute < $1) r"
     )
 }
 
-/// Sums per `group` column (`key_id` or `model`), rows without one left out. Binds: since, until.
-fn group_sql(table: &str, col: &str, group: &str) -> String {
-    format!(
-        "SELECT {group} AS g, {SUMS} FROM {table} \
-         WHERE {col} >= $1 AND {col} <= $2 AND {group} <> '' GROUP BY {group}"
-    )
+const ROLLUP_COLUMNS: &str = "key_id, model, source_path, requests, errors, streams, \
+     latency_count, duration_sum_us, ttfb_sum_us, ttfb_count, prompt_tokens, completion_tokens, \
+     total_tokens";
+
+/// Sums per series bucket. Binds: coarse start, until, window start, series origin, bucket
+/// width. The database does the grouping, so only one row per bucket comes back.
+fn series_sql(coarse: &str, col: &str) -> String {
+    let rows = window_rows(coarse, col, "audit_rollup_minute", ROLLUP_COLUMNS);
+    let b = "CAST((t - $4) / $5 AS BIGINT)";
+    format!("SELECT CAST({b} AS TEXT) AS g, {SUMS} FROM {rows} GROUP BY {b}")
 }
 
-fn hist_sql(table: &str, col: &str) -> String {
-    format!(
-        "SELECT bucket, CAST(SUM(count) AS BIGINT) FROM {table} \
-         WHERE {col} >= $1 AND {col} <= $2 GROUP BY bucket ORDER BY bucket"
-    )
+/// Sums per `group` column (`key_id` or `model`), rows without one left out. Binds: coarse
+/// start, until, window start.
+fn group_sql(coarse: &str, col: &str, group: &str) -> String {
+    let rows = window_rows(coarse, col, "audit_rollup_minute", ROLLUP_COLUMNS);
+    format!("SELECT {group} AS g, {SUMS} FROM {rows} WHERE {group} <> '' GROUP BY {group}")
+}
+
+/// The latency histogram of the window. Binds: coarse start, until, window start.
+fn hist_sql(coarse: &str, col: &str) -> String {
+    let rows = window_rows(coarse, col, "audit_latency_minute", "bucket, count");
+    format!("SELECT bucket, CAST(SUM(count) AS BIGINT) FROM {rows} GROUP BY bucket ORDER BY bucket")
 }
 
 const KEYS_SQL: &str = "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN active = $1 AND \
@@ -132,16 +145,25 @@ impl Store {
         let bucket_ms = i64::try_from(window.bucket().as_millis()).unwrap_or(i64::MAX);
         let window_ms = i64::try_from(window.duration().as_millis()).unwrap_or(i64::MAX);
         let now_ms = to_ms(now);
-        let since_ms = (now_ms - window_ms).div_euclid(bucket_ms) * bucket_ms;
+        // The window, to the minute (the finest rollup); the series starts at the bucket that
+        // holds it, so its first bucket is partial.
+        let start_ms = (now_ms - window_ms).div_euclid(MINUTE_MS) * MINUTE_MS;
+        let since_ms = start_ms.div_euclid(bucket_ms) * bucket_ms;
         let n_buckets = usize::try_from((now_ms - since_ms).div_euclid(bucket_ms) + 1).unwrap_or(0);
 
-        // Hour-wide buckets (24 h, 7 d) read the hourly rollups: `since` is then hour-aligned and
-        // every hour row lies wholly inside or outside the window's buckets.
-        let (table, col, hist_table) = if bucket_ms % HOUR_MS == 0 {
-            ("audit_rollup_hour", "hour", "audit_latency_hour")
+        // Hour-wide buckets (24 h, 7 d) read the hourly rollups from the first whole hour of
+        // the window on, and the per-minute rollups before it.
+        let (table, col, hist_table, coarse_ms) = if bucket_ms % HOUR_MS == 0 {
+            ("audit_rollup_hour", "hour", "audit_latency_hour", HOUR_MS)
         } else {
-            ("audit_rollup_minute", "minute", "audit_latency_minute")
+            (
+                "audit_rollup_minute",
+                "minute",
+                "audit_latency_minute",
+                MINUTE_MS,
+            )
         };
+        let coarse_start = (start_ms + coarse_ms - 1).div_euclid(coarse_ms) * coarse_ms;
         let (series_q, key_q, model_q) = (
             series_sql(table, col),
             group_sql(table, col, "key_id"),
@@ -150,24 +172,29 @@ impl Store {
         let hist_q = hist_sql(hist_table, col);
         let (by_bucket, by_key, by_model, hist, keys) = on_pool!(&self.inner.db, |pool| {
             let by_bucket: Vec<AggRow> = sqlx::query_as(&series_q)
+                .bind(coarse_start)
+                .bind(now_ms)
+                .bind(start_ms)
                 .bind(since_ms)
                 .bind(bucket_ms)
-                .bind(now_ms)
                 .fetch_all(pool)
                 .await?;
             let by_key: Vec<AggRow> = sqlx::query_as(&key_q)
-                .bind(since_ms)
+                .bind(coarse_start)
                 .bind(now_ms)
+                .bind(start_ms)
                 .fetch_all(pool)
                 .await?;
             let by_model: Vec<AggRow> = sqlx::query_as(&model_q)
-                .bind(since_ms)
+                .bind(coarse_start)
                 .bind(now_ms)
+                .bind(start_ms)
                 .fetch_all(pool)
                 .await?;
             let hist: Vec<(i32, i64)> = sqlx::query_as(&hist_q)
-                .bind(since_ms)
+                .bind(coarse_start)
                 .bind(now_ms)
+                .bind(start_ms)
                 .fetch_all(pool)
                 .await?;
             let keys: (i64, i64) = sqlx::query_as(KEYS_SQL)
@@ -240,7 +267,7 @@ impl Store {
         let success = total - errors.min(total);
         Ok(Metrics {
             window,
-            since: from_ms(since_ms),
+            since: from_ms(start_ms),
             until: now,
             bucket: window.bucket(),
             total_requests: total,

@@ -266,15 +266,15 @@ impl MetricsWindow {
 
 /// Aggregates over a window.
 ///
-/// The window is aligned to bucket boundaries: `since` is the start of the bucket holding
-/// `until - window`, so the series covers the whole window (plus at most one bucket) and every
-/// bucket is full-width except the last, which ends at `until`. Latency percentiles come from a
+/// The window is exact to the minute: it covers `since` (= `until - window`, rounded down to the
+/// minute) to `until`. The series starts at the bucket that holds `since`, so its first bucket
+/// only counts from `since` on and its last one ends at `until`; every other bucket is whole. Latency percentiles come from a
 /// fixed geometric histogram (bucket ratio 1.2) and are accurate to within ±10 % (relative).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
     /// The window asked for.
     pub window: MetricsWindow,
-    /// Start of the first bucket.
+    /// Start of the window (`until - window`, rounded down to the minute).
     pub since: SystemTime,
     /// `now`.
     pub until: SystemTime,

@@ -1661,10 +1661,17 @@ on_backends!(metrics_aggregate_the_window, |db| {
     assert_eq!(m.window, MetricsWindow::Day);
     assert_eq!(m.bucket, Duration::from_secs(3600));
     assert_eq!(m.until, now);
-    // since = start of the hour holding now - 24h (10:00 the day before); 25 hourly buckets.
-    assert_eq!(m.since, UNIX_EPOCH + Duration::from_secs(day0 - 14 * 3600));
+    // since = now - 24h to the minute (10:30 the day before); 25 hourly buckets from the hour
+    // holding it (10:00 the day before).
+    assert_eq!(
+        m.since,
+        UNIX_EPOCH + Duration::from_secs(day0 - 14 * 3600 + 30 * 60)
+    );
     assert_eq!(m.series.len(), 25);
-    assert_eq!(m.series[0].ts, m.since);
+    assert_eq!(
+        m.series[0].ts,
+        UNIX_EPOCH + Duration::from_secs(day0 - 14 * 3600)
+    );
     assert_eq!(
         m.series[24].ts,
         UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600)
@@ -1788,6 +1795,68 @@ on_backends!(metrics_aggregate_the_window, |db| {
         (0, 0.0, 0.0)
     );
     assert_eq!(empty.series.len(), 61);
+    db.finish(&[&store]).await;
+});
+
+on_backends!(metrics_windows_are_exact_to_the_minute, |db| {
+    let store = db.store().await;
+    // now = 10:30:30; the Day window starts at 10:30 the day before, inside an hour bucket.
+    let day0 = 1_764_115_200u64; // 2025-11-26T00:00:00Z
+    let now = UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600 + 30 * 60 + 30);
+    let at = |secs_before_now: u64, ms: u64| {
+        let mut e = event(secs_before_now, now - Duration::from_secs(secs_before_now));
+        e.duration = Duration::from_millis(ms);
+        e
+    };
+    let events = vec![
+        // The day before: 10:10 (before the window, in its first hour bucket) and 10:45.
+        at(86_400 + 20 * 60 + 30, 1_000),
+        at(86_400 - 15 * 60 - 30, 20),
+        // An hour ago, and seven days and five minutes ago (before the week's window) / seven
+        // days less five minutes ago (inside it, in its first, partial hour).
+        at(3_600, 40),
+        at(7 * 86_400 + 5 * 60, 3_000),
+        at(7 * 86_400 - 5 * 60, 60),
+    ];
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(events))
+        .await
+        .unwrap();
+
+    let day = store.metrics(MetricsWindow::Day, now).await.unwrap();
+    assert_eq!(day.total_requests, 2, "{day:?}");
+    assert!(
+        (day.avg_latency_ms - 30.0).abs() < 1e-9,
+        "{}",
+        day.avg_latency_ms
+    );
+    // The partial first bucket holds the 10:45 request only; the series adds up to the total.
+    assert_eq!(day.series[0].requests, 1);
+    assert_eq!(day.series.iter().map(|p| p.requests).sum::<u64>(), 2);
+    assert_eq!(day.per_key.iter().map(|k| k.requests).sum::<u64>(), 2);
+    assert_eq!(day.per_model.iter().map(|m| m.requests).sum::<u64>(), 2);
+    assert!(day.p95_latency_ms < 100.0, "{}", day.p95_latency_ms);
+
+    let week = store.metrics(MetricsWindow::Week, now).await.unwrap();
+    assert_eq!(week.total_requests, 4, "{week:?}");
+    assert_eq!(
+        week.since,
+        UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600 + 30 * 60 - 7 * 86_400)
+    );
+    assert_eq!(week.series.iter().map(|p| p.requests).sum::<u64>(), 4);
+    assert!(
+        (week.avg_latency_ms - (1_000.0 + 20.0 + 40.0 + 60.0) / 4.0).abs() < 1e-9,
+        "{}",
+        week.avg_latency_ms
+    );
+
+    let hour = store.metrics(MetricsWindow::Hour, now).await.unwrap();
+    assert_eq!(hour.total_requests, 1);
+    assert_eq!(
+        hour.since,
+        UNIX_EPOCH + Duration::from_secs(day0 + 9 * 3600 + 30 * 60)
+    );
     db.finish(&[&store]).await;
 });
 
