@@ -97,6 +97,11 @@ pub struct AppConfig {
     /// Seconds a connection may take to send a request's headers, counted from when it starts
     /// waiting for the request (so also how long an idle HTTP/1.1 keep-alive connection is kept).
     pub header_read_timeout: u64,
+    /// Reverse proxies / load balancers in front of FastGate (IP addresses or CIDR ranges). A
+    /// request from one of them is attributed to the client its `X-Forwarded-For` names (the
+    /// right-most address that is not itself a trusted proxy): in the audit log and for the
+    /// admin lock-out. Empty (the default): the socket's peer address, headers ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AppConfig {
@@ -109,6 +114,7 @@ impl Default for AppConfig {
             port: 8514,
             shutdown_timeout: 30,
             header_read_timeout: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -471,6 +477,16 @@ impl Settings {
         })
     }
 
+    /// `app.trusted_proxies` as ranges (validated when the config was loaded).
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        self.config
+            .app
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| parse_trusted_proxy(p))
+            .collect()
+    }
+
     /// The address to listen on.
     pub fn listen_addr(&self) -> String {
         let host = &self.config.app.host;
@@ -637,6 +653,14 @@ fn set_path(root: &mut Value, segments: &[String], new: Value) {
     }
 }
 
+/// An IP address (a range of one) or a CIDR range.
+fn parse_trusted_proxy(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| Err(ConfigError::new(path, key, msg));
     if c.security.admin_token.expose().trim().is_empty() {
@@ -695,6 +719,14 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     }
     if c.api_gateway.max_body_bytes == 0 {
         return err("api_gateway.max_body_bytes", "must be at least 1".into());
+    }
+    for (i, p) in c.app.trusted_proxies.iter().enumerate() {
+        if parse_trusted_proxy(p).is_none() {
+            return err(
+                &format!("app.trusted_proxies[{i}]"),
+                format!("{p:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"),
+            );
+        }
     }
     if c.app.header_read_timeout == 0 {
         return err(

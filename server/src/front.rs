@@ -19,7 +19,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,12 +29,13 @@ use bytes::Bytes;
 use fastgate_layer::ClientAddr;
 use fastgate_layer::audit::AuditBody;
 use fastgate_layer::body::GatewayBody;
-use http::{Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use poem::web::{LocalAddr, RemoteAddr};
 use tokio::net::TcpListener;
@@ -63,6 +64,7 @@ struct Shared {
     proxy: ProxyService,
     app: App,
     local: LocalAddr,
+    trusted: Box<[IpNet]>,
 }
 
 /// The per-connection hyper service: dispatches by path.
@@ -70,6 +72,53 @@ struct Shared {
 struct ConnService {
     shared: Arc<Shared>,
     remote: SocketAddr,
+    /// The peer is a trusted proxy: its requests name their client in `X-Forwarded-For`.
+    peer_trusted: bool,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client a request from a trusted proxy was forwarded for: walking `X-Forwarded-For` from
+/// its end (each proxy appends the address it received the request from), the first address
+/// that is not itself a trusted proxy. When every address is trusted, the first one; when an
+/// entry is not an address (or the header is missing), the last trusted hop, at worst `peer`.
+fn forwarded_client(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let mut client = peer;
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return client;
+        };
+        for entry in value.rsplit(',') {
+            let Some(ip) = forwarded_ip(entry.trim()) else {
+                return client;
+            };
+            if !is_trusted(trusted, ip) {
+                return ip;
+            }
+            client = ip;
+        }
+    }
+    client
+}
+
+/// `203.0.113.7`, `2001:db8::1`, `[2001:db8::1]`, `203.0.113.7:4711` or `[2001:db8::1]:4711`.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse().ok())
+        })
+        .map(|ip: IpAddr| ip.to_canonical())
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -78,10 +127,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = FrontFuture;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let client = if self.peer_trusted {
+            forwarded_client(&self.shared.trusted, self.remote.ip(), req.headers())
+        } else {
+            self.remote.ip()
+        };
         let log = tracing::enabled!(target: "fastgate::access", tracing::Level::DEBUG)
-            .then(|| AccessLog::new(&req, self.remote));
+            .then(|| AccessLog::new(&req, client));
         let kind = if is_proxy_path(req.uri().path()) {
-            req.extensions_mut().insert(ClientAddr(self.remote.ip()));
+            req.extensions_mut().insert(ClientAddr(client));
             Kind::Proxy {
                 fut: Oneshot::new(self.shared.proxy.clone(), req),
             }
@@ -89,7 +143,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             let req = poem::Request::from((
                 req,
                 self.shared.local.clone(),
-                RemoteAddr(poem::Addr::SocketAddr(self.remote)),
+                RemoteAddr(poem::Addr::SocketAddr(SocketAddr::new(
+                    client,
+                    self.remote.port(),
+                ))),
                 http::uri::Scheme::HTTP,
             ));
             let app = Arc::clone(&self.shared.app);
@@ -151,12 +208,12 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new(req: &Request<Incoming>, remote: SocketAddr) -> Self {
+    fn new(req: &Request<Incoming>, client: IpAddr) -> Self {
         Self {
             started: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
-            client: remote.ip(),
+            client,
         }
     }
 
@@ -174,12 +231,14 @@ impl AccessLog {
 }
 
 /// Connection settings of the front.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct FrontConfig {
     /// Time allowed to read a request's headers (see the module docs).
     pub header_read_timeout: Duration,
     /// Time in-flight requests get after the shutdown signal.
     pub grace: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (`app.trusted_proxies`).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
@@ -193,7 +252,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = config.grace;
     let local = LocalAddr(poem::Addr::SocketAddr(listener.local_addr()?));
-    let shared = Arc::new(Shared { proxy, app, local });
+    let shared = Arc::new(Shared {
+        proxy,
+        app,
+        local,
+        trusted: config.trusted_proxies.into(),
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -220,7 +284,8 @@ pub async fn serve(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
                 }
-                let service = ConnService { shared: Arc::clone(&shared), remote };
+                let peer_trusted = is_trusted(&shared.trusted, remote.ip());
+                let service = ConnService { shared: Arc::clone(&shared), remote, peer_trusted };
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let first_byte = config.header_read_timeout;
@@ -260,7 +325,69 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::is_proxy_path;
+    #![allow(clippy::unwrap_used)]
+    use super::{forwarded_client, is_proxy_path, is_trusted};
+    use http::HeaderMap;
+    use ipnet::IpNet;
+    use std::net::IpAddr;
+
+    fn client(trusted: &[&str], peer: &str, xff: &[&str]) -> IpAddr {
+        let trusted: Vec<IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        let mut headers = HeaderMap::new();
+        for v in xff {
+            headers.append("x-forwarded-for", v.parse().unwrap());
+        }
+        forwarded_client(&trusted, peer.parse().unwrap(), &headers)
+    }
+
+    #[test]
+    fn forwarded_client_is_the_right_most_untrusted_address() {
+        let t = ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client(&t, "127.0.0.1", &[]), ip("127.0.0.1"));
+        assert_eq!(client(&t, "127.0.0.1", &["203.0.113.7"]), ip("203.0.113.7"));
+        // A client's own (spoofed) entries are left of the one the proxy appended.
+        assert_eq!(
+            client(&t, "127.0.0.1", &["1.1.1.1, 203.0.113.7, 10.9.9.9"]),
+            ip("203.0.113.7")
+        );
+        // Several headers: later ones were appended later.
+        assert_eq!(
+            client(&t, "127.0.0.1", &["1.1.1.1", "203.0.113.9, 10.0.0.1"]),
+            ip("203.0.113.9")
+        );
+        // Every hop trusted: the first one.
+        assert_eq!(
+            client(&t, "127.0.0.1", &["10.0.0.2, 10.0.0.1"]),
+            ip("10.0.0.2")
+        );
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(
+            client(&t, "127.0.0.1", &["203.0.113.7, junk, 10.0.0.3"]),
+            ip("10.0.0.3")
+        );
+        assert_eq!(client(&t, "127.0.0.1", &["unknown"]), ip("127.0.0.1"));
+        // Ports and brackets; IPv4-mapped IPv6 is matched as IPv4.
+        assert_eq!(
+            client(&t, "127.0.0.1", &["203.0.113.7:4711"]),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client(&t, "127.0.0.1", &["[2001:db8::1]:80"]),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client(&t, "127.0.0.1", &["[2001:db8::2]"]),
+            ip("2001:db8::2")
+        );
+        assert_eq!(
+            client(&t, "127.0.0.1", &["203.0.113.7, ::ffff:10.0.0.4"]),
+            ip("203.0.113.7")
+        );
+        let nets: Vec<IpNet> = t.iter().map(|s| s.parse().unwrap()).collect();
+        assert!(is_trusted(&nets, ip("::ffff:127.0.0.1")));
+        assert!(!is_trusted(&nets, ip("127.0.0.2")));
+    }
 
     #[test]
     fn proxy_paths() {

@@ -84,6 +84,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<Self> {
         let c = settings.config.clone();
+        let trusted_proxies = settings.trusted_proxies();
         if !c.api_gateway.async_audit {
             tracing::warn!(
                 "api_gateway.async_audit: false is accepted, but audit is always asynchronous"
@@ -144,6 +145,7 @@ impl Gateway {
         let front_config = front::FrontConfig {
             header_read_timeout: Duration::from_secs(c.app.header_read_timeout),
             grace,
+            trusted_proxies,
         };
         let server = tokio::spawn(front::serve(
             listener,

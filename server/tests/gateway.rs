@@ -536,3 +536,102 @@ async fn env_override_wins_over_the_file() {
         "Bearer sk-from-env-31337"
     );
 }
+
+#[tokio::test]
+async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
+    let upstream = Upstream::start().await;
+    // 127.0.0.1 (the test client) plays the reverse proxy; 10.0.0.0/8 is an inner proxy tier.
+    let fg = Fastgate::start_with(
+        &upstream.url(),
+        |yaml| {
+            *yaml = yaml.replace(
+                "  shutdown_timeout: 20\n",
+                "  shutdown_timeout: 20\n  trusted_proxies: [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+            );
+        },
+        &[],
+    )
+    .await;
+    let key = fg.create_key("u").await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let send = |xff: Option<&'static str>| {
+        let mut req = fg
+            .http
+            .post(fg.proxy_url())
+            .header("X-API-Key", &key)
+            .body(chat_body(false));
+        if let Some(xff) = xff {
+            req = req.header("X-Forwarded-For", xff);
+        }
+        req.send()
+    };
+    // The right-most untrusted address wins: a client cannot pick its address by sending its
+    // own X-Forwarded-For through the proxies (which append to it).
+    let cases = [
+        (Some("203.0.113.7"), "203.0.113.7"),
+        (Some("198.51.100.1, 203.0.113.8, 10.1.2.3"), "203.0.113.8"),
+        (Some("[2001:db8::5]:4711"), "2001:db8::5"),
+        (Some("garbage, 10.1.2.3"), "10.1.2.3"),
+        (None, "127.0.0.1"),
+    ];
+    for (xff, _) in cases {
+        assert_eq!(send(xff).await.unwrap().status(), 200);
+    }
+    let items = fg.wait_logs("", |items| items.len() >= cases.len()).await;
+    let mut seen: Vec<&str> = items
+        .iter()
+        .map(|r| r["client_ip"].as_str().unwrap_or("?"))
+        .collect();
+    seen.sort_unstable();
+    let mut want: Vec<&str> = cases.iter().map(|(_, ip)| *ip).collect();
+    want.sort_unstable();
+    assert_eq!(seen, want);
+    // The header is not forwarded upstream (it is in the seed's strip_headers).
+    assert!(!upstream.last().headers.contains_key("x-forwarded-for"));
+
+    // The admin lock-out counts per forwarded client: one client's wrong tokens lock it out,
+    // not every client behind the proxy.
+    let admin = |xff: &'static str, token: &'static str| {
+        fg.http
+            .get(fg.url(&format!("/admin/keys?token={token}")))
+            .header("X-Forwarded-For", xff)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            admin("203.0.113.66", "wrong")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    let other = admin("203.0.113.67", ADMIN_TOKEN).await.unwrap();
+    assert_eq!(other.status(), 200);
+}
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_from_untrusted_peers() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.create_key("u").await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .header("X-Forwarded-For", "203.0.113.7")
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let items = fg.wait_logs("", |items| !items.is_empty()).await;
+    assert_eq!(items[0]["client_ip"], "127.0.0.1");
+}

@@ -85,6 +85,13 @@ fn config_errors_exit_non_zero_naming_the_key() {
             "database.url",
         ),
         (good.replace("  port: 8514", "  port: 99999"), "app.port"),
+        (
+            good.replace(
+                "  port: 8514",
+                "  port: 8514\n  trusted_proxies: [\"10.0.0.0/8\", \"proxy.local\"]",
+            ),
+            "app.trusted_proxies[1]",
+        ),
     ];
     for (yaml, needle) in cases {
         let (code, out) = run_check(&yaml, &[]);
