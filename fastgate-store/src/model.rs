@@ -288,14 +288,15 @@ pub struct Metrics {
     pub error_count: u64,
     /// `success_count / total_requests` (0 when there are none).
     pub success_rate: f64,
-    /// Mean duration, ms. Latency figures leave out the requests FastGate answered itself
-    /// (outcome `rejected`: bad key, unknown route, body too large), which take microseconds.
+    /// Mean duration, ms. Latency figures leave out the requests FastGate refused itself as the
+    /// client's fault (outcome `rejected` with a 4xx: bad key, unknown route, body too large),
+    /// which take microseconds; its own 5xx answers stay in.
     pub avg_latency_ms: f64,
-    /// Median duration, ms (approximate, see above; rejections left out).
+    /// Median duration, ms (approximate, see above; 4xx refusals left out).
     pub p50_latency_ms: f64,
-    /// 95th percentile duration, ms (approximate, see above; rejections left out).
+    /// 95th percentile duration, ms (approximate, see above; 4xx refusals left out).
     pub p95_latency_ms: f64,
-    /// Mean time to first byte over requests that had one, rejections left out, ms.
+    /// Mean time to first byte over requests that had one, 4xx refusals left out, ms.
     pub avg_ttfb_ms: f64,
     /// Streamed responses.
     pub stream_requests: u64,

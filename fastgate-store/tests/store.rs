@@ -93,6 +93,21 @@ impl TestDb {
     }
 }
 
+/// Disable (`false`) or enable (`true`) a key.
+async fn set_active(store: &Store, id: &str, active: bool) {
+    store
+        .update_key(
+            id,
+            KeyUpdate {
+                active: Some(active),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .expect("key exists");
+}
+
 fn test_opts() -> StoreOptions {
     StoreOptions {
         max_connections: 4,
@@ -622,14 +637,7 @@ on_backends!(
         let store = db.store().await;
         let k = store.create_key(new_key("user1")).await.unwrap();
         store.resolve_key(&k.secret).await.unwrap();
-        let disable = |active| KeyUpdate {
-            active: Some(active),
-            ..Default::default()
-        };
-        store
-            .update_key(&k.record.id, disable(false))
-            .await
-            .unwrap();
+        set_active(&store, &k.record.id, false).await;
         assert!(matches!(
             store.resolve_key(&k.secret).await,
             Err(ResolveError::Invalid)
@@ -646,7 +654,7 @@ on_backends!(
         assert_eq!(after.cache_misses, before.cache_misses);
         assert_eq!(after.negative_hits, before.negative_hits + 5);
         // Enabling it again takes effect at once.
-        store.update_key(&k.record.id, disable(true)).await.unwrap();
+        set_active(&store, &k.record.id, true).await;
         assert!(store.resolve_key(&k.secret).await.is_ok());
 
         // A secret rotated out without grace: refused, then refused from the cache.
@@ -676,10 +684,7 @@ on_backends!(
                 ..test_opts()
             })
             .await;
-        store
-            .update_key(&k.record.id, disable(false))
-            .await
-            .unwrap();
+        set_active(&store, &k.record.id, false).await;
         let misses = uncached.stats().cache_misses;
         for _ in 0..2 {
             assert!(matches!(
@@ -688,7 +693,7 @@ on_backends!(
             ));
         }
         assert_eq!(uncached.stats().cache_misses, misses + 2);
-        store.update_key(&k.record.id, disable(true)).await.unwrap();
+        set_active(&store, &k.record.id, true).await;
         assert!(uncached.resolve_key(&r.secret).await.is_ok());
         db.finish(&[&store, &uncached]).await;
     }
@@ -1034,15 +1039,7 @@ on_backends!(
         }
         assert_eq!(b.stats().cache_misses, misses, "B asked the database again");
         let start = Instant::now();
-        a.update_key(
-            &k.record.id,
-            KeyUpdate {
-                active: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        set_active(&a, &k.record.id, true).await;
         wait_until(Duration::from_secs(5), || async {
             b.resolve_key(&k.secret).await.is_ok()
         })

@@ -401,14 +401,15 @@ pub struct MetricsReport {
     pub error_count: u64,
     /// success_count / total_requests (0 when there were none).
     pub success_rate: f64,
-    /// Mean duration, ms. Requests FastGate answered itself (outcome `rejected`: bad key,
-    /// unknown route, body too large) count in the totals but not in the latency figures.
+    /// Mean duration, ms. Requests FastGate refused itself as the client's fault (outcome
+    /// `rejected` with a 4xx: bad key, unknown route, body too large) count in the totals but
+    /// not in the latency figures; its own 5xx answers do.
     pub avg_latency_ms: f64,
-    /// Median duration, ms (rejections left out).
+    /// Median duration, ms (4xx refusals left out).
     pub p50_latency_ms: f64,
-    /// 95th percentile duration, ms (rejections left out).
+    /// 95th percentile duration, ms (4xx refusals left out).
     pub p95_latency_ms: f64,
-    /// Mean time to first byte, ms (rejections left out).
+    /// Mean time to first byte, ms (4xx refusals left out).
     pub avg_ttfb_ms: f64,
     /// Streamed responses.
     pub stream_requests: u64,

@@ -518,10 +518,7 @@ async fn env_override_wins_over_the_file() {
         &[("FASTGATE__API_GATEWAY__REAL_API_KEY", "sk-from-env-31337")],
     )
     .await;
-    let key = fg.create_key("u").await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = fg.new_key("u").await;
     let res = fg
         .http
         .post(fg.proxy_url())
@@ -552,10 +549,7 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
         &[],
     )
     .await;
-    let key = fg.create_key("u").await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = fg.new_key("u").await;
     let send = |xff: Option<&'static str>| {
         let mut req = fg
             .http
@@ -618,10 +612,7 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
 async fn forwarded_for_is_ignored_from_untrusted_peers() {
     let upstream = Upstream::start().await;
     let fg = Fastgate::start(&upstream.url()).await;
-    let key = fg.create_key("u").await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = fg.new_key("u").await;
     let res = fg
         .http
         .post(fg.proxy_url())

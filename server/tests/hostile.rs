@@ -537,10 +537,7 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         &[],
     )
     .await;
-    let key = fg.create_key("slow").await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = fg.new_key("slow").await;
 
     // A client that connects and sends nothing is disconnected after ~1 s.
     let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))

@@ -111,10 +111,7 @@ fn config_errors_exit_non_zero_naming_the_key() {
 async fn sighup_reloads_routes_and_keeps_the_old_config_on_error() {
     let upstream = Upstream::start().await;
     let fg = Fastgate::start(&upstream.url()).await;
-    let key = fg.create_key("u").await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = fg.new_key("u").await;
     let call = |path: String| {
         fg.http
             .post(fg.url(&path))
@@ -182,10 +179,7 @@ async fn sighup_reloads_routes_and_keeps_the_old_config_on_error() {
 async fn sigterm_lets_a_stream_finish_and_writes_its_audit_row() {
     let upstream = Upstream::start().await;
     let mut fg = Fastgate::start(&upstream.url()).await;
-    let key = fg.create_key("u").await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = fg.new_key("u").await;
     let res = fg
         .http
         .post(fg.proxy_url())

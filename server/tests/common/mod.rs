@@ -312,6 +312,14 @@ impl Fastgate {
         res.json().await.unwrap()
     }
 
+    /// A new gateway key for `source_path` (the secret only).
+    pub async fn new_key(&self, source_path: &str) -> String {
+        self.create_key(source_path).await["api_key"]
+            .as_str()
+            .expect("api_key in the answer")
+            .to_owned()
+    }
+
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
