@@ -26,6 +26,7 @@ const CHROME_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-q
 const children = [];
 let tmp;
 let base; // http://127.0.0.1:PORT
+let mockBase; // the mock backend's http://127.0.0.1:PORT
 let browser;
 const dialogs = []; // every JS dialog any page opened (must stay empty)
 const foreignRequests = []; // requests to anything but the gateway (must stay empty: no CDN)
@@ -182,8 +183,31 @@ async function createKeyInUi(page, source, name, { never = false, days = '' } = 
   return apiKey;
 }
 
+/** Start a FastGate (fresh SQLite file) in front of the mock; resolves to its base URL. */
+async function startGateway(name) {
+  const port = await freePort();
+  const cfg = path.join(tmp, `${name}.yaml`);
+  fs.writeFileSync(cfg, [
+    `app: {host: "127.0.0.1", port: ${port}}`,
+    `database: {url: "sqlite:///${path.join(tmp, `${name}.db`)}"}`,
+    `security: {admin_token: "${ADMIN_TOKEN}", key_prefix: "fg_", default_expiry_days: 365}`,
+    'api_gateway:',
+    `  backend_url: "${mockBase}"`,
+    '  backend_path: "/v1/chat/completions"',
+    '  real_api_key: "sk-e2e-real"',
+    '  strip_headers: ["host", "x-api-key", "authorization", "x-forwarded-for"]',
+    '  async_audit: true',
+    '  timeout: 60',
+    '',
+  ].join('\n'));
+  const gate = startChild(name, need('FASTGATE_BIN'), ['--config', cfg]);
+  const url = `http://127.0.0.1:${port}`;
+  await waitHealthy(gate, name, `${url}/health`);
+  return url;
+}
+
 before(async () => {
-  const fastgateBin = need('FASTGATE_BIN');
+  need('FASTGATE_BIN');
   const mockBin = need('MOCK_BACKEND_BIN');
   assert.ok(fs.existsSync(CHROMIUM), `chromium not found at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM_PATH)`);
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fastgate-e2e-'));
@@ -198,24 +222,8 @@ before(async () => {
     });
   });
 
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  const cfg = path.join(tmp, 'fastgate.yaml');
-  fs.writeFileSync(cfg, [
-    `app: {host: "127.0.0.1", port: ${port}}`,
-    `database: {url: "sqlite:///${path.join(tmp, 'fastgate.db')}"}`,
-    `security: {admin_token: "${ADMIN_TOKEN}", key_prefix: "fg_", default_expiry_days: 365}`,
-    'api_gateway:',
-    `  backend_url: "http://127.0.0.1:${mockPort}"`,
-    '  backend_path: "/v1/chat/completions"',
-    '  real_api_key: "sk-e2e-real"',
-    '  strip_headers: ["host", "x-api-key", "authorization", "x-forwarded-for"]',
-    '  async_audit: true',
-    '  timeout: 60',
-    '',
-  ].join('\n'));
-  const gate = startChild('fastgate', fastgateBin, ['--config', cfg]);
-  await waitHealthy(gate, 'fastgate', `${base}/health`);
+  mockBase = `http://127.0.0.1:${mockPort}`;
+  base = await startGateway('fastgate');
 
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROME_ARGS });
 });
@@ -339,6 +347,9 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.equal(await tid(page, 'stat-stream').getAttribute('data-value'), '2');
     assert.equal(await tid(page, 'chart-empty').isVisible(), false);
     assert.match(await tid(page, 'stat-success').textContent(), /100/);
+    // Latency figures over the 5 proxied requests (the mock answers in well under a second).
+    assert.ok(Number(await tid(page, 'stat-latency').getAttribute('data-samples')) >= 5);
+    assert.match(await tid(page, 'stat-latency').textContent(), /^\d+(\.\d+)? m?s \/ /);
     // The chart follows the window selector.
     await tid(page, 'window-1h').click();
     await page.waitForFunction(() => document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '60'
@@ -604,5 +615,39 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.deepEqual(tokenInUrl, [], `token sent in a URL: ${tokenInUrl.join(', ')}`);
     assert.deepEqual(failedAssets, [], `assets failed: ${failedAssets.join(', ')}`);
     assert.deepEqual(dialogs, []);
+  });
+});
+
+describe('a window with only refused requests', { concurrency: 1 }, () => {
+  test('shows "—" for latency, not 0 ms, on its own fresh gateway', async () => {
+    // A second gateway with an empty database: its only traffic is one request with a wrong key,
+    // which FastGate refuses itself (401) and leaves out of the latency figures.
+    const url = await startGateway('fastgate-refusals');
+    const res = await fetch(`${url}/proxy/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer fg_not_a_key' },
+      body: JSON.stringify({ model: 'gpt-e2e', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    assert.equal(res.status, 401, await res.text());
+
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-US' });
+    const errors = [];
+    try {
+      const page = await context.newPage();
+      page.on('pageerror', (e) => errors.push(e.message));
+      await page.goto(`${url}/admin/ui/?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+      // The refusal reaches the audit table within the worker's batch delay.
+      await waitFor('the refusal in the requests card', async () => {
+        await refresh(page);
+        return (await tid(page, 'stat-requests').getAttribute('data-value')) === '1';
+      }, { timeout: 20000, interval: 500 });
+      assert.equal(await tid(page, 'stat-latency').getAttribute('data-samples'), '0');
+      assert.equal((await tid(page, 'stat-latency').textContent()).trim(), '—');
+      assert.equal((await tid(page, 'stat-success').textContent()).trim(), '0%');
+      await shot(page, 'desktop-dashboard-refusals-only');
+    } finally {
+      await context.close();
+    }
+    assert.deepEqual(errors, []);
   });
 });

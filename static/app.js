@@ -499,8 +499,13 @@
     m = m || {};
     setStat('stat-requests', fmtInt(m.total_requests), t('stat.errors', { n: fmtInt(m.error_count || 0) }));
     setStat('stat-success', m.total_requests ? fmtPct(m.success_rate) : '—', t('stat.ok', { n: fmtInt(m.success_count || 0) }));
-    setStat('stat-latency', m.total_requests ? fmtMs(m.avg_latency_ms) + ' / ' + fmtMs(m.p95_latency_ms) : '—',
-      m.total_requests ? t('stat.p50', { a: fmtMs(m.p50_latency_ms), b: fmtMs(m.avg_ttfb_ms) }) : '');
+    // Latency figures leave out FastGate's own 4xx refusals: a window holding only those has no
+    // latency data ("—"), not a latency of 0 ms. Older servers do not send the sample counts.
+    var timed = m.latency_samples === undefined ? m.total_requests : m.latency_samples;
+    var ttfbN = m.ttfb_samples === undefined ? timed : m.ttfb_samples;
+    setStat('stat-latency', timed ? fmtMs(m.avg_latency_ms) + ' / ' + fmtMs(m.p95_latency_ms) : '—',
+      timed ? t('stat.p50', { a: fmtMs(m.p50_latency_ms), b: ttfbN ? fmtMs(m.avg_ttfb_ms) : '—' }) : '');
+    $('stat-latency').setAttribute('data-samples', String(timed || 0));
     setStat('stat-stream', m.total_requests ? fmtPct(m.stream_share) : '—', t('stat.streamreq', { n: fmtInt(m.stream_requests || 0) }));
     setStat('stat-tokens', fmtInt(m.total_tokens || 0), t('stat.tokensplit', { a: fmtInt(m.prompt_tokens || 0), b: fmtInt(m.completion_tokens || 0) }));
     setStat('stat-keys', fmtInt(m.active_keys), t('stat.keystotal', { n: fmtInt(m.total_keys) }));

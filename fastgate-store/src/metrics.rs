@@ -278,6 +278,8 @@ impl Store {
             p50_latency_ms: quantile_ms(&hist, 0.50),
             p95_latency_ms: quantile_ms(&hist, 0.95),
             avg_ttfb_ms: ratio(ttfb_us, ttfb_n) / 1000.0,
+            latency_samples: timed,
+            ttfb_samples: ttfb_n,
             stream_requests: streams,
             stream_share: ratio(streams, total),
             prompt_tokens: prompt,

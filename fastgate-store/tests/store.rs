@@ -631,6 +631,34 @@ on_backends!(delete_revokes_at_once, |db| {
     db.finish(&[&store]).await;
 });
 
+on_backends!(metrics_of_refusals_only_have_no_latency_samples, |db| {
+    // A window holding only FastGate's own 4xx refusals: counted as requests and errors, with
+    // no latency data (the dashboard shows "no data" instead of "0 ms").
+    let store = db.store().await;
+    let now = SystemTime::now();
+    let refusals: Vec<AuditEvent> = (0..3)
+        .map(|i| {
+            let mut e = event(i, now - Duration::from_secs(30));
+            e.key_id = None;
+            e.status = 401;
+            e.outcome = Outcome::Rejected;
+            e.duration = Duration::from_millis(2);
+            e
+        })
+        .collect();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(refusals))
+        .await
+        .unwrap();
+    let m = store.metrics(MetricsWindow::Hour, now).await.unwrap();
+    assert_eq!(m.total_requests, 3);
+    assert_eq!(m.error_count, 3);
+    assert_eq!((m.latency_samples, m.ttfb_samples), (0, 0));
+    assert_eq!(m.avg_latency_ms, 0.0);
+    db.finish(&[&store]).await;
+});
+
 on_backends!(
     refused_keys_are_answered_from_the_cache_until_changed,
     |db| {
@@ -1699,6 +1727,9 @@ on_backends!(metrics_aggregate_the_window, |db| {
         "{}",
         m.avg_ttfb_ms
     );
+    // 121 requests, the one 4xx refusal left out of the latency figures; 65 had a first byte.
+    assert_eq!(m.latency_samples, 120);
+    assert_eq!(m.ttfb_samples, 65);
     // Exact p50 of the 120 timed durations (the rejection left out): 1..=90, 10×1000, 20×50.
     let mut all: Vec<f64> = (1..=90)
         .map(|i| i as f64)
@@ -1961,5 +1992,6 @@ on_backends!(migration_0002_backfills_hourly_rollups, |db| {
         "{}",
         day.avg_latency_ms
     );
+    assert_eq!(day.latency_samples, 16);
     db.finish(&[&store]).await;
 });

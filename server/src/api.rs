@@ -411,6 +411,11 @@ pub struct MetricsReport {
     pub p95_latency_ms: f64,
     /// Mean time to first byte, ms (4xx refusals left out).
     pub avg_ttfb_ms: f64,
+    /// Requests the latency figures are computed over (total_requests minus the 4xx refusals).
+    /// When 0, the latency figures are 0 for want of data: show them as "no data".
+    pub latency_samples: u64,
+    /// Requests avg_ttfb_ms is computed over (those that received a first byte).
+    pub ttfb_samples: u64,
     /// Streamed responses.
     pub stream_requests: u64,
     /// stream_requests / total_requests.
@@ -620,7 +625,7 @@ enum LogResponse {
 enum MetricsResponse {
     /// Aggregates.
     #[oai(status = 200)]
-    Ok(Json<MetricsReport>),
+    Ok(Json<Box<MetricsReport>>),
     /// Invalid input (unknown `window`; answered before the handler runs).
     #[oai(status = 400)]
     #[allow(dead_code)]
@@ -1055,7 +1060,7 @@ impl AdminApi {
             Window::Week => (MetricsWindow::Week, "7d"),
         };
         match self.state.store.metrics(w, SystemTime::now()).await {
-            Ok(m) => MetricsResponse::Ok(Json(MetricsReport {
+            Ok(m) => MetricsResponse::Ok(Json(Box::new(MetricsReport {
                 window: name.into(),
                 since: rfc3339(m.since),
                 until: rfc3339(m.until),
@@ -1068,6 +1073,8 @@ impl AdminApi {
                 p50_latency_ms: m.p50_latency_ms,
                 p95_latency_ms: m.p95_latency_ms,
                 avg_ttfb_ms: m.avg_ttfb_ms,
+                latency_samples: m.latency_samples,
+                ttfb_samples: m.ttfb_samples,
                 stream_requests: m.stream_requests,
                 stream_share: m.stream_share,
                 prompt_tokens: m.prompt_tokens,
@@ -1105,7 +1112,7 @@ impl AdminApi {
                         total_tokens: p.total_tokens,
                     })
                     .collect(),
-            })),
+            }))),
             Err(e) => unavailable!(self.state, MetricsResponse::Unavailable, e),
         }
     }
