@@ -11,8 +11,11 @@
 //! reading a request's headers (`app.header_read_timeout`, 60 s by default), which hyper counts
 //! from the moment the connection waits for its next request: a client that sends nothing,
 //! trickles headers, or leaves an HTTP/1.1 connection idle that long between requests is closed
-//! (nginx closes idle keep-alive connections after 75 s). An HTTP/2 connection has no idle limit
-//! once its preface is read. On shutdown
+//! (nginx closes idle keep-alive connections after 75 s). Every connection, HTTP/2 included, is
+//! also watched for traffic: one that moves no byte in either direction for that long is shut
+//! down gracefully (an HTTP/2 client gets a GOAWAY, HTTP/1.1 closes after its response), so a
+//! client cannot hold idle HTTP/2 connections open forever, while a request in flight (a slow
+//! answer, a stream with long pauses) still runs to its end. On shutdown
 //! the listener closes, every connection finishes its in-flight request (HTTP/1.1) or gets a
 //! GOAWAY (HTTP/2), and whatever is still open after the grace period is aborted, which lets
 //! the audit layer record those requests as interrupted.
@@ -22,6 +25,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,11 +38,13 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use poem::web::{LocalAddr, RemoteAddr};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::util::Oneshot;
 
@@ -264,7 +270,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    // `true` once the shutdown signal came: every connection then closes gracefully.
+    let (closing, _) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -287,21 +294,23 @@ pub async fn serve(
                 let peer_trusted = is_trusted(&shared.trusted, remote.ip());
                 let service = ConnService { shared: Arc::clone(&shared), remote, peer_trusted };
                 let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let first_byte = config.header_read_timeout;
+                let closing = closing.subscribe();
+                let idle = config.header_read_timeout;
                 connections.spawn(async move {
                     // hyper's header timer starts once the protocol is known (after the first
                     // bytes): a connection that sends nothing at all is closed here instead.
                     let mut probe = [0u8; 1];
                     if !matches!(
-                        tokio::time::timeout(first_byte, stream.peek(&mut probe)).await,
+                        tokio::time::timeout(idle, stream.peek(&mut probe)).await,
                         Ok(Ok(1..))
                     ) {
                         tracing::debug!(client = %remote.ip(), "closing a connection that sent nothing");
                         return;
                     }
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn).await {
+                    let traffic = Arc::new(AtomicBool::new(false));
+                    let io = TrafficIo { inner: stream, traffic: Arc::clone(&traffic) };
+                    let conn = builder.serve_connection(TokioIo::new(io), service);
+                    if let Err(e) = drive(conn, &traffic, idle, closing).await {
                         tracing::debug!(client = %remote.ip(), "connection ended with an error: {e}");
                     }
                 });
@@ -310,8 +319,10 @@ pub async fn serve(
     }
     drop(listener);
     drop(shared);
+    closing.send_replace(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = drained => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(
                 open = connections.len(),
@@ -321,6 +332,121 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// Serve `conn` to its end. It is shut down gracefully (in-flight requests finish, no new ones
+/// start) when `closing` turns `true` (or its sender is gone), or when `traffic` stayed unset
+/// for two checks `idle / 2` apart: no byte read or written for between `idle` and 1.5 × `idle`.
+async fn drive<C>(
+    conn: C,
+    traffic: &AtomicBool,
+    idle: Duration,
+    mut closing: watch::Receiver<bool>,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    let period = (idle / 2).max(Duration::from_millis(1));
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quiet_checks = 0u8;
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => return result,
+            _ = closing.wait_for(|closing| *closing), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            _ = check.tick(), if !shutting_down => {
+                if traffic.swap(false, Ordering::Relaxed) {
+                    quiet_checks = 0;
+                } else {
+                    quiet_checks += 1;
+                    if quiet_checks >= 2 {
+                        tracing::debug!("closing a connection without traffic");
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A client connection that notes, in `traffic`, every read or write that moved bytes.
+    struct TrafficIo {
+        #[pin]
+        inner: TcpStream,
+        traffic: Arc<AtomicBool>,
+    }
+}
+
+impl TrafficIo {
+    fn noted<T>(
+        traffic: &AtomicBool,
+        polled: Poll<std::io::Result<T>>,
+        moved: bool,
+    ) -> Poll<std::io::Result<T>> {
+        if moved {
+            // A plain store (no read-modify-write): the connection's task is the only writer.
+            traffic.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncRead for TrafficIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        let moved = matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before;
+        Self::noted(this.traffic, polled, moved)
+    }
+}
+
+impl AsyncWrite for TrafficIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        let moved = matches!(polled, Poll::Ready(Ok(n)) if n > 0);
+        Self::noted(this.traffic, polled, moved)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        let moved = matches!(polled, Poll::Ready(Ok(n)) if n > 0);
+        Self::noted(this.traffic, polled, moved)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

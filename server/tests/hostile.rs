@@ -581,3 +581,96 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     assert!(closed, "an idle keep-alive connection was kept open");
     assert_eq!(up.count(), 1);
 }
+
+/// An HTTP/2 (h2c) connection over which `request` was sent; `closed` resolves when the server
+/// ends the connection.
+async fn h2_connection(
+    port: u16,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, closed)
+}
+
+fn h2_chat(
+    port: u16,
+    key: &str,
+    stream: bool,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::post(format!("http://127.0.0.1:{port}/proxy{BACKEND_PATH}"))
+        .header("x-api-key", key)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(chat_body(
+            stream,
+        ))))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_but_requests_in_flight_finish() {
+    use http_body_util::BodyExt;
+    let idle = |y: &mut String| *y = y.replacen("app:\n", "app:\n  header_read_timeout: 1\n", 1);
+
+    // One request over h2c, then silence: the server ends the connection after ~1–1.5 s
+    // (hyper's header timer does not apply to HTTP/2 once the preface is read).
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(&up.url(), idle, &[]).await;
+    let key = fg.new_key("h2").await;
+    let (mut sender, closed) = h2_connection(fg.port).await;
+    let res = sender
+        .send_request(h2_chat(fg.port, &key, false))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    res.into_body().collect().await.unwrap();
+    let quiet_since = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), closed)
+        .await
+        .expect("an idle HTTP/2 connection was kept open")
+        .unwrap();
+    let took = quiet_since.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the 1 s idle limit"
+    );
+
+    // A stream whose backend pauses 1.6 s between events (longer than the idle limit) is not
+    // cut: the connection is only told to take no new requests, and the stream ends normally.
+    let slow = FaultUpstream::start(Fault::Slow {
+        events: 2,
+        gap: Duration::from_millis(1600),
+    })
+    .await;
+    let fg = Fastgate::start_with(&slow.url(), idle, &[]).await;
+    let key = fg.new_key("h2-stream").await;
+    let (mut sender, closed) = h2_connection(fg.port).await;
+    let res = sender
+        .send_request(h2_chat(fg.port, &key, true))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("[DONE]"), "stream cut short: {text}");
+    let row = fg.wait_audit(&rid).await;
+    assert_eq!(row["outcome"], "completed", "{row}");
+    tokio::time::timeout(Duration::from_secs(6), closed)
+        .await
+        .expect("the HTTP/2 connection stayed open after its stream")
+        .unwrap();
+}
