@@ -95,11 +95,13 @@ pub struct AppConfig {
     /// Seconds in-flight requests and streams get to finish on SIGTERM/SIGINT.
     pub shutdown_timeout: u64,
     /// Seconds a connection may take to send a request's headers, counted from when it starts
-    /// waiting for the request (so also how long an idle HTTP/1.1 keep-alive connection is kept).
+    /// waiting for the request (so also how long an idle HTTP/1.1 keep-alive connection is kept);
+    /// any connection, HTTP/2 included, that moves no byte for 1–1.5 × this long is shut down
+    /// gracefully.
     pub header_read_timeout: u64,
     /// Reverse proxies / load balancers in front of FastGate (IP addresses or CIDR ranges). A
-    /// request from one of them is attributed to the client its `X-Forwarded-For` names (the
-    /// right-most address that is not itself a trusted proxy): in the audit log and for the
+    /// request from one of them is attributed to the client its `X-Forwarded-For` (or, without one,
+    /// `Forwarded`) names (the right-most address that is not itself a trusted proxy): in the audit log and for the
     /// admin lock-out. Empty (the default): the socket's peer address, headers ignored.
     pub trusted_proxies: Vec<String>,
 }

@@ -89,27 +89,113 @@ fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-/// The client a request from a trusted proxy was forwarded for: walking `X-Forwarded-For` from
+/// `Forwarded` (RFC 7239).
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// The client a request from a trusted proxy was forwarded for, from `X-Forwarded-For` or, when
+/// that header is absent, the `for=` parameters of `Forwarded` (RFC 7239). Walking the list from
 /// its end (each proxy appends the address it received the request from), the first address
 /// that is not itself a trusted proxy. When every address is trusted, the first one; when an
-/// entry is not an address (or the header is missing), the last trusted hop, at worst `peer`.
+/// entry is not an address (`unknown`, an obfuscated `_name`, garbage) or the headers are
+/// missing, the last trusted hop, at worst `peer`.
 fn forwarded_client(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let mut xff = headers.get_all(X_FORWARDED_FOR).iter().rev().peekable();
+    if xff.peek().is_some() {
+        let hops = xff.flat_map(|value| {
+            header_text(value)
+                .rsplit(',')
+                .map(|e| forwarded_ip(e.trim()))
+        });
+        return nearest_untrusted(trusted, peer, hops);
+    }
+    let hops = headers
+        .get_all(FORWARDED)
+        .iter()
+        .rev()
+        .flat_map(|value| forwarded_for(header_text(value)).into_iter().rev());
+    nearest_untrusted(trusted, peer, hops)
+}
+
+/// A header value as text; one that is not visible ASCII reads as one entry naming no address.
+fn header_text(value: &http::HeaderValue) -> &str {
+    value.to_str().unwrap_or("-")
+}
+
+/// Walk `hops` (nearest first; `None` for an entry that names no address): the first address
+/// that is not a trusted proxy, else the last trusted one, else `peer`.
+fn nearest_untrusted(
+    trusted: &[IpNet],
+    peer: IpAddr,
+    hops: impl Iterator<Item = Option<IpAddr>>,
+) -> IpAddr {
     let mut client = peer;
-    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-        let Ok(value) = value.to_str() else {
+    for hop in hops {
+        let Some(ip) = hop else {
             return client;
         };
-        for entry in value.rsplit(',') {
-            let Some(ip) = forwarded_ip(entry.trim()) else {
-                return client;
-            };
-            if !is_trusted(trusted, ip) {
-                return ip;
-            }
-            client = ip;
+        if !is_trusted(trusted, ip) {
+            return ip;
         }
+        client = ip;
     }
     client
+}
+
+/// One `name=value` parameter of a `Forwarded` element is complete: keep its address if it is
+/// `for`.
+fn end_param(param: &mut String, current: &mut Option<IpAddr>) {
+    if let Some((name, val)) = param.split_once('=')
+        && name.trim().eq_ignore_ascii_case("for")
+    {
+        let val = val.trim();
+        let val = val
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(val);
+        *current = forwarded_ip(val);
+    }
+    param.clear();
+}
+
+/// The `for=` address of each element of one `Forwarded` header value, in order: `None` for an
+/// element without one or whose value is not an address. Elements are separated by `,`, their
+/// parameters by `;`; names are case-insensitive and values are tokens or quoted strings (as an
+/// IPv6 address must be: `for="[2001:db8::1]:4711"`).
+fn forwarded_for(value: &str) -> Vec<Option<IpAddr>> {
+    let mut out = Vec::new();
+    let mut current: Option<IpAddr> = None;
+    let mut param = String::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if in_quotes {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+                continue;
+            } else if c == '"' {
+                in_quotes = false;
+            }
+            param.push(c);
+            continue;
+        }
+        match c {
+            '"' => {
+                in_quotes = true;
+                param.push(c);
+            }
+            ';' => end_param(&mut param, &mut current),
+            ',' => {
+                end_param(&mut param, &mut current);
+                out.push(current.take());
+            }
+            _ => param.push(c),
+        }
+    }
+    end_param(&mut param, &mut current);
+    out.push(current);
+    out
 }
 
 /// `203.0.113.7`, `2001:db8::1`, `[2001:db8::1]`, `203.0.113.7:4711` or `[2001:db8::1]:4711`.
@@ -458,12 +544,61 @@ mod tests {
     use std::net::IpAddr;
 
     fn client(trusted: &[&str], peer: &str, xff: &[&str]) -> IpAddr {
+        client_from(trusted, peer, &[("x-forwarded-for", xff)])
+    }
+
+    fn client_from(trusted: &[&str], peer: &str, headers: &[(&str, &[&str])]) -> IpAddr {
         let trusted: Vec<IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
-        let mut headers = HeaderMap::new();
-        for v in xff {
-            headers.append("x-forwarded-for", v.parse().unwrap());
+        let mut map = HeaderMap::new();
+        for (name, values) in headers {
+            for v in *values {
+                map.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
         }
-        forwarded_client(&trusted, peer.parse().unwrap(), &headers)
+        forwarded_client(&trusted, peer.parse().unwrap(), &map)
+    }
+
+    #[test]
+    fn forwarded_header_names_the_client_when_x_forwarded_for_is_absent() {
+        let t = ["127.0.0.1/32", "10.0.0.0/8"];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let fwd = |values: &[&str]| client_from(&t, "127.0.0.1", &[("forwarded", values)]);
+        assert_eq!(fwd(&["for=203.0.113.7"]), ip("203.0.113.7"));
+        // Parameters, case-insensitive names, spaces, the right-most untrusted element.
+        assert_eq!(
+            fwd(&["for=1.1.1.1, For=203.0.113.7;proto=https;by=10.0.0.9, for=10.0.0.1"]),
+            ip("203.0.113.7")
+        );
+        // IPv6 is quoted, with or without a port; a quoted value may hold , and ;.
+        assert_eq!(
+            fwd(&[r#"for="[2001:db8:cafe::17]:4711""#]),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            fwd(&[r#"for="203.0.113.8";by="a,b;c", for=10.0.0.2"#]),
+            ip("203.0.113.8")
+        );
+        // Several header lines: later ones were appended later.
+        assert_eq!(fwd(&["for=203.0.113.9", "for=10.0.0.3"]), ip("203.0.113.9"));
+        // `unknown`, obfuscated names and elements without `for` stop at the last trusted hop.
+        assert_eq!(fwd(&["for=unknown, for=10.0.0.4"]), ip("10.0.0.4"));
+        assert_eq!(fwd(&["for=_hidden"]), ip("127.0.0.1"));
+        assert_eq!(fwd(&["for=203.0.113.7, proto=http"]), ip("127.0.0.1"));
+        // X-Forwarded-For, when present, is the one read.
+        assert_eq!(
+            client_from(
+                &t,
+                "127.0.0.1",
+                &[
+                    ("forwarded", &["for=198.51.100.1"]),
+                    ("x-forwarded-for", &["203.0.113.10"])
+                ]
+            ),
+            ip("203.0.113.10")
+        );
     }
 
     #[test]

@@ -550,28 +550,37 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
     )
     .await;
     let key = fg.new_key("u").await;
-    let send = |xff: Option<&'static str>| {
+    let send = |header: Option<(&'static str, &'static str)>| {
         let mut req = fg
             .http
             .post(fg.proxy_url())
             .header("X-API-Key", &key)
             .body(chat_body(false));
-        if let Some(xff) = xff {
-            req = req.header("X-Forwarded-For", xff);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
         }
         req.send()
     };
     // The right-most untrusted address wins: a client cannot pick its address by sending its
-    // own X-Forwarded-For through the proxies (which append to it).
+    // own X-Forwarded-For through the proxies (which append to it). RFC 7239's `Forwarded` is
+    // read the same way when X-Forwarded-For is absent.
+    let xff = |v| Some(("X-Forwarded-For", v));
     let cases = [
-        (Some("203.0.113.7"), "203.0.113.7"),
-        (Some("198.51.100.1, 203.0.113.8, 10.1.2.3"), "203.0.113.8"),
-        (Some("[2001:db8::5]:4711"), "2001:db8::5"),
-        (Some("garbage, 10.1.2.3"), "10.1.2.3"),
+        (xff("203.0.113.7"), "203.0.113.7"),
+        (xff("198.51.100.1, 203.0.113.8, 10.1.2.3"), "203.0.113.8"),
+        (xff("[2001:db8::5]:4711"), "2001:db8::5"),
+        (xff("garbage, 10.1.2.3"), "10.1.2.3"),
+        (
+            Some((
+                "Forwarded",
+                r#"for=198.51.100.2, for="[2001:db8::6]:80";proto=https, for=10.4.4.4"#,
+            )),
+            "2001:db8::6",
+        ),
         (None, "127.0.0.1"),
     ];
-    for (xff, _) in cases {
-        assert_eq!(send(xff).await.unwrap().status(), 200);
+    for (header, _) in cases {
+        assert_eq!(send(header).await.unwrap().status(), 200);
     }
     let items = fg.wait_logs("", |items| items.len() >= cases.len()).await;
     let mut seen: Vec<&str> = items
