@@ -13,10 +13,13 @@
 # Closed loop: wrk (Debian) with a Lua script (POST body, X-API-Key header). Open loop at a fixed
 # rate, streaming timing, 1,000 open streams and the exact-count run: examples/loadgen.rs (a
 # small hyper client in this repo; the open loop schedules sends on a nanosleep dispatcher thread
-# and measures latency from the scheduled send time, so there is no coordinated omission).
+# and measures latency from the scheduled send time, so there is no coordinated omission). The
+# streaming run sends the same timestamped events direct, through nginx, through the bare hyper
+# proxy and through FastGate, so what any proxy on the server core adds per event is measured
+# beside what FastGate adds.
 #
 # Environment knobs: ROUNDS (3), DURATION (8 s per closed-loop run), CONNS (32), RATE (500),
-# RATE_SECONDS (10), STREAMS (20 interleaved pairs), HOLD (1000), AUDIT_N (100000),
+# RATE_SECONDS (10), STREAMS (20 interleaved rounds), HOLD (1000), AUDIT_N (100000),
 # LOADGEN_CPU (0), SERVER_CPU (1), PORT_BASE (19400), FASTGATE_THREADS (unset: runtime default),
 # FASTGATE_BIN (another fastgate binary, e.g. a copy of an earlier build, for before/after),
 # FASTGATE_BIN_B (a second fastgate binary run as one more target in every round: before/after),
@@ -119,6 +122,8 @@ P_FG_B=$(pick_port $((P_FG_OFF + 1)))
 P_SSE=$(pick_port $((P_FG_B + 1))) # loadgen's own timestamping SSE upstream
 P_BARE=$(pick_port $((P_SSE + 1)))
 P_FG_HOLD=$(pick_port $((P_BARE + 1)))
+P_NGINX_SSE=$(pick_port $((P_FG_HOLD + 1))) # nginx and the bare proxy in front of loadgen's SSE upstream
+P_BARE_SSE=$(pick_port $((P_NGINX_SSE + 1)))
 BACKEND_PATH=/miniai/v2/chat/completions
 ADMIN=bench-admin-token-3f9a
 REAL_KEY=sk-real-upstream-bench
@@ -162,6 +167,20 @@ http {
             proxy_buffering off;
         }
     }
+    # The streaming comparison: the same plain proxy in front of loadgen's SSE upstream.
+    upstream sse {
+        server 127.0.0.1:$P_SSE;
+        keepalive 16;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX_SSE;
+        location / {
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
 }
 EOF
 chmod -R a+rwx "$WORK/nginx"
@@ -177,6 +196,10 @@ taskset -c "$SERVER_CPU" "$BARE" --listen "127.0.0.1:$P_BARE" --upstream "http:/
 PID_BARE=$!
 PIDS+=("$PID_BARE")
 wait_port "$P_BARE"
+taskset -c "$SERVER_CPU" "$BARE" --listen "127.0.0.1:$P_BARE_SSE" --upstream "http://127.0.0.1:$P_SSE" \
+    >"$WORK/bare-sse.log" 2>&1 &
+PIDS+=($!)
+wait_port "$P_BARE_SSE"
 
 # FastGate: the seed config format, SQLite in the temp dir. The second instance differs only in
 # audit.queue_capacity: 1 ("audit writes off": the audit layer still builds every event, but
@@ -436,18 +459,24 @@ rate_field() { # url key → median over the runs for that URL
 
 # ---------------------------------------------------------------- 4. streaming
 check_deadline
-log "streaming: $STREAMS interleaved pairs, 8 events 50 ms apart"
+log "streaming: $STREAMS interleaved rounds (direct, nginx, bare hyper proxy, FastGate), 8 events 50 ms apart"
 # The upstream is loadgen itself (--serve): each event carries its send instant, so the delay of
-# every single event is measured; the mock backend's millisecond timer would blur it.
+# every single event is measured; the mock backend's millisecond timer would blur it. nginx and the
+# bare hyper proxy stream the same events on the same core as FastGate: what any proxy on this
+# machine's other vCPU adds to an event.
 U_SSE_DIRECT=http://127.0.0.1:$P_SSE/v1/chat/completions
+U_SSE_NGINX=http://127.0.0.1:$P_NGINX_SSE/v1/chat/completions
+U_SSE_BARE=http://127.0.0.1:$P_BARE_SSE/v1/chat/completions
 U_SSE_FG=http://127.0.0.1:$P_FG/proxy/sse/v1/chat/completions
 on_loadgen_cpu "$LOADGEN" stream --serve "$P_SSE" --events 8 --gap-ms 50 --count "$STREAMS" \
-    --url "$U_SSE_DIRECT" --url "$U_SSE_FG" \
+    --url "$U_SSE_DIRECT" --url "$U_SSE_NGINX" --url "$U_SSE_BARE" --url "$U_SSE_FG" \
     --header "X-API-Key: $KEY" --body "$SBODY" >"$WORK/stream.out" 2>&1 || die "stream run: $(cat "$WORK/stream.out")"
 sfield() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 S_DIRECT=$(grep "^stream url=$U_SSE_DIRECT " "$WORK/stream.out")
+S_NGINX=$(grep "^stream url=$U_SSE_NGINX " "$WORK/stream.out")
+S_BARE=$(grep "^stream url=$U_SSE_BARE " "$WORK/stream.out")
 S_FG=$(grep "^stream url=$U_SSE_FG " "$WORK/stream.out")
-S_ADDED=$(grep "^stream_added" "$WORK/stream.out")
+S_ADDED=$(grep "^stream_added url=$U_SSE_FG " "$WORK/stream.out")
 
 # ---------------------------------------------------------------- 5. audit exactly once
 check_deadline
@@ -514,12 +543,11 @@ Open loop at $RATE req/s, ${RATE_SECONDS}s × 2 per target, latency from the sch
 | FastGate | $(rate_field "$U_FG" p50_us) | $(rate_field "$U_FG" p90_us) | $(rate_field "$U_FG" p99_us) | $(rate_field "$U_FG" p999_us) | $(rate_field "$U_FG" max_us) |
 | added    | $(awk -v a="$(rate_field "$U_FG" p50_us)" -v b="$(rate_field "$U_DIRECT" p50_us)" 'BEGIN{printf "%.1f", a-b}') (target ≤ 200) | $(awk -v a="$(rate_field "$U_FG" p90_us)" -v b="$(rate_field "$U_DIRECT" p90_us)" 'BEGIN{printf "%.1f", a-b}') | $(awk -v a="$(rate_field "$U_FG" p99_us)" -v b="$(rate_field "$U_DIRECT" p99_us)" 'BEGIN{printf "%.1f", a-b}') (target ≤ 1000) | | |
 
-Streaming: $STREAMS interleaved pairs, 8 events 50 ms apart (+ [DONE]); upstream = loadgen, events carry their send instant
+Streaming: $STREAMS interleaved rounds, 8 events 50 ms apart (+ [DONE]); upstream = loadgen, events carry their send instant
 | target   | TTFB p50 ms | TTFB max ms | event transit p50 ms | p99 ms | max ms (n) |
 |----------|-------------|-------------|----------------------|--------|------------|
-| direct   | $(sfield "$S_DIRECT" ttfb_p50_ms) | $(sfield "$S_DIRECT" ttfb_max_ms) | $(sfield "$S_DIRECT" transit_p50_ms) | $(sfield "$S_DIRECT" transit_p99_ms) | $(sfield "$S_DIRECT" transit_max_ms) ($(sfield "$S_DIRECT" transit_n)) |
-| FastGate | $(sfield "$S_FG" ttfb_p50_ms) | $(sfield "$S_FG" ttfb_max_ms) | $(sfield "$S_FG" transit_p50_ms) | $(sfield "$S_FG" transit_p99_ms) | $(sfield "$S_FG" transit_max_ms) ($(sfield "$S_FG" transit_n)) |
-TTFB added (p50): $(sfield "$S_ADDED" ttfb_added_ms) ms (target ≤ 1). Worst event delay through FastGate (transit max, includes loopback): $(sfield "$S_FG" transit_max_ms) ms (target ≤ 1).
+$(for t in direct:S_DIRECT nginx:S_NGINX bare:S_BARE FastGate:S_FG; do n=${t#*:}; v=${!n}; printf '| %-8s | %s | %s | %s | %s | %s (%s) |\n' "${t%%:*}" "$(sfield "$v" ttfb_p50_ms)" "$(sfield "$v" ttfb_max_ms)" "$(sfield "$v" transit_p50_ms)" "$(sfield "$v" transit_p99_ms)" "$(sfield "$v" transit_max_ms)" "$(sfield "$v" transit_n)"; done)
+TTFB added (p50): $(sfield "$S_ADDED" ttfb_added_ms) ms (target ≤ 1). Worst event delay through FastGate (transit max, includes loopback): $(sfield "$S_FG" transit_max_ms) ms (target ≤ 1); through nginx $(sfield "$S_NGINX" transit_max_ms) ms, the bare hyper proxy $(sfield "$S_BARE" transit_max_ms) ms.
 
 Memory (FastGate, from /proc/PID/status)
 | what | value | target |

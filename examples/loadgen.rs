@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! loadgen rate   --url A [--url B] --rate 500 --seconds 10   # open loop, latency from the scheduled send time
-//! loadgen stream --url A --url B --count 20                  # SSE: TTFB and per-event arrival, A vs B interleaved
+//! loadgen stream --url A --url B [--url C…] --count 20       # SSE: TTFB and per-event arrival, each URL vs A, interleaved
 //! loadgen hold   --url A --count 1000 --hold-ms 3000         # N concurrent open streams, prints READY
 //! loadgen count  --url A --count 100000 --connections 32     # exactly N requests, closed loop, all must be 2xx
 //! ```
@@ -420,10 +420,11 @@ async fn stream_run(
             offsets.join(",")
         );
     }
-    if urls.len() == 2 {
-        // Delay B adds to each event over A: per request pair, the largest per-event difference;
-        // report the median and the maximum over the pairs.
-        let (a, b) = (&per_url[0], &per_url[1]);
+    // Delay each later URL adds to each event over the first: per request pair, the largest
+    // per-event difference; report the median and the maximum over the pairs.
+    let a = &per_url[0];
+    for (u, url) in urls.iter().enumerate().skip(1) {
+        let b = &per_url[u];
         let events = a.len().min(b.len());
         let mut worst_per_pair = Vec::new();
         for r in 0..count {
@@ -441,7 +442,7 @@ async fn stream_run(
             .collect();
         let max_med = med_offsets.iter().copied().fold(f64::MIN, f64::max);
         println!(
-            "stream_added ttfb_added_ms={:.3} max_event_added_p50_ms={:.3} max_event_added_pairs_p50_ms={:.3} max_event_added_pairs_max_ms={:.3}",
+            "stream_added url={url} ttfb_added_ms={:.3} max_event_added_p50_ms={:.3} max_event_added_pairs_p50_ms={:.3} max_event_added_pairs_max_ms={:.3}",
             med_offsets.first().copied().unwrap_or_default(),
             max_med,
             worst_per_pair
