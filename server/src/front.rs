@@ -44,7 +44,6 @@ use pin_project_lite::pin_project;
 use poem::web::{LocalAddr, RemoteAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::util::Oneshot;
 
@@ -356,8 +355,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    // `true` once the shutdown signal came: every connection then closes gracefully.
-    let (closing, _) = watch::channel(false);
+    // Set, then notified, when the shutdown signal comes: every connection closes gracefully.
+    let closing = Closing::default();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -380,23 +379,27 @@ pub async fn serve(
                 let peer_trusted = is_trusted(&shared.trusted, remote.ip());
                 let service = ConnService { shared: Arc::clone(&shared), remote, peer_trusted };
                 let builder = builder.clone();
-                let closing = closing.subscribe();
+                // Taken before the task starts: a shutdown from now on reaches it.
+                let mut notified = Box::pin(Arc::clone(&closing.notify).notified_owned());
+                let closing_flag = Arc::clone(&closing.flag);
                 let idle = config.header_read_timeout;
                 connections.spawn(async move {
                     // hyper's header timer starts once the protocol is known (after the first
                     // bytes): a connection that sends nothing at all is closed here instead.
                     let mut probe = [0u8; 1];
-                    if !matches!(
-                        tokio::time::timeout(idle, stream.peek(&mut probe)).await,
-                        Ok(Ok(1..))
-                    ) {
+                    let first = tokio::select! {
+                        first = tokio::time::timeout(idle, stream.peek(&mut probe)) => first,
+                        () = notified.as_mut() => return,
+                    };
+                    if !matches!(first, Ok(Ok(1..))) {
                         tracing::debug!(client = %remote.ip(), "closing a connection that sent nothing");
                         return;
                     }
                     let traffic = Arc::new(AtomicBool::new(false));
                     let io = TrafficIo { inner: stream, traffic: Arc::clone(&traffic) };
                     let conn = builder.serve_connection(TokioIo::new(io), service);
-                    if let Err(e) = drive(conn, &traffic, idle, closing).await {
+                    let drive = Drive::new(conn, traffic, idle, notified, closing_flag);
+                    if let Err(e) = drive.await {
                         tracing::debug!(client = %remote.ip(), "connection ended with an error: {e}");
                     }
                 });
@@ -405,7 +408,8 @@ pub async fn serve(
     }
     drop(listener);
     drop(shared);
-    closing.send_replace(true);
+    closing.flag.store(true, Ordering::Release);
+    closing.notify.notify_waiters();
     let drained = async { while connections.join_next().await.is_some() {} };
     tokio::select! {
         () = drained => {}
@@ -420,45 +424,111 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serve `conn` to its end. It is shut down gracefully (in-flight requests finish, no new ones
-/// start) when `closing` turns `true` (or its sender is gone), or when `traffic` stayed unset
-/// for two checks `idle / 2` apart: no byte read or written for between `idle` and 1.5 × `idle`.
-async fn drive<C>(
-    conn: C,
-    traffic: &AtomicBool,
-    idle: Duration,
-    mut closing: watch::Receiver<bool>,
-) -> Result<(), C::Error>
-where
-    C: GracefulConnection,
-{
-    tokio::pin!(conn);
-    let period = (idle / 2).max(Duration::from_millis(1));
-    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut quiet_checks = 0u8;
-    let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => return result,
-            _ = closing.wait_for(|closing| *closing), if !shutting_down => {
-                conn.as_mut().graceful_shutdown();
-                shutting_down = true;
-            }
-            _ = check.tick(), if !shutting_down => {
-                if traffic.swap(false, Ordering::Relaxed) {
-                    quiet_checks = 0;
-                } else {
-                    quiet_checks += 1;
-                    if quiet_checks >= 2 {
-                        tracing::debug!("closing a connection without traffic");
-                        conn.as_mut().graceful_shutdown();
-                        shutting_down = true;
-                    }
-                }
-            }
+/// The server's shutdown signal, as the connections see it.
+#[derive(Default)]
+struct Closing {
+    /// Set when shutdown begins (before `notify`).
+    flag: Arc<AtomicBool>,
+    /// Wakes every connection once `flag` is set.
+    notify: Arc<tokio::sync::Notify>,
+}
+
+pin_project! {
+    /// Serves a connection to its end. It is shut down gracefully (in-flight requests finish, no
+    /// new ones start) when the server shuts down, or when `traffic` stayed unset for two checks
+    /// `period` apart: no byte read or written for between 2 and 3 × `period`.
+    ///
+    /// Hand-written rather than a `select!` loop: the shutdown notification and the check timer
+    /// are polled once to register, then read through an atomic flag and `Sleep::is_elapsed` on
+    /// each of the connection's wake-ups, so serving a request costs no timer or `Notify` poll.
+    struct Drive<C> {
+        #[pin]
+        conn: C,
+        #[pin]
+        check: tokio::time::Sleep,
+        period: Duration,
+        traffic: Arc<AtomicBool>,
+        quiet_checks: u8,
+        closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+        closing_flag: Arc<AtomicBool>,
+        armed: bool,
+        shutting_down: bool,
+    }
+}
+
+impl<C: GracefulConnection> Drive<C> {
+    /// `idle`: how long without traffic before the connection is closed (checked every
+    /// `idle / 2`).
+    fn new(
+        conn: C,
+        traffic: Arc<AtomicBool>,
+        idle: Duration,
+        closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+        closing_flag: Arc<AtomicBool>,
+    ) -> Self {
+        let period = (idle / 2).max(Duration::from_millis(1));
+        Self {
+            conn,
+            check: tokio::time::sleep(period),
+            period,
+            traffic,
+            quiet_checks: 0,
+            closing,
+            closing_flag,
+            armed: false,
+            shutting_down: false,
         }
+    }
+}
+
+impl<C: GracefulConnection> Future for Drive<C> {
+    type Output = Result<(), C::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        if *this.shutting_down {
+            return Poll::Pending;
+        }
+        if !*this.armed {
+            // Register this task with the notification and the timer; from here on they wake
+            // it, and the checks below read their state without polling them.
+            *this.armed = true;
+            let _ = this.closing.as_mut().poll(cx);
+            let _ = this.check.as_mut().poll(cx);
+        }
+        let shut_down = if this.closing_flag.load(Ordering::Acquire) {
+            true
+        } else if this.check.is_elapsed() {
+            if this.traffic.swap(false, Ordering::Relaxed) {
+                *this.quiet_checks = 0;
+            } else {
+                *this.quiet_checks += 1;
+            }
+            let next = tokio::time::Instant::now() + *this.period;
+            this.check.as_mut().reset(next);
+            if this.check.as_mut().poll(cx).is_ready() {
+                // Already due (this thread was descheduled): nothing will wake us for it.
+                cx.waker().wake_by_ref();
+            }
+            if *this.quiet_checks >= 2 {
+                tracing::debug!("closing a connection without traffic");
+                true
+            } else {
+                false
+            }
+        } else {
+            false
+        };
+        if shut_down {
+            *this.shutting_down = true;
+            this.conn.as_mut().graceful_shutdown();
+            // Let the connection act on it now (GOAWAY, or close when between requests).
+            return this.conn.poll(cx);
+        }
+        Poll::Pending
     }
 }
 

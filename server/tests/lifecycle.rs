@@ -224,3 +224,60 @@ async fn sigterm_lets_a_stream_finish_and_writes_its_audit_row() {
     assert!(row.is_stream);
     assert_eq!(row.response_bytes, full_sse().len() as u64);
 }
+
+#[tokio::test]
+async fn sigterm_does_not_wait_for_idle_or_silent_connections() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start().await;
+    let mut fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.new_key("u").await;
+    // A connection that has sent nothing yet, an HTTP/1.1 keep-alive connection between
+    // requests and an HTTP/2 (h2c) connection without streams.
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let mut keep_alive = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let body = chat_body(false);
+    keep_alive
+        .write_all(
+            format!(
+                "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let h2 = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(h2),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.count(), 1);
+
+    // The grace period is 20 s and header_read_timeout 60 s: none of them may hold it up.
+    let t = std::time::Instant::now();
+    fg.signal("TERM");
+    assert_eq!(
+        fg.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        fg.logs()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    drop((silent, keep_alive));
+}
