@@ -299,8 +299,8 @@ pub struct Metrics {
     /// Mean time to first byte over requests that had one, 4xx refusals left out, ms.
     pub avg_ttfb_ms: f64,
     /// Requests the latency figures are computed over (`total_requests` minus the 4xx
-    /// refusals). When 0, the latency figures are 0 for want of data, not because requests took
-    /// no time.
+    /// refusals; rollup rows written before migration 0003 count every request). When 0, the
+    /// latency figures are 0 for want of data, not because requests took no time.
     pub latency_samples: u64,
     /// Requests `avg_ttfb_ms` is computed over (those that received a first byte).
     pub ttfb_samples: u64,

@@ -96,14 +96,28 @@ pub struct AppConfig {
     pub shutdown_timeout: u64,
     /// Seconds a connection may take to send a request's headers, counted from when it starts
     /// waiting for the request (so also how long an idle HTTP/1.1 keep-alive connection is kept);
-    /// any connection, HTTP/2 included, that moves no byte for 1–1.5 × this long is shut down
-    /// gracefully.
+    /// any connection, HTTP/2 included, on which no request starts for 1–1.5 × this long is shut
+    /// down gracefully.
     pub header_read_timeout: u64,
     /// Reverse proxies / load balancers in front of FastGate (IP addresses or CIDR ranges). A
-    /// request from one of them is attributed to the client its `X-Forwarded-For` (or, without one,
-    /// `Forwarded`) names (the right-most address that is not itself a trusted proxy): in the audit log and for the
-    /// admin lock-out. Empty (the default): the socket's peer address, headers ignored.
+    /// request from one of them is attributed to the client named in `forwarded_header` (the
+    /// right-most address that is not itself a trusted proxy): in the audit log and for the admin
+    /// lock-out. Empty (the default): the socket's peer address, headers ignored.
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies name the client in; the other one is ignored.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// The header trusted proxies name the client in (`app.forwarded_header`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `x-forwarded-for`: `X-Forwarded-For: client, proxy1, …` (nginx's
+    /// `$proxy_add_x_forwarded_for`, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `forwarded`: RFC 7239 `Forwarded: for=client, for=proxy1` (its `for=` parameters).
+    Forwarded,
 }
 
 impl Default for AppConfig {
@@ -117,6 +131,7 @@ impl Default for AppConfig {
             shutdown_timeout: 30,
             header_read_timeout: 60,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -543,7 +558,7 @@ pub fn parse_config(
                 file: path.to_path_buf(),
                 line,
                 key: display_path(&overridden),
-                message: strip_location(&err.inner().to_string()),
+                message: without_path(&overridden, &strip_location(&err.inner().to_string())),
             });
         }
     }
@@ -624,6 +639,16 @@ fn display_path(path: &str) -> String {
     } else {
         path.to_owned()
     }
+}
+
+/// serde_yaml_ng starts some messages with the path the error already names as its key
+/// (`app.port: invalid type …`): drop it so the key is not printed twice.
+fn without_path(path: &str, message: &str) -> String {
+    message
+        .strip_prefix(path)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(message)
+        .to_owned()
 }
 
 fn strip_location(message: &str) -> String {
@@ -805,11 +830,14 @@ fn load_routes_file(path: &Path) -> Result<RoutesFile, ConfigError> {
         return Ok(RoutesFile::default());
     }
     let de = serde_yaml_ng::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|err| ConfigError {
-        file: path.to_path_buf(),
-        line: err.inner().location().map(|l| l.line()),
-        key: display_path(&err.path().to_string()),
-        message: strip_location(&err.inner().to_string()),
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let at = err.path().to_string();
+        ConfigError {
+            file: path.to_path_buf(),
+            line: err.inner().location().map(|l| l.line()),
+            key: display_path(&at),
+            message: without_path(&at, &strip_location(&err.inner().to_string())),
+        }
     })
 }
 

@@ -12,13 +12,14 @@
 //! from the moment the connection waits for its next request: a client that sends nothing,
 //! trickles headers, or leaves an HTTP/1.1 connection idle that long between requests is closed
 //! (nginx closes idle keep-alive connections after 75 s). Every connection, HTTP/2 included, is
-//! also watched for traffic: one that moves no byte in either direction for that long is shut
-//! down gracefully (an HTTP/2 client gets a GOAWAY, HTTP/1.1 closes after its response), so a
-//! client cannot hold idle HTTP/2 connections open forever, while a request in flight (a slow
-//! answer, a stream with long pauses) still runs to its end. On shutdown
-//! the listener closes, every connection finishes its in-flight request (HTTP/1.1) or gets a
-//! GOAWAY (HTTP/2), and whatever is still open after the grace period is aborted, which lets
-//! the audit layer record those requests as interrupted.
+//! also shut down gracefully when no request has started on it for 1 to 1.5 times that long (an
+//! HTTP/2 client gets a GOAWAY whatever PINGs it sends; an HTTP/1.1 connection serving one long
+//! request closes after the response), so idle HTTP/2 connections do not pile up, while a
+//! request in flight (a slow answer, a stream with long pauses) still runs to its end. On
+//! shutdown the listener closes, every connection (including one that has not sent its first
+//! byte yet) finishes its in-flight request (HTTP/1.1) or gets a GOAWAY (HTTP/2), and whatever
+//! is still open after the grace period is aborted, which lets the audit layer record those
+//! requests as interrupted.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,10 +43,11 @@ use hyper_util::server::graceful::GracefulConnection;
 use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use poem::web::{LocalAddr, RemoteAddr};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::util::Oneshot;
+
+use crate::config::ForwardedHeader;
 
 /// The proxy stack as the server assembles it: store-backed keys, hyper's request body.
 pub type ProxyService = fastgate_layer::Gateway<fastgate_store::StoreKeyResolver, Incoming>;
@@ -70,6 +72,8 @@ struct Shared {
     app: App,
     local: LocalAddr,
     trusted: Box<[IpNet]>,
+    /// The header trusted proxies name the client in.
+    forwarded_header: ForwardedHeader,
 }
 
 /// The per-connection hyper service: dispatches by path.
@@ -77,8 +81,11 @@ struct Shared {
 struct ConnService {
     shared: Arc<Shared>,
     remote: SocketAddr,
-    /// The peer is a trusted proxy: its requests name their client in `X-Forwarded-For`.
+    /// The peer is a trusted proxy: its requests name their client in `X-Forwarded-For` (or
+    /// `Forwarded`, per `app.forwarded_header`).
     peer_trusted: bool,
+    /// Set by every request this connection starts; the idle check clears it.
+    requests: Arc<AtomicBool>,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -91,28 +98,41 @@ fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
 /// `Forwarded` (RFC 7239).
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// The client a request from a trusted proxy was forwarded for, from `X-Forwarded-For` or, when
-/// that header is absent, the `for=` parameters of `Forwarded` (RFC 7239). Walking the list from
-/// its end (each proxy appends the address it received the request from), the first address
-/// that is not itself a trusted proxy. When every address is trusted, the first one; when an
-/// entry is not an address (`unknown`, an obfuscated `_name`, garbage) or the headers are
-/// missing, the last trusted hop, at worst `peer`.
-fn forwarded_client(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    let mut xff = headers.get_all(X_FORWARDED_FOR).iter().rev().peekable();
-    if xff.peek().is_some() {
-        let hops = xff.flat_map(|value| {
-            header_text(value)
-                .rsplit(',')
-                .map(|e| forwarded_ip(e.trim()))
-        });
-        return nearest_untrusted(trusted, peer, hops);
+/// The client a request from a trusted proxy was forwarded for, from the header the proxies set
+/// (`app.forwarded_header`: `X-Forwarded-For`, or the `for=` parameters of RFC 7239's
+/// `Forwarded`); the other header is ignored, so a client cannot slip its own past a proxy that
+/// only writes one of them. Walking the list from its end (each proxy appends the address it
+/// received the request from), the first address that is not itself a trusted proxy. When every
+/// address is trusted, the first one; when an entry is not an address (`unknown`, an obfuscated
+/// `_name`, garbage) or the header is missing, the last trusted hop, at worst `peer`.
+fn forwarded_client(
+    trusted: &[IpNet],
+    peer: IpAddr,
+    headers: &HeaderMap,
+    header: ForwardedHeader,
+) -> IpAddr {
+    match header {
+        ForwardedHeader::XForwardedFor => {
+            let hops = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .rev()
+                .flat_map(|value| {
+                    header_text(value)
+                        .rsplit(',')
+                        .map(|e| forwarded_ip(e.trim()))
+                });
+            nearest_untrusted(trusted, peer, hops)
+        }
+        ForwardedHeader::Forwarded => {
+            let hops = headers
+                .get_all(FORWARDED)
+                .iter()
+                .rev()
+                .flat_map(|value| forwarded_for(header_text(value)).into_iter().rev());
+            nearest_untrusted(trusted, peer, hops)
+        }
     }
-    let hops = headers
-        .get_all(FORWARDED)
-        .iter()
-        .rev()
-        .flat_map(|value| forwarded_for(header_text(value)).into_iter().rev());
-    nearest_untrusted(trusted, peer, hops)
 }
 
 /// A header value as text; one that is not visible ASCII reads as one entry naming no address.
@@ -140,61 +160,71 @@ fn nearest_untrusted(
     client
 }
 
-/// One `name=value` parameter of a `Forwarded` element is complete: keep its address if it is
-/// `for`.
-fn end_param(param: &mut String, current: &mut Option<IpAddr>) {
-    if let Some((name, val)) = param.split_once('=')
-        && name.trim().eq_ignore_ascii_case("for")
-    {
-        let val = val.trim();
-        let val = val
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(val);
-        *current = forwarded_ip(val);
-    }
-    param.clear();
+/// RFC 7230 `tchar`: what a parameter name (and an unquoted value) is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The `for=` address of each element of one `Forwarded` header value, in order: `None` for an
-/// element without one or whose value is not an address. Elements are separated by `,`, their
-/// parameters by `;`; names are case-insensitive and values are tokens or quoted strings (as an
-/// IPv6 address must be: `for="[2001:db8::1]:4711"`).
+/// element without one or whose value is not an address (`unknown`, an obfuscated `_name`).
+/// Elements are separated by `,`, parameters by `;`; names are case-insensitive; values are
+/// tokens or quoted strings (as an IPv6 address must be: `for="[2001:db8::1]:4711"`); an
+/// obfuscated port (`:_p1`) is ignored. A value that breaks this grammar anywhere (a stray or
+/// unterminated quote, a parameter without `=`) reads as a single `None`: nothing in it is
+/// trusted, so a client's malformed text cannot swallow the element a proxy appended after it.
 fn forwarded_for(value: &str) -> Vec<Option<IpAddr>> {
+    let malformed = || vec![None];
     let mut out = Vec::new();
-    let mut current: Option<IpAddr> = None;
-    let mut param = String::new();
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for c in value.chars() {
-        if in_quotes {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-                continue;
-            } else if c == '"' {
-                in_quotes = false;
-            }
-            param.push(c);
-            continue;
+    let mut current = None;
+    let mut rest = value;
+    loop {
+        let Some((name, after)) = rest.split_once('=') else {
+            return malformed();
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return malformed();
         }
-        match c {
-            '"' => {
-                in_quotes = true;
-                param.push(c);
+        let after = after.trim_start();
+        let (val, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut escaped = false;
+            let Some(end) = quoted.char_indices().find_map(|(i, c)| {
+                let close = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                close.then_some(i)
+            }) else {
+                return malformed();
+            };
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find([',', ';']).unwrap_or(after.len());
+            let token = after[..end].trim_end();
+            if token.is_empty() || !token.bytes().all(|b| is_tchar(b) || b == b':') {
+                return malformed();
             }
-            ';' => end_param(&mut param, &mut current),
-            ',' => {
-                end_param(&mut param, &mut current);
+            (token, &after[end..])
+        };
+        if name.eq_ignore_ascii_case("for") {
+            let host = match val.rsplit_once(':') {
+                Some((host, port)) if port.starts_with('_') => host,
+                _ => val,
+            };
+            current = forwarded_ip(host);
+        }
+        let tail = tail.trim_start();
+        match tail.as_bytes().first() {
+            None => {
+                out.push(current);
+                return out;
+            }
+            Some(b';') => rest = &tail[1..],
+            Some(b',') => {
                 out.push(current.take());
+                rest = &tail[1..];
             }
-            _ => param.push(c),
+            Some(_) => return malformed(),
         }
     }
-    end_param(&mut param, &mut current);
-    out.push(current);
-    out
 }
 
 /// `203.0.113.7`, `2001:db8::1`, `[2001:db8::1]`, `203.0.113.7:4711` or `[2001:db8::1]:4711`.
@@ -218,8 +248,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = FrontFuture;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        // A plain store (no read-modify-write): the idle check only needs "some request began".
+        self.requests.store(true, Ordering::Relaxed);
         let client = if self.peer_trusted {
-            forwarded_client(&self.shared.trusted, self.remote.ip(), req.headers())
+            forwarded_client(
+                &self.shared.trusted,
+                self.remote.ip(),
+                req.headers(),
+                self.shared.forwarded_header,
+            )
         } else {
             self.remote.ip()
         };
@@ -328,8 +365,10 @@ pub struct FrontConfig {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get after the shutdown signal.
     pub grace: Duration,
-    /// Peers whose `X-Forwarded-For` names the client (`app.trusted_proxies`).
+    /// Peers whose forwarding header names the client (`app.trusted_proxies`).
     pub trusted_proxies: Vec<IpNet>,
+    /// That header (`app.forwarded_header`).
+    pub forwarded_header: ForwardedHeader,
 }
 
 /// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
@@ -348,6 +387,7 @@ pub async fn serve(
         app,
         local,
         trusted: config.trusted_proxies.into(),
+        forwarded_header: config.forwarded_header,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -377,7 +417,13 @@ pub async fn serve(
                     tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
                 }
                 let peer_trusted = is_trusted(&shared.trusted, remote.ip());
-                let service = ConnService { shared: Arc::clone(&shared), remote, peer_trusted };
+                let requests = Arc::new(AtomicBool::new(false));
+                let service = ConnService {
+                    shared: Arc::clone(&shared),
+                    remote,
+                    peer_trusted,
+                    requests: Arc::clone(&requests),
+                };
                 let builder = builder.clone();
                 // Taken before the task starts: a shutdown from now on reaches it.
                 let mut notified = Box::pin(Arc::clone(&closing.notify).notified_owned());
@@ -395,10 +441,8 @@ pub async fn serve(
                         tracing::debug!(client = %remote.ip(), "closing a connection that sent nothing");
                         return;
                     }
-                    let traffic = Arc::new(AtomicBool::new(false));
-                    let io = TrafficIo { inner: stream, traffic: Arc::clone(&traffic) };
-                    let conn = builder.serve_connection(TokioIo::new(io), service);
-                    let drive = Drive::new(conn, traffic, idle, notified, closing_flag);
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let drive = Drive::new(conn, requests, idle, notified, closing_flag);
                     if let Err(e) = drive.await {
                         tracing::debug!(client = %remote.ip(), "connection ended with an error: {e}");
                     }
@@ -434,20 +478,25 @@ struct Closing {
 }
 
 pin_project! {
-    /// Serves a connection to its end. It is shut down gracefully (in-flight requests finish, no
-    /// new ones start) when the server shuts down, or when `traffic` stayed unset for two checks
-    /// `period` apart: no byte read or written for between 2 and 3 × `period`.
+    /// Serves a connection to its end. It is shut down gracefully (requests in flight finish, no
+    /// new ones start) when the server shuts down, or when no request started on it during two
+    /// checks `period` apart (so for between 2 and 3 × `period`): an idle HTTP/2 connection gets
+    /// a GOAWAY even if its client keeps it busy with PINGs, and an HTTP/1.1 connection serving
+    /// one long request closes after its response.
     ///
     /// Hand-written rather than a `select!` loop: the shutdown notification and the check timer
-    /// are polled once to register, then read through an atomic flag and `Sleep::is_elapsed` on
-    /// each of the connection's wake-ups, so serving a request costs no timer or `Notify` poll.
+    /// are polled to register only when armed, then read through an atomic flag and
+    /// `Sleep::is_elapsed` on each of the connection's wake-ups, so serving a request costs no
+    /// timer or `Notify` poll. They are (re-)armed before the connection is polled, while the
+    /// task's cooperative budget is whole (an exhausted budget makes `Sleep` return `Pending`
+    /// without registering).
     struct Drive<C> {
         #[pin]
         conn: C,
         #[pin]
         check: tokio::time::Sleep,
         period: Duration,
-        traffic: Arc<AtomicBool>,
+        requests: Arc<AtomicBool>,
         quiet_checks: u8,
         closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
         closing_flag: Arc<AtomicBool>,
@@ -457,11 +506,11 @@ pin_project! {
 }
 
 impl<C: GracefulConnection> Drive<C> {
-    /// `idle`: how long without traffic before the connection is closed (checked every
+    /// `idle`: how long without a new request before the connection is closed (checked every
     /// `idle / 2`).
     fn new(
         conn: C,
-        traffic: Arc<AtomicBool>,
+        requests: Arc<AtomicBool>,
         idle: Duration,
         closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
         closing_flag: Arc<AtomicBool>,
@@ -471,7 +520,7 @@ impl<C: GracefulConnection> Drive<C> {
             conn,
             check: tokio::time::sleep(period),
             period,
-            traffic,
+            requests,
             quiet_checks: 0,
             closing,
             closing_flag,
@@ -486,138 +535,65 @@ impl<C: GracefulConnection> Future for Drive<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(result) = this.conn.as_mut().poll(cx) {
-            return Poll::Ready(result);
-        }
-        if *this.shutting_down {
-            return Poll::Pending;
-        }
-        if !*this.armed {
-            // Register this task with the notification and the timer; from here on they wake
-            // it, and the checks below read their state without polling them.
-            *this.armed = true;
-            let _ = this.closing.as_mut().poll(cx);
-            let _ = this.check.as_mut().poll(cx);
-        }
-        let shut_down = if this.closing_flag.load(Ordering::Acquire) {
-            true
-        } else if this.check.is_elapsed() {
-            if this.traffic.swap(false, Ordering::Relaxed) {
-                *this.quiet_checks = 0;
-            } else {
-                *this.quiet_checks += 1;
+        if !*this.shutting_down {
+            if !*this.armed {
+                // Register this task with the notification and the timer; from here on they
+                // wake it, and the checks below read their state without polling them.
+                *this.armed = true;
+                let _ = this.closing.as_mut().poll(cx);
+                let _ = this.check.as_mut().poll(cx);
             }
-            let next = tokio::time::Instant::now() + *this.period;
-            this.check.as_mut().reset(next);
-            if this.check.as_mut().poll(cx).is_ready() {
-                // Already due (this thread was descheduled): nothing will wake us for it.
-                cx.waker().wake_by_ref();
+            let mut shut_down = this.closing_flag.load(Ordering::Acquire);
+            if !shut_down && this.check.is_elapsed() {
+                if this.requests.swap(false, Ordering::Relaxed) {
+                    *this.quiet_checks = 0;
+                } else {
+                    *this.quiet_checks += 1;
+                }
+                shut_down = *this.quiet_checks >= 2;
+                if shut_down {
+                    tracing::debug!("closing a connection on which no request started");
+                } else {
+                    let next = tokio::time::Instant::now() + *this.period;
+                    this.check.as_mut().reset(next);
+                    if this.check.as_mut().poll(cx).is_ready() {
+                        // Already due (this thread was descheduled): nothing else would wake us.
+                        cx.waker().wake_by_ref();
+                    }
+                }
             }
-            if *this.quiet_checks >= 2 {
-                tracing::debug!("closing a connection without traffic");
-                true
-            } else {
-                false
+            if shut_down {
+                *this.shutting_down = true;
+                this.conn.as_mut().graceful_shutdown();
             }
-        } else {
-            false
-        };
-        if shut_down {
-            *this.shutting_down = true;
-            this.conn.as_mut().graceful_shutdown();
-            // Let the connection act on it now (GOAWAY, or close when between requests).
-            return this.conn.poll(cx);
         }
-        Poll::Pending
-    }
-}
-
-pin_project! {
-    /// A client connection that notes, in `traffic`, every read or write that moved bytes.
-    struct TrafficIo {
-        #[pin]
-        inner: TcpStream,
-        traffic: Arc<AtomicBool>,
-    }
-}
-
-impl TrafficIo {
-    fn noted<T>(
-        traffic: &AtomicBool,
-        polled: Poll<std::io::Result<T>>,
-        moved: bool,
-    ) -> Poll<std::io::Result<T>> {
-        if moved {
-            // A plain store (no read-modify-write): the connection's task is the only writer.
-            traffic.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl AsyncRead for TrafficIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.inner.poll_read(cx, buf);
-        let moved = matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before;
-        Self::noted(this.traffic, polled, moved)
-    }
-}
-
-impl AsyncWrite for TrafficIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, buf);
-        let moved = matches!(polled, Poll::Ready(Ok(n)) if n > 0);
-        Self::noted(this.traffic, polled, moved)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        let moved = matches!(polled, Poll::Ready(Ok(n)) if n > 0);
-        Self::noted(this.traffic, polled, moved)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        this.conn.poll(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::{forwarded_client, is_proxy_path, is_trusted};
+    use super::{ForwardedHeader, forwarded_client, is_proxy_path, is_trusted};
     use http::HeaderMap;
     use ipnet::IpNet;
     use std::net::IpAddr;
 
     fn client(trusted: &[&str], peer: &str, xff: &[&str]) -> IpAddr {
-        client_from(trusted, peer, &[("x-forwarded-for", xff)])
+        client_from(
+            trusted,
+            peer,
+            &[("x-forwarded-for", xff)],
+            ForwardedHeader::XForwardedFor,
+        )
     }
 
-    fn client_from(trusted: &[&str], peer: &str, headers: &[(&str, &[&str])]) -> IpAddr {
+    fn client_from(
+        trusted: &[&str],
+        peer: &str,
+        headers: &[(&str, &[&str])],
+        which: ForwardedHeader,
+    ) -> IpAddr {
         let trusted: Vec<IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
         let mut map = HeaderMap::new();
         for (name, values) in headers {
@@ -628,46 +604,85 @@ mod tests {
                 );
             }
         }
-        forwarded_client(&trusted, peer.parse().unwrap(), &map)
+        forwarded_client(&trusted, peer.parse().unwrap(), &map, which)
     }
 
     #[test]
-    fn forwarded_header_names_the_client_when_x_forwarded_for_is_absent() {
+    fn forwarded_header_names_the_client_when_chosen() {
         let t = ["127.0.0.1/32", "10.0.0.0/8"];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let fwd = |values: &[&str]| client_from(&t, "127.0.0.1", &[("forwarded", values)]);
+        let fwd = |values: &[&str]| {
+            client_from(
+                &t,
+                "127.0.0.1",
+                &[("forwarded", values)],
+                ForwardedHeader::Forwarded,
+            )
+        };
         assert_eq!(fwd(&["for=203.0.113.7"]), ip("203.0.113.7"));
         // Parameters, case-insensitive names, spaces, the right-most untrusted element.
         assert_eq!(
             fwd(&["for=1.1.1.1, For=203.0.113.7;proto=https;by=10.0.0.9, for=10.0.0.1"]),
             ip("203.0.113.7")
         );
-        // IPv6 is quoted, with or without a port; a quoted value may hold , and ;.
+        // IPv6 is quoted, with or without a port; a quoted value may hold , ; and \".
         assert_eq!(
             fwd(&[r#"for="[2001:db8:cafe::17]:4711""#]),
             ip("2001:db8:cafe::17")
         );
         assert_eq!(
-            fwd(&[r#"for="203.0.113.8";by="a,b;c", for=10.0.0.2"#]),
+            fwd(&[r#"for="203.0.113.8";by="a,b;c\"d", for=10.0.0.2"#]),
             ip("203.0.113.8")
         );
-        // Several header lines: later ones were appended later.
-        assert_eq!(fwd(&["for=203.0.113.9", "for=10.0.0.3"]), ip("203.0.113.9"));
-        // `unknown`, obfuscated names and elements without `for` stop at the last trusted hop.
+        // Obfuscated ports are ignored; obfuscated and unknown nodes name no address.
+        assert_eq!(fwd(&[r#"for="203.0.113.7:_p1""#]), ip("203.0.113.7"));
         assert_eq!(fwd(&["for=unknown, for=10.0.0.4"]), ip("10.0.0.4"));
         assert_eq!(fwd(&["for=_hidden"]), ip("127.0.0.1"));
+        // Several header lines: later ones were appended later.
+        assert_eq!(fwd(&["for=203.0.113.9", "for=10.0.0.3"]), ip("203.0.113.9"));
+        // An element without `for` stops at the last trusted hop.
         assert_eq!(fwd(&["for=203.0.113.7, proto=http"]), ip("127.0.0.1"));
-        // X-Forwarded-For, when present, is the one read.
+        // Malformed text from the client cannot swallow the element the proxy appended after it
+        // (in the same value): the whole value names no address.
+        assert_eq!(
+            fwd(&[r#"for=6.6.6.6;x=", for=203.0.113.50"#]),
+            ip("127.0.0.1")
+        );
+        assert_eq!(fwd(&[r#"for=x", for=203.0.113.50"#]), ip("127.0.0.1"));
+        assert_eq!(
+            fwd(&["for=6.6.6.6;junk, for=203.0.113.50"]),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            fwd(&[r#"for="6.6.6.6"x, for=203.0.113.50"#]),
+            ip("127.0.0.1")
+        );
+        // A proxy's own line after the client's malformed one is still read.
+        assert_eq!(
+            fwd(&[r#"for="6.6.6.6"#, "for=203.0.113.51"]),
+            ip("203.0.113.51")
+        );
+        // Only the chosen header is read: the other one is the client's own.
+        let both: &[(&str, &[&str])] = &[
+            ("forwarded", &["for=198.51.100.1"]),
+            ("x-forwarded-for", &["6.6.6.6"]),
+        ];
+        assert_eq!(
+            client_from(&t, "127.0.0.1", both, ForwardedHeader::Forwarded),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_from(&t, "127.0.0.1", both, ForwardedHeader::XForwardedFor),
+            ip("6.6.6.6")
+        );
         assert_eq!(
             client_from(
                 &t,
                 "127.0.0.1",
-                &[
-                    ("forwarded", &["for=198.51.100.1"]),
-                    ("x-forwarded-for", &["203.0.113.10"])
-                ]
+                &[("forwarded", &["for=198.51.100.1"])],
+                ForwardedHeader::XForwardedFor
             ),
-            ip("203.0.113.10")
+            ip("127.0.0.1")
         );
     }
 

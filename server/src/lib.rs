@@ -146,6 +146,7 @@ impl Gateway {
             header_read_timeout: Duration::from_secs(c.app.header_read_timeout),
             grace,
             trusted_proxies,
+            forwarded_header: c.app.forwarded_header,
         };
         let server = tokio::spawn(front::serve(
             listener,

@@ -562,8 +562,8 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
         req.send()
     };
     // The right-most untrusted address wins: a client cannot pick its address by sending its
-    // own X-Forwarded-For through the proxies (which append to it). RFC 7239's `Forwarded` is
-    // read the same way when X-Forwarded-For is absent.
+    // own X-Forwarded-For through the proxies (which append to it). `Forwarded` is not the
+    // configured header here: ignored.
     let xff = |v| Some(("X-Forwarded-For", v));
     let cases = [
         (xff("203.0.113.7"), "203.0.113.7"),
@@ -575,7 +575,7 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
                 "Forwarded",
                 r#"for=198.51.100.2, for="[2001:db8::6]:80";proto=https, for=10.4.4.4"#,
             )),
-            "2001:db8::6",
+            "127.0.0.1",
         ),
         (None, "127.0.0.1"),
     ];
@@ -615,6 +615,62 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
     let other = admin("203.0.113.67", ADMIN_TOKEN).await.unwrap();
     assert_eq!(other.status(), 200);
+}
+
+#[tokio::test]
+async fn forwarded_header_names_the_client_when_configured() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &upstream.url(),
+        |yaml| {
+            *yaml = yaml.replace(
+                "  shutdown_timeout: 20\n",
+                "  shutdown_timeout: 20\n  trusted_proxies: [\"127.0.0.1\", \"10.0.0.0/8\"]\n  forwarded_header: forwarded\n",
+            );
+        },
+        &[],
+    )
+    .await;
+    let key = fg.new_key("u").await;
+    // RFC 7239: the right-most untrusted `for=`; X-Forwarded-For (the client's own, when the
+    // proxies only write Forwarded) is ignored; malformed text names no address.
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[
+                (
+                    "Forwarded",
+                    r#"for=198.51.100.2, for="[2001:db8::6]:80";proto=https, for=10.4.4.4"#,
+                ),
+                ("X-Forwarded-For", "6.6.6.6"),
+            ],
+            "2001:db8::6",
+        ),
+        (&[("X-Forwarded-For", "6.6.6.7")], "127.0.0.1"),
+        (
+            &[("Forwarded", r#"for=6.6.6.8;x=", for=203.0.113.50"#)],
+            "127.0.0.1",
+        ),
+    ];
+    for (headers, _) in cases {
+        let mut req = fg
+            .http
+            .post(fg.proxy_url())
+            .header("X-API-Key", &key)
+            .body(chat_body(false));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+    }
+    let items = fg.wait_logs("", |items| items.len() >= cases.len()).await;
+    let mut seen: Vec<&str> = items
+        .iter()
+        .map(|r| r["client_ip"].as_str().unwrap_or("?"))
+        .collect();
+    seen.sort_unstable();
+    let mut want: Vec<&str> = cases.iter().map(|(_, ip)| *ip).collect();
+    want.sort_unstable();
+    assert_eq!(seen, want);
 }
 
 #[tokio::test]

@@ -582,27 +582,26 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     assert_eq!(up.count(), 1);
 }
 
-/// An HTTP/2 (h2c) connection over which `request` was sent; `closed` resolves when the server
-/// ends the connection.
+/// An HTTP/2 (h2c) connection whose client sends a PING every 300 ms; the handle resolves with
+/// the connection's result when the server ends it.
 async fn h2_connection(
     port: u16,
 ) -> (
     hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
-    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
 ) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    let closed = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (sender, closed)
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(300))
+            .keep_alive_while_idle(true)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
 }
 
 fn h2_chat(
@@ -624,8 +623,9 @@ async fn idle_http2_connections_are_closed_but_requests_in_flight_finish() {
     use http_body_util::BodyExt;
     let idle = |y: &mut String| *y = y.replacen("app:\n", "app:\n  header_read_timeout: 1\n", 1);
 
-    // One request over h2c, then silence: the server ends the connection after ~1–1.5 s
-    // (hyper's header timer does not apply to HTTP/2 once the preface is read).
+    // One request over h2c, then no request (only the client's PINGs): the server ends the
+    // connection cleanly (GOAWAY) after ~1-1.5 s. hyper's header timer does not apply to HTTP/2
+    // once the preface is read.
     let up = Upstream::start().await;
     let fg = Fastgate::start_with(&up.url(), idle, &[]).await;
     let key = fg.new_key("h2").await;
@@ -638,18 +638,20 @@ async fn idle_http2_connections_are_closed_but_requests_in_flight_finish() {
     assert_eq!(res.version(), http::Version::HTTP_2);
     res.into_body().collect().await.unwrap();
     let quiet_since = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(6), closed)
+    let result = tokio::time::timeout(Duration::from_secs(6), closed)
         .await
-        .expect("an idle HTTP/2 connection was kept open")
+        .expect("an idle HTTP/2 connection (its client sending PINGs) was kept open")
         .unwrap();
+    assert!(result.is_ok(), "not a clean close: {result:?}");
     let took = quiet_since.elapsed();
     assert!(
         took >= Duration::from_millis(900),
         "closed after {took:?}, before the 1 s idle limit"
     );
 
-    // A stream whose backend pauses 1.6 s between events (longer than the idle limit) is not
-    // cut: the connection is only told to take no new requests, and the stream ends normally.
+    // A stream whose backend pauses 1.6 s between events (3.2 s in all, longer than the idle
+    // limit) is not cut: the connection gets its GOAWAY while the stream runs, the stream ends
+    // normally, and the connection closes as soon as it has.
     let slow = FaultUpstream::start(Fault::Slow {
         events: 2,
         gap: Duration::from_millis(1600),
@@ -657,7 +659,7 @@ async fn idle_http2_connections_are_closed_but_requests_in_flight_finish() {
     .await;
     let fg = Fastgate::start_with(&slow.url(), idle, &[]).await;
     let key = fg.new_key("h2-stream").await;
-    let (mut sender, closed) = h2_connection(fg.port).await;
+    let (mut sender, mut closed) = h2_connection(fg.port).await;
     let res = sender
         .send_request(h2_chat(fg.port, &key, true))
         .await
@@ -667,10 +669,11 @@ async fn idle_http2_connections_are_closed_but_requests_in_flight_finish() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("[DONE]"), "stream cut short: {text}");
+    let result = tokio::time::timeout(Duration::from_millis(500), &mut closed)
+        .await
+        .expect("no GOAWAY during the stream: the connection stayed open after it")
+        .unwrap();
+    assert!(result.is_ok(), "not a clean close: {result:?}");
     let row = fg.wait_audit(&rid).await;
     assert_eq!(row["outcome"], "completed", "{row}");
-    tokio::time::timeout(Duration::from_secs(6), closed)
-        .await
-        .expect("the HTTP/2 connection stayed open after its stream")
-        .unwrap();
 }
