@@ -96,7 +96,7 @@ pub struct AppConfig {
     pub shutdown_timeout: u64,
     /// Seconds a connection may take to send a request's headers, counted from when it starts
     /// waiting for the request (so also how long an idle HTTP/1.1 keep-alive connection is kept);
-    /// any connection, HTTP/2 included, on which no request starts for 1–1.5 × this long is shut
+    /// any connection, HTTP/2 included, with no request in flight for 1–1.5 × this long is shut
     /// down gracefully.
     pub header_read_timeout: u64,
     /// Reverse proxies / load balancers in front of FastGate (IP addresses or CIDR ranges). A
@@ -642,11 +642,18 @@ fn display_path(path: &str) -> String {
 }
 
 /// serde_yaml_ng starts some messages with the path the error already names as its key
-/// (`app.port: invalid type …`): drop it so the key is not printed twice.
+/// (`app.port: invalid type …`), or with its parent (`database: unknown field …` for
+/// `database.pool_size`): drop it so the key is not printed twice.
 fn without_path(path: &str, message: &str) -> String {
-    message
-        .strip_prefix(path)
-        .and_then(|m| m.strip_prefix(": "))
+    let mut prefixes: Vec<&str> = path
+        .match_indices(['.', '['])
+        .map(|(at, _)| &path[..at])
+        .collect();
+    prefixes.push(path);
+    prefixes
+        .iter()
+        .rev()
+        .find_map(|p| message.strip_prefix(p)?.strip_prefix(": "))
         .unwrap_or(message)
         .to_owned()
 }
@@ -938,6 +945,24 @@ fn build_routes(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn config_errors_name_the_key_once() {
+        use super::without_path;
+        assert_eq!(
+            without_path("app.port", "app.port: invalid type: string"),
+            "invalid type: string"
+        );
+        assert_eq!(
+            without_path("database.pool_size", "database: unknown field `pool_size`"),
+            "unknown field `pool_size`"
+        );
+        assert_eq!(
+            without_path("routes[0].bogus", "routes[0]: unknown field `bogus`"),
+            "unknown field `bogus`"
+        );
+        assert_eq!(without_path("app.port", "missing field"), "missing field");
+    }
+
     use super::*;
 
     const SEED: &str = r#"

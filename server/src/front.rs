@@ -12,10 +12,10 @@
 //! from the moment the connection waits for its next request: a client that sends nothing,
 //! trickles headers, or leaves an HTTP/1.1 connection idle that long between requests is closed
 //! (nginx closes idle keep-alive connections after 75 s). Every connection, HTTP/2 included, is
-//! also shut down gracefully when no request has started on it for 1 to 1.5 times that long (an
-//! HTTP/2 client gets a GOAWAY whatever PINGs it sends; an HTTP/1.1 connection serving one long
-//! request closes after the response), so idle HTTP/2 connections do not pile up, while a
-//! request in flight (a slow answer, a stream with long pauses) still runs to its end. On
+//! also shut down gracefully once it has had no request in flight for 1 to 1.5 times that long
+//! (an HTTP/2 client gets a GOAWAY whatever PINGs it sends, and is dropped if it then does not
+//! let the connection close), so idle HTTP/2 connections do not pile up; a request in flight (a
+//! slow answer, a stream with long pauses) keeps its connection, keep-alive included. On
 //! shutdown the listener closes, every connection (including one that has not sent its first
 //! byte yet) finishes its in-flight request (HTTP/1.1) or gets a GOAWAY (HTTP/2), and whatever
 //! is still open after the grace period is aborted, which lets the audit layer record those
@@ -26,7 +26,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -84,8 +84,70 @@ struct ConnService {
     /// The peer is a trusted proxy: its requests name their client in `X-Forwarded-For` (or
     /// `Forwarded`, per `app.forwarded_header`).
     peer_trusted: bool,
-    /// Set by every request this connection starts; the idle check clears it.
-    requests: Arc<AtomicBool>,
+    /// Requests started and in flight on this connection, for the idle check.
+    activity: Arc<Activity>,
+}
+
+/// What the idle check of one connection reads.
+#[derive(Default)]
+struct Activity {
+    /// Set when a request starts and when it ends; the check clears it.
+    touched: AtomicBool,
+    /// Requests whose response (body included) has not ended yet.
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight: counted from `call` until its response body ends or is dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Idleness counts from the end of the last request, not from its last check.
+        self.0.touched.store(true, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted as in flight until it is dropped.
+    pub struct Tracked {
+        #[pin]
+        inner: FrontBody,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = <FrontBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            // Ended: no longer in flight, even if hyper keeps the body a while.
+            this.in_flight.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -111,17 +173,19 @@ fn forwarded_client(
     headers: &HeaderMap,
     header: ForwardedHeader,
 ) -> IpAddr {
+    // Header values are read as bytes: an obs-text byte (0x80-0xFF) a client put into its own
+    // entry must not hide the entries the proxies appended after it.
     match header {
         ForwardedHeader::XForwardedFor => {
             let hops = headers
                 .get_all(X_FORWARDED_FOR)
                 .iter()
                 .rev()
-                .flat_map(|value| {
-                    header_text(value)
-                        .rsplit(',')
-                        .map(|e| forwarded_ip(e.trim()))
-                });
+                .flat_map(|value| value.as_bytes().rsplit(|b| *b == b','))
+                .map(<[u8]>::trim_ascii)
+                // Empty list elements are allowed (RFC 9110 list syntax) and name nobody.
+                .filter(|entry| !entry.is_empty())
+                .map(|entry| std::str::from_utf8(entry).ok().and_then(forwarded_ip));
             nearest_untrusted(trusted, peer, hops)
         }
         ForwardedHeader::Forwarded => {
@@ -129,15 +193,10 @@ fn forwarded_client(
                 .get_all(FORWARDED)
                 .iter()
                 .rev()
-                .flat_map(|value| forwarded_for(header_text(value)).into_iter().rev());
+                .flat_map(|value| forwarded_for(value.as_bytes()).into_iter().rev());
             nearest_untrusted(trusted, peer, hops)
         }
     }
-}
-
-/// A header value as text; one that is not visible ASCII reads as one entry naming no address.
-fn header_text(value: &http::HeaderValue) -> &str {
-    value.to_str().unwrap_or("-")
 }
 
 /// Walk `hops` (nearest first; `None` for an entry that names no address): the first address
@@ -166,63 +225,86 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// The `for=` address of each element of one `Forwarded` header value, in order: `None` for an
-/// element without one or whose value is not an address (`unknown`, an obfuscated `_name`).
-/// Elements are separated by `,`, parameters by `;`; names are case-insensitive; values are
-/// tokens or quoted strings (as an IPv6 address must be: `for="[2001:db8::1]:4711"`); an
-/// obfuscated port (`:_p1`) is ignored. A value that breaks this grammar anywhere (a stray or
-/// unterminated quote, a parameter without `=`) reads as a single `None`: nothing in it is
-/// trusted, so a client's malformed text cannot swallow the element a proxy appended after it.
-fn forwarded_for(value: &str) -> Vec<Option<IpAddr>> {
+/// element without one, with two, or whose value is not an address (`unknown`, an obfuscated
+/// `_name`). Elements are separated by `,`, pairs by `;` (empty elements and pairs are allowed
+/// and skipped); names are case-insensitive; values are tokens or quoted strings (as an IPv6
+/// address must be: `for="[2001:db8::1]:4711"`); an obfuscated port (`:_p1`) is ignored. A value
+/// that breaks this grammar anywhere (a stray or unterminated quote, a pair without `=`, text
+/// after a value) reads as a single `None`: nothing in it is trusted, so a client's malformed
+/// text cannot swallow the element a proxy appended after it (nor hide its own address).
+fn forwarded_for(value: &[u8]) -> Vec<Option<IpAddr>> {
     let malformed = || vec![None];
     let mut out = Vec::new();
-    let mut current = None;
+    // The element being read: whether it has a pair yet, its `for` address, its `for` pairs.
+    let (mut has_pair, mut address, mut fors) = (false, None, 0u8);
     let mut rest = value;
     loop {
-        let Some((name, after)) = rest.split_once('=') else {
+        rest = rest.trim_ascii_start();
+        match rest.split_first() {
+            None => {
+                if has_pair {
+                    out.push(if fors > 1 { None } else { address });
+                }
+                return out;
+            }
+            Some((b',', tail)) => {
+                if has_pair {
+                    out.push(if fors > 1 { None } else { address });
+                }
+                (has_pair, address, fors) = (false, None, 0);
+                rest = tail;
+                continue;
+            }
+            Some((b';', tail)) => {
+                rest = tail;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let name_len = rest.iter().take_while(|b| is_tchar(**b)).count();
+        let (name, tail) = rest.split_at(name_len);
+        let Some(tail) = tail.trim_ascii_start().strip_prefix(b"=") else {
             return malformed();
         };
-        let name = name.trim();
-        if name.is_empty() || !name.bytes().all(is_tchar) {
+        if name.is_empty() {
             return malformed();
         }
-        let after = after.trim_start();
-        let (val, tail) = if let Some(quoted) = after.strip_prefix('"') {
+        let tail = tail.trim_ascii_start();
+        let (val, tail) = if let Some(quoted) = tail.strip_prefix(b"\"") {
             let mut escaped = false;
-            let Some(end) = quoted.char_indices().find_map(|(i, c)| {
-                let close = c == '"' && !escaped;
-                escaped = c == '\\' && !escaped;
-                close.then_some(i)
+            let Some(end) = quoted.iter().position(|&c| {
+                let close = c == b'"' && !escaped;
+                escaped = c == b'\\' && !escaped;
+                close
             }) else {
                 return malformed();
             };
             (&quoted[..end], &quoted[end + 1..])
         } else {
-            let end = after.find([',', ';']).unwrap_or(after.len());
-            let token = after[..end].trim_end();
-            if token.is_empty() || !token.bytes().all(|b| is_tchar(b) || b == b':') {
+            // A token; `:` and brackets too, for the unquoted addresses some proxies send.
+            let len = tail
+                .iter()
+                .take_while(|b| is_tchar(**b) || matches!(b, b':' | b'[' | b']'))
+                .count();
+            if len == 0 {
                 return malformed();
             }
-            (token, &after[end..])
+            tail.split_at(len)
         };
-        if name.eq_ignore_ascii_case("for") {
-            let host = match val.rsplit_once(':') {
-                Some((host, port)) if port.starts_with('_') => host,
-                _ => val,
-            };
-            current = forwarded_ip(host);
+        rest = tail.trim_ascii_start();
+        if !matches!(rest.first(), None | Some(b',' | b';')) {
+            return malformed();
         }
-        let tail = tail.trim_start();
-        match tail.as_bytes().first() {
-            None => {
-                out.push(current);
-                return out;
-            }
-            Some(b';') => rest = &tail[1..],
-            Some(b',') => {
-                out.push(current.take());
-                rest = &tail[1..];
-            }
-            Some(_) => return malformed(),
+        has_pair = true;
+        if name.eq_ignore_ascii_case(b"for") {
+            fors = fors.saturating_add(1);
+            address = std::str::from_utf8(val).ok().and_then(|val| {
+                let host = match val.rsplit_once(':') {
+                    Some((host, port)) if port.starts_with('_') => host,
+                    _ => val,
+                };
+                forwarded_ip(host)
+            });
         }
     }
 }
@@ -243,13 +325,14 @@ fn forwarded_ip(entry: &str) -> Option<IpAddr> {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<FrontBody>;
+    type Response = Response<Tracked>;
     type Error = Infallible;
     type Future = FrontFuture;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         // A plain store (no read-modify-write): the idle check only needs "some request began".
-        self.requests.store(true, Ordering::Relaxed);
+        self.activity.touched.store(true, Ordering::Relaxed);
+        let in_flight = Some(InFlight::new(&self.activity));
         let client = if self.peer_trusted {
             forwarded_client(
                 &self.shared.trusted,
@@ -282,7 +365,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 fut: Box::pin(async move { poem::Endpoint::get_response(&*app, req).await }),
             }
         };
-        FrontFuture { kind, log }
+        FrontFuture {
+            kind,
+            log,
+            in_flight,
+        }
     }
 }
 
@@ -292,6 +379,7 @@ pin_project! {
         #[pin]
         kind: Kind,
         log: Option<AccessLog>,
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -304,7 +392,7 @@ pin_project! {
 }
 
 impl Future for FrontFuture {
-    type Output = Result<Response<FrontBody>, Infallible>;
+    type Output = Result<Response<Tracked>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -321,7 +409,8 @@ impl Future for FrontFuture {
         if let Some(log) = this.log.take() {
             log.finish(res.status());
         }
-        Poll::Ready(Ok(res))
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(res.map(|inner| Tracked { inner, in_flight })))
     }
 }
 
@@ -417,12 +506,12 @@ pub async fn serve(
                     tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
                 }
                 let peer_trusted = is_trusted(&shared.trusted, remote.ip());
-                let requests = Arc::new(AtomicBool::new(false));
+                let activity = Arc::new(Activity::default());
                 let service = ConnService {
                     shared: Arc::clone(&shared),
                     remote,
                     peer_trusted,
-                    requests: Arc::clone(&requests),
+                    activity: Arc::clone(&activity),
                 };
                 let builder = builder.clone();
                 // Taken before the task starts: a shutdown from now on reaches it.
@@ -442,7 +531,7 @@ pub async fn serve(
                         return;
                     }
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let drive = Drive::new(conn, requests, idle, notified, closing_flag);
+                    let drive = Drive::new(conn, activity, idle, notified, closing_flag);
                     if let Err(e) = drive.await {
                         tracing::debug!(client = %remote.ip(), "connection ended with an error: {e}");
                     }
@@ -477,12 +566,18 @@ struct Closing {
     notify: Arc<tokio::sync::Notify>,
 }
 
+/// After a graceful shutdown began, how long a connection with no request in flight may take to
+/// close by itself (an HTTP/2 client answering the shutdown PING) before it is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 pin_project! {
     /// Serves a connection to its end. It is shut down gracefully (requests in flight finish, no
-    /// new ones start) when the server shuts down, or when no request started on it during two
-    /// checks `period` apart (so for between 2 and 3 × `period`): an idle HTTP/2 connection gets
-    /// a GOAWAY even if its client keeps it busy with PINGs, and an HTTP/1.1 connection serving
-    /// one long request closes after its response.
+    /// new ones start) when the server shuts down, or when it was idle (no request in flight, none
+    /// started or ended) at two checks `period` apart after one that saw activity, so for between
+    /// 2 and 3 × `period` after its last request ended: an idle
+    /// HTTP/2 connection gets a GOAWAY whatever PINGs its client sends. An idle connection that
+    /// still has no request in flight `CLOSE_WAIT` (at most `period`) after that is dropped: an
+    /// HTTP/2 client that never answers the shutdown PING cannot keep it open.
     ///
     /// Hand-written rather than a `select!` loop: the shutdown notification and the check timer
     /// are polled to register only when armed, then read through an atomic flag and
@@ -496,21 +591,22 @@ pin_project! {
         #[pin]
         check: tokio::time::Sleep,
         period: Duration,
-        requests: Arc<AtomicBool>,
+        activity: Arc<Activity>,
         quiet_checks: u8,
         closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
         closing_flag: Arc<AtomicBool>,
         armed: bool,
         shutting_down: bool,
+        idle_shutdown: bool,
     }
 }
 
 impl<C: GracefulConnection> Drive<C> {
-    /// `idle`: how long without a new request before the connection is closed (checked every
+    /// `idle`: how long without a request before the connection is closed (checked every
     /// `idle / 2`).
     fn new(
         conn: C,
-        requests: Arc<AtomicBool>,
+        activity: Arc<Activity>,
         idle: Duration,
         closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
         closing_flag: Arc<AtomicBool>,
@@ -520,13 +616,23 @@ impl<C: GracefulConnection> Drive<C> {
             conn,
             check: tokio::time::sleep(period),
             period,
-            requests,
+            activity,
             quiet_checks: 0,
             closing,
             closing_flag,
             armed: false,
             shutting_down: false,
+            idle_shutdown: false,
         }
+    }
+}
+
+/// Set `check` to fire `after` from now and register the task with it.
+fn rearm(mut check: Pin<&mut tokio::time::Sleep>, after: Duration, cx: &mut Context<'_>) {
+    check.as_mut().reset(tokio::time::Instant::now() + after);
+    if check.poll(cx).is_ready() {
+        // Already due (this thread was descheduled): nothing else would wake us for it.
+        cx.waker().wake_by_ref();
     }
 }
 
@@ -535,36 +641,48 @@ impl<C: GracefulConnection> Future for Drive<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if !*this.shutting_down {
-            if !*this.armed {
-                // Register this task with the notification and the timer; from here on they
-                // wake it, and the checks below read their state without polling them.
-                *this.armed = true;
-                let _ = this.closing.as_mut().poll(cx);
-                let _ = this.check.as_mut().poll(cx);
+        if !*this.armed {
+            // Register this task with the notification and the timer; from here on they wake
+            // it, and the checks below read their state without polling them.
+            *this.armed = true;
+            let _ = this.closing.as_mut().poll(cx);
+            let _ = this.check.as_mut().poll(cx);
+        }
+        let due = this.check.is_elapsed();
+        let idle_now = || this.activity.in_flight.load(Ordering::Acquire) == 0;
+        if *this.shutting_down {
+            // Only after an idle shutdown: the server's own shutdown has its grace period, and a
+            // response still being flushed to a slow reader must not be cut short by this.
+            if due && *this.idle_shutdown {
+                if idle_now() {
+                    tracing::debug!("dropping a connection that did not close after its shutdown");
+                    return Poll::Ready(Ok(()));
+                }
+                rearm(this.check.as_mut(), (*this.period).min(CLOSE_WAIT), cx);
             }
+        } else {
             let mut shut_down = this.closing_flag.load(Ordering::Acquire);
-            if !shut_down && this.check.is_elapsed() {
-                if this.requests.swap(false, Ordering::Relaxed) {
+            if !shut_down && due {
+                let touched = this.activity.touched.swap(false, Ordering::Relaxed);
+                if touched || !idle_now() {
                     *this.quiet_checks = 0;
                 } else {
                     *this.quiet_checks += 1;
                 }
                 shut_down = *this.quiet_checks >= 2;
                 if shut_down {
-                    tracing::debug!("closing a connection on which no request started");
+                    *this.idle_shutdown = true;
+                    tracing::debug!("closing an idle connection");
                 } else {
-                    let next = tokio::time::Instant::now() + *this.period;
-                    this.check.as_mut().reset(next);
-                    if this.check.as_mut().poll(cx).is_ready() {
-                        // Already due (this thread was descheduled): nothing else would wake us.
-                        cx.waker().wake_by_ref();
-                    }
+                    rearm(this.check.as_mut(), *this.period, cx);
                 }
             }
             if shut_down {
                 *this.shutting_down = true;
                 this.conn.as_mut().graceful_shutdown();
+                if *this.idle_shutdown {
+                    rearm(this.check.as_mut(), (*this.period).min(CLOSE_WAIT), cx);
+                }
             }
         }
         this.conn.poll(cx)
@@ -662,6 +780,22 @@ mod tests {
             fwd(&[r#"for="6.6.6.6"#, "for=203.0.113.51"]),
             ip("203.0.113.51")
         );
+        // Empty elements and pairs are allowed: the proxy's element is still read.
+        for client_part in [
+            "for=1.1.1.1,",
+            ", for=1.1.1.1",
+            "for=6.6.6.6;",
+            "for=a;;proto=http",
+            ";for=6.6.6.6",
+        ] {
+            let value = format!("{client_part}, for=203.0.113.5");
+            assert_eq!(fwd(&[&value]), ip("203.0.113.5"), "{value}");
+        }
+        // Two `for` in one element name nobody.
+        assert_eq!(
+            fwd(&["for=6.6.6.6;for=203.0.113.5, for=10.0.0.1"]),
+            ip("10.0.0.1")
+        );
         // Only the chosen header is read: the other one is the client's own.
         let both: &[(&str, &[&str])] = &[
             ("forwarded", &["for=198.51.100.1"]),
@@ -683,6 +817,27 @@ mod tests {
                 ForwardedHeader::XForwardedFor
             ),
             ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn obs_text_in_a_clients_entry_does_not_hide_the_proxys() {
+        let t: Vec<IpNet> = ["127.0.0.1/32".parse().unwrap()].into();
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let header = |name: &'static str, value: &[u8]| {
+            let mut map = HeaderMap::new();
+            map.insert(name, http::HeaderValue::from_bytes(value).unwrap());
+            map
+        };
+        let xff = header("x-forwarded-for", b"6.6.6.\xff, , 203.0.113.5");
+        assert_eq!(
+            forwarded_client(&t, peer, &xff, ForwardedHeader::XForwardedFor),
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
+        let fwd = header("forwarded", b"for=\"6.6.6.\xff\";by=x, for=203.0.113.6");
+        assert_eq!(
+            forwarded_client(&t, peer, &fwd, ForwardedHeader::Forwarded),
+            "203.0.113.6".parse::<IpAddr>().unwrap()
         );
     }
 

@@ -650,8 +650,8 @@ async fn idle_http2_connections_are_closed_but_requests_in_flight_finish() {
     );
 
     // A stream whose backend pauses 1.6 s between events (3.2 s in all, longer than the idle
-    // limit) is not cut: the connection gets its GOAWAY while the stream runs, the stream ends
-    // normally, and the connection closes as soon as it has.
+    // limit) is not cut: a request in flight keeps its connection from being idle. The idle time
+    // counts from the stream's end: the connection closes (cleanly) 1-1.5 s after it.
     let slow = FaultUpstream::start(Fault::Slow {
         events: 2,
         gap: Duration::from_millis(1600),
@@ -669,11 +669,75 @@ async fn idle_http2_connections_are_closed_but_requests_in_flight_finish() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("[DONE]"), "stream cut short: {text}");
-    let result = tokio::time::timeout(Duration::from_millis(500), &mut closed)
+    let stream_ended = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(6), &mut closed)
         .await
-        .expect("no GOAWAY during the stream: the connection stayed open after it")
+        .expect("the HTTP/2 connection stayed open after its stream")
         .unwrap();
     assert!(result.is_ok(), "not a clean close: {result:?}");
+    let took = stream_ended.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed {took:?} after the stream: it was not counted as in flight"
+    );
     let row = fg.wait_audit(&rid).await;
     assert_eq!(row["outcome"], "completed", "{row}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_client_ignoring_the_shutdown_ping_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle = |y: &mut String| *y = y.replacen("app:\n", "app:\n  header_read_timeout: 1\n", 1);
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(&up.url(), idle, &[]).await;
+    // A raw h2c client: preface and SETTINGS, the server's SETTINGS acknowledged, then it reads
+    // every frame and answers none (so never the PING of the server's graceful shutdown, which
+    // h2 waits for before its final GOAWAY).
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    sock.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut frames = Vec::new(); // (type, flags) of each frame the server sent
+    let mut buf = Vec::new();
+    let mut acked = false;
+    let closed = loop {
+        let mut chunk = [0u8; 4096];
+        let n = match tokio::time::timeout(Duration::from_secs(8), sock.read(&mut chunk)).await {
+            Err(_) => break false,
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            frames.push((buf[3], buf[4]));
+            buf.drain(..9 + len);
+        }
+        if !acked && frames.contains(&(4, 0)) {
+            sock.write_all(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+                .await
+                .unwrap();
+            acked = true;
+        }
+    };
+    let took = started.elapsed();
+    assert!(frames.contains(&(7, 0)), "no GOAWAY sent: {frames:?}");
+    assert!(
+        frames.contains(&(6, 0)),
+        "no shutdown PING sent: {frames:?}"
+    );
+    assert!(
+        closed,
+        "the connection stayed open 8 s after the last frame: {frames:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "dropped after {took:?}, expected ~1.5-2 s"
+    );
 }
