@@ -534,64 +534,72 @@ async fn env_override_wins_over_the_file() {
     );
 }
 
-#[tokio::test]
-async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
-    let upstream = Upstream::start().await;
-    // 127.0.0.1 (the test client) plays the reverse proxy; 10.0.0.0/8 is an inner proxy tier.
-    let fg = Fastgate::start_with(
+/// A FastGate behind "reverse proxies": 127.0.0.1 (the test client) and an inner tier
+/// 10.0.0.0/8, with `extra` added to the `app` section.
+async fn behind_proxies(upstream: &Upstream, extra: &str) -> Fastgate {
+    Fastgate::start_with(
         &upstream.url(),
         |yaml| {
             *yaml = yaml.replace(
                 "  shutdown_timeout: 20\n",
-                "  shutdown_timeout: 20\n  trusted_proxies: [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+                &format!(
+                    "  shutdown_timeout: 20\n  trusted_proxies: [\"127.0.0.1\", \"10.0.0.0/8\"]\n{extra}"
+                ),
             );
         },
         &[],
     )
-    .await;
-    let key = fg.new_key("u").await;
-    let send = |header: Option<(&'static str, &'static str)>| {
+    .await
+}
+
+/// Send one proxied request per case with its headers; each request's audit row must name the
+/// case's client address.
+async fn assert_client_ips(fg: &Fastgate, key: &str, cases: &[(&[(&str, &str)], &str)]) {
+    for (headers, want) in cases {
         let mut req = fg
             .http
             .post(fg.proxy_url())
-            .header("X-API-Key", &key)
+            .header("X-API-Key", key)
             .body(chat_body(false));
-        if let Some((name, value)) = header {
-            req = req.header(name, value);
+        for (name, value) in *headers {
+            req = req.header(*name, *value);
         }
-        req.send()
-    };
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let row = fg.wait_audit(&request_id(&res)).await;
+        assert_eq!(row["client_ip"], *want, "headers {headers:?}");
+    }
+}
+
+#[tokio::test]
+async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
+    let upstream = Upstream::start().await;
+    let fg = behind_proxies(&upstream, "").await;
+    let key = fg.new_key("u").await;
     // The right-most untrusted address wins: a client cannot pick its address by sending its
     // own X-Forwarded-For through the proxies (which append to it). `Forwarded` is not the
     // configured header here: ignored.
-    let xff = |v| Some(("X-Forwarded-For", v));
-    let cases = [
-        (xff("203.0.113.7"), "203.0.113.7"),
-        (xff("198.51.100.1, 203.0.113.8, 10.1.2.3"), "203.0.113.8"),
-        (xff("[2001:db8::5]:4711"), "2001:db8::5"),
-        (xff("garbage, 10.1.2.3"), "10.1.2.3"),
-        (
-            Some((
-                "Forwarded",
-                r#"for=198.51.100.2, for="[2001:db8::6]:80";proto=https, for=10.4.4.4"#,
-            )),
-            "127.0.0.1",
-        ),
-        (None, "127.0.0.1"),
-    ];
-    for (header, _) in cases {
-        assert_eq!(send(header).await.unwrap().status(), 200);
-    }
-    let items = fg.wait_logs("", |items| items.len() >= cases.len()).await;
-    let mut seen: Vec<&str> = items
-        .iter()
-        .map(|r| r["client_ip"].as_str().unwrap_or("?"))
-        .collect();
-    seen.sort_unstable();
-    let mut want: Vec<&str> = cases.iter().map(|(_, ip)| *ip).collect();
-    want.sort_unstable();
-    assert_eq!(seen, want);
-    // The header is not forwarded upstream (it is in the seed's strip_headers).
+    let xff = "X-Forwarded-For";
+    assert_client_ips(
+        &fg,
+        &key,
+        &[
+            (&[], "127.0.0.1"),
+            (&[(xff, "203.0.113.7")], "203.0.113.7"),
+            (
+                &[(xff, "198.51.100.1, 203.0.113.8, 10.1.2.3")],
+                "203.0.113.8",
+            ),
+            (&[(xff, "[2001:db8::5]:4711")], "2001:db8::5"),
+            (&[(xff, "garbage, 10.1.2.3")], "10.1.2.3"),
+            (&[(xff, "198.51.100.9,, 10.1.2.4,")], "198.51.100.9"),
+            (&[("Forwarded", "for=198.51.100.2")], "127.0.0.1"),
+            (&[(xff, "198.51.100.10, 10.1.2.5")], "198.51.100.10"),
+        ],
+    )
+    .await;
+    // The header (sent with the last request) is not forwarded upstream: it is in the seed's
+    // strip_headers.
     assert!(!upstream.last().headers.contains_key("x-forwarded-for"));
 
     // The admin lock-out counts per forwarded client: one client's wrong tokens lock it out,
@@ -620,57 +628,37 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
 #[tokio::test]
 async fn forwarded_header_names_the_client_when_configured() {
     let upstream = Upstream::start().await;
-    let fg = Fastgate::start_with(
-        &upstream.url(),
-        |yaml| {
-            *yaml = yaml.replace(
-                "  shutdown_timeout: 20\n",
-                "  shutdown_timeout: 20\n  trusted_proxies: [\"127.0.0.1\", \"10.0.0.0/8\"]\n  forwarded_header: forwarded\n",
-            );
-        },
-        &[],
-    )
-    .await;
+    let fg = behind_proxies(&upstream, "  forwarded_header: forwarded\n").await;
     let key = fg.new_key("u").await;
     // RFC 7239: the right-most untrusted `for=`; X-Forwarded-For (the client's own, when the
-    // proxies only write Forwarded) is ignored; malformed text names no address.
-    let cases: [(&[(&str, &str)], &str); 3] = [
-        (
-            &[
-                (
-                    "Forwarded",
-                    r#"for=198.51.100.2, for="[2001:db8::6]:80";proto=https, for=10.4.4.4"#,
-                ),
-                ("X-Forwarded-For", "6.6.6.6"),
-            ],
-            "2001:db8::6",
-        ),
-        (&[("X-Forwarded-For", "6.6.6.7")], "127.0.0.1"),
-        (
-            &[("Forwarded", r#"for=6.6.6.8;x=", for=203.0.113.50"#)],
-            "127.0.0.1",
-        ),
-    ];
-    for (headers, _) in cases {
-        let mut req = fg
-            .http
-            .post(fg.proxy_url())
-            .header("X-API-Key", &key)
-            .body(chat_body(false));
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        assert_eq!(req.send().await.unwrap().status(), 200);
-    }
-    let items = fg.wait_logs("", |items| items.len() >= cases.len()).await;
-    let mut seen: Vec<&str> = items
-        .iter()
-        .map(|r| r["client_ip"].as_str().unwrap_or("?"))
-        .collect();
-    seen.sort_unstable();
-    let mut want: Vec<&str> = cases.iter().map(|(_, ip)| *ip).collect();
-    want.sort_unstable();
-    assert_eq!(seen, want);
+    // proxies only write Forwarded) is ignored; malformed text names no address, an empty
+    // element hides nothing.
+    assert_client_ips(
+        &fg,
+        &key,
+        &[
+            (
+                &[
+                    (
+                        "Forwarded",
+                        r#"for=198.51.100.2, for="[2001:db8::6]:80";proto=https, for=10.4.4.4"#,
+                    ),
+                    ("X-Forwarded-For", "6.6.6.6"),
+                ],
+                "2001:db8::6",
+            ),
+            (&[("X-Forwarded-For", "6.6.6.7")], "127.0.0.1"),
+            (
+                &[("Forwarded", r#"for=6.6.6.8;x=", for=203.0.113.50"#)],
+                "127.0.0.1",
+            ),
+            (
+                &[("Forwarded", "for=6.6.6.9,, for=203.0.113.51")],
+                "203.0.113.51",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
