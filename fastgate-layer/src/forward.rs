@@ -46,7 +46,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,8 +73,8 @@ use crate::upstream::{HostPool, PoolSettings, PooledConn, SendError, Sent};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ForwardConfig {
-    /// Time allowed to open a connection to an upstream no route has been seen for yet
-    /// (default 5 s); a route's `Backend::connect_timeout` applies to its upstream.
+    /// Not used: every route's `Backend::connect_timeout` applies to its own requests.
+    #[deprecated(note = "each route's `Backend::connect_timeout` applies; this value is unused")]
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept (default 90 s).
     pub pool_idle_timeout: Duration,
@@ -84,6 +84,7 @@ pub struct ForwardConfig {
 }
 
 impl Default for ForwardConfig {
+    #[allow(deprecated)]
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
@@ -94,7 +95,9 @@ impl Default for ForwardConfig {
 }
 
 impl ForwardConfig {
-    /// Set the connect timeout.
+    /// Not used: every route's `Backend::connect_timeout` applies to its own requests.
+    #[deprecated(note = "each route's `Backend::connect_timeout` applies; this value is unused")]
+    #[allow(deprecated)]
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -102,7 +105,7 @@ impl ForwardConfig {
     }
 }
 
-type HttpsClient<B> = Client<ConnectTimeouts<HttpsConnector<HttpConnector>>, B>;
+type HttpsClient<B> = Client<TimedConnector<HttpsConnector<HttpConnector>>, B>;
 
 /// What a backend's requests need, built once per backend.
 struct Prepared<B> {
@@ -111,8 +114,15 @@ struct Prepared<B> {
     /// The same, origin-form (path only), for the pooled HTTP/1 path.
     origin: Uri,
     target: TargetUrl,
-    /// Pool of plain `http://` upstreams; `None` sends through hyper-util (TLS, HTTP/2).
-    pool: Option<Arc<HostPool<B>>>,
+    /// How the requests go: a pool of plain `http://` connections of this backend, or
+    /// hyper-util (TLS, HTTP/2).
+    via: Via<B>,
+}
+
+enum Via<B> {
+    Pool(Arc<HostPool<B>>),
+    /// Boxed: a hyper-util client is a few hundred bytes, a pool one pointer.
+    Client(Box<HttpsClient<B>>),
 }
 
 /// Leaf service that forwards a request to the backend of its [`RouteConfig`].
@@ -126,8 +136,10 @@ pub struct ForwardService<B> {
 }
 
 struct Shared<B> {
-    client: HttpsClient<B>,
-    timeouts: Timeouts,
+    /// hyper-util clients, one per connect timeout in use: a client's connector has one timeout,
+    /// so two `https://` routes to one host with different timeouts get different clients (and
+    /// pools).
+    clients: Mutex<HashMap<Duration, HttpsClient<B>>>,
     pool_settings: PoolSettings,
     /// The upstream URI (without query), audit target and connection pool of each backend.
     targets: BackendCache<Option<Arc<Prepared<B>>>>,
@@ -171,32 +183,9 @@ where
 
     /// A forward service with its own connection pool configured by `config`.
     pub fn with_config(config: &ForwardConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let timeouts = Timeouts {
-            by_authority: Arc::default(),
-            default: config.connect_timeout,
-        };
-        let connector = ConnectTimeouts {
-            inner: https,
-            timeouts: timeouts.clone(),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
         Self {
             shared: Arc::new(Shared {
-                client,
-                timeouts,
+                clients: Mutex::default(),
                 pool_settings: PoolSettings {
                     idle_timeout: config.pool_idle_timeout,
                     max_idle: config.pool_max_idle_per_host,
@@ -204,6 +193,41 @@ where
                 targets: BackendCache::default(),
             }),
         }
+    }
+}
+
+impl<B> Shared<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// The hyper-util client whose connector allows `connect_timeout` (built on first use).
+    fn client(&self, connect_timeout: Duration) -> HttpsClient<B> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients
+            .entry(connect_timeout)
+            .or_insert_with(|| {
+                let mut http = HttpConnector::new();
+                http.set_nodelay(true);
+                http.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_webpki_roots()
+                    .https_or_http()
+                    .enable_all_versions()
+                    .wrap_connector(http);
+                let connector = TimedConnector {
+                    inner: https,
+                    timeout: connect_timeout,
+                };
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(self.pool_settings.idle_timeout)
+                    .pool_max_idle_per_host(self.pool_settings.max_idle)
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .build(connector)
+            })
+            .clone()
     }
 }
 
@@ -240,23 +264,22 @@ where
                 .map_or("/", |pq| pq.as_str())
                 .parse::<Uri>()
                 .ok()?;
-            let pool = HostPool::for_uri(&uri, backend.connect_timeout, shared.pool_settings);
-            if pool.is_none()
-                && let Some(authority) = uri.authority()
-            {
-                shared
-                    .timeouts
-                    .note(authority.as_str(), backend.connect_timeout);
-            }
+            let via = match HostPool::for_uri(&uri, backend.connect_timeout, shared.pool_settings) {
+                Some(pool) => Via::Pool(pool),
+                None => Via::Client(Box::new(shared.client(backend.connect_timeout))),
+            };
             Some(Arc::new(Prepared {
                 uri,
                 origin,
                 target,
-                pool,
+                via,
             }))
         });
         let uri = prepared.as_ref().and_then(|p| {
-            let base = if p.pool.is_some() { &p.origin } else { &p.uri };
+            let base = match p.via {
+                Via::Pool(_) => &p.origin,
+                Via::Client(_) => &p.uri,
+            };
             match req.uri().query() {
                 None => Some(base.clone()),
                 // The query string is kept; only then is a URI built per request.
@@ -276,9 +299,9 @@ where
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let fut = match &prepared.pool {
-            Some(pool) => Sending::Pooled(Box::pin(Arc::clone(pool).send(req))),
-            None => Sending::Client(shared.client.request(req)),
+        let fut = match &prepared.via {
+            Via::Pool(pool) => Sending::Pooled(Box::pin(Arc::clone(pool).send(req))),
+            Via::Client(client) => Sending::Client(client.request(req)),
         };
         // Bounds connecting and waiting for the headers together; never the body.
         let wait = backend.response_timeout;
@@ -292,55 +315,19 @@ where
     }
 }
 
-/// Connect timeouts per upstream authority, learned from the backends requests are sent to.
-#[derive(Clone, Debug)]
-struct Timeouts {
-    by_authority: Arc<RwLock<HashMap<String, Duration>>>,
-    default: Duration,
-}
-
-impl Timeouts {
-    fn note(&self, authority: &str, timeout: Duration) {
-        let known = self
-            .by_authority
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(authority)
-            .copied();
-        if known != Some(timeout) {
-            self.by_authority
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(authority.to_owned(), timeout);
-        }
-    }
-
-    fn get(&self, uri: &Uri) -> Duration {
-        uri.authority()
-            .and_then(|a| {
-                self.by_authority
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(a.as_str())
-                    .copied()
-            })
-            .unwrap_or(self.default)
-    }
-}
-
 /// Opening a connection took longer than the backend's connect timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("connecting to the upstream timed out after {0:?}")]
 pub struct ConnectTimeout(Duration);
 
-/// Connector wrapper that bounds connecting (TCP and TLS) by the upstream's connect timeout.
+/// Connector wrapper that bounds connecting (TCP and TLS) by a connect timeout.
 #[derive(Clone, Debug)]
-struct ConnectTimeouts<C> {
+struct TimedConnector<C> {
     inner: C,
-    timeouts: Timeouts,
+    timeout: Duration,
 }
 
-impl<C> Service<Uri> for ConnectTimeouts<C>
+impl<C> Service<Uri> for TimedConnector<C>
 where
     C: Service<Uri> + Send + 'static,
     C::Future: Send + 'static,
@@ -355,7 +342,7 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = self.timeouts.get(&uri);
+        let timeout = self.timeout;
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
@@ -603,18 +590,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connect_timeout_is_per_upstream_authority() {
-        let timeouts = Timeouts {
-            by_authority: Arc::default(),
-            default: Duration::from_secs(60),
-        };
-        timeouts.note("slow.example:80", Duration::from_millis(20));
+    async fn connector_gives_up_after_its_timeout() {
         let never = tower::service_fn(|_uri: Uri| {
             std::future::pending::<Result<tokio::net::TcpStream, std::io::Error>>()
         });
-        let mut connector = ConnectTimeouts {
+        let mut connector = TimedConnector {
             inner: never,
-            timeouts: timeouts.clone(),
+            timeout: Duration::from_millis(20),
         };
         let started = std::time::Instant::now();
         let err = connector
@@ -623,10 +605,59 @@ mod tests {
             .unwrap_err();
         assert!(err.is::<ConnectTimeout>());
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(
-            timeouts.get(&"http://other.example/".parse().unwrap()),
-            Duration::from_secs(60)
-        );
+    }
+
+    /// Two `https://` routes to one host, with different connect timeouts, each keep their own:
+    /// the upstream accepts TCP and never answers the TLS handshake.
+    #[tokio::test]
+    async fn https_routes_to_one_host_keep_their_own_connect_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let route = |name: &str, connect_ms: u64| {
+            let mut b = backend(&format!("https://127.0.0.1:{port}"), "/v1/chat/completions");
+            b.connect_timeout = Duration::from_millis(connect_ms);
+            b.response_timeout = Duration::from_secs(20);
+            RouteConfig {
+                name: name.into(),
+                permission: "chat".into(),
+                backend: Arc::new(b),
+            }
+        };
+        let (quick, slow) = (route("quick", 200), route("slow", 2500));
+        let svc = ForwardService::<Full<Bytes>>::new();
+        let send = |route: &RouteConfig| {
+            let mut req = Request::new(Full::new(Bytes::new()));
+            req.extensions_mut().insert(route.clone());
+            let svc = svc.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let res = svc.oneshot(req).await.unwrap();
+                (res.status(), started.elapsed())
+            }
+        };
+        // Both routes are seen before either is measured.
+        let (first_quick, first_slow) = tokio::join!(send(&quick), send(&slow));
+        let (again_quick, again_slow) = tokio::join!(send(&quick), send(&slow));
+        for (status, took) in [first_quick, again_quick] {
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            assert!(
+                took >= Duration::from_millis(150) && took < Duration::from_millis(1500),
+                "the 200 ms route gave up after {took:?}"
+            );
+        }
+        for (status, took) in [first_slow, again_slow] {
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            assert!(
+                took >= Duration::from_millis(2400),
+                "the 2.5 s route gave up after {took:?}"
+            );
+        }
     }
 
     #[tokio::test]
