@@ -125,7 +125,11 @@ impl Store {
                             tracing::debug!(error = %e, "rotated-secret cleanup failed");
                         }
                     }
-                    Event::Notified(Ok(Some(n))) => store.invalidate_key(n.payload()),
+                    Event::Notified(Ok(Some(n))) => {
+                        store.invalidate_key(n.payload());
+                        // The change may be an import: its secret may have been tried before.
+                        store.inner.cache.forget_unknown();
+                    }
                     Event::Notified(Ok(None)) => {
                         // The connection dropped; PgListener reconnects on the next call, and
                         // anything sent meanwhile is lost: re-validate every cached key, but keep

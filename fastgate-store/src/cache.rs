@@ -42,9 +42,11 @@ pub(crate) struct KeyCache {
     capacity: usize,
     /// Until when stale entries are served without asking the database (after a failure).
     db_failed_until: Mutex<Option<Instant>>,
-    /// Hashes the database did not know, with when that was seen. Safe to cache: a secret
-    /// cannot be presented before it exists (256 random bits). Disabled keys are not in here but
-    /// in `map` as rejected entries, which their key's invalidations reach.
+    /// Hashes the database did not know, with when that was seen. Safe to cache: a generated
+    /// secret cannot be presented before it exists (256 random bits). An imported key's secret
+    /// can (a client of the old gateway may try it before the import), so an import here, and
+    /// any change seen from another instance (which may be an import), empties this map. Disabled keys
+    /// are not in here but in `map` as rejected entries, which their key's invalidations reach.
     unknown: Mutex<HashMap<String, Instant>>,
 }
 
@@ -106,6 +108,11 @@ impl KeyCache {
         map.retain(|_, e| &*e.identity.key_id != key_id);
     }
 
+    /// Forget every hash remembered as unknown (a key with an existing secret was imported).
+    pub(crate) fn forget_unknown(&self) {
+        lock(&self.unknown).clear();
+    }
+
     /// Keep every entry, but make the next lookup of each ask the database (serving the entry
     /// only if the database fails).
     pub(crate) fn mark_stale(&self) {
@@ -114,6 +121,7 @@ impl KeyCache {
         for e in map.values_mut() {
             e.stale = true;
         }
+        lock(&self.unknown).clear();
     }
 
     /// Drop everything.
@@ -121,6 +129,7 @@ impl KeyCache {
         let mut map = lock(&self.map);
         self.generation.fetch_add(1, Ordering::AcqRel);
         map.clear();
+        lock(&self.unknown).clear();
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -53,6 +53,17 @@ pub enum StoreError {
     /// An argument was rejected before reaching the database.
     #[error("invalid input: {0}")]
     InvalidInput(&'static str),
+    /// The database is M-FastGate's (the Python gateway's): its `api_keys` table has the
+    /// plain-text `key_value` column. FastGate does not change it.
+    #[error(
+        "the database holds M-FastGate's tables (api_keys.key_value), which FastGate does not \
+         change: move the file aside (or point database.url at a new database), then import it \
+         with `fastgate import-mfastgate --from <old file>`"
+    )]
+    MFastGateDatabase,
+    /// The file given to import from is not a readable M-FastGate database.
+    #[error("not an M-FastGate database: {0}")]
+    NotMFastGate(&'static str),
     /// A stored value could not be decoded (e.g. a permissions column that is not a JSON list).
     #[error("corrupt stored value in {0}")]
     Corrupt(&'static str),

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::model::{CreatedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate, NewKey};
+use crate::model::{CreatedKey, ImportedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate, NewKey};
 use crate::{Arg, Db, Store, StoreError, from_ms, to_ms, to_u64};
 
 /// Random bytes in a key (256 bits).
@@ -35,6 +35,21 @@ fn generate_secret(prefix: &str) -> (String, String) {
     let body = URL_SAFE_NO_PAD.encode(bytes);
     let display = format!("{prefix}{}…{}", &body[..4], &body[body.len() - 4..]);
     (format!("{prefix}{body}"), display)
+}
+
+/// Display form of an existing secret: `prefix` (when it starts with it) and its next 4
+/// characters, `…`, the last 4.
+fn display_of(secret: &str, prefix: &str) -> String {
+    let head = if secret.starts_with(prefix) {
+        prefix.len() + 4
+    } else {
+        4
+    };
+    let tail = secret.len().saturating_sub(4);
+    match (secret.get(..head), secret.get(tail..)) {
+        (Some(h), Some(t)) if head < tail => format!("{h}…{t}"),
+        _ => "…".to_owned(),
+    }
 }
 
 fn new_key_id() -> String {
@@ -159,6 +174,79 @@ impl Store {
             .await?
             .ok_or(StoreError::Corrupt("api_keys (row vanished after insert)"))?;
         Ok(CreatedKey { record, secret })
+    }
+
+    /// Add a key that already has a secret (brought over from M-FastGate), keeping its id.
+    ///
+    /// Returns `false`, changing nothing, when a key with this id or this secret is already
+    /// stored, so that an import can be run again.
+    pub async fn import_key(&self, key: ImportedKey) -> Result<bool, StoreError> {
+        check_text(&key.id, "key id must be 1..=256 bytes")?;
+        check_text(&key.source_path, "source_path must be 1..=256 bytes")?;
+        if key.secret.len() < 16 || key.secret.len() > 512 {
+            return Err(StoreError::InvalidInput(
+                "an imported secret must be 16..=512 bytes",
+            ));
+        }
+        let permissions = encode_permissions(&key.permissions)?;
+        let display = display_of(&key.secret, &self.inner.opts.key_prefix);
+        let hash = hash_key(&key.secret);
+        let now = to_ms(SystemTime::now());
+        let backend = self.backend();
+        let imported = on_pool!(&self.inner.db, |pool| {
+            let mut tx = pool.begin().await?;
+            // Written first: on SQLite this takes the write lock (waiting for it under the busy
+            // timeout) before anything is read, since a read transaction that then writes fails
+            // at once if another connection wrote meanwhile. Rolled back when nothing is imported.
+            signal_change!(backend, tx, key.id.as_str());
+            let present: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(1 AS BIGINT) FROM api_keys WHERE id = $1 UNION ALL \
+                 SELECT CAST(1 AS BIGINT) FROM api_key_hashes WHERE hash = $2 LIMIT 1",
+            )
+            .bind(&key.id)
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if present.is_some() {
+                tx.rollback().await?;
+                false
+            } else {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, name, source_path, permissions, display, \
+                     created_at, updated_at, expires_at, active, last_used_at, request_count) \
+                     VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&key.id)
+                .bind(&key.source_path)
+                .bind(&permissions)
+                .bind(&display)
+                .bind(to_ms(key.created_at))
+                .bind(now)
+                .bind(key.expires_at.map(to_ms))
+                .bind(key.active)
+                .bind(key.last_used_at.map(to_ms))
+                .bind(i64::try_from(key.request_count).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO api_key_hashes (hash, key_id, created_at, valid_until) \
+                     VALUES ($1, $2, $3, NULL)",
+                )
+                .bind(&hash)
+                .bind(&key.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                true
+            }
+        });
+        if imported {
+            // A client may have tried this secret before the import: forget that it was unknown.
+            self.invalidate_key(&key.id);
+            self.inner.cache.forget_unknown();
+        }
+        Ok(imported)
     }
 
     /// One key by id.

@@ -59,6 +59,7 @@ mod cache;
 mod error;
 mod keys;
 mod metrics;
+pub mod mfastgate;
 mod model;
 mod sqlite_audit;
 mod url;
@@ -69,8 +70,8 @@ pub use cache::{ResolveFuture, StoreKeyResolver};
 pub use error::StoreError;
 pub use keys::hash_key;
 pub use model::{
-    AuditFilter, AuditPage, AuditRecord, CreatedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate,
-    KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey, SeriesPoint,
+    AuditFilter, AuditPage, AuditRecord, CreatedKey, ImportedKey, KeyFilter, KeyPage, KeyRecord,
+    KeyUpdate, KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey, SeriesPoint,
 };
 pub use sqlite_audit::SqliteAuditError;
 pub use url::{DatabaseUrl, PostgresUrl, SqliteLocation, parse_database_url, redact_url};
@@ -243,6 +244,11 @@ impl Store {
                                 dir: dir.to_owned(),
                             });
                         }
+                        // Checked read-only before the pool connects: connecting would switch
+                        // M-FastGate's file to WAL, which is a change to it.
+                        if path.exists() && mfastgate::sqlite_file_is_mfastgate(path).await? {
+                            return Err(StoreError::MFastGateDatabase);
+                        }
                         sqlite_audit = Some(sqlite_audit::SqliteAuditWriter::new(
                             path.clone(),
                             opts.sqlite_busy_timeout,
@@ -301,7 +307,13 @@ impl Store {
     }
 
     /// Apply pending migrations (idempotent).
+    ///
+    /// Refuses ([`StoreError::MFastGateDatabase`]) a database that holds M-FastGate's own
+    /// `api_keys` table, whose name FastGate's schema also uses; that database is left unchanged.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        if mfastgate::holds_mfastgate_tables(self).await? {
+            return Err(StoreError::MFastGateDatabase);
+        }
         match &self.inner.db {
             Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
             Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,

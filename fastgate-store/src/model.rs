@@ -33,6 +33,42 @@ impl std::fmt::Debug for CreatedKey {
     }
 }
 
+/// A key brought over from another gateway with its existing secret (see
+/// [`Store::import_key`](crate::Store::import_key)).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImportedKey {
+    /// Public id, kept as the other gateway had it (e.g. M-FastGate's `fg_…`).
+    pub id: String,
+    /// The secret clients already use. Only its SHA-256 is stored.
+    pub secret: String,
+    /// Owner / tenant label. Must not be empty.
+    pub source_path: String,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Creation time.
+    pub created_at: SystemTime,
+    /// Expiry; `None` = never.
+    pub expires_at: Option<SystemTime>,
+    /// Enabled flag.
+    pub active: bool,
+    /// Last use.
+    pub last_used_at: Option<SystemTime>,
+    /// Uses so far.
+    pub request_count: u64,
+}
+
+impl std::fmt::Debug for ImportedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedKey")
+            .field("id", &self.id)
+            .field("secret", &"******")
+            .field("source_path", &self.source_path)
+            .field("permissions", &self.permissions)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Changes to a key; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyUpdate {

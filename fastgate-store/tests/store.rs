@@ -11,8 +11,8 @@ use fastgate_layer::{
     AuditEvent, AuditSink, KeyResolver, Outcome, PresentedKey, ResolveError, TokenUsage,
 };
 use fastgate_store::{
-    AuditFilter, Backend, BackgroundOptions, KeyFilter, KeyUpdate, MetricsWindow, NewKey, Store,
-    StoreError, StoreOptions, hash_key,
+    AuditFilter, Backend, BackgroundOptions, ImportedKey, KeyFilter, KeyUpdate, MetricsWindow,
+    NewKey, Store, StoreError, StoreOptions, hash_key,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -508,6 +508,107 @@ on_backends!(get_list_filters_and_pagination, |db| {
     assert_eq!(combo.total, 1); // odd: 1, 3 (expired), 5 (disabled)
     assert_eq!(combo.items[0].id, ids[1]);
     db.finish(&[&store]).await;
+});
+
+/// A key of M-FastGate's shape: its own id, a secret clients already hold.
+fn imported(id: &str, secret: &str) -> ImportedKey {
+    ImportedKey {
+        id: id.to_owned(),
+        secret: secret.to_owned(),
+        source_path: "team-a".to_owned(),
+        permissions: vec!["chat".to_owned()],
+        created_at: UNIX_EPOCH + Duration::from_secs(1_746_086_400),
+        expires_at: None,
+        active: true,
+        last_used_at: None,
+        request_count: 7,
+    }
+}
+
+on_backends!(imported_keys_keep_id_and_secret_and_import_once, |db| {
+    let store = db.store().await;
+    let resolver = store.key_resolver();
+    let secret = "fg_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    // Tried before the import: unknown (and remembered as such by the cache).
+    assert!(resolver.resolve(presented(secret)).await.is_err());
+    assert!(
+        store
+            .import_key(imported("fg_1a2b3c4d5e6f", secret))
+            .await
+            .unwrap()
+    );
+    let id = resolver.resolve(presented(secret)).await.unwrap();
+    assert_eq!(&*id.key_id, "fg_1a2b3c4d5e6f");
+    assert_eq!(&*id.source_path, "team-a");
+    let rec = store.get_key("fg_1a2b3c4d5e6f").await.unwrap().unwrap();
+    assert_eq!(rec.display, "fg_0123…DEFG");
+    assert_eq!(rec.request_count, 8); // 7 before the import, one use since
+    assert_eq!(
+        rec.created_at,
+        UNIX_EPOCH + Duration::from_secs(1_746_086_400)
+    );
+    // Again, or the same secret under another id, or another secret under the same id: nothing.
+    assert!(
+        !store
+            .import_key(imported("fg_1a2b3c4d5e6f", secret))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .import_key(imported("fg_ffffffffffff", secret))
+            .await
+            .unwrap()
+    );
+    let other = "fg_ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjih";
+    assert!(
+        !store
+            .import_key(imported("fg_1a2b3c4d5e6f", other))
+            .await
+            .unwrap()
+    );
+    assert!(resolver.resolve(presented(other)).await.is_err());
+    assert_eq!(
+        store.list_keys(&KeyFilter::default()).await.unwrap().total,
+        1
+    );
+    // Short secrets are refused.
+    assert!(matches!(
+        store.import_key(imported("fg_short", "fg_abc")).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    db.finish(&[&store]).await;
+});
+
+on_backends!(a_database_holding_mfastgates_tables_is_refused, |db| {
+    // M-FastGate's key table (plain-text `key_value`), there before FastGate connects.
+    let ddl = "CREATE TABLE api_keys (key_id VARCHAR(50) NOT NULL PRIMARY KEY, \
+               key_value VARCHAR(100) NOT NULL)";
+    match db.backend {
+        Backend::Sqlite => {
+            let path = db.url.trim_start_matches("sqlite:");
+            let url = format!("sqlite://{path}?mode=rwc");
+            let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            sqlx::Executor::execute(&mut c, ddl).await.unwrap();
+            sqlx::Connection::close(c).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+                .await
+                .unwrap();
+            sqlx::Executor::execute(&mut c, ddl).await.unwrap();
+            sqlx::Connection::close(c).await.unwrap();
+        }
+    }
+    let err = Store::connect(&db.url, test_opts()).await.unwrap_err();
+    assert!(matches!(err, StoreError::MFastGateDatabase), "{err:?}");
+    assert!(
+        err.to_string().contains("fastgate import-mfastgate"),
+        "{err}"
+    );
+    db.finish(&[]).await;
 });
 
 on_backends!(update_changes_fields_and_takes_effect_at_once, |db| {

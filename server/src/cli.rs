@@ -1,4 +1,5 @@
-//! Command line: `fastgate [serve]`, `check-config`, `migrate`, `keys create|list|revoke|rotate`.
+//! Command line: `fastgate [serve]`, `check-config`, `migrate`, `import-mfastgate`,
+//! `keys create|list|revoke|rotate`.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,12 @@ pub struct Cli {
         global = true
     )]
     pub config: PathBuf,
+    /// Listen address, overriding `app.host` (as uvicorn's `--host`).
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+    /// Listen port, overriding `app.port` (as uvicorn's `--port`).
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -33,6 +40,14 @@ pub enum Command {
     Migrate,
     /// Print the OpenAPI spec of the admin API as JSON.
     Openapi,
+    /// Import the keys (clients keep their secrets) and audit log of an M-FastGate SQLite
+    /// database into the configured database. The old file is only read; running it again
+    /// skips what is already there.
+    ImportMfastgate {
+        /// The M-FastGate database file (its `fastgate.db`).
+        #[arg(long = "from", value_name = "FILE")]
+        from: PathBuf,
+    },
     /// Manage gateway API keys in the configured database (works while the server runs).
     #[command(subcommand)]
     Keys(KeysCommand),

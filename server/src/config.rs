@@ -225,7 +225,7 @@ pub struct ApiGatewayConfig {
     /// Request headers removed before forwarding (hop-by-hop headers are always removed).
     #[serde(default = "default_strip_headers")]
     pub strip_headers: Vec<String>,
-    /// Kept from M-FastGate. Audit is always asynchronous; `false` is accepted and logged.
+    /// Kept from M-FastGate. Audit is always asynchronous; `false` is accepted with a warning.
     #[serde(default = "yes")]
     pub async_audit: bool,
     /// Seconds to wait for the backend's response headers.
@@ -485,6 +485,13 @@ impl Settings {
             None => RoutesFile::default(),
         };
         let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
+        if !config.api_gateway.async_audit {
+            warnings.push(
+                "api_gateway.async_audit: false has no effect: audit records are always written \
+                 in the background (none is dropped while the queue has room; see audit.queue_capacity)"
+                    .to_owned(),
+            );
+        }
         Ok(Self {
             config,
             path: path.to_path_buf(),
@@ -1129,6 +1136,25 @@ api_gateway:
         .unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert_eq!(e.key, "routes[0].path");
+    }
+
+    #[test]
+    fn async_audit_false_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = Settings::load_with_env(
+            &cfg,
+            vec![("FASTGATE__API_GATEWAY__ASYNC_AUDIT".into(), "false".into())],
+        )
+        .unwrap();
+        assert!(
+            s.warnings.iter().any(|w| w.contains("async_audit")),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]

@@ -14,13 +14,19 @@ use tokio::signal::unix::{SignalKind, signal};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(&cli.config) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            apply_overrides(&cli, &mut s);
+            s
+        }
         Err(e) => {
             eprintln!("fastgate: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
     if matches!(cli.command, Some(Command::CheckConfig)) {
+        for warning in &settings.warnings {
+            println!("warning: {warning}");
+        }
         println!(
             "configuration OK: {} ({} route(s){})",
             cli.config.display(),
@@ -57,6 +63,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--host` / `--port` win over the file (and over `FASTGATE__APP__…`), also after a reload.
+fn apply_overrides(cli: &Cli, settings: &mut Settings) {
+    if let Some(host) = &cli.host {
+        settings.config.app.host.clone_from(host);
+    }
+    if let Some(port) = cli.port {
+        settings.config.app.port = port;
+    }
+}
+
 fn init_logging(settings: &Settings) {
     let c = &settings.config;
     let default = c
@@ -84,7 +100,7 @@ fn init_logging(settings: &Settings) {
 
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
-        None | Some(Command::Serve) => serve(cli.config, settings).await,
+        None | Some(Command::Serve) => serve(cli, settings).await,
         Some(Command::CheckConfig) => Ok(()),
         Some(Command::Migrate) => {
             let store = connect_store(&settings).await.context("database")?;
@@ -115,11 +131,31 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             println!("{}", fastgate_server::openapi(state).spec());
             Ok(())
         }
+        Some(Command::ImportMfastgate { from }) => {
+            let store = connect_store(&settings).await.context("database")?;
+            let opts = fastgate_store::mfastgate::ImportOptions::default()
+                .add_permission(settings.config.api_gateway.permission.clone());
+            let r = store
+                .import_mfastgate(&from, &opts)
+                .await
+                .with_context(|| format!("import from {}", from.display()))?;
+            println!(
+                "keys: {} imported, {} already present, {} not importable; audit rows: {} \
+                 imported, {} already present, {} not importable",
+                r.keys_imported,
+                r.keys_present,
+                r.keys_invalid,
+                r.audit_imported,
+                r.audit_present,
+                r.audit_invalid
+            );
+            Ok(())
+        }
         Some(Command::Keys(cmd)) => keys(cmd, settings).await,
     }
 }
 
-async fn serve(path: std::path::PathBuf, settings: Settings) -> anyhow::Result<()> {
+async fn serve(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let store = connect_store(&settings).await.context("database")?;
     let addr = settings.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -148,8 +184,9 @@ async fn serve(path: std::path::PathBuf, settings: Settings) -> anyhow::Result<(
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match Settings::load(&path) {
-                Ok(new) => {
+            _ = hup.recv() => match Settings::load(&cli.config) {
+                Ok(mut new) => {
+                    apply_overrides(&cli, &mut new);
                     for warning in &new.warnings {
                         tracing::warn!("{warning}");
                     }

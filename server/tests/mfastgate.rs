@@ -1,0 +1,496 @@
+//! Moving over from M-FastGate: its database is refused (and left unchanged) at start, then
+//! imported with `fastgate import-mfastgate`; its clients' keys keep working, its audit log is
+//! readable, and no secret lands in FastGate's database. Also M-FastGate's other habits: uvicorn's
+//! `--host` / `--port` flags. The real binary, a real SQLite file shaped as SQLAlchemy creates
+//! M-FastGate's tables, real HTTP on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use sqlx::{Connection as _, Executor as _};
+
+/// M-FastGate's tables, as SQLAlchemy's `create_all` writes them on SQLite.
+const MFASTGATE_SCHEMA: &str = "
+CREATE TABLE api_keys (
+    key_id VARCHAR(50) NOT NULL,
+    key_value VARCHAR(100) NOT NULL,
+    source_path VARCHAR(100) NOT NULL,
+    permissions TEXT,
+    created_at DATETIME,
+    expires_at DATETIME,
+    is_active BOOLEAN,
+    usage_count INTEGER,
+    rate_limit INTEGER,
+    last_used_at DATETIME,
+    PRIMARY KEY (key_id)
+);
+CREATE INDEX ix_api_keys_key_id ON api_keys (key_id);
+CREATE UNIQUE INDEX ix_api_keys_key_value ON api_keys (key_value);
+CREATE INDEX ix_api_keys_source_path ON api_keys (source_path);
+CREATE INDEX ix_api_keys_is_active ON api_keys (is_active);
+CREATE TABLE audit_logs (
+    id VARCHAR(50) NOT NULL,
+    request_id VARCHAR(50) NOT NULL,
+    api_key VARCHAR(100),
+    source_path VARCHAR(100),
+    method VARCHAR(10) NOT NULL,
+    path VARCHAR(500) NOT NULL,
+    target_url VARCHAR(500),
+    status_code INTEGER NOT NULL,
+    response_time_ms INTEGER NOT NULL,
+    request_size INTEGER,
+    response_size INTEGER,
+    user_agent VARCHAR(500),
+    ip_address VARCHAR(50),
+    error_message TEXT,
+    is_stream BOOLEAN,
+    stream_chunks INTEGER,
+    request_headers TEXT,
+    request_body TEXT,
+    response_headers TEXT,
+    response_body TEXT,
+    created_at DATETIME,
+    PRIMARY KEY (id)
+);
+";
+
+/// The secrets of the old database's keys.
+struct OldKeys {
+    active: String,
+    disabled: String,
+    expired: String,
+    broken: String,
+    /// Written in an audit row's `api_key`, but no key has it.
+    stranger: String,
+}
+
+/// `fg_` + 43 URL-safe characters, as M-FastGate's `secrets.token_urlsafe(32)`.
+fn old_secret() -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let body: String = (0..43)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("fg_{body}")
+}
+
+async fn write_old_database(path: &Path) -> OldKeys {
+    let keys = OldKeys {
+        active: old_secret(),
+        disabled: old_secret(),
+        expired: old_secret(),
+        broken: old_secret(),
+        stranger: old_secret(),
+    };
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    db.execute(MFASTGATE_SCHEMA).await.unwrap();
+    let rows = [
+        // id, secret, permissions, expires_at, is_active, usage_count, last_used_at
+        (
+            "fg_1a2b3c4d5e6f",
+            &keys.active,
+            "[]",
+            Some("2099-01-01 00:00:00.000000"),
+            1,
+            7,
+            Some("2025-06-01 12:00:00.250000"),
+        ),
+        (
+            "fg_0000disabled",
+            &keys.disabled,
+            "[\"chat\"]",
+            None,
+            0,
+            3,
+            None,
+        ),
+        (
+            "fg_00000expired",
+            &keys.expired,
+            "[\"chat\"]",
+            Some("2020-01-01 00:00:00"),
+            1,
+            0,
+            None,
+        ),
+        // An expiry that cannot be read: not imported (rather than imported as never expiring).
+        (
+            "fg_000000broken",
+            &keys.broken,
+            "[]",
+            Some("soon"),
+            1,
+            0,
+            None,
+        ),
+    ];
+    for (id, secret, perms, expires, active, uses, last) in rows {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, key_value, source_path, permissions, created_at, \
+             expires_at, is_active, usage_count, rate_limit, last_used_at) \
+             VALUES (?, ?, 'team-a', ?, '2025-05-01 08:00:00', ?, ?, ?, NULL, ?)",
+        )
+        .bind(id)
+        .bind(secret)
+        .bind(perms)
+        .bind(expires)
+        .bind(active)
+        .bind(uses)
+        .bind(last)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    for (log_id, request_id, api_key, path, stream) in [
+        (
+            "log_aaaaaaaaaaaa",
+            "req_0123456789ab",
+            &keys.active,
+            "/proxy/miniai/v2/chat/completions?api_key=leak",
+            1,
+        ),
+        (
+            "log_bbbbbbbbbbbb",
+            "req_ba9876543210",
+            &keys.stranger,
+            "/proxy/miniai/v2/chat/completions",
+            0,
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO audit_logs (id, request_id, api_key, source_path, method, path, \
+             target_url, status_code, response_time_ms, request_size, response_size, user_agent, \
+             ip_address, error_message, is_stream, stream_chunks, created_at) VALUES (?, ?, ?, \
+             'team-a', 'POST', ?, 'http://172.16.99.204:3398/miniai/v2/chat/completions', 200, \
+             1234, 321, 4567, 'curl/8.0', '10.1.2.3', NULL, ?, 9, '2025-06-01 12:00:00.250000')",
+        )
+        .bind(log_id)
+        .bind(request_id)
+        .bind(api_key)
+        .bind(path)
+        .bind(stream)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    db.close().await.unwrap();
+    keys
+}
+
+/// `fastgate --config <config> <args…>`, run to completion: (success, stdout, stderr).
+fn run_cli(dir: &Path, config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Start the binary on an existing directory and config, with `args` after the config.
+async fn serve(
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    port: u16,
+    args: &[&str],
+) -> Fastgate {
+    let log = dir.path().join("fastgate.log");
+    let child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let fg = Fastgate {
+        child,
+        port,
+        dir,
+        config,
+        log,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+    };
+    fg.wait_healthy().await;
+    fg
+}
+
+async fn chat_status(fg: &Fastgate, key: &str) -> u16 {
+    fg.chat(key, false).await.status().as_u16()
+}
+
+/// Everything FastGate wrote to disk, as text (lossy), to look for secrets in.
+fn database_bytes(dir: &Path) -> String {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.join(format!("fastgate.db{suffix}"))) {
+            all.extend(bytes);
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test]
+async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_working() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fastgate.db");
+    let old = write_old_database(&db).await;
+    let port = free_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_yaml(port, &db, &upstream.url())).unwrap();
+
+    // 1. The unchanged config on the old file: a clear refusal, and the file is left as it was.
+    let before = std::fs::read(&db).unwrap();
+    let (ok, _, stderr) = run_cli(dir.path(), &config, &[]);
+    assert!(!ok, "started on M-FastGate's database");
+    assert!(
+        stderr.contains("M-FastGate") && stderr.contains("fastgate import-mfastgate"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the old database was changed"
+    );
+
+    // 2. Moved aside and imported; a second run adds nothing.
+    let old_path = dir.path().join("m-fastgate.db");
+    std::fs::rename(&db, &old_path).unwrap();
+    let from = old_path.to_str().unwrap();
+    let (ok, stdout, stderr) = run_cli(dir.path(), &config, &["import-mfastgate", "--from", from]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "keys: 3 imported, 0 already present, 1 not importable; audit rows: 2 imported, 0 \
+         already present, 0 not importable"
+    );
+    assert!(stderr.contains("fg_000000broken"), "{stderr}");
+    let (ok, again, stderr2) = run_cli(dir.path(), &config, &["import-mfastgate", "--from", from]);
+    assert!(ok, "{stderr2}");
+    assert_eq!(
+        again.trim(),
+        "keys: 0 imported, 3 already present, 1 not importable; audit rows: 0 imported, 2 \
+         already present, 0 not importable"
+    );
+    for secret in [
+        &old.active,
+        &old.disabled,
+        &old.expired,
+        &old.broken,
+        &old.stranger,
+    ] {
+        for text in [&stdout, &stderr, &again, &stderr2] {
+            assert!(!text.contains(secret.as_str()), "a secret was printed");
+        }
+    }
+
+    // 3. The gateway starts on the imported database; the old secrets behave as before.
+    let fg = serve(dir, config, port, &[]).await;
+    assert_eq!(chat_status(&fg, &old.active).await, 200);
+    let seen = upstream.last();
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {REAL_KEY}").as_str()
+    );
+    assert!(seen.headers.get("x-api-key").is_none());
+    let bearer = fg
+        .http
+        .post(fg.proxy_url())
+        .header("Authorization", format!("Bearer {}", old.active))
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    assert_eq!(chat_status(&fg, &old.disabled).await, 401);
+    assert_eq!(chat_status(&fg, &old.expired).await, 401);
+    assert_eq!(chat_status(&fg, &old.broken).await, 401);
+
+    // The key kept its id, owner and usage, and got the unified endpoint's permission.
+    let key: serde_json::Value = fg
+        .admin_get("/admin/keys/fg_1a2b3c4d5e6f")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(key["source_path"], "team-a");
+    assert_eq!(key["permissions"], serde_json::json!(["chat"]));
+    assert!(key["request_count"].as_u64().unwrap() >= 7, "{key}");
+    assert!(!key.to_string().contains(&old.active));
+
+    // The old audit rows: the key named by its id, never by its secret; no query string.
+    let row = fg.wait_audit("req_0123456789ab").await;
+    assert_eq!(row["key_id"], "fg_1a2b3c4d5e6f");
+    assert_eq!(row["path"], "/proxy/miniai/v2/chat/completions");
+    assert_eq!(row["duration_ms"], 1234.0);
+    assert_eq!(row["is_stream"], true);
+    assert_eq!(row["client_ip"], "10.1.2.3");
+    assert_eq!(row["timestamp"], "2025-06-01T12:00:00.250Z");
+    let stranger = fg.wait_audit("req_ba9876543210").await;
+    assert!(stranger["key_id"].is_null(), "{stranger}");
+
+    // No secret in FastGate's database, and the old habit of deleting by id works.
+    let written = database_bytes(fg.dir.path());
+    for secret in [
+        &old.active,
+        &old.disabled,
+        &old.expired,
+        &old.broken,
+        &old.stranger,
+    ] {
+        assert!(
+            !written.contains(secret.as_str()),
+            "a secret is in the database"
+        );
+    }
+    let deleted = fg
+        .http
+        .delete(fg.url(&format!("/admin/keys/fg_1a2b3c4d5e6f?token={ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert_eq!(chat_status(&fg, &old.active).await, 401);
+}
+
+/// A client of the old gateway tries its key on FastGate before the import (refused, and
+/// remembered as unknown); imported by the CLI while the server runs, the key works within
+/// seconds.
+#[tokio::test]
+async fn a_key_tried_before_its_import_works_after_it() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let old_path = fg.dir.path().join("m-fastgate.db");
+    let old = write_old_database(&old_path).await;
+    assert_eq!(chat_status(&fg, &old.active).await, 401);
+    assert_eq!(chat_status(&fg, &old.active).await, 401);
+
+    let (ok, stdout, stderr) = run_cli(
+        fg.dir.path(),
+        &fg.config,
+        &["import-mfastgate", "--from", old_path.to_str().unwrap()],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("keys: 3 imported"), "{stdout}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = chat_status(&fg, &old.active).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the imported key is still refused ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn importing_a_file_that_is_not_mfastgates_fails_clearly() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(
+            free_port(),
+            &dir.path().join("fastgate.db"),
+            &upstream.url(),
+        ),
+    )
+    .unwrap();
+    let other = dir.path().join("other.db");
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", other.display()))
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE t (x INTEGER)").await.unwrap();
+    db.close().await.unwrap();
+    let (ok, _, stderr) = run_cli(
+        dir.path(),
+        &config,
+        &["import-mfastgate", "--from", other.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("not an M-FastGate database"), "{stderr}");
+    let missing = dir.path().join("missing.db");
+    let (ok, _, stderr) = run_cli(
+        dir.path(),
+        &config,
+        &["import-mfastgate", "--from", missing.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("missing.db"), "{stderr}");
+    assert!(
+        !missing.exists(),
+        "the import created the file it was to read"
+    );
+}
+
+/// uvicorn's `--host` / `--port` habit: the flags win over the file.
+#[tokio::test]
+async fn host_and_port_flags_override_the_config() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (in_file, on_flag) = (free_port(), free_port());
+    let config = dir.path().join("config.yaml");
+    let yaml = config_yaml(in_file, &dir.path().join("fastgate.db"), &upstream.url())
+        .replace("host: \"127.0.0.1\"", "host: \"::1\"");
+    std::fs::write(&config, yaml).unwrap();
+    let port = on_flag.to_string();
+    let fg = serve(
+        dir,
+        config,
+        on_flag,
+        &["--host", "127.0.0.1", "--port", &port],
+    )
+    .await;
+    assert_eq!(fg.health().await.0, 200);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", in_file)).is_err(),
+        "also listening on the file's port"
+    );
+}
+
+/// `fastgate check-config` prints the warnings a start would log.
+#[tokio::test]
+async fn check_config_prints_the_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let yaml = config_yaml(
+        free_port(),
+        &dir.path().join("fastgate.db"),
+        "http://127.0.0.1:9",
+    )
+    .replace("async_audit: true", "async_audit: false");
+    std::fs::write(&config, yaml).unwrap();
+    // M-FastGate's own routes file, beside the config.
+    std::fs::write(dir.path().join("routes.yaml"), "miniai:\n  prefix: /v2\n").unwrap();
+    let (ok, stdout, stderr) = run_cli(dir.path(), &config, &["check-config"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("warning: ignoring"), "{stdout}");
+    assert!(
+        stdout.contains("warning: api_gateway.async_audit"),
+        "{stdout}"
+    );
+}
