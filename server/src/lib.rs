@@ -22,7 +22,7 @@ use fastgate_layer::GatewayBuilder;
 use fastgate_layer::audit::{AuditConfig as LayerAuditConfig, AuditLayer};
 use fastgate_layer::route::RouteTable;
 use fastgate_store::{BackgroundOptions, Store, StoreOptions};
-use poem::{EndpointExt, Response, Route};
+use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::OpenApiService;
 use tokio::task::JoinHandle;
 
@@ -117,12 +117,19 @@ impl Gateway {
 
         let api = openapi(state.clone());
         let app = Route::new()
-            .at("/", poem::get(root))
             .at("/openapi.json", api.spec_endpoint())
             .nest("/docs", api.swagger_ui())
             .at("/admin/ui", ui::serve_ui)
             .at("/admin/ui/*path", ui::serve_ui)
             .nest("/", api)
+            // `/` itself: a route for it would be shadowed by the API nested at `/`.
+            .around(|ep, req| async move {
+                if req.uri().path() == "/" && req.method() == http::Method::GET {
+                    Ok(root().into_response())
+                } else {
+                    ep.call(req).await
+                }
+            })
             .with(guard::AdminGuard::new(state.clone()))
             .catch_all_error(json_error)
             .boxed();
@@ -202,7 +209,7 @@ impl Gateway {
     }
 }
 
-#[poem::handler]
+/// `GET /`: what this server is and where its parts are.
 fn root() -> poem::web::Json<serde_json::Value> {
     poem::web::Json(serde_json::json!({
         "name": "FastGate",

@@ -355,6 +355,13 @@ async fn unknown_paths_and_bad_admin_input_get_json_errors() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["type"], "fastgate_error");
 
+    // `/` itself is not unknown: it says what this server is.
+    let res = fg.http.get(fg.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["name"], "FastGate");
+    assert_eq!(body["docs"], "/docs");
+
     for (path, status) in [
         ("/admin/logs?limit=100000000000", 400),
         ("/admin/logs?limit=abc", 400),
