@@ -1,5 +1,5 @@
 //! Command line: `fastgate [serve]`, `check-config`, `migrate`, `import-mfastgate`,
-//! `keys create|list|revoke|rotate`.
+//! `keys create|list|revoke|enable|delete|rotate`.
 
 use std::path::PathBuf;
 
@@ -67,8 +67,18 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Disable a key at once (it can be re-enabled through the admin API).
+    /// Disable a key at once (`keys enable` undoes it).
     Revoke {
+        /// Key id (`k_…`).
+        id: String,
+    },
+    /// Enable a disabled key again.
+    Enable {
+        /// Key id (`k_…`).
+        id: String,
+    },
+    /// Delete a key for good (its audit records stay).
+    Delete {
         /// Key id (`k_…`).
         id: String,
     },

@@ -204,6 +204,18 @@ async fn serve(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Disable or enable a key; an error when there is no such key.
+async fn set_active(store: &fastgate_store::Store, id: &str, active: bool) -> anyhow::Result<()> {
+    let update = KeyUpdate {
+        active: Some(active),
+        ..KeyUpdate::default()
+    };
+    match store.update_key(id, update).await? {
+        Some(_) => Ok(()),
+        None => anyhow::bail!("no key with id {id}"),
+    }
+}
+
 async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
     let store = connect_store(&settings).await.context("database")?;
     let now = SystemTime::now();
@@ -275,13 +287,18 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id } => {
-            let update = KeyUpdate {
-                active: Some(false),
-                ..KeyUpdate::default()
-            };
-            match store.update_key(&id, update).await? {
-                Some(k) => println!("revoked {}", k.id),
-                None => anyhow::bail!("no key with id {id}"),
+            set_active(&store, &id, false).await?;
+            println!("revoked {id}");
+        }
+        KeysCommand::Enable { id } => {
+            set_active(&store, &id, true).await?;
+            println!("enabled {id}");
+        }
+        KeysCommand::Delete { id } => {
+            if store.delete_key(&id).await? {
+                println!("deleted {id}");
+            } else {
+                anyhow::bail!("no key with id {id}");
             }
         }
         KeysCommand::Rotate { id, grace_seconds } => {

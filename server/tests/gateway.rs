@@ -334,6 +334,72 @@ async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&key));
 }
 
+/// `fastgate keys revoke|enable|delete|rotate` from another process reach the running server
+/// (through the store's change watermark, polled every second).
+#[tokio::test]
+async fn cli_key_changes_reach_the_running_server() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&fg.config)
+            .args(args)
+            .current_dir(fg.dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, secret, stderr) = cli(&["keys", "create", "--source-path", "cli-user"]);
+    assert!(ok, "{stderr}");
+    let id = stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("k_"))
+        .unwrap()
+        .to_owned();
+    // The status the proxy answers for `key`, once it settles on `want` (within 5 s).
+    let settles_on = |key: String, want: u16| {
+        let fg = &fg;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let got = fg.chat(&key, false).await.status().as_u16();
+                if got == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still {got}, not {want}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    settles_on(secret.clone(), 200).await;
+    assert_eq!(cli(&["keys", "revoke", &id]).1, format!("revoked {id}"));
+    settles_on(secret.clone(), 401).await;
+    assert_eq!(cli(&["keys", "enable", &id]).1, format!("enabled {id}"));
+    settles_on(secret.clone(), 200).await;
+    let (ok, rotated, stderr) = cli(&["keys", "rotate", &id]);
+    assert!(ok, "{stderr}");
+    settles_on(secret.clone(), 401).await;
+    settles_on(rotated.clone(), 200).await;
+    assert_eq!(cli(&["keys", "delete", &id]).1, format!("deleted {id}"));
+    settles_on(rotated, 401).await;
+    assert_eq!(
+        fg.admin_get(&format!("/admin/keys/{id}")).await.status(),
+        404
+    );
+    let (ok, _, stderr) = cli(&["keys", "delete", &id]);
+    assert!(!ok);
+    assert!(stderr.contains("no key with id"), "{stderr}");
+    assert!(!stderr.contains(&secret));
+}
+
 #[tokio::test]
 async fn unknown_paths_and_bad_admin_input_get_json_errors() {
     let upstream = Upstream::start().await;
