@@ -67,8 +67,13 @@ impl KeyCache {
             .is_some_and(|seen| seen.elapsed() < ttl)
     }
 
-    fn remember_unknown(&self, hash: &str, ttl: std::time::Duration) {
+    /// Remember `hash` as unknown, unless an invalidation or [`forget_unknown`](Self::forget_unknown)
+    /// happened since the lookup began (`generation`): the answer may predate an import.
+    fn remember_unknown(&self, hash: &str, ttl: std::time::Duration, generation: u64) {
         let mut map = lock(&self.unknown);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
         if map.len() >= self.capacity {
             map.retain(|_, seen| seen.elapsed() < ttl);
             if map.len() >= self.capacity {
@@ -109,8 +114,12 @@ impl KeyCache {
     }
 
     /// Forget every hash remembered as unknown (a key with an existing secret was imported).
+    /// Bumps the generation under the same lock, so a lookup that began before cannot put its
+    /// stale "unknown" back.
     pub(crate) fn forget_unknown(&self) {
-        lock(&self.unknown).clear();
+        let mut unknown = lock(&self.unknown);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        unknown.clear();
     }
 
     /// Keep every entry, but make the next lookup of each ask the database (serving the entry
@@ -387,7 +396,7 @@ impl Store {
             Ok(None) => {
                 inner.cache.remove(hash);
                 if !ttl.is_zero() {
-                    inner.cache.remember_unknown(hash, ttl);
+                    inner.cache.remember_unknown(hash, ttl, generation);
                 }
                 Err(ResolveError::Invalid)
             }

@@ -7,7 +7,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::model::{CreatedKey, ImportedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate, NewKey};
+use crate::model::{
+    CreatedKey, ImportOutcome, ImportedKey, KeyFilter, KeyPage, KeyRecord, KeyUpdate, NewKey,
+};
 use crate::{Arg, Db, Store, StoreError, from_ms, to_ms, to_u64};
 
 /// Random bytes in a key (256 bits).
@@ -36,6 +38,10 @@ fn generate_secret(prefix: &str) -> (String, String) {
     let display = format!("{prefix}{}…{}", &body[..4], &body[body.len() - 4..]);
     (format!("{prefix}{body}"), display)
 }
+
+/// Shortest secret [`Store::import_key`] accepts: with the display form's 8 (plus prefix)
+/// characters shown, at least 24 stay unknown.
+const MIN_IMPORTED_SECRET: usize = 32;
 
 /// Display form of an existing secret: `prefix` (when it starts with it) and its next 4
 /// characters, `…`, the last 4.
@@ -178,14 +184,16 @@ impl Store {
 
     /// Add a key that already has a secret (brought over from M-FastGate), keeping its id.
     ///
-    /// Returns `false`, changing nothing, when a key with this id or this secret is already
-    /// stored, so that an import can be run again.
-    pub async fn import_key(&self, key: ImportedKey) -> Result<bool, StoreError> {
+    /// Every imported secret is also recorded in `key_imports`, which outlives the key, so an
+    /// import run again neither duplicates a key nor brings back one deleted since: both are
+    /// [`ImportOutcome::AlreadyImported`]. A key whose id, or whose secret, belongs to a
+    /// different key is a [`ImportOutcome::Conflict`] and changes nothing.
+    pub async fn import_key(&self, key: ImportedKey) -> Result<ImportOutcome, StoreError> {
         check_text(&key.id, "key id must be 1..=256 bytes")?;
         check_text(&key.source_path, "source_path must be 1..=256 bytes")?;
-        if key.secret.len() < 16 || key.secret.len() > 512 {
+        if key.secret.len() < MIN_IMPORTED_SECRET || key.secret.len() > 512 {
             return Err(StoreError::InvalidInput(
-                "an imported secret must be 16..=512 bytes",
+                "an imported secret must be 32..=512 bytes",
             ));
         }
         let permissions = encode_permissions(&key.permissions)?;
@@ -193,24 +201,34 @@ impl Store {
         let hash = hash_key(&key.secret);
         let now = to_ms(SystemTime::now());
         let backend = self.backend();
-        let imported = on_pool!(&self.inner.db, |pool| {
+        let outcome = on_pool!(&self.inner.db, |pool| {
             let mut tx = pool.begin().await?;
             // Written first: on SQLite this takes the write lock (waiting for it under the busy
             // timeout) before anything is read, since a read transaction that then writes fails
-            // at once if another connection wrote meanwhile. Rolled back when nothing is imported.
+            // at once if another connection wrote meanwhile. Rolled back unless imported.
             signal_change!(backend, tx, key.id.as_str());
-            let present: Option<i64> = sqlx::query_scalar(
-                "SELECT CAST(1 AS BIGINT) FROM api_keys WHERE id = $1 UNION ALL \
-                 SELECT CAST(1 AS BIGINT) FROM api_key_hashes WHERE hash = $2 LIMIT 1",
-            )
-            .bind(&key.id)
-            .bind(&hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if present.is_some() {
-                tx.rollback().await?;
-                false
-            } else {
+            let imported_as: Option<String> =
+                sqlx::query_scalar("SELECT key_id FROM key_imports WHERE hash = $1")
+                    .bind(&hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let hash_owner: Option<String> =
+                sqlx::query_scalar("SELECT key_id FROM api_key_hashes WHERE hash = $1")
+                    .bind(&hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let id_taken: Option<String> =
+                sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
+                    .bind(&key.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let outcome = match (imported_as, hash_owner) {
+                (Some(id), _) | (None, Some(id)) if id == key.id => ImportOutcome::AlreadyImported,
+                (Some(_), _) | (None, Some(_)) => ImportOutcome::Conflict,
+                (None, None) if id_taken.is_some() => ImportOutcome::Conflict,
+                (None, None) => ImportOutcome::Imported,
+            };
+            if outcome == ImportOutcome::Imported {
                 sqlx::query(
                     "INSERT INTO api_keys (id, name, source_path, permissions, display, \
                      created_at, updated_at, expires_at, active, last_used_at, request_count) \
@@ -237,16 +255,26 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query(
+                    "INSERT INTO key_imports (hash, key_id, imported_at) VALUES ($1, $2, $3)",
+                )
+                .bind(&hash)
+                .bind(&key.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
-                true
+            } else {
+                tx.rollback().await?;
             }
+            outcome
         });
-        if imported {
+        if outcome == ImportOutcome::Imported {
             // A client may have tried this secret before the import: forget that it was unknown.
             self.invalidate_key(&key.id);
             self.inner.cache.forget_unknown();
         }
-        Ok(imported)
+        Ok(outcome)
     }
 
     /// One key by id.

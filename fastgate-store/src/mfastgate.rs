@@ -13,12 +13,14 @@
 //! | `api_keys.key_id` | key id, unchanged (`DELETE /admin/keys/{key_id}` keeps working) |
 //! | `key_value` | SHA-256 only; the display form (`fg_AbCd…wxYz`) is derived from it |
 //! | `source_path`, `expires_at`, `is_active`, `usage_count`, `last_used_at`, `created_at` | same meaning |
-//! | `permissions` (JSON list) | the same list plus [`ImportOptions::add_permissions`] |
-//! | `audit_logs` row | audit record: `request_id`, `created_at` as the start time, method, path and target URL (query strings dropped), status, `response_time_ms` as the duration, sizes, user agent, `ip_address`, `is_stream` |
+//! | `permissions` (JSON list) | the same list without `*` (FastGate's wildcard), plus [`ImportOptions::add_permissions`] |
+//! | `is_active` NULL, `expires_at` blank or unreadable | disabled; not imported |
+//! | `audit_logs` row | audit record: `request_id`, `created_at` as the start time, method, path and target URL (query strings and `user:password@` dropped), status, `response_time_ms` as the duration, sizes, user agent, `ip_address`, `is_stream` |
 //! | `audit_logs.api_key` | the key's id when it names an imported key (by secret or id), else nothing: a secret is never copied |
 //!
-//! An import can be run again: keys whose id or secret is present, and audit rows whose
-//! `request_id` is present, are skipped.
+//! An import can be run again: a key imported before is skipped (also when it was deleted
+//! since: `key_imports` remembers it), as are audit rows whose `request_id` is present. A key
+//! whose id or secret belongs to another FastGate key is not imported (logged by id).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -31,7 +33,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions as _, Row as _};
 
-use crate::{Db, ImportedKey, Store, StoreError};
+use crate::{Db, ImportOutcome, ImportedKey, Store, StoreError};
 
 /// Audit rows written per transaction during an import.
 const AUDIT_BATCH: usize = 500;
@@ -72,11 +74,15 @@ pub struct ImportReport {
     pub audit_invalid: u64,
 }
 
-/// Opens the SQLite file at `path` read-only (never creating it).
+/// Opens the SQLite file at `path` read-only (never creating it). Without a `-wal` file beside
+/// it, as `immutable`: then SQLite creates no `-shm` file either, so nothing at all is written.
 async fn open_read_only(path: &Path) -> Result<sqlx::SqliteConnection, StoreError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
     SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
+        .immutable(!Path::new(&wal).exists())
         .create_if_missing(false)
         .connect()
         .await
@@ -179,8 +185,17 @@ impl Store {
             let id: Arc<str> = Arc::from(key.id.as_str());
             let secret = key.secret.clone();
             match self.import_key(key).await {
-                Ok(true) => report.keys_imported += 1,
-                Ok(false) => report.keys_present += 1,
+                Ok(ImportOutcome::Imported) => report.keys_imported += 1,
+                Ok(ImportOutcome::AlreadyImported) => report.keys_present += 1,
+                Ok(ImportOutcome::Conflict) => {
+                    tracing::warn!(
+                        key_id = %id,
+                        "M-FastGate key not imported: its id or its secret belongs to another \
+                         FastGate key"
+                    );
+                    report.keys_invalid += 1;
+                    continue;
+                }
                 Err(StoreError::InvalidInput(why)) => {
                     tracing::warn!(key_id = %id, why, "M-FastGate key not imported");
                     report.keys_invalid += 1;
@@ -271,6 +286,9 @@ fn old_key(row: &SqliteRow, opts: &ImportOptions) -> Option<ImportedKey> {
         Some(json) => serde_json::from_str(&json).ok()?,
         None => Vec::new(),
     };
+    // `*` is FastGate's wildcard (every route, also ones M-FastGate never had); M-FastGate did
+    // not check permissions, so the list never granted anything there.
+    permissions.retain(|p| p != "*");
     for p in &opts.add_permissions {
         if !permissions.contains(p) {
             permissions.push(p.clone());
@@ -284,11 +302,13 @@ fn old_key(row: &SqliteRow, opts: &ImportOptions) -> Option<ImportedKey> {
         created_at: text(row, "created_at")
             .and_then(|t| parse_time(&t))
             .unwrap_or_else(SystemTime::now),
-        expires_at: match text(row, "expires_at") {
+        // NULL: never. Anything else must be readable (a blank one too): not "never".
+        expires_at: match row.try_get::<Option<String>, _>("expires_at").ok()? {
             Some(t) => Some(parse_time(&t)?),
             None => None,
         },
-        active: int(row, "is_active").is_none_or(|v| v != 0),
+        // NULL is not true: M-FastGate refused such a key.
+        active: int(row, "is_active").is_some_and(|v| v != 0),
         last_used_at: text(row, "last_used_at").and_then(|t| parse_time(&t)),
         request_count: int(row, "usage_count").map_or(0, |n| u64::try_from(n).unwrap_or(0)),
     })
@@ -310,7 +330,8 @@ fn old_audit_row(row: &SqliteRow, owners: &Owners) -> Option<AuditEvent> {
     };
     event.key_id = text(row, "api_key").and_then(|k| owners.key_of(&k));
     event.source_path = text(row, "source_path").map(Arc::from);
-    event.target_url = text(row, "target_url").map(|t| Arc::from(without_query(&t)));
+    event.target_url =
+        text(row, "target_url").map(|t| Arc::from(without_userinfo(&without_query(&t))));
     event.duration = Duration::from_millis(
         int(row, "response_time_ms").map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
     );
@@ -325,6 +346,17 @@ fn old_audit_row(row: &SqliteRow, owners: &Owners) -> Option<AuditEvent> {
 /// A path or URL without its query string (which may hold credentials).
 fn without_query(s: &str) -> String {
     s.split_once('?').map_or(s, |(head, _)| head).to_owned()
+}
+
+/// A URL without `user:password@` (FastGate's own audit rows never carry it either).
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{tail}")
 }
 
 /// An M-FastGate timestamp: SQLAlchemy's naive `DateTime` text (`2025-06-01 12:00:00[.123456]`,
@@ -368,8 +400,15 @@ mod tests {
     }
 
     #[test]
-    fn query_strings_are_dropped() {
+    fn query_strings_and_credentials_are_dropped() {
         assert_eq!(without_query("/proxy/x?key=secret"), "/proxy/x");
         assert_eq!(without_query("/proxy/x"), "/proxy/x");
+        assert_eq!(
+            without_userinfo("https://user:pw@up.example:8443/v1/x"),
+            "https://up.example:8443/v1/x"
+        );
+        assert_eq!(without_userinfo("http://a@b@host"), "http://host");
+        assert_eq!(without_userinfo("http://host/p@x"), "http://host/p@x");
+        assert_eq!(without_userinfo("/relative"), "/relative");
     }
 }

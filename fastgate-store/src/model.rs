@@ -69,6 +69,18 @@ impl std::fmt::Debug for ImportedKey {
     }
 }
 
+/// What [`Store::import_key`](crate::Store::import_key) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The key was added.
+    Imported,
+    /// This key (same id, same secret) was imported before, and may have been deleted since:
+    /// nothing changed.
+    AlreadyImported,
+    /// Its id belongs to another key, or its secret to a key with another id: nothing changed.
+    Conflict,
+}
+
 /// Changes to a key; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyUpdate {

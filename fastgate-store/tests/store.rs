@@ -11,8 +11,8 @@ use fastgate_layer::{
     AuditEvent, AuditSink, KeyResolver, Outcome, PresentedKey, ResolveError, TokenUsage,
 };
 use fastgate_store::{
-    AuditFilter, Backend, BackgroundOptions, ImportedKey, KeyFilter, KeyUpdate, MetricsWindow,
-    NewKey, Store, StoreError, StoreOptions, hash_key,
+    AuditFilter, Backend, BackgroundOptions, ImportOutcome, ImportedKey, KeyFilter, KeyUpdate,
+    MetricsWindow, NewKey, Store, StoreError, StoreOptions, hash_key,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -529,13 +529,12 @@ on_backends!(imported_keys_keep_id_and_secret_and_import_once, |db| {
     let store = db.store().await;
     let resolver = store.key_resolver();
     let secret = "fg_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    let import = |id: &str, secret: &str| store.import_key(imported(id, secret));
     // Tried before the import: unknown (and remembered as such by the cache).
     assert!(resolver.resolve(presented(secret)).await.is_err());
-    assert!(
-        store
-            .import_key(imported("fg_1a2b3c4d5e6f", secret))
-            .await
-            .unwrap()
+    assert_eq!(
+        import("fg_1a2b3c4d5e6f", secret).await.unwrap(),
+        ImportOutcome::Imported
     );
     let id = resolver.resolve(presented(secret)).await.unwrap();
     assert_eq!(&*id.key_id, "fg_1a2b3c4d5e6f");
@@ -547,34 +546,46 @@ on_backends!(imported_keys_keep_id_and_secret_and_import_once, |db| {
         rec.created_at,
         UNIX_EPOCH + Duration::from_secs(1_746_086_400)
     );
-    // Again, or the same secret under another id, or another secret under the same id: nothing.
-    assert!(
-        !store
-            .import_key(imported("fg_1a2b3c4d5e6f", secret))
-            .await
-            .unwrap()
+    // Again: nothing. The same secret under another id, another secret under the same id, or
+    // the id of a key FastGate made: conflicts, nothing changes.
+    assert_eq!(
+        import("fg_1a2b3c4d5e6f", secret).await.unwrap(),
+        ImportOutcome::AlreadyImported
     );
-    assert!(
-        !store
-            .import_key(imported("fg_ffffffffffff", secret))
-            .await
-            .unwrap()
+    assert_eq!(
+        import("fg_ffffffffffff", secret).await.unwrap(),
+        ImportOutcome::Conflict
     );
     let other = "fg_ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjih";
-    assert!(
-        !store
-            .import_key(imported("fg_1a2b3c4d5e6f", other))
-            .await
-            .unwrap()
+    assert_eq!(
+        import("fg_1a2b3c4d5e6f", other).await.unwrap(),
+        ImportOutcome::Conflict
+    );
+    let native = store.create_key(new_key("user1")).await.unwrap();
+    assert_eq!(
+        import(&native.record.id, other).await.unwrap(),
+        ImportOutcome::Conflict
+    );
+    assert_eq!(
+        import("fg_000000000001", &native.secret).await.unwrap(),
+        ImportOutcome::Conflict
     );
     assert!(resolver.resolve(presented(other)).await.is_err());
     assert_eq!(
         store.list_keys(&KeyFilter::default()).await.unwrap().total,
-        1
+        2
     );
-    // Short secrets are refused.
+    // Deleted, then imported again: it stays deleted.
+    assert!(store.delete_key("fg_1a2b3c4d5e6f").await.unwrap());
+    assert_eq!(
+        import("fg_1a2b3c4d5e6f", secret).await.unwrap(),
+        ImportOutcome::AlreadyImported
+    );
+    assert!(store.get_key("fg_1a2b3c4d5e6f").await.unwrap().is_none());
+    assert!(resolver.resolve(presented(secret)).await.is_err());
+    // Secrets too short to show 8 characters of safely are refused.
     assert!(matches!(
-        store.import_key(imported("fg_short", "fg_abc")).await,
+        import("fg_short", "fg_0123456789abcdefghijklmnopq").await,
         Err(StoreError::InvalidInput(_))
     ));
     db.finish(&[&store]).await;

@@ -73,9 +73,31 @@ pub struct Config {
     /// `audit`: queue, batching and retention.
     #[serde(default)]
     pub audit: AuditConfig,
-    /// `logging`: level and format.
+    /// `logging`: level, format and an optional file.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// M-FastGate's `rate_limiting` section: accepted, not enforced (a warning says so when
+    /// `enabled`). Per-key limits are planned.
+    #[serde(default)]
+    pub rate_limiting: Option<RateLimitingConfig>,
+    /// M-FastGate's `cloud_proxy` section (a later M-FastGate feature): accepted and ignored
+    /// with a warning.
+    #[serde(default, skip_serializing)]
+    pub cloud_proxy: Option<serde_yaml_ng::Value>,
+    /// M-FastGate's `model_routing` section (a later M-FastGate feature; it holds an `app_key`,
+    /// so it is never serialized): accepted and ignored with a warning.
+    #[serde(default, skip_serializing)]
+    pub model_routing: Option<serde_yaml_ng::Value>,
+}
+
+/// M-FastGate's `rate_limiting` section.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitingConfig {
+    /// Whether M-FastGate limited requests.
+    pub enabled: bool,
+    /// M-FastGate's limit per key and minute.
+    pub default_requests_per_minute: Option<u32>,
 }
 
 /// `app` section.
@@ -246,6 +268,23 @@ pub struct ApiGatewayConfig {
     /// Extra routes file; defaults to `routes.yaml` beside the config file when that exists.
     #[serde(default)]
     pub routes_file: Option<String>,
+    /// Kept from M-FastGate. FastGate never retries a request (a retried chat completion is
+    /// paid twice); a value above 0 is accepted with a warning.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Kept from M-FastGate: JSON fields to remove from request bodies. Only an empty list is
+    /// accepted (FastGate does not rewrite bodies); a non-empty one stops the start rather than
+    /// forward fields the operator wanted removed.
+    #[serde(default)]
+    pub strip_body_fields: Vec<String>,
+    /// Kept from M-FastGate. FastGate never records request headers or bodies; `true` is
+    /// accepted with a warning.
+    #[serde(default)]
+    pub audit_full_request: Option<bool>,
+    /// Kept from M-FastGate. FastGate never records response headers or bodies; `true` is
+    /// accepted with a warning.
+    #[serde(default)]
+    pub audit_full_response: Option<bool>,
 }
 
 impl fmt::Debug for ApiGatewayConfig {
@@ -317,6 +356,9 @@ pub struct LoggingConfig {
     pub level: Option<String>,
     /// `text` or `json`.
     pub format: LogFormat,
+    /// Also append log lines to this file (M-FastGate's `logs/fastgate.log`); its directory is
+    /// created. Relative paths are relative to the working directory, as in M-FastGate.
+    pub file: Option<String>,
 }
 
 impl Default for LoggingConfig {
@@ -324,6 +366,7 @@ impl Default for LoggingConfig {
         Self {
             level: None,
             format: LogFormat::Text,
+            file: None,
         }
     }
 }
@@ -485,6 +528,7 @@ impl Settings {
             None => RoutesFile::default(),
         };
         let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
+        warnings.extend(mfastgate_warnings(&config));
         if !config.api_gateway.async_audit {
             warnings.push(
                 "api_gateway.async_audit: false has no effect: audit records are always written \
@@ -702,6 +746,42 @@ fn parse_trusted_proxy(s: &str) -> Option<ipnet::IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
+/// Warnings for M-FastGate settings FastGate accepts but does not act on.
+fn mfastgate_warnings(c: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    let g = &c.api_gateway;
+    if g.max_retries.is_some_and(|n| n > 0) {
+        w.push(
+            "api_gateway.max_retries has no effect: FastGate does not retry requests (a retried \
+             completion is generated and paid for twice)"
+                .to_owned(),
+        );
+    }
+    if g.audit_full_request == Some(true) || g.audit_full_response == Some(true) {
+        w.push(
+            "api_gateway.audit_full_request / audit_full_response have no effect: the audit log \
+             never records request or response headers and bodies"
+                .to_owned(),
+        );
+    }
+    if c.rate_limiting.as_ref().is_some_and(|r| r.enabled) {
+        w.push(
+            "rate_limiting is not enforced by FastGate yet (per-key limits are planned)".to_owned(),
+        );
+    }
+    for (section, present) in [
+        ("cloud_proxy", c.cloud_proxy.is_some()),
+        ("model_routing", c.model_routing.is_some()),
+    ] {
+        if present {
+            w.push(format!(
+                "{section}: this M-FastGate section is not supported and is ignored"
+            ));
+        }
+    }
+    w
+}
+
 fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| Err(ConfigError::new(path, key, msg));
     if c.security.admin_token.expose().trim().is_empty() {
@@ -730,6 +810,21 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     }
     if c.database.max_connections == 0 {
         return err("database.max_connections", "must be at least 1".into());
+    }
+    if !c.api_gateway.strip_body_fields.is_empty() {
+        return err(
+            "api_gateway.strip_body_fields",
+            "removing fields from request bodies is not supported by FastGate; remove them in \
+             the client, or set an empty list"
+                .into(),
+        );
+    }
+    if c.logging
+        .file
+        .as_deref()
+        .is_some_and(|f| f.trim().is_empty())
+    {
+        return err("logging.file", "must not be empty".into());
     }
     parse_backend_url(&c.api_gateway.backend_url)
         .map_err(|m| ConfigError::new(path, "api_gateway.backend_url", m))?;
@@ -1136,6 +1231,91 @@ api_gateway:
         .unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert_eq!(e.key, "routes[0].path");
+    }
+
+    /// A config file as M-FastGate's own repository ships it (every key its `config.py` knows),
+    /// with a real key of its own shape.
+    const MFASTGATE_FULL: &str = r#"
+app:
+  name: "M-FastGate"
+  version: "0.0.1"
+  debug: true
+  host: "0.0.0.0"
+  port: 8514
+database:
+  url: "sqlite:///./app/data/fastgate.db"
+  echo: false
+logging:
+  level: "INFO"
+  format: "json"
+  file: "logs/fastgate.log"
+security:
+  admin_token: "admin_secret_token_dev"
+  key_prefix: "fg_"
+  default_expiry_days: 365
+rate_limiting:
+  enabled: true
+  default_requests_per_minute: 100
+cloud_proxy:
+  host: "10.101.32.14"
+  port: 34094
+  base_path: "/openapi/proxy"
+model_routing:
+  enabled: true
+  app_key: "model-routing-app-key-7f3a"
+  system_source: "support"
+  config_path: "config/model_routes.yaml"
+api_gateway:
+  backend_url: "http://172.16.99.204:3398"
+  backend_path: "/v1/chat/completions"
+  real_api_key: "sk-upstream-5b9e"
+  timeout: 30
+  max_retries: 3
+  strip_headers: ["host", "x-api-key", "authorization", "x-forwarded-for", "x-real-ip"]
+  strip_body_fields: []
+  async_audit: true
+  audit_full_request: true
+  audit_full_response: true
+"#;
+
+    #[test]
+    fn every_key_of_mfastgates_own_config_is_accepted_and_the_unused_ones_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("development.yaml");
+        std::fs::write(&cfg, MFASTGATE_FULL).unwrap();
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        assert_eq!(s.config.logging.file.as_deref(), Some("logs/fastgate.log"));
+        assert_eq!(s.config.logging.format, LogFormat::Json);
+        for needle in [
+            "max_retries",
+            "audit_full_request",
+            "rate_limiting",
+            "cloud_proxy",
+            "model_routing",
+        ] {
+            assert!(
+                s.warnings.iter().any(|w| w.contains(needle)),
+                "no warning about {needle}: {:?}",
+                s.warnings
+            );
+        }
+        // The ignored sections are never shown (model_routing holds a key).
+        let shown = s.redacted_json().to_string();
+        assert!(!shown.contains("model-routing-app-key-7f3a"), "{shown}");
+        assert!(!shown.contains("sk-upstream-5b9e"), "{shown}");
+
+        // Fields to strip from bodies cannot be silently forwarded.
+        std::fs::write(
+            &cfg,
+            MFASTGATE_FULL.replace("strip_body_fields: []", "strip_body_fields: [\"user\"]"),
+        )
+        .unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert_eq!(e.key, "api_gateway.strip_body_fields");
+        // A typo is still an error.
+        std::fs::write(&cfg, MFASTGATE_FULL.replace("max_retries", "max_retrys")).unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("max_retrys"), "{e}");
     }
 
     #[test]

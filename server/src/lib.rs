@@ -124,7 +124,9 @@ impl Gateway {
             .nest("/", api)
             // `/` itself: a route for it would be shadowed by the API nested at `/`.
             .around(|ep, req| async move {
-                if req.uri().path() == "/" && req.method() == http::Method::GET {
+                if req.uri().path() == "/"
+                    && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+                {
                     Ok(root().into_response())
                 } else {
                     ep.call(req).await

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&settings);
+    if let Err(e) = init_logging(&settings) {
+        eprintln!("fastgate: configuration error: {e}");
+        return ExitCode::from(2);
+    }
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
@@ -73,7 +76,9 @@ fn apply_overrides(cli: &Cli, settings: &mut Settings) {
     }
 }
 
-fn init_logging(settings: &Settings) {
+fn init_logging(settings: &Settings) -> Result<(), String> {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
     let c = &settings.config;
     let default = c
         .logging
@@ -89,13 +94,39 @@ fn init_logging(settings: &Settings) {
     });
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `logging.file`: every line goes to stderr and is appended to the file (M-FastGate's
+    // `logs/fastgate.log`), without colour codes.
+    let (writer, ansi) = match &c.logging.file {
+        Some(file) => {
+            let path = std::path::Path::new(file);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("logging.file: cannot create {}: {e}", dir.display()))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("logging.file: cannot open {}: {e}", path.display()))?;
+            (
+                BoxMakeWriter::new(std::io::stderr.and(std::sync::Arc::new(file))),
+                false,
+            )
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match c.logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(())
 }
 
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {

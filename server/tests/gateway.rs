@@ -427,6 +427,8 @@ async fn unknown_paths_and_bad_admin_input_get_json_errors() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["name"], "FastGate");
     assert_eq!(body["docs"], "/docs");
+    let res = fg.http.head(fg.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
 
     for (path, status) in [
         ("/admin/logs?limit=100000000000", 400),

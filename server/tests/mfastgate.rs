@@ -65,8 +65,26 @@ struct OldKeys {
     disabled: String,
     expired: String,
     broken: String,
+    /// `is_active` NULL: M-FastGate refused it; imported disabled.
+    null_active: String,
+    /// `expires_at` blank: not imported (rather than as never expiring).
+    blank_expiry: String,
     /// Written in an audit row's `api_key`, but no key has it.
     stranger: String,
+}
+
+impl OldKeys {
+    fn all(&self) -> [&String; 7] {
+        [
+            &self.active,
+            &self.disabled,
+            &self.expired,
+            &self.broken,
+            &self.null_active,
+            &self.blank_expiry,
+            &self.stranger,
+        ]
+    }
 }
 
 /// `fg_` + 43 URL-safe characters, as M-FastGate's `secrets.token_urlsafe(32)`.
@@ -86,18 +104,22 @@ async fn write_old_database(path: &Path) -> OldKeys {
         disabled: old_secret(),
         expired: old_secret(),
         broken: old_secret(),
+        null_active: old_secret(),
+        blank_expiry: old_secret(),
         stranger: old_secret(),
     };
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
         .await
         .unwrap();
+    // WAL mode, so that a reader that is not careful would leave -wal / -shm files behind.
+    db.execute("PRAGMA journal_mode=WAL").await.unwrap();
     db.execute(MFASTGATE_SCHEMA).await.unwrap();
     let rows = [
         // id, secret, permissions, expires_at, is_active, usage_count, last_used_at
         (
             "fg_1a2b3c4d5e6f",
             &keys.active,
-            "[]",
+            "[\"*\"]",
             Some("2099-01-01 00:00:00.000000"),
             1,
             7,
@@ -131,8 +153,29 @@ async fn write_old_database(path: &Path) -> OldKeys {
             0,
             None,
         ),
+        // is_active NULL (-1 here): refused by M-FastGate, imported disabled.
+        (
+            "fg_0nullactive0",
+            &keys.null_active,
+            "[]",
+            None,
+            -1,
+            0,
+            None,
+        ),
+        // A blank expiry: not imported (rather than as never expiring).
+        (
+            "fg_0blankexpiry",
+            &keys.blank_expiry,
+            "[]",
+            Some(""),
+            1,
+            0,
+            None,
+        ),
     ];
     for (id, secret, perms, expires, active, uses, last) in rows {
+        let active = (active >= 0).then_some(active);
         sqlx::query(
             "INSERT INTO api_keys (key_id, key_value, source_path, permissions, created_at, \
              expires_at, is_active, usage_count, rate_limit, last_used_at) \
@@ -266,11 +309,16 @@ async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_workin
         stderr.contains("M-FastGate") && stderr.contains("fastgate import-mfastgate"),
         "{stderr}"
     );
-    assert_eq!(
-        std::fs::read(&db).unwrap(),
-        before,
+    assert!(
+        std::fs::read(&db).unwrap() == before,
         "the old database was changed"
     );
+    for sibling in ["fastgate.db-wal", "fastgate.db-shm", "fastgate.db-journal"] {
+        assert!(
+            !dir.path().join(sibling).exists(),
+            "{sibling} was created beside the old database"
+        );
+    }
 
     // 2. Moved aside and imported; a second run adds nothing.
     let old_path = dir.path().join("m-fastgate.db");
@@ -280,24 +328,19 @@ async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_workin
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "keys: 3 imported, 0 already present, 1 not importable; audit rows: 2 imported, 0 \
+        "keys: 4 imported, 0 already present, 2 not importable; audit rows: 2 imported, 0 \
          already present, 0 not importable"
     );
     assert!(stderr.contains("fg_000000broken"), "{stderr}");
+    assert!(stderr.contains("fg_0blankexpiry"), "{stderr}");
     let (ok, again, stderr2) = run_cli(dir.path(), &config, &["import-mfastgate", "--from", from]);
     assert!(ok, "{stderr2}");
     assert_eq!(
         again.trim(),
-        "keys: 0 imported, 3 already present, 1 not importable; audit rows: 0 imported, 2 \
+        "keys: 0 imported, 4 already present, 2 not importable; audit rows: 0 imported, 2 \
          already present, 0 not importable"
     );
-    for secret in [
-        &old.active,
-        &old.disabled,
-        &old.expired,
-        &old.broken,
-        &old.stranger,
-    ] {
+    for secret in old.all() {
         for text in [&stdout, &stderr, &again, &stderr2] {
             assert!(!text.contains(secret.as_str()), "a secret was printed");
         }
@@ -324,6 +367,8 @@ async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_workin
     assert_eq!(chat_status(&fg, &old.disabled).await, 401);
     assert_eq!(chat_status(&fg, &old.expired).await, 401);
     assert_eq!(chat_status(&fg, &old.broken).await, 401);
+    assert_eq!(chat_status(&fg, &old.null_active).await, 401);
+    assert_eq!(chat_status(&fg, &old.blank_expiry).await, 401);
 
     // The key kept its id, owner and usage, and got the unified endpoint's permission.
     let key: serde_json::Value = fg
@@ -333,6 +378,7 @@ async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_workin
         .await
         .unwrap();
     assert_eq!(key["source_path"], "team-a");
+    // `*` (FastGate's wildcard) is not carried over: M-FastGate never checked permissions.
     assert_eq!(key["permissions"], serde_json::json!(["chat"]));
     assert!(key["request_count"].as_u64().unwrap() >= 7, "{key}");
     assert!(!key.to_string().contains(&old.active));
@@ -350,13 +396,7 @@ async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_workin
 
     // No secret in FastGate's database, and the old habit of deleting by id works.
     let written = database_bytes(fg.dir.path());
-    for secret in [
-        &old.active,
-        &old.disabled,
-        &old.expired,
-        &old.broken,
-        &old.stranger,
-    ] {
+    for secret in old.all() {
         assert!(
             !written.contains(secret.as_str()),
             "a secret is in the database"
@@ -369,6 +409,20 @@ async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_workin
         .await
         .unwrap();
     assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert_eq!(chat_status(&fg, &old.active).await, 401);
+    // Importing again does not bring the deleted key back.
+    let from = fg.dir.path().join("m-fastgate.db");
+    let (ok, third, stderr) = run_cli(
+        fg.dir.path(),
+        &fg.config,
+        &["import-mfastgate", "--from", from.to_str().unwrap()],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        third.starts_with("keys: 0 imported, 4 already present"),
+        "{third}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(chat_status(&fg, &old.active).await, 401);
 }
 
@@ -390,7 +444,7 @@ async fn a_key_tried_before_its_import_works_after_it() {
         &["import-mfastgate", "--from", old_path.to_str().unwrap()],
     );
     assert!(ok, "{stderr}");
-    assert!(stdout.starts_with("keys: 3 imported"), "{stdout}");
+    assert!(stdout.starts_with("keys: 4 imported"), "{stdout}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let status = chat_status(&fg, &old.active).await;
@@ -450,20 +504,28 @@ async fn importing_a_file_that_is_not_mfastgates_fails_clearly() {
 #[tokio::test]
 async fn host_and_port_flags_override_the_config() {
     let upstream = Upstream::start().await;
+    // `--host`: the file's host is one this test does not reach the server on.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yaml");
+    let yaml = config_yaml(port, &dir.path().join("fastgate.db"), &upstream.url())
+        .replace("host: \"127.0.0.1\"", "host: \"::1\"");
+    std::fs::write(&config, yaml).unwrap();
+    let fg = serve(dir, config, port, &["--host", "127.0.0.1"]).await;
+    assert_eq!(fg.health().await.0, 200);
+    drop(fg);
+
+    // `--port`: the server listens on the flag's port, not on the file's.
     let dir = tempfile::tempdir().unwrap();
     let (in_file, on_flag) = (free_port(), free_port());
     let config = dir.path().join("config.yaml");
-    let yaml = config_yaml(in_file, &dir.path().join("fastgate.db"), &upstream.url())
-        .replace("host: \"127.0.0.1\"", "host: \"::1\"");
-    std::fs::write(&config, yaml).unwrap();
-    let port = on_flag.to_string();
-    let fg = serve(
-        dir,
-        config,
-        on_flag,
-        &["--host", "127.0.0.1", "--port", &port],
+    std::fs::write(
+        &config,
+        config_yaml(in_file, &dir.path().join("fastgate.db"), &upstream.url()),
     )
-    .await;
+    .unwrap();
+    let port = on_flag.to_string();
+    let fg = serve(dir, config, on_flag, &["--port", &port]).await;
     assert_eq!(fg.health().await.0, 200);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", in_file)).is_err(),
@@ -493,4 +555,38 @@ async fn check_config_prints_the_warnings() {
         stdout.contains("warning: api_gateway.async_audit"),
         "{stdout}"
     );
+}
+
+/// M-FastGate's `logging.file` (and its upper-case level): log lines are appended to the file,
+/// without colour codes, and without a secret.
+#[tokio::test]
+async fn logging_file_receives_the_log_lines() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yaml");
+    let yaml = config_yaml(port, &dir.path().join("fastgate.db"), &upstream.url())
+        + "logging:\n  level: \"INFO\"\n  format: \"json\"\n  file: \"logs/fastgate.log\"\n";
+    std::fs::write(&config, yaml).unwrap();
+    let fg = serve(dir, config, port, &[]).await;
+    let key = fg.key("logger").await;
+    assert_eq!(chat_status(&fg, &key).await, 200);
+    assert_eq!(chat_status(&fg, "fg_not_a_key_at_all_000000").await, 401);
+    let file = fg.dir.path().join("logs/fastgate.log");
+    let mut text = String::new();
+    eventually(Duration::from_secs(5), "a log line in logging.file", || {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.contains("listening")
+    })
+    .await;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!("not a JSON line ({e}): {line}");
+        });
+        assert!(v["level"].is_string(), "{line}");
+    }
+    assert!(!text.contains('\u{1b}'), "colour codes in the file");
+    for secret in [ADMIN_TOKEN, REAL_KEY, key.as_str()] {
+        assert!(!text.contains(secret), "a secret is in the log file");
+    }
 }
