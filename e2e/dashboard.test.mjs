@@ -117,6 +117,28 @@ function chat(apiKey, { stream = false, model = 'gpt-e2e', headers = {} } = {}) 
   });
 }
 
+/** Call the admin API from node, not through the page; resolves to the JSON body (null for 204). */
+async function admin(method, p, body) {
+  const res = await fetch(`${base}${p}`, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  assert.ok(res.ok, `${method} ${p}: ${res.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+/** Create a key through the admin API and send one request with it; resolves once its audit record is stored. */
+async function keyWithTraffic(source) {
+  const created = await admin('POST', '/admin/keys', { source_path: source });
+  const res = await chat(created.api_key);
+  assert.equal(res.status, 200, await res.text());
+  const record = await waitFor(`the audit record of ${source}`, async () =>
+    (await admin('GET', `/admin/logs?source_path=${encodeURIComponent(source)}`)).items[0], { timeout: 20000, interval: 250 });
+  return { key: created, record };
+}
+
 async function newPage({ width = 1280, height = 800, locale = 'en-US' } = {}) {
   const context = await browser.newContext({ viewport: { width, height }, locale, deviceScaleFactor: 1 });
   const page = await context.newPage();
@@ -570,6 +592,104 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.match(await tid(p, 'last-updated').textContent(), /paused/);
     await tid(p, 'autorefresh-toggle').check(); // resuming refreshes at once
     await waitFor('refresh on resume', async () => metricsCalls > paused);
+    await ctx.close();
+  });
+
+  test('quick action "Create API key" opens the key form, and the key it creates is listed by the API', async () => {
+    const src = 'e2e-quick-create';
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'view-dashboard').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'view-keys').isVisible(), false);
+    await tid(p, 'quick-create-key').click();
+    await tid(p, 'view-keys').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'view-dashboard').isVisible(), false);
+    assert.equal(await tid(p, 'tab-keys').getAttribute('aria-current'), 'page');
+    assert.equal(await tid(p, 'tab-dashboard').getAttribute('aria-current'), null);
+    // The form's first field has the focus: typing goes straight into it.
+    assert.equal(await p.evaluate(() => document.activeElement && document.activeElement.getAttribute('data-testid')), 'key-source');
+    await p.keyboard.type(src);
+    assert.equal(await tid(p, 'key-source').inputValue(), src);
+    await tid(p, 'key-name').fill('quick action');
+    await tid(p, 'key-create-submit').click();
+    await tid(p, 'new-key-box').waitFor({ state: 'visible' });
+    const newKey = await tid(p, 'new-key-value').inputValue();
+    assert.match(newKey, /^fg_\S{16,}$/, `unexpected key: ${newKey}`);
+    const row = keyRow(p, src);
+    await row.first().waitFor();
+    assert.equal(await row.count(), 1);
+    // The admin API lists the key the page created, and the key works.
+    const listed = await admin('GET', `/admin/keys?source_path=${encodeURIComponent(src)}`);
+    assert.deepEqual(listed.items.map((k) => k.id), [await row.getAttribute('data-key-id')]);
+    assert.equal(listed.items[0].name, 'quick action');
+    assert.equal(listed.items[0].status, 'active');
+    const res = await chat(newKey);
+    assert.equal(res.status, 200, await res.text());
+    await ctx.close();
+  });
+
+  test('quick action "Refresh status" re-fetches the system status, cards and key list', async () => {
+    const src = 'e2e-quick-refresh';
+    const { context: ctx, page: p } = await newPage();
+    const isHealth = (r) => new URL(r.url()).pathname === '/health';
+    const isMetrics = (r) => new URL(r.url()).pathname === '/admin/metrics';
+    const firstHealth = p.waitForResponse(isHealth);
+    const firstMetrics = p.waitForResponse(isMetrics);
+    await signIn(p);
+    const h0 = await (await firstHealth).json();
+    const m0 = await (await firstMetrics).json();
+    await tid(p, 'view-dashboard').waitFor({ state: 'visible' });
+    await p.waitForFunction(() => document.getElementById('refresh-spinner').classList.contains('d-none'));
+    // No timer may do the button's work.
+    await tid(p, 'autorefresh-toggle').uncheck();
+    const written = (n) => `${new Intl.NumberFormat('en-US').format(n)} written`;
+    assert.ok((await tid(p, 'health-panel').textContent()).includes(written(h0.audit.written)));
+    assert.equal(await tid(p, 'stat-keys').getAttribute('data-value'), String(m0.active_keys));
+    assert.equal(await tid(p, 'stat-requests').getAttribute('data-value'), String(m0.total_requests));
+
+    // Behind the page's back: a new key and one request with it.
+    await keyWithTraffic(src);
+    await waitFor('the audit write to be counted by /health', async () =>
+      (await (await fetch(`${base}/health`)).json()).audit.written > h0.audit.written);
+    assert.equal(await tid(p, 'stat-keys').getAttribute('data-value'), String(m0.active_keys)); // still stale
+    assert.equal(await keyRow(p, src).count(), 0);
+
+    const health = p.waitForResponse(isHealth);
+    const metrics = p.waitForResponse(isMetrics);
+    const keys = p.waitForResponse((r) => new URL(r.url()).pathname === '/admin/keys' && r.request().method() === 'GET');
+    await tid(p, 'quick-refresh').click();
+    const h1 = await (await health).json();
+    const m1 = await (await metrics).json();
+    await keys;
+    await p.waitForFunction(() => document.getElementById('refresh-spinner').classList.contains('d-none'));
+    // System status card: the new audit write.
+    assert.ok(h1.audit.written > h0.audit.written, `audit written ${h0.audit.written} -> ${h1.audit.written}`);
+    const panel = await tid(p, 'health-panel').textContent();
+    assert.ok(panel.includes(written(h1.audit.written)), `status card not refreshed: ${panel}`);
+    // Cards: one more active key, one more request.
+    assert.equal(m1.active_keys, m0.active_keys + 1);
+    assert.equal(await tid(p, 'stat-keys').getAttribute('data-value'), String(m1.active_keys));
+    assert.ok(m1.total_requests > m0.total_requests, `requests ${m0.total_requests} -> ${m1.total_requests}`);
+    assert.equal(await tid(p, 'stat-requests').getAttribute('data-value'), String(m1.total_requests));
+    // Key list: the new key is there. The view stays on the dashboard.
+    assert.equal(await keyRow(p, src).count(), 1);
+    assert.equal(await tid(p, 'view-dashboard').isVisible(), true);
+    await ctx.close();
+  });
+
+  test('quick action "View audit log" opens the audit log', async () => {
+    const { record } = await keyWithTraffic('e2e-quick-logs');
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'view-dashboard').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'view-logs').isVisible(), false);
+    await tid(p, 'quick-logs').click();
+    await tid(p, 'view-logs').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'view-dashboard').isVisible(), false);
+    assert.equal(await tid(p, 'tab-logs').getAttribute('aria-current'), 'page');
+    assert.equal(await tid(p, 'tab-dashboard').getAttribute('aria-current'), null);
+    // The audit log itself is shown, with the request just sent.
+    await p.locator(`[data-testid="log-row"][data-request-id="${record.request_id}"]`).waitFor({ state: 'visible' });
     await ctx.close();
   });
 
