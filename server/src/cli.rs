@@ -9,15 +9,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "fastgate", version, about, long_about = None)]
 pub struct Cli {
-    /// Configuration file (M-FastGate's YAML format).
-    #[arg(
-        long,
-        short,
-        env = "FASTGATE_CONFIG",
-        default_value = "config/development.yaml",
-        global = true
-    )]
-    pub config: PathBuf,
+    /// Configuration file (M-FastGate's YAML format). Default: `config/$ENVIRONMENT.yaml` when
+    /// `ENVIRONMENT` is set (M-FastGate's way of choosing it), else `config/development.yaml`.
+    #[arg(long, short, env = "FASTGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
     /// Listen address, overriding `app.host` (as uvicorn's `--host`).
     #[arg(long, global = true)]
     pub host: Option<String>,
@@ -27,6 +22,48 @@ pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The configuration file to load: `--config` / `FASTGATE_CONFIG`, else the one
+    /// `ENVIRONMENT` names, else `config/development.yaml`.
+    pub fn config_path(&self) -> Result<PathBuf, String> {
+        match &self.config {
+            Some(path) => Ok(path.clone()),
+            None => environment_config(std::env::var("ENVIRONMENT").ok().as_deref()),
+        }
+    }
+}
+
+/// `config/<environment>.yaml` as M-FastGate chose it (`development` when unset or empty).
+fn environment_config(environment: Option<&str>) -> Result<PathBuf, String> {
+    let name = environment
+        .filter(|e| !e.is_empty())
+        .unwrap_or("development");
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "ENVIRONMENT={name:?}: expected a name such as production (it selects \
+             config/<name>.yaml); or pass --config"
+        ));
+    }
+    Ok(PathBuf::from(format!("config/{name}.yaml")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_selects_the_config_file_as_in_mfastgate() {
+        let path = |e| environment_config(e).map(|p| p.display().to_string());
+        assert_eq!(path(None).unwrap(), "config/development.yaml");
+        assert_eq!(path(Some("")).unwrap(), "config/development.yaml");
+        assert_eq!(path(Some("production")).unwrap(), "config/production.yaml");
+        assert!(path(Some("../etc/x")).unwrap_err().contains("ENVIRONMENT"));
+    }
 }
 
 /// Subcommands.

@@ -83,11 +83,38 @@ pub struct Config {
     /// M-FastGate's `cloud_proxy` section (a later M-FastGate feature): accepted and ignored
     /// with a warning.
     #[serde(default, skip_serializing)]
-    pub cloud_proxy: Option<serde_yaml_ng::Value>,
-    /// M-FastGate's `model_routing` section (a later M-FastGate feature; it holds an `app_key`,
-    /// so it is never serialized): accepted and ignored with a warning.
+    pub cloud_proxy: Option<CloudProxyConfig>,
+    /// M-FastGate's `model_routing` section (a later M-FastGate feature): accepted and ignored
+    /// with a warning. Its `app_key` is a [`Secret`]; the section is never serialized.
     #[serde(default, skip_serializing)]
-    pub model_routing: Option<serde_yaml_ng::Value>,
+    pub model_routing: Option<ModelRoutingConfig>,
+}
+
+/// M-FastGate's `cloud_proxy` section (ignored).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudProxyConfig {
+    /// Proxy host.
+    pub host: Option<String>,
+    /// Proxy port.
+    pub port: Option<u16>,
+    /// Proxy path.
+    pub base_path: Option<String>,
+}
+
+/// M-FastGate's `model_routing` section (ignored).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelRoutingConfig {
+    /// Whether M-FastGate routed by model.
+    pub enabled: Option<bool>,
+    /// M-FastGate's application key for the routing service.
+    #[serde(deserialize_with = "de_opt_secret")]
+    pub app_key: Option<Secret>,
+    /// Caller name sent to the routing service.
+    pub system_source: Option<String>,
+    /// M-FastGate's model routes file.
+    pub config_path: Option<String>,
 }
 
 /// M-FastGate's `rate_limiting` section.
@@ -349,15 +376,16 @@ impl Default for AuditConfig {
 }
 
 /// `logging` section.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// `tracing` filter, e.g. `info` or `fastgate=debug,info`. `RUST_LOG` wins when set.
     pub level: Option<String>,
     /// `text` or `json`.
     pub format: LogFormat,
-    /// Also append log lines to this file (M-FastGate's `logs/fastgate.log`); its directory is
-    /// created. Relative paths are relative to the working directory, as in M-FastGate.
+    /// Also append log lines to this file (M-FastGate's `logs/fastgate.log`) when serving; its
+    /// directory is created. Relative paths are relative to the working directory, as in
+    /// M-FastGate. SIGHUP reopens it (logrotate). `""` means none.
     pub file: Option<String>,
 }
 
@@ -501,7 +529,16 @@ impl Settings {
     }
 
     /// Validate a parsed config and derive the routes.
-    pub fn from_config(path: &Path, config: Config) -> Result<Self, ConfigError> {
+    pub fn from_config(path: &Path, mut config: Config) -> Result<Self, ConfigError> {
+        // `""` switches a file set in the YAML off (e.g. `FASTGATE__LOGGING__FILE=`).
+        if config
+            .logging
+            .file
+            .as_deref()
+            .is_some_and(|f| f.trim().is_empty())
+        {
+            config.logging.file = None;
+        }
         validate(path, &config)?;
         let mut routes_path = routes_file_path(path, &config);
         let explicit = config
@@ -746,6 +783,47 @@ fn parse_trusted_proxy(s: &str) -> Option<ipnet::IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
+/// `logging.level` as a `tracing` filter. Python's level names, which M-FastGate took, are
+/// mapped (`WARNING` → `warn`, `CRITICAL` → `error`); a bare word that is not a level is an
+/// error (`tracing` would read it as a module name and switch every other log off).
+pub fn log_filter(level: &str) -> Result<String, String> {
+    let level_name = |word: &str| -> Option<&'static str> {
+        match word.trim().to_ascii_lowercase().as_str() {
+            "trace" => Some("trace"),
+            "debug" => Some("debug"),
+            "info" => Some("info"),
+            "warn" | "warning" => Some("warn"),
+            "error" | "critical" | "fatal" => Some("error"),
+            "off" | "none" => Some("off"),
+            _ => None,
+        }
+    };
+    let mut out = Vec::new();
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive.rsplit_once('=') {
+            Some((target, lvl)) => match level_name(lvl) {
+                Some(l) => out.push(format!("{target}={l}")),
+                None => return Err(format!("unknown level {lvl:?} in {directive:?}")),
+            },
+            None => match level_name(directive) {
+                Some(l) => out.push(l.to_owned()),
+                None => {
+                    return Err(format!(
+                        "unknown level {directive:?} (trace, debug, info, warn(ing), error, \
+                         critical, off; or target=level)"
+                    ));
+                }
+            },
+        }
+    }
+    if out.is_empty() {
+        return Err("must name a level, e.g. info".into());
+    }
+    let filter = out.join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| format!("{filter:?}: {e}"))?;
+    Ok(filter)
+}
+
 /// Warnings for M-FastGate settings FastGate accepts but does not act on.
 fn mfastgate_warnings(c: &Config) -> Vec<String> {
     let mut w = Vec::new();
@@ -819,12 +897,8 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
                 .into(),
         );
     }
-    if c.logging
-        .file
-        .as_deref()
-        .is_some_and(|f| f.trim().is_empty())
-    {
-        return err("logging.file", "must not be empty".into());
+    if let Some(level) = &c.logging.level {
+        log_filter(level).map_err(|m| ConfigError::new(path, "logging.level", m))?;
     }
     parse_backend_url(&c.api_gateway.backend_url)
         .map_err(|m| ConfigError::new(path, "api_gateway.backend_url", m))?;
@@ -1233,6 +1307,37 @@ api_gateway:
         assert_eq!(e.key, "routes[0].path");
     }
 
+    #[test]
+    fn python_level_names_are_mapped_and_unknown_ones_refused() {
+        assert_eq!(log_filter("INFO").unwrap(), "info");
+        assert_eq!(log_filter("WARNING").unwrap(), "warn");
+        assert_eq!(log_filter("CRITICAL").unwrap(), "error");
+        assert_eq!(
+            log_filter("fastgate=DEBUG, warning").unwrap(),
+            "fastgate=debug,warn"
+        );
+        assert!(log_filter("WARNINGS").unwrap_err().contains("WARNINGS"));
+        assert!(log_filter("fastgate=loud").is_err());
+        assert!(log_filter(" , ").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let e = Settings::load_with_env(
+            &cfg,
+            vec![("FASTGATE__LOGGING__LEVEL".into(), "verbose".into())],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "logging.level");
+        // An empty file name from the environment switches a configured file off.
+        std::fs::write(&cfg, format!("{SEED}logging:\n  file: logs/x.log\n")).unwrap();
+        let s = Settings::load_with_env(
+            &cfg,
+            vec![("FASTGATE__LOGGING__FILE".into(), String::new())],
+        )
+        .unwrap();
+        assert_eq!(s.config.logging.file, None);
+    }
+
     /// A config file as M-FastGate's own repository ships it (every key its `config.py` knows),
     /// with a real key of its own shape.
     const MFASTGATE_FULL: &str = r#"
@@ -1299,10 +1404,21 @@ api_gateway:
                 s.warnings
             );
         }
-        // The ignored sections are never shown (model_routing holds a key).
+        // The ignored sections are never shown (model_routing holds a key), nor debug-printed.
         let shown = s.redacted_json().to_string();
         assert!(!shown.contains("model-routing-app-key-7f3a"), "{shown}");
         assert!(!shown.contains("sk-upstream-5b9e"), "{shown}");
+        let debug = format!("{:?}", s.config);
+        assert!(!debug.contains("model-routing-app-key-7f3a"), "{debug}");
+        assert!(!debug.contains("sk-upstream-5b9e"), "{debug}");
+        // An unknown key inside an ignored section is still a typo.
+        std::fs::write(
+            &cfg,
+            MFASTGATE_FULL.replace("system_source", "system_sauce"),
+        )
+        .unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("system_sauce"), "{e}");
 
         // Fields to strip from bodies cannot be silently forwarded.
         std::fs::write(

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod front;
 pub mod guard;
+pub mod logfile;
 pub mod state;
 pub mod ui;
 
@@ -186,9 +187,10 @@ impl Gateway {
             || a.audit.queue_capacity != b.audit.queue_capacity
             || a.api_gateway.strip_headers != b.api_gateway.strip_headers
             || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
+            || a.logging != b.logging
         {
             tracing::warn!(
-                "listen address, header_read_timeout, database, audit queue, strip_headers and max_body_bytes changes take effect after a restart"
+                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
             );
         }
         self.routes.replace(new.routes.clone());

@@ -1,19 +1,29 @@
 //! The `fastgate` binary: parse arguments, load config, set up logging, run.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
 use fastgate_server::cli::{Cli, Command, KeysCommand};
 use fastgate_server::config::{LogFormat, Settings};
+use fastgate_server::logfile::LogFile;
 use fastgate_server::{Gateway, connect_store};
 use fastgate_store::{KeyFilter, KeyUpdate, NewKey};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(&cli.config) {
+    let config_path = match cli.config_path() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("fastgate: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match Settings::load(&config_path) {
         Ok(mut s) => {
             apply_overrides(&cli, &mut s);
             s
@@ -29,7 +39,7 @@ fn main() -> ExitCode {
         }
         println!(
             "configuration OK: {} ({} route(s){})",
-            cli.config.display(),
+            config_path.display(),
             settings.routes.len(),
             settings
                 .routes_path
@@ -39,10 +49,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = init_logging(&settings) {
-        eprintln!("fastgate: configuration error: {e}");
-        return ExitCode::from(2);
-    }
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let log_file = match init_logging(&settings, serving) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("fastgate: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
@@ -56,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, settings)) {
+    match runtime.block_on(run(cli, config_path, settings, log_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -76,15 +90,16 @@ fn apply_overrides(cli: &Cli, settings: &mut Settings) {
     }
 }
 
-fn init_logging(settings: &Settings) -> Result<(), String> {
+/// Logging to stderr and, when serving, also to `logging.file` (returned, for SIGHUP to reopen).
+fn init_logging(settings: &Settings, serving: bool) -> Result<Option<Arc<LogFile>>, String> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt as _};
     let c = &settings.config;
-    let default = c
-        .logging
-        .level
-        .clone()
-        .unwrap_or_else(|| if c.app.debug { "debug" } else { "info" }.to_owned());
+    let default = match &c.logging.level {
+        // Validated when the config was loaded.
+        Some(level) => fastgate_server::config::log_filter(level)?,
+        None => if c.app.debug { "debug" } else { "info" }.to_owned(),
+    };
     let mut filter = std::env::var("RUST_LOG").unwrap_or(default);
     // sqlx logs statements (never bound values) at debug; `database.echo` shows them.
     filter.push_str(if c.database.echo {
@@ -94,29 +109,24 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
     });
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // `logging.file`: every line goes to stderr and is appended to the file (M-FastGate's
-    // `logs/fastgate.log`), without colour codes.
-    let (writer, ansi) = match &c.logging.file {
-        Some(file) => {
-            let path = std::path::Path::new(file);
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("logging.file: cannot create {}: {e}", dir.display()))?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("logging.file: cannot open {}: {e}", path.display()))?;
-            (
-                BoxMakeWriter::new(std::io::stderr.and(std::sync::Arc::new(file))),
-                false,
-            )
-        }
-        None => (
-            BoxMakeWriter::new(std::io::stderr),
-            std::io::stderr().is_terminal(),
+    // Colour only on a terminal, and not when NO_COLOR asks for none (no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // `logging.file`, for the server only (`fastgate keys …` must not create or append to it):
+    // every line goes to stderr and is appended to the file, without colour codes.
+    let file = match (&c.logging.file, serving) {
+        (Some(path), true) => Some(
+            LogFile::open(std::path::Path::new(path))
+                .map_err(|e| format!("logging.file: cannot open {path}: {e}"))?,
         ),
+        _ => None,
+    };
+    let (writer, ansi) = match &file {
+        Some(f) => (
+            BoxMakeWriter::new(std::io::stderr.and(Arc::clone(f))),
+            false,
+        ),
+        None => (BoxMakeWriter::new(std::io::stderr), colour),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -126,12 +136,17 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    Ok(())
+    Ok(file)
 }
 
-async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+async fn run(
+    cli: Cli,
+    config_path: PathBuf,
+    settings: Settings,
+    log_file: Option<Arc<LogFile>>,
+) -> anyhow::Result<()> {
     match cli.command {
-        None | Some(Command::Serve) => serve(cli, settings).await,
+        None | Some(Command::Serve) => serve(cli, config_path, settings, log_file).await,
         Some(Command::CheckConfig) => Ok(()),
         Some(Command::Migrate) => {
             let store = connect_store(&settings).await.context("database")?;
@@ -186,7 +201,12 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+async fn serve(
+    cli: Cli,
+    config_path: PathBuf,
+    settings: Settings,
+    log_file: Option<Arc<LogFile>>,
+) -> anyhow::Result<()> {
     let store = connect_store(&settings).await.context("database")?;
     let addr = settings.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -215,16 +235,26 @@ async fn serve(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match Settings::load(&cli.config) {
-                Ok(mut new) => {
-                    apply_overrides(&cli, &mut new);
-                    for warning in &new.warnings {
-                        tracing::warn!("{warning}");
-                    }
-                    gateway.reload(new);
+            _ = hup.recv() => {
+                // The log file first (logrotate renamed it), so the reload's lines land there.
+                if let Some(f) = &log_file
+                    && let Err(e) = f.reopen()
+                {
+                    tracing::error!(file = %f.path().display(), error = %e, "cannot reopen logging.file");
                 }
-                Err(e) => tracing::error!("configuration reload failed, keeping the running configuration: {e}"),
-            },
+                match Settings::load(&config_path) {
+                    Ok(mut new) => {
+                        apply_overrides(&cli, &mut new);
+                        for warning in &new.warnings {
+                            tracing::warn!("{warning}");
+                        }
+                        gateway.reload(new);
+                    }
+                    Err(e) => tracing::error!(
+                        "configuration reload failed, keeping the running configuration: {e}"
+                    ),
+                }
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
         }

@@ -557,36 +557,131 @@ async fn check_config_prints_the_warnings() {
     );
 }
 
-/// M-FastGate's `logging.file` (and its upper-case level): log lines are appended to the file,
-/// without colour codes, and without a secret.
+/// M-FastGate's `logging.file` and its upper-case level names: log lines are appended to the
+/// file without colour codes and without a secret; after logrotate renames it, SIGHUP reopens it.
 #[tokio::test]
-async fn logging_file_receives_the_log_lines() {
+async fn logging_file_receives_the_log_lines_and_survives_rotation() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.yaml");
     let yaml = config_yaml(port, &dir.path().join("fastgate.db"), &upstream.url())
-        + "logging:\n  level: \"INFO\"\n  format: \"json\"\n  file: \"logs/fastgate.log\"\n";
+        + "logging:\n  level: \"INFO\"\n  format: \"text\"\n  file: \"logs/fastgate.log\"\n";
     std::fs::write(&config, yaml).unwrap();
-    let fg = serve(dir, config, port, &[]).await;
+    let log = dir.path().join("fastgate.log");
+    let child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm-256color")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let fg = Fastgate {
+        child,
+        port,
+        dir,
+        config,
+        log,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+    };
+    fg.wait_healthy().await;
     let key = fg.key("logger").await;
     assert_eq!(chat_status(&fg, &key).await, 200);
-    assert_eq!(chat_status(&fg, "fg_not_a_key_at_all_000000").await, 401);
     let file = fg.dir.path().join("logs/fastgate.log");
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let mut text = String::new();
-    eventually(Duration::from_secs(5), "a log line in logging.file", || {
-        text = std::fs::read_to_string(&file).unwrap_or_default();
-        text.contains("listening")
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the start line in logging.file",
+        || {
+            text = read(&file);
+            text.contains("listening")
+        },
+    )
     .await;
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
-            panic!("not a JSON line ({e}): {line}");
-        });
-        assert!(v["level"].is_string(), "{line}");
-    }
+    // `INFO` is the info level: info lines are there, debug lines are not.
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(!text.contains("DEBUG"), "{text}");
     assert!(!text.contains('\u{1b}'), "colour codes in the file");
     for secret in [ADMIN_TOKEN, REAL_KEY, key.as_str()] {
         assert!(!text.contains(secret), "a secret is in the log file");
     }
+    // logrotate: rename, then SIGHUP; the reload's line goes to a new file.
+    let rotated = fg.dir.path().join("logs/fastgate.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    fg.signal("HUP");
+    let mut fresh = String::new();
+    eventually(
+        Duration::from_secs(5),
+        "the reload line in the new file",
+        || {
+            fresh = read(&file);
+            fresh.contains("configuration reloaded")
+        },
+    )
+    .await;
+    assert!(!read(&rotated).contains("configuration reloaded"));
+}
+
+/// M-FastGate chose its config file with `ENVIRONMENT` (`config/$ENVIRONMENT.yaml`); so does
+/// FastGate when neither `--config` nor `FASTGATE_CONFIG` is given.
+#[tokio::test]
+async fn environment_selects_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let db = dir.path().join("fastgate.db");
+    for (name, port) in [("development", 1111), ("production", 2222)] {
+        let yaml = config_yaml(port, &db, "http://127.0.0.1:9");
+        std::fs::write(dir.path().join(format!("config/{name}.yaml")), yaml).unwrap();
+    }
+    let check = |env: &[(&str, &str)]| {
+        let out = Command::new(bin())
+            .arg("check-config")
+            .current_dir(dir.path())
+            .env_remove("FASTGATE_CONFIG")
+            .env_remove("ENVIRONMENT")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = check(&[]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("config/development.yaml"), "{stdout}");
+    let (code, stdout, _) = check(&[("ENVIRONMENT", "production")]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("config/production.yaml"), "{stdout}");
+    let (code, stdout, _) = check(&[
+        ("ENVIRONMENT", "production"),
+        ("FASTGATE_CONFIG", "config/development.yaml"),
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("config/development.yaml"), "{stdout}");
+    let (code, _, stderr) = check(&[("ENVIRONMENT", "staging")]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("staging.yaml"), "{stderr}");
+}
+
+/// Only the server writes `logging.file`: `fastgate keys …` (often run as another user) neither
+/// creates nor appends to it.
+#[tokio::test]
+async fn cli_commands_leave_logging_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let yaml = config_yaml(
+        free_port(),
+        &dir.path().join("fastgate.db"),
+        "http://127.0.0.1:9",
+    ) + "logging:\n  file: \"logs/fastgate.log\"\n";
+    std::fs::write(&config, yaml).unwrap();
+    let (ok, _, stderr) = run_cli(dir.path(), &config, &["keys", "list"]);
+    assert!(ok, "{stderr}");
+    assert!(!dir.path().join("logs").exists());
 }
