@@ -253,27 +253,10 @@ async fn serve(
     port: u16,
     args: &[&str],
 ) -> Fastgate {
-    let log = dir.path().join("fastgate.log");
-    let child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let fg = Fastgate {
-        child,
-        port,
-        dir,
-        config,
-        log,
-        http: reqwest::Client::builder().no_proxy().build().unwrap(),
-    };
-    fg.wait_healthy().await;
-    fg
+    Fastgate::spawn_in(dir, config, port, |cmd| {
+        cmd.args(args);
+    })
+    .await
 }
 
 async fn chat_status(fg: &Fastgate, key: &str) -> u16 {
@@ -568,26 +551,11 @@ async fn logging_file_receives_the_log_lines_and_survives_rotation() {
     let yaml = config_yaml(port, &dir.path().join("fastgate.db"), &upstream.url())
         + "logging:\n  level: \"INFO\"\n  format: \"text\"\n  file: \"logs/fastgate.log\"\n";
     std::fs::write(&config, yaml).unwrap();
-    let log = dir.path().join("fastgate.log");
-    let child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .env("TERM", "xterm-256color")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let fg = Fastgate {
-        child,
-        port,
-        dir,
-        config,
-        log,
-        http: reqwest::Client::builder().no_proxy().build().unwrap(),
-    };
-    fg.wait_healthy().await;
+    // The file's level applies (no RUST_LOG); a terminal type that would allow colour.
+    let fg = Fastgate::spawn_in(dir, config, port, |cmd| {
+        cmd.env_remove("RUST_LOG").env("TERM", "xterm-256color");
+    })
+    .await;
     let key = fg.key("logger").await;
     assert_eq!(chat_status(&fg, &key).await, 200);
     let file = fg.dir.path().join("logs/fastgate.log");

@@ -215,6 +215,22 @@ impl Fastgate {
         edit(&mut yaml);
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
+        Self::spawn_in(dir, config, port, |cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+        .await
+    }
+
+    /// Start the binary in `dir` (its working directory, where its log goes) on `config`, which
+    /// listens on `port`; `configure` adds arguments or environment (`RUST_LOG=debug` is set).
+    pub async fn spawn_in(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let log = dir.path().join("fastgate.log");
         let mut cmd = Command::new(bin());
         cmd.arg("--config")
@@ -223,9 +239,7 @@ impl Fastgate {
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        configure(&mut cmd);
         let child = cmd.spawn().unwrap();
         let fg = Self {
             child,
