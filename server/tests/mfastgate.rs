@@ -228,6 +228,23 @@ async fn write_old_database(path: &Path) -> OldKeys {
     keys
 }
 
+/// The test config (listening on `port`, database `dir/fastgate.db`, backend `backend`), changed
+/// by `edit`, written to `dir/config.yaml`; returns that path.
+fn write_config(
+    dir: &Path,
+    port: u16,
+    backend: &str,
+    edit: impl FnOnce(String) -> String,
+) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        edit(config_yaml(port, &dir.join("fastgate.db"), backend)),
+    )
+    .unwrap();
+    path
+}
+
 /// `fastgate --config <config> <args…>`, run to completion: (success, stdout, stderr).
 fn run_cli(dir: &Path, config: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin())
@@ -446,16 +463,7 @@ async fn a_key_tried_before_its_import_works_after_it() {
 async fn importing_a_file_that_is_not_mfastgates_fails_clearly() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        config_yaml(
-            free_port(),
-            &dir.path().join("fastgate.db"),
-            &upstream.url(),
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), free_port(), &upstream.url(), |y| y);
     let other = dir.path().join("other.db");
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", other.display()))
         .await
@@ -490,10 +498,9 @@ async fn host_and_port_flags_override_the_config() {
     // `--host`: the file's host is one this test does not reach the server on.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("config.yaml");
-    let yaml = config_yaml(port, &dir.path().join("fastgate.db"), &upstream.url())
-        .replace("host: \"127.0.0.1\"", "host: \"::1\"");
-    std::fs::write(&config, yaml).unwrap();
+    let config = write_config(dir.path(), port, &upstream.url(), |y| {
+        y.replace("host: \"127.0.0.1\"", "host: \"::1\"")
+    });
     let fg = serve(dir, config, port, &["--host", "127.0.0.1"]).await;
     assert_eq!(fg.health().await.0, 200);
     drop(fg);
@@ -501,12 +508,7 @@ async fn host_and_port_flags_override_the_config() {
     // `--port`: the server listens on the flag's port, not on the file's.
     let dir = tempfile::tempdir().unwrap();
     let (in_file, on_flag) = (free_port(), free_port());
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        config_yaml(in_file, &dir.path().join("fastgate.db"), &upstream.url()),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), in_file, &upstream.url(), |y| y);
     let port = on_flag.to_string();
     let fg = serve(dir, config, on_flag, &["--port", &port]).await;
     assert_eq!(fg.health().await.0, 200);
@@ -520,14 +522,9 @@ async fn host_and_port_flags_override_the_config() {
 #[tokio::test]
 async fn check_config_prints_the_warnings() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    let yaml = config_yaml(
-        free_port(),
-        &dir.path().join("fastgate.db"),
-        "http://127.0.0.1:9",
-    )
-    .replace("async_audit: true", "async_audit: false");
-    std::fs::write(&config, yaml).unwrap();
+    let config = write_config(dir.path(), free_port(), "http://127.0.0.1:9", |y| {
+        y.replace("async_audit: true", "async_audit: false")
+    });
     // M-FastGate's own routes file, beside the config.
     std::fs::write(dir.path().join("routes.yaml"), "miniai:\n  prefix: /v2\n").unwrap();
     let (ok, stdout, stderr) = run_cli(dir.path(), &config, &["check-config"]);
@@ -547,10 +544,9 @@ async fn logging_file_receives_the_log_lines_and_survives_rotation() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("config.yaml");
-    let yaml = config_yaml(port, &dir.path().join("fastgate.db"), &upstream.url())
-        + "logging:\n  level: \"INFO\"\n  format: \"text\"\n  file: \"logs/fastgate.log\"\n";
-    std::fs::write(&config, yaml).unwrap();
+    let config = write_config(dir.path(), port, &upstream.url(), |y| {
+        y + "logging:\n  level: \"INFO\"\n  format: \"text\"\n  file: \"logs/fastgate.log\"\n"
+    });
     // The file's level applies (no RUST_LOG); a terminal type that would allow colour.
     let fg = Fastgate::spawn_in(dir, config, port, |cmd| {
         cmd.env_remove("RUST_LOG").env("TERM", "xterm-256color");
@@ -642,13 +638,9 @@ async fn environment_selects_the_config_file() {
 #[tokio::test]
 async fn cli_commands_leave_logging_file_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    let yaml = config_yaml(
-        free_port(),
-        &dir.path().join("fastgate.db"),
-        "http://127.0.0.1:9",
-    ) + "logging:\n  file: \"logs/fastgate.log\"\n";
-    std::fs::write(&config, yaml).unwrap();
+    let config = write_config(dir.path(), free_port(), "http://127.0.0.1:9", |y| {
+        y + "logging:\n  file: \"logs/fastgate.log\"\n"
+    });
     let (ok, _, stderr) = run_cli(dir.path(), &config, &["keys", "list"]);
     assert!(ok, "{stderr}");
     assert!(!dir.path().join("logs").exists());
