@@ -455,12 +455,40 @@ pub struct RouteEntry {
 
 // === secrets in serde ===
 
+/// A secret as YAML may spell it: an unquoted `12345678` or `true` is a number or a boolean.
+/// Read through an untagged enum, so that a type error never quotes the value.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretText {
+    Text(String),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl SecretText {
+    fn into_string(self) -> String {
+        match self {
+            Self::Text(s) => s,
+            Self::Int(n) => n.to_string(),
+            Self::Uint(n) => n.to_string(),
+            Self::Float(n) => n.to_string(),
+            Self::Bool(b) => b.to_string(),
+        }
+    }
+}
+
 fn de_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
-    String::deserialize(d).map(Secret::new)
+    SecretText::deserialize(d)
+        .map(|t| Secret::new(t.into_string()))
+        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))
 }
 
 fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?
+    Ok(Option::<SecretText>::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))?
+        .map(SecretText::into_string)
         .filter(|s| !s.is_empty())
         .map(Secret::new))
 }
@@ -800,9 +828,18 @@ pub fn log_filter(level: &str) -> Result<String, String> {
     };
     let mut out = Vec::new();
     for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        match directive.rsplit_once('=') {
+        // The level's `=` is the last one outside a span filter's `[…]`.
+        let outside = directive.rfind(']').map_or(0, |i| i + 1);
+        let split = directive[outside..]
+            .rfind('=')
+            .map(|i| (&directive[..outside + i], &directive[outside + i + 1..]));
+        if split.is_none() && directive.contains('[') {
+            out.push(directive.to_owned()); // a span filter without a level: tracing's syntax
+            continue;
+        }
+        match split {
             Some((target, lvl)) => match level_name(lvl) {
-                Some(l) => out.push(format!("{target}={l}")),
+                Some(l) => out.push(format!("{}={l}", target.trim())),
                 None => return Err(format!("unknown level {lvl:?} in {directive:?}")),
             },
             None => match level_name(directive) {
@@ -1308,6 +1345,18 @@ api_gateway:
     }
 
     #[test]
+    fn secrets_spelled_as_numbers_are_read_and_never_quoted_in_errors() {
+        let c = parse(&SEED.replace("\"admin_secret_token_dev\"", "12345678"), &[]).unwrap();
+        assert_eq!(c.security.admin_token.expose(), "12345678");
+        let e = parse(
+            &SEED.replace("\"admin_secret_token_dev\"", "[\"s3cr3t-in-a-list\"]"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t-in-a-list"), "{e}");
+    }
+
+    #[test]
     fn python_level_names_are_mapped_and_unknown_ones_refused() {
         assert_eq!(log_filter("INFO").unwrap(), "info");
         assert_eq!(log_filter("WARNING").unwrap(), "warn");
@@ -1316,6 +1365,12 @@ api_gateway:
             log_filter("fastgate=DEBUG, warning").unwrap(),
             "fastgate=debug,warn"
         );
+        assert_eq!(log_filter("fastgate = debug").unwrap(), "fastgate=debug");
+        assert_eq!(
+            log_filter("fastgate[req{id=7}]=debug").unwrap(),
+            "fastgate[req{id=7}]=debug"
+        );
+        assert_eq!(log_filter("[req{id=7}]").unwrap(), "[req{id=7}]");
         assert!(log_filter("WARNINGS").unwrap_err().contains("WARNINGS"));
         assert!(log_filter("fastgate=loud").is_err());
         assert!(log_filter(" , ").is_err());

@@ -26,6 +26,7 @@ impl LogFile {
                 .recursive(true)
                 .mode(0o750)
                 .create(dir)?;
+            private(&File::open(dir)?)?;
         }
         Ok(Arc::new(Self {
             path: path.to_owned(),
@@ -47,11 +48,24 @@ impl LogFile {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .open(path)
+        .open(path)?;
+    // A file left by an earlier build (or created by another tool) may be world-readable.
+    private(&file)?;
+    Ok(file)
+}
+
+/// Take group-write and every permission of others away from `file` (a file or a directory).
+fn private(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o027 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7750))?;
+    }
+    Ok(())
 }
 
 /// `tracing-subscriber` writes each event with one call: one lock per line.
@@ -79,18 +93,21 @@ mod tests {
         let path = dir.path().join("logs/fastgate.log");
         let log = LogFile::open(&path).unwrap();
         (&*log).write_all(b"one\n").unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode & 0o007, 0, "world-accessible: {mode:o}");
-        let dir_mode = std::fs::metadata(path.parent().unwrap())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let shared = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o027;
+        assert_eq!(shared(&path), 0, "group-writable or open to others");
         assert_eq!(
-            dir_mode & 0o007,
+            shared(path.parent().unwrap()),
             0,
-            "world-accessible directory: {dir_mode:o}"
+            "directory open to others"
         );
+        drop(log);
+        // Left open by an earlier build: tightened when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let parent = path.parent().unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let log = LogFile::open(&path).unwrap();
+        assert_eq!(shared(&path), 0, "an existing file was left open");
+        assert_eq!(shared(parent), 0, "an existing directory was left open");
         // logrotate: rename, then SIGHUP.
         let rotated = dir.path().join("logs/fastgate.log.1");
         std::fs::rename(&path, &rotated).unwrap();

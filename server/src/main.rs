@@ -100,7 +100,11 @@ fn init_logging(settings: &Settings, serving: bool) -> Result<Option<Arc<LogFile
         Some(level) => fastgate_server::config::log_filter(level)?,
         None => if c.app.debug { "debug" } else { "info" }.to_owned(),
     };
-    let mut filter = std::env::var("RUST_LOG").unwrap_or(default);
+    // An empty RUST_LOG (docker-compose's `${RUST_LOG}`) counts as unset.
+    let mut filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or(default);
     // sqlx logs statements (never bound values) at debug; `database.echo` shows them.
     filter.push_str(if c.database.echo {
         ",sqlx=debug"
@@ -207,6 +211,11 @@ async fn serve(
     settings: Settings,
     log_file: Option<Arc<LogFile>>,
 ) -> anyhow::Result<()> {
+    // First: a SIGHUP during start-up (logrotate's postrotate) must not kill the process; a
+    // signal that arrives before the loop polls these is kept for it.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let store = connect_store(&settings).await.context("database")?;
     let addr = settings.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -230,9 +239,6 @@ async fn serve(
     })
     .await?;
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
