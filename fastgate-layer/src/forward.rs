@@ -8,7 +8,9 @@
 //! Plain `http://` backends get HTTP/1.1 connections pooled per backend that are driven by the
 //! request using them (no task per connection, no hop between tasks; see the `upstream` module).
 //! `https://` backends go through hyper-util's pooled client with rustls (HTTP/1.1, or HTTP/2
-//! when the upstream offers it through ALPN).
+//! when the upstream offers it through ALPN). Their certificates are checked against Mozilla's
+//! roots (`webpki-roots`), or against the roots of the `rustls::ClientConfig` given with
+//! [`ForwardConfig::tls_client_config`] (a private CA, a client certificate for mutual TLS).
 //!
 //! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
 //! counts as unreachable), its `response_timeout` from sending the request up to the response
@@ -81,6 +83,10 @@ pub struct ForwardConfig {
     /// Idle connections kept per backend (`http://`) or per upstream host (`https://`)
     /// (default 64).
     pub pool_max_idle_per_host: usize,
+    /// TLS client settings for `https://` backends; `None` (the default): Mozilla's roots
+    /// (`webpki-roots`) and no client certificate. Set with
+    /// [`tls_client_config`](Self::tls_client_config).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ForwardConfig {
@@ -90,11 +96,22 @@ impl Default for ForwardConfig {
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            tls: None,
         }
     }
 }
 
 impl ForwardConfig {
+    /// Use `config` for every `https://` backend: its root certificates decide which upstream
+    /// certificates are trusted (for a private CA, add it to the roots), and its client
+    /// certificate, if any, is presented (mutual TLS). Its `alpn_protocols` are replaced: the
+    /// service offers `h2` and `http/1.1` itself.
+    #[must_use]
+    pub fn tls_client_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(Arc::new(config));
+        self
+    }
+
     /// Not used: every route's `Backend::connect_timeout` applies to its own requests.
     #[deprecated(note = "each route's `Backend::connect_timeout` applies; this value is unused")]
     #[allow(deprecated)]
@@ -140,6 +157,8 @@ struct Shared<B> {
     /// so two `https://` routes to one host with different timeouts get different clients (and
     /// pools).
     clients: Mutex<HashMap<Duration, HttpsClient<B>>>,
+    /// The TLS client settings of [`ForwardConfig::tls`], or `None` for Mozilla's roots.
+    tls: Option<Arc<rustls::ClientConfig>>,
     pool_settings: PoolSettings,
     /// The upstream URI (without query), audit target and connection pool of each backend.
     targets: BackendCache<Option<Arc<Prepared<B>>>>,
@@ -186,6 +205,7 @@ where
         Self {
             shared: Arc::new(Shared {
                 clients: Mutex::default(),
+                tls: config.tls.clone(),
                 pool_settings: PoolSettings {
                     idle_timeout: config.pool_idle_timeout,
                     max_idle: config.pool_max_idle_per_host,
@@ -211,8 +231,17 @@ where
                 let mut http = HttpConnector::new();
                 http.set_nodelay(true);
                 http.enforce_http(false);
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_webpki_roots()
+                let builder = hyper_rustls::HttpsConnectorBuilder::new();
+                let builder = match &self.tls {
+                    Some(tls) => {
+                        let mut tls = rustls::ClientConfig::clone(tls);
+                        // hyper-rustls sets the ALPN list from the enabled HTTP versions.
+                        tls.alpn_protocols.clear();
+                        builder.with_tls_config(tls)
+                    }
+                    None => builder.with_webpki_roots(),
+                };
+                let https = builder
                     .https_or_http()
                     .enable_all_versions()
                     .wrap_connector(http);

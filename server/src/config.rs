@@ -312,6 +312,26 @@ pub struct ApiGatewayConfig {
     /// accepted with a warning.
     #[serde(default)]
     pub audit_full_response: Option<bool>,
+    /// TLS for `https://` backends (every route): extra trusted CAs, a client certificate.
+    #[serde(default)]
+    pub tls: UpstreamTlsConfig,
+}
+
+/// `api_gateway.tls`: how FastGate checks `https://` backends and what it presents to them.
+/// Relative paths are relative to the config file's directory. Read at start (a change needs a
+/// restart).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of CA certificates trusted in addition to Mozilla's roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM certificate chain presented to backends that ask for one (mutual TLS).
+    #[serde(default)]
+    pub client_cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<String>,
 }
 
 impl fmt::Debug for ApiGatewayConfig {
@@ -322,6 +342,7 @@ impl fmt::Debug for ApiGatewayConfig {
             .field("real_api_key", &self.real_api_key)
             .field("strip_headers", &self.strip_headers)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -528,6 +549,9 @@ pub struct Settings {
     pub routes_path: Option<PathBuf>,
     /// Problems that did not stop the load (logged at start and on reload).
     pub warnings: Vec<String>,
+    /// The TLS client settings built from `api_gateway.tls`; `None` when it sets nothing
+    /// (Mozilla's roots, no client certificate).
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Settings {
@@ -568,6 +592,9 @@ impl Settings {
             config.logging.file = None;
         }
         validate(path, &config)?;
+        let upstream_tls = crate::tls::client_config(path, &config.api_gateway.tls)
+            .map_err(|(key, message)| ConfigError::new(path, key, message))?
+            .map(Arc::new);
         let mut routes_path = routes_file_path(path, &config);
         let explicit = config
             .api_gateway
@@ -607,6 +634,7 @@ impl Settings {
             routes,
             routes_path,
             warnings,
+            upstream_tls,
         })
     }
 
@@ -1022,16 +1050,19 @@ fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `p` as given when absolute, else relative to the directory of the config file.
+pub(crate) fn relative_to_config(config_path: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
 fn routes_file_path(config_path: &Path, c: &Config) -> Option<PathBuf> {
     match &c.api_gateway.routes_file {
-        Some(p) if !p.is_empty() => {
-            let p = PathBuf::from(p);
-            Some(if p.is_absolute() {
-                p
-            } else {
-                config_path.parent().unwrap_or(Path::new(".")).join(p)
-            })
-        }
+        Some(p) if !p.is_empty() => Some(relative_to_config(config_path, p)),
         Some(_) => None,
         None => {
             let beside = config_path

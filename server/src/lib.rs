@@ -13,6 +13,7 @@ pub mod front;
 pub mod guard;
 pub mod logfile;
 pub mod state;
+pub mod tls;
 pub mod ui;
 
 use std::future::Future;
@@ -21,10 +22,12 @@ use std::time::Duration;
 
 use fastgate_layer::GatewayBuilder;
 use fastgate_layer::audit::{AuditConfig as LayerAuditConfig, AuditLayer};
+use fastgate_layer::forward::ForwardConfig;
 use fastgate_layer::route::RouteTable;
 use fastgate_store::{BackgroundOptions, Store, StoreOptions};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::OpenApiService;
+use rustls::ClientConfig;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
@@ -112,6 +115,10 @@ impl Gateway {
             .audit(audit.clone())
             .strip_headers(strip)
             .max_body_bytes(c.api_gateway.max_body_bytes)
+            .forward_config(match &settings.upstream_tls {
+                Some(tls) => ForwardConfig::default().tls_client_config(ClientConfig::clone(tls)),
+                None => ForwardConfig::default(),
+            })
             .build::<hyper::body::Incoming>();
         let state = Arc::new(AppState::new(store.clone(), settings, audit.stats()));
         drop(audit);
@@ -187,10 +194,11 @@ impl Gateway {
             || a.audit.queue_capacity != b.audit.queue_capacity
             || a.api_gateway.strip_headers != b.api_gateway.strip_headers
             || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
+            || a.api_gateway.tls != b.api_gateway.tls
             || a.logging != b.logging
         {
             tracing::warn!(
-                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
+                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes, api_gateway.tls and logging changes take effect after a restart (SIGHUP does reopen logging.file; TLS files are read at start)"
             );
         }
         self.routes.replace(new.routes.clone());

@@ -14,6 +14,7 @@ use fastgate_layer::audit::{
     AuditConfig, AuditEvent, AuditLayer, AuditStats, AuditWorker, MemorySink,
 };
 use fastgate_layer::auth::StaticKeys;
+use fastgate_layer::forward::ForwardConfig;
 use fastgate_layer::route::RouteTable;
 use fastgate_layer::{Backend, ClientAddr, GatewayBuilder, KeyIdentity, RouteConfig, Secret};
 use http::{HeaderMap, Request, Response, header};
@@ -134,6 +135,24 @@ pub async fn gateway(
     max_body: u64,
     run_worker: bool,
 ) -> Gateway {
+    gateway_with_forward(
+        backend,
+        config,
+        max_body,
+        run_worker,
+        ForwardConfig::default(),
+    )
+    .await
+}
+
+/// [`gateway`] with the forward service configured by `forward` (TLS settings, pool sizes).
+pub async fn gateway_with_forward(
+    backend: Backend,
+    config: AuditConfig,
+    max_body: u64,
+    run_worker: bool,
+    forward: ForwardConfig,
+) -> Gateway {
     let sink = MemorySink::default();
     let (audit, worker) = AuditLayer::pair(sink.clone(), config);
     let stats = audit.stats();
@@ -146,6 +165,7 @@ pub async fn gateway(
     let svc = GatewayBuilder::new(keys(), routes(backend))
         .audit(audit)
         .max_body_bytes(max_body)
+        .forward_config(forward)
         .build::<Incoming>();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,123 @@
+//! `api_gateway.tls`: the rustls client settings for `https://` backends, built from PEM files.
+//!
+//! Errors name the file and what is wrong with it, never its content (a key file is a secret).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{UpstreamTlsConfig, relative_to_config};
+
+/// A config key and what is wrong with it.
+pub type TlsConfigError = (&'static str, String);
+
+/// A path that is set and not blank.
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|p| !p.trim().is_empty())
+}
+
+/// The client settings `tls` asks for, or `None` when it sets nothing (the forward service then
+/// uses Mozilla's roots and no client certificate). `config_path` anchors relative paths.
+pub fn client_config(
+    config_path: &Path,
+    tls: &UpstreamTlsConfig,
+) -> Result<Option<rustls::ClientConfig>, TlsConfigError> {
+    let (ca_file, cert_file, key_file) = (
+        set(&tls.ca_file),
+        set(&tls.client_cert_file),
+        set(&tls.client_key_file),
+    );
+    if ca_file.is_none() && cert_file.is_none() && key_file.is_none() {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(file) = ca_file {
+        const KEY: &str = "api_gateway.tls.ca_file";
+        let path = relative_to_config(config_path, file);
+        let certs = read_certs(&path).map_err(|m| (KEY, m))?;
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| {
+                (
+                    KEY,
+                    format!(
+                        "certificate {} in {} is not a usable CA certificate: {e}",
+                        i + 1,
+                        path.display()
+                    ),
+                )
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("api_gateway.tls", format!("TLS set-up failed: {e}")))?
+        .with_root_certificates(roots);
+    let config = match (cert_file, key_file) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(_), None) => {
+            return Err((
+                "api_gateway.tls.client_key_file",
+                "must be set when client_cert_file is".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err((
+                "api_gateway.tls.client_cert_file",
+                "must be set when client_key_file is".into(),
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            let cert_path = relative_to_config(config_path, cert);
+            let chain =
+                read_certs(&cert_path).map_err(|m| ("api_gateway.tls.client_cert_file", m))?;
+            let key_path = relative_to_config(config_path, key);
+            let key = read_key(&key_path).map_err(|m| ("api_gateway.tls.client_key_file", m))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                (
+                    "api_gateway.tls.client_key_file",
+                    format!(
+                        "{} and {} are not a usable certificate and key pair: {e}",
+                        cert_path.display(),
+                        key_path.display()
+                    ),
+                )
+            })?
+        }
+    };
+    Ok(Some(config))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Every certificate of a PEM file; an error when it holds none.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a readable PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The first private key of a PEM file. The underlying error is not shown: its text could quote
+/// part of the file, and the file is a secret.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+        format!(
+            "{} holds no readable private key (expected PEM: PKCS#8, PKCS#1 or SEC1)",
+            path.display()
+        )
+    })
+}
