@@ -11,7 +11,14 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     /// Configuration file (M-FastGate's YAML format). Default: `config/$ENVIRONMENT.yaml` when
     /// `ENVIRONMENT` is set (M-FastGate's way of choosing it), else `config/development.yaml`.
-    #[arg(long, short, env = "FASTGATE_CONFIG", global = true)]
+    /// An empty value (`FASTGATE_CONFIG=`) counts as not set.
+    #[arg(
+        long,
+        short,
+        env = "FASTGATE_CONFIG",
+        global = true,
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
     pub config: Option<PathBuf>,
     /// Listen address, overriding `app.host` (as uvicorn's `--host`).
     #[arg(long, global = true)]
@@ -28,10 +35,34 @@ impl Cli {
     /// The configuration file to load: `--config` / `FASTGATE_CONFIG`, else the one
     /// `ENVIRONMENT` names, else `config/development.yaml`.
     pub fn config_path(&self) -> Result<PathBuf, String> {
-        match &self.config {
-            Some(path) => Ok(path.clone()),
+        match self.explicit_config() {
+            Some(path) => Ok(path.to_owned()),
             None => environment_config(std::env::var("ENVIRONMENT").ok().as_deref()),
         }
+    }
+
+    /// How the file was chosen when neither `--config` nor `FASTGATE_CONFIG` named it: a hint
+    /// for the error shown when it cannot be loaded.
+    pub fn config_hint(&self) -> Option<String> {
+        if self.explicit_config().is_some() {
+            return None;
+        }
+        let environment = std::env::var("ENVIRONMENT").ok().filter(|e| !e.is_empty());
+        let path = environment_config(environment.as_deref()).ok()?;
+        Some(match environment {
+            Some(e) => format!(
+                "{} was chosen by ENVIRONMENT={e}; pass --config PATH or set FASTGATE_CONFIG to load another file",
+                path.display()
+            ),
+            None => format!(
+                "{} is the default; pass --config PATH, set FASTGATE_CONFIG, or set ENVIRONMENT=<name> for config/<name>.yaml",
+                path.display()
+            ),
+        })
+    }
+
+    fn explicit_config(&self) -> Option<&std::path::Path> {
+        self.config.as_deref().filter(|p| !p.as_os_str().is_empty())
     }
 }
 

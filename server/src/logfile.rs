@@ -3,12 +3,15 @@
 //! The file is created readable by its owner and group only (0640, its directory 0750): log
 //! lines hold no secret, but client addresses and key ids. SIGHUP reopens it, so logrotate's
 //! usual rename-and-create works. A failed write (a full disk) is dropped for the file only:
-//! the same line has gone to stderr already, and logging must never stop the gateway.
+//! the same line has gone to stderr already, and logging must never stop the gateway. The first
+//! failure of a run of failures is reported on stderr, and so is the first write that succeeds
+//! after it, with the number of lines the file missed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// An append-only log file that can be reopened at the same path.
@@ -16,6 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct LogFile {
     path: PathBuf,
     file: Mutex<File>,
+    /// Lines dropped since the last write that succeeded (0: the file is being written).
+    missed: AtomicU64,
 }
 
 impl LogFile {
@@ -31,6 +36,7 @@ impl LogFile {
         Ok(Arc::new(Self {
             path: path.to_owned(),
             file: Mutex::new(open_append(path)?),
+            missed: AtomicU64::new(0),
         }))
     }
 
@@ -44,6 +50,32 @@ impl LogFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lines dropped since the last successful write.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+
+    /// Note how a write went; returns the notice for stderr when the file starts or stops failing.
+    fn note(&self, result: io::Result<()>) -> Option<String> {
+        match result {
+            Ok(()) => {
+                let missed = self.missed.swap(0, Ordering::Relaxed);
+                (missed > 0).then(|| {
+                    format!(
+                        "fastgate: logging.file {}: writing again; {missed} line(s) were not written to it",
+                        self.path.display()
+                    )
+                })
+            }
+            Err(e) => (self.missed.fetch_add(1, Ordering::Relaxed) == 0).then(|| {
+                format!(
+                    "fastgate: logging.file {}: write failed ({e}); lines go to stderr only until a write succeeds",
+                    self.path.display()
+                )
+            }),
+        }
     }
 }
 
@@ -71,9 +103,16 @@ fn private(file: &File) -> io::Result<()> {
 /// `tracing-subscriber` writes each event with one call: one lock per line.
 impl Write for &LogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        // Dropped on failure (see the module docs): the line is on stderr already.
-        let _ = file.write_all(buf);
+        let written = self
+            .file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(buf);
+        // Dropped on failure (see the module docs): the line is on stderr already. Straight to
+        // stderr, not through `tracing`, which would come back here.
+        if let Some(notice) = self.note(written) {
+            let _ = writeln!(io::stderr(), "{notice}");
+        }
         Ok(buf.len())
     }
 
@@ -116,5 +155,32 @@ mod tests {
         (&*log).write_all(b"three\n").unwrap();
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+    }
+
+    #[test]
+    fn failed_writes_are_counted_and_reported_once_per_run_of_failures() {
+        // /dev/full fails every write with ENOSPC, like a full disk.
+        let log = LogFile {
+            path: PathBuf::from("/dev/full"),
+            file: Mutex::new(OpenOptions::new().append(true).open("/dev/full").unwrap()),
+            missed: AtomicU64::new(0),
+        };
+        let failure = || Err(io::Error::from_raw_os_error(28));
+        for _ in 0..3 {
+            (&log).write_all(b"lost\n").unwrap();
+        }
+        assert_eq!(log.missed(), 3);
+        let first = log.note(failure()).unwrap_or_default();
+        assert_eq!(first, "", "only the first failure of a run is reported");
+        assert_eq!(log.missed(), 4);
+        let back = log.note(Ok(())).unwrap();
+        assert!(back.contains("4 line(s)"), "{back}");
+        assert_eq!(log.missed(), 0);
+        assert_eq!(log.note(Ok(())), None);
+        let again = log.note(failure()).unwrap();
+        assert!(
+            again.contains("write failed") && again.contains("/dev/full"),
+            "{again}"
+        );
     }
 }

@@ -30,6 +30,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("fastgate: configuration error: {e}");
+            if e.key == "(file)"
+                && let Some(hint) = cli.config_hint()
+            {
+                eprintln!("fastgate: {hint}");
+            }
             return ExitCode::from(2);
         }
     };

@@ -635,9 +635,21 @@ async fn environment_selects_the_config_file() {
     ]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("config/development.yaml"), "{stdout}");
+    // An empty FASTGATE_CONFIG (a blank line in an env file) counts as not set.
+    let (code, stdout, stderr) = check(&[("ENVIRONMENT", "production"), ("FASTGATE_CONFIG", "")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("config/production.yaml"), "{stdout}");
+    // A missing file says how it was chosen.
     let (code, _, stderr) = check(&[("ENVIRONMENT", "staging")]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("staging.yaml"), "{stderr}");
+    assert!(stderr.contains("chosen by ENVIRONMENT=staging"), "{stderr}");
+    let (code, _, stderr) = check(&[("FASTGATE_CONFIG", "config/nope.yaml")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("nope.yaml") && !stderr.contains("chosen by"),
+        "{stderr}"
+    );
 }
 
 /// Only the server writes `logging.file`: `fastgate keys …` (often run as another user) neither
