@@ -10,7 +10,8 @@
 //! `https://` backends go through hyper-util's pooled client with rustls (HTTP/1.1, or HTTP/2
 //! when the upstream offers it through ALPN). Their certificates are checked against Mozilla's
 //! roots (`webpki-roots`), or against the roots of the `rustls::ClientConfig` given with
-//! [`ForwardConfig::tls_client_config`] (a private CA, a client certificate for mutual TLS).
+//! [`ForwardConfig::tls_client_config`] (a private CA, a client certificate for mutual TLS),
+//! which an [`UpstreamTls`] handle can replace while the service runs (certificate rotation).
 //!
 //! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
 //! counts as unreachable), its `response_timeout` from sending the request up to the response
@@ -85,8 +86,8 @@ pub struct ForwardConfig {
     pub pool_max_idle_per_host: usize,
     /// TLS client settings for `https://` backends; `None` (the default): Mozilla's roots
     /// (`webpki-roots`) and no client certificate. Set with
-    /// [`tls_client_config`](Self::tls_client_config).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// [`tls_client_config`](Self::tls_client_config) or [`upstream_tls`](Self::upstream_tls).
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Default for ForwardConfig {
@@ -107,8 +108,15 @@ impl ForwardConfig {
     /// certificate, if any, is presented (mutual TLS). Its `alpn_protocols` are replaced: the
     /// service offers `h2` and `http/1.1` itself.
     #[must_use]
-    pub fn tls_client_config(mut self, config: rustls::ClientConfig) -> Self {
-        self.tls = Some(Arc::new(config));
+    pub fn tls_client_config(self, config: rustls::ClientConfig) -> Self {
+        self.upstream_tls(UpstreamTls::new(config))
+    }
+
+    /// Use the settings of `tls` for every `https://` backend, and whatever later replaces them
+    /// through a clone of the handle.
+    #[must_use]
+    pub fn upstream_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -122,7 +130,88 @@ impl ForwardConfig {
     }
 }
 
-type HttpsClient<B> = Client<TimedConnector<HttpsConnector<HttpConnector>>, B>;
+type HttpsClient<B> = Client<TimedConnector<SwappableHttps>, B>;
+
+/// The TLS client settings of `https://` backends, replaceable while the service runs.
+///
+/// Clones share the settings: give one to [`ForwardConfig::upstream_tls`] and keep another to
+/// call [`replace`](Self::replace), e.g. on a configuration reload that rotates a client
+/// certificate or a CA. A connection uses the settings current when it is opened; pooled
+/// connections keep theirs until they close.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    current: Arc<std::sync::RwLock<Arc<rustls::ClientConfig>>>,
+}
+
+impl UpstreamTls {
+    /// These settings; their `alpn_protocols` are replaced by `h2` and `http/1.1`.
+    pub fn new(config: rustls::ClientConfig) -> Self {
+        Self {
+            current: Arc::new(std::sync::RwLock::new(with_alpn(config))),
+        }
+    }
+
+    /// Mozilla's roots (`webpki-roots`), no client certificate: the settings used when none are
+    /// given.
+    pub fn mozilla_roots() -> Self {
+        use hyper_rustls::ConfigBuilderExt as _;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = match rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+        {
+            Ok(builder) => builder,
+            // ring supports both default protocol versions; kept as a fallback, not expected.
+            Err(_) => rustls::ClientConfig::builder(),
+        }
+        .with_webpki_roots()
+        .with_no_client_auth();
+        Self::new(config)
+    }
+
+    /// From now on, open connections with `config` (its ALPN list replaced as in [`new`](Self::new)).
+    pub fn replace(&self, config: rustls::ClientConfig) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = with_alpn(config);
+    }
+
+    fn current(&self) -> Arc<rustls::ClientConfig> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls").finish_non_exhaustive()
+    }
+}
+
+fn with_alpn(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// hyper-rustls's connector over the TLS settings current when each connection opens.
+#[derive(Clone)]
+struct SwappableHttps {
+    http: HttpConnector,
+    tls: UpstreamTls,
+}
+
+impl Service<Uri> for SwappableHttps {
+    type Response = <HttpsConnector<HttpConnector> as Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = <HttpsConnector<HttpConnector> as Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // HttpConnector is always ready; each call uses its own connector.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        // `https_or_http`: plain `http://` URIs also work (hyper-util is used for them only when
+        // an embedder routes them here).
+        HttpsConnector::from((self.http.clone(), self.tls.current())).call(uri)
+    }
+}
 
 /// What a backend's requests need, built once per backend.
 struct Prepared<B> {
@@ -157,8 +246,8 @@ struct Shared<B> {
     /// so two `https://` routes to one host with different timeouts get different clients (and
     /// pools).
     clients: Mutex<HashMap<Duration, HttpsClient<B>>>,
-    /// The TLS client settings of [`ForwardConfig::tls`], or `None` for Mozilla's roots.
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS client settings of [`ForwardConfig::tls`], or Mozilla's roots.
+    tls: UpstreamTls,
     pool_settings: PoolSettings,
     /// The upstream URI (without query), audit target and connection pool of each backend.
     targets: BackendCache<Option<Arc<Prepared<B>>>>,
@@ -205,7 +294,10 @@ where
         Self {
             shared: Arc::new(Shared {
                 clients: Mutex::default(),
-                tls: config.tls.clone(),
+                tls: config
+                    .tls
+                    .clone()
+                    .unwrap_or_else(UpstreamTls::mozilla_roots),
                 pool_settings: PoolSettings {
                     idle_timeout: config.pool_idle_timeout,
                     max_idle: config.pool_max_idle_per_host,
@@ -231,20 +323,10 @@ where
                 let mut http = HttpConnector::new();
                 http.set_nodelay(true);
                 http.enforce_http(false);
-                let builder = hyper_rustls::HttpsConnectorBuilder::new();
-                let builder = match &self.tls {
-                    Some(tls) => {
-                        let mut tls = rustls::ClientConfig::clone(tls);
-                        // hyper-rustls sets the ALPN list from the enabled HTTP versions.
-                        tls.alpn_protocols.clear();
-                        builder.with_tls_config(tls)
-                    }
-                    None => builder.with_webpki_roots(),
+                let https = SwappableHttps {
+                    http,
+                    tls: self.tls.clone(),
                 };
-                let https = builder
-                    .https_or_http()
-                    .enable_all_versions()
-                    .wrap_connector(http);
                 let connector = TimedConnector {
                     inner: https,
                     timeout: connect_timeout,

@@ -318,11 +318,14 @@ pub struct ApiGatewayConfig {
 }
 
 /// `api_gateway.tls`: how FastGate checks `https://` backends and what it presents to them.
-/// Relative paths are relative to the config file's directory. Read at start (a change needs a
-/// restart).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// Relative paths are relative to the config file's directory. The files are read at start and
+/// again on SIGHUP (new connections use the new settings).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
+    /// Trust Mozilla's roots (public CAs); `false`: only `ca_file`.
+    #[serde(default = "yes")]
+    pub public_roots: bool,
     /// PEM file of CA certificates trusted in addition to Mozilla's roots (a private CA).
     #[serde(default)]
     pub ca_file: Option<String>,
@@ -332,6 +335,17 @@ pub struct UpstreamTlsConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`.
     #[serde(default)]
     pub client_key_file: Option<String>,
+}
+
+impl Default for UpstreamTlsConfig {
+    fn default() -> Self {
+        Self {
+            public_roots: true,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
+    }
 }
 
 impl fmt::Debug for ApiGatewayConfig {
@@ -549,9 +563,8 @@ pub struct Settings {
     pub routes_path: Option<PathBuf>,
     /// Problems that did not stop the load (logged at start and on reload).
     pub warnings: Vec<String>,
-    /// The TLS client settings built from `api_gateway.tls`; `None` when it sets nothing
-    /// (Mozilla's roots, no client certificate).
-    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS client settings built from `api_gateway.tls` (its files read at load).
+    pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 impl fmt::Debug for Settings {
@@ -592,16 +605,16 @@ impl Settings {
             config.logging.file = None;
         }
         validate(path, &config)?;
-        let upstream_tls = crate::tls::client_config(path, &config.api_gateway.tls)
-            .map_err(|(key, message)| ConfigError::new(path, key, message))?
-            .map(Arc::new);
+        let (upstream_tls, tls_warnings) = crate::tls::client_config(path, &config.api_gateway.tls)
+            .map_err(|(key, message)| ConfigError::new(path, key, message))?;
+        let upstream_tls = Arc::new(upstream_tls);
         let mut routes_path = routes_file_path(path, &config);
         let explicit = config
             .api_gateway
             .routes_file
             .as_deref()
             .is_some_and(|p| !p.is_empty());
-        let mut warnings = Vec::new();
+        let mut warnings = tls_warnings;
         let extra = match &routes_path {
             Some(p) => match load_routes_file(p) {
                 Ok(extra) => extra,

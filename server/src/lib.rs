@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use fastgate_layer::GatewayBuilder;
 use fastgate_layer::audit::{AuditConfig as LayerAuditConfig, AuditLayer};
-use fastgate_layer::forward::ForwardConfig;
+use fastgate_layer::forward::{ForwardConfig, UpstreamTls};
 use fastgate_layer::route::RouteTable;
 use fastgate_store::{BackgroundOptions, Store, StoreOptions};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route};
@@ -72,6 +72,8 @@ pub struct Gateway {
     pub state: Arc<AppState>,
     /// The live route table (replaced on reload).
     pub routes: RouteTable,
+    /// The TLS settings of `https://` backends (replaced on reload).
+    upstream_tls: UpstreamTls,
     server: JoinHandle<std::io::Result<()>>,
     audit_worker: JoinHandle<()>,
     background: JoinHandle<()>,
@@ -89,6 +91,7 @@ impl Gateway {
     ) -> std::io::Result<Self> {
         let c = settings.config.clone();
         let trusted_proxies = settings.trusted_proxies();
+        let upstream_tls = UpstreamTls::new(ClientConfig::clone(&settings.upstream_tls));
         if !c.api_gateway.async_audit {
             tracing::warn!(
                 "api_gateway.async_audit: false is accepted, but audit is always asynchronous"
@@ -115,10 +118,7 @@ impl Gateway {
             .audit(audit.clone())
             .strip_headers(strip)
             .max_body_bytes(c.api_gateway.max_body_bytes)
-            .forward_config(match &settings.upstream_tls {
-                Some(tls) => ForwardConfig::default().tls_client_config(ClientConfig::clone(tls)),
-                None => ForwardConfig::default(),
-            })
+            .forward_config(ForwardConfig::default().upstream_tls(upstream_tls.clone()))
             .build::<hyper::body::Incoming>();
         let state = Arc::new(AppState::new(store.clone(), settings, audit.stats()));
         drop(audit);
@@ -175,6 +175,7 @@ impl Gateway {
         Ok(Self {
             state,
             routes,
+            upstream_tls,
             server,
             audit_worker: worker,
             background,
@@ -182,7 +183,8 @@ impl Gateway {
         })
     }
 
-    /// Apply a reloaded configuration: routes, real keys, timeouts and the admin token.
+    /// Apply a reloaded configuration: routes, real keys, timeouts, the admin token and the TLS
+    /// settings of `https://` backends (for new connections).
     /// Settings that need a restart (listen address, database, audit queue) are reported.
     pub fn reload(&self, new: Settings) {
         let old = self.state.settings();
@@ -194,14 +196,16 @@ impl Gateway {
             || a.audit.queue_capacity != b.audit.queue_capacity
             || a.api_gateway.strip_headers != b.api_gateway.strip_headers
             || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
-            || a.api_gateway.tls != b.api_gateway.tls
             || a.logging != b.logging
         {
             tracing::warn!(
-                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes, api_gateway.tls and logging changes take effect after a restart (SIGHUP does reopen logging.file; TLS files are read at start)"
+                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
             );
         }
         self.routes.replace(new.routes.clone());
+        // Files re-read by the load (a rotated certificate); new connections use them.
+        self.upstream_tls
+            .replace(ClientConfig::clone(&new.upstream_tls));
         self.state.replace_settings(new);
         tracing::info!(routes = self.routes.len(), "configuration reloaded");
     }

@@ -13,42 +13,50 @@ use crate::config::{UpstreamTlsConfig, relative_to_config};
 /// A config key and what is wrong with it.
 pub type TlsConfigError = (&'static str, String);
 
-/// A path that is set and not blank.
+/// A path that is set and not blank, without surrounding spaces.
 fn set(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|p| !p.trim().is_empty())
+    v.as_deref().map(str::trim).filter(|p| !p.is_empty())
 }
 
-/// The client settings `tls` asks for, or `None` when it sets nothing (the forward service then
-/// uses Mozilla's roots and no client certificate). `config_path` anchors relative paths.
+/// The client settings `tls` asks for (with nothing set: Mozilla's roots, no client
+/// certificate), and warnings that did not stop the load. `config_path` anchors relative paths.
 pub fn client_config(
     config_path: &Path,
     tls: &UpstreamTlsConfig,
-) -> Result<Option<rustls::ClientConfig>, TlsConfigError> {
+) -> Result<(rustls::ClientConfig, Vec<String>), TlsConfigError> {
     let (ca_file, cert_file, key_file) = (
         set(&tls.ca_file),
         set(&tls.client_cert_file),
         set(&tls.client_key_file),
     );
-    if ca_file.is_none() && cert_file.is_none() && key_file.is_none() {
-        return Ok(None);
-    }
+    let mut warnings = Vec::new();
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if tls.public_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else if ca_file.is_none() {
+        return Err((
+            "api_gateway.tls.public_roots",
+            "false trusts no CA at all unless ca_file names one".into(),
+        ));
+    }
     if let Some(file) = ca_file {
         const KEY: &str = "api_gateway.tls.ca_file";
         let path = relative_to_config(config_path, file);
         let certs = read_certs(&path).map_err(|m| (KEY, m))?;
-        for (i, cert) in certs.into_iter().enumerate() {
-            roots.add(cert).map_err(|e| {
-                (
-                    KEY,
-                    format!(
-                        "certificate {} in {} is not a usable CA certificate: {e}",
-                        i + 1,
-                        path.display()
-                    ),
-                )
-            })?;
+        // A system or corporate bundle may hold a certificate webpki cannot parse: skipped with
+        // a warning, as long as one is usable.
+        let (added, skipped) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err((
+                KEY,
+                format!("{} holds no usable CA certificate", path.display()),
+            ));
+        }
+        if skipped > 0 {
+            warnings.push(format!(
+                "{KEY}: {skipped} certificate(s) in {} could not be parsed and were skipped ({added} trusted)",
+                path.display()
+            ));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -88,7 +96,7 @@ pub fn client_config(
             })?
         }
     };
-    Ok(Some(config))
+    Ok((config, warnings))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -116,7 +124,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
         format!(
-            "{} holds no readable private key (expected PEM: PKCS#8, PKCS#1 or SEC1)",
+            "{} holds no readable private key (expected unencrypted PEM: PKCS#8, PKCS#1 or SEC1)",
             path.display()
         )
     })

@@ -1,27 +1,30 @@
 //! The binary in front of an `https://` backend: `api_gateway.tls` (a private CA, a client
-//! certificate), with a real TLS upstream on 127.0.0.1 and certificates made at test time.
+//! certificate, reloaded on SIGHUP), with a real TLS upstream on 127.0.0.1 and certificates made
+//! at test time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 #[path = "../../fastgate-layer/tests/tls_upstream/mod.rs"]
 mod tls_upstream;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use http::{Response, Version};
 use http_body_util::{BodyExt, Full};
-use tls_upstream::{Ca, tls_upstream};
+use tls_upstream::{Ca, TlsUpstream, tls_upstream};
 
-/// `fastgate --config <config> check-config`: (success, stderr + stdout).
-fn check_config(dir: &Path, config: &Path) -> (bool, String) {
+/// `fastgate --config <config> check-config`, run from `/` (so that relative paths can only
+/// resolve against the config file's directory): (success, stderr + stdout).
+fn check_config(config: &Path) -> (bool, String) {
     let out = Command::new(bin())
         .arg("--config")
         .arg(config)
         .arg("check-config")
-        .current_dir(dir)
+        .current_dir("/")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -33,25 +36,25 @@ fn check_config(dir: &Path, config: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The test config for `backend` with `tls` (indented YAML lines) under `api_gateway`.
-fn config_with_tls(dir: &Path, port: u16, backend: &str, tls: &str) -> std::path::PathBuf {
+/// Write `conf/config.yaml` under `dir` for `backend`, with `tls` (indented YAML lines) under
+/// `api_gateway`; the database stays in `dir`.
+fn config_with_tls(dir: &Path, port: u16, backend: &str, tls: &str) -> PathBuf {
     let yaml = config_yaml(port, &dir.join("fastgate.db"), backend)
         .replace("  timeout: 5\n", &format!("  timeout: 5\n  tls:\n{tls}"));
     assert!(yaml.contains("  tls:\n"));
-    let path = dir.join("config.yaml");
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    let path = dir.join("conf/config.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
 }
 
-#[tokio::test]
-async fn an_https_backend_behind_a_private_ca_asking_for_a_client_certificate() {
-    let server_ca = Ca::new("FastGate test server CA");
-    let client_ca = Ca::new("FastGate test client CA");
-    let identity = client_ca.client_cert("fastgate-gateway");
-    let mut up = tls_upstream(
+/// An upstream with a certificate of `server_ca`, asking for a client certificate of
+/// `client_ca` when given, answering every request with a small JSON completion.
+async fn json_upstream(server_ca: &Ca, client_ca: Option<&Ca>) -> TlsUpstream {
+    tls_upstream(
         &server_ca.server_cert(&["127.0.0.1"]),
         &[b"h2", b"http/1.1"],
-        Some(&client_ca),
+        client_ca,
         |_req| async {
             Response::new(
                 Full::new(Bytes::from_static(br#"{"id":"chatcmpl-tls","choices":[]}"#))
@@ -60,14 +63,39 @@ async fn an_https_backend_behind_a_private_ca_asking_for_a_client_certificate() 
             )
         },
     )
-    .await;
+    .await
+}
 
-    // Files beside the config, named by relative paths.
+/// Send SIGHUP and wait until the log holds `marker` once more than before.
+async fn reload(fg: &Fastgate, marker: &str) {
+    let before = fg.logs().matches(marker).count();
+    fg.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fg.logs().matches(marker).count() == before {
+        assert!(
+            Instant::now() < deadline,
+            "no {marker:?} logged:\n{}",
+            fg.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_https_backend_behind_a_private_ca_asking_for_a_client_certificate() {
+    let server_ca = Ca::new("FastGate test server CA");
+    let client_ca = Ca::new("FastGate test client CA");
+    let identity = client_ca.client_cert("fastgate-gateway");
+    let mut up = json_upstream(&server_ca, Some(&client_ca)).await;
+
+    // Files under `conf/`, beside the config, named by paths relative to it; the server's
+    // working directory is the one above.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("tls")).unwrap();
-    std::fs::write(dir.path().join("tls/ca.pem"), &server_ca.pem).unwrap();
-    std::fs::write(dir.path().join("tls/client.pem"), &identity.cert_pem).unwrap();
-    std::fs::write(dir.path().join("tls/client.key"), &identity.key_pem).unwrap();
+    let tls_dir = dir.path().join("conf/tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    std::fs::write(tls_dir.join("ca.pem"), &server_ca.pem).unwrap();
+    std::fs::write(tls_dir.join("client.pem"), &identity.cert_pem).unwrap();
+    std::fs::write(tls_dir.join("client.key"), &identity.key_pem).unwrap();
     let port = free_port();
     let config = config_with_tls(
         dir.path(),
@@ -75,7 +103,7 @@ async fn an_https_backend_behind_a_private_ca_asking_for_a_client_certificate() 
         &format!("https://{}", up.addr),
         "    ca_file: tls/ca.pem\n    client_cert_file: tls/client.pem\n    client_key_file: tls/client.key\n",
     );
-    let (ok, text) = check_config(dir.path(), &config);
+    let (ok, text) = check_config(&config);
     assert!(ok, "{text}");
     let fg = Fastgate::spawn_in(dir, config, port, |_| {}).await;
 
@@ -104,7 +132,7 @@ async fn an_https_backend_behind_a_private_ca_asking_for_a_client_certificate() 
     assert_eq!(row["status"], 200);
     let logs = fg.logs();
     assert!(
-        !logs.contains(&identity.key_pem),
+        !logs.contains(&identity.key_pem[40..80]),
         "the client key is never logged"
     );
 }
@@ -116,17 +144,19 @@ async fn unusable_tls_files_stop_the_start_with_the_file_named_and_no_key_shown(
     let backend = "https://127.0.0.1:9";
     let ca = Ca::new("FastGate test CA");
     let identity = ca.client_cert("fastgate-gateway");
-    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-    std::fs::write(dir.path().join("client.pem"), &identity.cert_pem).unwrap();
-    std::fs::write(dir.path().join("not-a-cert.pem"), "hello\n").unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("ca.pem"), &ca.pem).unwrap();
+    std::fs::write(conf.join("client.pem"), &identity.cert_pem).unwrap();
+    std::fs::write(conf.join("not-a-cert.pem"), "hello\n").unwrap();
     // Looks like a key, is not one; its text must not be echoed.
     let fake_key = "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIAL0123456789!!\n-----END PRIVATE KEY-----\n";
-    std::fs::write(dir.path().join("bad.key"), fake_key).unwrap();
+    std::fs::write(conf.join("bad.key"), fake_key).unwrap();
     // A key of another certificate.
     let other = ca.client_cert("someone-else");
-    std::fs::write(dir.path().join("other.key"), &other.key_pem).unwrap();
+    std::fs::write(conf.join("other.key"), &other.key_pem).unwrap();
 
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 7] = [
         (
             "    ca_file: missing.pem\n",
             "api_gateway.tls.ca_file",
@@ -157,10 +187,15 @@ async fn unusable_tls_files_stop_the_start_with_the_file_named_and_no_key_shown(
             "api_gateway.tls.client_key_file",
             "not a usable certificate and key pair",
         ),
+        (
+            "    public_roots: false\n",
+            "api_gateway.tls.public_roots",
+            "unless ca_file",
+        ),
     ];
     for (tls, key, message) in cases {
         let config = config_with_tls(dir.path(), port, backend, tls);
-        let (ok, text) = check_config(dir.path(), &config);
+        let (ok, text) = check_config(&config);
         assert!(!ok, "{tls}: must be refused");
         assert!(text.contains(key), "{tls}: {text}");
         assert!(text.contains(message), "{tls}: {text}");
@@ -170,11 +205,76 @@ async fn unusable_tls_files_stop_the_start_with_the_file_named_and_no_key_shown(
 
     // Unknown keys under `tls` are refused like everywhere else in the config.
     let config = config_with_tls(dir.path(), port, backend, "    verify: false\n");
-    let (ok, text) = check_config(dir.path(), &config);
+    let (ok, text) = check_config(&config);
     assert!(!ok && text.contains("verify"), "{text}");
 
-    // The usable files pass.
+    // The usable files pass. A bundle holding a certificate that cannot be parsed is taken,
+    // with a warning.
     let config = config_with_tls(dir.path(), port, backend, "    ca_file: ca.pem\n");
-    let (ok, text) = check_config(dir.path(), &config);
+    let (ok, text) = check_config(&config);
     assert!(ok, "{text}");
+    assert!(!text.contains("warning"), "{text}");
+    std::fs::write(
+        conf.join("bundle.pem"),
+        format!(
+            "{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            ca.pem
+        ),
+    )
+    .unwrap();
+    let config = config_with_tls(dir.path(), port, backend, "    ca_file: bundle.pem\n");
+    let (ok, text) = check_config(&config);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning") && text.contains("1 certificate(s)"),
+        "{text}"
+    );
+}
+
+/// SIGHUP re-reads the TLS files: a client certificate added (or rotated) is presented on the
+/// next connection; unusable files refuse the reload, and the running settings stay.
+#[tokio::test]
+async fn sighup_applies_new_tls_files_and_refuses_broken_ones() {
+    let server_ca = Ca::new("FastGate test server CA");
+    let client_ca = Ca::new("FastGate test client CA");
+    let mut up = json_upstream(&server_ca, Some(&client_ca)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let conf = root.join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(conf.join("ca.pem"), &server_ca.pem).unwrap();
+    let port = free_port();
+    let backend = format!("https://{}", up.addr);
+    let config = config_with_tls(&root, port, &backend, "    ca_file: ca.pem\n");
+    let fg = Fastgate::spawn_in(dir, config, port, |_| {}).await;
+    let key = fg.key("team-tls").await;
+
+    // No client certificate yet: the upstream refuses the connection.
+    let res = fg.chat(&key, false).await;
+    assert_eq!(res.status(), 502);
+
+    let identity = client_ca.client_cert("fastgate-gateway");
+    std::fs::write(conf.join("client.pem"), &identity.cert_pem).unwrap();
+    std::fs::write(conf.join("client.key"), &identity.key_pem).unwrap();
+    config_with_tls(
+        &root,
+        port,
+        &backend,
+        "    ca_file: ca.pem\n    client_cert_file: client.pem\n    client_key_file: client.key\n",
+    );
+    reload(&fg, "configuration reloaded").await;
+    let res = fg.chat(&key, false).await;
+    assert_eq!(res.status(), 200, "{}", fg.logs());
+    assert!(up.seen.recv().await.unwrap().client_cert);
+
+    // A broken key on the next SIGHUP: the reload is refused, naming the file, and the running
+    // settings keep working.
+    std::fs::write(conf.join("client.key"), "garbage TOPSECRETKEYMATERIAL\n").unwrap();
+    reload(&fg, "reload failed").await;
+    let logs = fg.logs();
+    assert!(logs.contains("api_gateway.tls.client_key_file"), "{logs}");
+    assert!(!logs.contains("TOPSECRETKEYMATERIAL"), "{logs}");
+    assert!(!logs.contains(&identity.key_pem[40..80]), "{logs}");
+    let res = fg.chat(&key, false).await;
+    assert_eq!(res.status(), 200);
 }
