@@ -12,6 +12,9 @@
 //! roots (`webpki-roots`), or against the roots of the `rustls::ClientConfig` given with
 //! [`ForwardConfig::tls_client_config`] (a private CA, a client certificate for mutual TLS),
 //! which an [`UpstreamTls`] handle can replace while the service runs (certificate rotation).
+//! With [`ForwardConfig::egress_proxy`], `https://` connections whose host the proxy rules match
+//! go through an HTTP proxy's `CONNECT` tunnel (TLS end to end with the backend); loopback hosts
+//! never do.
 //!
 //! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
 //! counts as unreachable), its `response_timeout` from sending the request up to the response
@@ -60,6 +63,9 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Intercept;
+pub use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioExecutor;
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -88,6 +94,10 @@ pub struct ForwardConfig {
     /// (`webpki-roots`) and no client certificate. Set with
     /// [`tls_client_config`](Self::tls_client_config) or [`upstream_tls`](Self::upstream_tls).
     pub tls: Option<UpstreamTls>,
+    /// Proxy rules for `https://` backends (e.g. the environment's `HTTPS_PROXY` and
+    /// `NO_PROXY`); `None` (the default): every connection is direct. Set with
+    /// [`egress_proxy`](Self::egress_proxy).
+    pub egress_proxy: Option<Arc<Matcher>>,
 }
 
 impl Default for ForwardConfig {
@@ -98,6 +108,7 @@ impl Default for ForwardConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
             tls: None,
+            egress_proxy: None,
         }
     }
 }
@@ -110,6 +121,17 @@ impl ForwardConfig {
     #[must_use]
     pub fn tls_client_config(self, config: rustls::ClientConfig) -> Self {
         self.upstream_tls(UpstreamTls::new(config))
+    }
+
+    /// Open `https://` connections through the HTTP proxy `rules` names for their host (a
+    /// `CONNECT` tunnel, with `Proxy-Authorization: Basic` when the proxy URL has credentials);
+    /// hosts the rules exclude, and loopback hosts, connect directly. Only `http://` proxy URLs
+    /// are supported: a connection whose proxy has another scheme fails (502). Plain `http://`
+    /// backends are not proxied.
+    #[must_use]
+    pub fn egress_proxy(mut self, rules: impl Into<Arc<Matcher>>) -> Self {
+        self.egress_proxy = Some(rules.into());
+        self
     }
 
     /// Use the settings of `tls` for every `https://` backend, and whatever later replaces them
@@ -189,12 +211,43 @@ fn with_alpn(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// hyper-rustls's connector over the TLS settings current when each connection opens.
+/// hyper-rustls's connector over the TLS settings current when each connection opens, through
+/// the egress proxy when one applies.
 #[derive(Clone)]
 struct SwappableHttps {
     http: HttpConnector,
     tls: UpstreamTls,
+    proxy: Option<Arc<Matcher>>,
 }
+
+/// The proxy a connection to `uri` goes through, if any: `https://` only, never to loopback.
+pub(crate) fn egress_intercept(rules: &Matcher, uri: &Uri) -> Option<Intercept> {
+    if uri.scheme_str() != Some("https") {
+        return None;
+    }
+    let host = uri.host()?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return None;
+    }
+    rules.intercept(uri)
+}
+
+/// The host of the proxy a connection to `uri` goes through under `rules` (see
+/// [`ForwardConfig::egress_proxy`]), or `None` for a direct connection. For diagnostics: it
+/// never returns the proxy's credentials.
+pub fn egress_proxy_host(rules: &Matcher, uri: &Uri) -> Option<String> {
+    egress_intercept(rules, uri).and_then(|i| i.uri().host().map(str::to_owned))
+}
+
+/// The egress proxy's scheme is not `http://`.
+#[derive(Debug, thiserror::Error)]
+#[error("egress proxy scheme {0:?} is not supported (only http:// proxies)")]
+pub struct UnsupportedProxy(String);
 
 impl Service<Uri> for SwappableHttps {
     type Response = <HttpsConnector<HttpConnector> as Service<Uri>>::Response;
@@ -207,9 +260,26 @@ impl Service<Uri> for SwappableHttps {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        // `https_or_http`: plain `http://` URIs also work (hyper-util is used for them only when
-        // an embedder routes them here).
-        HttpsConnector::from((self.http.clone(), self.tls.current())).call(uri)
+        let tls = self.tls.current();
+        if let Some(intercept) = self
+            .proxy
+            .as_deref()
+            .and_then(|rules| egress_intercept(rules, &uri))
+        {
+            let scheme = intercept.uri().scheme_str().unwrap_or("");
+            if scheme != "http" {
+                let err = UnsupportedProxy(scheme.to_owned());
+                return Box::pin(async move { Err(Box::new(err) as BoxError) });
+            }
+            let mut tunnel = Tunnel::new(intercept.uri().clone(), self.http.clone());
+            if let Some(auth) = intercept.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            return HttpsConnector::from((tunnel, tls)).call(uri);
+        }
+        // Plain `http://` URIs also work here (hyper-util is used for them only when an
+        // embedder routes them this way).
+        HttpsConnector::from((self.http.clone(), tls)).call(uri)
     }
 }
 
@@ -248,6 +318,8 @@ struct Shared<B> {
     clients: Mutex<HashMap<Duration, HttpsClient<B>>>,
     /// The TLS client settings of [`ForwardConfig::tls`], or Mozilla's roots.
     tls: UpstreamTls,
+    /// [`ForwardConfig::egress_proxy`].
+    egress_proxy: Option<Arc<Matcher>>,
     pool_settings: PoolSettings,
     /// The upstream URI (without query), audit target and connection pool of each backend.
     targets: BackendCache<Option<Arc<Prepared<B>>>>,
@@ -298,6 +370,7 @@ where
                     .tls
                     .clone()
                     .unwrap_or_else(UpstreamTls::mozilla_roots),
+                egress_proxy: config.egress_proxy.clone(),
                 pool_settings: PoolSettings {
                     idle_timeout: config.pool_idle_timeout,
                     max_idle: config.pool_max_idle_per_host,
@@ -326,6 +399,7 @@ where
                 let https = SwappableHttps {
                     http,
                     tls: self.tls.clone(),
+                    proxy: self.egress_proxy.clone(),
                 };
                 let connector = TimedConnector {
                     inner: https,

@@ -313,3 +313,107 @@ async fn replaced_tls_settings_apply_to_the_next_connection() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(up.seen.recv().await.unwrap().version, Version::HTTP_11);
 }
+
+/// `Proxy-Authorization` for `user:password`.
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
+    const HOST: &str = "llm.internal.test";
+    let ca = Ca::new("FastGate test CA");
+    let mut up = ok_upstream(&ca.server_cert(&[HOST]), H2_AND_HTTP1, None).await;
+    let mut proxy = tls_upstream::connect_proxy(Some(&basic("fg", "proxy-pw"))).await;
+    // A name nothing resolves: only the proxy (which maps it to 127.0.0.1) can reach it.
+    let backend = || {
+        let mut b = backend(up.addr);
+        b.base_url = format!("https://{HOST}:{}/base", up.addr.port())
+            .parse()
+            .unwrap();
+        b
+    };
+    let via = |user: &str, no_proxy: &str| {
+        let proxy_url = format!("http://{user}:proxy-pw@{}", proxy.addr);
+        trusting(&ca, None).egress_proxy(
+            fastgate_layer::forward::Matcher::builder()
+                .https(proxy_url)
+                .no(no_proxy)
+                .build(),
+        )
+    };
+
+    let gw =
+        gateway_with_forward(backend(), test_audit_config(), 1 << 20, true, via("fg", "")).await;
+    let (status, body) = send(&gw, "proxied").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let tunnel = proxy.seen.recv().await.unwrap();
+    assert_eq!(tunnel.target, format!("{HOST}:{}", up.addr.port()));
+    assert_eq!(
+        tunnel.auth.as_deref(),
+        Some(basic("fg", "proxy-pw").as_str())
+    );
+    // TLS ran end to end with the backend, through the tunnel.
+    let seen = up.seen.recv().await.unwrap();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {UPSTREAM_KEY}").as_str()
+    );
+    assert!(seen.headers.get("proxy-authorization").is_none());
+
+    // Refused by the proxy (wrong credentials): 502, the password nowhere in the answer.
+    let gw = gateway_with_forward(
+        backend(),
+        test_audit_config(),
+        1 << 20,
+        true,
+        via("other", ""),
+    )
+    .await;
+    let (status, body) = send(&gw, "proxy-refused").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(!body.to_string().contains("proxy-pw"));
+    assert_eq!(
+        proxy.seen.recv().await.unwrap().auth,
+        Some(basic("other", "proxy-pw"))
+    );
+
+    // NO_PROXY names the host: a direct connection, which cannot resolve it.
+    let gw = gateway_with_forward(
+        backend(),
+        test_audit_config(),
+        1 << 20,
+        true,
+        via("fg", HOST),
+    )
+    .await;
+    let (status, body) = send(&gw, "no-proxy").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        proxy.seen.try_recv().is_err(),
+        "NO_PROXY host went through the proxy"
+    );
+
+    // Loopback backends never go through the proxy.
+    let mut direct = ok_upstream(&ca.server_cert(&["127.0.0.1"]), HTTP1_ONLY, None).await;
+    let gw = gateway_with_forward(
+        https_backend(direct.addr),
+        test_audit_config(),
+        1 << 20,
+        true,
+        via("fg", ""),
+    )
+    .await;
+    let (status, body) = send(&gw, "loopback").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(direct.seen.recv().await.is_some());
+    assert!(
+        proxy.seen.try_recv().is_err(),
+        "loopback went through the proxy"
+    );
+}

@@ -315,6 +315,10 @@ pub struct ApiGatewayConfig {
     /// TLS for `https://` backends (every route): extra trusted CAs, a client certificate.
     #[serde(default)]
     pub tls: UpstreamTlsConfig,
+    /// Send `https://` backends' connections through the proxy of `HTTPS_PROXY` / `ALL_PROXY`
+    /// (except `NO_PROXY` hosts and loopback), as M-FastGate's HTTP client did. Read at start.
+    #[serde(default = "yes")]
+    pub trust_env: bool,
 }
 
 /// `api_gateway.tls`: how FastGate checks `https://` backends and what it presents to them.
@@ -565,6 +569,9 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// The TLS client settings built from `api_gateway.tls` (its files read at load).
     pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// The egress proxy rules for `https://` backends (`api_gateway.trust_env` and the
+    /// environment), or `None` for direct connections.
+    pub egress_proxy: Option<Arc<fastgate_layer::forward::Matcher>>,
 }
 
 impl fmt::Debug for Settings {
@@ -633,6 +640,14 @@ impl Settings {
             None => RoutesFile::default(),
         };
         let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
+        let (egress_proxy, egress_warnings) = crate::egress::rules(
+            config.api_gateway.trust_env,
+            &|name| std::env::var(name).ok(),
+            &routes,
+        )
+        .map_err(|(key, message)| ConfigError::new(path, key, message))?;
+        let egress_proxy = egress_proxy.map(Arc::new);
+        warnings.extend(egress_warnings);
         warnings.extend(mfastgate_warnings(&config));
         if !config.api_gateway.async_audit {
             warnings.push(
@@ -648,6 +663,7 @@ impl Settings {
             routes_path,
             warnings,
             upstream_tls,
+            egress_proxy,
         })
     }
 

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod front;
 pub mod guard;
 pub mod logfile;
@@ -92,6 +93,13 @@ impl Gateway {
         let c = settings.config.clone();
         let trusted_proxies = settings.trusted_proxies();
         let upstream_tls = UpstreamTls::new(ClientConfig::clone(&settings.upstream_tls));
+        let mut forward_config = ForwardConfig::default().upstream_tls(upstream_tls.clone());
+        if let Some(rules) = &settings.egress_proxy {
+            forward_config = forward_config.egress_proxy(Arc::clone(rules));
+            tracing::info!(
+                "https:// backends connect through the proxy of HTTPS_PROXY / ALL_PROXY (except NO_PROXY hosts and loopback)"
+            );
+        }
         if !c.api_gateway.async_audit {
             tracing::warn!(
                 "api_gateway.async_audit: false is accepted, but audit is always asynchronous"
@@ -118,7 +126,7 @@ impl Gateway {
             .audit(audit.clone())
             .strip_headers(strip)
             .max_body_bytes(c.api_gateway.max_body_bytes)
-            .forward_config(ForwardConfig::default().upstream_tls(upstream_tls.clone()))
+            .forward_config(forward_config)
             .build::<hyper::body::Incoming>();
         let state = Arc::new(AppState::new(store.clone(), settings, audit.stats()));
         drop(audit);
@@ -197,9 +205,10 @@ impl Gateway {
             || a.api_gateway.strip_headers != b.api_gateway.strip_headers
             || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
             || a.logging != b.logging
+            || a.api_gateway.trust_env != b.api_gateway.trust_env
         {
             tracing::warn!(
-                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
+                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes, api_gateway.trust_env and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
             );
         }
         self.routes.replace(new.routes.clone());

@@ -48,11 +48,20 @@ fn config_with_tls(dir: &Path, port: u16, backend: &str, tls: &str) -> PathBuf {
     path
 }
 
-/// An upstream with a certificate of `server_ca`, asking for a client certificate of
-/// `client_ca` when given, answering every request with a small JSON completion.
+/// An upstream with a certificate of `server_ca` for 127.0.0.1, asking for a client certificate
+/// of `client_ca` when given, answering every request with a small JSON completion.
 async fn json_upstream(server_ca: &Ca, client_ca: Option<&Ca>) -> TlsUpstream {
+    json_upstream_named(server_ca, client_ca, &["127.0.0.1"]).await
+}
+
+/// [`json_upstream`] with a certificate for `names`.
+async fn json_upstream_named(
+    server_ca: &Ca,
+    client_ca: Option<&Ca>,
+    names: &[&str],
+) -> TlsUpstream {
     tls_upstream(
-        &server_ca.server_cert(&["127.0.0.1"]),
+        &server_ca.server_cert(names),
         &[b"h2", b"http/1.1"],
         client_ca,
         |_req| async {
@@ -277,4 +286,86 @@ async fn sighup_applies_new_tls_files_and_refuses_broken_ones() {
     assert!(!logs.contains(&identity.key_pem[40..80]), "{logs}");
     let res = fg.chat(&key, false).await;
     assert_eq!(res.status(), 200);
+}
+
+/// As M-FastGate's HTTP client did, `HTTPS_PROXY` carries the connections to `https://`
+/// backends (CONNECT, credentials from the URL); the password is never logged; a proxy FastGate
+/// cannot use stops the start.
+#[tokio::test]
+async fn https_proxy_from_the_environment_carries_https_backends() {
+    use base64::Engine as _;
+    const HOST: &str = "llm.internal.test";
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("fg:proxy-pw-77")
+    );
+    let ca = Ca::new("FastGate test CA");
+    let mut up = json_upstream_named(&ca, None, &[HOST]).await;
+    let mut proxy = tls_upstream::connect_proxy(Some(&basic)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::create_dir(root.join("conf")).unwrap();
+    std::fs::write(root.join("conf/ca.pem"), &ca.pem).unwrap();
+    let port = free_port();
+    // A name nothing resolves: only the proxy (which maps it to 127.0.0.1) can reach it.
+    let backend = format!("https://{HOST}:{}", up.addr.port());
+    let config = config_with_tls(&root, port, &backend, "    ca_file: ca.pem\n");
+    let proxy_url = format!("http://fg:proxy-pw-77@{}", proxy.addr);
+    let fg = Fastgate::spawn_in(dir, config.clone(), port, |cmd| {
+        cmd.env("HTTPS_PROXY", &proxy_url);
+    })
+    .await;
+
+    let key = fg.key("team-proxy").await;
+    let res = fg.chat(&key, false).await;
+    assert_eq!(res.status(), 200, "{}", fg.logs());
+    let tunnel = proxy.seen.recv().await.unwrap();
+    assert_eq!(tunnel.target, format!("{HOST}:{}", up.addr.port()));
+    assert_eq!(tunnel.auth.as_deref(), Some(basic.as_str()));
+    let seen = up.seen.recv().await.unwrap();
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {REAL_KEY}").as_str()
+    );
+    assert!(!fg.logs().contains("proxy-pw-77"), "{}", fg.logs());
+
+    // A SOCKS proxy cannot carry TLS for FastGate: refused at start, the variable named, its
+    // password not shown. `trust_env: false` ignores the variables.
+    let socks = |trust_env: bool| {
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        let yaml = if trust_env {
+            yaml
+        } else {
+            yaml.replace("  tls:\n", "  trust_env: false\n  tls:\n")
+        };
+        let other = root.join(format!("conf/socks-{trust_env}.yaml"));
+        std::fs::write(&other, yaml).unwrap();
+        let mut cmd = Command::new(bin());
+        for var in PROXY_VARS {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .arg("--config")
+            .arg(&other)
+            .arg("check-config")
+            .env("ALL_PROXY", "socks5://fg:proxy-pw-77@127.0.0.1:1080")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = socks(true);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("ALL_PROXY") && text.contains("api_gateway.trust_env"),
+        "{text}"
+    );
+    assert!(!text.contains("proxy-pw-77"), "{text}");
+    let (ok, text) = socks(false);
+    assert!(ok, "{text}");
 }

@@ -203,3 +203,86 @@ where
         handshakes_failed,
     }
 }
+
+/// One `CONNECT` as the proxy received it.
+#[derive(Debug)]
+pub struct Tunnelled {
+    /// The request target (`host:port`).
+    pub target: String,
+    /// The `Proxy-Authorization` header, if any.
+    pub auth: Option<String>,
+}
+
+/// A running HTTP `CONNECT` proxy.
+pub struct ConnectProxy {
+    pub addr: SocketAddr,
+    /// Every `CONNECT`, in arrival order (refused ones included).
+    pub seen: mpsc::UnboundedReceiver<Tunnelled>,
+}
+
+/// An HTTP proxy on 127.0.0.1:0 that accepts `CONNECT host:port` and tunnels it to
+/// 127.0.0.1:port, whatever the host (so a backend can have a name nothing resolves). With
+/// `auth = Some(v)` it answers 407 unless `Proxy-Authorization` is exactly `v`.
+pub async fn connect_proxy(auth: Option<&str>) -> ConnectProxy {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let auth = auth.map(str::to_owned);
+    let (tx, seen) = mpsc::unbounded_channel();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if head.len() > 16 * 1024 || client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut lines = head.split("\r\n");
+                let request = lines.next().unwrap_or_default();
+                let target = request.split(' ').nth(1).unwrap_or_default().to_owned();
+                let given = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("proxy-authorization"))
+                    .map(|(_, v)| v.trim().to_owned());
+                let _ = tx.send(Tunnelled {
+                    target: target.clone(),
+                    auth: given.clone(),
+                });
+                if !request.starts_with("CONNECT ") {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                        .await;
+                    return;
+                }
+                if auth.is_some() && given != auth {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let port = target.rsplit_once(':').map_or("443", |(_, p)| p);
+                let Ok(mut upstream) =
+                    tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await
+                else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    ConnectProxy { addr, seen }
+}

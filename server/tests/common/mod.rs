@@ -19,6 +19,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 pub const ADMIN_TOKEN: &str = "test-admin-token-5f1c";
 pub const REAL_KEY: &str = "sk-real-upstream-key-9a7e";
 pub const BACKEND_PATH: &str = "/miniai/v2/chat/completions";
+/// The environment variables of an egress proxy (`api_gateway.trust_env`).
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// What the upstream saw of one request.
 #[derive(Clone, Debug)]
@@ -239,6 +250,10 @@ impl Fastgate {
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        // Hermetic: the machine's proxy settings would apply to https:// backends.
+        for var in PROXY_VARS {
+            cmd.env_remove(var);
+        }
         configure(&mut cmd);
         let child = cmd.spawn().unwrap();
         let fg = Self {

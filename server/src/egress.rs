@@ -1,0 +1,193 @@
+//! `api_gateway.trust_env`: an egress proxy for `https://` backends from the environment
+//! (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`), as M-FastGate's HTTP client (httpx) took it.
+//!
+//! Values are never shown: a proxy URL may hold a password. Messages name the variable.
+
+use std::collections::HashMap;
+
+use fastgate_layer::RouteConfig;
+use fastgate_layer::forward::Matcher;
+
+/// A config key and what is wrong with it.
+pub type EgressError = (&'static str, String);
+
+/// The first of `names` that is set and not blank, with its name.
+fn first(
+    env: &dyn Fn(&str) -> Option<String>,
+    names: &[&'static str],
+) -> Option<(&'static str, String)> {
+    names
+        .iter()
+        .find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (*n, v)))
+}
+
+/// The scheme of a proxy URL (`http` when it has none, as curl takes it), lower-case.
+fn scheme(url: &str) -> String {
+    url.trim()
+        .split_once("://")
+        .map_or("http", |(s, _)| s)
+        .to_ascii_lowercase()
+}
+
+/// The proxy rules for `https://` backends, or `None` when no proxy variable applies; and
+/// warnings (plain `http://` backends the variables would have proxied are connected directly).
+pub fn rules(
+    trust_env: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+    routes: &HashMap<String, RouteConfig>,
+) -> Result<(Option<Matcher>, Vec<String>), EgressError> {
+    if !trust_env {
+        return Ok((None, Vec::new()));
+    }
+    let https = first(env, &["HTTPS_PROXY", "https_proxy"]);
+    let all = first(env, &["ALL_PROXY", "all_proxy"]);
+    let http = first(env, &["HTTP_PROXY", "http_proxy"]);
+    let no = first(env, &["NO_PROXY", "no_proxy"]).map(|(_, v)| v);
+    let mut warnings = Vec::new();
+
+    // What the variables would do for plain http:// backends: FastGate connects those directly.
+    if let Some((name, value)) = http.as_ref().or(all.as_ref()) {
+        let mut b = Matcher::builder().http(value.as_str());
+        if let Some(no) = &no {
+            b = b.no(no.as_str());
+        }
+        let for_http = b.build();
+        let mut names: Vec<&str> = routes
+            .values()
+            .filter(|r| {
+                let uri = &r.backend.base_url;
+                uri.scheme_str() == Some("http")
+                    && !is_loopback(uri.host().unwrap_or(""))
+                    && for_http.intercept(uri).is_some()
+            })
+            .map(|r| &*r.name)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if !names.is_empty() {
+            warnings.push(format!(
+                "{name} is set, but plain http:// backends are connected directly, not through a proxy (M-FastGate sent them through it): route(s) {}. Add them to NO_PROXY to silence this, or use https://",
+                names.join(", ")
+            ));
+        }
+    }
+
+    let Some((name, value)) = https.or(all) else {
+        return Ok((None, warnings));
+    };
+    let scheme = scheme(&value);
+    if scheme != "http" {
+        return Err((
+            "api_gateway.trust_env",
+            format!(
+                "{name} names a {scheme}:// proxy; FastGate reaches https:// backends only through http:// proxies (CONNECT). Point {name} at an http:// proxy, or set api_gateway.trust_env: false to ignore the proxy variables"
+            ),
+        ));
+    }
+    let mut b = Matcher::builder().https(value.as_str());
+    if let Some(no) = &no {
+        b = b.no(no.as_str());
+    }
+    Ok((Some(b.build()), warnings))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fastgate_layer::Backend;
+
+    fn routes(urls: &[(&str, &str)]) -> HashMap<String, RouteConfig> {
+        urls.iter()
+            .map(|(name, url)| {
+                (
+                    format!("/proxy/{name}"),
+                    RouteConfig {
+                        name: (*name).into(),
+                        permission: "chat".into(),
+                        backend: Arc::new(Backend {
+                            base_url: url.parse().unwrap(),
+                            path: "/v1/chat/completions".into(),
+                            api_key: None,
+                            key_header: http::header::AUTHORIZATION,
+                            connect_timeout: Duration::from_secs(1),
+                            response_timeout: Duration::from_secs(1),
+                            idle_timeout: Duration::from_secs(1),
+                        }),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn https_proxy_applies_to_https_hosts_except_no_proxy_and_loopback() {
+        let vars = env(&[
+            ("HTTPS_PROXY", "http://user:pw@proxy.corp:3128"),
+            ("NO_PROXY", "internal.corp,10.0.0.0/8"),
+        ]);
+        let (rules, warnings) = rules(true, &vars, &routes(&[])).unwrap();
+        let rules = rules.unwrap();
+        assert!(warnings.is_empty());
+        let via = |u: &str| fastgate_layer::forward::egress_proxy_host(&rules, &u.parse().unwrap());
+        assert_eq!(
+            via("https://api.openai.com/v1").as_deref(),
+            Some("proxy.corp")
+        );
+        assert_eq!(via("https://llm.internal.corp/v1"), None);
+        assert_eq!(via("https://10.1.2.3/v1"), None);
+        assert_eq!(via("https://127.0.0.1:8443/v1"), None);
+        assert_eq!(via("https://localhost/v1"), None);
+        assert_eq!(via("http://api.example.com/v1"), None);
+    }
+
+    #[test]
+    fn off_unsupported_schemes_and_plain_http_backends() {
+        let vars = env(&[("HTTPS_PROXY", "http://proxy.corp:3128")]);
+        assert!(rules(false, &vars, &routes(&[])).unwrap().0.is_none());
+        assert!(rules(true, &env(&[]), &routes(&[])).unwrap().0.is_none());
+
+        let socks = env(&[("ALL_PROXY", "socks5://user:secretpw@proxy.corp:1080")]);
+        let (key, message) = rules(true, &socks, &routes(&[])).unwrap_err();
+        assert_eq!(key, "api_gateway.trust_env");
+        assert!(
+            message.contains("ALL_PROXY") && message.contains("socks5"),
+            "{message}"
+        );
+        assert!(!message.contains("secretpw"), "{message}");
+
+        let http = env(&[
+            ("HTTP_PROXY", "http://proxy.corp:3128"),
+            ("NO_PROXY", "near.corp"),
+        ]);
+        let table = routes(&[
+            ("far", "http://far.corp:8000"),
+            ("near", "http://near.corp:8000"),
+            ("local", "http://127.0.0.1:8000"),
+            ("tls", "https://api.example.com"),
+        ]);
+        let (rules, warnings) = rules(true, &http, &table).unwrap();
+        assert!(rules.is_none(), "HTTP_PROXY alone proxies nothing");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("HTTP_PROXY") && warnings[0].contains("far"));
+        assert!(!warnings[0].contains("near") && !warnings[0].contains("local"));
+    }
+}
