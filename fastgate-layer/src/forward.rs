@@ -158,18 +158,28 @@ type HttpsClient<B> = Client<TimedConnector<SwappableHttps>, B>;
 ///
 /// Clones share the settings: give one to [`ForwardConfig::upstream_tls`] and keep another to
 /// call [`replace`](Self::replace), e.g. on a configuration reload that rotates a client
-/// certificate or a CA. A connection uses the settings current when it is opened; pooled
-/// connections keep theirs until they close.
+/// certificate or a CA. After a replacement, requests use new connections opened with the new
+/// settings; connections opened before are not used again (requests in flight on them finish).
 #[derive(Clone)]
 pub struct UpstreamTls {
-    current: Arc<std::sync::RwLock<Arc<rustls::ClientConfig>>>,
+    inner: Arc<TlsInner>,
+}
+
+struct TlsInner {
+    current: std::sync::RwLock<Arc<rustls::ClientConfig>>,
+    /// Bumped by every [`UpstreamTls::replace`]: clients (and their pools) built before are
+    /// dropped, so that no connection opened with the old settings is used again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl UpstreamTls {
     /// These settings; their `alpn_protocols` are replaced by `h2` and `http/1.1`.
     pub fn new(config: rustls::ClientConfig) -> Self {
         Self {
-            current: Arc::new(std::sync::RwLock::new(with_alpn(config))),
+            inner: Arc::new(TlsInner {
+                current: std::sync::RwLock::new(with_alpn(config)),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            }),
         }
     }
 
@@ -190,13 +200,34 @@ impl UpstreamTls {
         Self::new(config)
     }
 
-    /// From now on, open connections with `config` (its ALPN list replaced as in [`new`](Self::new)).
+    /// From now on, use `config` (its ALPN list replaced as in [`new`](Self::new)). Pooled
+    /// connections opened with the old settings are not used for new requests (requests in
+    /// flight on them finish).
     pub fn replace(&self, config: rustls::ClientConfig) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = with_alpn(config);
+        let mut current = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *current = with_alpn(config);
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn current(&self) -> Arc<rustls::ClientConfig> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&current)
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -297,8 +328,9 @@ struct Prepared<B> {
 
 enum Via<B> {
     Pool(Arc<HostPool<B>>),
-    /// Boxed: a hyper-util client is a few hundred bytes, a pool one pointer.
-    Client(Box<HttpsClient<B>>),
+    /// hyper-util's client for the backend's connect timeout, looked up per request (it is
+    /// rebuilt when the TLS settings change).
+    Client,
 }
 
 /// Leaf service that forwards a request to the backend of its [`RouteConfig`].
@@ -315,7 +347,8 @@ struct Shared<B> {
     /// hyper-util clients, one per connect timeout in use: a client's connector has one timeout,
     /// so two `https://` routes to one host with different timeouts get different clients (and
     /// pools).
-    clients: Mutex<HashMap<Duration, HttpsClient<B>>>,
+    /// Each with the [`UpstreamTls`] generation it was built for.
+    clients: Mutex<HashMap<Duration, (u64, HttpsClient<B>)>>,
     /// The TLS client settings of [`ForwardConfig::tls`], or Mozilla's roots.
     tls: UpstreamTls,
     /// [`ForwardConfig::egress_proxy`].
@@ -389,30 +422,35 @@ where
 {
     /// The hyper-util client whose connector allows `connect_timeout` (built on first use).
     fn client(&self, connect_timeout: Duration) -> HttpsClient<B> {
+        let generation = self.tls.generation();
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.set_nodelay(true);
-                http.enforce_http(false);
-                let https = SwappableHttps {
-                    http,
-                    tls: self.tls.clone(),
-                    proxy: self.egress_proxy.clone(),
-                };
-                let connector = TimedConnector {
-                    inner: https,
-                    timeout: connect_timeout,
-                };
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(self.pool_settings.idle_timeout)
-                    .pool_max_idle_per_host(self.pool_settings.max_idle)
-                    .pool_timer(hyper_util::rt::TokioTimer::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .build(connector)
-            })
-            .clone()
+        if let Some((built_for, client)) = clients.get(&connect_timeout)
+            && *built_for == generation
+        {
+            return client.clone();
+        }
+        // New settings (or first use): a new client and pool; the old one goes with its last
+        // request.
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = SwappableHttps {
+            http,
+            tls: self.tls.clone(),
+            proxy: self.egress_proxy.clone(),
+        };
+        let connector = TimedConnector {
+            inner: https,
+            timeout: connect_timeout,
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.pool_settings.idle_timeout)
+            .pool_max_idle_per_host(self.pool_settings.max_idle)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        clients.insert(connect_timeout, (generation, client.clone()));
+        client
     }
 }
 
@@ -451,7 +489,7 @@ where
                 .ok()?;
             let via = match HostPool::for_uri(&uri, backend.connect_timeout, shared.pool_settings) {
                 Some(pool) => Via::Pool(pool),
-                None => Via::Client(Box::new(shared.client(backend.connect_timeout))),
+                None => Via::Client,
             };
             Some(Arc::new(Prepared {
                 uri,
@@ -463,7 +501,7 @@ where
         let uri = prepared.as_ref().and_then(|p| {
             let base = match p.via {
                 Via::Pool(_) => &p.origin,
-                Via::Client(_) => &p.uri,
+                Via::Client => &p.uri,
             };
             match req.uri().query() {
                 None => Some(base.clone()),
@@ -486,7 +524,7 @@ where
         let req = Request::from_parts(parts, body);
         let fut = match &prepared.via {
             Via::Pool(pool) => Sending::Pooled(Box::pin(Arc::clone(pool).send(req))),
-            Via::Client(client) => Sending::Client(client.request(req)),
+            Via::Client => Sending::Client(shared.client(backend.connect_timeout).request(req)),
         };
         // Bounds connecting and waiting for the headers together; never the body.
         let wait = backend.response_timeout;
@@ -613,7 +651,7 @@ impl Future for ResponseFuture {
                 let mut res = match result {
                     Ok(Ok((res, conn))) => upstream_response(res, *idle, conn),
                     Ok(Err(err)) if err.is_connect() => {
-                        tracing::warn!(upstream = %target.0, error = %err, "upstream unreachable");
+                        tracing::warn!(upstream = %target.0, error = %Chain(&err), "upstream unreachable");
                         rejection(
                             StatusCode::BAD_GATEWAY,
                             "upstream_unreachable",
@@ -622,7 +660,7 @@ impl Future for ResponseFuture {
                         )
                     }
                     Ok(Err(err)) => {
-                        tracing::warn!(upstream = %target.0, error = %err, "upstream request failed");
+                        tracing::warn!(upstream = %target.0, error = %Chain(&err), "upstream request failed");
                         rejection(
                             StatusCode::BAD_GATEWAY,
                             "upstream_error",
@@ -644,6 +682,26 @@ impl Future for ResponseFuture {
                 Poll::Ready(Ok(res))
             }
         }
+    }
+}
+
+/// An error and its sources, for logs: hyper-util's "client error (Connect)" alone does not say
+/// whether DNS, TLS or the proxy failed. A source whose text is already shown is skipped.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            let text = err.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            source = err.source();
+        }
+        f.write_str(&shown)
     }
 }
 

@@ -596,12 +596,24 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
-        let config = parse_config(path, &text, env)?;
-        Self::from_config(path, config)
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let config = parse_config(path, &text, env.iter().cloned())?;
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        Self::from_config_with_env(path, config, &lookup)
     }
 
-    /// Validate a parsed config and derive the routes.
-    pub fn from_config(path: &Path, mut config: Config) -> Result<Self, ConfigError> {
+    /// Validate a parsed config and derive the routes (the proxy variables of
+    /// `api_gateway.trust_env` read from the process environment).
+    pub fn from_config(path: &Path, config: Config) -> Result<Self, ConfigError> {
+        Self::from_config_with_env(path, config, &|name| std::env::var(name).ok())
+    }
+
+    /// [`from_config`](Self::from_config) with the environment looked up through `env`.
+    pub fn from_config_with_env(
+        path: &Path,
+        mut config: Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         // `""` switches a file set in the YAML off (e.g. `FASTGATE__LOGGING__FILE=`).
         if config
             .logging
@@ -640,12 +652,9 @@ impl Settings {
             None => RoutesFile::default(),
         };
         let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
-        let (egress_proxy, egress_warnings) = crate::egress::rules(
-            config.api_gateway.trust_env,
-            &|name| std::env::var(name).ok(),
-            &routes,
-        )
-        .map_err(|(key, message)| ConfigError::new(path, key, message))?;
+        let (egress_proxy, egress_warnings) =
+            crate::egress::rules(config.api_gateway.trust_env, env, &routes)
+                .map_err(|(key, message)| ConfigError::new(path, key, message))?;
         let egress_proxy = egress_proxy.map(Arc::new);
         warnings.extend(egress_warnings);
         warnings.extend(mfastgate_warnings(&config));

@@ -11,7 +11,8 @@ use fastgate_layer::forward::Matcher;
 /// A config key and what is wrong with it.
 pub type EgressError = (&'static str, String);
 
-/// The first of `names` that is set and not blank, with its name.
+/// The first of `names` that is set and not blank, with its name (lower-case names come first,
+/// as in Python's `urllib`, which httpx uses).
 fn first(
     env: &dyn Fn(&str) -> Option<String>,
     names: &[&'static str],
@@ -21,12 +22,42 @@ fn first(
         .find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (*n, v)))
 }
 
-/// The scheme of a proxy URL (`http` when it has none, as curl takes it), lower-case.
-fn scheme(url: &str) -> String {
-    url.trim()
-        .split_once("://")
-        .map_or("http", |(s, _)| s)
-        .to_ascii_lowercase()
+/// Check the proxy URL in `name`: one FastGate can use (`http://`, or no scheme, which means
+/// `http://`). The value itself is never shown.
+fn check_proxy(name: &'static str, value: &str) -> Result<(), EgressError> {
+    const KEY: &str = "api_gateway.trust_env";
+    let unset = "; set api_gateway.trust_env: false to ignore the proxy variables";
+    if value.matches('@').count() > 1 {
+        return Err((
+            KEY,
+            format!(
+                "{name}: the proxy URL has more than one '@'; write an '@' in the user name or password as %40{unset}"
+            ),
+        ));
+    }
+    // What hyper-util's rules make of the value is what would be used: ask them.
+    let probe = Matcher::builder().https(value).build();
+    let Some(intercept) = probe.intercept(&http::Uri::from_static("https://example.invalid/"))
+    else {
+        return Err((
+            KEY,
+            format!("{name} is set but is not a proxy URL FastGate can read{unset}"),
+        ));
+    };
+    let scheme = intercept
+        .uri()
+        .scheme_str()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if scheme != "http" {
+        return Err((
+            KEY,
+            format!(
+                "{name} names a {scheme}:// proxy; FastGate reaches https:// backends only through http:// proxies (CONNECT). Point {name} at an http:// proxy{unset}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The proxy rules for `https://` backends, or `None` when no proxy variable applies; and
@@ -39,10 +70,17 @@ pub fn rules(
     if !trust_env {
         return Ok((None, Vec::new()));
     }
-    let https = first(env, &["HTTPS_PROXY", "https_proxy"]);
-    let all = first(env, &["ALL_PROXY", "all_proxy"]);
-    let http = first(env, &["HTTP_PROXY", "http_proxy"]);
-    let no = first(env, &["NO_PROXY", "no_proxy"]).map(|(_, v)| v);
+    let https = first(env, &["https_proxy", "HTTPS_PROXY"]);
+    let all = first(env, &["all_proxy", "ALL_PROXY"]);
+    let http = first(env, &["http_proxy", "HTTP_PROXY"]);
+    let no = first(env, &["no_proxy", "NO_PROXY"]).map(|(_, v)| v);
+    // `NO_PROXY=*`: no proxy for any host (curl, httpx).
+    if no
+        .as_deref()
+        .is_some_and(|n| n.split(',').any(|h| h.trim() == "*"))
+    {
+        return Ok((None, Vec::new()));
+    }
     let mut warnings = Vec::new();
 
     // What the variables would do for plain http:// backends: FastGate connects those directly.
@@ -75,16 +113,9 @@ pub fn rules(
     let Some((name, value)) = https.or(all) else {
         return Ok((None, warnings));
     };
-    let scheme = scheme(&value);
-    if scheme != "http" {
-        return Err((
-            "api_gateway.trust_env",
-            format!(
-                "{name} names a {scheme}:// proxy; FastGate reaches https:// backends only through http:// proxies (CONNECT). Point {name} at an http:// proxy, or set api_gateway.trust_env: false to ignore the proxy variables"
-            ),
-        ));
-    }
-    let mut b = Matcher::builder().https(value.as_str());
+    let value = value.trim();
+    check_proxy(name, value)?;
+    let mut b = Matcher::builder().https(value);
     if let Some(no) = &no {
         b = b.no(no.as_str());
     }
@@ -189,5 +220,60 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("HTTP_PROXY") && warnings[0].contains("far"));
         assert!(!warnings[0].contains("near") && !warnings[0].contains("local"));
+    }
+
+    #[test]
+    fn values_as_curl_and_httpx_read_them_or_a_clear_refusal() {
+        let host = |vars: &'static [(&'static str, &'static str)]| {
+            let (rules, _) = rules(true, &env(vars), &routes(&[])).unwrap();
+            rules.and_then(|r| {
+                fastgate_layer::forward::egress_proxy_host(
+                    &r,
+                    &"https://api.openai.com/".parse().unwrap(),
+                )
+            })
+        };
+        // No scheme: http://. Surrounding blanks are ignored.
+        assert_eq!(
+            host(&[("HTTPS_PROXY", " proxy.corp:3128\n")]).as_deref(),
+            Some("proxy.corp")
+        );
+        // Lower-case names win, as in Python's urllib.
+        assert_eq!(
+            host(&[
+                ("HTTPS_PROXY", "http://upper:3128"),
+                ("https_proxy", "http://lower:3128")
+            ])
+            .as_deref(),
+            Some("lower")
+        );
+        // HTTPS_PROXY before ALL_PROXY.
+        assert_eq!(
+            host(&[
+                ("ALL_PROXY", "http://all:3128"),
+                ("HTTPS_PROXY", "http://tls:3128")
+            ])
+            .as_deref(),
+            Some("tls")
+        );
+        // NO_PROXY=*: no proxy at all, IP hosts included.
+        assert_eq!(
+            host(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", "*")]),
+            None
+        );
+
+        let refused = |vars: &'static [(&'static str, &'static str)]| {
+            let (key, message) = rules(true, &env(vars), &routes(&[])).unwrap_err();
+            assert_eq!(key, "api_gateway.trust_env");
+            assert!(
+                !message.contains("pa@ss") && !message.contains("s3cret"),
+                "{message}"
+            );
+            message
+        };
+        let m = refused(&[("HTTPS_PROXY", "http://user:pa@ss@proxy.corp:3128")]);
+        assert!(m.contains("more than one '@'") && m.contains("%40"), "{m}");
+        let m = refused(&[("HTTPS_PROXY", "https://user:s3cret@proxy.corp:3128")]);
+        assert!(m.contains("https://"), "{m}");
     }
 }

@@ -286,7 +286,7 @@ async fn disabling_a_key_stops_it_at_once() {
 async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
     let upstream = Upstream::start().await;
     let fg = Fastgate::start(&upstream.url()).await;
-    let out = std::process::Command::new(bin())
+    let out = fastgate_cmd()
         .args(["--config"])
         .arg(&fg.config)
         .args([
@@ -321,7 +321,7 @@ async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
         .unwrap();
     assert_eq!(res.status(), 200);
 
-    let out = std::process::Command::new(bin())
+    let out = fastgate_cmd()
         .arg("--config")
         .arg(&fg.config)
         .args(["keys", "list", "--json"])
@@ -341,7 +341,7 @@ async fn cli_key_changes_reach_the_running_server() {
     let upstream = Upstream::start().await;
     let fg = Fastgate::start(&upstream.url()).await;
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
+        let out = fastgate_cmd()
             .arg("--config")
             .arg(&fg.config)
             .args(args)

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,7 +12,7 @@ fn run_check(yaml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let mut cmd = Command::new(bin());
+    let mut cmd = fastgate_cmd();
     cmd.arg("--config").arg(&path).arg("check-config");
     for (k, v) in env {
         cmd.env(k, v);
@@ -45,7 +44,7 @@ fn openapi_command_prints_the_spec_without_touching_the_database() {
     assert_ne!(postgres, sqlite, "the database URL was not replaced");
     for yaml in [sqlite, postgres] {
         std::fs::write(&path, yaml).unwrap();
-        let out = Command::new(bin())
+        let out = fastgate_cmd()
             .arg("--config")
             .arg(&path)
             .arg("openapi")

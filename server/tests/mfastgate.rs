@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -247,7 +247,7 @@ fn write_config(
 
 /// `fastgate --config <config> <args…>`, run to completion: (success, stdout, stderr).
 fn run_cli(dir: &Path, config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
+    let out = fastgate_cmd()
         .arg("--config")
         .arg(config)
         .args(args)
@@ -609,7 +609,7 @@ async fn environment_selects_the_config_file() {
         std::fs::write(dir.path().join(format!("config/{name}.yaml")), yaml).unwrap();
     }
     let check = |env: &[(&str, &str)]| {
-        let out = Command::new(bin())
+        let out = fastgate_cmd()
             .arg("check-config")
             .current_dir(dir.path())
             .env_remove("FASTGATE_CONFIG")

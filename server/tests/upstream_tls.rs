@@ -8,7 +8,7 @@ mod common;
 mod tls_upstream;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use tls_upstream::{Ca, TlsUpstream, tls_upstream};
 /// `fastgate --config <config> check-config`, run from `/` (so that relative paths can only
 /// resolve against the config file's directory): (success, stderr + stdout).
 fn check_config(config: &Path) -> (bool, String) {
-    let out = Command::new(bin())
+    let out = fastgate_cmd()
         .arg("--config")
         .arg(config)
         .arg("check-config")
@@ -327,7 +327,12 @@ async fn https_proxy_from_the_environment_carries_https_backends() {
         seen.headers["authorization"],
         format!("Bearer {REAL_KEY}").as_str()
     );
-    assert!(!fg.logs().contains("proxy-pw-77"), "{}", fg.logs());
+    let logs = fg.logs();
+    assert!(!logs.contains("proxy-pw-77"), "{logs}");
+    assert!(
+        !logs.contains(&basic[6..]),
+        "the encoded credentials leaked: {logs}"
+    );
 
     // A SOCKS proxy cannot carry TLS for FastGate: refused at start, the variable named, its
     // password not shown. `trust_env: false` ignores the variables.
@@ -340,10 +345,7 @@ async fn https_proxy_from_the_environment_carries_https_backends() {
         };
         let other = root.join(format!("conf/socks-{trust_env}.yaml"));
         std::fs::write(&other, yaml).unwrap();
-        let mut cmd = Command::new(bin());
-        for var in PROXY_VARS {
-            cmd.env_remove(var);
-        }
+        let mut cmd = fastgate_cmd();
         let out = cmd
             .arg("--config")
             .arg(&other)

@@ -208,6 +208,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fastgate")
 }
 
+/// A command running the binary, without the machine's proxy variables (they would apply to
+/// `https://` backends and to `check-config`'s verdict: tests stay hermetic).
+pub fn fastgate_cmd() -> Command {
+    let mut cmd = Command::new(bin());
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 impl Fastgate {
     /// Start with the default test config pointing at `backend_url`.
     pub async fn start(backend_url: &str) -> Self {
@@ -243,17 +253,13 @@ impl Fastgate {
         configure: impl FnOnce(&mut Command),
     ) -> Self {
         let log = dir.path().join("fastgate.log");
-        let mut cmd = Command::new(bin());
+        let mut cmd = fastgate_cmd();
         cmd.arg("--config")
             .arg(&config)
             .current_dir(dir.path())
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        // Hermetic: the machine's proxy settings would apply to https:// backends.
-        for var in PROXY_VARS {
-            cmd.env_remove(var);
-        }
         configure(&mut cmd);
         let child = cmd.spawn().unwrap();
         let fg = Self {
@@ -701,7 +707,7 @@ impl Fastgate {
             .append(true)
             .open(&self.log)
             .unwrap();
-        self.child = Command::new(bin())
+        self.child = fastgate_cmd()
             .arg("--config")
             .arg(&self.config)
             .current_dir(self.dir.path())
