@@ -256,16 +256,20 @@ pub(crate) fn egress_intercept(rules: &Matcher, uri: &Uri) -> Option<Intercept> 
     if uri.scheme_str() != Some("https") {
         return None;
     }
-    let host = uri.host()?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
+    if is_loopback_host(uri.host()?) {
         return None;
     }
     rules.intercept(uri)
+}
+
+/// `localhost`, or a loopback address (`127.0.0.0/8`, `::1`, with or without brackets): hosts
+/// never reached through an egress proxy.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The host of the proxy a connection to `uri` goes through under `rules` (see
@@ -422,8 +426,10 @@ where
 {
     /// The hyper-util client whose connector allows `connect_timeout` (built on first use).
     fn client(&self, connect_timeout: Duration) -> HttpsClient<B> {
-        let generation = self.tls.generation();
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        // Read under the lock: a request that read an older generation cannot put back a client
+        // built for it after a newer one was stored.
+        let generation = self.tls.generation();
         if let Some((built_for, client)) = clients.get(&connect_timeout)
             && *built_for == generation
         {

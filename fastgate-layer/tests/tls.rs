@@ -318,16 +318,10 @@ async fn replaced_tls_settings_apply_to_the_next_connection() {
     tls.replace(client_tls(&Ca::new("another CA"), None));
     let (status, body) = send(&gw, "tls-withdrawn").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(up.seen.try_recv().is_err(), "served over the old connection");
-}
-
-/// `Proxy-Authorization` for `user:password`.
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
+    assert!(
+        up.seen.try_recv().is_err(),
+        "served over the old connection"
+    );
 }
 
 #[tokio::test]
@@ -335,7 +329,8 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
     const HOST: &str = "llm.internal.test";
     let ca = Ca::new("FastGate test CA");
     let mut up = ok_upstream(&ca.server_cert(&[HOST]), H2_AND_HTTP1, None).await;
-    let mut proxy = tls_upstream::connect_proxy(Some(&basic("fg", "proxy-pw"))).await;
+    let mut proxy =
+        tls_upstream::connect_proxy(Some(&tls_upstream::basic_auth("fg", "proxy-pw"))).await;
     // A name nothing resolves: only the proxy (which maps it to 127.0.0.1) can reach it.
     let backend = || {
         let mut b = backend(up.addr);
@@ -362,7 +357,7 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
     assert_eq!(tunnel.target, format!("{HOST}:{}", up.addr.port()));
     assert_eq!(
         tunnel.auth.as_deref(),
-        Some(basic("fg", "proxy-pw").as_str())
+        Some(tls_upstream::basic_auth("fg", "proxy-pw").as_str())
     );
     // TLS ran end to end with the backend, through the tunnel.
     let seen = up.seen.recv().await.unwrap();
@@ -386,10 +381,12 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(
         proxy.seen.recv().await.unwrap().auth,
-        Some(basic("other", "proxy-pw"))
+        Some(tls_upstream::basic_auth("other", "proxy-pw"))
     );
 
-    // NO_PROXY names the host: a direct connection, which cannot resolve it.
+    // NO_PROXY names the host: a direct connection. It normally fails (nothing resolves the
+    // name; a resolver that maps it to 127.0.0.1 would let it succeed): either way, not through
+    // the proxy.
     let gw = gateway_with_forward(
         backend(),
         test_audit_config(),
@@ -399,7 +396,10 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
     )
     .await;
     let (status, body) = send(&gw, "no-proxy").await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        status == StatusCode::BAD_GATEWAY || status == StatusCode::OK,
+        "{status}: {body}"
+    );
     assert!(
         proxy.seen.try_recv().is_err(),
         "NO_PROXY host went through the proxy"

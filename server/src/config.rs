@@ -554,6 +554,27 @@ pub fn redact_url_password(url: &str) -> String {
 
 // === loading ===
 
+/// The TLS settings and egress-proxy rules for the backends, read by
+/// [`Settings::prepare_upstream`].
+#[derive(Clone)]
+pub struct Upstream {
+    /// The TLS client settings built from `api_gateway.tls`.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// SHA-256 over `api_gateway.tls` and the bytes of its files: a reload replaces the TLS
+    /// settings (and drops the `https://` connection pools) only when it changed.
+    pub tls_fingerprint: [u8; 32],
+    /// The egress proxy rules for `https://` backends, or `None` for direct connections.
+    pub egress_proxy: Option<Arc<fastgate_layer::forward::Matcher>>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("egress_proxy", &self.egress_proxy.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A loaded, validated configuration plus everything derived from it.
 #[derive(Clone)]
 pub struct Settings {
@@ -567,11 +588,8 @@ pub struct Settings {
     pub routes_path: Option<PathBuf>,
     /// Problems that did not stop the load (logged at start and on reload).
     pub warnings: Vec<String>,
-    /// The TLS client settings built from `api_gateway.tls` (its files read at load).
-    pub upstream_tls: Arc<rustls::ClientConfig>,
-    /// The egress proxy rules for `https://` backends (`api_gateway.trust_env` and the
-    /// environment), or `None` for direct connections.
-    pub egress_proxy: Option<Arc<fastgate_layer::forward::Matcher>>,
+    /// What [`prepare_upstream`](Self::prepare_upstream) read; `None` until then.
+    pub upstream: Option<Upstream>,
 }
 
 impl fmt::Debug for Settings {
@@ -596,24 +614,13 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
-        let env: Vec<(String, String)> = env.into_iter().collect();
-        let config = parse_config(path, &text, env.iter().cloned())?;
-        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        Self::from_config_with_env(path, config, &lookup)
+        let config = parse_config(path, &text, env)?;
+        Self::from_config(path, config)
     }
 
-    /// Validate a parsed config and derive the routes (the proxy variables of
-    /// `api_gateway.trust_env` read from the process environment).
-    pub fn from_config(path: &Path, config: Config) -> Result<Self, ConfigError> {
-        Self::from_config_with_env(path, config, &|name| std::env::var(name).ok())
-    }
-
-    /// [`from_config`](Self::from_config) with the environment looked up through `env`.
-    pub fn from_config_with_env(
-        path: &Path,
-        mut config: Config,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    /// Validate a parsed config and derive the routes. The upstream TLS files and the proxy
+    /// variables are not read here: see [`prepare_upstream`](Self::prepare_upstream).
+    pub fn from_config(path: &Path, mut config: Config) -> Result<Self, ConfigError> {
         // `""` switches a file set in the YAML off (e.g. `FASTGATE__LOGGING__FILE=`).
         if config
             .logging
@@ -624,16 +631,13 @@ impl Settings {
             config.logging.file = None;
         }
         validate(path, &config)?;
-        let (upstream_tls, tls_warnings) = crate::tls::client_config(path, &config.api_gateway.tls)
-            .map_err(|(key, message)| ConfigError::new(path, key, message))?;
-        let upstream_tls = Arc::new(upstream_tls);
         let mut routes_path = routes_file_path(path, &config);
         let explicit = config
             .api_gateway
             .routes_file
             .as_deref()
             .is_some_and(|p| !p.is_empty());
-        let mut warnings = tls_warnings;
+        let mut warnings = Vec::new();
         let extra = match &routes_path {
             Some(p) => match load_routes_file(p) {
                 Ok(extra) => extra,
@@ -652,11 +656,6 @@ impl Settings {
             None => RoutesFile::default(),
         };
         let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
-        let (egress_proxy, egress_warnings) =
-            crate::egress::rules(config.api_gateway.trust_env, env, &routes)
-                .map_err(|(key, message)| ConfigError::new(path, key, message))?;
-        let egress_proxy = egress_proxy.map(Arc::new);
-        warnings.extend(egress_warnings);
         warnings.extend(mfastgate_warnings(&config));
         if !config.api_gateway.async_audit {
             warnings.push(
@@ -671,9 +670,32 @@ impl Settings {
             routes,
             routes_path,
             warnings,
-            upstream_tls,
-            egress_proxy,
+            upstream: None,
         })
+    }
+
+    /// Read what reaching the backends needs besides the config file: the `api_gateway.tls`
+    /// files and, with `api_gateway.trust_env`, the proxy variables (looked up with `env`).
+    /// Serving and `check-config` do this; the other commands (`fastgate keys …`) never touch
+    /// them. Warnings are added to [`warnings`](Self::warnings).
+    pub fn prepare_upstream(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<&Upstream, ConfigError> {
+        let path = self.path.as_path();
+        let (tls, fingerprint, tls_warnings) =
+            crate::tls::client_config(path, &self.config.api_gateway.tls)
+                .map_err(|(key, message)| ConfigError::new(path, key, message))?;
+        let (egress_proxy, egress_warnings) =
+            crate::egress::rules(self.config.api_gateway.trust_env, env, &self.routes)
+                .map_err(|(key, message)| ConfigError::new(path, key, message))?;
+        self.warnings.extend(tls_warnings);
+        self.warnings.extend(egress_warnings);
+        Ok(self.upstream.insert(Upstream {
+            tls: Arc::new(tls),
+            tls_fingerprint: fingerprint,
+            egress_proxy: egress_proxy.map(Arc::new),
+        }))
     }
 
     /// `app.trusted_proxies` as ranges (validated when the config was loaded).

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use fastgate_layer::RouteConfig;
-use fastgate_layer::forward::Matcher;
+use fastgate_layer::forward::{Matcher, is_loopback_host};
 
 /// A config key and what is wrong with it.
 pub type EgressError = (&'static str, String);
@@ -95,7 +95,7 @@ pub fn rules(
             .filter(|r| {
                 let uri = &r.backend.base_url;
                 uri.scheme_str() == Some("http")
-                    && !is_loopback(uri.host().unwrap_or(""))
+                    && !is_loopback_host(uri.host().unwrap_or("localhost"))
                     && for_http.intercept(uri).is_some()
             })
             .map(|r| &*r.name)
@@ -114,20 +114,27 @@ pub fn rules(
         return Ok((None, warnings));
     };
     let value = value.trim();
-    check_proxy(name, value)?;
+    if let Err((key, message)) = check_proxy(name, value) {
+        // Unusable, but only an error when an https:// route could need it (an unrelated SOCKS
+        // ALL_PROXY must not stop a gateway with plain http:// backends).
+        let needed = routes.values().any(|r| {
+            let uri = &r.backend.base_url;
+            uri.scheme_str() == Some("https")
+                && !is_loopback_host(uri.host().unwrap_or("localhost"))
+        });
+        if needed {
+            return Err((key, message));
+        }
+        warnings.push(format!(
+            "{message} (ignored: no https:// route would use it)"
+        ));
+        return Ok((None, warnings));
+    }
     let mut b = Matcher::builder().https(value);
     if let Some(no) = &no {
         b = b.no(no.as_str());
     }
     Ok((Some(b.build()), warnings))
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -196,14 +203,32 @@ mod tests {
         assert!(rules(false, &vars, &routes(&[])).unwrap().0.is_none());
         assert!(rules(true, &env(&[]), &routes(&[])).unwrap().0.is_none());
 
+        // A proxy FastGate cannot use: an error when an https:// route needs one, else a warning.
         let socks = env(&[("ALL_PROXY", "socks5://user:secretpw@proxy.corp:1080")]);
-        let (key, message) = rules(true, &socks, &routes(&[])).unwrap_err();
+        let tls_route = routes(&[("tls", "https://api.example.com")]);
+        let (key, message) = rules(true, &socks, &tls_route).unwrap_err();
         assert_eq!(key, "api_gateway.trust_env");
         assert!(
             message.contains("ALL_PROXY") && message.contains("socks5"),
             "{message}"
         );
         assert!(!message.contains("secretpw"), "{message}");
+        let plain = routes(&[
+            ("plain", "http://10.0.0.5:8000"),
+            ("lo", "https://127.0.0.1:8443"),
+        ]);
+        let (none, warnings) = rules(true, &socks, &plain).unwrap();
+        assert!(none.is_none());
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("socks5") && w.contains("ignored")),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("secretpw")),
+            "{warnings:?}"
+        );
 
         let http = env(&[
             ("HTTP_PROXY", "http://proxy.corp:3128"),
@@ -263,7 +288,8 @@ mod tests {
         );
 
         let refused = |vars: &'static [(&'static str, &'static str)]| {
-            let (key, message) = rules(true, &env(vars), &routes(&[])).unwrap_err();
+            let table = routes(&[("tls", "https://api.example.com")]);
+            let (key, message) = rules(true, &env(vars), &table).unwrap_err();
             assert_eq!(key, "api_gateway.trust_env");
             assert!(
                 !message.contains("pa@ss") && !message.contains("s3cret"),

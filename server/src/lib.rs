@@ -86,15 +86,23 @@ impl Gateway {
     /// `app.shutdown_timeout` seconds, and every queued audit event is written.
     pub async fn start(
         listener: tokio::net::TcpListener,
-        settings: Settings,
+        mut settings: Settings,
         store: Store,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<Self> {
         let c = settings.config.clone();
         let trusted_proxies = settings.trusted_proxies();
-        let upstream_tls = UpstreamTls::new(ClientConfig::clone(&settings.upstream_tls));
+        // Read here unless the caller did (`Settings::prepare_upstream`).
+        let upstream = match settings.upstream.clone() {
+            Some(upstream) => upstream,
+            None => settings
+                .prepare_upstream(&|name| std::env::var(name).ok())
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .clone(),
+        };
+        let upstream_tls = UpstreamTls::new(ClientConfig::clone(&upstream.tls));
         let mut forward_config = ForwardConfig::default().upstream_tls(upstream_tls.clone());
-        if let Some(rules) = &settings.egress_proxy {
+        if let Some(rules) = &upstream.egress_proxy {
             forward_config = forward_config.egress_proxy(Arc::clone(rules));
             tracing::info!(
                 "https:// backends connect through the proxy of HTTPS_PROXY / ALL_PROXY (except NO_PROXY hosts and loopback)"
@@ -194,8 +202,14 @@ impl Gateway {
     /// Apply a reloaded configuration: routes, real keys, timeouts, the admin token and the TLS
     /// settings of `https://` backends (for new connections).
     /// Settings that need a restart (listen address, database, audit queue) are reported.
-    pub fn reload(&self, new: Settings) {
+    pub fn reload(&self, mut new: Settings) {
         let old = self.state.settings();
+        if new.upstream.is_none()
+            && let Err(e) = new.prepare_upstream(&|name| std::env::var(name).ok())
+        {
+            tracing::error!("configuration reload failed, keeping the running configuration: {e}");
+            return;
+        }
         let (a, b) = (&old.config, &new.config);
         if a.app.host != b.app.host
             || a.app.port != b.app.port
@@ -212,9 +226,16 @@ impl Gateway {
             );
         }
         self.routes.replace(new.routes.clone());
-        // Files re-read by the load (a rotated certificate); new connections use them.
-        self.upstream_tls
-            .replace(ClientConfig::clone(&new.upstream_tls));
+        // Files re-read by the load (a rotated certificate): replaced only when something changed,
+        // as replacing drops the `https://` connection pools (logrotate sends SIGHUP daily).
+        if let (Some(fresh), Some(running)) = (&new.upstream, &old.upstream)
+            && fresh.tls_fingerprint != running.tls_fingerprint
+        {
+            self.upstream_tls.replace(ClientConfig::clone(&fresh.tls));
+            tracing::info!(
+                "api_gateway.tls changed: new https:// connections use the new settings"
+            );
+        }
         self.state.replace_settings(new);
         tracing::info!(routes = self.routes.len(), "configuration reloaded");
     }

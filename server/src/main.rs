@@ -23,7 +23,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let settings = match Settings::load(&config_path) {
+    // Serving and check-config also read the TLS files and the proxy variables; `fastgate keys
+    // …` (perhaps run by a user who cannot read the client key) does not need them.
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let upstream_too = serving || matches!(cli.command, Some(Command::CheckConfig));
+    let loaded = Settings::load(&config_path).and_then(|mut s| {
+        if upstream_too {
+            s.prepare_upstream(&|name| std::env::var(name).ok())?;
+        }
+        Ok(s)
+    });
+    let settings = match loaded {
         Ok(mut s) => {
             apply_overrides(&cli, &mut s);
             s
@@ -54,7 +64,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let serving = matches!(cli.command, None | Some(Command::Serve));
     let log_file = match init_logging(&settings, serving) {
         Ok(f) => f,
         Err(e) => {
@@ -253,7 +262,11 @@ async fn serve(
                 {
                     tracing::error!(file = %f.path().display(), error = %e, "cannot reopen logging.file");
                 }
-                match Settings::load(&config_path) {
+                let loaded = Settings::load(&config_path).and_then(|mut new| {
+                    new.prepare_upstream(&|name| std::env::var(name).ok())?;
+                    Ok(new)
+                });
+                match loaded {
                     Ok(mut new) => {
                         apply_overrides(&cli, &mut new);
                         for warning in &new.warnings {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest as _, Sha256};
 
 use crate::config::{UpstreamTlsConfig, relative_to_config};
 
@@ -19,17 +20,21 @@ fn set(v: &Option<String>) -> Option<&str> {
 }
 
 /// The client settings `tls` asks for (with nothing set: Mozilla's roots, no client
-/// certificate), and warnings that did not stop the load. `config_path` anchors relative paths.
+/// certificate), a fingerprint of `tls` and of the files' bytes (to tell whether a reload
+/// changed anything), and warnings that did not stop the load. `config_path` anchors relative
+/// paths.
 pub fn client_config(
     config_path: &Path,
     tls: &UpstreamTlsConfig,
-) -> Result<(rustls::ClientConfig, Vec<String>), TlsConfigError> {
+) -> Result<(rustls::ClientConfig, [u8; 32], Vec<String>), TlsConfigError> {
     let (ca_file, cert_file, key_file) = (
         set(&tls.ca_file),
         set(&tls.client_cert_file),
         set(&tls.client_key_file),
     );
     let mut warnings = Vec::new();
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(format!("{tls:?}"));
     let mut roots = rustls::RootCertStore::empty();
     if tls.public_roots {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -42,7 +47,7 @@ pub fn client_config(
     if let Some(file) = ca_file {
         const KEY: &str = "api_gateway.tls.ca_file";
         let path = relative_to_config(config_path, file);
-        let certs = read_certs(&path).map_err(|m| (KEY, m))?;
+        let certs = read_certs(&path, &mut fingerprint).map_err(|m| (KEY, m))?;
         // A system or corporate bundle may hold a certificate webpki cannot parse: skipped with
         // a warning, as long as one is usable.
         let (added, skipped) = roots.add_parsable_certificates(certs);
@@ -80,10 +85,11 @@ pub fn client_config(
         }
         (Some(cert), Some(key)) => {
             let cert_path = relative_to_config(config_path, cert);
-            let chain =
-                read_certs(&cert_path).map_err(|m| ("api_gateway.tls.client_cert_file", m))?;
+            let chain = read_certs(&cert_path, &mut fingerprint)
+                .map_err(|m| ("api_gateway.tls.client_cert_file", m))?;
             let key_path = relative_to_config(config_path, key);
-            let key = read_key(&key_path).map_err(|m| ("api_gateway.tls.client_key_file", m))?;
+            let key = read_key(&key_path, &mut fingerprint)
+                .map_err(|m| ("api_gateway.tls.client_key_file", m))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 (
                     "api_gateway.tls.client_key_file",
@@ -96,16 +102,23 @@ pub fn client_config(
             })?
         }
     };
-    Ok((config, warnings))
+    Ok((config, fingerprint.finalize().into(), warnings))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+/// The file's bytes, also fed to `fingerprint`.
+fn read(path: &Path, fingerprint: &mut Sha256) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    fingerprint.update((bytes.len() as u64).to_le_bytes());
+    fingerprint.update(&bytes);
+    Ok(bytes)
 }
 
 /// Every certificate of a PEM file; an error when it holds none.
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(path)?;
+fn read_certs(
+    path: &Path,
+    fingerprint: &mut Sha256,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path, fingerprint)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not a readable PEM file: {e}", path.display()))?;
@@ -120,8 +133,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// The first private key of a PEM file. The underlying error is not shown: its text could quote
 /// part of the file, and the file is a secret.
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = read(path)?;
+fn read_key(path: &Path, fingerprint: &mut Sha256) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read(path, fingerprint)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
         format!(
             "{} holds no readable private key (expected unencrypted PEM: PKCS#8, PKCS#1 or SEC1)",

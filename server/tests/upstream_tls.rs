@@ -212,6 +212,27 @@ async fn unusable_tls_files_stop_the_start_with_the_file_named_and_no_key_shown(
         assert!(!text.contains(&other.key_pem[40..80]), "{tls}: {text}");
     }
 
+    // `fastgate keys …` does not read the TLS files (it may run as a user who cannot).
+    let config = config_with_tls(
+        dir.path(),
+        port,
+        backend,
+        "    client_cert_file: client.pem\n    client_key_file: missing.key\n",
+    );
+    let out = fastgate_cmd()
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "list"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Unknown keys under `tls` are refused like everywhere else in the config.
     let config = config_with_tls(dir.path(), port, backend, "    verify: false\n");
     let (ok, text) = check_config(&config);
@@ -293,12 +314,8 @@ async fn sighup_applies_new_tls_files_and_refuses_broken_ones() {
 /// cannot use stops the start.
 #[tokio::test]
 async fn https_proxy_from_the_environment_carries_https_backends() {
-    use base64::Engine as _;
     const HOST: &str = "llm.internal.test";
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("fg:proxy-pw-77")
-    );
+    let basic = tls_upstream::basic_auth("fg", "proxy-pw-77");
     let ca = Ca::new("FastGate test CA");
     let mut up = json_upstream_named(&ca, None, &[HOST]).await;
     let mut proxy = tls_upstream::connect_proxy(Some(&basic)).await;

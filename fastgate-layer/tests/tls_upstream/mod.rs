@@ -286,3 +286,12 @@ pub async fn connect_proxy(auth: Option<&str>) -> ConnectProxy {
     });
     ConnectProxy { addr, seen }
 }
+
+/// A `Proxy-Authorization: Basic` value for `user:password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
