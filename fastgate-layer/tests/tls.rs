@@ -27,6 +27,11 @@ fn https_backend(addr: SocketAddr) -> Backend {
     b
 }
 
+/// The whole stack in front of `backend`, with `forward` settings (audit worker running).
+async fn tls_gateway(backend: Backend, forward: ForwardConfig) -> Gateway {
+    gateway_with_forward(backend, test_audit_config(), 1 << 20, true, forward).await
+}
+
 /// Forward settings that trust `ca` only, presenting `identity` when given.
 fn trusting(ca: &Ca, identity: Option<&Leaf>) -> ForwardConfig {
     ForwardConfig::default().tls_client_config(client_tls(ca, identity))
@@ -98,14 +103,7 @@ async fn send(gw: &Gateway, request_id: &str) -> (StatusCode, serde_json::Value)
 async fn a_private_ca_given_in_the_tls_config_is_trusted() {
     let ca = Ca::new("FastGate test CA");
     let mut up = ok_upstream(&ca.server_cert(&["127.0.0.1"]), HTTP1_ONLY, None).await;
-    let gw = gateway_with_forward(
-        https_backend(up.addr),
-        test_audit_config(),
-        1 << 20,
-        true,
-        trusting(&ca, None),
-    )
-    .await;
+    let gw = tls_gateway(https_backend(up.addr), trusting(&ca, None)).await;
 
     let (status, body) = send(&gw, "tls-ok").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -139,14 +137,7 @@ async fn an_untrusted_or_misnamed_certificate_is_refused_with_a_502() {
         (&untrusted, ForwardConfig::default(), "tls-untrusted"),
         (&misnamed, trusting(&ca, None), "tls-misnamed"),
     ] {
-        let gw = gateway_with_forward(
-            https_backend(up.addr),
-            test_audit_config(),
-            1 << 20,
-            true,
-            forward,
-        )
-        .await;
+        let gw = tls_gateway(https_backend(up.addr), forward).await;
         let (status, body) = send(&gw, id).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{id}: {body}");
         assert_eq!(
@@ -199,14 +190,7 @@ async fn http2_is_negotiated_through_alpn_and_events_pass_one_by_one() {
         },
     )
     .await;
-    let gw = gateway_with_forward(
-        https_backend(up.addr),
-        test_audit_config(),
-        1 << 20,
-        true,
-        trusting(&ca, None),
-    )
-    .await;
+    let gw = tls_gateway(https_backend(up.addr), trusting(&ca, None)).await;
 
     let mut req = chat(gw.addr, full(r#"{"model":"m","stream":true}"#));
     req.headers_mut()
@@ -255,11 +239,8 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_asks_for_one() {
     )
     .await;
 
-    let with = gateway_with_forward(
+    let with = tls_gateway(
         https_backend(up.addr),
-        test_audit_config(),
-        1 << 20,
-        true,
         trusting(&server_ca, Some(&identity)),
     )
     .await;
@@ -269,14 +250,7 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_asks_for_one() {
 
     // Without the certificate the upstream refuses the connection (during or right after the
     // handshake, depending on the TLS version): 502, never a 200.
-    let without = gateway_with_forward(
-        https_backend(up.addr),
-        test_audit_config(),
-        1 << 20,
-        true,
-        trusting(&server_ca, None),
-    )
-    .await;
+    let without = tls_gateway(https_backend(up.addr), trusting(&server_ca, None)).await;
     let (status, body) = send(&without, "mtls-missing").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     let code = body["error"]["code"].as_str().unwrap();
@@ -296,11 +270,8 @@ async fn replaced_tls_settings_apply_to_the_next_connection() {
     let ca = Ca::new("FastGate test CA");
     let mut up = ok_upstream(&ca.server_cert(&["127.0.0.1"]), HTTP1_ONLY, None).await;
     let tls = UpstreamTls::mozilla_roots();
-    let gw = gateway_with_forward(
+    let gw = tls_gateway(
         https_backend(up.addr),
-        test_audit_config(),
-        1 << 20,
-        true,
         ForwardConfig::default().upstream_tls(tls.clone()),
     )
     .await;
@@ -349,8 +320,7 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
         )
     };
 
-    let gw =
-        gateway_with_forward(backend(), test_audit_config(), 1 << 20, true, via("fg", "")).await;
+    let gw = tls_gateway(backend(), via("fg", "")).await;
     let (status, body) = send(&gw, "proxied").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let tunnel = proxy.seen.recv().await.unwrap();
@@ -369,14 +339,7 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
     assert!(seen.headers.get("proxy-authorization").is_none());
 
     // Refused by the proxy (wrong credentials): 502.
-    let gw = gateway_with_forward(
-        backend(),
-        test_audit_config(),
-        1 << 20,
-        true,
-        via("other", ""),
-    )
-    .await;
+    let gw = tls_gateway(backend(), via("other", "")).await;
     let (status, body) = send(&gw, "proxy-refused").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(
@@ -387,14 +350,7 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
     // NO_PROXY names the host: a direct connection. It normally fails (nothing resolves the
     // name; a resolver that maps it to 127.0.0.1 would let it succeed): either way, not through
     // the proxy.
-    let gw = gateway_with_forward(
-        backend(),
-        test_audit_config(),
-        1 << 20,
-        true,
-        via("fg", HOST),
-    )
-    .await;
+    let gw = tls_gateway(backend(), via("fg", HOST)).await;
     let (status, body) = send(&gw, "no-proxy").await;
     assert!(
         status == StatusCode::BAD_GATEWAY || status == StatusCode::OK,
@@ -407,14 +363,7 @@ async fn an_egress_proxy_tunnels_https_backends_and_no_proxy_hosts_go_direct() {
 
     // Loopback backends never go through the proxy.
     let mut direct = ok_upstream(&ca.server_cert(&["127.0.0.1"]), HTTP1_ONLY, None).await;
-    let gw = gateway_with_forward(
-        https_backend(direct.addr),
-        test_audit_config(),
-        1 << 20,
-        true,
-        via("fg", ""),
-    )
-    .await;
+    let gw = tls_gateway(https_backend(direct.addr), via("fg", "")).await;
     let (status, body) = send(&gw, "loopback").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(direct.seen.recv().await.is_some());

@@ -20,11 +20,17 @@ use tls_upstream::{Ca, TlsUpstream, tls_upstream};
 /// `fastgate --config <config> check-config`, run from `/` (so that relative paths can only
 /// resolve against the config file's directory): (success, stderr + stdout).
 fn check_config(config: &Path) -> (bool, String) {
+    check_config_with(config, &[])
+}
+
+/// [`check_config`] with extra environment variables.
+fn check_config_with(config: &Path, env: &[(&str, &str)]) -> (bool, String) {
     let out = fastgate_cmd()
         .arg("--config")
         .arg(config)
         .arg("check-config")
         .current_dir("/")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -362,21 +368,10 @@ async fn https_proxy_from_the_environment_carries_https_backends() {
         };
         let other = root.join(format!("conf/socks-{trust_env}.yaml"));
         std::fs::write(&other, yaml).unwrap();
-        let mut cmd = fastgate_cmd();
-        let out = cmd
-            .arg("--config")
-            .arg(&other)
-            .arg("check-config")
-            .env("ALL_PROXY", "socks5://fg:proxy-pw-77@127.0.0.1:1080")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        (out.status.success(), text)
+        check_config_with(
+            &other,
+            &[("ALL_PROXY", "socks5://fg:proxy-pw-77@127.0.0.1:1080")],
+        )
     };
     let (ok, text) = socks(true);
     assert!(!ok, "{text}");
