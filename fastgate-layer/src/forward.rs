@@ -70,7 +70,7 @@ use hyper_util::rt::TokioExecutor;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::audit::Outcome;
+use crate::audit::{AuditSlot, Outcome};
 use crate::backend_cache::BackendCache;
 use crate::body::GatewayBody;
 use crate::error::{BoxError, rejection};
@@ -525,6 +525,9 @@ where
             ));
         };
         let (mut parts, body) = req.into_parts();
+        if let Some(slot) = parts.extensions.get::<AuditSlot>() {
+            slot.target(&prepared.target);
+        }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, body);

@@ -288,6 +288,73 @@ async fn client_disconnects_cancel_the_upstream_and_leak_no_connections() {
     eprintln!("200 client aborts in {:?}", t.elapsed());
 }
 
+/// A client that hangs up is noticed at once, not at the gateway's next write to it: the
+/// upstream connection is closed while the upstream is still silent (before its headers, or
+/// between two events), so a long generation is not run to its end for nobody. Without that,
+/// the first case would end only at the 5 s response timeout and the second not within 60 s.
+/// The audit record of the first names its key and target, which the layers learned before any
+/// response head existed.
+#[tokio::test]
+async fn a_client_hang_up_reaches_a_silent_upstream_at_once() {
+    // Waiting for the response headers.
+    let up = FaultUpstream::start(Fault::NeverAnswer).await;
+    let fg = Fastgate::start(&up.url()).await;
+    let created = fg.create_key("u").await;
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let sent = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(chat_body(false))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the upstream never answers");
+    eventually(
+        Duration::from_secs(2),
+        "upstream connection closed after the hang-up (not at the 5 s timeout)",
+        || up.requests() == 1 && up.live() == 0,
+    )
+    .await;
+    // Audited with its key and target although no response head ever existed.
+    let rows = fg
+        .wait_logs(&format!("&key_id={key_id}"), |items| !items.is_empty())
+        .await;
+    let row = &rows[0];
+    assert_eq!(row["outcome"], "client_aborted", "{row}");
+    assert_eq!(row["source_path"], "u", "{row}");
+    assert_eq!(
+        row["target_url"],
+        format!("{}{BACKEND_PATH}", up.url()),
+        "{row}"
+    );
+
+    // Between two events of a stream (the upstream is silent for 60 s after the first).
+    let up = FaultUpstream::start(Fault::StallAfter(1)).await;
+    let fg = Fastgate::start(&up.url()).await;
+    let key = fg.key("u").await;
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(stream);
+    eventually(
+        Duration::from_secs(2),
+        "upstream stream dropped while silent",
+        || up.dropped() == 1,
+    )
+    .await;
+}
+
 /// Hold SQLite's write lock from another connection (as a stuck writer in another process would).
 async fn lock_sqlite(fg: &Fastgate) -> sqlx::SqliteConnection {
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", fg.db_path().display()))

@@ -13,11 +13,37 @@ use super::{AuditEvent, Outcome};
 use crate::extensions::{KeyIdentity, Rejected, TargetUrl};
 use crate::forward::is_event_stream;
 
-/// Facts the request body wrapper learns while the request streams.
+/// Facts the request body wrapper learns while the request streams, and what the inner layers
+/// learn before the response exists (the key, the upstream target): a request the client drops
+/// before the response head is still audited with them.
 #[derive(Debug, Default)]
 pub(crate) struct RequestStats {
     pub(crate) bytes: AtomicU64,
     pub(crate) model: OnceLock<String>,
+    /// `key_id` and `source_path`, set by the auth layer once the key is accepted.
+    pub(crate) key: OnceLock<(Arc<str>, Arc<str>)>,
+    /// The audit-safe upstream target, set by the forward service.
+    pub(crate) target: OnceLock<Arc<str>>,
+}
+
+/// Request extension through which the inner layers report to the audit guard (see
+/// [`RequestStats`]). Absent when the stack has no audit layer.
+#[derive(Clone, Debug)]
+pub(crate) struct AuditSlot(pub(crate) Arc<RequestStats>);
+
+impl AuditSlot {
+    /// The accepted key of this request.
+    pub(crate) fn key(&self, identity: &KeyIdentity) {
+        let _ = self.0.key.set((
+            Arc::clone(&identity.key_id),
+            Arc::clone(&identity.source_path),
+        ));
+    }
+
+    /// The upstream target of this request.
+    pub(crate) fn target(&self, target: &TargetUrl) {
+        let _ = self.0.target.set(Arc::clone(&target.0));
+    }
 }
 
 /// Holds the event until the request ends; emits it on `finish` or, failing that, on drop
@@ -121,6 +147,18 @@ impl AuditGuard {
         event.duration = self.start.elapsed();
         event.request_bytes = self.request.bytes.load(Ordering::Relaxed);
         event.model = self.request.model.get().cloned();
+        // No response head (the client left first): what the inner layers reported.
+        if event.key_id.is_none()
+            && let Some((key_id, source_path)) = self.request.key.get()
+        {
+            event.key_id = Some(Arc::clone(key_id));
+            event.source_path = Some(Arc::clone(source_path));
+        }
+        if event.target_url.is_none()
+            && let Some(target) = self.request.target.get()
+        {
+            event.target_url = Some(Arc::clone(target));
+        }
         if let Some(mut scanner) = self.scanner.take() {
             scanner.finish();
             event.usage = scanner.usage();

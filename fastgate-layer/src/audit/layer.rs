@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tower::{Layer, Service};
 
 use super::body::{AuditBody, AuditRequestBody};
-use super::guard::{AuditGuard, RequestStats};
+use super::guard::{AuditGuard, AuditSlot, RequestStats};
 use super::worker::AuditWorker;
 use super::{AuditEvent, AuditSink, Outcome};
 use crate::extensions::ClientAddr;
@@ -252,7 +252,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let Some(shared) = &self.shared else {
             let req = req.map(AuditRequestBody::unaudited);
             return ResponseFuture {
@@ -272,6 +272,7 @@ where
             Arc::clone(&shared.stats),
             Arc::clone(&request),
         ));
+        req.extensions_mut().insert(AuditSlot(Arc::clone(&request)));
         let req = req.map(|b| AuditRequestBody::new(b, Some(request)));
         ResponseFuture {
             inner: self.inner.call(req),

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::resolver::{KeyResolver, PresentedKey, ResolveError};
-use crate::audit::Outcome;
+use crate::audit::{AuditSlot, Outcome};
 use crate::error::rejection;
 use crate::extensions::{KeyIdentity, RouteConfig};
 
@@ -276,6 +276,9 @@ where
                             &AuthError::PermissionDenied,
                             Some(identity),
                         )));
+                    }
+                    if let Some(slot) = req.extensions().get::<AuditSlot>() {
+                        slot.key(&identity);
                     }
                     req.extensions_mut().insert(identity.clone());
                     let fut = this

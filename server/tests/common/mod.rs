@@ -617,6 +617,11 @@ impl FaultUpstream {
     pub fn dropped(&self) -> usize {
         self.counters.dropped_mid_stream.load(Ordering::SeqCst)
     }
+
+    /// Requests read so far.
+    pub fn requests(&self) -> usize {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
 }
 
 /// Poll `cond` every 20 ms until it holds; panics with `what` after `within`.
