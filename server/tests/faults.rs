@@ -302,15 +302,20 @@ async fn a_client_hang_up_reaches_a_silent_upstream_at_once() {
     let created = fg.create_key("u").await;
     let key = created["api_key"].as_str().unwrap().to_owned();
     let key_id = created["id"].as_str().unwrap().to_owned();
-    let sent = fg
+    let send = fg
         .http
         .post(fg.proxy_url())
         .header("X-API-Key", &key)
         .body(chat_body(false))
-        .timeout(Duration::from_millis(300))
-        .send()
-        .await;
-    assert!(sent.is_err(), "the upstream never answers");
+        .send();
+    let client = tokio::spawn(send);
+    // Hang up once the request has reached the upstream (however slow the machine is).
+    eventually(Duration::from_secs(10), "request at the upstream", || {
+        up.requests() == 1
+    })
+    .await;
+    client.abort();
+    assert!(client.await.is_err(), "the upstream never answers");
     eventually(
         Duration::from_secs(2),
         "upstream connection closed after the hang-up (not at the 5 s timeout)",
