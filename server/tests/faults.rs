@@ -339,14 +339,7 @@ async fn a_client_hang_up_reaches_a_silent_upstream_at_once() {
     let up = FaultUpstream::start(Fault::StallAfter(1)).await;
     let fg = Fastgate::start(&up.url()).await;
     let key = fg.key("u").await;
-    let res = fg
-        .http
-        .post(fg.proxy_url())
-        .header("X-API-Key", &key)
-        .body(chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let res = fg.chat(&key, true).await;
     assert_eq!(res.status(), 200);
     let mut stream = res.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
