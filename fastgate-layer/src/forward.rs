@@ -152,7 +152,7 @@ impl ForwardConfig {
     }
 }
 
-type HttpsClient<B> = Client<TimedConnector<SwappableHttps>, B>;
+type HttpsClient<B> = Client<TimedConnector<HttpsConnect>, B>;
 
 /// The TLS client settings of `https://` backends, replaceable while the service runs.
 ///
@@ -242,12 +242,12 @@ fn with_alpn(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// hyper-rustls's connector over the TLS settings current when each connection opens, through
-/// the egress proxy when one applies.
+/// hyper-rustls's connector with the TLS settings its client was built for (a replacement
+/// builds a new client, see `Shared::client`), through the egress proxy when one applies.
 #[derive(Clone)]
-struct SwappableHttps {
+struct HttpsConnect {
     http: HttpConnector,
-    tls: UpstreamTls,
+    tls: Arc<rustls::ClientConfig>,
     proxy: Option<Arc<Matcher>>,
 }
 
@@ -284,7 +284,7 @@ pub fn egress_proxy_host(rules: &Matcher, uri: &Uri) -> Option<String> {
 #[error("egress proxy scheme {0:?} is not supported (only http:// proxies)")]
 pub struct UnsupportedProxy(String);
 
-impl Service<Uri> for SwappableHttps {
+impl Service<Uri> for HttpsConnect {
     type Response = <HttpsConnector<HttpConnector> as Service<Uri>>::Response;
     type Error = BoxError;
     type Future = <HttpsConnector<HttpConnector> as Service<Uri>>::Future;
@@ -295,7 +295,7 @@ impl Service<Uri> for SwappableHttps {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let tls = self.tls.current();
+        let tls = Arc::clone(&self.tls);
         if let Some(intercept) = self
             .proxy
             .as_deref()
@@ -440,9 +440,10 @@ where
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
-        let https = SwappableHttps {
+        // Read after the generation: a replacement in between only causes one more rebuild.
+        let https = HttpsConnect {
             http,
-            tls: self.tls.clone(),
+            tls: self.tls.current(),
             proxy: self.egress_proxy.clone(),
         };
         let connector = TimedConnector {
