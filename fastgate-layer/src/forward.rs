@@ -154,6 +154,23 @@ impl ForwardConfig {
 
 type HttpsClient<B> = Client<TimedConnector<HttpsConnect>, B>;
 
+/// The start of a `rustls::ClientConfig` as FastGate builds its own: the `ring` crypto provider
+/// and rustls' safe default protocol versions (TLS 1.2 and 1.3). Add roots and client
+/// authentication, then hand the result to [`UpstreamTls::new`] or
+/// [`ForwardConfig::tls_client_config`]. Unlike `rustls::ClientConfig::builder()`, it does not
+/// depend on a process-wide default provider, which is ambiguous when a dependency enables a
+/// second one.
+pub fn tls_config_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder,
+        // ring supports both default protocol versions; kept as a fallback, not expected.
+        Err(_) => rustls::ClientConfig::builder(),
+    }
+}
+
 /// The TLS client settings of `https://` backends, replaceable while the service runs.
 ///
 /// Clones share the settings: give one to [`ForwardConfig::upstream_tls`] and keep another to
@@ -187,16 +204,9 @@ impl UpstreamTls {
     /// given.
     pub fn mozilla_roots() -> Self {
         use hyper_rustls::ConfigBuilderExt as _;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = match rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-        {
-            Ok(builder) => builder,
-            // ring supports both default protocol versions; kept as a fallback, not expected.
-            Err(_) => rustls::ClientConfig::builder(),
-        }
-        .with_webpki_roots()
-        .with_no_client_auth();
+        let config = tls_config_builder()
+            .with_webpki_roots()
+            .with_no_client_auth();
         Self::new(config)
     }
 

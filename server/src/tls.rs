@@ -3,7 +3,6 @@
 //! Errors name the file and what is wrong with it, never its content (a key file is a secret).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -64,11 +63,7 @@ pub fn client_config(
             ));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ("api_gateway.tls", format!("TLS set-up failed: {e}")))?
-        .with_root_certificates(roots);
+    let builder = fastgate_layer::forward::tls_config_builder().with_root_certificates(roots);
     let config = match (cert_file, key_file) {
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => {
