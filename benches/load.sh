@@ -23,7 +23,8 @@
 # LOADGEN_CPU (0), SERVER_CPU (1), PORT_BASE (19400), FASTGATE_THREADS (unset: runtime default),
 # FASTGATE_BIN (another fastgate binary, e.g. a copy of an earlier build, for before/after),
 # FASTGATE_BIN_B (a second fastgate binary run as one more target in every round: before/after),
-# QUICK=1 (closed loop only, no memory/open-loop/stream/count runs),
+# QUICK=1 (closed loop only, no memory/open-loop/stream/count runs), STREAM_AWAKE=0 (skip the
+# second streaming run, which keeps both vCPUs awake with SCHED_IDLE busy loops),
 # PERF_OUT (file: perf record of FastGate during the first closed-loop run), SKIP_BUILD=1
 # (use the binaries already in $CARGO_TARGET_DIR/release).
 set -euo pipefail
@@ -468,15 +469,33 @@ U_SSE_DIRECT=http://127.0.0.1:$P_SSE/v1/chat/completions
 U_SSE_NGINX=http://127.0.0.1:$P_NGINX_SSE/v1/chat/completions
 U_SSE_BARE=http://127.0.0.1:$P_BARE_SSE/v1/chat/completions
 U_SSE_FG=http://127.0.0.1:$P_FG/proxy/sse/v1/chat/completions
-on_loadgen_cpu "$LOADGEN" stream --serve "$P_SSE" --events 8 --gap-ms 50 --count "$STREAMS" \
-    --url "$U_SSE_DIRECT" --url "$U_SSE_NGINX" --url "$U_SSE_BARE" --url "$U_SSE_FG" \
-    --header "X-API-Key: $KEY" --body "$SBODY" >"$WORK/stream.out" 2>&1 || die "stream run: $(cat "$WORK/stream.out")"
+stream_run() { # output file: one interleaved streaming run through the four paths
+    on_loadgen_cpu "$LOADGEN" stream --serve "$P_SSE" --events 8 --gap-ms 50 --count "$STREAMS" \
+        --url "$U_SSE_DIRECT" --url "$U_SSE_NGINX" --url "$U_SSE_BARE" --url "$U_SSE_FG" \
+        --header "X-API-Key: $KEY" --body "$SBODY" >"$1" 2>&1 || die "stream run: $(cat "$1")"
+}
+stream_run "$WORK/stream.out"
 sfield() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
-S_DIRECT=$(grep "^stream url=$U_SSE_DIRECT " "$WORK/stream.out")
-S_NGINX=$(grep "^stream url=$U_SSE_NGINX " "$WORK/stream.out")
-S_BARE=$(grep "^stream url=$U_SSE_BARE " "$WORK/stream.out")
-S_FG=$(grep "^stream url=$U_SSE_FG " "$WORK/stream.out")
+stream_line() { grep "^stream url=$2 " "$1"; } # file url
+S_DIRECT=$(stream_line "$WORK/stream.out" "$U_SSE_DIRECT")
+S_NGINX=$(stream_line "$WORK/stream.out" "$U_SSE_NGINX")
+S_BARE=$(stream_line "$WORK/stream.out" "$U_SSE_BARE")
+S_FG=$(stream_line "$WORK/stream.out" "$U_SSE_FG")
 S_ADDED=$(grep "^stream_added url=$U_SSE_FG " "$WORK/stream.out")
+# The same run again with both vCPUs kept awake: a busy loop at SCHED_IDLE priority on each CPU
+# yields at once to any runnable task, but the vCPU never halts, so an event never waits for the
+# hypervisor to wake a halted vCPU. If the worst event shrinks here, that wake-up is what delays it.
+AWAKE_PIDS=()
+if [[ ${STREAM_AWAKE:-1} == 1 ]] && command -v chrt >/dev/null; then
+    log "streaming again with both vCPUs kept awake (SCHED_IDLE busy loops)"
+    for cpu in "$LOADGEN_CPU" "$SERVER_CPU"; do
+        taskset -c "$cpu" chrt --idle 0 bash -c 'while :; do :; done' &
+        AWAKE_PIDS+=($!)
+        PIDS+=($!)
+    done
+    stream_run "$WORK/stream-awake.out"
+    kill "${AWAKE_PIDS[@]}" 2>/dev/null || true
+fi
 
 # ---------------------------------------------------------------- 5. audit exactly once
 check_deadline
@@ -548,6 +567,15 @@ Streaming: $STREAMS interleaved rounds, 8 events 50 ms apart (+ [DONE]); upstrea
 |----------|-------------|-------------|----------------------|--------|------------|
 $(for t in direct:S_DIRECT nginx:S_NGINX bare:S_BARE FastGate:S_FG; do n=${t#*:}; v=${!n}; printf '| %-8s | %s | %s | %s | %s | %s (%s) |\n' "${t%%:*}" "$(sfield "$v" ttfb_p50_ms)" "$(sfield "$v" ttfb_max_ms)" "$(sfield "$v" transit_p50_ms)" "$(sfield "$v" transit_p99_ms)" "$(sfield "$v" transit_max_ms)" "$(sfield "$v" transit_n)"; done)
 TTFB added (p50): $(sfield "$S_ADDED" ttfb_added_ms) ms (target ≤ 1). Worst event delay through FastGate (transit max, includes loopback): $(sfield "$S_FG" transit_max_ms) ms (target ≤ 1); through nginx $(sfield "$S_NGINX" transit_max_ms) ms, the bare hyper proxy $(sfield "$S_BARE" transit_max_ms) ms.
+$(if ((${#AWAKE_PIDS[@]})); then
+    printf '\nThe same streaming run with both vCPUs kept awake (SCHED_IDLE busy loops: no vCPU halts between events)\n'
+    printf '| target   | TTFB p50 ms | TTFB max ms | event transit p50 ms | p99 ms | max ms (n) |\n'
+    printf '|----------|-------------|-------------|----------------------|--------|------------|\n'
+    for t in direct:$U_SSE_DIRECT nginx:$U_SSE_NGINX bare:$U_SSE_BARE FastGate:$U_SSE_FG; do
+        v=$(stream_line "$WORK/stream-awake.out" "${t#*:}")
+        printf '| %-8s | %s | %s | %s | %s | %s (%s) |\n' "${t%%:*}" "$(sfield "$v" ttfb_p50_ms)" "$(sfield "$v" ttfb_max_ms)" "$(sfield "$v" transit_p50_ms)" "$(sfield "$v" transit_p99_ms)" "$(sfield "$v" transit_max_ms)" "$(sfield "$v" transit_n)"
+    done
+fi)
 
 Memory (FastGate, from /proc/PID/status)
 | what | value | target |
