@@ -499,6 +499,25 @@ impl Store {
             push(&mut args, &mut cond, Arg::I64(lo), " AND status >= ?");
             push(&mut args, &mut cond, Arg::I64(lo + 100), " AND status < ?");
         }
+        if let Some(code) = filter.status {
+            if !(100..=599).contains(&code) {
+                return Err(StoreError::InvalidInput("status code must be 100..=599"));
+            }
+            push(
+                &mut args,
+                &mut cond,
+                Arg::I64(i64::from(code)),
+                " AND status = ?",
+            );
+        }
+        if let Some(v) = &filter.method {
+            push(
+                &mut args,
+                &mut cond,
+                Arg::Text(v.clone()),
+                " AND method = ?",
+            );
+        }
         if let Some(v) = filter.is_stream {
             push(&mut args, &mut cond, Arg::Bool(v), " AND is_stream = ?");
         }
@@ -536,8 +555,9 @@ impl Store {
             n => n.min(1000),
         };
         let sql = format!(
-            "SELECT id, {AUDIT_COLUMNS} FROM audit_events{cond} ORDER BY started_at DESC, id DESC LIMIT {}",
-            limit + 1
+            "SELECT id, {AUDIT_COLUMNS} FROM audit_events{cond} ORDER BY started_at DESC, id DESC LIMIT {} OFFSET {}",
+            limit + 1,
+            filter.offset
         );
         let mut rows: Vec<AuditRow> = on_pool!(&self.inner.db, |pool| {
             bind_args!(sqlx::query_as(&sql), args)

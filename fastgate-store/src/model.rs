@@ -185,6 +185,10 @@ pub struct AuditFilter {
     pub source_path: Option<String>,
     /// Status class 2..=5 (`2` = 2xx). Other values are rejected.
     pub status_class: Option<u16>,
+    /// Only this exact status code (100..=599; other values are rejected).
+    pub status: Option<u16>,
+    /// Only this HTTP method, compared as stored (as the client sent it, e.g. `POST`).
+    pub method: Option<String>,
     /// Only streamed (`true`) or plain (`false`) responses.
     pub is_stream: Option<bool>,
     /// Only this model.
@@ -195,6 +199,9 @@ pub struct AuditFilter {
     pub until: Option<SystemTime>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Records to skip (after the cursor, when one is given). Deep offsets cost a scan of the
+    /// skipped records; cursors do not.
+    pub offset: u32,
     /// Page size.
     pub limit: u32,
 }

@@ -1448,6 +1448,9 @@ on_backends!(audit_query_filters_and_keyset_pagination, |db| {
             _ => 302,
         };
         e.is_stream = i % 3 == 0;
+        if i % 10 == 0 {
+            e.method = "GET".to_owned();
+        }
         e.model = Some(if i < 10 {
             "m-small".to_owned()
         } else {
@@ -1620,6 +1623,80 @@ on_backends!(audit_query_filters_and_keyset_pagination, |db| {
         })
         .await;
     assert!(matches!(bad, Err(StoreError::InvalidInput(_))));
+
+    // M-FastGate's filters: an exact status code, the method, and skip (offset).
+    let s404 = q(AuditFilter {
+        status: Some(404),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        s404.len() == 13 && s404.iter().all(|r| r.status == 404),
+        "{}",
+        s404.len()
+    );
+    let bad = store
+        .query_audit(&AuditFilter {
+            status: Some(99),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::InvalidInput(_))));
+    let gets = q(AuditFilter {
+        method: Some("GET".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        gets.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "req-000040",
+            "req-000030",
+            "req-000020",
+            "req-000010",
+            "req-000000"
+        ]
+    );
+    let ids = |items: Vec<fastgate_store::AuditRecord>| {
+        items.into_iter().map(|r| r.request_id).collect::<Vec<_>>()
+    };
+    let skipped = store
+        .query_audit(&AuditFilter {
+            offset: 3,
+            limit: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(skipped.items), expected[3..7]);
+    // After a cursor, the offset counts from the cursor.
+    let first = store
+        .query_audit(&AuditFilter {
+            limit: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let after = store
+        .query_audit(&AuditFilter {
+            cursor: first.next_cursor,
+            offset: 2,
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(after.items), expected[9..12]);
+    let past_the_end = store
+        .query_audit(&AuditFilter {
+            offset: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(past_the_end.items.is_empty() && past_the_end.next_cursor.is_none());
     db.finish(&[&store]).await;
 });
 

@@ -102,7 +102,27 @@ fn rfc3339(t: SystemTime) -> String {
 fn parse_time(name: &str, s: &str) -> Result<SystemTime, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| SystemTime::from(t.with_timezone(&Utc)))
-        .map_err(|_| format!("{name} must be an RFC 3339 timestamp"))
+        .map_err(|_| {
+            format!(
+                "{name} must be an RFC 3339 timestamp with a UTC offset, e.g. 2026-01-31T08:00:00Z"
+            )
+        })
+}
+
+/// A parameter that FastGate calls `name` and M-FastGate called `alias`: either may be given, both
+/// only with the same value (an alias is never silently ignored).
+fn either<T: PartialEq>(
+    name: &str,
+    alias: &str,
+    value: Option<T>,
+    alias_value: Option<T>,
+) -> Result<Option<T>, String> {
+    match (value, alias_value) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "{name} and {alias} (M-FastGate's name for it) differ; give one of them"
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 /// A gateway API key (never the key itself, only its display form).
@@ -135,12 +155,22 @@ pub struct KeyInfo {
     pub last_used_at: Option<String>,
     /// Requests made with this key, updated in batches.
     pub request_count: u64,
+    /// M-FastGate's name for `id`.
+    #[oai(deprecated)]
+    pub key_id: String,
+    /// M-FastGate's name for `active`.
+    #[oai(deprecated)]
+    pub is_active: bool,
+    /// M-FastGate's name for `request_count`.
+    #[oai(deprecated)]
+    pub usage_count: u64,
 }
 
 impl KeyInfo {
     fn from_record(r: KeyRecord, now: SystemTime) -> Self {
         Self {
             status: r.status(now).to_owned(),
+            key_id: r.id.clone(),
             id: r.id,
             name: r.name,
             source_path: r.source_path,
@@ -152,6 +182,8 @@ impl KeyInfo {
             active: r.active,
             last_used_at: r.last_used_at.map(rfc3339),
             request_count: r.request_count,
+            is_active: r.active,
+            usage_count: r.request_count,
         }
     }
 }
@@ -164,6 +196,19 @@ pub struct CreatedKey {
     pub key: KeyInfo,
     /// The full gateway key. It is not stored and cannot be shown again.
     pub api_key: String,
+    /// M-FastGate's name for `api_key` (the same secret, in this answer only).
+    #[oai(deprecated)]
+    pub key_value: String,
+}
+
+impl CreatedKey {
+    fn new(key: KeyInfo, secret: String) -> Self {
+        Self {
+            key,
+            key_value: secret.clone(),
+            api_key: secret,
+        }
+    }
 }
 
 impl std::fmt::Debug for CreatedKey {
@@ -171,6 +216,7 @@ impl std::fmt::Debug for CreatedKey {
         f.debug_struct("CreatedKey")
             .field("key", &self.key)
             .field("api_key", &"******")
+            .field("key_value", &"******")
             .finish()
     }
 }
@@ -536,13 +582,14 @@ enum KeyListResponse {
     Ok(Json<KeyList>),
     /// Invalid input.
     #[oai(status = 400)]
-    #[allow(dead_code)]
     BadRequest(Json<ErrorBody>),
     /// The database is unavailable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
 }
 
+// One per admin request: the size of the Ok variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(ApiResponse)]
 enum KeyResponse {
     /// The key.
@@ -809,10 +856,10 @@ impl AdminApi {
         match self.state.store.create_key(new).await {
             Ok(created) => {
                 tracing::info!(key_id = %created.record.id, "key created");
-                CreateKeyResponse::Created(Json(CreatedKey {
-                    key: KeyInfo::from_record(created.record, now),
-                    api_key: created.secret,
-                }))
+                CreateKeyResponse::Created(Json(CreatedKey::new(
+                    KeyInfo::from_record(created.record, now),
+                    created.secret,
+                )))
             }
             Err(StoreError::InvalidInput(m)) => CreateKeyResponse::BadRequest(bad_request(m)),
             Err(e) => unavailable!(self.state, CreateKeyResponse::Unavailable, e),
@@ -837,14 +884,27 @@ impl AdminApi {
         /// Keys to skip.
         #[oai(validator(maximum(value = "10000000")))]
         offset: Query<Option<u32>>,
+        /// M-FastGate's name for `offset`.
+        #[oai(deprecated, validator(maximum(value = "10000000")))]
+        skip: Query<Option<u32>>,
+        /// M-FastGate's name for `active`.
+        #[oai(deprecated)]
+        is_active: Query<Option<bool>>,
     ) -> KeyListResponse {
         let now = SystemTime::now();
+        let (active, offset) = match (
+            either("active", "is_active", active.0, is_active.0),
+            either("offset", "skip", offset.0, skip.0),
+        ) {
+            (Ok(active), Ok(offset)) => (active, offset),
+            (Err(m), _) | (_, Err(m)) => return KeyListResponse::BadRequest(bad_request(m)),
+        };
         let filter = KeyFilter {
-            active: active.0,
+            active,
             source_path: source_path.0.filter(|s| !s.is_empty()),
             expired: expired.0,
             limit: limit.0.unwrap_or(50),
-            offset: offset.0.unwrap_or(0),
+            offset: offset.unwrap_or(0),
         };
         match self.state.store.list_keys(&filter).await {
             Ok(page) => KeyListResponse::Ok(Json(KeyList {
@@ -952,10 +1012,10 @@ impl AdminApi {
         {
             Ok(Some(created)) => {
                 tracing::info!(key_id = %created.record.id, grace, "key rotated");
-                RotateResponse::Ok(Json(CreatedKey {
-                    key: KeyInfo::from_record(created.record, SystemTime::now()),
-                    api_key: created.secret,
-                }))
+                RotateResponse::Ok(Json(CreatedKey::new(
+                    KeyInfo::from_record(created.record, SystemTime::now()),
+                    created.secret,
+                )))
             }
             Ok(None) => RotateResponse::NotFound(not_found("key")),
             Err(e) => unavailable!(self.state, RotateResponse::Unavailable, e),
@@ -987,7 +1047,61 @@ impl AdminApi {
         until: Query<Option<String>>,
         /// `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
+        /// Only this exact status code, e.g. `429` (`status` takes a class).
+        #[oai(validator(minimum(value = "100"), maximum(value = "599")))]
+        status_code: Query<Option<u16>>,
+        /// Only this HTTP method, e.g. `POST` (compared in upper case).
+        method: Query<Option<String>>,
+        /// Records to skip, counted from `cursor` when one is given (cursors page deep logs
+        /// without a scan of the skipped records).
+        #[oai(validator(maximum(value = "10000000")))]
+        offset: Query<Option<u32>>,
+        /// M-FastGate's name for `offset`.
+        #[oai(deprecated, validator(maximum(value = "10000000")))]
+        skip: Query<Option<u32>>,
+        /// M-FastGate's name for `since`.
+        #[oai(deprecated)]
+        start_time: Query<Option<String>>,
+        /// M-FastGate's name for `until`.
+        #[oai(deprecated)]
+        end_time: Query<Option<String>>,
+        /// M-FastGate's filter by a key's secret. Refused: a secret does not belong in a URL (use
+        /// `key_id`).
+        #[oai(deprecated)]
+        api_key: Query<Option<String>>,
     ) -> LogsResponse {
+        if api_key.0.as_deref().is_some_and(|k| !k.is_empty()) {
+            return LogsResponse::BadRequest(bad_request(
+                "api_key is not accepted: a key's secret does not belong in a URL; filter by key_id (GET /admin/keys lists the ids)",
+            ));
+        }
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        // Errors name the parameter the caller used.
+        let since_name = if since.0.as_deref().is_some_and(|s| !s.is_empty()) {
+            "since"
+        } else {
+            "start_time"
+        };
+        let until_name = if until.0.as_deref().is_some_and(|s| !s.is_empty()) {
+            "until"
+        } else {
+            "end_time"
+        };
+        let (since, until, offset) = match (
+            either(
+                "since",
+                "start_time",
+                nonempty(since.0),
+                nonempty(start_time.0),
+            ),
+            either("until", "end_time", nonempty(until.0), nonempty(end_time.0)),
+            either("offset", "skip", offset.0, skip.0),
+        ) {
+            (Ok(since), Ok(until), Ok(offset)) => (since, until, offset),
+            (Err(m), _, _) | (_, Err(m), _) | (_, _, Err(m)) => {
+                return LogsResponse::BadRequest(bad_request(m));
+            }
+        };
         let status_class = match status.0.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match s.to_ascii_lowercase().as_str() {
@@ -1002,15 +1116,15 @@ impl AdminApi {
                 }
             },
         };
-        let time = |name: &str, v: Option<String>| match v.filter(|s| !s.is_empty()) {
+        let time = |name: &str, v: Option<String>| match v {
             None => Ok(None),
             Some(s) => parse_time(name, &s).map(Some),
         };
-        let since = match time("since", since.0) {
+        let since = match time(since_name, since) {
             Ok(t) => t,
             Err(m) => return LogsResponse::BadRequest(bad_request(m)),
         };
-        let until = match time("until", until.0) {
+        let until = match time(until_name, until) {
             Ok(t) => t,
             Err(m) => return LogsResponse::BadRequest(bad_request(m)),
         };
@@ -1018,11 +1132,14 @@ impl AdminApi {
             key_id: key_id.0.filter(|s| !s.is_empty()),
             source_path: source_path.0.filter(|s| !s.is_empty()),
             status_class,
+            status: status_code.0,
+            method: nonempty(method.0).map(|m| m.to_ascii_uppercase()),
             is_stream: is_stream.0,
             model: model.0.filter(|s| !s.is_empty()),
             since,
             until,
             cursor: cursor.0.filter(|s| !s.is_empty()),
+            offset: offset.unwrap_or(0),
             limit: limit.0.unwrap_or(50),
         };
         match self.state.store.query_audit(&filter).await {

@@ -754,3 +754,144 @@ async fn forwarded_for_is_ignored_from_untrusted_peers() {
     let items = fg.wait_logs("", |items| !items.is_empty()).await;
     assert_eq!(items[0]["client_ip"], "127.0.0.1");
 }
+
+/// M-FastGate's query parameters on `GET /admin/keys` and `GET /admin/logs` either work as they
+/// did there or are refused with a JSON error: a script moved over never gets a silently
+/// unfiltered list.
+#[tokio::test]
+async fn mfastgate_query_parameters_work_on_the_admin_lists() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let alpha = fg.create_key("alpha").await;
+    let beta = fg.create_key("beta").await;
+    fg.create_key("gamma").await;
+    let key = alpha["api_key"].as_str().unwrap().to_owned();
+    // M-FastGate's field names beside FastGate's: the secret once, as `key_value` too.
+    assert_eq!(alpha["key_value"], alpha["api_key"]);
+    assert_eq!(alpha["key_id"], alpha["id"]);
+    assert_eq!(alpha["is_active"], true);
+    assert_eq!(alpha["usage_count"], 0);
+    let res = fg
+        .http
+        .patch(fg.url(&format!("/admin/keys/{}", beta["id"].as_str().unwrap())))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let get = |path: String| {
+        let fg = &fg;
+        async move {
+            let res = fg.admin_get(&path).await;
+            let status = res.status().as_u16();
+            (status, res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.get("id")
+                    .or_else(|| r.get("request_id"))
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let refused = |(status, body): (u16, serde_json::Value), needle: &str| {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    };
+
+    // Keys: `is_active` is `active`, `skip` is `offset`.
+    let (status, disabled) = get("/admin/keys?is_active=false".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&disabled), [beta["id"].as_str().unwrap()]);
+    let listed = &disabled["items"][0];
+    assert_eq!(listed["is_active"], false);
+    assert_eq!(listed["key_id"], beta["id"]);
+    assert!(listed.get("key_value").is_none() && listed.get("api_key").is_none());
+    let (_, enabled) = get("/admin/keys?is_active=true".into()).await;
+    assert_eq!(enabled["total"], 2);
+    let (_, by_offset) = get("/admin/keys?offset=1&limit=1".into()).await;
+    let (_, by_skip) = get("/admin/keys?skip=1&limit=1".into()).await;
+    let (_, all_keys) = get("/admin/keys".into()).await;
+    assert_eq!(ids(&by_skip), ids(&by_offset));
+    assert_eq!(ids(&by_skip), ids(&all_keys)[1..2]);
+    refused(
+        get("/admin/keys?active=true&is_active=false".into()).await,
+        "is_active",
+    );
+    refused(get("/admin/keys?offset=1&skip=2".into()).await, "skip");
+
+    // Logs: two answered POSTs, one GET, one refused key.
+    assert_eq!(fg.chat(&key, false).await.status(), 200);
+    assert_eq!(fg.chat(&key, false).await.status(), 200);
+    assert_eq!(fg.chat("fg_not-a-real-key", false).await.status(), 401);
+    let res = fg
+        .http
+        .get(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let all = fg.wait_logs("", |items| items.len() >= 4).await;
+    assert_eq!(all.len(), 4);
+    let all_ids: Vec<String> = all
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .collect();
+
+    let (status, s401) = get("/admin/logs?status_code=401".into()).await;
+    assert_eq!(status, 200);
+    let rows = s401["items"].as_array().unwrap();
+    assert!(rows.len() == 1 && rows[0]["status"] == 401, "{s401}");
+    let (_, gets) = get("/admin/logs?method=get".into()).await;
+    let rows = gets["items"].as_array().unwrap();
+    assert!(rows.len() == 1 && rows[0]["method"] == "GET", "{gets}");
+    let (_, posts) = get("/admin/logs?method=POST&status_code=200".into()).await;
+    assert_eq!(posts["items"].as_array().unwrap().len(), 2);
+
+    let (_, skipped) = get("/admin/logs?skip=1&limit=2".into()).await;
+    assert_eq!(ids(&skipped), all_ids[1..3]);
+    let (_, offset) = get("/admin/logs?offset=1&limit=2".into()).await;
+    assert_eq!(ids(&offset), all_ids[1..3]);
+    // A cursor page, then skip counted from it.
+    let (_, first) = get("/admin/logs?limit=1".into()).await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, after) = get(format!("/admin/logs?limit=1&cursor={cursor}&skip=1")).await;
+    assert_eq!(ids(&after), all_ids[2..3]);
+
+    let (_, none) = get("/admin/logs?start_time=2999-01-01T00:00:00Z".into()).await;
+    assert!(none["items"].as_array().unwrap().is_empty());
+    let (_, every) = get("/admin/logs?end_time=2999-01-01T00:00:00%2B08:00".into()).await;
+    assert_eq!(ids(&every), all_ids);
+    // M-FastGate wrote its times without an offset (in China time): ambiguous, so refused.
+    refused(
+        get("/admin/logs?start_time=2025-06-05T10:00:00".into()).await,
+        "start_time must be an RFC 3339 timestamp with a UTC offset",
+    );
+    refused(
+        get("/admin/logs?since=2025-01-01T00:00:00Z&start_time=2025-02-01T00:00:00Z".into()).await,
+        "start_time",
+    );
+    refused(get("/admin/logs?status_code=99".into()).await, "");
+    // A key's secret in a URL is refused, and not echoed.
+    let (status, body) = get(format!("/admin/logs?api_key={key}")).await;
+    assert_eq!(status, 400);
+    assert!(!body.to_string().contains(&key), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("key_id")
+    );
+}
