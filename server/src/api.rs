@@ -257,8 +257,14 @@ pub struct UpdateKeyRequest {
     pub expires_days: Option<i64>,
     /// Remove the expiry.
     pub never_expires: Option<bool>,
+    /// New expiry as a point in time (RFC 3339 with a UTC offset; M-FastGate's field). A time in
+    /// the past expires the key at once. Conflicts with `expires_days` and `never_expires`.
+    pub expires_at: Option<String>,
     /// Enable or disable the key (takes effect at once).
     pub active: Option<bool>,
+    /// M-FastGate's name for `active`.
+    #[oai(deprecated)]
+    pub is_active: Option<bool>,
 }
 
 /// A page of keys.
@@ -935,7 +941,14 @@ impl AdminApi {
     ///
     /// Disabling a key or taking a permission away takes effect at once on this instance, and
     /// within 2 seconds on other instances sharing the PostgreSQL database.
-    #[oai(path = "/keys/:id", method = "patch", tag = "ApiTags::Keys")]
+    ///
+    /// `PUT` (M-FastGate's method) is the same partial update.
+    #[oai(
+        path = "/keys/:id",
+        method = "patch",
+        method = "put",
+        tag = "ApiTags::Keys"
+    )]
     async fn update_key(
         &self,
         _auth: AdminAuth,
@@ -948,8 +961,21 @@ impl AdminApi {
             Ok(p) => p,
             Err(m) => return KeyResponse::BadRequest(bad_request(m)),
         };
-        let expires_at = match expiry(body.expires_days, body.never_expires, now) {
+        let at = body.expires_at.filter(|t| !t.is_empty());
+        let expires_at = match (at, expiry(body.expires_days, body.never_expires, now)) {
+            (None, by_days) => by_days,
+            (Some(t), Ok(None)) => parse_time("expires_at", &t).map(|t| Some(Some(t))),
+            (Some(_), Ok(Some(_))) => {
+                Err("expires_at cannot be combined with expires_days or never_expires".into())
+            }
+            (Some(_), Err(m)) => Err(m),
+        };
+        let expires_at = match expires_at {
             Ok(e) => e,
+            Err(m) => return KeyResponse::BadRequest(bad_request(m)),
+        };
+        let active = match either("active", "is_active", body.active, body.is_active) {
+            Ok(a) => a,
             Err(m) => return KeyResponse::BadRequest(bad_request(m)),
         };
         let source_path = match body.source_path.map(|s| s.trim().to_owned()) {
@@ -965,7 +991,7 @@ impl AdminApi {
             source_path,
             permissions,
             expires_at,
-            active: body.active,
+            active,
         };
         match self.state.store.update_key(&id.0, update).await {
             Ok(Some(r)) => {

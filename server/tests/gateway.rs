@@ -755,11 +755,11 @@ async fn forwarded_for_is_ignored_from_untrusted_peers() {
     assert_eq!(items[0]["client_ip"], "127.0.0.1");
 }
 
-/// M-FastGate's query parameters on `GET /admin/keys` and `GET /admin/logs` either work as they
-/// did there or are refused with a JSON error: a script moved over never gets a silently
-/// unfiltered list.
+/// M-FastGate's admin parameters and fields (list filters, `PUT` with `is_active` and
+/// `expires_at`, `key_value`) either work as they did there or are refused with a JSON error: a
+/// script moved over never gets a silently unfiltered list or a silently unchanged key.
 #[tokio::test]
-async fn mfastgate_query_parameters_work_on_the_admin_lists() {
+async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     let upstream = Upstream::start().await;
     let fg = Fastgate::start(&upstream.url()).await;
     let alpha = fg.create_key("alpha").await;
@@ -894,4 +894,86 @@ async fn mfastgate_query_parameters_work_on_the_admin_lists() {
             .unwrap()
             .contains("key_id")
     );
+    // M-FastGate updated keys with PUT and `is_active`; PATCH takes `is_active` too (a silently
+    // ignored field would leave a key enabled that the admin meant to disable).
+    let gamma = fg.create_key("gamma-2").await;
+    let gamma_key = gamma["api_key"].as_str().unwrap().to_owned();
+    let gamma_url = fg.url(&format!("/admin/keys/{}", gamma["id"].as_str().unwrap()));
+    let update = |method: reqwest::Method, body: serde_json::Value| {
+        let req = fg
+            .http
+            .request(method, &gamma_url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = update(
+        reqwest::Method::PATCH,
+        serde_json::json!({"is_active": false}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &serde_json::json!("disabled"))
+    );
+    assert_eq!(fg.chat(&gamma_key, false).await.status(), 401);
+    let (status, body) = update(reqwest::Method::PUT, serde_json::json!({"is_active": true})).await;
+    assert_eq!((status, &body["active"]), (200, &serde_json::json!(true)));
+    assert_eq!(fg.chat(&gamma_key, false).await.status(), 200);
+    refused(
+        update(
+            reqwest::Method::PATCH,
+            serde_json::json!({"active": true, "is_active": false}),
+        )
+        .await,
+        "is_active",
+    );
+    // M-FastGate's `rate_limit` was only stored: it is ignored, the rest of the body applies.
+    let (status, body) = update(
+        reqwest::Method::PUT,
+        serde_json::json!({"rate_limit": 10, "source_path": "gamma-3"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["source_path"]),
+        (200, &serde_json::json!("gamma-3"))
+    );
+    // M-FastGate's absolute `expires_at`: with an offset, alone; a past time expires the key.
+    let (status, body) = update(
+        reqwest::Method::PUT,
+        serde_json::json!({"expires_at": "2999-01-01T08:00:00+08:00"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_at"], "2999-01-01T00:00:00.000Z");
+    refused(
+        update(
+            reqwest::Method::PUT,
+            serde_json::json!({"expires_at": "2999-01-01T00:00:00"}),
+        )
+        .await,
+        "expires_at must be an RFC 3339 timestamp with a UTC offset",
+    );
+    refused(
+        update(
+            reqwest::Method::PUT,
+            serde_json::json!({"expires_at": "2999-01-01T00:00:00Z", "expires_days": 3}),
+        )
+        .await,
+        "expires_at cannot be combined",
+    );
+    let (_, body) = update(
+        reqwest::Method::PATCH,
+        serde_json::json!({"expires_at": "2020-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(body["status"], "expired");
+    let res = fg.chat(&gamma_key, false).await;
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "expired_api_key");
 }
