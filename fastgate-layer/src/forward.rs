@@ -159,16 +159,12 @@ type HttpsClient<B> = Client<TimedConnector<HttpsConnect>, B>;
 /// authentication, then hand the result to [`UpstreamTls::new`] or
 /// [`ForwardConfig::tls_client_config`]. Unlike `rustls::ClientConfig::builder()`, it does not
 /// depend on a process-wide default provider, which is ambiguous when a dependency enables a
-/// second one.
-pub fn tls_config_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+/// second one. The error is rustls' own, should the provider not support those versions (ring
+/// supports both).
+pub fn tls_config_builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(builder) => builder,
-        // ring supports both default protocol versions; kept as a fallback, not expected.
-        Err(_) => rustls::ClientConfig::builder(),
-    }
+    rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
 }
 
 /// The TLS client settings of `https://` backends, replaceable while the service runs.
@@ -204,10 +200,12 @@ impl UpstreamTls {
     /// given.
     pub fn mozilla_roots() -> Self {
         use hyper_rustls::ConfigBuilderExt as _;
-        let config = tls_config_builder()
-            .with_webpki_roots()
-            .with_no_client_auth();
-        Self::new(config)
+        let builder = match tls_config_builder() {
+            Ok(builder) => builder,
+            // Not expected (see `tls_config_builder`): the process-wide default provider.
+            Err(_) => rustls::ClientConfig::builder(),
+        };
+        Self::new(builder.with_webpki_roots().with_no_client_auth())
     }
 
     /// From now on, use `config` (its ALPN list replaced as in [`new`](Self::new)). Pooled

@@ -41,7 +41,9 @@ fn trusting(ca: &Ca, identity: Option<&Leaf>) -> ForwardConfig {
 fn client_tls(ca: &Ca, identity: Option<&Leaf>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der.clone()).unwrap();
-    let builder = fastgate_layer::forward::tls_config_builder().with_root_certificates(roots);
+    let builder = fastgate_layer::forward::tls_config_builder()
+        .unwrap()
+        .with_root_certificates(roots);
     match identity {
         Some(leaf) => builder
             .with_client_auth_cert(

@@ -63,7 +63,9 @@ pub fn client_config(
             ));
         }
     }
-    let builder = fastgate_layer::forward::tls_config_builder().with_root_certificates(roots);
+    let builder = fastgate_layer::forward::tls_config_builder()
+        .map_err(|e| ("api_gateway.tls", format!("TLS set-up failed: {e}")))?
+        .with_root_certificates(roots);
     let config = match (cert_file, key_file) {
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => {
