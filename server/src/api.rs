@@ -109,6 +109,29 @@ fn parse_time(name: &str, s: &str) -> Result<SystemTime, String> {
         })
 }
 
+/// `since` / `start_time` and `until` / `end_time`, each parsed under the name the caller used;
+/// FastGate's and M-FastGate's name for one bound may both be given when they name the same
+/// instant.
+fn time_bounds(
+    [since, start_time]: [Option<String>; 2],
+    [until, end_time]: [Option<String>; 2],
+) -> Result<(Option<SystemTime>, Option<SystemTime>), String> {
+    let time = |name: &str, v: Option<String>| v.map(|s| parse_time(name, &s)).transpose();
+    let since = either(
+        "since",
+        "start_time",
+        time("since", since)?,
+        time("start_time", start_time)?,
+    )?;
+    let until = either(
+        "until",
+        "end_time",
+        time("until", until)?,
+        time("end_time", end_time)?,
+    )?;
+    Ok((since, until))
+}
+
 /// A parameter that FastGate calls `name` and M-FastGate called `alias`: either may be given, both
 /// only with the same value (an alias is never silently ignored).
 fn either<T: PartialEq>(
@@ -221,8 +244,10 @@ impl std::fmt::Debug for CreatedKey {
     }
 }
 
-/// Body of `POST /admin/keys` (M-FastGate's fields, plus `name` and `never_expires`).
+/// Body of `POST /admin/keys` (M-FastGate's fields, plus `name` and `never_expires`). An unknown
+/// field is a 400: a misspelt one must not be dropped without a word.
 #[derive(Object, Debug)]
+#[oai(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// Owner / tenant label, e.g. `user1`.
     #[oai(validator(min_length = 1, max_length = 200))]
@@ -238,10 +263,15 @@ pub struct CreateKeyRequest {
     /// Optional label.
     #[oai(validator(max_length = 200))]
     pub name: Option<String>,
+    /// M-FastGate's per-key limit: accepted and not enforced (M-FastGate only stored it).
+    #[oai(deprecated)]
+    pub rate_limit: Option<i64>,
 }
 
-/// Body of `PATCH /admin/keys/{id}`: every field optional.
+/// Body of `PATCH` (or `PUT`) `/admin/keys/{id}`: every field optional. An unknown field is a
+/// 400: a misspelt one must not leave the key unchanged without a word.
 #[derive(Object, Debug)]
+#[oai(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
     /// New label (empty string clears it).
     #[oai(validator(max_length = 200))]
@@ -265,6 +295,9 @@ pub struct UpdateKeyRequest {
     /// M-FastGate's name for `active`.
     #[oai(deprecated)]
     pub is_active: Option<bool>,
+    /// M-FastGate's per-key limit: accepted and not enforced (M-FastGate only stored it).
+    #[oai(deprecated)]
+    pub rate_limit: Option<i64>,
 }
 
 /// A page of keys.
@@ -1076,7 +1109,7 @@ impl AdminApi {
         /// Only this exact status code, e.g. `429` (`status` takes a class).
         #[oai(validator(minimum(value = "100"), maximum(value = "599")))]
         status_code: Query<Option<u16>>,
-        /// Only this HTTP method, e.g. `POST` (compared in upper case).
+        /// Only this HTTP method, e.g. `POST` (the value is upper-cased first).
         method: Query<Option<String>>,
         /// Records to skip, counted from `cursor` when one is given (cursors page deep logs
         /// without a scan of the skipped records).
@@ -1101,33 +1134,6 @@ impl AdminApi {
                 "api_key is not accepted: a key's secret does not belong in a URL; filter by key_id (GET /admin/keys lists the ids)",
             ));
         }
-        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
-        // Errors name the parameter the caller used.
-        let since_name = if since.0.as_deref().is_some_and(|s| !s.is_empty()) {
-            "since"
-        } else {
-            "start_time"
-        };
-        let until_name = if until.0.as_deref().is_some_and(|s| !s.is_empty()) {
-            "until"
-        } else {
-            "end_time"
-        };
-        let (since, until, offset) = match (
-            either(
-                "since",
-                "start_time",
-                nonempty(since.0),
-                nonempty(start_time.0),
-            ),
-            either("until", "end_time", nonempty(until.0), nonempty(end_time.0)),
-            either("offset", "skip", offset.0, skip.0),
-        ) {
-            (Ok(since), Ok(until), Ok(offset)) => (since, until, offset),
-            (Err(m), _, _) | (_, Err(m), _) | (_, _, Err(m)) => {
-                return LogsResponse::BadRequest(bad_request(m));
-            }
-        };
         let status_class = match status.0.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match s.to_ascii_lowercase().as_str() {
@@ -1142,18 +1148,26 @@ impl AdminApi {
                 }
             },
         };
-        let time = |name: &str, v: Option<String>| match v {
-            None => Ok(None),
-            Some(s) => parse_time(name, &s).map(Some),
-        };
-        let since = match time(since_name, since) {
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let times = time_bounds(
+            [since.0, start_time.0].map(nonempty),
+            [until.0, end_time.0].map(nonempty),
+        );
+        let (since, until) = match times {
             Ok(t) => t,
             Err(m) => return LogsResponse::BadRequest(bad_request(m)),
         };
-        let until = match time(until_name, until) {
-            Ok(t) => t,
+        let offset = match either("offset", "skip", offset.0, skip.0) {
+            Ok(o) => o,
             Err(m) => return LogsResponse::BadRequest(bad_request(m)),
         };
+        if let (Some(class), Some(code)) = (status_class, status_code.0)
+            && code / 100 != class
+        {
+            return LogsResponse::BadRequest(bad_request(format!(
+                "status_code {code} is outside the status class {class}xx"
+            )));
+        }
         let filter = AuditFilter {
             key_id: key_id.0.filter(|s| !s.is_empty()),
             source_path: source_path.0.filter(|s| !s.is_empty()),

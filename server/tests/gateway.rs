@@ -883,7 +883,26 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
         get("/admin/logs?since=2025-01-01T00:00:00Z&start_time=2025-02-01T00:00:00Z".into()).await,
         "start_time",
     );
-    refused(get("/admin/logs?status_code=99".into()).await, "");
+    refused(
+        get("/admin/logs?status_code=99".into()).await,
+        "status_code",
+    );
+    refused(
+        get("/admin/logs?status=2xx&status_code=404".into()).await,
+        "outside the status class",
+    );
+    let (_, early) = get("/admin/logs?end_time=2000-01-01T00:00:00Z".into()).await;
+    assert!(early["items"].as_array().unwrap().is_empty());
+    refused(
+        get("/admin/logs?until=2999-01-01T00:00:00Z&end_time=2000-01-01T00:00:00Z".into()).await,
+        "end_time",
+    );
+    // Both names for the same instant, written with different offsets: fine.
+    let (status, same) =
+        get("/admin/logs?since=2000-01-01T00:00:00Z&start_time=2000-01-01T08:00:00%2B08:00".into())
+            .await;
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(ids(&same), all_ids);
     // A key's secret in a URL is refused, and not echoed.
     let (status, body) = get(format!("/admin/logs?api_key={key}")).await;
     assert_eq!(status, 400);
@@ -932,6 +951,15 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
         .await,
         "is_active",
     );
+    // A misspelt field is refused, not dropped (it would leave the key unchanged).
+    refused(
+        update(
+            reqwest::Method::PATCH,
+            serde_json::json!({"enabled": false}),
+        )
+        .await,
+        "enabled",
+    );
     // M-FastGate's `rate_limit` was only stored: it is ignored, the rest of the body applies.
     let (status, body) = update(
         reqwest::Method::PUT,
@@ -976,4 +1004,31 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     assert_eq!(res.status(), 401);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "expired_api_key");
+    // Creating: M-FastGate's body (with `rate_limit`) works; a misspelt field is refused.
+    let create = |body: serde_json::Value| {
+        let req = fg
+            .http
+            .post(fg.url(&format!("/admin/keys?token={ADMIN_TOKEN}")))
+            .json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, made) = create(serde_json::json!({
+        "source_path": "delta", "permissions": ["chat"], "expires_days": 30, "rate_limit": 60
+    }))
+    .await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(
+        fg.chat(made["key_value"].as_str().unwrap(), false)
+            .await
+            .status(),
+        200
+    );
+    refused(
+        create(serde_json::json!({"source_path": "delta", "expire_days": 3})).await,
+        "expire_days",
+    );
 }
