@@ -24,7 +24,7 @@
 # FASTGATE_BIN (another fastgate binary, e.g. a copy of an earlier build, for before/after),
 # FASTGATE_BIN_B (a second fastgate binary run as one more target in every round: before/after),
 # QUICK=1 (closed loop only, no memory/open-loop/stream/count runs), STREAM_AWAKE=0 (skip the
-# second streaming run, which keeps both vCPUs awake with SCHED_IDLE busy loops),
+# streaming run that keeps both vCPUs awake with SCHED_IDLE busy loops; =first runs it first),
 # PERF_OUT (file: perf record of FastGate during the first closed-loop run), SKIP_BUILD=1
 # (use the binaries already in $CARGO_TARGET_DIR/release).
 set -euo pipefail
@@ -87,9 +87,10 @@ BARE=$BIN/examples/bare_proxy
 # ---------------------------------------------------------------- processes, cleanup
 WORK=$(mktemp -d /tmp/fastgate-load.XXXXXX)
 PIDS=()
+SPINNERS=() # busy loops of the awake streaming run, while it runs
 cleanup() {
     local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}" "${SPINNERS[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 0.3
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
@@ -474,28 +475,50 @@ stream_run() { # output file: one interleaved streaming run through the four pat
         --url "$U_SSE_DIRECT" --url "$U_SSE_NGINX" --url "$U_SSE_BARE" --url "$U_SSE_FG" \
         --header "X-API-Key: $KEY" --body "$SBODY" >"$1" 2>&1 || die "stream run: $(cat "$1")"
 }
+# The same run again with both vCPUs kept awake: a busy loop at SCHED_IDLE priority on each CPU
+# yields at once to any runnable task, but the vCPU never halts, so an event never waits for the
+# hypervisor to wake a halted vCPU. If the worst event shrinks there, that wake-up is a likely
+# cause. STREAM_AWAKE=first runs the awake run first (to rule out the order), 0 skips it.
+stream_awake_run() { # output file
+    local cpu
+    for cpu in "$LOADGEN_CPU" "$SERVER_CPU"; do
+        taskset -c "$cpu" chrt --idle 0 bash -c 'while :; do :; done' &
+        SPINNERS+=($!)
+    done
+    stream_run "$1"
+    kill "${SPINNERS[@]}" 2>/dev/null || true
+    wait "${SPINNERS[@]}" 2>/dev/null || true
+    SPINNERS=()
+}
+AWAKE=${STREAM_AWAKE:-1}
+if [[ $AWAKE != 0 ]] && ! command -v chrt >/dev/null; then
+    log "chrt not found: no streaming run with the vCPUs kept awake"
+    AWAKE=0
+fi
+if [[ $AWAKE == first ]]; then
+    log "streaming with both vCPUs kept awake (SCHED_IDLE busy loops), then without"
+    stream_awake_run "$WORK/stream-awake.out"
+fi
 stream_run "$WORK/stream.out"
+if [[ $AWAKE == 1 ]]; then
+    log "streaming again with both vCPUs kept awake (SCHED_IDLE busy loops)"
+    stream_awake_run "$WORK/stream-awake.out"
+fi
 sfield() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 stream_line() { grep "^stream url=$2 " "$1"; } # file url
-S_DIRECT=$(stream_line "$WORK/stream.out" "$U_SSE_DIRECT")
+stream_table() { # file: the four paths' TTFB and event transit
+    local t v
+    printf '| target   | TTFB p50 ms | TTFB max ms | event transit p50 ms | p99 ms | max ms (n) |\n'
+    printf '|----------|-------------|-------------|----------------------|--------|------------|\n'
+    for t in "direct $U_SSE_DIRECT" "nginx $U_SSE_NGINX" "bare $U_SSE_BARE" "FastGate $U_SSE_FG"; do
+        v=$(stream_line "$1" "${t#* }")
+        printf '| %-8s | %s | %s | %s | %s | %s (%s) |\n' "${t%% *}" "$(sfield "$v" ttfb_p50_ms)" "$(sfield "$v" ttfb_max_ms)" "$(sfield "$v" transit_p50_ms)" "$(sfield "$v" transit_p99_ms)" "$(sfield "$v" transit_max_ms)" "$(sfield "$v" transit_n)"
+    done
+}
 S_NGINX=$(stream_line "$WORK/stream.out" "$U_SSE_NGINX")
 S_BARE=$(stream_line "$WORK/stream.out" "$U_SSE_BARE")
 S_FG=$(stream_line "$WORK/stream.out" "$U_SSE_FG")
 S_ADDED=$(grep "^stream_added url=$U_SSE_FG " "$WORK/stream.out")
-# The same run again with both vCPUs kept awake: a busy loop at SCHED_IDLE priority on each CPU
-# yields at once to any runnable task, but the vCPU never halts, so an event never waits for the
-# hypervisor to wake a halted vCPU. If the worst event shrinks here, that wake-up is what delays it.
-AWAKE_PIDS=()
-if [[ ${STREAM_AWAKE:-1} == 1 ]] && command -v chrt >/dev/null; then
-    log "streaming again with both vCPUs kept awake (SCHED_IDLE busy loops)"
-    for cpu in "$LOADGEN_CPU" "$SERVER_CPU"; do
-        taskset -c "$cpu" chrt --idle 0 bash -c 'while :; do :; done' &
-        AWAKE_PIDS+=($!)
-        PIDS+=($!)
-    done
-    stream_run "$WORK/stream-awake.out"
-    kill "${AWAKE_PIDS[@]}" 2>/dev/null || true
-fi
 
 # ---------------------------------------------------------------- 5. audit exactly once
 check_deadline
@@ -563,18 +586,11 @@ Open loop at $RATE req/s, ${RATE_SECONDS}s × 2 per target, latency from the sch
 | added    | $(awk -v a="$(rate_field "$U_FG" p50_us)" -v b="$(rate_field "$U_DIRECT" p50_us)" 'BEGIN{printf "%.1f", a-b}') (target ≤ 200) | $(awk -v a="$(rate_field "$U_FG" p90_us)" -v b="$(rate_field "$U_DIRECT" p90_us)" 'BEGIN{printf "%.1f", a-b}') | $(awk -v a="$(rate_field "$U_FG" p99_us)" -v b="$(rate_field "$U_DIRECT" p99_us)" 'BEGIN{printf "%.1f", a-b}') (target ≤ 1000) | | |
 
 Streaming: $STREAMS interleaved rounds, 8 events 50 ms apart (+ [DONE]); upstream = loadgen, events carry their send instant
-| target   | TTFB p50 ms | TTFB max ms | event transit p50 ms | p99 ms | max ms (n) |
-|----------|-------------|-------------|----------------------|--------|------------|
-$(for t in direct:S_DIRECT nginx:S_NGINX bare:S_BARE FastGate:S_FG; do n=${t#*:}; v=${!n}; printf '| %-8s | %s | %s | %s | %s | %s (%s) |\n' "${t%%:*}" "$(sfield "$v" ttfb_p50_ms)" "$(sfield "$v" ttfb_max_ms)" "$(sfield "$v" transit_p50_ms)" "$(sfield "$v" transit_p99_ms)" "$(sfield "$v" transit_max_ms)" "$(sfield "$v" transit_n)"; done)
+$(stream_table "$WORK/stream.out")
 TTFB added (p50): $(sfield "$S_ADDED" ttfb_added_ms) ms (target ≤ 1). Worst event delay through FastGate (transit max, includes loopback): $(sfield "$S_FG" transit_max_ms) ms (target ≤ 1); through nginx $(sfield "$S_NGINX" transit_max_ms) ms, the bare hyper proxy $(sfield "$S_BARE" transit_max_ms) ms.
-$(if ((${#AWAKE_PIDS[@]})); then
-    printf '\nThe same streaming run with both vCPUs kept awake (SCHED_IDLE busy loops: no vCPU halts between events)\n'
-    printf '| target   | TTFB p50 ms | TTFB max ms | event transit p50 ms | p99 ms | max ms (n) |\n'
-    printf '|----------|-------------|-------------|----------------------|--------|------------|\n'
-    for t in direct:$U_SSE_DIRECT nginx:$U_SSE_NGINX bare:$U_SSE_BARE FastGate:$U_SSE_FG; do
-        v=$(stream_line "$WORK/stream-awake.out" "${t#*:}")
-        printf '| %-8s | %s | %s | %s | %s | %s (%s) |\n' "${t%%:*}" "$(sfield "$v" ttfb_p50_ms)" "$(sfield "$v" ttfb_max_ms)" "$(sfield "$v" transit_p50_ms)" "$(sfield "$v" transit_p99_ms)" "$(sfield "$v" transit_max_ms)" "$(sfield "$v" transit_n)"
-    done
+$(if [[ $AWAKE != 0 ]]; then
+    printf '\nThe same streaming run with both vCPUs kept awake (SCHED_IDLE busy loops: no vCPU halts between events; run %s)\n' "$([[ $AWAKE == first ]] && echo first || echo second)"
+    stream_table "$WORK/stream-awake.out"
 fi)
 
 Memory (FastGate, from /proc/PID/status)

@@ -874,29 +874,27 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     assert!(none["items"].as_array().unwrap().is_empty());
     let (_, every) = get("/admin/logs?end_time=2999-01-01T00:00:00%2B08:00".into()).await;
     assert_eq!(ids(&every), all_ids);
-    // M-FastGate wrote its times without an offset (in China time): ambiguous, so refused.
-    refused(
-        get("/admin/logs?start_time=2025-06-05T10:00:00".into()).await,
-        "start_time must be an RFC 3339 timestamp with a UTC offset",
-    );
-    refused(
-        get("/admin/logs?since=2025-01-01T00:00:00Z&start_time=2025-02-01T00:00:00Z".into()).await,
-        "start_time",
-    );
-    refused(
-        get("/admin/logs?status_code=99".into()).await,
-        "status_code",
-    );
-    refused(
-        get("/admin/logs?status=2xx&status_code=404".into()).await,
-        "outside the status class",
-    );
     let (_, early) = get("/admin/logs?end_time=2000-01-01T00:00:00Z".into()).await;
     assert!(early["items"].as_array().unwrap().is_empty());
-    refused(
-        get("/admin/logs?until=2999-01-01T00:00:00Z&end_time=2000-01-01T00:00:00Z".into()).await,
-        "end_time",
-    );
+    for (query, needle) in [
+        // M-FastGate wrote its times without an offset (in China time): ambiguous, so refused.
+        (
+            "start_time=2025-06-05T10:00:00",
+            "start_time must be an RFC 3339 timestamp with a UTC offset",
+        ),
+        (
+            "since=2025-01-01T00:00:00Z&start_time=2025-02-01T00:00:00Z",
+            "start_time",
+        ),
+        (
+            "until=2999-01-01T00:00:00Z&end_time=2000-01-01T00:00:00Z",
+            "end_time",
+        ),
+        ("status_code=99", "status_code"),
+        ("status=2xx&status_code=404", "outside the status class"),
+    ] {
+        refused(get(format!("/admin/logs?{query}")).await, needle);
+    }
     // Both names for the same instant, written with different offsets: fine.
     let (status, same) =
         get("/admin/logs?since=2000-01-01T00:00:00Z&start_time=2000-01-01T08:00:00%2B08:00".into())
