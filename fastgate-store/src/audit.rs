@@ -552,7 +552,7 @@ impl Store {
         }
         let limit = match filter.limit {
             0 => 50,
-            n => n.min(1000),
+            n => n.min(10_000),
         };
         let sql = format!(
             "SELECT id, {AUDIT_COLUMNS} FROM audit_events{cond} ORDER BY started_at DESC, id DESC LIMIT {} OFFSET {}",

@@ -176,7 +176,7 @@ impl KeyRecord {
     }
 }
 
-/// Audit query filter. `limit` 0 means the default (50); it is capped at 1000.
+/// Audit query filter. `limit` 0 means the default (50); it is capped at 10,000 (M-FastGate's cap).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditFilter {
     /// Only this key id.

@@ -1087,8 +1087,8 @@ impl AdminApi {
     async fn logs(
         &self,
         _auth: AdminAuth,
-        /// Records per page, 1 to 1000 (default 50).
-        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        /// Records per page, 1 to 10,000 (default 50; M-FastGate's cap).
+        #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
         limit: Query<Option<u32>>,
         /// Only this key id.
         key_id: Query<Option<String>>,

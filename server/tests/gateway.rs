@@ -857,6 +857,10 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     let (_, gets) = get("/admin/logs?method=get".into()).await;
     let rows = gets["items"].as_array().unwrap();
     assert!(rows.len() == 1 && rows[0]["method"] == "GET", "{gets}");
+    // M-FastGate allowed pages of up to 10,000 records; so does FastGate.
+    let (status, big) = get("/admin/logs?limit=10000".into()).await;
+    assert_eq!((status, big["items"].as_array().unwrap().len()), (200, 4));
+    refused(get("/admin/logs?limit=10001".into()).await, "limit");
     let (_, posts) = get("/admin/logs?method=POST&status_code=200".into()).await;
     assert_eq!(posts["items"].as_array().unwrap().len(), 2);
 
