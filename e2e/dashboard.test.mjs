@@ -273,7 +273,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.equal(stored, ADMIN_TOKEN);
     assert.equal(await tid(page, 'signin-view').isVisible(), false);
     // System status comes from /health.
-    await page.waitForFunction(() => document.querySelector('[data-testid="health-status"]').getAttribute('data-status') === 'ok');
+    await page.waitForFunction(() => document.querySelector('[data-testid="health-status"]').getAttribute('data-status') === 'healthy');
     assert.match(await tid(page, 'health-db').textContent(), /reachable/);
     await tid(page, 'health-uptime').filter({ hasNotText: '—' }).waitFor();
     // Fresh instance: the empty states are shown.

@@ -40,7 +40,7 @@
       'health.title': 'System status', 'health.status': 'Status', 'health.version': 'Version',
       'health.uptime': 'Uptime', 'health.database': 'Database', 'health.queue': 'Audit queue',
       'health.audit': 'Audit writes', 'health.lasterror': 'Last error', 'health.none': 'none',
-      'health.s.ok': 'ok', 'health.s.degraded': 'degraded', 'health.reachable': 'reachable', 'health.unreachable': 'unreachable', 'health.down': 'unreachable',
+      'health.s.healthy': 'healthy', 'health.s.degraded': 'degraded', 'health.reachable': 'reachable', 'health.unreachable': 'unreachable', 'health.down': 'unreachable',
       'health.auditline': '{w} written · {r} retried · {d} dropped · {l} lost',
       'quick.title': 'Quick actions', 'quick.create': 'Create API key', 'quick.refresh': 'Refresh status',
       'quick.logs': 'View audit log',
@@ -105,7 +105,7 @@
       'health.title': '系统状态', 'health.status': '状态', 'health.version': '版本',
       'health.uptime': '运行时间', 'health.database': '数据库', 'health.queue': '审计队列',
       'health.audit': '审计写入', 'health.lasterror': '最近错误', 'health.none': '无',
-      'health.s.ok': '正常', 'health.s.degraded': '降级', 'health.reachable': '可访问', 'health.unreachable': '不可访问', 'health.down': '无法访问',
+      'health.s.healthy': '正常', 'health.s.degraded': '降级', 'health.reachable': '可访问', 'health.unreachable': '不可访问', 'health.down': '无法访问',
       'health.auditline': '已写入 {w} · 重试 {r} · 丢弃 {d} · 丢失 {l}',
       'quick.title': '快速操作', 'quick.create': '一键创建 Key', 'quick.refresh': '刷新系统状态',
       'quick.logs': '查看审计日志',
@@ -458,7 +458,7 @@
       badge.textContent = t('health.down');
       return;
     }
-    var ok = h.status === 'ok';
+    var ok = h.status === 'healthy';
     badge.className = 'badge ' + (ok ? 'text-bg-success' : 'text-bg-warning');
     badge.setAttribute('data-status', String(h.status || ''));
     var stKey = 'health.s.' + h.status;

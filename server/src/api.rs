@@ -567,7 +567,7 @@ pub struct KeyLookupHealth {
 /// `GET /health`.
 #[derive(Object, Debug)]
 pub struct Health {
-    /// `ok`, or `degraded` when the database is unreachable.
+    /// `healthy` (M-FastGate's word), or `degraded` when the database is unreachable.
     pub status: String,
     /// FastGate version.
     pub version: String,
@@ -811,7 +811,7 @@ impl SystemApi {
         let reachable = s.db_reachable().await;
         let stats = s.audit_stats();
         let health = Health {
-            status: if reachable { "ok" } else { "degraded" }.into(),
+            status: if reachable { "healthy" } else { "degraded" }.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: s.started.elapsed().as_secs(),
             database: DatabaseHealth {

@@ -579,7 +579,7 @@ async fn openapi_spec_and_docs_describe_the_api() {
         .json()
         .await
         .unwrap();
-    assert_eq!(health["status"], "ok");
+    assert_eq!(health["status"], "healthy");
     assert_eq!(health["database"]["reachable"], true);
     assert!(health["audit"]["queue_capacity"].as_u64().unwrap() > 0);
 }
