@@ -781,12 +781,11 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let get = |path: String| {
-        let fg = &fg;
-        async move {
-            let res = fg.admin_get(&path).await;
-            let status = res.status().as_u16();
-            (status, res.json::<serde_json::Value>().await.unwrap())
-        }
+        send_json(
+            fg.http
+                .get(fg.url(&path))
+                .header("x-admin-token", ADMIN_TOKEN),
+        )
     };
     let ids = |v: &serde_json::Value| -> Vec<String> {
         v["items"]
@@ -921,16 +920,12 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     let gamma_key = gamma["api_key"].as_str().unwrap().to_owned();
     let gamma_url = fg.url(&format!("/admin/keys/{}", gamma["id"].as_str().unwrap()));
     let update = |method: reqwest::Method, body: serde_json::Value| {
-        let req = fg
-            .http
-            .request(method, &gamma_url)
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body);
-        async move {
-            let res = req.send().await.unwrap();
-            let status = res.status().as_u16();
-            (status, res.json::<serde_json::Value>().await.unwrap())
-        }
+        send_json(
+            fg.http
+                .request(method, &gamma_url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body),
+        )
     };
     let (status, body) = update(
         reqwest::Method::PATCH,
@@ -1008,15 +1003,11 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     assert_eq!(body["error"]["code"], "expired_api_key");
     // Creating: M-FastGate's body (with `rate_limit`) works; a misspelt field is refused.
     let create = |body: serde_json::Value| {
-        let req = fg
-            .http
-            .post(fg.url(&format!("/admin/keys?token={ADMIN_TOKEN}")))
-            .json(&body);
-        async move {
-            let res = req.send().await.unwrap();
-            let status = res.status().as_u16();
-            (status, res.json::<serde_json::Value>().await.unwrap())
-        }
+        send_json(
+            fg.http
+                .post(fg.url(&format!("/admin/keys?token={ADMIN_TOKEN}")))
+                .json(&body),
+        )
     };
     let (status, made) = create(serde_json::json!({
         "source_path": "delta", "permissions": ["chat"], "expires_days": 30, "rate_limit": 60

@@ -665,8 +665,7 @@ impl Fastgate {
 
     /// `GET /health`: status code and JSON.
     pub async fn health(&self) -> (u16, serde_json::Value) {
-        let r = self.http.get(self.url("/health")).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        send_json(self.http.get(self.url("/health"))).await
     }
 
     /// A proxied chat request with `key` in `X-API-Key`.
@@ -738,4 +737,11 @@ impl Fastgate {
 /// The request id a response carries.
 pub fn request_id(res: &reqwest::Response) -> String {
     res.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+/// Send `req`; its status code and JSON body.
+pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
 }
