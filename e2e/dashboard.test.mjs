@@ -147,7 +147,8 @@ async function newPage({ width = 1280, height = 800, locale = 'en-US' } = {}) {
     const u = new URL(r.url());
     if (!['http:', 'https:'].includes(u.protocol)) return; // data: URIs from Bootstrap's CSS
     if (`${u.protocol}//${u.host}` !== base) foreignRequests.push(r.url());
-    const isEntry = r.isNavigationRequest() && u.pathname === '/admin/ui/';
+    // The entry pages: the dashboard, and M-FastGate's page URLs that open it on a tab.
+    const isEntry = r.isNavigationRequest() && ['/admin/ui/', '/admin/ui/keys', '/admin/ui/logs'].includes(u.pathname);
     if (u.searchParams.has('token') && !isEntry) tokenInUrl.push(r.url());
   });
   page.on('response', (r) => {
@@ -690,6 +691,52 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.equal(await tid(p, 'tab-dashboard').getAttribute('aria-current'), null);
     // The audit log itself is shown, with the request just sent.
     await p.locator(`[data-testid="log-row"][data-request-id="${record.request_id}"]`).waitFor({ state: 'visible' });
+    await ctx.close();
+  });
+
+  test("M-FastGate's page URLs /admin/ui/keys and /admin/ui/logs open the dashboard on that tab", async () => {
+    const { record } = await keyWithTraffic('e2e-page-urls');
+    for (const view of ['keys', 'logs']) {
+      const { context: ctx, page: p } = await newPage();
+      await p.goto(`${base}/admin/ui/${view}?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+      await tid(p, `view-${view}`).waitFor({ state: 'visible' });
+      assert.equal(await tid(p, 'view-dashboard').isVisible(), false);
+      assert.equal(await tid(p, `tab-${view}`).getAttribute('aria-current'), 'page');
+      assert.ok(!p.url().includes('token'), `token still in URL: ${p.url()}`);
+      assert.equal(new URL(p.url()).pathname, `/admin/ui/${view}`);
+      if (view === 'logs') {
+        await p.locator(`[data-testid="log-row"][data-request-id="${record.request_id}"]`).waitFor({ state: 'visible' });
+      } else {
+        await p.waitForFunction(() => document.querySelectorAll('[data-testid="key-row"]').length > 0);
+      }
+      await ctx.close();
+    }
+    // The routes page has no counterpart (routes live in the config file): not found.
+    assert.equal((await fetch(`${base}/admin/ui/routes`)).status, 404);
+  });
+
+  test('"Export CSV" downloads the filtered audit log without putting the token in a URL', async () => {
+    const { key, record } = await keyWithTraffic('e2e-export');
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-logs').click();
+    await tid(p, 'view-logs').waitFor({ state: 'visible' });
+    // Filter on the key just used: the export holds its one record and nothing else.
+    await waitFor('the key in the filter', async () => (await p.locator(`#lf-key option[value="${key.id}"]`).count()) === 1);
+    await tid(p, 'logs-filter-key').selectOption(key.id);
+    await p.waitForFunction(() => document.querySelectorAll('[data-testid="log-row"]').length === 1);
+    const [download] = await Promise.all([p.waitForEvent('download'), tid(p, 'logs-export').click()]);
+    assert.equal(download.suggestedFilename(), 'audit_logs.csv');
+    const file = await download.path();
+    const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+    assert.equal(lines.length, 2, lines.join('\n'));
+    const header = lines[0].split(',');
+    const cells = lines[1].split(',');
+    assert.equal(cells[header.indexOf('request_id')], record.request_id);
+    assert.equal(cells[header.indexOf('key_id')], key.id);
+    assert.equal(cells[header.indexOf('status')], '200');
+    await tid(p, 'toast').filter({ hasText: 'audit_logs.csv' }).waitFor({ state: 'visible' });
     await ctx.close();
   });
 

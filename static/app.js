@@ -63,6 +63,7 @@
       'keys.confirm.disable.body': 'Key {d} ({s}) will be rejected with 401 until it is enabled again.',
       'keys.range': '{a}–{b} of {n}', 'keys.unused': 'never',
       'filter.all': 'All', 'filter.apply': 'Apply', 'filter.reset': 'Reset', 'filter.key': 'Key',
+      'filter.export': 'Export CSV', 'logs.exported': 'audit_logs.csv saved ({s})',
       'filter.status': 'Status', 'filter.type': 'Type', 'filter.model': 'Model',
       'badge.stream': 'Stream', 'badge.plain': 'Plain',
       'col.source': 'Source path', 'col.key': 'Key', 'col.status': 'Status', 'col.expires': 'Expires',
@@ -128,6 +129,7 @@
       'keys.confirm.disable.body': 'Key {d}（{s}）在重新启用之前会被拒绝（401）。',
       'keys.range': '第 {a}–{b} 条，共 {n} 条', 'keys.unused': '从未使用',
       'filter.all': '全部', 'filter.apply': '筛选', 'filter.reset': '重置', 'filter.key': 'Key',
+      'filter.export': '导出 CSV', 'logs.exported': '已保存 audit_logs.csv（{s}）',
       'filter.status': '状态码', 'filter.type': '类型', 'filter.model': '模型',
       'badge.stream': '流式', 'badge.plain': '普通',
       'col.source': '来源路径', 'col.key': 'Key', 'col.status': '状态', 'col.expires': '过期时间',
@@ -285,10 +287,13 @@
     return parts.length ? '?' + parts.join('&') : '';
   }
 
-  /** Call the admin API. Resolves with parsed JSON (or null for 204); rejects with ApiError. */
+  /**
+   * Call the admin API. Resolves with parsed JSON (null for 204; a Blob with `opts.blob`);
+   * rejects with ApiError.
+   */
   function api(method, path, body, opts) {
     opts = opts || {};
-    var headers = { 'Accept': 'application/json' };
+    var headers = { 'Accept': opts.accept || 'application/json' };
     var tok = opts.token !== undefined ? opts.token : getToken();
     if (tok && !opts.noAuth) headers['Authorization'] = 'Bearer ' + tok;
     var init = { method: method, headers: headers, cache: 'no-store', credentials: 'same-origin' };
@@ -298,6 +303,7 @@
     }
     return fetch(path, init).then(function (res) {
       if (res.status === 204) return null;
+      if (res.ok && opts.blob) return res.blob();
       return res.text().then(function (txt) {
         var data = null;
         if (txt) { try { data = JSON.parse(txt); } catch (e) { data = null; } }
@@ -842,6 +848,29 @@
     };
   }
 
+  /**
+   * Download every record matching the filters as CSV (GET /admin/logs/export). Fetched with the
+   * Authorization header, so the admin token never goes into a URL, then saved from a blob.
+   */
+  function exportLogs() {
+    var q = logsQuery();
+    delete q.limit;
+    q.format = 'csv';
+    var btn = $('lf-export');
+    btn.disabled = true;
+    return api('GET', '/admin/logs/export' + qs(q), null, { accept: 'text/csv', blob: true })
+      .then(function (blob) {
+        var url = URL.createObjectURL(blob);
+        var a = el('a', { attrs: { href: url, download: 'audit_logs.csv' } });
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+        setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+        toast(t('logs.exported', { s: fmtBytes(blob.size) }));
+      })
+      .then(function () { btn.disabled = false; }, function (err) { btn.disabled = false; throw err; });
+  }
+
   function loadLogs(more) {
     var q = logsQuery();
     if (more && logsState.cursor) q.cursor = logsState.cursor;
@@ -1049,6 +1078,7 @@
       loadLogs(false).catch(showError);
     });
     $('logs-more').addEventListener('click', function () { loadLogs(true).catch(showError); });
+    $('lf-export').addEventListener('click', function () { exportLogs().catch(showError); });
 
     // Pause the timer while the tab is hidden; catch up when it is shown again.
     document.addEventListener('visibilitychange', function () {
@@ -1058,9 +1088,17 @@
     });
   }
 
+  /** The tab named by the page URL: M-FastGate's /admin/ui/keys and /admin/ui/logs. */
+  function tabFromPath() {
+    var m = /\/admin\/ui\/(keys|logs)$/.exec(window.location.pathname);
+    return m ? m[1] : null;
+  }
+
   function init() {
     applyI18n();
     bind();
+    var first = tabFromPath();
+    if (first) selectTab(first);
     start();
   }
 

@@ -12,8 +12,10 @@ use fastgate_store::{
 };
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme, Tags};
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, ResponseContent, SecurityScheme, Tags};
+
+use crate::export;
 
 use crate::state::AppState;
 
@@ -145,6 +147,64 @@ fn either<T: PartialEq>(
             "{name} and {alias} (M-FastGate's name for it) differ; give one of them"
         )),
         (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// The record filters `GET /admin/logs` and `GET /admin/logs/export` share, as given (empty
+/// values count as absent).
+struct LogFilters {
+    key_id: Option<String>,
+    source_path: Option<String>,
+    status: Option<String>,
+    status_code: Option<u16>,
+    method: Option<String>,
+    is_stream: Option<bool>,
+    model: Option<String>,
+    /// `[[since, start_time], [until, end_time]]`.
+    times: [[Option<String>; 2]; 2],
+    api_key: Option<String>,
+}
+
+impl LogFilters {
+    /// The store's filter (first page, no cursor or offset), or the message of a 400.
+    fn into_filter(self) -> Result<AuditFilter, String> {
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        if nonempty(self.api_key).is_some() {
+            return Err("api_key is not accepted: a key's secret does not belong in a URL; filter by key_id (GET /admin/keys lists the ids)".into());
+        }
+        let status_class = match nonempty(self.status) {
+            None => None,
+            Some(s) => match s.to_ascii_lowercase().as_str() {
+                "2xx" => Some(2),
+                "3xx" => Some(3),
+                "4xx" => Some(4),
+                "5xx" => Some(5),
+                _ => return Err("status must be 2xx, 3xx, 4xx or 5xx".into()),
+            },
+        };
+        if let (Some(class), Some(code)) = (status_class, self.status_code)
+            && code / 100 != class
+        {
+            return Err(format!(
+                "status_code {code} is outside the status class {class}xx"
+            ));
+        }
+        let [since, until] = self.times;
+        let (since, until) = time_bounds(since.map(nonempty), until.map(nonempty))?;
+        Ok(AuditFilter {
+            key_id: nonempty(self.key_id),
+            source_path: nonempty(self.source_path),
+            status_class,
+            status: self.status_code,
+            method: nonempty(self.method).map(|m| m.to_ascii_uppercase()),
+            is_stream: self.is_stream,
+            model: nonempty(self.model),
+            since,
+            until,
+            cursor: None,
+            offset: 0,
+            limit: 50,
+        })
     }
 }
 
@@ -707,6 +767,52 @@ enum LogResponse {
     Unavailable(Json<ErrorBody>),
 }
 
+/// `format` of `GET /admin/logs/export`.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// CSV with a header line (RFC 4180).
+    Csv,
+    /// One JSON array.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// The exported records.
+#[derive(ResponseContent)]
+enum ExportContent {
+    /// CSV: a header line with the JSON field names, then one record per line. Text cells that
+    /// a spreadsheet would run as a formula (first character `=`, `+`, `-`, `@`, tab or CR) get
+    /// a leading `'`.
+    #[oai(content_type = "text/csv; charset=utf-8")]
+    Csv(Binary<poem::Body>),
+    /// A JSON array of audit records (the objects of `GET /admin/logs`).
+    #[oai(actual_type = "Json<Vec<AuditEntry>>")]
+    Json(Binary<poem::Body>),
+    /// One audit record object per line.
+    #[oai(content_type = "application/x-ndjson")]
+    Ndjson(Binary<poem::Body>),
+}
+
+#[derive(ApiResponse)]
+enum ExportResponse {
+    /// The records, newest first, streamed as a download.
+    #[oai(status = 200)]
+    Ok(
+        ExportContent,
+        /// `attachment; filename="audit_logs.csv"` (or `.json`, `.ndjson`).
+        #[oai(header = "Content-Disposition")]
+        String,
+    ),
+    /// Invalid input.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
 #[derive(ApiResponse)]
 enum MetricsResponse {
     /// Aggregates.
@@ -1129,59 +1235,27 @@ impl AdminApi {
         #[oai(deprecated)]
         api_key: Query<Option<String>>,
     ) -> LogsResponse {
-        if api_key.0.as_deref().is_some_and(|k| !k.is_empty()) {
-            return LogsResponse::BadRequest(bad_request(
-                "api_key is not accepted: a key's secret does not belong in a URL; filter by key_id (GET /admin/keys lists the ids)",
-            ));
-        }
-        let status_class = match status.0.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => match s.to_ascii_lowercase().as_str() {
-                "2xx" => Some(2),
-                "3xx" => Some(3),
-                "4xx" => Some(4),
-                "5xx" => Some(5),
-                _ => {
-                    return LogsResponse::BadRequest(bad_request(
-                        "status must be 2xx, 3xx, 4xx or 5xx",
-                    ));
-                }
-            },
-        };
-        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
-        let times = time_bounds(
-            [since.0, start_time.0].map(nonempty),
-            [until.0, end_time.0].map(nonempty),
-        );
-        let (since, until) = match times {
-            Ok(t) => t,
-            Err(m) => return LogsResponse::BadRequest(bad_request(m)),
-        };
-        let offset = match either("offset", "skip", offset.0, skip.0) {
-            Ok(o) => o,
-            Err(m) => return LogsResponse::BadRequest(bad_request(m)),
-        };
-        if let (Some(class), Some(code)) = (status_class, status_code.0)
-            && code / 100 != class
-        {
-            return LogsResponse::BadRequest(bad_request(format!(
-                "status_code {code} is outside the status class {class}xx"
-            )));
-        }
-        let filter = AuditFilter {
-            key_id: key_id.0.filter(|s| !s.is_empty()),
-            source_path: source_path.0.filter(|s| !s.is_empty()),
-            status_class,
-            status: status_code.0,
-            method: nonempty(method.0).map(|m| m.to_ascii_uppercase()),
+        let filters = LogFilters {
+            key_id: key_id.0,
+            source_path: source_path.0,
+            status: status.0,
+            status_code: status_code.0,
+            method: method.0,
             is_stream: is_stream.0,
-            model: model.0.filter(|s| !s.is_empty()),
-            since,
-            until,
-            cursor: cursor.0.filter(|s| !s.is_empty()),
-            offset: offset.unwrap_or(0),
-            limit: limit.0.unwrap_or(50),
+            model: model.0,
+            times: [[since.0, start_time.0], [until.0, end_time.0]],
+            api_key: api_key.0,
         };
+        let mut filter = match filters.into_filter() {
+            Ok(f) => f,
+            Err(m) => return LogsResponse::BadRequest(bad_request(m)),
+        };
+        filter.offset = match either("offset", "skip", offset.0, skip.0) {
+            Ok(o) => o.unwrap_or(0),
+            Err(m) => return LogsResponse::BadRequest(bad_request(m)),
+        };
+        filter.cursor = cursor.0.filter(|s| !s.is_empty());
+        filter.limit = limit.0.unwrap_or(50);
         match self.state.store.query_audit(&filter).await {
             Ok(page) => LogsResponse::Ok(Json(AuditList {
                 items: page.items.into_iter().map(AuditEntry::from).collect(),
@@ -1190,6 +1264,95 @@ impl AdminApi {
             Err(StoreError::InvalidInput(m)) => LogsResponse::BadRequest(bad_request(m)),
             Err(e) => unavailable!(self.state, LogsResponse::Unavailable, e),
         }
+    }
+
+    /// Export audit records as CSV, JSON or NDJSON
+    ///
+    /// Every record matching the filters (those of `GET /admin/logs`), newest first, streamed as
+    /// a download; `limit` caps the count. Records written while the export runs are not
+    /// included. If the database fails part-way, the transfer is cut off (no final chunk), so a
+    /// truncated file is never taken for a complete one.
+    #[oai(path = "/logs/export", method = "get", tag = "ApiTags::Logs")]
+    #[allow(clippy::too_many_arguments)]
+    async fn export_logs(
+        &self,
+        _auth: AdminAuth,
+        /// `csv` (default), `json` or `ndjson`.
+        format: Query<Option<ExportFormat>>,
+        /// At most this many records (default: all that match).
+        #[oai(validator(minimum(value = "1")))]
+        limit: Query<Option<u64>>,
+        /// Only this key id.
+        key_id: Query<Option<String>>,
+        /// Only this owner.
+        source_path: Query<Option<String>>,
+        /// Status class: `2xx`, `3xx`, `4xx` or `5xx`.
+        status: Query<Option<String>>,
+        /// Only this exact status code, e.g. `429`.
+        #[oai(validator(minimum(value = "100"), maximum(value = "599")))]
+        status_code: Query<Option<u16>>,
+        /// Only this HTTP method (upper-cased first).
+        method: Query<Option<String>>,
+        /// Only streamed (`true`) or plain (`false`) requests.
+        is_stream: Query<Option<bool>>,
+        /// Only this model.
+        model: Query<Option<String>>,
+        /// Not before (RFC 3339).
+        since: Query<Option<String>>,
+        /// Before (RFC 3339).
+        until: Query<Option<String>>,
+        /// M-FastGate's name for `since`.
+        #[oai(deprecated)]
+        start_time: Query<Option<String>>,
+        /// M-FastGate's name for `until`.
+        #[oai(deprecated)]
+        end_time: Query<Option<String>>,
+        /// M-FastGate's filter by a key's secret. Refused (use `key_id`).
+        #[oai(deprecated)]
+        api_key: Query<Option<String>>,
+        /// M-FastGate's request/response header columns. FastGate does not record headers:
+        /// `true` is refused.
+        #[oai(deprecated)]
+        include_headers: Query<Option<bool>>,
+        /// M-FastGate's request/response body columns. FastGate does not record bodies: `true`
+        /// is refused.
+        #[oai(deprecated)]
+        include_body: Query<Option<bool>>,
+    ) -> ExportResponse {
+        if include_headers.0 == Some(true) || include_body.0 == Some(true) {
+            return ExportResponse::BadRequest(bad_request(
+                "include_headers and include_body are not supported: FastGate does not record request or response headers and bodies",
+            ));
+        }
+        let filters = LogFilters {
+            key_id: key_id.0,
+            source_path: source_path.0,
+            status: status.0,
+            status_code: status_code.0,
+            method: method.0,
+            is_stream: is_stream.0,
+            model: model.0,
+            times: [[since.0, start_time.0], [until.0, end_time.0]],
+            api_key: api_key.0,
+        };
+        let mut filter = match filters.into_filter() {
+            Ok(f) => f,
+            Err(m) => return ExportResponse::BadRequest(bad_request(m)),
+        };
+        let limit = limit.0.unwrap_or(u64::MAX);
+        filter.limit = u32::try_from(limit).map_or(export::PAGE, |l| l.min(export::PAGE));
+        let first = match self.state.store.query_audit(&filter).await {
+            Ok(page) => page,
+            Err(StoreError::InvalidInput(m)) => return ExportResponse::BadRequest(bad_request(m)),
+            Err(e) => return unavailable!(self.state, ExportResponse::Unavailable, e),
+        };
+        let (format, content): (_, fn(_) -> _) = match format.0.unwrap_or(ExportFormat::Csv) {
+            ExportFormat::Csv => (export::Format::Csv, ExportContent::Csv),
+            ExportFormat::Json => (export::Format::Json, ExportContent::Json),
+            ExportFormat::Ndjson => (export::Format::Ndjson, ExportContent::Ndjson),
+        };
+        let body = export::body(self.state.store.clone(), filter, first, format, limit);
+        ExportResponse::Ok(content(Binary(body)), format.disposition())
     }
 
     /// One audit record by request id

@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod egress;
+mod export;
 pub mod front;
 pub mod guard;
 pub mod logfile;

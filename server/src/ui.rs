@@ -31,7 +31,11 @@ pub fn serve_ui(req: &Request) -> Response {
             .finish();
     }
     let name = rest.trim_start_matches('/');
-    let name = if name.is_empty() { "index.html" } else { name };
+    // M-FastGate's page URLs (`/admin/ui/keys`, `/admin/ui/logs`) open the dashboard on that tab.
+    let name = match name {
+        "" | "keys" | "logs" => "index.html",
+        other => other,
+    };
     if name
         .split('/')
         .any(|seg| seg == ".." || seg == "." || seg.is_empty())

@@ -1025,3 +1025,199 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
         "expire_days",
     );
 }
+
+#[tokio::test]
+async fn audit_export_streams_every_matching_record_as_csv_json_and_ndjson() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.new_key("exporter").await;
+    // More records than one export page (1,000), so the export has to follow its cursor.
+    for wave in 0..33 {
+        let calls = (0..32).map(|_| fg.chat(&key, false));
+        for res in futures_util::future::join_all(calls).await {
+            assert_eq!(res.status(), 200, "wave {wave}");
+        }
+    }
+    // Client-controlled text that a spreadsheet would run, and text that needs CSV quoting.
+    for agent in ["=HYPERLINK(\"http://evil\")", "a, \"quoted\" agent"] {
+        let res = fg
+            .http
+            .post(fg.proxy_url())
+            .header("X-API-Key", &key)
+            .header("User-Agent", agent)
+            .header("content-type", "application/json")
+            .body(chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(fg.chat("fg_not-a-real-key", false).await.status(), 401);
+    let total = 33 * 32 + 3;
+    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    let logs = loop {
+        let (_, page) = send_json(
+            fg.http
+                .get(fg.url("/admin/logs?limit=10000"))
+                .header("x-admin-token", ADMIN_TOKEN),
+        )
+        .await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if items.len() >= total || Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(logs.len(), total);
+
+    let export = |query: &str| {
+        fg.http
+            .get(fg.url(&format!("/admin/logs/export?{query}")))
+            .header("x-admin-token", ADMIN_TOKEN)
+            .send()
+    };
+
+    // JSON: exactly the records of GET /admin/logs, in the same order (newest first).
+    let json = download(
+        export("format=json").await.unwrap(),
+        "application/json; charset=utf-8",
+        "audit_logs.json",
+    )
+    .await;
+    let json: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(json, logs);
+
+    // NDJSON: the same, one object per line.
+    let ndjson = download(
+        export("format=ndjson").await.unwrap(),
+        "application/x-ndjson",
+        "audit_logs.ndjson",
+    )
+    .await;
+    let lines: Vec<serde_json::Value> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, logs);
+
+    // CSV (the default): a header of the JSON field names, then every record.
+    let csv_text = download(
+        export("").await.unwrap(),
+        "text/csv; charset=utf-8",
+        "audit_logs.csv",
+    )
+    .await;
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let fields: Vec<String> = logs[0].as_object().unwrap().keys().cloned().collect();
+    let mut sorted = header.clone();
+    sorted.sort();
+    assert_eq!(sorted, fields, "CSV columns are the JSON fields");
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), total);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    for (row, record) in rows.iter().zip(&logs) {
+        assert_eq!(&row[col("request_id")], record["request_id"]);
+        assert_eq!(&row[col("status")], record["status"].to_string());
+        assert_eq!(&row[col("timestamp")], record["timestamp"]);
+        let key_id = record["key_id"].as_str().unwrap_or("");
+        assert_eq!(&row[col("key_id")], key_id);
+    }
+    let agents: Vec<&str> = rows.iter().map(|r| &r[col("user_agent")]).collect();
+    assert!(
+        agents.contains(&"'=HYPERLINK(\"http://evil\")"),
+        "{agents:?}"
+    );
+    assert!(agents.contains(&"a, \"quoted\" agent"), "{agents:?}");
+
+    // `limit` caps the count (the newest first); filters are those of /admin/logs, with
+    // M-FastGate's names.
+    let limited = download(
+        export("format=json&limit=5").await.unwrap(),
+        "application/json; charset=utf-8",
+        "audit_logs.json",
+    )
+    .await;
+    let limited: Vec<serde_json::Value> = serde_json::from_str(&limited).unwrap();
+    assert_eq!(limited, logs[..5]);
+    let refused = download(
+        export("format=json&status_code=401&start_time=2000-01-01T00:00:00Z")
+            .await
+            .unwrap(),
+        "application/json; charset=utf-8",
+        "audit_logs.json",
+    )
+    .await;
+    let refused: Vec<serde_json::Value> = serde_json::from_str(&refused).unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["status"], 401);
+    let none = download(
+        export("format=json&since=2999-01-01T00:00:00Z")
+            .await
+            .unwrap(),
+        "application/json; charset=utf-8",
+        "audit_logs.json",
+    )
+    .await;
+    assert_eq!(none, "[]\n");
+    let empty_csv = download(
+        export("model=no-such-model").await.unwrap(),
+        "text/csv; charset=utf-8",
+        "audit_logs.csv",
+    )
+    .await;
+    assert_eq!(empty_csv.lines().count(), 1, "only the header: {empty_csv}");
+
+    // Bad input: an OpenAI-shaped 400, before any download starts.
+    for query in [
+        "format=xlsx",
+        "include_headers=true",
+        "include_body=true",
+        "api_key=fg_secret",
+        "status=9xx",
+        "limit=0",
+        "start_time=2025-06-05T10:00:00",
+    ] {
+        let (status, body) = send_json(
+            fg.http
+                .get(fg.url(&format!("/admin/logs/export?{query}")))
+                .header("x-admin-token", ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"]["message"].is_string(), "{query}: {body}");
+        assert!(!body.to_string().contains("fg_secret"), "{body}");
+    }
+    // The admin token is required, as everywhere under /admin (`?token=` works for a link).
+    let res = fg
+        .http
+        .get(fg.url("/admin/logs/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = fg
+        .http
+        .get(fg.url(&format!("/admin/logs/export?token={ADMIN_TOKEN}&limit=1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// The body of a 200 download with the expected `Content-Type` and file name.
+async fn download(res: reqwest::Response, content_type: &str, file: &str) -> String {
+    assert_eq!(res.status(), 200);
+    let headers = res.headers();
+    assert_eq!(headers["content-type"], content_type);
+    assert_eq!(
+        headers["content-disposition"],
+        format!("attachment; filename=\"{file}\"")
+    );
+    res.text().await.unwrap()
+}
