@@ -645,20 +645,19 @@ impl DbProxy {
     }
 }
 
-#[tokio::test]
-async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() {
-    let Ok(admin_url) = std::env::var("FASTGATE_TEST_DATABASE_URL") else {
-        eprintln!("skipped: FASTGATE_TEST_DATABASE_URL is not set");
-        return;
-    };
-    // A fresh database, reached through the proxy.
+/// FastGate on a fresh PostgreSQL database reached through a [`DbProxy`]; also returns a direct
+/// connection to the server (for `DROP DATABASE`) and the database's name.
+async fn postgres_behind_proxy(
+    admin_url: &str,
+    up: &Upstream,
+) -> (sqlx::PgConnection, String, DbProxy, Fastgate) {
     let db = format!("fg_faults_{:016x}", rand::random::<u64>());
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {db}"))
         .execute(&mut admin)
         .await
         .unwrap();
-    let parsed = reqwest::Url::parse(&admin_url).unwrap();
+    let parsed = reqwest::Url::parse(admin_url).unwrap();
     let target = format!(
         "{}:{}",
         parsed.host_str().unwrap(),
@@ -669,8 +668,6 @@ async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() 
     via.set_port(Some(proxy.port)).unwrap();
     via.set_path(&format!("/{db}"));
     let db_url = via.to_string();
-
-    let up = Upstream::start().await;
     let fg = Fastgate::start_with(
         &up.url(),
         |y| {
@@ -684,6 +681,19 @@ async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() 
         &[],
     )
     .await;
+    let (_, h) = fg.health().await;
+    assert_eq!(h["database"]["backend"], "postgres", "{h}");
+    (admin, db, proxy, fg)
+}
+
+#[tokio::test]
+async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() {
+    let Ok(admin_url) = std::env::var("FASTGATE_TEST_DATABASE_URL") else {
+        eprintln!("skipped: FASTGATE_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let up = Upstream::start().await;
+    let (mut admin, db, proxy, fg) = postgres_behind_proxy(&admin_url, &up).await;
     let (_, h) = fg.health().await;
     assert_eq!(h["database"]["backend"], "postgres", "{h}");
     let key = fg.key("u").await;
@@ -747,6 +757,78 @@ async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() 
         assert!(Instant::now() < deadline, "unknown keys still get 503");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    drop(fg);
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+}
+
+#[tokio::test]
+async fn an_audit_export_cut_off_by_the_database_is_a_broken_transfer_not_a_short_file() {
+    let Ok(admin_url) = std::env::var("FASTGATE_TEST_DATABASE_URL") else {
+        eprintln!("skipped: FASTGATE_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let up = Upstream::start().await;
+    let (mut admin, db, proxy, fg) = postgres_behind_proxy(&admin_url, &up).await;
+    // 100,000 records (about 30 MB of CSV, more than loopback socket buffers hold), written
+    // straight into FastGate's table.
+    let mut url = reqwest::Url::parse(&admin_url).unwrap();
+    url.set_path(&format!("/{db}"));
+    let mut direct = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+    const ROWS: usize = 100_000;
+    sqlx::query(
+        "INSERT INTO audit_events (request_id, started_at, key_id, method, path, status, \
+         is_stream, request_bytes, response_bytes, duration_us, outcome, user_agent) \
+         SELECT 'req-' || g, 1700000000000 + g, 'k_export', 'POST', '/proxy/x', 200, false, \
+         100, 200, 1000, 'completed', repeat('a', 200) FROM generate_series(1, $1) g",
+    )
+    .bind(i32::try_from(ROWS).unwrap())
+    .execute(&mut direct)
+    .await
+    .unwrap();
+    drop(direct);
+    let export = || {
+        fg.http
+            .get(fg.url("/admin/logs/export?key_id=k_export"))
+            .header("x-admin-token", ADMIN_TOKEN)
+            .send()
+    };
+
+    // The database goes away after the first chunk: the body ends in an error.
+    let res = export().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"request_id,timestamp,"));
+    proxy.cut();
+    let mut lines = first.iter().filter(|b| **b == b'\n').count();
+    let error = loop {
+        match body.next().await {
+            Some(Ok(chunk)) => lines += chunk.iter().filter(|b| **b == b'\n').count(),
+            Some(Err(e)) => break Some(e),
+            None => break None,
+        }
+    };
+    assert!(
+        error.is_some(),
+        "the export ended cleanly after {lines} lines of {}",
+        ROWS + 1
+    );
+    assert!(lines < ROWS + 1, "{lines}");
+
+    // Back: a full export ends cleanly with every record.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fg.health().await.0 != 200 {
+        assert!(Instant::now() < deadline, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let full = export().await.unwrap().bytes().await.unwrap();
+    let count = full.iter().filter(|b| **b == b'\n').count();
+    assert_eq!(count, ROWS + 1);
+    assert!(!fg.logs().contains(ADMIN_TOKEN));
 
     drop(fg);
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
