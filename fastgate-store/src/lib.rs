@@ -69,10 +69,11 @@ pub use background::BackgroundOptions;
 pub use cache::{ResolveFuture, StoreKeyResolver};
 pub use error::StoreError;
 pub use keys::hash_key;
+pub use metrics::Period;
 pub use model::{
     AuditFilter, AuditPage, AuditRecord, CreatedKey, ImportOutcome, ImportedKey, KeyFilter,
     KeyPage, KeyRecord, KeyUpdate, KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey,
-    SeriesPoint,
+    PeriodMetrics, SeriesPoint,
 };
 pub use sqlite_audit::SqliteAuditError;
 pub use url::{DatabaseUrl, PostgresUrl, SqliteLocation, parse_database_url, redact_url};

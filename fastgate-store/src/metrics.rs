@@ -12,7 +12,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::audit::{HOUR_MS, MINUTE_MS};
-use crate::model::{KeyUsage, Metrics, MetricsWindow, ModelUsage, SeriesPoint};
+use crate::model::{KeyUsage, Metrics, MetricsWindow, ModelUsage, PeriodMetrics, SeriesPoint};
 use crate::{Store, StoreError, from_ms, to_ms, to_u64};
 
 const RATIO: f64 = 1.1;
@@ -292,6 +292,116 @@ impl Store {
             series,
         })
     }
+
+    /// The last `count` periods up to `now`, oldest first, every one listed (empty ones with
+    /// zeros); the last one is the current, partial period. Read from the hourly rollups, so
+    /// periods start on whole hours: a day starts at midnight of `utc_offset_hours` (−12 to
+    /// +14; other values are [`StoreError::InvalidInput`]).
+    pub async fn periods(
+        &self,
+        period: Period,
+        count: u32,
+        utc_offset_hours: i32,
+        now: SystemTime,
+    ) -> Result<Vec<PeriodMetrics>, StoreError> {
+        if !(-12..=14).contains(&utc_offset_hours) {
+            return Err(StoreError::InvalidInput(
+                "the UTC offset must be whole hours from -12 to +14",
+            ));
+        }
+        let width = match period {
+            Period::Hour => HOUR_MS,
+            Period::Day => 24 * HOUR_MS,
+        };
+        let offset = i64::from(utc_offset_hours) * HOUR_MS;
+        let now_ms = to_ms(now);
+        let current = (now_ms + offset).div_euclid(width) * width - offset;
+        let first = current - width * i64::from(count.max(1) - 1);
+        let (sums_q, hist_q) = (period_sql(), period_hist_sql());
+        let (sums, hist) = on_pool!(&self.inner.db, |pool| {
+            let sums: Vec<AggRow> = sqlx::query_as(&sums_q)
+                .bind(first)
+                .bind(now_ms)
+                .bind(width)
+                .fetch_all(pool)
+                .await?;
+            let hist: Vec<(i64, i32, i64)> = sqlx::query_as(&hist_q)
+                .bind(first)
+                .bind(now_ms)
+                .bind(width)
+                .fetch_all(pool)
+                .await?;
+            (sums, hist)
+        });
+        let mut out: Vec<PeriodMetrics> = (0..i64::from(count.max(1)))
+            .map(|i| PeriodMetrics {
+                start: from_ms(first + width * i),
+                requests: 0,
+                errors: 0,
+                streams: 0,
+                latency_samples: 0,
+                avg_latency_ms: None,
+                p50_latency_ms: None,
+                p95_latency_ms: None,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                total_tokens: 0,
+            })
+            .collect();
+        for r in sums {
+            let Some(p) = r.g.parse::<usize>().ok().and_then(|i| out.get_mut(i)) else {
+                continue;
+            };
+            p.requests = to_u64(r.requests);
+            p.errors = to_u64(r.errors);
+            p.streams = to_u64(r.streams);
+            p.latency_samples = to_u64(r.latency_count);
+            p.prompt_tokens = to_u64(r.prompt_tokens);
+            p.completion_tokens = to_u64(r.completion_tokens);
+            p.total_tokens = to_u64(r.total_tokens);
+            p.avg_latency_ms = (p.latency_samples > 0)
+                .then(|| ratio(to_u64(r.duration_sum_us), p.latency_samples) / 1000.0);
+        }
+        for group in hist.chunk_by(|a, b| a.0 == b.0) {
+            let buckets: Vec<(i32, i64)> = group.iter().map(|h| (h.1, h.2)).collect();
+            if let Some(p) = usize::try_from(group[0].0)
+                .ok()
+                .and_then(|g| out.get_mut(g))
+                && p.latency_samples > 0
+            {
+                p.p50_latency_ms = Some(quantile_ms(&buckets, 0.50));
+                p.p95_latency_ms = Some(quantile_ms(&buckets, 0.95));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Sums per period of the hourly rollups. Binds: first period's start, until, period width.
+fn period_sql() -> String {
+    let p = "CAST((hour - $1) / $3 AS BIGINT)";
+    format!(
+        "SELECT CAST({p} AS TEXT) AS g, {SUMS} FROM audit_rollup_hour \
+         WHERE hour >= $1 AND hour <= $2 GROUP BY {p}"
+    )
+}
+
+/// Latency histogram per period of the hourly histograms. Same binds as [`period_sql`].
+fn period_hist_sql() -> String {
+    let p = "CAST((hour - $1) / $3 AS BIGINT)";
+    format!(
+        "SELECT {p} AS g, bucket, CAST(SUM(count) AS BIGINT) FROM audit_latency_hour \
+         WHERE hour >= $1 AND hour <= $2 GROUP BY {p}, bucket ORDER BY {p}, bucket"
+    )
+}
+
+/// Periods of [`Store::periods`]: `Hour` or `Day`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    /// Whole hours.
+    Hour,
+    /// Whole days, starting at midnight of the given UTC offset.
+    Day,
 }
 
 #[cfg(test)]

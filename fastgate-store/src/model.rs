@@ -419,3 +419,30 @@ pub struct SeriesPoint {
     /// Total tokens.
     pub total_tokens: u64,
 }
+
+/// Aggregates of one period (an hour or a day) of [`Store::periods`](crate::Store::periods).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeriodMetrics {
+    /// Start of the period.
+    pub start: SystemTime,
+    /// Requests.
+    pub requests: u64,
+    /// Requests that ended in an error (status ≥ 400 or no response).
+    pub errors: u64,
+    /// Streamed requests.
+    pub streams: u64,
+    /// Requests with a latency figure (FastGate's own refusals of a client's request have none).
+    pub latency_samples: u64,
+    /// Mean duration, ms; `None` without samples.
+    pub avg_latency_ms: Option<f64>,
+    /// Median duration, ms (within 10 %, from the latency histogram); `None` without samples.
+    pub p50_latency_ms: Option<f64>,
+    /// 95th percentile duration, ms; `None` without samples.
+    pub p95_latency_ms: Option<f64>,
+    /// Prompt tokens reported by the backend.
+    pub prompt_tokens: u64,
+    /// Completion tokens reported by the backend.
+    pub completion_tokens: u64,
+    /// Total tokens reported by the backend.
+    pub total_tokens: u64,
+}

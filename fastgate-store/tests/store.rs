@@ -12,7 +12,7 @@ use fastgate_layer::{
 };
 use fastgate_store::{
     AuditFilter, Backend, BackgroundOptions, ImportOutcome, ImportedKey, KeyFilter, KeyUpdate,
-    MetricsWindow, NewKey, Store, StoreError, StoreOptions, hash_key,
+    MetricsWindow, NewKey, Period, PeriodMetrics, Store, StoreError, StoreOptions, hash_key,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -2074,6 +2074,79 @@ on_backends!(metrics_windows_are_exact_to_the_minute, |db| {
         hour.since,
         UNIX_EPOCH + Duration::from_secs(day0 + 9 * 3600 + 30 * 60)
     );
+    db.finish(&[&store]).await;
+});
+
+on_backends!(periods_are_whole_hours_and_days_at_an_offset, |db| {
+    let store = db.store().await;
+    let day0 = 1_764_115_200u64; // 2025-11-26T00:00:00Z
+    let now = UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600 + 30 * 60 + 30); // 10:30:30Z
+    let at = |i: u64, secs: u64, ms: u64, status: u16| {
+        let mut e = event(i, UNIX_EPOCH + Duration::from_secs(secs));
+        e.duration = Duration::from_millis(ms);
+        e.status = status;
+        e
+    };
+    let events = vec![
+        at(1, day0 + 10 * 3600 + 5 * 60, 20, 200), // 11-26 10:05Z, the current hour
+        at(2, day0 + 9 * 3600 + 59 * 60, 40, 500), // 11-26 09:59Z
+        at(3, day0 - 4 * 3600, 60, 200),           // 11-25 20:00Z = 11-26 04:00 at +08:00
+        at(4, day0 - 8 * 3600 - 30 * 60, 80, 200), // 11-25 15:30Z = 11-25 23:30 at +08:00
+        at(5, day0 - 40 * 86_400, 100, 200),       // 40 days before
+    ];
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(events))
+        .await
+        .unwrap();
+    let counts = |ps: &[PeriodMetrics]| ps.iter().map(|p| p.requests).collect::<Vec<_>>();
+
+    // 24 hours: 11-25 11:00Z to the current hour, 10:00Z.
+    let hours = store.periods(Period::Hour, 24, 0, now).await.unwrap();
+    assert_eq!(hours.len(), 24);
+    assert_eq!(
+        hours[0].start,
+        UNIX_EPOCH + Duration::from_secs(day0 - 13 * 3600)
+    );
+    assert_eq!(
+        hours[23].start,
+        UNIX_EPOCH + Duration::from_secs(day0 + 10 * 3600)
+    );
+    let mut want = vec![0u64; 24];
+    (want[4], want[9], want[22], want[23]) = (1, 1, 1, 1);
+    assert_eq!(counts(&hours), want);
+    assert_eq!((hours[22].errors, hours[23].errors), (1, 0));
+    let current = &hours[23];
+    assert_eq!(current.latency_samples, 1);
+    assert!((current.avg_latency_ms.unwrap() - 20.0).abs() < 1e-9);
+    let p50 = current.p50_latency_ms.unwrap();
+    assert!((p50 - 20.0).abs() <= 2.0, "{p50}");
+    // An empty hour has no latency, not 0 ms.
+    assert_eq!(
+        (hours[0].avg_latency_ms, hours[0].p95_latency_ms),
+        (None, None)
+    );
+
+    // Days at UTC midnight, and at midnight of UTC+8 (China time, M-FastGate's clock).
+    let days = store.periods(Period::Day, 2, 0, now).await.unwrap();
+    assert_eq!(counts(&days), [2, 2]);
+    assert_eq!(days[1].start, UNIX_EPOCH + Duration::from_secs(day0));
+    let china = store.periods(Period::Day, 2, 8, now).await.unwrap();
+    assert_eq!(counts(&china), [1, 3]);
+    assert_eq!(
+        china[1].start,
+        UNIX_EPOCH + Duration::from_secs(day0 - 8 * 3600)
+    );
+    assert_eq!(china[1].errors, 1);
+    let month = store.periods(Period::Day, 30, 0, now).await.unwrap();
+    assert_eq!(month.len(), 30);
+    assert_eq!(month.iter().map(|p| p.requests).sum::<u64>(), 4);
+    let year = store.periods(Period::Day, 365, -5, now).await.unwrap();
+    assert_eq!(year.iter().map(|p| p.requests).sum::<u64>(), 5);
+    assert!(matches!(
+        store.periods(Period::Day, 2, 15, now).await,
+        Err(StoreError::InvalidInput(_))
+    ));
     db.finish(&[&store]).await;
 });
 

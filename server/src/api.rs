@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, Offset, SecondsFormat, Utc};
 use fastgate_store::{
-    AuditFilter, AuditRecord, KeyFilter, KeyRecord, KeyUpdate, MetricsWindow, NewKey, StoreError,
+    AuditFilter, AuditRecord, KeyFilter, KeyRecord, KeyUpdate, MetricsWindow, NewKey, Period,
+    PeriodMetrics, StoreError,
 };
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::param::{Path, Query};
@@ -813,6 +814,122 @@ enum ExportResponse {
     Unavailable(Json<ErrorBody>),
 }
 
+/// Aggregates of one hour or day.
+#[derive(Object, Debug)]
+pub struct PeriodEntry {
+    /// Start of the period (RFC 3339; days at the requested UTC offset). The last period is the
+    /// current one, still running.
+    pub start: String,
+    /// Requests.
+    pub total_requests: u64,
+    /// Requests that ended in an error (status ≥ 400, or no response).
+    pub error_count: u64,
+    /// Share of requests without an error, `0.0` to `1.0` (M-FastGate: a percentage); null
+    /// without requests.
+    #[oai(nullable)]
+    pub success_rate: Option<f64>,
+    /// Streamed requests.
+    pub stream_requests: u64,
+    /// Requests with a latency figure (FastGate's own refusals of a client's request have none).
+    pub latency_samples: u64,
+    /// Mean duration, ms (M-FastGate: `avg_response_time`); null without samples.
+    #[oai(nullable)]
+    pub avg_latency_ms: Option<f64>,
+    /// Median duration, ms (within 10 %); null without samples.
+    #[oai(nullable)]
+    pub p50_latency_ms: Option<f64>,
+    /// 95th percentile duration, ms (within 10 %); null without samples.
+    #[oai(nullable)]
+    pub p95_latency_ms: Option<f64>,
+    /// Prompt tokens reported by the backend.
+    pub prompt_tokens: u64,
+    /// Completion tokens reported by the backend.
+    pub completion_tokens: u64,
+    /// Total tokens reported by the backend.
+    pub total_tokens: u64,
+}
+
+impl PeriodEntry {
+    fn new(p: PeriodMetrics, offset: FixedOffset) -> Self {
+        Self {
+            start: DateTime::<Utc>::from(p.start)
+                .with_timezone(&offset)
+                .to_rfc3339_opts(SecondsFormat::Secs, true),
+            total_requests: p.requests,
+            error_count: p.errors,
+            success_rate: (p.requests > 0)
+                .then(|| (p.requests - p.errors.min(p.requests)) as f64 / p.requests as f64),
+            stream_requests: p.streams,
+            latency_samples: p.latency_samples,
+            avg_latency_ms: p.avg_latency_ms,
+            p50_latency_ms: p.p50_latency_ms,
+            p95_latency_ms: p.p95_latency_ms,
+            prompt_tokens: p.prompt_tokens,
+            completion_tokens: p.completion_tokens,
+            total_tokens: p.total_tokens,
+        }
+    }
+}
+
+/// Hour-by-hour or day-by-day aggregates, oldest first; every period is listed, empty ones
+/// with zeros.
+#[derive(Object, Debug)]
+pub struct PeriodReport {
+    /// `hour` or `day`.
+    pub period: String,
+    /// The UTC offset days start at (`+00:00` for hours).
+    pub utc_offset: String,
+    /// Start of the first period (RFC 3339).
+    pub since: String,
+    /// End of the report: now (RFC 3339).
+    pub until: String,
+    /// The periods, oldest first.
+    pub items: Vec<PeriodEntry>,
+}
+
+#[derive(ApiResponse)]
+enum PeriodsResponse {
+    /// Aggregates per period.
+    #[oai(status = 200)]
+    Ok(Json<PeriodReport>),
+    /// Invalid input.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The database is unavailable.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// A UTC offset in whole hours: `+08:00`, `-05:00`, `8`, `Z`. A `+` sent unescaped in a query
+/// string arrives as a space, so a missing sign means `+`.
+fn parse_utc_offset(s: &str) -> Result<i32, String> {
+    const MESSAGE: &str =
+        "utc_offset must be whole hours from -12:00 to +14:00, e.g. %2B08:00 (+08:00) or -05:00";
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("z") {
+        return Ok(0);
+    }
+    let (sign, rest) = match s.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let hours = match rest.split_once(':') {
+        None => rest,
+        Some((hours, "00")) => hours,
+        Some(_) => return Err(MESSAGE.into()),
+    };
+    let hours: i32 = match hours.len() {
+        1 | 2 if hours.bytes().all(|b| b.is_ascii_digit()) => hours.parse().map_err(|_| MESSAGE)?,
+        _ => return Err(MESSAGE.into()),
+    };
+    let offset = sign * hours;
+    if (-12..=14).contains(&offset) {
+        Ok(offset)
+    } else {
+        Err(MESSAGE.into())
+    }
+}
+
 #[derive(ApiResponse)]
 enum MetricsResponse {
     /// Aggregates.
@@ -962,6 +1079,39 @@ impl AdminApi {
     /// The admin endpoints over shared state.
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
+    }
+
+    async fn periods(&self, period: Period, count: u32, offset_hours: i32) -> PeriodsResponse {
+        let now = SystemTime::now();
+        let offset = FixedOffset::east_opt(offset_hours * 3600).unwrap_or(Utc.fix());
+        match self
+            .state
+            .store
+            .periods(period, count, offset_hours, now)
+            .await
+        {
+            Ok(periods) => {
+                let items: Vec<PeriodEntry> = periods
+                    .into_iter()
+                    .map(|p| PeriodEntry::new(p, offset))
+                    .collect();
+                PeriodsResponse::Ok(Json(PeriodReport {
+                    period: match period {
+                        Period::Hour => "hour",
+                        Period::Day => "day",
+                    }
+                    .into(),
+                    utc_offset: offset.to_string(),
+                    since: items
+                        .first()
+                        .map_or_else(|| rfc3339(now), |p| p.start.clone()),
+                    until: rfc3339(now),
+                    items,
+                }))
+            }
+            Err(StoreError::InvalidInput(m)) => PeriodsResponse::BadRequest(bad_request(m)),
+            Err(e) => unavailable!(self.state, PeriodsResponse::Unavailable, e),
+        }
     }
 }
 
@@ -1435,6 +1585,43 @@ impl AdminApi {
             }))),
             Err(e) => unavailable!(self.state, MetricsResponse::Unavailable, e),
         }
+    }
+
+    /// Hour by hour (M-FastGate's hourly metrics)
+    ///
+    /// The last `hours` whole hours, the current one included, from the hourly rollups.
+    #[oai(path = "/metrics/hourly", method = "get", tag = "ApiTags::Metrics")]
+    async fn metrics_hourly(
+        &self,
+        _auth: AdminAuth,
+        /// Hours, 1 to 168 (default 24).
+        #[oai(validator(minimum(value = "1"), maximum(value = "168")))]
+        hours: Query<Option<u32>>,
+    ) -> PeriodsResponse {
+        self.periods(Period::Hour, hours.0.unwrap_or(24), 0).await
+    }
+
+    /// Day by day (M-FastGate's daily metrics)
+    ///
+    /// The last `days` days, today included; a day starts at midnight of `utc_offset` (M-FastGate
+    /// counted China days: `utc_offset=%2B08:00`).
+    #[oai(path = "/metrics/daily", method = "get", tag = "ApiTags::Metrics")]
+    async fn metrics_daily(
+        &self,
+        _auth: AdminAuth,
+        /// Days, 1 to 365 (default 30).
+        #[oai(validator(minimum(value = "1"), maximum(value = "365")))]
+        days: Query<Option<u32>>,
+        /// Where days start: a UTC offset in whole hours, `-12:00` to `+14:00` (default
+        /// `+00:00`). Write `+` as `%2B` in a URL.
+        utc_offset: Query<Option<String>>,
+    ) -> PeriodsResponse {
+        let offset = match utc_offset.0.as_deref().map(parse_utc_offset).transpose() {
+            Ok(o) => o.unwrap_or(0),
+            Err(m) => return PeriodsResponse::BadRequest(bad_request(m)),
+        };
+        self.periods(Period::Day, days.0.unwrap_or(30), offset)
+            .await
     }
 
     /// The effective configuration, every secret redacted

@@ -1221,3 +1221,109 @@ async fn download(res: reqwest::Response, content_type: &str, file: &str) -> Str
     );
     res.text().await.unwrap()
 }
+
+#[tokio::test]
+async fn hourly_and_daily_metrics_count_every_request_in_whole_periods() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.new_key("periods").await;
+    for _ in 0..3 {
+        assert_eq!(fg.chat(&key, false).await.status(), 200);
+    }
+    // Read to the end: a stream dropped half-way is a client abort, which counts as an error.
+    let stream = fg.chat(&key, true).await;
+    assert_eq!(stream.status(), 200);
+    assert!(stream.text().await.unwrap().contains("[DONE]"));
+    assert_eq!(fg.chat("fg_not-a-real-key", false).await.status(), 401);
+    fg.wait_logs("", |items| items.len() >= 5).await;
+    let get = |path: &str| {
+        send_json(
+            fg.http
+                .get(fg.url(path))
+                .header("x-admin-token", ADMIN_TOKEN),
+        )
+    };
+    let sum = |report: &serde_json::Value, field: &str| -> u64 {
+        report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[field].as_u64().unwrap())
+            .sum()
+    };
+
+    let (status, hourly) = get("/admin/metrics/hourly").await;
+    assert_eq!(status, 200, "{hourly}");
+    let items = hourly["items"].as_array().unwrap();
+    assert_eq!(items.len(), 24);
+    assert_eq!(hourly["period"], "hour");
+    assert_eq!(hourly["since"], items[0]["start"]);
+    assert_eq!(sum(&hourly, "total_requests"), 5);
+    assert_eq!(sum(&hourly, "error_count"), 1);
+    assert_eq!(sum(&hourly, "stream_requests"), 1);
+    // The refusal counts as a request and an error, not as a latency sample.
+    assert_eq!(sum(&hourly, "latency_samples"), 4);
+    for item in items {
+        let start = item["start"].as_str().unwrap();
+        assert!(start.ends_with(":00:00Z"), "{start}");
+        if item["total_requests"] == 0 {
+            assert!(item["success_rate"].is_null() && item["avg_latency_ms"].is_null());
+        } else {
+            assert!(item["avg_latency_ms"].as_f64().unwrap() >= 0.0, "{item}");
+            assert!(item["p95_latency_ms"].as_f64().is_some(), "{item}");
+        }
+    }
+    let busy: Vec<&serde_json::Value> = items.iter().filter(|p| p["total_requests"] != 0).collect();
+    if let [only] = busy[..] {
+        assert_eq!(only["success_rate"], 0.8, "{only}");
+    }
+    let (_, one) = get("/admin/metrics/hourly?hours=1").await;
+    assert_eq!(one["items"].as_array().unwrap().len(), 1);
+
+    let (status, daily) = get("/admin/metrics/daily").await;
+    assert_eq!(status, 200, "{daily}");
+    assert_eq!(daily["items"].as_array().unwrap().len(), 30);
+    assert_eq!(
+        (daily["period"].as_str(), daily["utc_offset"].as_str()),
+        (Some("day"), Some("+00:00"))
+    );
+    assert_eq!(sum(&daily, "total_requests"), 5);
+    assert!(
+        daily["items"][0]["start"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00Z")
+    );
+    // China days (M-FastGate's clock); a `+` left unescaped arrives as a space and means the same.
+    for offset in ["%2B08:00", "+08:00", "8"] {
+        let (status, china) =
+            get(&format!("/admin/metrics/daily?days=2&utc_offset={offset}")).await;
+        assert_eq!(status, 200, "{offset}: {china}");
+        assert_eq!(china["utc_offset"], "+08:00");
+        assert_eq!(sum(&china, "total_requests"), 5);
+        let start = china["items"][1]["start"].as_str().unwrap();
+        assert!(start.ends_with("T00:00:00+08:00"), "{start}");
+    }
+    let (_, west) = get("/admin/metrics/daily?days=2&utc_offset=-05:00").await;
+    assert!(
+        west["items"][0]["start"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00-05:00")
+    );
+
+    for query in [
+        "hourly?hours=0",
+        "hourly?hours=169",
+        "daily?days=0",
+        "daily?days=366",
+        "daily?utc_offset=%2B05:30",
+        "daily?utc_offset=15",
+        "daily?utc_offset=-13:00",
+        "daily?utc_offset=abc",
+    ] {
+        let (status, body) = get(&format!("/admin/metrics/{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"]["message"].is_string(), "{query}: {body}");
+    }
+}
