@@ -740,6 +740,39 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('a script on another origin calls the gateway from a real browser (CORS)', async () => {
+    const created = await admin('POST', '/admin/keys', { source_path: 'e2e-cors' });
+    // A page of another origin (the mock backend's port), in a context of its own: the checks on
+    // the dashboard's pages (no foreign requests) do not apply to it.
+    const ctx = await browser.newContext();
+    const p = await ctx.newPage();
+    const errors = [];
+    p.on('pageerror', (e) => errors.push(e.message));
+    await p.goto(`${mockBase}/__mock/count`);
+    const call = (key) => p.evaluate(async ({ url, key }) => {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: 'gpt-e2e', messages: [{ role: 'user', content: 'from another origin' }] }),
+      });
+      return { status: res.status, requestId: res.headers.get('x-request-id'), body: await res.json() };
+    }, { url: `${base}/proxy/v1/chat/completions`, key });
+    // The browser sends a preflight (Authorization, a JSON content type), then the call.
+    const ok = await call(created.api_key);
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    assert.ok(Array.isArray(ok.body.choices), JSON.stringify(ok.body));
+    assert.ok(ok.requestId, 'X-Request-Id is readable by the script');
+    // A refusal is readable too, OpenAI-shaped.
+    const refused = await call('fg_not-a-real-key');
+    assert.equal(refused.status, 401);
+    assert.equal(refused.body.error.code, 'invalid_api_key');
+    const record = await waitFor('the audit record of the cross-origin call', async () =>
+      (await admin('GET', `/admin/logs/${ok.requestId}`)));
+    assert.equal(record.source_path, 'e2e-cors');
+    assert.deepEqual(errors, []);
+    await ctx.close();
+  });
+
   test('a token that stops working mid-session brings back the sign-in form', async () => {
     const { context: ctx, page: p } = await newPage();
     await signIn(p);

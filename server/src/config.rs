@@ -155,6 +155,10 @@ pub struct AppConfig {
     pub trusted_proxies: Vec<String>,
     /// The header the trusted proxies name the client in; the other one is ignored.
     pub forwarded_header: ForwardedHeader,
+    /// Origins whose browser scripts may call FastGate (CORS): `["*"]` (the default, as
+    /// M-FastGate's `allow_origins=["*"]`) for any, a list of origins (`https://app.example.com`),
+    /// or `[]` to answer no CORS request.
+    pub cors_allow_origins: Vec<String>,
 }
 
 /// The header trusted proxies name the client in (`app.forwarded_header`).
@@ -181,6 +185,7 @@ impl Default for AppConfig {
             header_read_timeout: 60,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),
+            cors_allow_origins: vec!["*".into()],
         }
     }
 }
@@ -698,6 +703,36 @@ impl Settings {
         }))
     }
 
+    /// The CORS layer of `app.cors_allow_origins` (validated when the config was loaded); `None`
+    /// for `[]`. Preflights are answered with the method and headers the browser asks for
+    /// (scripts send `Authorization` or `X-API-Key`), cached for 10 minutes; every response
+    /// header is exposed (`X-Request-Id`, the backend's rate-limit headers). No cookies are
+    /// involved, so credentials are not allowed.
+    pub fn cors(&self) -> Option<tower_http::cors::CorsLayer> {
+        use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
+        let origins = &self.config.app.cors_allow_origins;
+        if origins.is_empty() {
+            return None;
+        }
+        let allow = if origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                origins
+                    .iter()
+                    .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+            )
+        };
+        Some(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods(AllowMethods::mirror_request())
+                .allow_headers(AllowHeaders::mirror_request())
+                .expose_headers(ExposeHeaders::any())
+                .max_age(Duration::from_secs(600)),
+        )
+    }
+
     /// `app.trusted_proxies` as ranges (validated when the config was loaded).
     pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
         self.config
@@ -891,6 +926,22 @@ fn set_path(root: &mut Value, segments: &[String], new: Value) {
     }
 }
 
+/// `scheme://host[:port]` as a browser sends it in `Origin`: `http` or `https`, a host, no path,
+/// query, user info or trailing slash.
+fn is_origin(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@'])
+        && http::HeaderValue::from_str(s).is_ok()
+        && s.parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
+}
+
 /// An IP address (a range of one) or a CIDR range.
 fn parse_trusted_proxy(s: &str) -> Option<ipnet::IpNet> {
     let s = s.trim();
@@ -1060,6 +1111,24 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
             return err(
                 &format!("app.trusted_proxies[{i}]"),
                 format!("{p:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"),
+            );
+        }
+    }
+    for (i, origin) in c.app.cors_allow_origins.iter().enumerate() {
+        let key = format!("app.cors_allow_origins[{i}]");
+        if origin == "*" {
+            if c.app.cors_allow_origins.len() > 1 {
+                return err(
+                    &key,
+                    "\"*\" allows every origin and cannot be listed with others".into(),
+                );
+            }
+        } else if !is_origin(origin) {
+            return err(
+                &key,
+                format!(
+                    "{origin:?} is not an origin (scheme://host[:port], no path, e.g. https://app.example.com)"
+                ),
             );
         }
     }
@@ -1316,6 +1385,44 @@ api_gateway:
         assert_eq!(c.api_gateway.strip_headers.len(), 4);
         let s = Settings::from_config(Path::new("/nonexistent/dev.yaml"), c).unwrap();
         assert!(s.routes.contains_key("/proxy/miniai/v2/chat/completions"));
+    }
+
+    #[test]
+    fn cors_origins_are_any_a_list_or_none_and_checked() {
+        let settings = |env: &[(&str, &str)]| {
+            Settings::from_config(
+                Path::new("/nonexistent/dev.yaml"),
+                parse(SEED, env).unwrap(),
+            )
+        };
+        // M-FastGate's behaviour by default: every origin.
+        assert!(settings(&[]).unwrap().cors().is_some());
+        let var = "FASTGATE__APP__CORS_ALLOW_ORIGINS";
+        for ok in [
+            "[\"https://chat.example.com\", \"http://127.0.0.1:3000\"]",
+            "[\"http://[::1]:8080\"]",
+        ] {
+            assert!(settings(&[(var, ok)]).unwrap().cors().is_some(), "{ok}");
+        }
+        assert!(settings(&[(var, "[]")]).unwrap().cors().is_none());
+        for (bad, why) in [
+            (
+                "[\"*\", \"https://a.example\"]",
+                "cannot be listed with others",
+            ),
+            ("[\"https://a.example/\"]", "is not an origin"),
+            ("[\"https://a.example/app\"]", "is not an origin"),
+            ("[\"a.example\"]", "is not an origin"),
+            ("[\"ftp://a.example\"]", "is not an origin"),
+            ("[\"https://\"]", "is not an origin"),
+            ("[\"https://user@a.example\"]", "is not an origin"),
+        ] {
+            let e = settings(&[(var, bad)]).err().expect(bad).to_string();
+            assert!(
+                e.contains("app.cors_allow_origins[") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ use poem::web::{LocalAddr, RemoteAddr};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::util::Oneshot;
+use tower::{Layer, ServiceExt};
+use tower_http::cors::CorsLayer;
 
 use crate::config::ForwardedHeader;
 
@@ -74,6 +76,8 @@ struct Shared {
     trusted: Box<[IpNet]>,
     /// The header trusted proxies name the client in.
     forwarded_header: ForwardedHeader,
+    /// CORS for browser requests (`app.cors_allow_origins`); `None`: off.
+    cors: Option<CorsLayer>,
 }
 
 /// The per-connection hyper service: dispatches by path.
@@ -121,6 +125,16 @@ pin_project! {
         #[pin]
         inner: FrontBody,
         in_flight: Option<InFlight>,
+    }
+}
+
+/// An empty body, not counted in flight: what the CORS layer answers a preflight with.
+impl Default for Tracked {
+    fn default() -> Self {
+        Self {
+            inner: Either::Right(AppBody::default()),
+            in_flight: None,
+        }
     }
 }
 
@@ -329,7 +343,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = FrontFuture;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         // A plain store (no read-modify-write): the idle check only needs "some request began".
         self.activity.touched.store(true, Ordering::Relaxed);
         let in_flight = Some(InFlight::new(&self.activity));
@@ -345,25 +359,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         };
         let log = tracing::enabled!(target: "fastgate::access", tracing::Level::DEBUG)
             .then(|| AccessLog::new(&req, client));
-        let kind = if is_proxy_path(req.uri().path()) {
-            req.extensions_mut().insert(ClientAddr(client));
-            Kind::Proxy {
-                fut: Oneshot::new(self.shared.proxy.clone(), req),
-            }
-        } else {
-            let req = poem::Request::from((
-                req,
-                self.shared.local.clone(),
-                RemoteAddr(poem::Addr::SocketAddr(SocketAddr::new(
+        let kind = match &self.shared.cors {
+            Some(cors) if is_cors_request(&req) => {
+                let dispatch = Dispatch {
+                    shared: Arc::clone(&self.shared),
                     client,
-                    self.remote.port(),
-                ))),
-                http::uri::Scheme::HTTP,
-            ));
-            let app = Arc::clone(&self.shared.app);
-            Kind::App {
-                fut: Box::pin(async move { poem::Endpoint::get_response(&*app, req).await }),
+                    port: self.remote.port(),
+                };
+                Kind::Cors {
+                    fut: Box::pin(cors.layer(dispatch).oneshot(req)),
+                }
             }
+            _ => dispatch(&self.shared, client, self.remote.port(), req),
         };
         FrontFuture {
             kind,
@@ -372,6 +379,65 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
     }
 }
+
+/// `/proxy/...` to the layer stack, everything else to the poem app.
+fn dispatch(shared: &Shared, client: IpAddr, port: u16, mut req: Request<Incoming>) -> Kind {
+    if is_proxy_path(req.uri().path()) {
+        req.extensions_mut().insert(ClientAddr(client));
+        Kind::Proxy {
+            fut: Oneshot::new(shared.proxy.clone(), req),
+        }
+    } else {
+        let req = poem::Request::from((
+            req,
+            shared.local.clone(),
+            RemoteAddr(poem::Addr::SocketAddr(SocketAddr::new(client, port))),
+            http::uri::Scheme::HTTP,
+        ));
+        let app = Arc::clone(&shared.app);
+        Kind::App {
+            fut: Box::pin(async move { poem::Endpoint::get_response(&*app, req).await }),
+        }
+    }
+}
+
+/// A request from a browser script on another origin: it carries `Origin`, and an `OPTIONS` one
+/// is a preflight only with `Access-Control-Request-Method` (any other `OPTIONS` goes its normal
+/// way). Requests without `Origin` (servers, SDKs, curl) skip the CORS layer entirely.
+fn is_cors_request(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(http::header::ORIGIN)
+        && (req.method() != http::Method::OPTIONS
+            || headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD))
+}
+
+/// The front's dispatch as a tower service, for the CORS layer to wrap.
+struct Dispatch {
+    shared: Arc<Shared>,
+    client: IpAddr,
+    port: u16,
+}
+
+impl tower::Service<Request<Incoming>> for Dispatch {
+    type Response = Response<Tracked>;
+    type Error = Infallible;
+    type Future = FrontFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> FrontFuture {
+        FrontFuture {
+            kind: dispatch(&self.shared, self.client, self.port, req),
+            log: None,
+            in_flight: None,
+        }
+    }
+}
+
+/// The future of a CORS request: the layer's, around the front's own.
+type CorsFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
 
 pin_project! {
     /// Response future of the front: the proxy stack's own future, unboxed, or the poem app's.
@@ -388,6 +454,7 @@ pin_project! {
     enum Kind {
         Proxy { #[pin] fut: Oneshot<ProxyService, Request<Incoming>> },
         App { fut: Pin<Box<dyn Future<Output = poem::Response> + Send>> },
+        Cors { fut: CorsFuture },
     }
 }
 
@@ -404,6 +471,14 @@ impl Future for FrontFuture {
             KindProj::App { fut } => {
                 let res: Response<AppBody> = std::task::ready!(fut.as_mut().poll(cx)).into();
                 res.map(Either::Right)
+            }
+            KindProj::Cors { fut } => {
+                let Ok(mut res) = std::task::ready!(fut.as_mut().poll(cx));
+                if let Some(log) = this.log.take() {
+                    log.finish(res.status());
+                }
+                res.body_mut().in_flight = this.in_flight.take();
+                return Poll::Ready(Ok(res));
             }
         };
         if let Some(log) = this.log.take() {
@@ -458,6 +533,8 @@ pub struct FrontConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// That header (`app.forwarded_header`).
     pub forwarded_header: ForwardedHeader,
+    /// CORS for browser requests (`app.cors_allow_origins`); `None`: off.
+    pub cors: Option<CorsLayer>,
 }
 
 /// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
@@ -477,6 +554,7 @@ pub async fn serve(
         local,
         trusted: config.trusted_proxies.into(),
         forwarded_header: config.forwarded_header,
+        cors: config.cors,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

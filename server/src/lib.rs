@@ -93,6 +93,7 @@ impl Gateway {
     ) -> std::io::Result<Self> {
         let c = settings.config.clone();
         let trusted_proxies = settings.trusted_proxies();
+        let cors = settings.cors();
         // Read here unless the caller did (`Settings::prepare_upstream`).
         let upstream = match settings.upstream.clone() {
             Some(upstream) => upstream,
@@ -181,6 +182,7 @@ impl Gateway {
             grace,
             trusted_proxies,
             forwarded_header: c.app.forwarded_header,
+            cors,
         };
         let server = tokio::spawn(front::serve(
             listener,

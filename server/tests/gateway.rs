@@ -1327,3 +1327,150 @@ async fn hourly_and_daily_metrics_count_every_request_in_whole_periods() {
         assert!(body["error"]["message"].is_string(), "{query}: {body}");
     }
 }
+
+#[tokio::test]
+async fn browser_scripts_on_other_origins_get_cors_answers() {
+    let upstream = Upstream::start().await;
+    // Default: every origin, as M-FastGate's allow_origins=["*"].
+    let fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.new_key("browser").await;
+    let origin = "https://chat.example.com";
+    let preflight = |fg: &Fastgate, origin: &str| {
+        fg.http
+            .request(reqwest::Method::OPTIONS, fg.proxy_url())
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let header = |res: &reqwest::Response, name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // The preflight is answered by FastGate: no key needed, nothing forwarded or audited.
+    let res = preflight(&fg, origin).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert_eq!(
+        header(&res, "access-control-allow-methods").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        header(&res, "access-control-allow-headers").as_deref(),
+        Some("authorization,content-type")
+    );
+    assert_eq!(
+        header(&res, "access-control-max-age").as_deref(),
+        Some("600")
+    );
+    assert!(upstream.seen.lock().unwrap().is_empty());
+
+    // The call itself, the refusal of a bad key and the admin API all carry the headers, so a
+    // script can read the answer, its request id and the error.
+    let call = |key: &str, origin: Option<&str>| {
+        let mut req = fg
+            .http
+            .post(fg.proxy_url())
+            .header("Authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(chat_body(false));
+        if let Some(origin) = origin {
+            req = req.header("Origin", origin);
+        }
+        req.send()
+    };
+    let res = call(&key, Some(origin)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert_eq!(
+        header(&res, "access-control-expose-headers").as_deref(),
+        Some("*")
+    );
+    assert!(header(&res, "x-request-id").is_some());
+    let res = call("fg_not-a-real-key", Some(origin)).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    let res = fg
+        .http
+        .get(fg.url("/admin/keys"))
+        .header("x-admin-token", ADMIN_TOKEN)
+        .header("Origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    // Servers and SDKs send no Origin: no CORS headers.
+    let res = call(&key, None).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "access-control-allow-origin"), None);
+    // Three requests reached the gateway's routes (two answered, one refused), the preflight did
+    // not: three audit records, two forwarded calls.
+    let logs = fg.wait_logs("", |items| items.len() >= 3).await;
+    assert_eq!(logs.len(), 3);
+    assert!(logs.iter().all(|r| r["method"] == "POST"), "{logs:?}");
+    assert_eq!(upstream.seen.lock().unwrap().len(), 2);
+
+    // A list of origins: only those, named back (with Vary: Origin for caches).
+    let listed = Fastgate::start_with(
+        &upstream.url(),
+        |y| {
+            *y = y.replace(
+                "  shutdown_timeout: 20\n",
+                "  shutdown_timeout: 20\n  cors_allow_origins: [\"https://chat.example.com\"]\n",
+            );
+        },
+        &[],
+    )
+    .await;
+    let res = preflight(&listed, origin).await.unwrap();
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some(origin)
+    );
+    assert!(header(&res, "vary").unwrap().contains("origin"));
+    let res = preflight(&listed, "https://evil.example").await.unwrap();
+    assert_eq!(header(&res, "access-control-allow-origin"), None);
+
+    // [] turns CORS off: an OPTIONS is an ordinary request again (a key is needed).
+    let off = Fastgate::start_with(
+        &upstream.url(),
+        |y| {
+            *y = y.replace(
+                "  shutdown_timeout: 20\n",
+                "  shutdown_timeout: 20\n  cors_allow_origins: []\n",
+            );
+        },
+        &[],
+    )
+    .await;
+    let res = preflight(&off, origin).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(header(&res, "access-control-allow-origin"), None);
+    // An OPTIONS without Access-Control-Request-Method is not a preflight either.
+    let res = fg
+        .http
+        .request(reqwest::Method::OPTIONS, fg.proxy_url())
+        .header("Origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
