@@ -1417,7 +1417,10 @@ api_gateway:
             ("[\"https://\"]", "is not an origin"),
             ("[\"https://user@a.example\"]", "is not an origin"),
         ] {
-            let e = settings(&[(var, bad)]).err().expect(bad).to_string();
+            let Err(e) = settings(&[(var, bad)]) else {
+                panic!("{bad} was accepted");
+            };
+            let e = e.to_string();
             assert!(
                 e.contains("app.cors_allow_origins[") && e.contains(why),
                 "{bad}: {e}"
