@@ -64,6 +64,7 @@
       'keys.range': '{a}–{b} of {n}', 'keys.unused': 'never',
       'filter.all': 'All', 'filter.apply': 'Apply', 'filter.reset': 'Reset', 'filter.key': 'Key',
       'filter.export': 'Export CSV', 'logs.exported': 'audit_logs.csv saved ({s})',
+      'logs.exported.capped': 'audit_logs.csv saved ({s}): the newest {n} records only; GET /admin/logs/export has no limit',
       'filter.status': 'Status', 'filter.type': 'Type', 'filter.model': 'Model',
       'badge.stream': 'Stream', 'badge.plain': 'Plain',
       'col.source': 'Source path', 'col.key': 'Key', 'col.status': 'Status', 'col.expires': 'Expires',
@@ -130,6 +131,7 @@
       'keys.range': '第 {a}–{b} 条，共 {n} 条', 'keys.unused': '从未使用',
       'filter.all': '全部', 'filter.apply': '筛选', 'filter.reset': '重置', 'filter.key': 'Key',
       'filter.export': '导出 CSV', 'logs.exported': '已保存 audit_logs.csv（{s}）',
+      'logs.exported.capped': '已保存 audit_logs.csv（{s}）：仅含最新的 {n} 条记录；GET /admin/logs/export 不限条数',
       'filter.status': '状态码', 'filter.type': '类型', 'filter.model': '模型',
       'badge.stream': '流式', 'badge.plain': '普通',
       'col.source': '来源路径', 'col.key': 'Key', 'col.status': '状态', 'col.expires': '过期时间',
@@ -410,6 +412,11 @@
       var on = tabs[i].getAttribute('data-tab') === name;
       tabs[i].classList.toggle('active', on);
       if (on) tabs[i].setAttribute('aria-current', 'page'); else tabs[i].removeAttribute('aria-current');
+    }
+    // The address names the tab (M-FastGate's page URLs), so a reload stays on it.
+    var path = '/admin/ui/' + (name === 'dashboard' ? '' : name);
+    if (/^\/admin\/ui\//.test(window.location.pathname) && window.location.pathname !== path) {
+      window.history.replaceState(window.history.state, '', path + window.location.search + window.location.hash);
     }
     show($('view-dashboard'), name === 'dashboard');
     show($('view-keys'), name === 'keys');
@@ -836,7 +843,10 @@
   }
 
   // ---------------------------------------------------------------- audit log
-  var logsState = { cursor: null, items: [], paged: false, seq: 0, loaded: false };
+  var logsState = { cursor: null, items: [], paged: false, seq: 0, loaded: false, query: null };
+  // The dashboard's export holds the file in the browser's memory: it stops at this many
+  // records (the API itself has no limit).
+  var EXPORT_MAX = 100000;
 
   function logsQuery() {
     return {
@@ -853,9 +863,11 @@
    * Authorization header, so the admin token never goes into a URL, then saved from a blob.
    */
   function exportLogs() {
-    var q = logsQuery();
-    delete q.limit;
+    // The filters of the records on screen (the last applied), not half-typed ones.
+    var q = logsState.query || logsQuery();
+    q.limit = EXPORT_MAX;
     q.format = 'csv';
+    q.bom = 'true'; // so that Excel reads Chinese text as UTF-8
     var btn = $('lf-export');
     btn.disabled = true;
     return api('GET', '/admin/logs/export' + qs(q), null, { accept: 'text/csv', blob: true })
@@ -866,13 +878,20 @@
         a.click();
         a.remove();
         setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
-        toast(t('logs.exported', { s: fmtBytes(blob.size) }));
+        return blob.text().then(function (txt) {
+          // Records = lines after the header (a cell with a line break would overcount: the
+          // warning below may then show needlessly, never too late).
+          var lines = txt.split('\n').length - 2;
+          toast(t(lines >= EXPORT_MAX ? 'logs.exported.capped' : 'logs.exported',
+            { s: fmtBytes(blob.size), n: fmtInt(EXPORT_MAX) }));
+        });
       })
       .then(function () { btn.disabled = false; }, function (err) { btn.disabled = false; throw err; });
   }
 
   function loadLogs(more) {
     var q = logsQuery();
+    logsState.query = logsQuery();
     if (more && logsState.cursor) q.cursor = logsState.cursor;
     var seq = ++logsState.seq;
     if (!logsState.loaded) show($('logs-loading'), true);

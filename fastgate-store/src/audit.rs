@@ -10,7 +10,7 @@ use fastgate_layer::audit::AuditBatch;
 use fastgate_layer::{AuditEvent, AuditSink, Outcome};
 
 use crate::metrics::latency_bucket;
-use crate::model::{AuditFilter, AuditPage, AuditRecord};
+use crate::model::{AuditFilter, AuditPage, AuditPosition, AuditRecord};
 use crate::{Arg, Counters, Store, StoreError, from_ms, from_us, to_i64, to_ms, to_u64, to_us};
 
 type FastHash = foldhash::fast::RandomState;
@@ -524,6 +524,12 @@ impl Store {
         if let Some(v) = &filter.model {
             push(&mut args, &mut cond, Arg::Text(v.clone()), " AND model = ?");
         }
+        if let Some(v) = &filter.path {
+            push(&mut args, &mut cond, Arg::Text(v.clone()), " AND path = ?");
+        }
+        if let Some(AuditPosition(id)) = filter.stored_by {
+            push(&mut args, &mut cond, Arg::I64(id), " AND id <= ?");
+        }
         if let Some(v) = filter.since {
             push(
                 &mut args,
@@ -574,6 +580,19 @@ impl Store {
             items: rows.into_iter().map(AuditRow::into_record).collect(),
             next_cursor,
         })
+    }
+
+    /// How far the audit table is written now: a filter with
+    /// [`stored_by`](AuditFilter::stored_by) set to it leaves out every record stored later.
+    /// Record ids grow with every insert; on PostgreSQL a batch still committing elsewhere when
+    /// this is read can hold smaller ids, so the cut is exact only per instance.
+    pub async fn audit_position(&self) -> Result<AuditPosition, StoreError> {
+        let row: (Option<i64>,) = on_pool!(&self.inner.db, |pool| {
+            sqlx::query_as("SELECT MAX(id) FROM audit_events")
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(AuditPosition(row.0.unwrap_or(0)))
     }
 
     /// The record of one request (the newest, should a client have reused a request id).

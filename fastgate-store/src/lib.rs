@@ -71,8 +71,8 @@ pub use error::StoreError;
 pub use keys::hash_key;
 pub use metrics::Period;
 pub use model::{
-    AuditFilter, AuditPage, AuditRecord, CreatedKey, ImportOutcome, ImportedKey, KeyFilter,
-    KeyPage, KeyRecord, KeyUpdate, KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey,
+    AuditFilter, AuditPage, AuditPosition, AuditRecord, CreatedKey, ImportOutcome, ImportedKey,
+    KeyFilter, KeyPage, KeyRecord, KeyUpdate, KeyUsage, Metrics, MetricsWindow, ModelUsage, NewKey,
     PeriodMetrics, SeriesPoint,
 };
 pub use sqlite_audit::SqliteAuditError;

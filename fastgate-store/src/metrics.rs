@@ -304,6 +304,9 @@ impl Store {
         utc_offset_hours: i32,
         now: SystemTime,
     ) -> Result<Vec<PeriodMetrics>, StoreError> {
+        if count > 100_000 {
+            return Err(StoreError::InvalidInput("at most 100,000 periods"));
+        }
         if !(-12..=14).contains(&utc_offset_hours) {
             return Err(StoreError::InvalidInput(
                 "the UTC offset must be whole hours from -12 to +14",

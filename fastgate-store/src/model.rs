@@ -193,6 +193,12 @@ pub struct AuditFilter {
     pub is_stream: Option<bool>,
     /// Only this model.
     pub model: Option<String>,
+    /// Only this gateway path (as called, without the query string).
+    pub path: Option<String>,
+    /// Only records stored by then (see [`Store::audit_position`](crate::Store::audit_position)):
+    /// pages read one after another then hold the records of one moment, whatever is written
+    /// meanwhile.
+    pub stored_by: Option<AuditPosition>,
     /// Only records started at or after this time.
     pub since: Option<SystemTime>,
     /// Only records started before this time.
@@ -205,6 +211,11 @@ pub struct AuditFilter {
     /// Page size.
     pub limit: u32,
 }
+
+/// How far the audit table was written at one moment, from
+/// [`Store::audit_position`](crate::Store::audit_position).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditPosition(pub(crate) i64);
 
 /// One page of audit records, newest first.
 #[derive(Clone, Debug, PartialEq)]

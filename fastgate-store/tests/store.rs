@@ -1697,6 +1697,58 @@ on_backends!(audit_query_filters_and_keyset_pagination, |db| {
         .await
         .unwrap();
     assert!(past_the_end.items.is_empty() && past_the_end.next_cursor.is_none());
+
+    // The path filter, and a position: records stored after it are left out of every page.
+    let all = |f: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .query_audit(&AuditFilter { limit: 1000, ..f })
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let path = events[0].path.clone();
+    assert_eq!(
+        all(AuditFilter {
+            path: Some(path.clone()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        50
+    );
+    assert!(
+        all(AuditFilter {
+            path: Some("/proxy/elsewhere".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    let position = store.audit_position().await.unwrap();
+    let mut later = event(99, base + Duration::from_secs(3600));
+    later.request_id = "req-later".into();
+    let mut earlier = event(98, base - Duration::from_secs(3600));
+    earlier.request_id = "req-earlier-but-stored-later".into();
+    store
+        .audit_sink()
+        .write_batch(&AuditBatch::from(vec![later, earlier]))
+        .await
+        .unwrap();
+    let snapshot = all(AuditFilter {
+        stored_by: Some(position),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(snapshot.len(), 50);
+    assert!(
+        snapshot
+            .iter()
+            .all(|r| !r.request_id.starts_with("req-ea") && r.request_id != "req-later")
+    );
+    assert_eq!(all(AuditFilter::default()).await.len(), 52);
     db.finish(&[&store]).await;
 });
 
@@ -2093,6 +2145,8 @@ on_backends!(periods_are_whole_hours_and_days_at_an_offset, |db| {
         at(3, day0 - 4 * 3600, 60, 200),           // 11-25 20:00Z = 11-26 04:00 at +08:00
         at(4, day0 - 8 * 3600 - 30 * 60, 80, 200), // 11-25 15:30Z = 11-25 23:30 at +08:00
         at(5, day0 - 40 * 86_400, 100, 200),       // 40 days before
+        at(6, day0 - 19 * 3600 - 60, 10, 200),     // 11-25 04:59Z = 11-24 23:59 at -05:00
+        at(7, day0 - 19 * 3600, 10, 200),          // 11-25 05:00Z = 11-25 00:00 at -05:00
     ];
     store
         .audit_sink()
@@ -2129,24 +2183,38 @@ on_backends!(periods_are_whole_hours_and_days_at_an_offset, |db| {
 
     // Days at UTC midnight, and at midnight of UTC+8 (China time, M-FastGate's clock).
     let days = store.periods(Period::Day, 2, 0, now).await.unwrap();
-    assert_eq!(counts(&days), [2, 2]);
+    assert_eq!(counts(&days), [4, 2]);
     assert_eq!(days[1].start, UNIX_EPOCH + Duration::from_secs(day0));
     let china = store.periods(Period::Day, 2, 8, now).await.unwrap();
-    assert_eq!(counts(&china), [1, 3]);
+    assert_eq!(counts(&china), [3, 3]);
     assert_eq!(
         china[1].start,
         UNIX_EPOCH + Duration::from_secs(day0 - 8 * 3600)
     );
     assert_eq!(china[1].errors, 1);
+    // West of UTC: at -05:00 today began at 11-26 05:00Z (the requests of 09:59Z and 10:05Z),
+    // yesterday at 11-25 05:00Z, the very millisecond of event 7; event 6 came a minute earlier.
+    let west = store.periods(Period::Day, 3, -5, now).await.unwrap();
+    assert_eq!(
+        west[2].start,
+        UNIX_EPOCH + Duration::from_secs(day0 + 5 * 3600)
+    );
+    assert_eq!(
+        west[1].start,
+        UNIX_EPOCH + Duration::from_secs(day0 - 19 * 3600)
+    );
+    assert_eq!(counts(&west), [1, 3, 2]);
     let month = store.periods(Period::Day, 30, 0, now).await.unwrap();
     assert_eq!(month.len(), 30);
-    assert_eq!(month.iter().map(|p| p.requests).sum::<u64>(), 4);
+    assert_eq!(month.iter().map(|p| p.requests).sum::<u64>(), 6);
     let year = store.periods(Period::Day, 365, -5, now).await.unwrap();
-    assert_eq!(year.iter().map(|p| p.requests).sum::<u64>(), 5);
-    assert!(matches!(
-        store.periods(Period::Day, 2, 15, now).await,
-        Err(StoreError::InvalidInput(_))
-    ));
+    assert_eq!(year.iter().map(|p| p.requests).sum::<u64>(), 7);
+    for (count, offset) in [(2, 15), (2, -13), (100_001, 0)] {
+        assert!(matches!(
+            store.periods(Period::Day, count, offset, now).await,
+            Err(StoreError::InvalidInput(_))
+        ));
+    }
     db.finish(&[&store]).await;
 });
 

@@ -103,7 +103,9 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn parse_time(name: &str, s: &str) -> Result<SystemTime, String> {
-    DateTime::parse_from_rfc3339(s)
+    // A `+08:00` written unescaped in a query string arrives as ` 08:00`.
+    let s = s.trim_start().replace(' ', "+");
+    DateTime::parse_from_rfc3339(&s)
         .map(|t| SystemTime::from(t.with_timezone(&Utc)))
         .map_err(|_| {
             format!(
@@ -161,6 +163,7 @@ struct LogFilters {
     method: Option<String>,
     is_stream: Option<bool>,
     model: Option<String>,
+    path: Option<String>,
     /// `[[since, start_time], [until, end_time]]`.
     times: [[Option<String>; 2]; 2],
     api_key: Option<String>,
@@ -200,6 +203,8 @@ impl LogFilters {
             method: nonempty(self.method).map(|m| m.to_ascii_uppercase()),
             is_stream: self.is_stream,
             model: nonempty(self.model),
+            path: nonempty(self.path),
+            stored_by: None,
             since,
             until,
             cursor: None,
@@ -817,7 +822,7 @@ enum ExportResponse {
 /// Aggregates of one hour or day.
 #[derive(Object, Debug)]
 pub struct PeriodEntry {
-    /// Start of the period (RFC 3339; days at the requested UTC offset). The last period is the
+    /// Start of the period (RFC 3339 at the requested UTC offset). The last period is the
     /// current one, still running.
     pub start: String,
     /// Requests.
@@ -877,12 +882,16 @@ impl PeriodEntry {
 pub struct PeriodReport {
     /// `hour` or `day`.
     pub period: String,
-    /// The UTC offset days start at (`+00:00` for hours).
+    /// The UTC offset days start at and times are written in.
     pub utc_offset: String,
     /// Start of the first period (RFC 3339).
     pub since: String,
     /// End of the report: now (RFC 3339).
     pub until: String,
+    /// Records and rollups before this time have been purged (`audit.retention_days`): periods
+    /// that start earlier count only what is left. Null when nothing is purged.
+    #[oai(nullable)]
+    pub retained_since: Option<String>,
     /// The periods, oldest first.
     pub items: Vec<PeriodEntry>,
 }
@@ -1081,9 +1090,28 @@ impl AdminApi {
         Self { state }
     }
 
-    async fn periods(&self, period: Period, count: u32, offset_hours: i32) -> PeriodsResponse {
+    async fn periods(
+        &self,
+        period: Period,
+        count: u32,
+        utc_offset: Option<&str>,
+    ) -> PeriodsResponse {
+        let offset_hours = match utc_offset.map(parse_utc_offset).transpose() {
+            Ok(o) => o.unwrap_or(0),
+            Err(m) => return PeriodsResponse::BadRequest(bad_request(m)),
+        };
         let now = SystemTime::now();
         let offset = FixedOffset::east_opt(offset_hours * 3600).unwrap_or(Utc.fix());
+        let at_offset = |t: SystemTime, format: SecondsFormat| {
+            DateTime::<Utc>::from(t)
+                .with_timezone(&offset)
+                .to_rfc3339_opts(format, true)
+        };
+        let retention = u64::from(self.state.settings().config.audit.retention_days);
+        let retained_since = (retention > 0)
+            .then(|| now.checked_sub(Duration::from_secs(retention * 86_400)))
+            .flatten()
+            .map(|t| at_offset(t, SecondsFormat::Millis));
         match self
             .state
             .store
@@ -1105,7 +1133,8 @@ impl AdminApi {
                     since: items
                         .first()
                         .map_or_else(|| rfc3339(now), |p| p.start.clone()),
-                    until: rfc3339(now),
+                    until: at_offset(now, SecondsFormat::Millis),
+                    retained_since,
                     items,
                 }))
             }
@@ -1356,6 +1385,8 @@ impl AdminApi {
         is_stream: Query<Option<bool>>,
         /// Only this model.
         model: Query<Option<String>>,
+        /// Only this gateway path, e.g. `/proxy/miniai/v2/chat/completions`.
+        path: Query<Option<String>>,
         /// Not before (RFC 3339).
         since: Query<Option<String>>,
         /// Before (RFC 3339).
@@ -1393,6 +1424,7 @@ impl AdminApi {
             method: method.0,
             is_stream: is_stream.0,
             model: model.0,
+            path: path.0,
             times: [[since.0, start_time.0], [until.0, end_time.0]],
             api_key: api_key.0,
         };
@@ -1419,9 +1451,9 @@ impl AdminApi {
     /// Export audit records as CSV, JSON or NDJSON
     ///
     /// Every record matching the filters (those of `GET /admin/logs`), newest first, streamed as
-    /// a download; `limit` caps the count. Records written while the export runs are not
-    /// included. If the database fails part-way, the transfer is cut off (no final chunk), so a
-    /// truncated file is never taken for a complete one.
+    /// a download; `limit` caps the count. The export holds the records stored when it started;
+    /// those written while it runs are left out. If the database fails part-way, the transfer
+    /// is cut off (no final chunk), so a truncated file is never taken for a complete one.
     #[oai(path = "/logs/export", method = "get", tag = "ApiTags::Logs")]
     #[allow(clippy::too_many_arguments)]
     async fn export_logs(
@@ -1441,12 +1473,14 @@ impl AdminApi {
         /// Only this exact status code, e.g. `429`.
         #[oai(validator(minimum(value = "100"), maximum(value = "599")))]
         status_code: Query<Option<u16>>,
-        /// Only this HTTP method (upper-cased first).
+        /// Only this HTTP method, e.g. `POST` (the value is upper-cased first).
         method: Query<Option<String>>,
         /// Only streamed (`true`) or plain (`false`) requests.
         is_stream: Query<Option<bool>>,
         /// Only this model.
         model: Query<Option<String>>,
+        /// Only this gateway path, e.g. `/proxy/miniai/v2/chat/completions`.
+        path: Query<Option<String>>,
         /// Not before (RFC 3339).
         since: Query<Option<String>>,
         /// Before (RFC 3339).
@@ -1468,6 +1502,9 @@ impl AdminApi {
         /// is refused.
         #[oai(deprecated)]
         include_body: Query<Option<bool>>,
+        /// CSV only: start with a UTF-8 byte order mark, so that Excel reads non-ASCII text
+        /// (Chinese owner names, models) as UTF-8. Default `false`.
+        bom: Query<Option<bool>>,
     ) -> ExportResponse {
         if include_headers.0 == Some(true) || include_body.0 == Some(true) {
             return ExportResponse::BadRequest(bad_request(
@@ -1482,6 +1519,7 @@ impl AdminApi {
             method: method.0,
             is_stream: is_stream.0,
             model: model.0,
+            path: path.0,
             times: [[since.0, start_time.0], [until.0, end_time.0]],
             api_key: api_key.0,
         };
@@ -1491,6 +1529,11 @@ impl AdminApi {
         };
         let limit = limit.0.unwrap_or(u64::MAX);
         filter.limit = u32::try_from(limit).map_or(export::PAGE, |l| l.min(export::PAGE));
+        // The records stored when the export starts, whatever is written while it runs.
+        filter.stored_by = match self.state.store.audit_position().await {
+            Ok(position) => Some(position),
+            Err(e) => return unavailable!(self.state, ExportResponse::Unavailable, e),
+        };
         let first = match self.state.store.query_audit(&filter).await {
             Ok(page) => page,
             Err(StoreError::InvalidInput(m)) => return ExportResponse::BadRequest(bad_request(m)),
@@ -1501,7 +1544,8 @@ impl AdminApi {
             ExportFormat::Json => (export::Format::Json, ExportContent::Json),
             ExportFormat::Ndjson => (export::Format::Ndjson, ExportContent::Ndjson),
         };
-        let body = export::body(self.state.store.clone(), filter, first, format, limit);
+        let bom = bom.0 == Some(true) && format == export::Format::Csv;
+        let body = export::body(self.state.clone(), filter, first, format, limit, bom);
         ExportResponse::Ok(content(Binary(body)), format.disposition())
     }
 
@@ -1597,8 +1641,13 @@ impl AdminApi {
         /// Hours, 1 to 168 (default 24).
         #[oai(validator(minimum(value = "1"), maximum(value = "168")))]
         hours: Query<Option<u32>>,
+        /// The UTC offset the times are written in, whole hours from `-12:00` to `+14:00`
+        /// (default `+00:00`; `%2B08:00` for China time).
+        utc_offset: Query<Option<String>>,
     ) -> PeriodsResponse {
-        self.periods(Period::Hour, hours.0.unwrap_or(24), 0).await
+        let hours = hours.0.unwrap_or(24);
+        self.periods(Period::Hour, hours, utc_offset.0.as_deref())
+            .await
     }
 
     /// Day by day (M-FastGate's daily metrics)
@@ -1616,11 +1665,8 @@ impl AdminApi {
         /// `+00:00`). Write `+` as `%2B` in a URL.
         utc_offset: Query<Option<String>>,
     ) -> PeriodsResponse {
-        let offset = match utc_offset.0.as_deref().map(parse_utc_offset).transpose() {
-            Ok(o) => o.unwrap_or(0),
-            Err(m) => return PeriodsResponse::BadRequest(bad_request(m)),
-        };
-        self.periods(Period::Day, days.0.unwrap_or(30), offset)
+        let days = days.0.unwrap_or(30);
+        self.periods(Period::Day, days, utc_offset.0.as_deref())
             .await
     }
 

@@ -3,20 +3,23 @@
 //!
 //! The first page is read before the answer starts, so a bad filter is a 400 and an unreachable
 //! database a 503. The next pages follow the keyset cursor of `GET /admin/logs` (newest first):
-//! memory stays at one page whatever the export's size, and records written while the export
-//! runs are newer than the cursor, so they are not included. A database error after the first
-//! page ends the body without its last chunk, so the client sees a broken transfer (curl: exit
-//! 18), never a file that looks complete.
+//! memory stays at one page whatever the export's size. Every page is limited to the records
+//! stored when the export started (`AuditFilter::stored_by`), so a request that finishes while
+//! the export runs is left out whatever its start time. A database error after the first page
+//! ends the body without its last chunk, so the client sees a broken transfer (curl: exit 18),
+//! never a file that looks complete.
 
 use std::borrow::Cow;
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use fastgate_store::{AuditFilter, AuditPage, Store};
+use fastgate_store::{AuditFilter, AuditPage};
 use poem::Body;
 use poem_openapi::types::ToJSON;
 
 use crate::api::AuditEntry;
+use crate::state::AppState;
 
 /// Records read per database query.
 pub(crate) const PAGE: u32 = 1_000;
@@ -41,7 +44,8 @@ impl Format {
     }
 }
 
-/// CSV columns: the JSON field names of an audit record, in the same order.
+/// CSV columns: the field names of an audit record in the JSON formats, in the order the API
+/// documents them.
 pub(crate) const COLUMNS: [&str; 21] = [
     "request_id",
     "timestamp",
@@ -112,7 +116,7 @@ pub(crate) fn csv_cells(e: &AuditEntry) -> [Cow<'_, str>; 21] {
 
 /// The export's state between chunks.
 struct Export {
-    store: Store,
+    state: Arc<AppState>,
     filter: AuditFilter,
     format: Format,
     /// The page read before the answer started; taken by the first chunk.
@@ -123,26 +127,31 @@ struct Export {
     remaining: u64,
     /// Records written so far (for the JSON array's commas).
     written: u64,
+    /// Start the CSV with a UTF-8 byte order mark.
+    bom: bool,
     done: bool,
 }
 
 /// The export body. `first` is the first page, read with `filter` (whose `limit` is at most
-/// [`PAGE`]); at most `limit` records are written.
+/// [`PAGE`]); at most `limit` records are written; `bom` puts a UTF-8 byte order mark before a
+/// CSV.
 pub(crate) fn body(
-    store: Store,
+    state: Arc<AppState>,
     filter: AuditFilter,
     first: AuditPage,
     format: Format,
     limit: u64,
+    bom: bool,
 ) -> Body {
     let export = Export {
-        store,
+        state,
         filter,
         format,
         first: Some(first),
         cursor: None,
         remaining: limit,
         written: 0,
+        bom,
         done: false,
     };
     Body::from_bytes_stream(futures_util::stream::unfold(export, |mut e| async move {
@@ -172,10 +181,11 @@ impl Export {
         } else if let Some(cursor) = self.cursor.take().filter(|_| self.remaining > 0) {
             self.filter.cursor = Some(cursor);
             self.filter.limit = u32::try_from(self.remaining).map_or(PAGE, |r| r.min(PAGE));
-            match self.store.query_audit(&self.filter).await {
+            match self.state.store.query_audit(&self.filter).await {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(%error, written = self.written, "audit export stopped: the database failed");
+                    self.state.record_error("store", &error);
                     self.done = true;
                     return Some(Err(io::Error::other("audit export stopped")));
                 }
@@ -194,6 +204,9 @@ impl Export {
         let before = self.written;
         match self.format {
             Format::Csv => {
+                if start && self.bom {
+                    out.extend_from_slice("\u{feff}".as_bytes());
+                }
                 let mut w = csv::WriterBuilder::new()
                     .terminator(csv::Terminator::Any(b'\n'))
                     .from_writer(&mut out);
@@ -208,14 +221,12 @@ impl Export {
                 let _ = w.flush();
             }
             Format::Json | Format::Ndjson => {
-                for entry in entries {
+                for value in entries.filter_map(|entry| entry.to_json()) {
                     if self.format == Format::Json {
                         out.extend_from_slice(if self.written == 0 { b"[\n" } else { b",\n" });
                     }
-                    if let Some(value) = entry.to_json() {
-                        // Writing a `Value` into a `Vec` cannot fail.
-                        let _ = serde_json::to_writer(&mut out, &value);
-                    }
+                    // Writing a `Value` into a `Vec` cannot fail.
+                    let _ = serde_json::to_writer(&mut out, &value);
                     if self.format == Format::Ndjson {
                         out.push(b'\n');
                     }

@@ -548,7 +548,10 @@ async fn openapi_spec_and_docs_describe_the_api() {
         "/admin/keys/{id}/rotate",
         "/admin/logs",
         "/admin/logs/{request_id}",
+        "/admin/logs/export",
         "/admin/metrics",
+        "/admin/metrics/hourly",
+        "/admin/metrics/daily",
         "/admin/config",
     ] {
         assert!(
@@ -556,6 +559,37 @@ async fn openapi_spec_and_docs_describe_the_api() {
             "{path} missing from the spec"
         );
     }
+    // The export's three formats, each with its media type.
+    let content = spec["paths"]["/admin/logs/export"]["get"]["responses"]["200"]["content"]
+        .as_object()
+        .unwrap();
+    let mut types: Vec<&String> = content.keys().collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "application/json; charset=utf-8",
+            "application/x-ndjson",
+            "text/csv; charset=utf-8"
+        ]
+    );
+    // The logs list and the export take the same filters.
+    let names = |path: &str| -> std::collections::BTreeSet<String> {
+        spec["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (logs, export) = (names("/admin/logs"), names("/admin/logs/export"));
+    let only_logs: Vec<&String> = logs.difference(&export).collect();
+    let only_export: Vec<&String> = export.difference(&logs).collect();
+    assert_eq!(only_logs, ["cursor", "offset", "skip"]);
+    assert_eq!(
+        only_export,
+        ["bom", "format", "include_body", "include_headers"]
+    );
     let schemes = spec["components"]["securitySchemes"].as_object().unwrap();
     assert_eq!(schemes.len(), 3, "{schemes:?}");
     let docs = fg.http.get(fg.url("/docs")).send().await.unwrap();
@@ -1114,20 +1148,40 @@ async fn audit_export_streams_every_matching_record_as_csv_json_and_ndjson() {
         .iter()
         .map(str::to_owned)
         .collect();
-    let fields: Vec<String> = logs[0].as_object().unwrap().keys().cloned().collect();
-    let mut sorted = header.clone();
-    sorted.sort();
-    assert_eq!(sorted, fields, "CSV columns are the JSON fields");
+    let fields: std::collections::BTreeSet<&String> = logs[0].as_object().unwrap().keys().collect();
+    assert_eq!(header.len(), fields.len());
+    assert_eq!(
+        header.iter().collect::<std::collections::BTreeSet<_>>(),
+        fields,
+        "CSV columns are the JSON fields"
+    );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), total);
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    // Every cell is its record's JSON value: text as is (a formula with a leading '), numbers
+    // equal, booleans as true/false, null as an empty cell.
     for (row, record) in rows.iter().zip(&logs) {
-        assert_eq!(&row[col("request_id")], record["request_id"]);
-        assert_eq!(&row[col("status")], record["status"].to_string());
-        assert_eq!(&row[col("timestamp")], record["timestamp"]);
-        let key_id = record["key_id"].as_str().unwrap_or("");
-        assert_eq!(&row[col("key_id")], key_id);
+        for (name, cell) in header.iter().zip(row.iter()) {
+            let value = &record[name.as_str()];
+            match value {
+                serde_json::Value::Null => assert_eq!(cell, "", "{name}"),
+                serde_json::Value::Bool(b) => assert_eq!(cell, b.to_string(), "{name}"),
+                serde_json::Value::Number(n) => {
+                    // serde_json's default float parsing may be one ulp off.
+                    let (cell_value, json) = (cell.parse::<f64>().unwrap(), n.as_f64().unwrap());
+                    assert!(
+                        (cell_value - json).abs() <= json.abs() * 1e-12,
+                        "{name}: {cell} vs {n}"
+                    );
+                }
+                serde_json::Value::String(text) if text.starts_with(['=', '+', '-', '@']) => {
+                    assert_eq!(cell, format!("'{text}"), "{name}");
+                }
+                serde_json::Value::String(text) => assert_eq!(cell, text, "{name}"),
+                other => panic!("{name}: {other}"),
+            }
+        }
     }
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let agents: Vec<&str> = rows.iter().map(|r| &r[col("user_agent")]).collect();
     assert!(
         agents.contains(&"'=HYPERLINK(\"http://evil\")"),
@@ -1145,6 +1199,54 @@ async fn audit_export_streams_every_matching_record_as_csv_json_and_ndjson() {
     .await;
     let limited: Vec<serde_json::Value> = serde_json::from_str(&limited).unwrap();
     assert_eq!(limited, logs[..5]);
+    // A limit past the first page (1,000 records per database read).
+    let limited = download(
+        export("format=ndjson&limit=1001").await.unwrap(),
+        "application/x-ndjson",
+        "audit_logs.ndjson",
+    )
+    .await;
+    let limited: Vec<serde_json::Value> = limited
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(limited, logs[..1001]);
+    // M-FastGate's path filter; its China-time offset written unescaped (`+` arrives as a space).
+    let path = logs[0]["path"].as_str().unwrap();
+    let by_path = download(
+        export(&format!(
+            "format=json&path={path}&start_time=2000-01-01T08:00:00+08:00"
+        ))
+        .await
+        .unwrap(),
+        "application/json; charset=utf-8",
+        "audit_logs.json",
+    )
+    .await;
+    let by_path: Vec<serde_json::Value> = serde_json::from_str(&by_path).unwrap();
+    assert_eq!(by_path, logs);
+    let (_, none) = send_json(
+        fg.http
+            .get(fg.url("/admin/logs?path=/proxy/nowhere"))
+            .header("x-admin-token", ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(none["items"], serde_json::json!([]));
+    // Excel's UTF-8 mark on request, CSV only.
+    let bom = export("bom=true&limit=1")
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(bom.starts_with("\u{feff}request_id,".as_bytes()));
+    let no_bom = export("format=json&bom=true&limit=1")
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(no_bom.starts_with(b"["));
     let refused = download(
         export("format=json&status_code=401&start_time=2000-01-01T00:00:00Z")
             .await
@@ -1279,6 +1381,20 @@ async fn hourly_and_daily_metrics_count_every_request_in_whole_periods() {
     }
     let (_, one) = get("/admin/metrics/hourly?hours=1").await;
     assert_eq!(one["items"].as_array().unwrap().len(), 1);
+    // Hours written in China time; the retention (90 days by default) is named.
+    let (_, china) = get("/admin/metrics/hourly?utc_offset=%2B08:00").await;
+    assert_eq!(sum(&china, "total_requests"), 5);
+    assert!(
+        china["items"][0]["start"]
+            .as_str()
+            .unwrap()
+            .ends_with(":00:00+08:00")
+    );
+    assert!(china["until"].as_str().unwrap().ends_with("+08:00"));
+    let retained = china["retained_since"].as_str().unwrap();
+    let retained = chrono::DateTime::parse_from_rfc3339(retained).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(retained);
+    assert!((age.num_hours() - 90 * 24).abs() <= 1, "{age}");
 
     let (status, daily) = get("/admin/metrics/daily").await;
     assert_eq!(status, 200, "{daily}");
