@@ -729,7 +729,9 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     const [download] = await Promise.all([p.waitForEvent('download'), tid(p, 'logs-export').click()]);
     assert.equal(download.suggestedFilename(), 'audit_logs.csv');
     const file = await download.path();
-    const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+    const text = fs.readFileSync(file, 'utf8');
+    assert.ok(text.startsWith('\uFEFFrequest_id,'), 'a UTF-8 mark for Excel, then the header');
+    const lines = text.slice(1).trim().split('\n');
     assert.equal(lines.length, 2, lines.join('\n'));
     const header = lines[0].split(',');
     const cells = lines[1].split(',');
