@@ -709,6 +709,14 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
       } else {
         await p.waitForFunction(() => document.querySelectorAll('[data-testid="key-row"]').length > 0);
       }
+      // The address follows the tabs, so a reload stays where the admin was.
+      await tid(p, 'tab-dashboard').click();
+      assert.equal(new URL(p.url()).pathname, '/admin/ui/');
+      await tid(p, `tab-${view}`).click();
+      assert.equal(new URL(p.url()).pathname, `/admin/ui/${view}`);
+      await p.reload();
+      await tid(p, `view-${view}`).waitFor({ state: 'visible' });
+      assert.equal(await tid(p, 'view-dashboard').isVisible(), false);
       await ctx.close();
     }
     // The routes page has no counterpart (routes live in the config file): not found.

@@ -839,7 +839,7 @@
     if (!has) sel.appendChild(el('option', { text: id, attrs: { value: id } }));
     sel.value = id;
     selectTab('logs');
-    loadLogs(false).catch(showError);
+    applyLogFilters().catch(showError);
   }
 
   // ---------------------------------------------------------------- audit log
@@ -864,7 +864,7 @@
    */
   function exportLogs() {
     // The filters of the records on screen (the last applied), not half-typed ones.
-    var q = logsState.query || logsQuery();
+    var q = appliedLogsQuery();
     q.limit = EXPORT_MAX;
     q.format = 'csv';
     q.bom = 'true'; // so that Excel reads Chinese text as UTF-8
@@ -881,7 +881,8 @@
         return blob.text().then(function (txt) {
           // Records = lines after the header (a cell with a line break would overcount: the
           // warning below may then show needlessly, never too late).
-          var lines = txt.split('\n').length - 2;
+          var lines = -1; // the header line
+          for (var at = txt.indexOf('\n'); at >= 0; at = txt.indexOf('\n', at + 1)) lines++;
           toast(t(lines >= EXPORT_MAX ? 'logs.exported.capped' : 'logs.exported',
             { s: fmtBytes(blob.size), n: fmtInt(EXPORT_MAX) }));
         });
@@ -889,9 +890,25 @@
       .then(function () { btn.disabled = false; }, function (err) { btn.disabled = false; throw err; });
   }
 
-  function loadLogs(more) {
-    var q = logsQuery();
+  /** A copy of the filters last applied (Apply, a select's change, Reset), not half-typed ones. */
+  function appliedLogsQuery() {
+    if (!logsState.query) logsState.query = logsQuery();
+    var q = {};
+    for (var k in logsState.query) {
+      if (Object.prototype.hasOwnProperty.call(logsState.query, k)) q[k] = logsState.query[k];
+    }
+    return q;
+  }
+
+  /** Take the form's filters as the applied ones and reload the log. */
+  function applyLogFilters() {
     logsState.query = logsQuery();
+    return loadLogs(false);
+  }
+
+  function loadLogs(more) {
+    // Refreshes and "Load older" keep the applied filters (the cursor belongs to them).
+    var q = appliedLogsQuery();
     if (more && logsState.cursor) q.cursor = logsState.cursor;
     var seq = ++logsState.seq;
     if (!logsState.loaded) show($('logs-loading'), true);
@@ -1088,13 +1105,13 @@
       loadKeys().catch(showError);
     });
 
-    $('logs-filter').addEventListener('submit', function (ev) { ev.preventDefault(); loadLogs(false).catch(showError); });
+    $('logs-filter').addEventListener('submit', function (ev) { ev.preventDefault(); applyLogFilters().catch(showError); });
     ['lf-key', 'lf-status', 'lf-stream'].forEach(function (id) {
-      $(id).addEventListener('change', function () { loadLogs(false).catch(showError); });
+      $(id).addEventListener('change', function () { applyLogFilters().catch(showError); });
     });
     $('lf-reset').addEventListener('click', function () {
       $('lf-key').value = ''; $('lf-status').value = ''; $('lf-stream').value = ''; $('lf-model').value = '';
-      loadLogs(false).catch(showError);
+      applyLogFilters().catch(showError);
     });
     $('logs-more').addEventListener('click', function () { loadLogs(true).catch(showError); });
     $('lf-export').addEventListener('click', function () { exportLogs().catch(showError); });

@@ -103,9 +103,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn parse_time(name: &str, s: &str) -> Result<SystemTime, String> {
-    // A `+08:00` written unescaped in a query string arrives as ` 08:00`.
-    let s = s.trim_start().replace(' ', "+");
-    DateTime::parse_from_rfc3339(&s)
+    DateTime::parse_from_rfc3339(s)
         .map(|t| SystemTime::from(t.with_timezone(&Utc)))
         .map_err(|_| {
             format!(
@@ -121,7 +119,9 @@ fn time_bounds(
     [since, start_time]: [Option<String>; 2],
     [until, end_time]: [Option<String>; 2],
 ) -> Result<(Option<SystemTime>, Option<SystemTime>), String> {
-    let time = |name: &str, v: Option<String>| v.map(|s| parse_time(name, &s)).transpose();
+    let time = |name: &str, v: Option<String>| {
+        v.map(|s| parse_time(name, &unescaped_plus(&s))).transpose()
+    };
     let since = either(
         "since",
         "start_time",
@@ -135,6 +135,24 @@ fn time_bounds(
         time("end_time", end_time)?,
     )?;
     Ok((since, until))
+}
+
+/// A time from a query string whose `+08:00` offset was written unescaped and so arrived as
+/// ` 08:00`: that one space (six characters from the end, before `HH:MM`) is read as `+`. A
+/// space between date and time, which RFC 3339 allows, stays.
+fn unescaped_plus(s: &str) -> std::borrow::Cow<'_, str> {
+    let b = s.as_bytes();
+    let n = b.len();
+    let is_offset = n > 6
+        && b[n - 6] == b' '
+        && b[n - 5..n - 3].iter().all(u8::is_ascii_digit)
+        && b[n - 3] == b':'
+        && b[n - 2..].iter().all(u8::is_ascii_digit);
+    if is_offset {
+        std::borrow::Cow::Owned(format!("{}+{}", &s[..n - 6], &s[n - 5..]))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// A parameter that FastGate calls `name` and M-FastGate called `alias`: either may be given, both
@@ -888,8 +906,9 @@ pub struct PeriodReport {
     pub since: String,
     /// End of the report: now (RFC 3339).
     pub until: String,
-    /// Records and rollups before this time have been purged (`audit.retention_days`): periods
-    /// that start earlier count only what is left. Null when nothing is purged.
+    /// `now − audit.retention_days`: records and rollups older than this are purged (hourly),
+    /// so periods that start earlier count only what is left. Null when retention is off
+    /// (`retention_days: 0`).
     #[oai(nullable)]
     pub retained_since: Option<String>,
     /// The periods, oldest first.
@@ -1674,5 +1693,33 @@ impl AdminApi {
     #[oai(path = "/config", method = "get", tag = "ApiTags::System")]
     async fn config(&self, _auth: AdminAuth) -> ConfigResponse {
         ConfigResponse::Ok(Json(self.state.settings().redacted_json()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unescaped_plus_offset_is_read_and_a_space_separator_kept() {
+        for (given, read) in [
+            ("2026-01-31T08:00:00 08:00", "2026-01-31T08:00:00+08:00"),
+            ("2026-01-31 08:00:00 08:00", "2026-01-31 08:00:00+08:00"),
+            ("2026-01-31 08:00:00Z", "2026-01-31 08:00:00Z"),
+            ("2026-01-31 08:00:00+08:00", "2026-01-31 08:00:00+08:00"),
+            ("2026-01-31T08:00:00-05:00", "2026-01-31T08:00:00-05:00"),
+            (" 08:00", " 08:00"),
+            ("é 08:00", "é+08:00"),
+        ] {
+            assert_eq!(unescaped_plus(given), read, "{given:?}");
+        }
+        let since = |t: &str| time_bounds([Some(t.into()), None], [None, None]).map(|b| b.0);
+        let at = since("2026-01-31T00:00:00Z").unwrap();
+        assert_eq!(since("2026-01-31 08:00:00 08:00").unwrap(), at);
+        assert_eq!(since("2026-01-31 00:00:00Z").unwrap(), at);
+        assert!(since("2026-01-31T08:00:00").is_err());
+        // Bodies are not URL-decoded: a space there is not a `+`.
+        assert!(parse_time("expires_at", "2026-01-31 08:00:00Z").is_ok());
+        assert!(parse_time("expires_at", "2026-01-31T08:00:00 08:00").is_err());
     }
 }

@@ -155,10 +155,14 @@ pub struct AppConfig {
     pub trusted_proxies: Vec<String>,
     /// The header the trusted proxies name the client in; the other one is ignored.
     pub forwarded_header: ForwardedHeader,
-    /// Origins whose browser scripts may call FastGate (CORS): `["*"]` (the default, as
-    /// M-FastGate's `allow_origins=["*"]`) for any, a list of origins (`https://app.example.com`),
-    /// or `[]` to answer no CORS request.
+    /// Origins whose browser scripts may call the gateway (`/proxy/...` and `/health`) from
+    /// another origin (CORS): `["*"]` (the default, as M-FastGate's `allow_origins=["*"]`) for
+    /// any, a list of origins (`https://app.example.com`), or `[]` to answer no CORS request.
     pub cors_allow_origins: Vec<String>,
+    /// Let those origins' scripts call the admin API, `/docs` and `/openapi.json` too (default
+    /// `false`: a page that guessed the admin token could otherwise manage keys through a
+    /// visitor's browser).
+    pub cors_admin_api: bool,
 }
 
 /// The header trusted proxies name the client in (`app.forwarded_header`).
@@ -186,6 +190,7 @@ impl Default for AppConfig {
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),
             cors_allow_origins: vec!["*".into()],
+            cors_admin_api: false,
         }
     }
 }
@@ -926,20 +931,39 @@ fn set_path(root: &mut Value, segments: &[String], new: Value) {
     }
 }
 
-/// `scheme://host[:port]` as a browser sends it in `Origin`: `http` or `https`, a host, no path,
-/// query, user info or trailing slash.
-fn is_origin(s: &str) -> bool {
-    let Some(rest) = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-    else {
-        return false;
+/// `scheme://host[:port]` exactly as a browser sends it in `Origin` (origins are compared byte for
+/// byte): `http` or `https`, a host in lower case, no default port, no path, query, user info,
+/// wildcard or trailing slash.
+fn check_origin(s: &str) -> Result<(), &'static str> {
+    const SHAPE: &str =
+        "is not an origin (scheme://host[:port], no path, e.g. https://app.example.com)";
+    let (rest, default_port) = if let Some(rest) = s.strip_prefix("https://") {
+        (rest, ":443")
+    } else if let Some(rest) = s.strip_prefix("http://") {
+        (rest, ":80")
+    } else {
+        return Err(SHAPE);
     };
-    !rest.is_empty()
-        && !rest.contains(['/', '?', '#', '@'])
-        && http::HeaderValue::from_str(s).is_ok()
-        && s.parse::<http::Uri>()
-            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
+    if rest.contains('*') {
+        return Err("has a wildcard: list each origin (or use \"*\" alone for any)");
+    }
+    let has_host = s
+        .parse::<http::Uri>()
+        .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@'])
+        || http::HeaderValue::from_str(s).is_err()
+        || !has_host
+    {
+        return Err(SHAPE);
+    }
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("must be in lower case, as browsers send it");
+    }
+    if rest.ends_with(default_port) {
+        return Err("names its scheme's default port, which browsers leave out: drop it");
+    }
+    Ok(())
 }
 
 /// An IP address (a range of one) or a CIDR range.
@@ -1123,13 +1147,8 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
                     "\"*\" allows every origin and cannot be listed with others".into(),
                 );
             }
-        } else if !is_origin(origin) {
-            return err(
-                &key,
-                format!(
-                    "{origin:?} is not an origin (scheme://host[:port], no path, e.g. https://app.example.com)"
-                ),
-            );
+        } else if let Err(why) = check_origin(origin) {
+            return err(&key, format!("{origin:?} {why}"));
         }
     }
     if c.app.header_read_timeout == 0 {
@@ -1140,6 +1159,12 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     }
     if c.audit.queue_capacity == 0 {
         return err("audit.queue_capacity", "must be at least 1".into());
+    }
+    if c.audit.retention_days > 36_500 {
+        return err(
+            "audit.retention_days",
+            "must be at most 36500 (100 years); 0 keeps everything".into(),
+        );
     }
     if c.audit.batch_size == 0 || c.audit.batch_size > 5_000 {
         return err("audit.batch_size", "must be between 1 and 5000".into());
@@ -1401,6 +1426,7 @@ api_gateway:
         for ok in [
             "[\"https://chat.example.com\", \"http://127.0.0.1:3000\"]",
             "[\"http://[::1]:8080\"]",
+            "[\"https://a.example:8443\"]",
         ] {
             assert!(settings(&[(var, ok)]).unwrap().cors().is_some(), "{ok}");
         }
@@ -1416,6 +1442,10 @@ api_gateway:
             ("[\"ftp://a.example\"]", "is not an origin"),
             ("[\"https://\"]", "is not an origin"),
             ("[\"https://user@a.example\"]", "is not an origin"),
+            ("[\"https://Chat.Example.com\"]", "lower case"),
+            ("[\"https://a.example:443\"]", "default port"),
+            ("[\"http://a.example:80\"]", "default port"),
+            ("[\"https://*.example.com\"]", "wildcard"),
         ] {
             let Err(e) = settings(&[(var, bad)]) else {
                 panic!("{bad} was accepted");

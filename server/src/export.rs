@@ -184,8 +184,8 @@ impl Export {
             match self.state.store.query_audit(&self.filter).await {
                 Ok(page) => page,
                 Err(error) => {
-                    tracing::warn!(%error, written = self.written, "audit export stopped: the database failed");
-                    self.state.record_error("store", &error);
+                    // Logged (at error level) and counted once, as other store failures are.
+                    self.state.record_error("audit export", &error);
                     self.done = true;
                     return Some(Err(io::Error::other("audit export stopped")));
                 }

@@ -78,6 +78,8 @@ struct Shared {
     forwarded_header: ForwardedHeader,
     /// CORS for browser requests (`app.cors_allow_origins`); `None`: off.
     cors: Option<CorsLayer>,
+    /// CORS covers the admin app too (`app.cors_admin_api`), not only `/proxy` and `/health`.
+    cors_admin_api: bool,
 }
 
 /// The per-connection hyper service: dispatches by path.
@@ -359,8 +361,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         };
         let log = tracing::enabled!(target: "fastgate::access", tracing::Level::DEBUG)
             .then(|| AccessLog::new(&req, client));
+        // A browser's request: the backend's own CORS headers never reach it (FastGate decides).
+        let from_browser = req.headers().contains_key(http::header::ORIGIN);
         let kind = match &self.shared.cors {
-            Some(cors) if is_cors_request(&req) => {
+            Some(cors) if from_browser && self.shared.cors_applies(&req) => {
                 let dispatch = Dispatch {
                     shared: Arc::clone(&self.shared),
                     client,
@@ -376,6 +380,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             kind,
             log,
             in_flight,
+            from_browser,
         }
     }
 }
@@ -401,14 +406,31 @@ fn dispatch(shared: &Shared, client: IpAddr, port: u16, mut req: Request<Incomin
     }
 }
 
-/// A request from a browser script on another origin: it carries `Origin`, and an `OPTIONS` one
-/// is a preflight only with `Access-Control-Request-Method` (any other `OPTIONS` goes its normal
-/// way). Requests without `Origin` (servers, SDKs, curl) skip the CORS layer entirely.
-fn is_cors_request(req: &Request<Incoming>) -> bool {
-    let headers = req.headers();
-    headers.contains_key(http::header::ORIGIN)
-        && (req.method() != http::Method::OPTIONS
-            || headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD))
+impl Shared {
+    /// Whether the CORS layer answers this request, which carries `Origin`: on `/proxy/...` and
+    /// `/health` (everywhere with `app.cors_admin_api`), an `OPTIONS` only as a preflight (with
+    /// `Access-Control-Request-Method`; any other `OPTIONS` goes its normal way). Requests
+    /// without `Origin` (servers, SDKs, curl) never reach the layer.
+    fn cors_applies(&self, req: &Request<Incoming>) -> bool {
+        let path = req.uri().path();
+        (self.cors_admin_api || is_proxy_path(path) || path == "/health")
+            && (req.method() != http::Method::OPTIONS
+                || req
+                    .headers()
+                    .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD))
+    }
+}
+
+/// Remove the `Access-Control-*` headers a backend set itself: for a browser, FastGate's CORS
+/// settings decide alone (`[]` means none, a list means only those origins).
+fn strip_backend_cors(headers: &mut HeaderMap) {
+    while let Some(name) = headers
+        .keys()
+        .find(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+    {
+        headers.remove(&name);
+    }
 }
 
 /// The front's dispatch as a tower service, for the CORS layer to wrap.
@@ -432,6 +454,7 @@ impl tower::Service<Request<Incoming>> for Dispatch {
             kind: dispatch(&self.shared, self.client, self.port, req),
             log: None,
             in_flight: None,
+            from_browser: true,
         }
     }
 }
@@ -446,6 +469,8 @@ pin_project! {
         kind: Kind,
         log: Option<AccessLog>,
         in_flight: Option<InFlight>,
+        // The request carries `Origin`: the backend's `Access-Control-*` headers are removed.
+        from_browser: bool,
     }
 }
 
@@ -465,7 +490,12 @@ impl Future for FrontFuture {
         let this = self.project();
         let res = match this.kind.project() {
             KindProj::Proxy { fut } => match std::task::ready!(fut.poll(cx)) {
-                Ok(res) => res.map(Either::Left),
+                Ok(mut res) => {
+                    if *this.from_browser {
+                        strip_backend_cors(res.headers_mut());
+                    }
+                    res.map(Either::Left)
+                }
                 Err(never) => match never {},
             },
             KindProj::App { fut } => {
@@ -535,6 +565,8 @@ pub struct FrontConfig {
     pub forwarded_header: ForwardedHeader,
     /// CORS for browser requests (`app.cors_allow_origins`); `None`: off.
     pub cors: Option<CorsLayer>,
+    /// CORS for the admin app too (`app.cors_admin_api`).
+    pub cors_admin_api: bool,
 }
 
 /// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
@@ -555,6 +587,7 @@ pub async fn serve(
         trusted: config.trusted_proxies.into(),
         forwarded_header: config.forwarded_header,
         cors: config.cors,
+        cors_admin_api: config.cors_admin_api,
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

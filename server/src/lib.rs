@@ -183,6 +183,7 @@ impl Gateway {
             trusted_proxies,
             forwarded_header: c.app.forwarded_header,
             cors,
+            cors_admin_api: c.app.cors_admin_api,
         };
         let server = tokio::spawn(front::serve(
             listener,
@@ -223,9 +224,14 @@ impl Gateway {
             || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
             || a.logging != b.logging
             || a.api_gateway.trust_env != b.api_gateway.trust_env
+            || a.app.trusted_proxies != b.app.trusted_proxies
+            || a.app.forwarded_header != b.app.forwarded_header
+            || a.app.cors_allow_origins != b.app.cors_allow_origins
+            || a.app.cors_admin_api != b.app.cors_admin_api
+            || a.audit.retention_days != b.audit.retention_days
         {
             tracing::warn!(
-                "listen address, header_read_timeout, database, audit queue, strip_headers, max_body_bytes, api_gateway.trust_env and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
+                "listen address, header_read_timeout, trusted_proxies, forwarded_header, the CORS settings, database, audit queue and retention, strip_headers, max_body_bytes, api_gateway.trust_env and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
             );
         }
         self.routes.replace(new.routes.clone());

@@ -1225,6 +1225,13 @@ async fn audit_export_streams_every_matching_record_as_csv_json_and_ndjson() {
     .await;
     let by_path: Vec<serde_json::Value> = serde_json::from_str(&by_path).unwrap();
     assert_eq!(by_path, logs);
+    let elsewhere = export("format=json&path=/proxy/nowhere")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, "[]\n");
     let (_, none) = send_json(
         fg.http
             .get(fg.url("/admin/logs?path=/proxy/nowhere"))
@@ -1447,13 +1454,21 @@ async fn hourly_and_daily_metrics_count_every_request_in_whole_periods() {
 #[tokio::test]
 async fn browser_scripts_on_other_origins_get_cors_answers() {
     let upstream = Upstream::start().await;
-    // Default: every origin, as M-FastGate's allow_origins=["*"].
+    // Default: every origin, as M-FastGate's allow_origins=["*"], on the gateway's paths.
     let fg = Fastgate::start(&upstream.url()).await;
     let key = fg.new_key("browser").await;
     let origin = "https://chat.example.com";
-    let preflight = |fg: &Fastgate, origin: &str| {
+    let with_line = |line: &'static str| {
+        move |y: &mut String| {
+            *y = y.replace(
+                "  shutdown_timeout: 20\n",
+                &format!("  shutdown_timeout: 20\n  {line}\n"),
+            );
+        }
+    };
+    let preflight = |fg: &Fastgate, path: &str, origin: &str| {
         fg.http
-            .request(reqwest::Method::OPTIONS, fg.proxy_url())
+            .request(reqwest::Method::OPTIONS, fg.url(path))
             .header("Origin", origin)
             .header("Access-Control-Request-Method", "POST")
             .header(
@@ -1462,19 +1477,32 @@ async fn browser_scripts_on_other_origins_get_cors_answers() {
             )
             .send()
     };
+    let proxy_path = fg.proxy_url().replacen(&fg.url(""), "", 1);
+    let call = |fg: &Fastgate, key: &str, origin: Option<&str>| {
+        let mut req = fg
+            .http
+            .post(fg.proxy_url())
+            .header("Authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            // The test upstream then answers with CORS headers of its own.
+            .header("x-test-backend-cors", "1")
+            .body(chat_body(false));
+        if let Some(origin) = origin {
+            req = req.header("Origin", origin);
+        }
+        req.send()
+    };
     let header = |res: &reqwest::Response, name: &str| {
         res.headers()
             .get(name)
             .map(|v| v.to_str().unwrap().to_owned())
     };
+    let allow_origin = |res: &reqwest::Response| header(res, "access-control-allow-origin");
 
     // The preflight is answered by FastGate: no key needed, nothing forwarded or audited.
-    let res = preflight(&fg, origin).await.unwrap();
+    let res = preflight(&fg, &proxy_path, origin).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(
-        header(&res, "access-control-allow-origin").as_deref(),
-        Some("*")
-    );
+    assert_eq!(allow_origin(&res).as_deref(), Some("*"));
     assert_eq!(
         header(&res, "access-control-allow-methods").as_deref(),
         Some("POST")
@@ -1489,37 +1517,31 @@ async fn browser_scripts_on_other_origins_get_cors_answers() {
     );
     assert!(upstream.seen.lock().unwrap().is_empty());
 
-    // The call itself, the refusal of a bad key and the admin API all carry the headers, so a
-    // script can read the answer, its request id and the error.
-    let call = |key: &str, origin: Option<&str>| {
-        let mut req = fg
-            .http
-            .post(fg.proxy_url())
-            .header("Authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(chat_body(false));
-        if let Some(origin) = origin {
-            req = req.header("Origin", origin);
-        }
-        req.send()
-    };
-    let res = call(&key, Some(origin)).await.unwrap();
+    // The call and the refusal of a bad key carry the headers, so a script can read the
+    // answer, its request id and the error; FastGate's CORS headers replace the backend's.
+    let res = call(&fg, &key, Some(origin)).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(
-        header(&res, "access-control-allow-origin").as_deref(),
-        Some("*")
-    );
+    assert_eq!(allow_origin(&res).as_deref(), Some("*"));
     assert_eq!(
         header(&res, "access-control-expose-headers").as_deref(),
         Some("*")
     );
+    assert_eq!(header(&res, "access-control-allow-credentials"), None);
     assert!(header(&res, "x-request-id").is_some());
-    let res = call("fg_not-a-real-key", Some(origin)).await.unwrap();
+    let res = call(&fg, "fg_not-a-real-key", Some(origin)).await.unwrap();
     assert_eq!(res.status(), 401);
-    assert_eq!(
-        header(&res, "access-control-allow-origin").as_deref(),
-        Some("*")
-    );
+    assert_eq!(allow_origin(&res).as_deref(), Some("*"));
+    let res = fg
+        .http
+        .get(fg.url("/health"))
+        .header("Origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allow_origin(&res).as_deref(), Some("*"));
+    // The admin API is not open to other origins unless app.cors_admin_api says so.
+    let res = preflight(&fg, "/admin/keys", origin).await.unwrap();
+    assert_eq!(allow_origin(&res), None);
     let res = fg
         .http
         .get(fg.url("/admin/keys"))
@@ -1529,57 +1551,54 @@ async fn browser_scripts_on_other_origins_get_cors_answers() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(
-        header(&res, "access-control-allow-origin").as_deref(),
-        Some("*")
-    );
-    // Servers and SDKs send no Origin: no CORS headers.
-    let res = call(&key, None).await.unwrap();
+    assert_eq!(allow_origin(&res), None);
+    // Servers and SDKs send no Origin: FastGate adds nothing and leaves the backend's headers.
+    let res = call(&fg, &key, None).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(header(&res, "access-control-allow-origin"), None);
-    // Three requests reached the gateway's routes (two answered, one refused), the preflight did
-    // not: three audit records, two forwarded calls.
+    assert_eq!(
+        allow_origin(&res).as_deref(),
+        Some("https://backend.example")
+    );
+    // Three requests reached the gateway's routes (two answered, one refused), the preflights
+    // did not: three audit records, two forwarded calls.
     let logs = fg.wait_logs("", |items| items.len() >= 3).await;
-    assert_eq!(logs.len(), 3);
+    assert_eq!(logs.len(), 3, "{logs:?}");
     assert!(logs.iter().all(|r| r["method"] == "POST"), "{logs:?}");
     assert_eq!(upstream.seen.lock().unwrap().len(), 2);
 
     // A list of origins: only those, named back (with Vary: Origin for caches).
     let listed = Fastgate::start_with(
         &upstream.url(),
-        |y| {
-            *y = y.replace(
-                "  shutdown_timeout: 20\n",
-                "  shutdown_timeout: 20\n  cors_allow_origins: [\"https://chat.example.com\"]\n",
-            );
-        },
+        with_line("cors_allow_origins: [\"https://chat.example.com\"]"),
         &[],
     )
     .await;
-    let res = preflight(&listed, origin).await.unwrap();
-    assert_eq!(
-        header(&res, "access-control-allow-origin").as_deref(),
-        Some(origin)
-    );
+    let res = preflight(&listed, &proxy_path, origin).await.unwrap();
+    assert_eq!(allow_origin(&res).as_deref(), Some(origin));
     assert!(header(&res, "vary").unwrap().contains("origin"));
-    let res = preflight(&listed, "https://evil.example").await.unwrap();
-    assert_eq!(header(&res, "access-control-allow-origin"), None);
+    let listed_key = listed.new_key("listed").await;
+    let res = call(&listed, &listed_key, Some(origin)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(allow_origin(&res).as_deref(), Some(origin));
+    // Another origin: neither the preflight nor the call carries Allow-Origin (the browser
+    // refuses), the backend's included.
+    let evil = "https://evil.example";
+    let res = preflight(&listed, &proxy_path, evil).await.unwrap();
+    assert_eq!(allow_origin(&res), None);
+    let res = call(&listed, &listed_key, Some(evil)).await.unwrap();
+    assert_eq!(allow_origin(&res), None);
+    assert_eq!(header(&res, "access-control-allow-credentials"), None);
 
-    // [] turns CORS off: an OPTIONS is an ordinary request again (a key is needed).
-    let off = Fastgate::start_with(
-        &upstream.url(),
-        |y| {
-            *y = y.replace(
-                "  shutdown_timeout: 20\n",
-                "  shutdown_timeout: 20\n  cors_allow_origins: []\n",
-            );
-        },
-        &[],
-    )
-    .await;
-    let res = preflight(&off, origin).await.unwrap();
+    // [] turns CORS off: an OPTIONS is an ordinary request again (a key is needed), and a
+    // browser's call gets no Allow-Origin, not even the backend's.
+    let off = Fastgate::start_with(&upstream.url(), with_line("cors_allow_origins: []"), &[]).await;
+    let res = preflight(&off, &proxy_path, origin).await.unwrap();
     assert_eq!(res.status(), 401);
-    assert_eq!(header(&res, "access-control-allow-origin"), None);
+    assert_eq!(allow_origin(&res), None);
+    let off_key = off.new_key("off").await;
+    let res = call(&off, &off_key, Some(origin)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(allow_origin(&res), None);
     // An OPTIONS without Access-Control-Request-Method is not a preflight either.
     let res = fg
         .http
@@ -1589,4 +1608,11 @@ async fn browser_scripts_on_other_origins_get_cors_answers() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+
+    // app.cors_admin_api: the admin API answers other origins too.
+    let admin_too =
+        Fastgate::start_with(&upstream.url(), with_line("cors_admin_api: true"), &[]).await;
+    let res = preflight(&admin_too, "/admin/keys", origin).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(allow_origin(&res).as_deref(), Some("*"));
 }

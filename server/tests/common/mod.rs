@@ -103,6 +103,15 @@ async fn handle(
     let mut res = Response::new(Full::new(Bytes::from_static(JSON_REPLY.as_bytes())).boxed());
     res.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
+    // A backend with CORS headers of its own (vLLM and FastAPI servers send them), on request.
+    if parts.headers.contains_key("x-test-backend-cors") {
+        for (name, value) in [
+            ("access-control-allow-origin", "https://backend.example"),
+            ("access-control-allow-credentials", "true"),
+        ] {
+            res.headers_mut().insert(name, value.parse().unwrap());
+        }
+    }
     Ok(res)
 }
 
