@@ -1112,26 +1112,11 @@ async fn audit_export_streams_every_matching_record_as_csv_json_and_ndjson() {
     };
 
     // JSON: exactly the records of GET /admin/logs, in the same order (newest first).
-    let json = download(
-        export("format=json").await.unwrap(),
-        "application/json; charset=utf-8",
-        "audit_logs.json",
-    )
-    .await;
-    let json: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let json = export_records(&fg, "json", "").await;
     assert_eq!(json, logs);
 
     // NDJSON: the same, one object per line.
-    let ndjson = download(
-        export("format=ndjson").await.unwrap(),
-        "application/x-ndjson",
-        "audit_logs.ndjson",
-    )
-    .await;
-    let lines: Vec<serde_json::Value> = ndjson
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = export_records(&fg, "ndjson", "").await;
     assert_eq!(lines, logs);
 
     // CSV (the default): a header of the JSON field names, then every record.
@@ -1191,47 +1176,21 @@ async fn audit_export_streams_every_matching_record_as_csv_json_and_ndjson() {
 
     // `limit` caps the count (the newest first); filters are those of /admin/logs, with
     // M-FastGate's names.
-    let limited = download(
-        export("format=json&limit=5").await.unwrap(),
-        "application/json; charset=utf-8",
-        "audit_logs.json",
-    )
-    .await;
-    let limited: Vec<serde_json::Value> = serde_json::from_str(&limited).unwrap();
+    let limited = export_records(&fg, "json", "limit=5").await;
     assert_eq!(limited, logs[..5]);
     // A limit past the first page (1,000 records per database read).
-    let limited = download(
-        export("format=ndjson&limit=1001").await.unwrap(),
-        "application/x-ndjson",
-        "audit_logs.ndjson",
-    )
-    .await;
-    let limited: Vec<serde_json::Value> = limited
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let limited = export_records(&fg, "ndjson", "limit=1001").await;
     assert_eq!(limited, logs[..1001]);
     // M-FastGate's path filter; its China-time offset written unescaped (`+` arrives as a space).
     let path = logs[0]["path"].as_str().unwrap();
-    let by_path = download(
-        export(&format!(
-            "format=json&path={path}&start_time=2000-01-01T08:00:00+08:00"
-        ))
-        .await
-        .unwrap(),
-        "application/json; charset=utf-8",
-        "audit_logs.json",
-    )
-    .await;
-    let by_path: Vec<serde_json::Value> = serde_json::from_str(&by_path).unwrap();
+    let query = format!("path={path}&start_time=2000-01-01T08:00:00+08:00");
+    let by_path = export_records(&fg, "json", &query).await;
     assert_eq!(by_path, logs);
-    let elsewhere = export("format=json&path=/proxy/nowhere")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(elsewhere, "[]\n");
+    assert!(
+        export_records(&fg, "json", "path=/proxy/nowhere")
+            .await
+            .is_empty()
+    );
     let (_, none) = send_json(
         fg.http
             .get(fg.url("/admin/logs?path=/proxy/nowhere"))
@@ -1254,15 +1213,12 @@ async fn audit_export_streams_every_matching_record_as_csv_json_and_ndjson() {
         .await
         .unwrap();
     assert!(no_bom.starts_with(b"["));
-    let refused = download(
-        export("format=json&status_code=401&start_time=2000-01-01T00:00:00Z")
-            .await
-            .unwrap(),
-        "application/json; charset=utf-8",
-        "audit_logs.json",
+    let refused = export_records(
+        &fg,
+        "json",
+        "status_code=401&start_time=2000-01-01T00:00:00Z",
     )
     .await;
-    let refused: Vec<serde_json::Value> = serde_json::from_str(&refused).unwrap();
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0]["status"], 401);
     let none = download(
@@ -1615,4 +1571,26 @@ async fn browser_scripts_on_other_origins_get_cors_answers() {
     let res = preflight(&admin_too, "/admin/keys", origin).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(allow_origin(&res).as_deref(), Some("*"));
+}
+
+/// `GET /admin/logs/export?format=json|ndjson&{query}`: the records, after checking the media type
+/// and file name.
+async fn export_records(fg: &Fastgate, format: &str, query: &str) -> Vec<serde_json::Value> {
+    let res = fg
+        .http
+        .get(fg.url(&format!("/admin/logs/export?format={format}&{query}")))
+        .header("x-admin-token", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    if format == "json" {
+        let text = download(res, "application/json; charset=utf-8", "audit_logs.json").await;
+        serde_json::from_str(&text).unwrap()
+    } else {
+        download(res, "application/x-ndjson", "audit_logs.ndjson")
+            .await
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }
