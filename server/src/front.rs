@@ -361,26 +361,29 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         };
         let log = tracing::enabled!(target: "fastgate::access", tracing::Level::DEBUG)
             .then(|| AccessLog::new(&req, client));
-        // A browser's request: the backend's own CORS headers never reach it (FastGate decides).
-        let from_browser = req.headers().contains_key(http::header::ORIGIN);
-        let kind = match &self.shared.cors {
-            Some(cors) if from_browser && self.shared.cors_applies(&req) => {
-                let dispatch = Dispatch {
-                    shared: Arc::clone(&self.shared),
-                    client,
-                    port: self.remote.port(),
-                };
-                Kind::Cors {
-                    fut: Box::pin(cors.layer(dispatch).oneshot(req)),
+        // A browser's request (it carries `Origin`) takes a boxed path of its own: the CORS
+        // layer where it applies, and never the backend's own CORS headers (FastGate decides).
+        // Servers and SDKs keep the unboxed path, with nothing added.
+        let kind = if req.headers().contains_key(http::header::ORIGIN) {
+            let dispatch = Dispatch {
+                shared: Arc::clone(&self.shared),
+                client,
+                port: self.remote.port(),
+            };
+            let fut: BrowserFuture = match &self.shared.cors {
+                Some(cors) if self.shared.cors_applies(&req) => {
+                    Box::pin(cors.layer(dispatch).oneshot(req))
                 }
-            }
-            _ => dispatch(&self.shared, client, self.remote.port(), req),
+                _ => Box::pin(dispatch.oneshot(req)),
+            };
+            Kind::Browser { fut }
+        } else {
+            dispatch(&self.shared, client, self.remote.port(), req)
         };
         FrontFuture {
             kind,
             log,
             in_flight,
-            from_browser,
         }
     }
 }
@@ -433,7 +436,8 @@ fn strip_backend_cors(headers: &mut HeaderMap) {
     }
 }
 
-/// The front's dispatch as a tower service, for the CORS layer to wrap.
+/// The front's dispatch as a tower service for a browser's request (the CORS layer wraps it):
+/// the backend's `Access-Control-*` headers are removed from the answer.
 struct Dispatch {
     shared: Arc<Shared>,
     client: IpAddr,
@@ -443,24 +447,29 @@ struct Dispatch {
 impl tower::Service<Request<Incoming>> for Dispatch {
     type Response = Response<Tracked>;
     type Error = Infallible;
-    type Future = FrontFuture;
+    type Future = BrowserFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> FrontFuture {
-        FrontFuture {
+    fn call(&mut self, req: Request<Incoming>) -> BrowserFuture {
+        let fut = FrontFuture {
             kind: dispatch(&self.shared, self.client, self.port, req),
             log: None,
             in_flight: None,
-            from_browser: true,
-        }
+        };
+        Box::pin(async move {
+            let Ok(mut res) = fut.await;
+            strip_backend_cors(res.headers_mut());
+            Ok(res)
+        })
     }
 }
 
-/// The future of a CORS request: the layer's, around the front's own.
-type CorsFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
+/// The future of a browser's request: the front's own, stripped of the backend's CORS headers,
+/// inside the CORS layer's where it applies.
+type BrowserFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
 
 pin_project! {
     /// Response future of the front: the proxy stack's own future, unboxed, or the poem app's.
@@ -469,8 +478,6 @@ pin_project! {
         kind: Kind,
         log: Option<AccessLog>,
         in_flight: Option<InFlight>,
-        // The request carries `Origin`: the backend's `Access-Control-*` headers are removed.
-        from_browser: bool,
     }
 }
 
@@ -479,7 +486,7 @@ pin_project! {
     enum Kind {
         Proxy { #[pin] fut: Oneshot<ProxyService, Request<Incoming>> },
         App { fut: Pin<Box<dyn Future<Output = poem::Response> + Send>> },
-        Cors { fut: CorsFuture },
+        Browser { fut: BrowserFuture },
     }
 }
 
@@ -490,19 +497,14 @@ impl Future for FrontFuture {
         let this = self.project();
         let res = match this.kind.project() {
             KindProj::Proxy { fut } => match std::task::ready!(fut.poll(cx)) {
-                Ok(mut res) => {
-                    if *this.from_browser {
-                        strip_backend_cors(res.headers_mut());
-                    }
-                    res.map(Either::Left)
-                }
+                Ok(res) => res.map(Either::Left),
                 Err(never) => match never {},
             },
             KindProj::App { fut } => {
                 let res: Response<AppBody> = std::task::ready!(fut.as_mut().poll(cx)).into();
                 res.map(Either::Right)
             }
-            KindProj::Cors { fut } => {
+            KindProj::Browser { fut } => {
                 let Ok(mut res) = std::task::ready!(fut.as_mut().poll(cx));
                 if let Some(log) = this.log.take() {
                     log.finish(res.status());
