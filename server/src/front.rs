@@ -6,6 +6,11 @@
 //! poem app (admin API, `/docs`, `/openapi.json`, `/health`, dashboard) through poem's own
 //! conversion of a hyper request.
 //!
+//! A request that carries `Origin` (a browser script's) takes a boxed path of its own: tower-http's
+//! CORS layer where `app.cors_allow_origins` applies (`/proxy`, `/health`, the admin app with
+//! `app.cors_admin_api`), and the backend's own `Access-Control-*` headers removed. Servers and
+//! SDKs send no `Origin` and pay one header lookup for this.
+//!
 //! Connections get `TCP_NODELAY` (an SSE event or a body written after its headers leaves at
 //! once), HTTP/1.1 with keep-alive or HTTP/2 (h2c, detected from the preface), and a limit for
 //! reading a request's headers (`app.header_read_timeout`, 60 s by default), which hyper counts
