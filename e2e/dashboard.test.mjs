@@ -378,6 +378,14 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await page.waitForFunction(() => document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '60'
       || document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '61');
     assert.ok(Number(await tid(page, 'trend-chart').getAttribute('data-total-requests')) >= 5);
+    // 30 days: one point per UTC day (31 with the partial first day).
+    await tid(page, 'window-30d').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '31');
+    assert.ok(Number(await tid(page, 'trend-chart').getAttribute('data-total-requests')) >= 5);
+    assert.ok(Number(await tid(page, 'stat-requests').getAttribute('data-value')) >= 5);
+    await tid(page, 'window-1h').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '60'
+      || document.querySelector('[data-testid="trend-chart"]').getAttribute('data-points') === '61');
     await shot(page, 'desktop-dashboard');
     // Key list shows the usage; "Logs" on a key filters the audit log by it.
     await tid(page, 'tab-keys').click();

@@ -29,7 +29,7 @@
       'tab.dashboard': 'Dashboard', 'tab.keys': 'API keys', 'tab.logs': 'Audit log',
       'status.updated': 'Updated', 'status.loading': 'Loading…', 'status.paused': 'paused',
       'status.active': 'Active', 'status.disabled': 'Disabled', 'status.expired': 'Expired',
-      'dash.title': 'Overview', 'window.1h': '1 h', 'window.24h': '24 h', 'window.7d': '7 d',
+      'dash.title': 'Overview', 'window.1h': '1 h', 'window.24h': '24 h', 'window.7d': '7 d', 'window.30d': '30 d',
       'stat.requests': 'Requests', 'stat.success': 'Success rate', 'stat.latency': 'Latency avg / p95',
       'stat.stream': 'Streaming share', 'stat.tokens': 'Tokens', 'stat.keys': 'Active keys',
       'stat.errors': '{n} errors', 'stat.ok': '{n} succeeded', 'stat.p50': 'p50 {a} · TTFB {b}',
@@ -96,7 +96,7 @@
       'tab.dashboard': '仪表板', 'tab.keys': 'API Key', 'tab.logs': '审计日志',
       'status.updated': '更新于', 'status.loading': '加载中…', 'status.paused': '已暂停',
       'status.active': '启用', 'status.disabled': '已禁用', 'status.expired': '已过期',
-      'dash.title': '概览', 'window.1h': '1 小时', 'window.24h': '24 小时', 'window.7d': '7 天',
+      'dash.title': '概览', 'window.1h': '1 小时', 'window.24h': '24 小时', 'window.7d': '7 天', 'window.30d': '30 天',
       'stat.requests': '请求数', 'stat.success': '成功率', 'stat.latency': '平均 / P95 延迟',
       'stat.stream': '流式占比', 'stat.tokens': 'Token 用量', 'stat.keys': '活跃 Key',
       'stat.errors': '{n} 个错误', 'stat.ok': '{n} 个成功', 'stat.p50': 'P50 {a} · 首字节 {b}',
@@ -533,9 +533,13 @@
   function chartLabel(iso) {
     var d = new Date(iso);
     if (isNaN(d.getTime())) return String(iso);
-    var o = metricsWindow === '7d'
-      ? { month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', hour12: false }
-      : { hour: '2-digit', minute: '2-digit', hour12: false };
+    // 30 d: one bar per UTC day, labelled with its date in UTC (local time could show the day
+    // before, west of Greenwich).
+    var o = metricsWindow === '30d'
+      ? { month: '2-digit', day: '2-digit', timeZone: 'UTC' }
+      : metricsWindow === '7d'
+        ? { month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', hour12: false }
+        : { hour: '2-digit', minute: '2-digit', hour12: false };
     return d.toLocaleString(locale(), o);
   }
 

@@ -289,6 +289,8 @@ pub enum MetricsWindow {
     Day,
     /// 7 days, 6 h buckets.
     Week,
+    /// 30 days, 1-day buckets (UTC days).
+    Month,
 }
 
 impl MetricsWindow {
@@ -298,6 +300,7 @@ impl MetricsWindow {
             Self::Hour => 3600,
             Self::Day => 86_400,
             Self::Week => 7 * 86_400,
+            Self::Month => 30 * 86_400,
         })
     }
 
@@ -307,15 +310,17 @@ impl MetricsWindow {
             Self::Hour => 60,
             Self::Day => 3600,
             Self::Week => 21_600,
+            Self::Month => 86_400,
         })
     }
 
-    /// `1h`, `24h` or `7d`.
+    /// `1h`, `24h`, `7d` or `30d`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hour => "1h",
             Self::Day => "24h",
             Self::Week => "7d",
+            Self::Month => "30d",
         }
     }
 

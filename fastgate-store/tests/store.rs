@@ -2110,6 +2110,16 @@ on_backends!(metrics_windows_are_exact_to_the_minute, |db| {
         week.avg_latency_ms
     );
 
+    // 30 days: every event, in UTC-day buckets; the first, partial, day starts at midnight.
+    let month = store.metrics(MetricsWindow::Month, now).await.unwrap();
+    assert_eq!(month.total_requests, 5, "{month:?}");
+    assert_eq!(month.series.len(), 31);
+    assert_eq!(
+        month.series[0].ts,
+        UNIX_EPOCH + Duration::from_secs(day0 - 30 * 86_400)
+    );
+    assert_eq!(month.series.iter().map(|p| p.requests).sum::<u64>(), 5);
+    assert_eq!(month.series[30].requests, 1); // today: an hour ago
     let hour = store.metrics(MetricsWindow::Hour, now).await.unwrap();
     assert_eq!(hour.total_requests, 1);
     assert_eq!(

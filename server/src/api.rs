@@ -509,6 +509,9 @@ pub enum Window {
     /// The last 7 days (6-hour buckets).
     #[oai(rename = "7d")]
     Week,
+    /// The last 30 days (1-day buckets, UTC days).
+    #[oai(rename = "30d")]
+    Month,
 }
 
 /// Requests and tokens of one key.
@@ -1583,7 +1586,7 @@ impl AdminApi {
     async fn metrics(
         &self,
         _auth: AdminAuth,
-        /// `1h`, `24h` (default) or `7d`.
+        /// `1h`, `24h` (default), `7d` or `30d`.
         window: Query<Option<Window>>,
     ) -> MetricsResponse {
         let window = window.0.unwrap_or(Window::Day);
@@ -1591,6 +1594,7 @@ impl AdminApi {
             Window::Hour => (MetricsWindow::Hour, "1h"),
             Window::Day => (MetricsWindow::Day, "24h"),
             Window::Week => (MetricsWindow::Week, "7d"),
+            Window::Month => (MetricsWindow::Month, "30d"),
         };
         match self.state.store.metrics(w, SystemTime::now()).await {
             Ok(m) => MetricsResponse::Ok(Json(Box::new(MetricsReport {

@@ -1359,6 +1359,15 @@ async fn hourly_and_daily_metrics_count_every_request_in_whole_periods() {
     let age = chrono::Utc::now().signed_duration_since(retained);
     assert!((age.num_hours() - 90 * 24).abs() <= 1, "{age}");
 
+    // The dashboard's 30-day window of /admin/metrics: one bucket per UTC day.
+    let (status, month) = get("/admin/metrics?window=30d").await;
+    assert_eq!(status, 200, "{month}");
+    assert_eq!(
+        (month["window"].as_str(), month["bucket_seconds"].as_u64()),
+        (Some("30d"), Some(86_400))
+    );
+    assert_eq!(month["total_requests"], 5);
+    assert_eq!(month["series"].as_array().unwrap().len(), 31);
     let (status, daily) = get("/admin/metrics/daily").await;
     assert_eq!(status, 200, "{daily}");
     assert_eq!(daily["items"].as_array().unwrap().len(), 30);
