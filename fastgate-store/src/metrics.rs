@@ -319,7 +319,8 @@ impl Store {
         let offset = i64::from(utc_offset_hours) * HOUR_MS;
         let now_ms = to_ms(now);
         let current = (now_ms + offset).div_euclid(width) * width - offset;
-        let first = current - width * i64::from(count.max(1) - 1);
+        let count = count.max(1);
+        let first = current - width * i64::from(count - 1);
         let (sums_q, hist_q) = (period_sql(), period_hist_sql());
         let (sums, hist) = on_pool!(&self.inner.db, |pool| {
             let sums: Vec<AggRow> = sqlx::query_as(&sums_q)
@@ -336,7 +337,7 @@ impl Store {
                 .await?;
             (sums, hist)
         });
-        let mut out: Vec<PeriodMetrics> = (0..i64::from(count.max(1)))
+        let mut out: Vec<PeriodMetrics> = (0..i64::from(count))
             .map(|i| PeriodMetrics {
                 start: from_ms(first + width * i),
                 requests: 0,

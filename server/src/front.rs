@@ -500,29 +500,29 @@ impl Future for FrontFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = match this.kind.project() {
+        let untracked = |inner| Tracked {
+            inner,
+            in_flight: None,
+        };
+        let mut res = match this.kind.project() {
             KindProj::Proxy { fut } => match std::task::ready!(fut.poll(cx)) {
-                Ok(res) => res.map(Either::Left),
+                Ok(res) => res.map(|body| untracked(Either::Left(body))),
                 Err(never) => match never {},
             },
             KindProj::App { fut } => {
                 let res: Response<AppBody> = std::task::ready!(fut.as_mut().poll(cx)).into();
-                res.map(Either::Right)
+                res.map(|body| untracked(Either::Right(body)))
             }
             KindProj::Browser { fut } => {
-                let Ok(mut res) = std::task::ready!(fut.as_mut().poll(cx));
-                if let Some(log) = this.log.take() {
-                    log.finish(res.status());
-                }
-                res.body_mut().in_flight = this.in_flight.take();
-                return Poll::Ready(Ok(res));
+                let Ok(res) = std::task::ready!(fut.as_mut().poll(cx));
+                res
             }
         };
         if let Some(log) = this.log.take() {
             log.finish(res.status());
         }
-        let in_flight = this.in_flight.take();
-        Poll::Ready(Ok(res.map(|inner| Tracked { inner, in_flight })))
+        res.body_mut().in_flight = this.in_flight.take();
+        Poll::Ready(Ok(res))
     }
 }
 
