@@ -154,7 +154,13 @@ async function newPage({ width = 1280, height = 800, locale = 'en-US' } = {}) {
   page.on('response', (r) => {
     if (r.url().includes('/admin/ui/') && r.status() >= 400) failedAssets.push(`${r.status()} ${r.url()}`);
   });
-  page.on('requestfailed', (r) => { if (r.url().includes('/admin/ui/')) failedAssets.push(`failed ${r.url()}`); });
+  page.on('requestfailed', (r) => {
+    // net::ERR_ABORTED is the browser cancelling a request itself: a navigation or a closed
+    // context while the favicon was still loading. A missing asset is a 4xx above; a broken
+    // server is any other failure (refused, reset, empty response).
+    const why = r.failure()?.errorText ?? 'unknown';
+    if (r.url().includes('/admin/ui/') && why !== 'net::ERR_ABORTED') failedAssets.push(`failed (${why}) ${r.url()}`);
+  });
   page.on('pageerror', (e) => pageErrors.push(`pageerror: ${e.message}`));
   page.on('console', (m) => {
     // Failed API calls (401 for a wrong token, 404 for a stale row) are logged by the
