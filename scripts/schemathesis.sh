@@ -20,7 +20,7 @@ fi
 ST=$(command -v schemathesis || true)
 if [ -z "$ST" ]; then
   VENV=${SCHEMATHESIS_VENV:-/tmp/fastgate-schemathesis-venv}
-  [ -x "$VENV/bin/schemathesis" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q schemathesis; }
+  [ -x "$VENV/bin/schemathesis" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q 'schemathesis==4.32.5'; }
   ST=$VENV/bin/schemathesis
 fi
 

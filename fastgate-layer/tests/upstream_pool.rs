@@ -625,7 +625,7 @@ async fn idle_connections_expire_and_the_idle_list_is_bounded() {
     let mut up = fixed_upstream("ok").await;
     let route = route(up.addr);
     let mut config = ForwardConfig::default();
-    config.pool_idle_timeout = Duration::from_millis(100);
+    config.pool_idle_timeout = Duration::from_millis(1000);
     config.pool_max_idle_per_host = 1;
     let svc = ForwardService::<TestBody>::with_config(&config);
 
@@ -633,7 +633,7 @@ async fn idle_connections_expire_and_the_idle_list_is_bounded() {
     assert_eq!(post(&svc, &route, "a").await.0, StatusCode::OK);
     assert_eq!(post(&svc, &route, "b").await.0, StatusCode::OK);
     assert_eq!(up.accepted(), 1, "reused within the idle timeout");
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(post(&svc, &route, "c").await.0, StatusCode::OK);
     assert_eq!(up.accepted(), 2, "an expired idle connection is replaced");
 

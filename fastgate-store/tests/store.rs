@@ -974,7 +974,7 @@ on_backends!(
     |db| {
         let store = db
             .store_with(StoreOptions {
-                cache_ttl: Duration::from_millis(200),
+                cache_ttl: Duration::from_millis(1000),
                 ..test_opts()
             })
             .await;
@@ -991,7 +991,7 @@ on_backends!(
         // Fresh entry: served.
         assert!(store.resolve_key(&known.secret).await.is_ok());
         // Past its TTL: still served (stale-if-error).
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let id = store.resolve_key(&known.secret).await.unwrap();
         assert_eq!(&*id.source_path, "user1");
         assert!(store.stats().stale_served >= 1);

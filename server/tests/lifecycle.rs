@@ -226,7 +226,7 @@ async fn sigterm_lets_a_stream_finish_and_writes_its_audit_row() {
 
 #[tokio::test]
 async fn sigterm_does_not_wait_for_idle_or_silent_connections() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = Upstream::start().await;
     let mut fg = Fastgate::start(&upstream.url()).await;
     let key = fg.new_key("u").await;
@@ -261,7 +261,19 @@ async fn sigterm_does_not_wait_for_idle_or_silent_connections() {
         .unwrap();
     tokio::spawn(conn);
     sender.ready().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The keep-alive connection's answer read in full (its head and the upstream's JSON body):
+    // the connection is now between requests.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !(answer.starts_with(b"HTTP/1.1 200") && answer.ends_with(JSON_REPLY.as_bytes())) {
+            let n = keep_alive.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer: {}", String::from_utf8_lossy(&answer)));
     assert_eq!(upstream.count(), 1);
 
     // The grace period is 20 s and header_read_timeout 60 s: none of them may hold it up.

@@ -156,12 +156,43 @@ impl Upstream {
     }
 }
 
+/// A port for a `fastgate` to listen on, free now and below the kernel's ephemeral range: a
+/// port the kernel hands out (the test upstreams bind port 0, every outgoing connection takes
+/// one) cannot take it between this check and the binary's own bind, and a port given back
+/// (a test that stops a gateway to find its port refused) stays unused.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(u32::from(u16::MAX));
+    if ephemeral_low < LOW + 1_000 {
+        // No room below the range on this machine: let the kernel choose.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let span = ephemeral_low - LOW;
+    // A different start in every test process (the e2e and fuzz runs pick their own ports),
+    // then one step per call within it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start + step) % span;
+        let port = u16::try_from(port).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {ephemeral_low}");
 }
 
 pub fn config_yaml(port: u16, db: &Path, backend_url: &str) -> String {
@@ -283,11 +314,21 @@ impl Fastgate {
         fg
     }
 
+    /// Until `/health` answers 200 with the gateway's own report (not another server's 200 on
+    /// the same port); each probe bounded, so a port that accepts and never answers cannot
+    /// hang the test.
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.http.get(self.url("/health")).send().await
+            let probe = self
+                .http
+                .get(self.url("/health"))
+                .timeout(Duration::from_secs(5))
+                .send();
+            if let Ok(r) = probe.await
                 && r.status() == 200
+                && let Ok(h) = r.json::<serde_json::Value>().await
+                && h.get("audit").is_some()
             {
                 return;
             }
