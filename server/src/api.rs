@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, FixedOffset, Offset, SecondsFormat, Utc};
+use fastgate_layer::audit::SpoolStats;
 use fastgate_store::{
     AuditFilter, AuditRecord, KeyFilter, KeyRecord, KeyUpdate, MetricsWindow, NewKey, Period,
     PeriodMetrics, StoreError,
@@ -634,6 +635,10 @@ pub struct AuditHealth {
     pub retried: u64,
     /// Events lost after the retries ran out.
     pub lost: u64,
+    /// Events in the spool file (`audit.spool_file`), waiting for the database.
+    pub spool_waiting: u64,
+    /// Events written from the spool file to the database since start.
+    pub spool_replayed: u64,
 }
 
 /// Key-lookup counters (since start).
@@ -1079,6 +1084,8 @@ impl SystemApi {
                 written: stats.written(),
                 retried: stats.retried(),
                 lost: stats.lost(),
+                spool_waiting: s.spool_stats().map_or(0, SpoolStats::waiting),
+                spool_replayed: s.spool_stats().map_or(0, SpoolStats::replayed),
             },
             keys: {
                 let k = s.store.stats();

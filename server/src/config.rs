@@ -399,6 +399,9 @@ fn default_permission() -> String {
     "chat".into()
 }
 
+/// `audit.spool_file` unless the config says otherwise.
+pub const DEFAULT_SPOOL_FILE: &str = "fastgate-audit.spool";
+
 /// `audit` section.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -411,6 +414,10 @@ pub struct AuditConfig {
     pub batch_size: usize,
     /// Longest time, in milliseconds, an event waits in memory before its batch is written.
     pub flush_interval_ms: u64,
+    /// A local file that keeps audit batches the database refuses (an outage) until it takes
+    /// them again; relative paths are relative to the working directory. `""`: none (batches
+    /// are retried for about 40 s, then lost and counted).
+    pub spool_file: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -420,6 +427,7 @@ impl Default for AuditConfig {
             queue_capacity: 65_536,
             batch_size: 512,
             flush_interval_ms: 200,
+            spool_file: Some(DEFAULT_SPOOL_FILE.to_owned()),
         }
     }
 }

@@ -23,10 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastgate_layer::GatewayBuilder;
-use fastgate_layer::audit::{AuditConfig as LayerAuditConfig, AuditLayer};
+use fastgate_layer::audit::{
+    AuditBatch, AuditConfig as LayerAuditConfig, AuditLayer, AuditSink, SpoolError, SpoolSink,
+    SpoolStats,
+};
 use fastgate_layer::forward::{ForwardConfig, UpstreamTls};
 use fastgate_layer::route::RouteTable;
-use fastgate_store::{BackgroundOptions, Store, StoreOptions};
+use fastgate_store::{BackgroundOptions, Store, StoreAuditSink, StoreError, StoreOptions};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::OpenApiService;
 use rustls::ClientConfig;
@@ -65,6 +68,75 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<(api::SystemApi, api::Adm
          Every /admin endpoint needs the admin token: `?token=`, `Authorization: Bearer` or \
          `X-Admin-Token`. Errors are OpenAI-shaped: {\"error\":{\"message\",\"type\",\"code\"}}.",
     )
+}
+
+/// The audit sink: the store, behind the spool file of `audit.spool_file` unless that is `""`.
+enum ServerSink {
+    Store(StoreAuditSink),
+    Spooled(SpoolSink<StoreAuditSink>),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServerSinkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError<StoreError>),
+}
+
+impl AuditSink for ServerSink {
+    type Error = ServerSinkError;
+
+    async fn write_batch(&mut self, events: &AuditBatch) -> Result<(), ServerSinkError> {
+        match self {
+            Self::Store(sink) => Ok(sink.write_batch(events).await?),
+            Self::Spooled(sink) => Ok(sink.write_batch(events).await?),
+        }
+    }
+
+    async fn idle(&mut self) {
+        if let Self::Spooled(sink) = self {
+            sink.idle().await;
+        }
+    }
+}
+
+/// The store's audit sink, behind a spool file when one is configured. The file's place is
+/// checked now (created and removed), not at the first outage; events a previous run left in it
+/// are written first.
+async fn audit_sink(
+    audit: &crate::config::AuditConfig,
+    store: &Store,
+) -> std::io::Result<(ServerSink, Option<SpoolStats>)> {
+    let Some(path) = audit.spool_file.as_deref().filter(|p| !p.is_empty()) else {
+        return Ok((ServerSink::Store(store.audit_sink()), None));
+    };
+    let failed = |e: std::io::Error| std::io::Error::other(format!("audit.spool_file {path}: {e}"));
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(path)
+            .and_then(|_| std::fs::remove_file(path))
+            .map_err(failed)?;
+    }
+    let mut spool = SpoolSink::open(store.audit_sink(), path).map_err(failed)?;
+    let waiting = spool.stats().waiting();
+    if waiting > 0 {
+        tracing::info!(waiting, path = %path.display(), "audit events left in the spool file by an earlier run; writing them");
+        match spool.replay_now().await {
+            Ok(written) => tracing::info!(written, "audit spool written to the database"),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit spool not written yet; retried while serving")
+            }
+        }
+    }
+    let stats = spool.stats();
+    Ok((ServerSink::Spooled(spool), Some(stats)))
 }
 
 /// A running gateway: the server task, the audit worker and the shared state.
@@ -115,13 +187,15 @@ impl Gateway {
                 "api_gateway.async_audit: false is accepted, but audit is always asynchronous"
             );
         }
+        let (sink, spool) = audit_sink(&c.audit, &store).await?;
         let (audit, audit_worker) = AuditLayer::pair(
-            store.audit_sink(),
+            sink,
             LayerAuditConfig::default()
                 .capacity(c.audit.queue_capacity)
                 .max_batch(c.audit.batch_size)
                 .max_delay(Duration::from_millis(c.audit.flush_interval_ms))
-                // A database outage of up to ~40 s loses no audit event (then they are counted).
+                // Without a spool file, a database outage of up to ~40 s loses no audit event
+                // (then they are counted); with one, the spool takes a batch at its first failure.
                 .max_retries(12)
                 .retry_backoff(Duration::from_millis(100), Duration::from_secs(5)),
         );
@@ -138,7 +212,8 @@ impl Gateway {
             .max_body_bytes(c.api_gateway.max_body_bytes)
             .forward_config(forward_config)
             .build::<hyper::body::Incoming>();
-        let state = Arc::new(AppState::new(store.clone(), settings, audit.stats()));
+        let state =
+            Arc::new(AppState::new(store.clone(), settings, audit.stats()).with_spool(spool));
         drop(audit);
 
         let api = openapi(state.clone());
@@ -229,9 +304,10 @@ impl Gateway {
             || a.app.cors_allow_origins != b.app.cors_allow_origins
             || a.app.cors_admin_api != b.app.cors_admin_api
             || a.audit.retention_days != b.audit.retention_days
+            || a.audit.spool_file != b.audit.spool_file
         {
             tracing::warn!(
-                "listen address, header_read_timeout, trusted_proxies, forwarded_header, the CORS settings, database, audit queue and retention, strip_headers, max_body_bytes, api_gateway.trust_env and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
+                "listen address, header_read_timeout, trusted_proxies, forwarded_header, the CORS settings, database, audit queue, spool file and retention, strip_headers, max_body_bytes, api_gateway.trust_env and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
             );
         }
         self.routes.replace(new.routes.clone());

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use fastgate_layer::audit::AuditStats;
+use fastgate_layer::audit::{AuditStats, SpoolStats};
 use fastgate_store::Store;
 
 use crate::config::Settings;
@@ -18,6 +18,7 @@ pub struct AppState {
     pub started: Instant,
     settings: ArcSwap<Settings>,
     audit: AuditStats,
+    spool: Option<SpoolStats>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -29,6 +30,7 @@ impl AppState {
             started: Instant::now(),
             settings: ArcSwap::from_pointee(settings),
             audit,
+            spool: None,
             last_error: Mutex::new(None),
         }
     }
@@ -41,6 +43,17 @@ impl AppState {
     /// Swap in reloaded settings.
     pub fn replace_settings(&self, settings: Settings) {
         self.settings.store(Arc::new(settings));
+    }
+
+    /// With the audit spool's counters (when `audit.spool_file` is set).
+    pub fn with_spool(mut self, spool: Option<SpoolStats>) -> Self {
+        self.spool = spool;
+        self
+    }
+
+    /// Counters of the audit spool file, when there is one.
+    pub fn spool_stats(&self) -> Option<&SpoolStats> {
+        self.spool.as_ref()
     }
 
     /// Counters of the audit pipeline.

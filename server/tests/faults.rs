@@ -697,7 +697,7 @@ async fn postgres_behind_proxy(
 }
 
 #[tokio::test]
-async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() {
+async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_spooled() {
     let Ok(admin_url) = std::env::var("FASTGATE_TEST_DATABASE_URL") else {
         eprintln!("skipped: FASTGATE_TEST_DATABASE_URL is not set");
         return;
@@ -728,14 +728,17 @@ async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() 
         assert!(t.elapsed() < Duration::from_secs(1));
         rids.push(request_id(&res));
     }
-    // The audit worker is failing and retrying its batch meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // The audit batches the database refuses go to the spool file meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, h) = fg.health().await;
-        if h["audit"]["retried"].as_u64().unwrap() > 0 {
+        if h["audit"]["spool_waiting"].as_u64().unwrap() >= 10 {
             break;
         }
-        assert!(Instant::now() < deadline, "no audit retry seen: {h}");
+        assert!(
+            Instant::now() < deadline,
+            "the outage's events not spooled: {h}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.restore();
@@ -749,8 +752,12 @@ async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() 
     for rid in &rids {
         assert_eq!(fg.wait_audit(rid).await["outcome"], "completed");
     }
+    // Written through without any further request (the worker's idle call), then removed.
     let (_, h) = fg.health().await;
     assert_eq!(h["audit"]["lost"], 0, "{h}");
+    assert_eq!(h["audit"]["spool_waiting"], 0, "{h}");
+    assert!(h["audit"]["spool_replayed"].as_u64().unwrap() >= 10, "{h}");
+    assert!(!fg.dir.path().join("fastgate-audit.spool").exists());
     // Unknown keys are checked again once the store's fail-fast window (1 s) has passed.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -765,6 +772,84 @@ async fn postgres_gone_cached_keys_work_unknown_keys_503_and_audit_is_retried() 
         assert!(Instant::now() < deadline, "unknown keys still get 503");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    drop(fg);
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+}
+
+/// An outage longer than any retry, with a restart in the middle: the events of the requests
+/// served meanwhile wait in the spool file (in memory they would be lost after ~40 s of retries
+/// or at the exit), and the next process writes them, each exactly once.
+#[tokio::test]
+async fn audit_records_of_a_database_outage_survive_a_restart_in_the_spool_file() {
+    let Ok(admin_url) = std::env::var("FASTGATE_TEST_DATABASE_URL") else {
+        eprintln!("skipped: FASTGATE_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let up = Upstream::start().await;
+    let (mut admin, db, proxy, mut fg) = postgres_behind_proxy(&admin_url, &up).await;
+    let created = fg.create_key("u").await;
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let first = fg.chat(&key, false).await;
+    assert_eq!(first.status(), 200); // the key is cached from now on
+    let mut rids = vec![request_id(&first)];
+
+    proxy.cut();
+    for stream in [false, true].repeat(15) {
+        let res = fg.chat(&key, stream).await;
+        assert_eq!(res.status(), 200);
+        rids.push(request_id(&res));
+        res.bytes().await.unwrap();
+    }
+    let spool = fg.dir.path().join("fastgate-audit.spool");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, h) = fg.health().await;
+        if h["audit"]["spool_waiting"].as_u64().unwrap() >= 30 {
+            assert_eq!(h["audit"]["lost"], 0, "{h}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not spooled: {h}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopped while the database is still gone: the file keeps them (no secret in it).
+    fg.signal("TERM");
+    assert_eq!(
+        fg.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        fg.logs()
+    );
+    let kept = std::fs::read_to_string(&spool).unwrap();
+    assert!(kept.lines().count() >= 30, "{kept}");
+    for secret in [key.as_str(), REAL_KEY, ADMIN_TOKEN] {
+        assert!(!kept.contains(secret), "a secret in the spool file");
+    }
+
+    proxy.restore();
+    fg.restart().await;
+    let rows = fg
+        .wait_logs(&format!("&key_id={key_id}"), |items| {
+            items.len() >= rids.len()
+        })
+        .await;
+    let mut seen: Vec<&str> = rows
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    seen.sort_unstable();
+    let mut want: Vec<&str> = rids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(seen, want, "each request of the outage exactly once");
+    let streamed = rows.iter().filter(|r| r["is_stream"] == true).count();
+    assert_eq!(streamed, 15);
+    assert!(rows.iter().all(|r| r["outcome"] == "completed"), "{rows:?}");
+    let (_, h) = fg.health().await;
+    assert_eq!(h["audit"]["spool_waiting"], 0, "{h}");
+    assert!(!spool.exists());
 
     drop(fg);
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))

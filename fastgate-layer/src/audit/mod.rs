@@ -6,7 +6,8 @@
 //! counted in [`AuditStats::dropped`]. The worker is a plain future (the library never spawns);
 //! it writes batches to an [`AuditSink`], retries failed batches with bounded backoff, and, once
 //! every sender is dropped, drains what is still queued and returns — graceful shutdown loses
-//! nothing.
+//! nothing. A sink wrapped in a [`SpoolSink`] keeps the batches it refuses in a local file until
+//! it takes them again, so an outage longer than the retries loses nothing either.
 //!
 //! Place it **outermost** (inside the request-id layer): it learns who called from the *response*
 //! extensions ([`KeyIdentity`](crate::KeyIdentity), written by auth), why a request was refused
@@ -65,6 +66,7 @@ mod layer;
 mod memory;
 pub mod scan;
 mod sink;
+pub mod spool;
 mod worker;
 
 pub use body::{AuditBody, AuditRequestBody};
@@ -73,6 +75,7 @@ pub(crate) use guard::AuditSlot;
 pub use layer::{Audit, AuditConfig, AuditLayer, AuditStats, ResponseFuture};
 pub use memory::MemorySink;
 pub use sink::{AuditBatch, AuditSink};
+pub use spool::{SpoolError, SpoolSink, SpoolStats};
 pub use worker::AuditWorker;
 
 #[cfg(test)]

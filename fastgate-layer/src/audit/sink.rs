@@ -63,4 +63,14 @@ pub trait AuditSink: Send + 'static {
         &mut self,
         events: &AuditBatch,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Called by the worker when no event has come for [`AuditWorker::IDLE_TICK`]
+    /// (and again after each such wait), for a sink with work of its own to catch up on: a
+    /// [`SpoolSink`](super::SpoolSink) writes its file through once the database is back even
+    /// when no request comes. Does nothing by default.
+    ///
+    /// [`AuditWorker::IDLE_TICK`]: super::AuditWorker::IDLE_TICK
+    fn idle(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

@@ -27,6 +27,9 @@ impl<W> fmt::Debug for AuditWorker<W> {
 }
 
 impl<W: AuditSink> AuditWorker<W> {
+    /// How long the queue stays empty before the sink's [`idle`](AuditSink::idle) is called.
+    pub const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
     pub(crate) fn new(
         rx: mpsc::Receiver<AuditEvent>,
         sink: W,
@@ -53,7 +56,15 @@ impl<W: AuditSink> AuditWorker<W> {
     pub async fn run(mut self) {
         let max_batch = self.config.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch.min(1024));
-        while let Some(first) = self.rx.recv().await {
+        loop {
+            let first = match tokio::time::timeout(Self::IDLE_TICK, self.rx.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => break,
+                Err(_quiet) => {
+                    self.sink.idle().await;
+                    continue;
+                }
+            };
             batch.push(first);
             let mut closed = self.drain_into(&mut batch, max_batch);
             if batch.len() < max_batch && !closed {

@@ -1,0 +1,511 @@
+//! [`SpoolSink`]: audit events kept in a local file while the real sink fails, written through
+//! once it works again.
+//!
+//! Without a spool, a batch the sink cannot take is retried by the [`AuditWorker`] and, after its
+//! last retry, counted as lost; meanwhile the queue fills and new events are dropped. A database
+//! outage longer than the retries (or than the queue holds) would lose records of requests that
+//! were served. With a spool, a batch the sink refuses is appended to the file (one JSON object
+//! per line, `fsync`ed) and the worker moves on; while the file holds events, every later batch
+//! is appended behind them, so the table receives them in order. Every few seconds (doubling
+//! from [`SpoolSink::RETRY_MIN`] to [`SpoolSink::RETRY_MAX`] while the sink keeps failing) the
+//! file is replayed into the sink in batches of [`SpoolSink::REPLAY_BATCH`]; once it is empty it
+//! is removed. A spool left by a stopped process is replayed by the next one at the first batch.
+//!
+//! Guarantees and limits: an event is acknowledged (counted as written) only once the sink or the
+//! spool file (after `fsync`) holds it. The replay position is saved beside the file
+//! (`<file>.pos`) after each replayed batch, so a crash during a replay writes at most that one
+//! batch twice. A line torn by a crash mid-append is skipped and counted. One process per spool
+//! file. If the file cannot be written either (a full disk), the sink's error is returned and the
+//! worker's retries apply as without a spool.
+//!
+//! [`AuditWorker`]: super::AuditWorker
+
+use std::io::{self, BufRead as _, Seek as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
+
+use super::{AuditBatch, AuditEvent, AuditSink, Outcome, TokenUsage};
+
+/// Events per replayed batch.
+const REPLAY_BATCH: usize = 512;
+/// Batches replayed per batch written: the file shrinks faster than traffic can grow it, and the
+/// worker gets back to the queue between two such runs.
+const REPLAY_BATCHES_PER_WRITE: usize = 16;
+
+/// Error of [`SpoolSink::write_batch`]: the sink failed and the spool could not take the batch.
+#[derive(Debug, thiserror::Error)]
+#[error("audit sink failed ({sink}); the spool file could not take the batch either: {spool}")]
+pub struct SpoolError<E: std::error::Error + 'static> {
+    /// The sink's error.
+    #[source]
+    pub sink: E,
+    /// Why the spool file could not be written.
+    pub spool: io::Error,
+}
+
+/// Counters of a [`SpoolSink`], shared with whoever reports them.
+#[derive(Clone, Debug, Default)]
+pub struct SpoolStats {
+    inner: Arc<SpoolCounters>,
+}
+
+#[derive(Debug, Default)]
+struct SpoolCounters {
+    waiting: AtomicU64,
+    spooled: AtomicU64,
+    replayed: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl SpoolStats {
+    /// Events in the spool file, not yet in the sink.
+    pub fn waiting(&self) -> u64 {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+    /// Events appended to the spool file since start.
+    pub fn spooled(&self) -> u64 {
+        self.inner.spooled.load(Ordering::Relaxed)
+    }
+    /// Events moved from the spool file into the sink since start.
+    pub fn replayed(&self) -> u64 {
+        self.inner.replayed.load(Ordering::Relaxed)
+    }
+    /// Lines of the spool file that could not be read back (torn by a crash) since start.
+    pub fn skipped(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
+    }
+}
+
+/// An [`AuditSink`] that keeps the batches its inner sink refuses in a local file and writes them
+/// through later. See the [module docs](self).
+pub struct SpoolSink<S> {
+    inner: S,
+    path: PathBuf,
+    pos_path: PathBuf,
+    /// Byte offset of the first line not yet replayed.
+    replayed_to: u64,
+    /// The sink is not tried again before this.
+    next_try: Instant,
+    backoff: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    /// The last append failed part-way: the next one starts on a fresh line.
+    torn: bool,
+    stats: SpoolStats,
+}
+
+impl<S> std::fmt::Debug for SpoolSink<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolSink")
+            .field("path", &self.path)
+            .field("waiting", &self.stats.waiting())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AuditSink> SpoolSink<S> {
+    /// Events per replayed batch.
+    pub const REPLAY_BATCH: usize = REPLAY_BATCH;
+    /// First wait before the sink is tried again after a failure.
+    pub const RETRY_MIN: Duration = Duration::from_millis(500);
+    /// Longest wait between two tries while the sink keeps failing.
+    pub const RETRY_MAX: Duration = Duration::from_secs(10);
+
+    /// Wrap `inner`, spooling to `path` (created when first needed, mode 0600). Events a previous
+    /// process left in the file are counted and replayed at the first batch.
+    pub fn open(inner: S, path: impl Into<PathBuf>) -> io::Result<Self> {
+        let path = path.into();
+        let mut pos_path = path.clone().into_os_string();
+        pos_path.push(".pos");
+        let pos_path = PathBuf::from(pos_path);
+        let stats = SpoolStats::default();
+        let mut replayed_to = 0;
+        if !path.exists() {
+            // A position without its file (removed by hand, or left by a crash between the two
+            // removals) must not apply to the next file.
+            let _ = std::fs::remove_file(&pos_path);
+        } else {
+            replayed_to = std::fs::read_to_string(&pos_path)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)?;
+            let len = file.metadata()?.len();
+            if replayed_to > len {
+                replayed_to = 0;
+            }
+            // A line torn by a crash must not swallow the next one appended.
+            if len > 0 {
+                file.seek(io::SeekFrom::End(-1))?;
+                let mut last = [0u8; 1];
+                io::Read::read_exact(&mut file, &mut last)?;
+                if last != *b"\n" {
+                    io::Write::write_all(&mut file, b"\n")?;
+                }
+            }
+            file.seek(io::SeekFrom::Start(replayed_to))?;
+            let waiting = io::BufReader::new(file).lines().count() as u64;
+            stats.inner.waiting.store(waiting, Ordering::Relaxed);
+        }
+        Ok(Self {
+            inner,
+            path,
+            pos_path,
+            replayed_to,
+            next_try: Instant::now(),
+            backoff: Self::RETRY_MIN,
+            retry_min: Self::RETRY_MIN,
+            retry_max: Self::RETRY_MAX,
+            torn: false,
+            stats,
+        })
+    }
+
+    /// Wait `min` after the sink's first failure before trying it again, doubling up to `max`
+    /// while it keeps failing (defaults: [`RETRY_MIN`](Self::RETRY_MIN),
+    /// [`RETRY_MAX`](Self::RETRY_MAX)).
+    pub fn retry_after(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_min = min;
+        self.retry_max = max.max(min);
+        self.backoff = min;
+        self
+    }
+
+    /// The counters, for `/health` and the like.
+    pub fn stats(&self) -> SpoolStats {
+        self.stats.clone()
+    }
+
+    /// The spool file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn failed(&mut self) {
+        self.next_try = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(self.retry_max);
+    }
+
+    fn succeeded(&mut self) {
+        self.next_try = Instant::now();
+        self.backoff = self.retry_min;
+    }
+
+    /// Append `events` to the file and `fsync` it.
+    async fn append(&mut self, events: &AuditBatch) -> io::Result<()> {
+        let mut lines = Vec::with_capacity(events.len() * 320 + 1);
+        if self.torn {
+            lines.push(b'\n');
+        }
+        for event in events.iter() {
+            serde_json::to_writer(&mut lines, &Spooled::from(event)).map_err(io::Error::other)?;
+            lines.push(b'\n');
+        }
+        let mut options = tokio::fs::OpenOptions::new();
+        options.create(true).append(true).mode(0o600);
+        let mut file = options.open(&self.path).await?;
+        self.torn = true;
+        file.write_all(&lines).await?;
+        file.sync_data().await?;
+        self.torn = false;
+        self.stats
+            .inner
+            .waiting
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.stats
+            .inner
+            .spooled
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write what the file holds into the sink now (all of it), for a start-up with a spool left
+    /// by an earlier process. Returns the number of events written; the file is removed once
+    /// empty. On the sink's error the rest stays for later.
+    pub async fn replay_now(&mut self) -> Result<u64, S::Error> {
+        let before = self.stats.replayed();
+        while !self.replay(REPLAY_BATCHES_PER_WRITE).await? {}
+        Ok(self.stats.replayed() - before)
+    }
+
+    /// Move up to `max_batches` batches from the file into the sink; `true` once the file is
+    /// empty (and removed).
+    async fn replay(&mut self, max_batches: usize) -> Result<bool, S::Error> {
+        for _ in 0..max_batches {
+            let (batch, next) = match read_batch(&self.path, self.replayed_to).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %self.path.display(), "audit spool unreadable; replay postponed");
+                    return Ok(false);
+                }
+            };
+            if batch.events.is_empty() && batch.skipped == 0 {
+                self.finish().await;
+                return Ok(true);
+            }
+            let n = batch.events.len() as u64;
+            if n > 0 {
+                let events: AuditBatch = batch.events.into_iter().collect();
+                self.inner.write_batch(&events).await?;
+            }
+            self.replayed_to = next;
+            if let Err(e) = tokio::fs::write(&self.pos_path, next.to_string()).await {
+                tracing::warn!(error = %e, "audit spool position not saved");
+            }
+            let c = &self.stats.inner;
+            c.replayed.fetch_add(n, Ordering::Relaxed);
+            c.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
+            let _ = c
+                .waiting
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                    Some(w.saturating_sub(n + batch.skipped))
+                });
+        }
+        Ok(false)
+    }
+
+    /// Everything replayed: the next outage starts with an empty file.
+    async fn finish(&mut self) {
+        if let Err(e) = tokio::fs::remove_file(&self.path).await
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            // Read again from the saved position next time: nothing lost, nothing twice.
+            tracing::warn!(error = %e, path = %self.path.display(), "audit spool file not removed");
+            return;
+        }
+        self.replayed_to = 0;
+        self.stats.inner.waiting.store(0, Ordering::Relaxed);
+        // A position left behind must not apply to the next file: removed, or else zeroed.
+        if let Err(e) = tokio::fs::remove_file(&self.pos_path).await
+            && e.kind() != io::ErrorKind::NotFound
+            && tokio::fs::write(&self.pos_path, "0").await.is_err()
+        {
+            tracing::warn!(error = %e, path = %self.pos_path.display(), "audit spool position file not removed");
+        }
+        tracing::info!(path = %self.path.display(), "audit spool replayed into the sink; file removed");
+    }
+}
+
+struct ReadBatch {
+    events: Vec<AuditEvent>,
+    skipped: u64,
+}
+
+/// Up to [`SpoolSink::REPLAY_BATCH`] events from byte `from`, and the offset after them.
+async fn read_batch(path: &Path, from: u64) -> io::Result<(ReadBatch, u64)> {
+    let path = path.to_owned();
+    // A blocking read of at most a few hundred kilobytes, on the blocking pool.
+    tokio::task::spawn_blocking(move || {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok((
+                    ReadBatch {
+                        events: Vec::new(),
+                        skipped: 0,
+                    },
+                    from,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        file.seek(io::SeekFrom::Start(from))?;
+        let mut reader = io::BufReader::new(file);
+        let mut batch = ReadBatch {
+            events: Vec::new(),
+            skipped: 0,
+        };
+        let mut offset = from;
+        let mut line = Vec::new();
+        while batch.events.len() < REPLAY_BATCH {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            // The end, or a last line still being written (no newline yet): stop before it.
+            if n == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            offset += n as u64;
+            if line == b"\n" {
+                continue; // written after a torn append
+            }
+            match serde_json::from_slice::<Spooled>(&line) {
+                Ok(spooled) => batch.events.push(spooled.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, offset, "audit spool line unreadable; skipped");
+                    batch.skipped += 1;
+                }
+            }
+        }
+        Ok((batch, offset))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+impl<S: AuditSink> AuditSink for SpoolSink<S> {
+    type Error = SpoolError<S::Error>;
+
+    async fn write_batch(&mut self, events: &AuditBatch) -> Result<(), Self::Error> {
+        if self.stats.waiting() == 0 {
+            let Err(sink) = self.inner.write_batch(events).await else {
+                self.succeeded();
+                return Ok(());
+            };
+            self.failed();
+            return match self.append(events).await {
+                Ok(()) => {
+                    tracing::warn!(error = %sink, events = events.len(), path = %self.path.display(),
+                        "audit sink failed; batch kept in the spool file until it works again");
+                    Ok(())
+                }
+                Err(spool) => Err(SpoolError { sink, spool }),
+            };
+        }
+        // Events wait in the file: this batch goes behind them, then the file is replayed if
+        // it is time to try the sink again.
+        if let Err(spool) = self.append(events).await {
+            // Not kept in order then, but not lost while the sink works.
+            return match self.inner.write_batch(events).await {
+                Ok(()) => Ok(()),
+                Err(sink) => Err(SpoolError { sink, spool }),
+            };
+        }
+        self.replay_if_due().await;
+        Ok(())
+    }
+
+    /// No traffic: the file is still written through once the sink works again.
+    async fn idle(&mut self) {
+        if self.stats.waiting() > 0 {
+            self.replay_if_due().await;
+        }
+    }
+}
+
+impl<S: AuditSink> SpoolSink<S> {
+    async fn replay_if_due(&mut self) {
+        if Instant::now() < self.next_try {
+            return;
+        }
+        match self.replay(REPLAY_BATCHES_PER_WRITE).await {
+            Ok(_) => self.succeeded(),
+            Err(e) => {
+                self.failed();
+                tracing::debug!(error = %e, waiting = self.stats.waiting(), "audit spool replay failed; retried later");
+            }
+        }
+    }
+}
+
+/// One event as a spool line. Field names are stable: a spool written by one version is read
+/// by the next.
+#[derive(Serialize, Deserialize)]
+struct Spooled {
+    request_id: String,
+    /// Microseconds since the Unix epoch.
+    started_at_us: u64,
+    key_id: Option<String>,
+    source_path: Option<String>,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    method: String,
+    path: String,
+    target_url: Option<String>,
+    status: u16,
+    is_stream: bool,
+    model: Option<String>,
+    request_bytes: u64,
+    response_bytes: u64,
+    ttfb_us: Option<u64>,
+    duration_us: u64,
+    outcome: String,
+    error_code: Option<String>,
+    usage: Option<[u64; 3]>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl From<&AuditEvent> for Spooled {
+    fn from(e: &AuditEvent) -> Self {
+        Self {
+            request_id: e.request_id.clone(),
+            started_at_us: micros(e.started_at.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            key_id: e.key_id.as_deref().map(str::to_owned),
+            source_path: e.source_path.as_deref().map(str::to_owned),
+            client_ip: e.client_ip.clone(),
+            user_agent: e.user_agent.clone(),
+            method: e.method.clone(),
+            path: e.path.clone(),
+            target_url: e.target_url.as_deref().map(str::to_owned),
+            status: e.status,
+            is_stream: e.is_stream,
+            model: e.model.clone(),
+            request_bytes: e.request_bytes,
+            response_bytes: e.response_bytes,
+            ttfb_us: e.ttfb.map(micros),
+            duration_us: micros(e.duration),
+            outcome: e.outcome.as_str().to_owned(),
+            error_code: e.error_code.map(str::to_owned),
+            usage: e
+                .usage
+                .map(|u| [u.prompt_tokens, u.completion_tokens, u.total_tokens]),
+        }
+    }
+}
+
+impl From<Spooled> for AuditEvent {
+    fn from(s: Spooled) -> Self {
+        let mut e = AuditEvent::new(s.request_id, s.method, s.path);
+        e.started_at = UNIX_EPOCH + Duration::from_micros(s.started_at_us);
+        e.key_id = s.key_id.map(Arc::from);
+        e.source_path = s.source_path.map(Arc::from);
+        e.client_ip = s.client_ip;
+        e.user_agent = s.user_agent;
+        e.target_url = s.target_url.map(Arc::from);
+        e.status = s.status;
+        e.is_stream = s.is_stream;
+        e.model = s.model;
+        e.request_bytes = s.request_bytes;
+        e.response_bytes = s.response_bytes;
+        e.ttfb = s.ttfb_us.map(Duration::from_micros);
+        e.duration = Duration::from_micros(s.duration_us);
+        // An outcome this version does not know (a newer one wrote the file) reads as an error.
+        e.outcome = Outcome::parse(&s.outcome).unwrap_or(Outcome::UpstreamError);
+        e.error_code = s.error_code.as_deref().map(intern);
+        e.usage = s.usage.map(|[p, c, t]| TokenUsage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: t,
+        });
+        e
+    }
+}
+
+/// The `&'static str` for an error code read back from a spool: each distinct code is leaked
+/// once (they are a handful of fixed names); past 256 distinct ones, `"unknown"`.
+fn intern(code: &str) -> &'static str {
+    static CODES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = codes.iter().find(|c| **c == code) {
+        return known;
+    }
+    if codes.len() >= 256 {
+        return "unknown";
+    }
+    let leaked: &'static str = Box::leak(code.to_owned().into_boxed_str());
+    codes.push(leaked);
+    leaked
+}
+
+#[cfg(test)]
+mod tests;
