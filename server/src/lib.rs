@@ -280,34 +280,21 @@ impl Gateway {
 
     /// Apply a reloaded configuration: routes, real keys, timeouts, the admin token and the TLS
     /// settings of `https://` backends (for new connections).
-    /// Settings that need a restart (listen address, database, audit queue) are reported.
+    /// Settings read only at start (listen address, database, audit queue, …) keep their running
+    /// values, and the ones that changed in the file are named in a warning.
     pub fn reload(&self, mut new: Settings) {
         let old = self.state.settings();
+        let pending = keep_restart_only(&old.config, &mut new.config);
         if new.upstream.is_none()
             && let Err(e) = new.prepare_upstream(&|name| std::env::var(name).ok())
         {
             tracing::error!("configuration reload failed, keeping the running configuration: {e}");
             return;
         }
-        let (a, b) = (&old.config, &new.config);
-        if a.app.host != b.app.host
-            || a.app.port != b.app.port
-            || a.app.header_read_timeout != b.app.header_read_timeout
-            || a.database.url != b.database.url
-            || a.audit.queue_capacity != b.audit.queue_capacity
-            || a.api_gateway.strip_headers != b.api_gateway.strip_headers
-            || a.api_gateway.max_body_bytes != b.api_gateway.max_body_bytes
-            || a.logging != b.logging
-            || a.api_gateway.trust_env != b.api_gateway.trust_env
-            || a.app.trusted_proxies != b.app.trusted_proxies
-            || a.app.forwarded_header != b.app.forwarded_header
-            || a.app.cors_allow_origins != b.app.cors_allow_origins
-            || a.app.cors_admin_api != b.app.cors_admin_api
-            || a.audit.retention_days != b.audit.retention_days
-            || a.audit.spool_file != b.audit.spool_file
-        {
+        if !pending.is_empty() {
             tracing::warn!(
-                "listen address, header_read_timeout, trusted_proxies, forwarded_header, the CORS settings, database, audit queue, spool file and retention, strip_headers, max_body_bytes, api_gateway.trust_env and logging changes take effect after a restart (SIGHUP does reopen logging.file)"
+                settings = pending.join(", "),
+                "changed in the file, but read only at start: the running values stay (and /admin/config shows them) until a restart (SIGHUP does reopen logging.file)"
             );
         }
         self.routes.replace(new.routes.clone());
@@ -338,6 +325,43 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.background).await;
         served
     }
+}
+
+/// Give `new` the running values of the settings read only at start, so that what the
+/// server reports (`/admin/config`) is what it does; returns the names of those that differ.
+fn keep_restart_only(running: &config::Config, new: &mut config::Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($name:literal => $($field:ident).+;)*) => {$(
+            if running.$($field).+ != new.$($field).+ {
+                changed.push($name);
+                new.$($field).+ = running.$($field).+.clone();
+            }
+        )*};
+    }
+    keep! {
+        "app.host" => app.host;
+        "app.port" => app.port;
+        "app.header_read_timeout" => app.header_read_timeout;
+        "app.shutdown_timeout" => app.shutdown_timeout;
+        "app.trusted_proxies" => app.trusted_proxies;
+        "app.forwarded_header" => app.forwarded_header;
+        "app.cors_allow_origins" => app.cors_allow_origins;
+        "app.cors_admin_api" => app.cors_admin_api;
+        "database.url" => database.url;
+        "database.echo" => database.echo;
+        "database.max_connections" => database.max_connections;
+        "api_gateway.strip_headers" => api_gateway.strip_headers;
+        "api_gateway.max_body_bytes" => api_gateway.max_body_bytes;
+        "api_gateway.trust_env" => api_gateway.trust_env;
+        "audit.queue_capacity" => audit.queue_capacity;
+        "audit.batch_size" => audit.batch_size;
+        "audit.flush_interval_ms" => audit.flush_interval_ms;
+        "audit.retention_days" => audit.retention_days;
+        "audit.spool_file" => audit.spool_file;
+        "logging" => logging;
+    }
+    changed
 }
 
 /// `GET /`: what this server is and where its parts are.

@@ -292,3 +292,71 @@ async fn sigterm_does_not_wait_for_idle_or_silent_connections() {
     );
     drop((silent, keep_alive));
 }
+
+/// Settings read only at start keep their running values on SIGHUP, so `/admin/config` shows
+/// what the gateway does; the warning names the ones that changed, at every reload until the
+/// restart. Reloadable settings in the same file apply.
+#[tokio::test]
+async fn a_reload_keeps_start_only_settings_and_names_them() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.new_key("u").await;
+    let config = || async {
+        let v: serde_json::Value = fg.admin_get("/admin/config").await.json().await.unwrap();
+        v
+    };
+    let before = config().await;
+    let max_body = before["api_gateway"]["max_body_bytes"].as_u64().unwrap();
+    assert_ne!(max_body, 1000);
+
+    let edited = std::fs::read_to_string(&fg.config)
+        .unwrap()
+        .replace(
+            "    - \"x-forwarded-for\"\n",
+            "    - \"x-forwarded-for\"\n    - \"x-real-ip\"\n  max_body_bytes: 1000\n",
+        )
+        .replace("  timeout: 5\n", "  timeout: 7\n");
+    assert!(edited.contains("x-real-ip") && edited.contains("timeout: 7"));
+    std::fs::write(&fg.config, edited).unwrap();
+    let warnings = || fg.logs().matches("read only at start").count();
+    for n in 1..=2 {
+        fg.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while warnings() < n {
+            assert!(Instant::now() < deadline, "no warning:\n{}", fg.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let logs = fg.logs();
+    let line = logs
+        .lines()
+        .rfind(|l| l.contains("read only at start"))
+        .unwrap();
+    assert!(line.contains("api_gateway.strip_headers"), "{line}");
+    assert!(line.contains("api_gateway.max_body_bytes"), "{line}");
+    assert!(!line.contains("api_gateway.timeout"), "{line}");
+
+    // What /admin/config shows is what the gateway does.
+    let after = config().await;
+    assert_eq!(after["api_gateway"]["timeout"], 7, "{after}");
+    assert_eq!(
+        after["api_gateway"]["strip_headers"],
+        before["api_gateway"]["strip_headers"]
+    );
+    assert_eq!(after["api_gateway"]["max_body_bytes"], max_body);
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .header("X-Real-IP", "192.0.2.7")
+        .body(format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(1200)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "max_body_bytes is still the running value"
+    );
+    assert_eq!(upstream.last().headers["x-real-ip"], "192.0.2.7");
+}
