@@ -224,12 +224,13 @@ impl Gateway {
             .at("/admin/ui/*path", ui::serve_ui)
             .nest("/", api)
             // `/` itself: a route for it would be shadowed by the API nested at `/`.
-            .around(|ep, req| async move {
+            .around(|ep, mut req| async move {
                 if req.uri().path() == "/"
                     && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
                 {
                     Ok(root().into_response())
                 } else {
+                    python_booleans(&mut req);
                     ep.call(req).await
                 }
             })
@@ -324,6 +325,56 @@ impl Gateway {
         let _ = self.background_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.background).await;
         served
+    }
+}
+
+/// The admin API's boolean query parameters.
+const BOOLEAN_PARAMS: [&str; 7] = [
+    "active",
+    "expired",
+    "is_active",
+    "is_stream",
+    "include_headers",
+    "include_body",
+    "bom",
+];
+
+/// M-FastGate's FastAPI read a boolean query parameter as pydantic does (`True`, `1`, `yes`,
+/// `on`, `t`, `y`, and their negatives, in any case), and Python's `requests` sends
+/// `params={"is_active": True}` as `is_active=True`: such values are rewritten to `true` /
+/// `false` before the API (which reads only those) sees them. Other values are left for the
+/// API to refuse.
+fn python_booleans(req: &mut poem::Request) {
+    let Some(query) = req.uri().query() else {
+        return;
+    };
+    let mut changed = false;
+    let rewritten: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !BOOLEAN_PARAMS.contains(&name) {
+                return pair.to_owned();
+            }
+            let canonical = match value.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "y" | "on" | "t" => "true",
+                "false" | "0" | "no" | "n" | "off" | "f" => "false",
+                _ => return pair.to_owned(),
+            };
+            changed |= value != canonical;
+            format!("{name}={canonical}")
+        })
+        .collect();
+    if !changed {
+        return;
+    }
+    let path_and_query = format!("{}?{}", req.uri().path(), rewritten.join("&"));
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
 }
 

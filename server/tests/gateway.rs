@@ -856,6 +856,16 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     assert!(listed.get("key_value").is_none() && listed.get("api_key").is_none());
     let (_, enabled) = get("/admin/keys?is_active=true".into()).await;
     assert_eq!(enabled["total"], 2);
+    // Python's `requests` sends `params={"is_active": False}` as `False`; FastAPI (pydantic)
+    // also took 0/1, yes/no, on/off.
+    for (value, want) in [("False", &disabled), ("0", &disabled), ("True", &enabled)] {
+        let (status, got) = get(format!("/admin/keys?is_active={value}")).await;
+        assert_eq!(status, 200, "{value}: {got}");
+        assert_eq!(ids(&got), ids(want), "is_active={value}");
+    }
+    let (_, yes) = get("/admin/keys?active=YES&limit=5".into()).await;
+    assert_eq!(yes["total"], 2);
+    refused(get("/admin/keys?is_active=maybe".into()).await, "is_active");
     let (_, by_offset) = get("/admin/keys?offset=1&limit=1".into()).await;
     let (_, by_skip) = get("/admin/keys?skip=1&limit=1".into()).await;
     let (_, all_keys) = get("/admin/keys".into()).await;
