@@ -25,6 +25,7 @@
 //! |---|---|---|
 //! | no `RouteConfig` in the extensions | 500 | `no_route` / `rejected` |
 //! | connection refused / DNS / TLS | 502 | `upstream_unreachable` / `upstream_error` |
+//! | the request body fails while sent (client gone mid-upload, broken chunked body) | 400 | `request_body_error` / `client_aborted` |
 //! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
 //! | headers later than `response_timeout` | 504 | `upstream_timeout` / `upstream_timeout` |
 //!
@@ -677,6 +678,15 @@ impl Future for ResponseFuture {
                             Outcome::UpstreamError,
                         )
                     }
+                    Ok(Err(err)) if err.is_request_body() => {
+                        tracing::debug!(upstream = %target.0, error = %Chain(&err), "the client's request body failed while it was forwarded");
+                        rejection(
+                            StatusCode::BAD_REQUEST,
+                            "request_body_error",
+                            "the request body could not be read to its end",
+                            Outcome::ClientAborted,
+                        )
+                    }
                     Ok(Err(err)) => {
                         tracing::warn!(upstream = %target.0, error = %Chain(&err), "upstream request failed");
                         rejection(
@@ -743,6 +753,24 @@ impl SendFailure {
         match self {
             Self::Pooled(err) => err.is_connect(),
             Self::Client(err) => err.is_connect(),
+        }
+    }
+
+    /// The request body failed while it was sent (the client went away mid-upload, or sent a
+    /// broken chunked body): hyper calls that a "user" error, the upstream is not to blame.
+    fn is_request_body(&self) -> bool {
+        match self {
+            Self::Pooled(err) => err.is_request_body(),
+            Self::Client(err) => {
+                let mut source = std::error::Error::source(err);
+                while let Some(e) = source {
+                    if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+                        return hyper.is_user();
+                    }
+                    source = e.source();
+                }
+                false
+            }
         }
     }
 }

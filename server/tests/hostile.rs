@@ -743,3 +743,54 @@ async fn an_idle_http2_client_ignoring_the_shutdown_ping_is_dropped() {
         "dropped after {took:?}, expected ~1.5-2 s"
     );
 }
+
+/// A request body that fails on the client's side is the client's doing: a client gone
+/// mid-upload is audited `client_aborted`, a broken chunked body gets a 400 JSON answer, and
+/// neither is logged or counted as an upstream failure (which would blame the backend in the
+/// error rate).
+#[tokio::test]
+async fn a_failed_upload_is_the_clients_failure_not_the_upstreams() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let key = fg.key("u").await;
+
+    // Gone mid-upload: 50,001 of 100,000 announced bytes, then the connection closes.
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\nx-request-id: gone-mid-upload\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&[b' '; 50_001]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(sock);
+    let row = fg.wait_audit("gone-mid-upload").await;
+    assert_eq!(row["outcome"], "client_aborted", "{row}");
+    assert_eq!(row["error_code"], "request_body_error", "{row}");
+
+    // A broken chunked body from a client that waits for the answer: 400 JSON.
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\nx-request-id: broken-chunks\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{{\"a\":\r\nzz\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let (answer, _) = read_until_closed(&mut sock, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"request_body_error\""), "{answer}");
+    let row = fg.wait_audit("broken-chunks").await;
+    assert_eq!(row["status"], 400, "{row}");
+    assert_eq!(row["outcome"], "client_aborted", "{row}");
+
+    let logs = fg.logs();
+    assert!(
+        !logs.lines().any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+        "{logs}"
+    );
+    let (_, h) = fg.health().await;
+    assert!(h["last_error"].is_null(), "{h}");
+}
