@@ -19,7 +19,10 @@
 //! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
 //! counts as unreachable), its `response_timeout` from sending the request up to the response
 //! headers (connecting included), and its `idle_timeout` between two response body frames. There
-//! is never a total timeout on a stream.
+//! is never a total timeout on a stream. Behind an [`AuditLayer`](crate::audit::AuditLayer),
+//! which follows the client's upload, the `response_timeout` counts from the end of the upload
+//! (a large body over a slow link is not the backend's delay), and an upload that makes no
+//! progress for that long is answered 408.
 //!
 //! | failure | response | [`Rejected`](crate::Rejected) code / outcome |
 //! |---|---|---|
@@ -28,6 +31,7 @@
 //! | the request body fails while sent (client gone mid-upload, broken chunked body) | 400 | `request_body_error` / `client_aborted` |
 //! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
 //! | headers later than `response_timeout` | 504 | `upstream_timeout` / `upstream_timeout` |
+//! | the upload makes no progress for `response_timeout` (audited stacks) | 408 | `request_body_timeout` / `client_aborted` |
 //!
 //! Upstream statuses and bodies (4xx and 5xx included) pass unchanged. On `text/event-stream`
 //! responses the service sets `Cache-Control: no-cache` and `X-Accel-Buffering: no` so that a
@@ -535,8 +539,14 @@ where
             ));
         };
         let (mut parts, body) = req.into_parts();
+        // The client's upload, followed through the audit layer's counters (when there is one
+        // and a body to come): the response timeout counts from its end.
+        let mut upload = None;
         if let Some(slot) = parts.extensions.get::<AuditSlot>() {
             slot.target(&prepared.target);
+            if !body.is_end_stream() {
+                upload = Some(slot.clone());
+            }
         }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -545,11 +555,15 @@ where
             Via::Pool(pool) => Sending::Pooled(Box::pin(Arc::clone(pool).send(req))),
             Via::Client => Sending::Client(shared.client(backend.connect_timeout).request(req)),
         };
-        // Bounds connecting and waiting for the headers together; never the body.
+        // Bounds connecting and waiting for the headers together; never the response body.
         let wait = backend.response_timeout;
         ResponseFuture {
             state: State::Waiting {
-                fut: tokio::time::timeout(wait, fut),
+                fut,
+                sleep: tokio::time::sleep(wait),
+                wait,
+                upload,
+                uploaded: 0,
                 target: Some(prepared.target.clone()),
                 idle: backend.idle_timeout,
             },
@@ -634,7 +648,13 @@ pin_project! {
         Ready { res: Option<Response<GatewayBody>> },
         Waiting {
             #[pin]
-            fut: tokio::time::Timeout<Sending>,
+            fut: Sending,
+            #[pin]
+            sleep: tokio::time::Sleep,
+            wait: Duration,
+            // The audit layer's view of the upload; `uploaded`: its byte count at the last check.
+            upload: Option<AuditSlot>,
+            uploaded: u64,
             target: Option<TargetUrl>,
             idle: Duration,
         },
@@ -664,8 +684,42 @@ impl Future for ResponseFuture {
             StateProj::Ready { res } => {
                 Poll::Ready(Ok(res.take().expect("polled after completion")))
             }
-            StateProj::Waiting { fut, target, idle } => {
-                let result = std::task::ready!(fut.poll(cx));
+            StateProj::Waiting {
+                mut fut,
+                mut sleep,
+                wait,
+                upload,
+                uploaded,
+                target,
+                idle,
+            } => {
+                let result = loop {
+                    if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                        break Ok(result);
+                    }
+                    std::task::ready!(sleep.as_mut().poll(cx));
+                    // The wait is for the upstream: it starts when the client's upload has
+                    // ended (a large prompt over a slow link is not the backend's delay). An
+                    // upload that makes no progress for as long is the client's stall.
+                    let Some(slot) = upload.as_ref() else {
+                        break Err(Late::Upstream);
+                    };
+                    let now = tokio::time::Instant::now();
+                    match slot.upload() {
+                        (_, Some(ended)) => {
+                            let deadline = ended + *wait;
+                            if deadline <= now {
+                                break Err(Late::Upstream);
+                            }
+                            sleep.as_mut().reset(deadline);
+                        }
+                        (bytes, None) if bytes != *uploaded => {
+                            *uploaded = bytes;
+                            sleep.as_mut().reset(now + *wait);
+                        }
+                        (_, None) => break Err(Late::Upload),
+                    }
+                };
                 let target = target.take().expect("polled after completion");
                 let mut res = match result {
                     Ok(Ok((res, conn))) => upstream_response(res, *idle, conn),
@@ -696,7 +750,7 @@ impl Future for ResponseFuture {
                             Outcome::UpstreamError,
                         )
                     }
-                    Err(_elapsed) => {
+                    Err(Late::Upstream) => {
                         tracing::warn!(upstream = %target.0, "upstream response timed out");
                         rejection(
                             StatusCode::GATEWAY_TIMEOUT,
@@ -705,12 +759,28 @@ impl Future for ResponseFuture {
                             Outcome::UpstreamTimeout,
                         )
                     }
+                    Err(Late::Upload) => {
+                        tracing::debug!(upstream = %target.0, "the client's upload stalled");
+                        rejection(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "request_body_timeout",
+                            "the request body stopped arriving",
+                            Outcome::ClientAborted,
+                        )
+                    }
                 };
                 res.extensions_mut().insert(target);
                 Poll::Ready(Ok(res))
             }
         }
     }
+}
+
+/// Whose wait ran out: the upstream's (no response headers in time after the upload ended) or
+/// the client's (its upload made no progress for as long).
+enum Late {
+    Upstream,
+    Upload,
 }
 
 /// An error and its sources, for logs: hyper-util's "client error (Connect)" alone does not say

@@ -788,9 +788,71 @@ async fn a_failed_upload_is_the_clients_failure_not_the_upstreams() {
 
     let logs = fg.logs();
     assert!(
-        !logs.lines().any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+        !logs
+            .lines()
+            .any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
         "{logs}"
     );
     let (_, h) = fg.health().await;
     assert!(h["last_error"].is_null(), "{h}");
+}
+
+/// The response timeout is the backend's: it counts from the end of the client's upload, so a
+/// body uploaded slowly (here 2.4 s of it against a 1 s timeout) is answered, not cut at 504;
+/// an upload that stops making progress for the timeout is the client's stall: 408 JSON,
+/// audited `client_aborted`.
+#[tokio::test]
+async fn a_slow_upload_is_not_the_backends_timeout_but_a_stalled_one_is_408() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &up.url(),
+        |y| *y = y.replace("  timeout: 5\n", "  timeout: 1\n"),
+        &[],
+    )
+    .await;
+    let key = fg.key("u").await;
+    let head = |rid: &str, len: usize| {
+        format!(
+            "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\nx-request-id: {rid}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+        )
+    };
+
+    // 4,000 bytes in eight pieces 300 ms apart.
+    let body = format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(4_000 - 22));
+    assert_eq!(body.len(), 4_000);
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    sock.write_all(head("slow-upload", body.len()).as_bytes())
+        .await
+        .unwrap();
+    for piece in body.as_bytes().chunks(500) {
+        sock.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (answer, _) = read_until_closed(&mut sock, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(up.last().body.len(), 4_000);
+    let row = fg.wait_audit("slow-upload").await;
+    assert_eq!(row["outcome"], "completed", "{row}");
+
+    // 100 of 1,000 bytes, then nothing (the connection stays open).
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    sock.write_all(head("stalled-upload", 1_000).as_bytes())
+        .await
+        .unwrap();
+    sock.write_all(&[b' '; 100]).await.unwrap();
+    let t = std::time::Instant::now();
+    let (answer, _) = read_until_closed(&mut sock, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_body_timeout\""), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let row = fg.wait_audit("stalled-upload").await;
+    assert_eq!(row["outcome"], "client_aborted", "{row}");
+    assert_eq!(row["error_code"], "request_body_timeout", "{row}");
 }

@@ -153,14 +153,21 @@ impl<B: Body> Body for AuditRequestBody<B> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(sniffer) = this.sniffer.as_mut() {
-            match &frame {
+            let last = match &frame {
                 Some(Ok(f)) => {
+                    let last = this.inner.is_end_stream();
                     if let Some(data) = f.data_ref() {
-                        let last = this.inner.is_end_stream();
                         sniffer.on_data(data.chunk(), data.remaining(), last);
                     }
+                    last
                 }
-                _ => sniffer.finish(),
+                _ => {
+                    sniffer.finish();
+                    true
+                }
+            };
+            if last {
+                let _ = sniffer.stats.body_done.set(tokio::time::Instant::now());
             }
         }
         Poll::Ready(frame)

@@ -24,6 +24,8 @@ pub(crate) struct RequestStats {
     pub(crate) key: OnceLock<(Arc<str>, Arc<str>)>,
     /// The audit-safe upstream target, set by the forward service.
     pub(crate) target: OnceLock<Arc<str>>,
+    /// When the request body ended (its last frame passed, or it failed).
+    pub(crate) body_done: OnceLock<tokio::time::Instant>,
 }
 
 /// Request extension through which the inner layers report to the audit guard (see
@@ -43,6 +45,14 @@ impl AuditSlot {
     /// The upstream target of this request.
     pub(crate) fn target(&self, target: &TargetUrl) {
         let _ = self.0.target.set(Arc::clone(&target.0));
+    }
+
+    /// How far the client's upload has come: the bytes passed so far, and when it ended.
+    pub(crate) fn upload(&self) -> (u64, Option<tokio::time::Instant>) {
+        (
+            self.0.bytes.load(Ordering::Relaxed),
+            self.0.body_done.get().copied(),
+        )
     }
 }
 
