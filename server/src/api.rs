@@ -456,8 +456,10 @@ pub struct AuditEntry {
     pub total_tokens: Option<u64>,
 }
 
+/// Milliseconds with microsecond precision, printed as such (`510.758`, not the
+/// `510.75800000000004` that seconds times 1000 gives).
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    d.as_micros() as f64 / 1000.0
 }
 
 impl From<AuditRecord> for AuditEntry {
@@ -1710,6 +1712,16 @@ impl AdminApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_print_without_float_noise() {
+        for (micros, text) in [(510_758, "510.758"), (1_055_408, "1055.408"), (7, "0.007")] {
+            let v = ms(Duration::from_micros(micros));
+            assert_eq!(serde_json::json!(v).to_string(), text);
+        }
+        // Sub-microsecond parts are dropped, not rounded into noise.
+        assert_eq!(ms(Duration::from_nanos(510_758_999)).to_string(), "510.758");
+    }
 
     #[test]
     fn an_unescaped_plus_offset_is_read_and_a_space_separator_kept() {

@@ -553,7 +553,7 @@ impl AccessLog {
             path = self.path,
             status = status.as_u16(),
             client = %self.client,
-            elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = self.started.elapsed().as_micros() as f64 / 1000.0,
             "request"
         );
     }
