@@ -281,7 +281,7 @@ where
     }
 }
 
-fn start_event<B>(req: &Request<B>) -> AuditEvent {
+pub(crate) fn start_event<B>(req: &Request<B>) -> AuditEvent {
     let headers = req.headers();
     let text = |name: &header::HeaderName| {
         headers
@@ -290,15 +290,34 @@ fn start_event<B>(req: &Request<B>) -> AuditEvent {
             .map(str::to_owned)
     };
     // The path only: a query string may carry credentials meant for the upstream.
-    let path = req.uri().path().to_owned();
+    let path = capped(req.uri().path());
     let mut event = AuditEvent::new(
         text(&X_REQUEST_ID).unwrap_or_default(),
         req.method().as_str(),
         path,
     );
-    event.user_agent = text(&header::USER_AGENT);
+    event.user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(capped);
     event.client_ip = req.extensions().get::<ClientAddr>().map(|a| ip_text(a.0));
     event
+}
+
+/// Longest path or `User-Agent` an audit record keeps, in bytes: anyone can send a 20 KB path
+/// (refused, but audited), and the table must not grow by that much per request.
+pub(crate) const AUDIT_TEXT_MAX: usize = 1024;
+
+/// `text`, or its first [`AUDIT_TEXT_MAX`] bytes (cut at a character boundary) and `…`.
+pub(crate) fn capped(text: &str) -> String {
+    if text.len() <= AUDIT_TEXT_MAX {
+        return text.to_owned();
+    }
+    let mut end = AUDIT_TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// `ip` as text, as `Display` writes it. IPv4 is written by hand: `Display` (which supports

@@ -340,3 +340,28 @@ async fn disabled_layer_passes_through() {
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
     assert_eq!(layer.stats().written(), 0);
 }
+
+#[test]
+fn long_paths_and_user_agents_are_capped_at_a_character_boundary() {
+    use super::layer::{AUDIT_TEXT_MAX, capped};
+    assert_eq!(capped("/proxy/v1/chat"), "/proxy/v1/chat");
+    let exact = "a".repeat(AUDIT_TEXT_MAX);
+    assert_eq!(capped(&exact), exact);
+    let long = format!("/{}", "é".repeat(AUDIT_TEXT_MAX));
+    let cut = capped(&long);
+    assert!(cut.ends_with('…'));
+    let kept = cut.trim_end_matches('…');
+    assert!(kept.len() <= AUDIT_TEXT_MAX && kept.len() >= AUDIT_TEXT_MAX - 1);
+    assert!(long.starts_with(kept));
+
+    let req = Request::get(format!("/proxy/{}", "x".repeat(20_000)))
+        .header("user-agent", "u".repeat(5_000))
+        .body(())
+        .unwrap();
+    let event = super::layer::start_event(&req);
+    assert_eq!(event.path.len(), AUDIT_TEXT_MAX + '…'.len_utf8());
+    assert_eq!(
+        event.user_agent.unwrap().len(),
+        AUDIT_TEXT_MAX + '…'.len_utf8()
+    );
+}
