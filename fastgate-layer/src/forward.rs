@@ -28,10 +28,10 @@
 //! |---|---|---|
 //! | no `RouteConfig` in the extensions | 500 | `no_route` / `rejected` |
 //! | connection refused / DNS / TLS | 502 | `upstream_unreachable` / `upstream_error` |
-//! | the request body fails while sent (client gone mid-upload, broken chunked body) | 400 | `request_body_error` / `client_aborted` |
+//! | the request body fails while sent (client gone mid-upload, broken chunked body; audited stacks) | 400 | `request_body_error` / `client_aborted` |
 //! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
 //! | headers later than `response_timeout` | 504 | `upstream_timeout` / `upstream_timeout` |
-//! | the upload makes no progress for `response_timeout` (audited stacks) | 408 | `request_body_timeout` / `client_aborted` |
+//! | the upload waits on the client for `response_timeout`, or takes over 10 of them (audited stacks) | 408 | `request_body_timeout` / `client_aborted` |
 //!
 //! Upstream statuses and bodies (4xx and 5xx included) pass unchanged. On `text/event-stream`
 //! responses the service sets `Cache-Control: no-cache` and `X-Accel-Buffering: no` so that a
@@ -562,6 +562,7 @@ where
                 fut,
                 sleep: tokio::time::sleep(wait),
                 wait,
+                since: tokio::time::Instant::now(),
                 upload,
                 uploaded: 0,
                 target: Some(prepared.target.clone()),
@@ -652,6 +653,7 @@ pin_project! {
             #[pin]
             sleep: tokio::time::Sleep,
             wait: Duration,
+            since: tokio::time::Instant,
             // The audit layer's view of the upload; `uploaded`: its byte count at the last check.
             upload: Option<AuditSlot>,
             uploaded: u64,
@@ -688,6 +690,7 @@ impl Future for ResponseFuture {
                 mut fut,
                 mut sleep,
                 wait,
+                since,
                 upload,
                 uploaded,
                 target,
@@ -705,19 +708,28 @@ impl Future for ResponseFuture {
                         break Err(Late::Upstream);
                     };
                     let now = tokio::time::Instant::now();
-                    match slot.upload() {
-                        (_, Some(ended)) => {
+                    let state = slot.upload();
+                    match state.ended {
+                        Some(ended) => {
                             let deadline = ended + *wait;
                             if deadline <= now {
                                 break Err(Late::Upstream);
                             }
                             sleep.as_mut().reset(deadline);
                         }
-                        (bytes, None) if bytes != *uploaded => {
-                            *uploaded = bytes;
+                        // Still uploading: the wait restarts while bytes move, up to
+                        // UPLOAD_WAITS waits in all (a client trickling a byte at a time must
+                        // not hold an upstream connection for ever).
+                        None if state.bytes != *uploaded && now < *since + *wait * UPLOAD_WAITS => {
+                            *uploaded = state.bytes;
                             sleep.as_mut().reset(now + *wait);
                         }
-                        (_, None) => break Err(Late::Upload),
+                        // Nothing moved: the client's stall if the body was waiting for it,
+                        // else the upstream's (connecting, or not reading what it was sent).
+                        None if state.waiting_on_client || state.bytes != *uploaded => {
+                            break Err(Late::Upload);
+                        }
+                        None => break Err(Late::Upstream),
                     }
                 };
                 let target = target.take().expect("polled after completion");
@@ -732,7 +744,7 @@ impl Future for ResponseFuture {
                             Outcome::UpstreamError,
                         )
                     }
-                    Ok(Err(err)) if err.is_request_body() => {
+                    Ok(Err(err)) if upload.as_ref().is_some_and(|s| s.upload().failed) => {
                         tracing::debug!(upstream = %target.0, error = %Chain(&err), "the client's request body failed while it was forwarded");
                         rejection(
                             StatusCode::BAD_REQUEST,
@@ -775,6 +787,9 @@ impl Future for ResponseFuture {
         }
     }
 }
+
+/// How many response timeouts an upload may take in all while it keeps making progress.
+const UPLOAD_WAITS: u32 = 10;
 
 /// Whose wait ran out: the upstream's (no response headers in time after the upload ended) or
 /// the client's (its upload made no progress for as long).
@@ -823,24 +838,6 @@ impl SendFailure {
         match self {
             Self::Pooled(err) => err.is_connect(),
             Self::Client(err) => err.is_connect(),
-        }
-    }
-
-    /// The request body failed while it was sent (the client went away mid-upload, or sent a
-    /// broken chunked body): hyper calls that a "user" error, the upstream is not to blame.
-    fn is_request_body(&self) -> bool {
-        match self {
-            Self::Pooled(err) => err.is_request_body(),
-            Self::Client(err) => {
-                let mut source = std::error::Error::source(err);
-                while let Some(e) = source {
-                    if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
-                        return hyper.is_user();
-                    }
-                    source = e.source();
-                }
-                false
-            }
         }
     }
 }

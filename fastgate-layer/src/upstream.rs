@@ -68,11 +68,6 @@ pub(crate) enum SendError {
 }
 
 impl SendError {
-    /// Whether the request body (the client's upload) failed, not the upstream.
-    pub(crate) fn is_request_body(&self) -> bool {
-        matches!(self, Self::Request(err) if err.is_user())
-    }
-
     /// Whether the upstream was never reached (refused, unresolvable, connect timeout).
     pub(crate) fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::ConnectTimeout(_))

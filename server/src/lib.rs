@@ -111,24 +111,43 @@ async fn audit_sink(
     let Some(path) = audit.spool_file.as_deref().filter(|p| !p.is_empty()) else {
         return Ok((ServerSink::Store(store.audit_sink()), None));
     };
-    let failed = |e: std::io::Error| std::io::Error::other(format!("audit.spool_file {path}: {e}"));
+    let shown = path;
     let path = std::path::Path::new(path);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(failed)?;
-    }
-    if !path.exists() {
-        std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(path)
-            .and_then(|_| std::fs::remove_file(path))
-            .map_err(failed)?;
-    }
-    let mut spool = SpoolSink::open(store.audit_sink(), path).map_err(failed)?;
+    let usable = (|| {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        if !path.exists() {
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(_) => std::fs::remove_file(path)?,
+                // Another process made it meanwhile: the place is writable.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        SpoolSink::open(store.audit_sink(), path)
+    })();
+    // Not a reason to refuse to serve (an upgrade keeping its config, in a read-only working
+    // directory, must still start), but said loudly.
+    let mut spool = match usable {
+        Ok(spool) => spool,
+        Err(e) => {
+            tracing::error!(
+                "audit.spool_file {shown}: not usable ({e}); running without a spool: audit records of a database outage longer than about 40 s are lost. Set a writable path, or \"\" to silence this"
+            );
+            return Ok((ServerSink::Store(store.audit_sink()), None));
+        }
+    };
     let waiting = spool.stats().waiting();
     if waiting > 0 {
         tracing::info!(waiting, path = %path.display(), "audit events left in the spool file by an earlier run; writing them");
-        match spool.replay_now().await {
+        // Bounded: a long outage's file must not keep the gateway from serving; the worker
+        // writes the rest.
+        match spool.replay_now(Duration::from_secs(10)).await {
             Ok(written) => tracing::info!(written, "audit spool written to the database"),
             Err(e) => {
                 tracing::warn!(error = %e, "audit spool not written yet; retried while serving")
@@ -292,6 +311,9 @@ impl Gateway {
             tracing::error!("configuration reload failed, keeping the running configuration: {e}");
             return;
         }
+        for warning in &new.warnings {
+            tracing::warn!("{warning}");
+        }
         if !pending.is_empty() {
             tracing::warn!(
                 settings = pending.join(", "),
@@ -399,6 +421,9 @@ fn keep_restart_only(running: &config::Config, new: &mut config::Config) -> Vec<
         "app.forwarded_header" => app.forwarded_header;
         "app.cors_allow_origins" => app.cors_allow_origins;
         "app.cors_admin_api" => app.cors_admin_api;
+        "app.debug" => app.debug;
+        "security.key_prefix" => security.key_prefix;
+        "security.key_cache_ttl_seconds" => security.key_cache_ttl_seconds;
         "database.url" => database.url;
         "database.echo" => database.echo;
         "database.max_connections" => database.max_connections;

@@ -262,16 +262,11 @@ async fn serve(
                 {
                     tracing::error!(file = %f.path().display(), error = %e, "cannot reopen logging.file");
                 }
-                let loaded = Settings::load(&config_path).and_then(|mut new| {
-                    new.prepare_upstream(&|name| std::env::var(name).ok())?;
-                    Ok(new)
-                });
-                match loaded {
+                // The TLS files and proxy variables are read by `reload`, once the settings read
+                // only at start (`trust_env` among them) have their running values back.
+                match Settings::load(&config_path) {
                     Ok(mut new) => {
                         apply_overrides(&cli, &mut new);
-                        for warning in &new.warnings {
-                            tracing::warn!("{warning}");
-                        }
                         gateway.reload(new);
                     }
                     Err(e) => tracing::error!(

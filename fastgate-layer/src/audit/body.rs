@@ -151,17 +151,29 @@ impl<B: Body> Body for AuditRequestBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) else {
+            if let Some(sniffer) = this.sniffer.as_ref() {
+                sniffer.stats.client_pending.store(true, Ordering::Relaxed);
+            }
+            return Poll::Pending;
+        };
         if let Some(sniffer) = this.sniffer.as_mut() {
+            sniffer.stats.client_pending.store(false, Ordering::Relaxed);
             let last = match &frame {
                 Some(Ok(f)) => {
-                    let last = this.inner.is_end_stream();
+                    let last =
+                        this.inner.is_end_stream() || this.inner.size_hint().exact() == Some(0);
                     if let Some(data) = f.data_ref() {
                         sniffer.on_data(data.chunk(), data.remaining(), last);
                     }
                     last
                 }
-                _ => {
+                Some(Err(_)) => {
+                    sniffer.stats.body_failed.store(true, Ordering::Relaxed);
+                    sniffer.finish();
+                    true
+                }
+                None => {
                     sniffer.finish();
                     true
                 }
@@ -222,9 +234,12 @@ impl ModelSniffer {
     }
 }
 
+/// A body dropped is a body over, for the upstream's timeout too: hyper may stop polling once
+/// it has sent the declared length, before the body itself says it has ended.
 impl Drop for ModelSniffer {
     fn drop(&mut self) {
         self.finish();
+        let _ = self.stats.body_done.set(tokio::time::Instant::now());
     }
 }
 

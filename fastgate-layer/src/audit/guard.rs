@@ -24,8 +24,12 @@ pub(crate) struct RequestStats {
     pub(crate) key: OnceLock<(Arc<str>, Arc<str>)>,
     /// The audit-safe upstream target, set by the forward service.
     pub(crate) target: OnceLock<Arc<str>>,
-    /// When the request body ended (its last frame passed, or it failed).
+    /// When the request body ended (its last frame passed, it failed, or it was dropped).
     pub(crate) body_done: OnceLock<tokio::time::Instant>,
+    /// The request body's last poll was waiting for the client (not for the upstream to pull).
+    pub(crate) client_pending: std::sync::atomic::AtomicBool,
+    /// The request body failed on the client's side (gone mid-upload, broken chunked body).
+    pub(crate) body_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Request extension through which the inner layers report to the audit guard (see
@@ -47,13 +51,28 @@ impl AuditSlot {
         let _ = self.0.target.set(Arc::clone(&target.0));
     }
 
-    /// How far the client's upload has come: the bytes passed so far, and when it ended.
-    pub(crate) fn upload(&self) -> (u64, Option<tokio::time::Instant>) {
-        (
-            self.0.bytes.load(Ordering::Relaxed),
-            self.0.body_done.get().copied(),
-        )
+    /// How far the client's upload has come.
+    pub(crate) fn upload(&self) -> UploadState {
+        UploadState {
+            bytes: self.0.bytes.load(Ordering::Relaxed),
+            ended: self.0.body_done.get().copied(),
+            waiting_on_client: self.0.client_pending.load(Ordering::Relaxed),
+            failed: self.0.body_failed.load(Ordering::Relaxed),
+        }
     }
+}
+
+/// The client's upload as the audit layer saw it (see [`AuditSlot::upload`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UploadState {
+    /// Bytes passed so far.
+    pub(crate) bytes: u64,
+    /// When the body ended, if it has.
+    pub(crate) ended: Option<tokio::time::Instant>,
+    /// The last poll of the body waited for the client.
+    pub(crate) waiting_on_client: bool,
+    /// The body failed on the client's side.
+    pub(crate) failed: bool,
 }
 
 /// Holds the event until the request ends; emits it on `finish` or, failing that, on drop

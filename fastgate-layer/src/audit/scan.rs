@@ -311,6 +311,11 @@ pub fn find_model(json: &[u8]) -> Option<String> {
             } else {
                 String::from_utf8(raw.to_vec()).ok()?
             };
+            // `\u0000` decodes to a NUL, which PostgreSQL refuses in text: one such request
+            // would fail its whole audit batch. Control characters go.
+            if model.chars().any(char::is_control) {
+                model.retain(|c| !c.is_control());
+            }
             if model.len() > MAX_MODEL_LEN {
                 let mut cut = MAX_MODEL_LEN;
                 while !model.is_char_boundary(cut) {
@@ -416,6 +421,10 @@ mod tests {
 
     #[test]
     fn model_absent_truncated_or_nested() {
+        assert_eq!(
+            find_model(br#"{"model":"a\u0000b\n\u001fc"}"#).as_deref(),
+            Some("abc")
+        );
         assert_eq!(find_model(br#"{"a":{"model":"inner"}}"#), None);
         assert_eq!(find_model(br#"{"messages":[1,2"#), None);
         assert_eq!(find_model(br#"{"model":"unterminated"#), None);

@@ -9,14 +9,19 @@
 //! is appended behind them, so the table receives them in order. Every few seconds (doubling
 //! from [`SpoolSink::RETRY_MIN`] to [`SpoolSink::RETRY_MAX`] while the sink keeps failing) the
 //! file is replayed into the sink in batches of [`SpoolSink::REPLAY_BATCH`]; once it is empty it
-//! is removed. A spool left by a stopped process is replayed by the next one at the first batch.
+//! is removed; with no traffic, the worker's [`idle`](AuditSink::idle) calls keep replaying. A
+//! spool left by a stopped process is replayed by the next one ([`SpoolSink::replay_now`] at
+//! start, then as above).
 //!
 //! Guarantees and limits: an event is acknowledged (counted as written) only once the sink or the
-//! spool file (after `fsync`) holds it. The replay position is saved beside the file
-//! (`<file>.pos`) after each replayed batch, so a crash during a replay writes at most that one
-//! batch twice. A line torn by a crash mid-append is skipped and counted. One process per spool
-//! file. If the file cannot be written either (a full disk), the sink's error is returned and the
-//! worker's retries apply as without a spool.
+//! spool file (after `fsync`) holds it. An append that fails is cut back off the file, so the
+//! batch the worker retries is not also half in it. The replay position is saved beside the file
+//! (`<file>.pos`, replaced atomically) after each replayed batch, so a crash during a replay
+//! writes at most that one batch twice. A line torn by a crash mid-append is skipped and counted.
+//! One process per spool file. If the file cannot be written either (a full disk), the sink's
+//! error is returned and the worker's retries apply as without a spool. The sink should refuse a
+//! batch only when it cannot write at all (an outage): a batch it refuses for its content would
+//! stay at the head of the file and hold back everything behind it.
 //!
 //! [`AuditWorker`]: super::AuditWorker
 
@@ -94,8 +99,6 @@ pub struct SpoolSink<S> {
     backoff: Duration,
     retry_min: Duration,
     retry_max: Duration,
-    /// The last append failed part-way: the next one starts on a fresh line.
-    torn: bool,
     stats: SpoolStats,
 }
 
@@ -152,7 +155,10 @@ impl<S: AuditSink> SpoolSink<S> {
                 }
             }
             file.seek(io::SeekFrom::Start(replayed_to))?;
-            let waiting = io::BufReader::new(file).lines().count() as u64;
+            let waiting = io::BufReader::new(file)
+                .split(b'\n')
+                .filter(|line| line.as_ref().is_ok_and(|l| !l.is_empty()))
+                .count() as u64;
             stats.inner.waiting.store(waiting, Ordering::Relaxed);
         }
         Ok(Self {
@@ -164,7 +170,6 @@ impl<S: AuditSink> SpoolSink<S> {
             backoff: Self::RETRY_MIN,
             retry_min: Self::RETRY_MIN,
             retry_max: Self::RETRY_MAX,
-            torn: false,
             stats,
         })
     }
@@ -199,12 +204,10 @@ impl<S: AuditSink> SpoolSink<S> {
         self.backoff = self.retry_min;
     }
 
-    /// Append `events` to the file and `fsync` it.
+    /// Append `events` to the file and `fsync` it; on failure the file is cut back to where it
+    /// was, so a batch the worker will retry is never half in it.
     async fn append(&mut self, events: &AuditBatch) -> io::Result<()> {
-        let mut lines = Vec::with_capacity(events.len() * 320 + 1);
-        if self.torn {
-            lines.push(b'\n');
-        }
+        let mut lines = Vec::with_capacity(events.len() * 320);
         for event in events.iter() {
             serde_json::to_writer(&mut lines, &Spooled::from(event)).map_err(io::Error::other)?;
             lines.push(b'\n');
@@ -212,10 +215,26 @@ impl<S: AuditSink> SpoolSink<S> {
         let mut options = tokio::fs::OpenOptions::new();
         options.create(true).append(true).mode(0o600);
         let mut file = options.open(&self.path).await?;
-        self.torn = true;
-        file.write_all(&lines).await?;
-        file.sync_data().await?;
-        self.torn = false;
+        let len = file.metadata().await?.len();
+        if len < self.replayed_to || (len == 0 && self.stats.waiting() > 0) {
+            // Removed or replaced by hand since its events were counted: they are gone, and
+            // the position belongs to the old file.
+            tracing::warn!(path = %self.path.display(), lost = self.stats.waiting(),
+                "audit spool file was removed or cut while it held events; starting a new one");
+            self.replayed_to = 0;
+            self.stats.inner.waiting.store(0, Ordering::Relaxed);
+            let _ = tokio::fs::remove_file(&self.pos_path).await;
+        }
+        let written = async {
+            file.write_all(&lines).await?;
+            file.sync_data().await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = file.set_len(len).await;
+            let _ = file.sync_data().await;
+            return Err(e);
+        }
         self.stats
             .inner
             .waiting
@@ -227,39 +246,46 @@ impl<S: AuditSink> SpoolSink<S> {
         Ok(())
     }
 
-    /// Write what the file holds into the sink now (all of it), for a start-up with a spool left
-    /// by an earlier process. Returns the number of events written; the file is removed once
-    /// empty. On the sink's error the rest stays for later.
-    pub async fn replay_now(&mut self) -> Result<u64, S::Error> {
+    /// Write what the file holds into the sink now, for a start-up with a spool left by an
+    /// earlier process: until it is empty, the sink fails, the file cannot be read, or `budget`
+    /// has passed (the worker writes the rest). Returns the number of events written.
+    pub async fn replay_now(&mut self, budget: Duration) -> Result<u64, S::Error> {
         let before = self.stats.replayed();
-        while !self.replay(REPLAY_BATCHES_PER_WRITE).await? {}
+        let until = Instant::now() + budget;
+        while Instant::now() < until {
+            if self.replay(1).await? != Replay::More {
+                break;
+            }
+        }
         Ok(self.stats.replayed() - before)
     }
 
-    /// Move up to `max_batches` batches from the file into the sink; `true` once the file is
-    /// empty (and removed).
-    async fn replay(&mut self, max_batches: usize) -> Result<bool, S::Error> {
-        for _ in 0..max_batches {
+    /// Move up to `max_batches` batches from the file into the sink.
+    async fn replay(&mut self, max_batches: usize) -> Result<Replay, S::Error> {
+        let mut written = 0;
+        loop {
             let (batch, next) = match read_batch(&self.path, self.replayed_to).await {
                 Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, path = %self.path.display(), "audit spool unreadable; replay postponed");
-                    return Ok(false);
+                    return Ok(Replay::Unreadable);
                 }
             };
             if batch.events.is_empty() && batch.skipped == 0 {
                 self.finish().await;
-                return Ok(true);
+                return Ok(Replay::Done);
             }
+            if written == max_batches {
+                return Ok(Replay::More);
+            }
+            written += 1;
             let n = batch.events.len() as u64;
             if n > 0 {
                 let events: AuditBatch = batch.events.into_iter().collect();
                 self.inner.write_batch(&events).await?;
             }
             self.replayed_to = next;
-            if let Err(e) = tokio::fs::write(&self.pos_path, next.to_string()).await {
-                tracing::warn!(error = %e, "audit spool position not saved");
-            }
+            self.save_position(next).await;
             let c = &self.stats.inner;
             c.replayed.fetch_add(n, Ordering::Relaxed);
             c.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
@@ -269,7 +295,24 @@ impl<S: AuditSink> SpoolSink<S> {
                     Some(w.saturating_sub(n + batch.skipped))
                 });
         }
-        Ok(false)
+    }
+
+    /// The replay position, written whole or not at all (a new file renamed over the old one):
+    /// a torn position would replay from the wrong place.
+    async fn save_position(&mut self, position: u64) {
+        let mut tmp = self.pos_path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let saved = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            file.write_all(position.to_string().as_bytes()).await?;
+            file.sync_all().await?;
+            tokio::fs::rename(&tmp, &self.pos_path).await
+        }
+        .await;
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "audit spool position not saved");
+        }
     }
 
     /// Everything replayed: the next outage starts with an empty file.
@@ -292,6 +335,17 @@ impl<S: AuditSink> SpoolSink<S> {
         }
         tracing::info!(path = %self.path.display(), "audit spool replayed into the sink; file removed");
     }
+}
+
+/// How far a replay got.
+#[derive(Debug, PartialEq, Eq)]
+enum Replay {
+    /// The file is empty and removed.
+    Done,
+    /// Events remain.
+    More,
+    /// The file could not be read; tried again later.
+    Unreadable,
 }
 
 struct ReadBatch {
@@ -334,7 +388,7 @@ async fn read_batch(path: &Path, from: u64) -> io::Result<(ReadBatch, u64)> {
             }
             offset += n as u64;
             if line == b"\n" {
-                continue; // written after a torn append
+                continue; // the newline added after a line torn by a crash
             }
             match serde_json::from_slice::<Spooled>(&line) {
                 Ok(spooled) => batch.events.push(spooled.into()),
@@ -378,24 +432,26 @@ impl<S: AuditSink> AuditSink for SpoolSink<S> {
                 Err(sink) => Err(SpoolError { sink, spool }),
             };
         }
-        self.replay_if_due().await;
+        self.replay_if_due(REPLAY_BATCHES_PER_WRITE).await;
         Ok(())
     }
 
-    /// No traffic: the file is still written through once the sink works again.
+    /// No traffic: the file is still written through once the sink works again, a batch per
+    /// call (the worker gets back to its queue, and to a shutdown, in between).
     async fn idle(&mut self) {
         if self.stats.waiting() > 0 {
-            self.replay_if_due().await;
+            self.replay_if_due(1).await;
         }
     }
 }
 
 impl<S: AuditSink> SpoolSink<S> {
-    async fn replay_if_due(&mut self) {
+    async fn replay_if_due(&mut self, max_batches: usize) {
         if Instant::now() < self.next_try {
             return;
         }
-        match self.replay(REPLAY_BATCHES_PER_WRITE).await {
+        match self.replay(max_batches).await {
+            Ok(Replay::Unreadable) => self.failed(),
             Ok(_) => self.succeeded(),
             Err(e) => {
                 self.failed();
