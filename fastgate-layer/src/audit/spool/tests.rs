@@ -77,6 +77,16 @@ fn batch(range: std::ops::Range<usize>) -> AuditBatch {
     range.map(event).collect()
 }
 
+/// A temporary directory (kept alive by the caller), the spool file's path in it, and a sink
+/// that is down when `down` says so.
+fn setup(down: bool) -> (tempfile::TempDir, PathBuf, Flaky) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.spool");
+    let flaky = Flaky::new();
+    flaky.set_down(down);
+    (dir, path, flaky)
+}
+
 fn spool(flaky: &Flaky, path: &Path) -> SpoolSink<Flaky> {
     SpoolSink::open(flaky.clone(), path)
         .unwrap()
@@ -85,9 +95,7 @@ fn spool(flaky: &Flaky, path: &Path) -> SpoolSink<Flaky> {
 
 #[tokio::test]
 async fn a_working_sink_is_written_directly_and_no_file_is_made() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
+    let (_dir, path, flaky) = setup(false);
     let mut s = spool(&flaky, &path);
     s.write_batch(&batch(0..3)).await.unwrap();
     assert_eq!(flaky.sink.events(), batch(0..3).to_vec());
@@ -97,9 +105,7 @@ async fn a_working_sink_is_written_directly_and_no_file_is_made() {
 
 #[tokio::test]
 async fn refused_batches_wait_in_the_file_and_reach_the_sink_in_order_intact() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
+    let (_dir, path, flaky) = setup(false);
     let mut s = spool(&flaky, &path);
 
     flaky.set_down(true);
@@ -131,10 +137,7 @@ async fn refused_batches_wait_in_the_file_and_reach_the_sink_in_order_intact() {
 
 #[tokio::test]
 async fn a_spool_left_by_a_stopped_process_is_replayed_by_the_next() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
-    flaky.set_down(true);
+    let (_dir, path, flaky) = setup(true);
     let mut s = spool(&flaky, &path);
     s.write_batch(&batch(0..3)).await.unwrap();
     drop(s);
@@ -149,10 +152,7 @@ async fn a_spool_left_by_a_stopped_process_is_replayed_by_the_next() {
 
 #[tokio::test]
 async fn a_replay_cut_short_resumes_at_its_saved_position_without_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
-    flaky.set_down(true);
+    let (_dir, path, flaky) = setup(true);
     let mut s = spool(&flaky, &path);
     let n = REPLAY_BATCH + 88;
     s.write_batch(&batch(0..n)).await.unwrap();
@@ -180,10 +180,7 @@ async fn a_replay_cut_short_resumes_at_its_saved_position_without_duplicates() {
 
 #[tokio::test]
 async fn a_line_torn_by_a_crash_is_skipped_and_the_next_append_is_not_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
-    flaky.set_down(true);
+    let (_dir, path, flaky) = setup(true);
     let mut s = spool(&flaky, &path);
     s.write_batch(&batch(0..2)).await.unwrap();
     drop(s);
@@ -218,10 +215,7 @@ async fn when_the_file_cannot_be_written_either_the_sink_error_is_returned() {
 
 #[tokio::test]
 async fn while_the_sink_is_down_it_is_not_tried_for_every_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
-    flaky.set_down(true);
+    let (_dir, path, flaky) = setup(true);
     let mut s = SpoolSink::open(flaky.clone(), &path)
         .unwrap()
         .retry_after(Duration::from_secs(3600), Duration::from_secs(3600));
@@ -243,10 +237,7 @@ fn error_codes_read_back_are_the_same_static_strings() {
 
 #[tokio::test]
 async fn with_no_traffic_the_file_is_written_through_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
-    flaky.set_down(true);
+    let (_dir, path, flaky) = setup(true);
     let mut s = spool(&flaky, &path);
     s.write_batch(&batch(0..2)).await.unwrap();
     s.idle().await; // still down
@@ -259,10 +250,7 @@ async fn with_no_traffic_the_file_is_written_through_when_idle() {
 
 #[tokio::test]
 async fn a_file_removed_while_it_held_events_does_not_swallow_the_next_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.spool");
-    let flaky = Flaky::new();
-    flaky.set_down(true);
+    let (_dir, path, flaky) = setup(true);
     let mut s = spool(&flaky, &path);
     s.write_batch(&batch(0..600)).await.unwrap();
     // Back for one replayed batch only: the position moves past the first 512 lines.
