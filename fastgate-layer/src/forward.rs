@@ -21,8 +21,8 @@
 //! headers (connecting included), and its `idle_timeout` between two response body frames. There
 //! is never a total timeout on a stream. Behind an [`AuditLayer`](crate::audit::AuditLayer),
 //! which follows the client's upload, the `response_timeout` counts from the end of the upload
-//! (a large body over a slow link is not the backend's delay), and an upload that makes no
-//! progress for that long is answered 408.
+//! (a large body over a slow link is not the backend's delay), and an upload left waiting on
+//! the client for that long (or taking more than ten times as long in all) is answered 408.
 //!
 //! | failure | response | [`Rejected`](crate::Rejected) code / outcome |
 //! |---|---|---|
@@ -562,7 +562,7 @@ where
                 fut,
                 sleep: tokio::time::sleep(wait),
                 wait,
-                since: tokio::time::Instant::now(),
+                since: None,
                 upload,
                 uploaded: 0,
                 target: Some(prepared.target.clone()),
@@ -653,7 +653,8 @@ pin_project! {
             #[pin]
             sleep: tokio::time::Sleep,
             wait: Duration,
-            since: tokio::time::Instant,
+            // When the wait began: noted at the first expiry (no clock read per request).
+            since: Option<tokio::time::Instant>,
             // The audit layer's view of the upload; `uploaded`: its byte count at the last check.
             upload: Option<AuditSlot>,
             uploaded: u64,
@@ -708,6 +709,7 @@ impl Future for ResponseFuture {
                         break Err(Late::Upstream);
                     };
                     let now = tokio::time::Instant::now();
+                    let since = *since.get_or_insert(sleep.deadline() - *wait);
                     let state = slot.upload();
                     match state.ended {
                         Some(ended) => {
@@ -720,7 +722,7 @@ impl Future for ResponseFuture {
                         // Still uploading: the wait restarts while bytes move, up to
                         // UPLOAD_WAITS waits in all (a client trickling a byte at a time must
                         // not hold an upstream connection for ever).
-                        None if state.bytes != *uploaded && now < *since + *wait * UPLOAD_WAITS => {
+                        None if state.bytes != *uploaded && now < since + *wait * UPLOAD_WAITS => {
                             *uploaded = state.bytes;
                             sleep.as_mut().reset(now + *wait);
                         }

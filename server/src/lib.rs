@@ -107,9 +107,9 @@ impl AuditSink for ServerSink {
 async fn audit_sink(
     audit: &crate::config::AuditConfig,
     store: &Store,
-) -> std::io::Result<(ServerSink, Option<SpoolStats>)> {
+) -> (ServerSink, Option<SpoolStats>) {
     let Some(path) = audit.spool_file.as_deref().filter(|p| !p.is_empty()) else {
-        return Ok((ServerSink::Store(store.audit_sink()), None));
+        return (ServerSink::Store(store.audit_sink()), None);
     };
     let shown = path;
     let path = std::path::Path::new(path);
@@ -139,7 +139,7 @@ async fn audit_sink(
             tracing::error!(
                 "audit.spool_file {shown}: not usable ({e}); running without a spool: audit records of a database outage longer than about 40 s are lost. Set a writable path, or \"\" to silence this"
             );
-            return Ok((ServerSink::Store(store.audit_sink()), None));
+            return (ServerSink::Store(store.audit_sink()), None);
         }
     };
     let waiting = spool.stats().waiting();
@@ -155,7 +155,7 @@ async fn audit_sink(
         }
     }
     let stats = spool.stats();
-    Ok((ServerSink::Spooled(spool), Some(stats)))
+    (ServerSink::Spooled(spool), Some(stats))
 }
 
 /// A running gateway: the server task, the audit worker and the shared state.
@@ -206,7 +206,7 @@ impl Gateway {
                 "api_gateway.async_audit: false is accepted, but audit is always asynchronous"
             );
         }
-        let (sink, spool) = audit_sink(&c.audit, &store).await?;
+        let (sink, spool) = audit_sink(&c.audit, &store).await;
         let (audit, audit_worker) = AuditLayer::pair(
             sink,
             LayerAuditConfig::default()
