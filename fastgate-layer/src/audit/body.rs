@@ -179,7 +179,7 @@ impl<B: Body> Body for AuditRequestBody<B> {
                 }
             };
             if last {
-                let _ = sniffer.stats.body_done.set(tokio::time::Instant::now());
+                sniffer.ended();
             }
         }
         Poll::Ready(frame)
@@ -202,6 +202,13 @@ struct ModelSniffer {
 }
 
 impl ModelSniffer {
+    /// Note when the body ended (once: the clock is read only then).
+    fn ended(&self) {
+        if self.stats.body_done.get().is_none() {
+            let _ = self.stats.body_done.set(tokio::time::Instant::now());
+        }
+    }
+
     fn on_data(&mut self, chunk: &[u8], len: usize, last: bool) {
         self.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
         if self.done {
@@ -239,7 +246,7 @@ impl ModelSniffer {
 impl Drop for ModelSniffer {
     fn drop(&mut self) {
         self.finish();
-        let _ = self.stats.body_done.set(tokio::time::Instant::now());
+        self.ended();
     }
 }
 
