@@ -37,6 +37,10 @@ const JSON_TAIL: usize = 4 * 1024;
 /// Longest model name recorded.
 const MAX_MODEL_LEN: usize = 256;
 
+/// Largest token count kept from a backend's `usage` (2^40, about 10^12): a million requests'
+/// worth of it still fits a database's signed 64-bit sum.
+pub const MAX_TOKENS: u64 = 1 << 40;
+
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
 #[derive(Deserialize)]
@@ -78,12 +82,16 @@ pub fn extract_usage(bytes: &[u8]) -> Option<TokenUsage> {
                 || u.completion_tokens.is_some()
                 || u.total_tokens.is_some())
         {
-            let prompt = u.prompt_tokens.unwrap_or(0);
-            let completion = u.completion_tokens.unwrap_or(0);
+            // Counts a backend reports are capped: a nonsense value must not overflow a sum
+            // here or in the database's rollups (PostgreSQL refuses a bigint overflow, and
+            // with it the whole audit batch).
+            let cap = |v: u64| v.min(MAX_TOKENS);
+            let prompt = cap(u.prompt_tokens.unwrap_or(0));
+            let completion = cap(u.completion_tokens.unwrap_or(0));
             found = Some(TokenUsage {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
-                total_tokens: u.total_tokens.unwrap_or(prompt + completion),
+                total_tokens: cap(u.total_tokens.unwrap_or(prompt + completion)),
             });
         }
         from += stream.byte_offset().max(1);
@@ -522,6 +530,18 @@ mod tests {
         s.push(b"\n\n");
         s.push(format!("data: {{\"usage\":{USAGE}}}\n\n").as_bytes());
         assert_eq!(s.usage().unwrap().total_tokens, 15);
+    }
+
+    #[test]
+    fn nonsense_token_counts_are_capped_not_overflowed() {
+        let u = extract_usage(
+            br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (MAX_TOKENS, MAX_TOKENS, MAX_TOKENS)
+        );
     }
 
     #[test]

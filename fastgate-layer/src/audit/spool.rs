@@ -26,6 +26,7 @@
 //! [`AuditWorker`]: super::AuditWorker
 
 use std::io::{self, BufRead as _, Seek as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -92,6 +93,8 @@ pub struct SpoolSink<S> {
     inner: S,
     path: PathBuf,
     pos_path: PathBuf,
+    /// Held locked for the sink's life: one process per spool file.
+    _lock: std::fs::File,
     /// Byte offset of the first line not yet replayed.
     replayed_to: u64,
     /// The sink is not tried again before this.
@@ -120,12 +123,30 @@ impl<S: AuditSink> SpoolSink<S> {
     pub const RETRY_MAX: Duration = Duration::from_secs(10);
 
     /// Wrap `inner`, spooling to `path` (created when first needed, mode 0600). Events a previous
-    /// process left in the file are counted and replayed at the first batch.
+    /// process left in the file are counted and replayed at the first batch. `<path>.lock` is
+    /// created and locked for as long as the sink lives: a second process on the same file gets
+    /// an error here (two would write each other's events twice and lose some).
     pub fn open(inner: S, path: impl Into<PathBuf>) -> io::Result<Self> {
         let path = path.into();
-        let mut pos_path = path.clone().into_os_string();
-        pos_path.push(".pos");
-        let pos_path = PathBuf::from(pos_path);
+        let sibling = |suffix: &str| {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        let pos_path = sibling(".pos");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(sibling(".lock"))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the spool file is in use by another process",
+            ),
+            std::fs::TryLockError::Error(e) => e,
+        })?;
         let stats = SpoolStats::default();
         let mut replayed_to = 0;
         if !path.exists() {
@@ -165,6 +186,7 @@ impl<S: AuditSink> SpoolSink<S> {
             inner,
             path,
             pos_path,
+            _lock: lock,
             replayed_to,
             next_try: Instant::now(),
             backoff: Self::RETRY_MIN,
@@ -455,7 +477,7 @@ impl<S: AuditSink> SpoolSink<S> {
             Ok(_) => self.succeeded(),
             Err(e) => {
                 self.failed();
-                tracing::debug!(error = %e, waiting = self.stats.waiting(), "audit spool replay failed; retried later");
+                tracing::warn!(error = %e, waiting = self.stats.waiting(), "audit spool not written to the sink yet; retried later");
             }
         }
     }

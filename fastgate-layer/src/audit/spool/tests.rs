@@ -203,11 +203,10 @@ async fn a_line_torn_by_a_crash_is_skipped_and_the_next_append_is_not_lost() {
 
 #[tokio::test]
 async fn when_the_file_cannot_be_written_either_the_sink_error_is_returned() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("no-such-dir").join("audit.spool");
-    let flaky = Flaky::new();
-    flaky.set_down(true);
+    let (_dir, path, flaky) = setup(true);
     let mut s = spool(&flaky, &path);
+    // A directory where the file would be created: every append fails.
+    std::fs::create_dir(&path).unwrap();
     let err = s.write_batch(&batch(0..1)).await.unwrap_err();
     assert!(err.to_string().contains("database unreachable"), "{err}");
     assert_eq!(s.stats().waiting(), 0);
@@ -288,4 +287,17 @@ async fn an_unreadable_spool_does_not_hold_up_the_start() {
         let _ = s.replay_now(Duration::from_secs(60)).await;
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_spool_file_is_refused() {
+    let (_dir, path, flaky) = setup(false);
+    let first = spool(&flaky, &path);
+    let second = SpoolSink::open(flaky.clone(), &path);
+    assert_eq!(
+        second.map(|_| ()).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    drop(first);
+    assert!(SpoolSink::open(flaky.clone(), &path).is_ok());
 }
