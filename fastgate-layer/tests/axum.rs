@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use common::*;
 use fastgate_layer::audit::{AuditLayer, MemorySink};
 use fastgate_layer::{ClientAddr, GatewayBuilder, Outcome};
@@ -55,22 +55,7 @@ async fn start_app() -> App {
         let sent = Arc::clone(&sent);
         async move {
             sent.lock().unwrap().clear();
-            let (tx, body) = channel_body();
-            tokio::spawn(async move {
-                for i in 0..EVENTS {
-                    if i > 0 {
-                        tokio::time::sleep(GAP).await;
-                    }
-                    sent.lock().unwrap().push(Instant::now());
-                    if tx.send(Ok(Bytes::from(event(i)))).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut res = Response::new(body);
-            res.headers_mut()
-                .insert("content-type", "text/event-stream".parse().unwrap());
-            res
+            timed_sse((0..EVENTS).map(event).collect(), GAP, sent)
         }
     })
     .await;

@@ -6,10 +6,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use common::*;
 use fastgate_layer::Outcome;
-use http::{Response, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt;
 
 const N: usize = 6;
@@ -31,24 +31,7 @@ async fn each_event_arrives_before_the_next_is_sent_and_bytes_are_identical() {
     let sent = Arc::clone(&sent_at);
     let up = upstream(move |_req| {
         let sent = Arc::clone(&sent);
-        async move {
-            let (tx, body) = channel_body();
-            tokio::spawn(async move {
-                for i in 0..N {
-                    if i > 0 {
-                        tokio::time::sleep(GAP).await;
-                    }
-                    sent.lock().unwrap().push(Instant::now());
-                    if tx.send(Ok(Bytes::from(event(i)))).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut res = Response::new(body);
-            res.headers_mut()
-                .insert("content-type", "text/event-stream".parse().unwrap());
-            res
-        }
+        async move { timed_sse((0..N).map(event).collect(), GAP, sent) }
     })
     .await;
     let gw = gateway(backend(up), test_audit_config(), 1 << 20, true).await;

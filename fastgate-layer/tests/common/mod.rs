@@ -79,6 +79,31 @@ where
     addr
 }
 
+/// An event-stream response with `events`, the first at once and each next one `gap` later;
+/// the time each is handed to hyper is pushed to `sent`.
+pub fn timed_sse(
+    events: Vec<String>,
+    gap: Duration,
+    sent: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+) -> Response<TestBody> {
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        for (i, event) in events.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            sent.lock().unwrap().push(std::time::Instant::now());
+            if tx.send(Ok(Bytes::from(event))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut res = Response::new(body);
+    res.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    res
+}
+
 /// An address nothing listens on.
 pub async fn refused_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
