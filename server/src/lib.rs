@@ -13,6 +13,7 @@ pub mod egress;
 mod export;
 pub mod front;
 pub mod guard;
+pub mod linger;
 pub mod logfile;
 pub mod state;
 pub mod tls;
@@ -30,6 +31,7 @@ use fastgate_layer::audit::{
 use fastgate_layer::forward::{ForwardConfig, UpstreamTls};
 use fastgate_layer::route::RouteTable;
 use fastgate_store::{BackgroundOptions, Store, StoreAuditSink, StoreError, StoreOptions};
+use percent_encoding::percent_decode_str;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::OpenApiService;
 use rustls::ClientConfig;
@@ -230,7 +232,7 @@ impl Gateway {
             .strip_headers(strip)
             .max_body_bytes(c.api_gateway.max_body_bytes)
             .forward_config(forward_config)
-            .build::<hyper::body::Incoming>();
+            .build::<linger::LingeringBody>();
         let state =
             Arc::new(AppState::new(store.clone(), settings, audit.stats()).with_spool(spool));
         drop(audit);
@@ -375,16 +377,20 @@ fn python_booleans(req: &mut poem::Request) {
         .split('&')
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if !BOOLEAN_PARAMS.contains(&name) {
+            // A client may percent-encode either side (`is%5Factive=%46alse`).
+            let name = percent_decode_str(name).decode_utf8_lossy();
+            if !BOOLEAN_PARAMS.contains(&&*name) {
                 return pair.to_owned();
             }
+            let value = percent_decode_str(value).decode_utf8_lossy();
             let canonical = match value.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "y" | "on" | "t" => "true",
                 "false" | "0" | "no" | "n" | "off" | "f" => "false",
                 _ => return pair.to_owned(),
             };
-            changed |= value != canonical;
-            format!("{name}={canonical}")
+            let out = format!("{name}={canonical}");
+            changed |= out != pair;
+            out
         })
         .collect();
     if !changed {

@@ -858,10 +858,17 @@ async fn mfastgate_admin_parameters_and_fields_work_or_are_refused() {
     assert_eq!(enabled["total"], 2);
     // Python's `requests` sends `params={"is_active": False}` as `False`; FastAPI (pydantic)
     // also took 0/1, yes/no, on/off.
-    for (value, want) in [("False", &disabled), ("0", &disabled), ("True", &enabled)] {
-        let (status, got) = get(format!("/admin/keys?is_active={value}")).await;
-        assert_eq!(status, 200, "{value}: {got}");
-        assert_eq!(ids(&got), ids(want), "is_active={value}");
+    // Also percent-encoded, on either side of the `=`.
+    for (param, want) in [
+        ("is_active=False", &disabled),
+        ("is_active=0", &disabled),
+        ("is_active=True", &enabled),
+        ("is_active=%46alse", &disabled),
+        ("is%5Factive=%66alse", &disabled),
+    ] {
+        let (status, got) = get(format!("/admin/keys?{param}")).await;
+        assert_eq!(status, 200, "{param}: {got}");
+        assert_eq!(ids(&got), ids(want), "{param}");
     }
     let (_, yes) = get("/admin/keys?active=YES&limit=5".into()).await;
     assert_eq!(yes["total"], 2);
