@@ -55,9 +55,11 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::CorsLayer;
 
 use crate::config::ForwardedHeader;
+use crate::linger::LingeringBody;
 
-/// The proxy stack as the server assembles it: store-backed keys, hyper's request body.
-pub type ProxyService = fastgate_layer::Gateway<fastgate_store::StoreKeyResolver, Incoming>;
+/// The proxy stack as the server assembles it: store-backed keys, hyper's request body (read to
+/// its end in the background if the stack refuses it unread, see [`LingeringBody`]).
+pub type ProxyService = fastgate_layer::Gateway<fastgate_store::StoreKeyResolver, LingeringBody>;
 
 /// Body of the poem app's responses (poem's own boxed body).
 type AppBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -398,7 +400,7 @@ fn dispatch(shared: &Shared, client: IpAddr, port: u16, mut req: Request<Incomin
     if is_proxy_path(req.uri().path()) {
         req.extensions_mut().insert(ClientAddr(client));
         Kind::Proxy {
-            fut: Oneshot::new(shared.proxy.clone(), req),
+            fut: Oneshot::new(shared.proxy.clone(), LingeringBody::wrap(req)),
         }
     } else {
         let req = poem::Request::from((
@@ -489,7 +491,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Proxy { #[pin] fut: Oneshot<ProxyService, Request<Incoming>> },
+        Proxy { #[pin] fut: Oneshot<ProxyService, Request<LingeringBody>> },
         App { fut: Pin<Box<dyn Future<Output = poem::Response> + Send>> },
         Browser { fut: BrowserFuture },
     }

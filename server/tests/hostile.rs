@@ -856,3 +856,120 @@ async fn a_slow_upload_is_not_the_backends_timeout_but_a_stalled_one_is_408() {
     assert_eq!(row["outcome"], "client_aborted", "{row}");
     assert_eq!(row["error_code"], "request_body_timeout", "{row}");
 }
+
+/// One HTTP/1.1 answer with a `content-length` read from a blocking socket: status and body.
+fn read_answer(sock: &mut std::net::TcpStream) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return Ok((raw_status(&head), body));
+            }
+        }
+        let n = sock.read(&mut byte)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&byte[..n]);
+    }
+}
+
+/// A client that writes its whole request before it reads (Python's `http.client`, hence
+/// `requests`) and is refused before its body was read (wrong key, unknown route, body over the
+/// limit) gets the JSON answer, not a broken pipe, and keeps its connection for the next request:
+/// the gateway reads the refused body to its end. A client that asked `Expect: 100-continue` is
+/// answered at once, without being made to send the body.
+#[tokio::test]
+async fn a_refused_upload_is_read_so_the_client_gets_its_answer_and_keeps_its_connection() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &up.url(),
+        |y| {
+            *y = y.replace(
+                "  timeout: 5\n",
+                "  timeout: 5\n  max_body_bytes: 1000000\n",
+            )
+        },
+        &[],
+    )
+    .await;
+    let key = fg.key("u").await;
+    let port = fg.port;
+    let cases = [
+        (
+            "/proxy/miniai/v2/chat/completions",
+            "fg_wrong",
+            600_000,
+            401,
+        ),
+        ("/proxy/nowhere", key.as_str(), 600_000, 404),
+        (
+            "/proxy/miniai/v2/chat/completions",
+            key.as_str(),
+            3_000_000,
+            413,
+        ),
+        (
+            "/proxy/miniai/v2/chat/completions",
+            key.as_str(),
+            600_000,
+            200,
+        ),
+    ];
+    for (path, key, len, want) in cases {
+        let key = key.to_owned();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            for round in 0..2 {
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+                );
+                sock.write_all(head.as_bytes()).unwrap();
+                let body = format!("{{\"model\":\"m\",\"pad\":\"{}\"}}", "x".repeat(len - 22));
+                assert_eq!(body.len(), len);
+                sock.write_all(body.as_bytes())
+                    .unwrap_or_else(|e| panic!("{path} {want} round {round}: upload cut: {e}"));
+                let (status, answer) = read_answer(&mut sock)
+                    .unwrap_or_else(|e| panic!("{path} {want} round {round}: no answer: {e}"));
+                assert_eq!(status, want, "{path} round {round}: {answer}");
+                if want != 200 {
+                    let answer: Value = serde_json::from_str(&answer).unwrap();
+                    assert!(answer["error"]["code"].is_string(), "{answer}");
+                }
+            }
+            // And an ordinary request on the same connection after them.
+            sock.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            let (status, _) = read_answer(&mut sock).unwrap();
+            assert_eq!(status, 200, "{path} {want}: /health after");
+        })
+        .await
+        .unwrap();
+    }
+
+    // `Expect: 100-continue` and a wrong key: the 401 comes at once, no body is asked for.
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        sock.write_all(
+            format!("POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: fg_wrong\r\nexpect: 100-continue\r\ncontent-length: 500000\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        read_answer(&mut sock)
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.unwrap().0, 401);
+}
