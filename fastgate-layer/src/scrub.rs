@@ -5,8 +5,11 @@
 //! (`authorization`, `x-api-key`: the gateway key must never reach the upstream, whatever the
 //! configured list says), the RFC 9110 hop-by-hop headers (`connection`, `keep-alive`,
 //! `proxy-connection`, `te`, `trailer`, `transfer-encoding`, `upgrade`, `proxy-authorization`,
-//! `proxy-authenticate`) plus every header named in `Connection`. It adds no `X-Forwarded-For` or `Forwarded` of its own. Every other header,
-//! unknown ones included, passes unchanged.
+//! `proxy-authenticate`) plus every header named in `Connection`, and `Expect` (the client's
+//! `100-continue` is answered by the server the gateway runs in, when the body is first read;
+//! the backend gets the body without being asked, as nginx forwards it). It adds no
+//! `X-Forwarded-For` or `Forwarded` of its own. Every other header, unknown ones included,
+//! passes unchanged.
 //!
 //! Place it after auth (auth needs the client's key) and before
 //! [`InjectUpstreamKeyLayer`](crate::inject::InjectUpstreamKeyLayer) (which sets the real one).
@@ -105,11 +108,15 @@ pub struct ScrubHeadersLayer {
 }
 
 impl ScrubHeadersLayer {
-    /// Remove `headers` (e.g. [`default_strip_headers`]) plus the client's credentials and the
-    /// hop-by-hop headers.
+    /// Remove `headers` (e.g. [`default_strip_headers`]) plus the client's credentials, the
+    /// hop-by-hop headers and `Expect`.
     pub fn new(headers: impl IntoIterator<Item = HeaderName>) -> Self {
         let mut list: Vec<HeaderName> = headers.into_iter().collect();
-        let credentials = [header::AUTHORIZATION, HeaderName::from_static("x-api-key")];
+        let credentials = [
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+            header::EXPECT,
+        ];
         for h in credentials.into_iter().chain(hop_by_hop_headers()) {
             if !list.contains(&h) {
                 list.push(h);
@@ -272,6 +279,7 @@ mod tests {
             .header("upgrade", "h2c")
             .header("proxy-authorization", "Basic x")
             .header("proxy-authenticate", "Basic")
+            .header("expect", "100-continue")
             .header("x-secret-hop", "1")
             .header("x-custom", "kept")
             .header("content-type", "application/json")

@@ -55,7 +55,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::CorsLayer;
 
 use crate::config::ForwardedHeader;
-use crate::linger::LingeringBody;
+use crate::linger::{self, LingeringBody};
 
 /// The proxy stack as the server assembles it: store-backed keys, hyper's request body (read to
 /// its end in the background if the stack refuses it unread, see [`LingeringBody`]).
@@ -87,6 +87,8 @@ struct Shared {
     cors: Option<CorsLayer>,
     /// CORS covers the admin app too (`app.cors_admin_api`), not only `/proxy` and `/health`.
     cors_admin_api: bool,
+    /// Stops the reading of refused uploads when shutdown begins.
+    lingering: linger::Shutdown,
 }
 
 /// The per-connection hyper service: dispatches by path.
@@ -400,7 +402,10 @@ fn dispatch(shared: &Shared, client: IpAddr, port: u16, mut req: Request<Incomin
     if is_proxy_path(req.uri().path()) {
         req.extensions_mut().insert(ClientAddr(client));
         Kind::Proxy {
-            fut: Oneshot::new(shared.proxy.clone(), LingeringBody::wrap(req)),
+            fut: Oneshot::new(
+                shared.proxy.clone(),
+                LingeringBody::wrap(req, &shared.lingering),
+            ),
         }
     } else {
         let req = poem::Request::from((
@@ -597,7 +602,9 @@ pub async fn serve(
         forwarded_header: config.forwarded_header,
         cors: config.cors,
         cors_admin_api: config.cors_admin_api,
+        lingering: linger::Shutdown::default(),
     });
+    let lingering = shared.lingering.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -661,6 +668,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(shared);
+    lingering.begin();
     closing.flag.store(true, Ordering::Release);
     closing.notify.notify_waiters();
     let drained = async { while connections.join_next().await.is_some() {} };

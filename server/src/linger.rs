@@ -8,22 +8,27 @@
 //! `http.client`, so `requests`) gets a broken pipe instead of the 401 or 413, and the connection
 //! it meant to reuse is gone.
 //!
-//! [`LingeringBody`] wraps hyper's request body: dropped unread on an HTTP/1 connection, it hands
-//! the body to a task that reads and discards it (as nginx's lingering close does), for at most
-//! [`LINGER_TOTAL`] and [`LINGER_IDLE`] between reads. A body read to its end leaves the
-//! connection usable for the next request; one that takes longer is dropped and hyper closes the
-//! connection as before. A body the stack had begun to read and then dropped (a stalled upload
-//! answered 408, a streamed body cut at the size limit, a backend that answered mid-upload) is
-//! left to hyper, as before. Not for HTTP/2 (a stream is reset on its own, the connection lives
-//! on) nor for a request that asked `Expect: 100-continue` (hyper then never invites the body,
+//! Over HTTP/2 the stream is reset (`NO_ERROR`) after the answer, which RFC 9113 allows but
+//! which curl and httpx report as a stream error instead of the answer.
+//!
+//! [`LingeringBody`] wraps hyper's request body: dropped unread, it hands the body to a task that
+//! reads and discards it (as nginx's lingering close does), for at most [`LINGER_TOTAL`] and
+//! [`LINGER_IDLE`] between reads, and not past the start of a shutdown ([`Shutdown`]). A body read
+//! to its end leaves the connection usable for the next request (the stream ends normally); one
+//! that takes longer is dropped and hyper closes the connection (resets the stream) as before.
+//! A body the stack had begun to read and then dropped (a stalled upload answered 408, a
+//! streamed body cut at the size limit, a backend that answered mid-upload) is left to hyper, as
+//! before; so is a request that asked `Expect: 100-continue` (hyper then never invites the body,
 //! and a client waiting for the invitation should not be made to send it).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Version, header};
+use http::{Request, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -33,20 +38,49 @@ pub const LINGER_TOTAL: Duration = Duration::from_secs(30);
 /// The longest wait for the next piece of a refused upload.
 pub const LINGER_IDLE: Duration = Duration::from_secs(5);
 
+/// The server's shutdown as the lingering bodies see it: once it begins, they stop reading.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown(Arc<ShutdownState>);
+
+#[derive(Debug, Default)]
+struct ShutdownState {
+    begun: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Shutdown {
+    /// Stop every lingering body now and from now on.
+    pub fn begin(&self) {
+        self.0.begun.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Resolves once [`begin`](Self::begin) was called.
+    async fn begun(&self) {
+        let notified = self.0.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a `begin` in between is not missed.
+        notified.as_mut().enable();
+        if self.0.begun.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// hyper's request body, read to its end in the background if it is dropped unread.
 #[derive(Debug)]
 pub struct LingeringBody {
     inner: Option<Incoming>,
-    /// Cleared at the first read: only a body nobody began to read lingers.
-    linger: bool,
+    /// Taken at the first read: only a body nobody began to read lingers.
+    linger: Option<Shutdown>,
 }
 
 impl LingeringBody {
-    /// Wrap the body of `req`; whether it lingers is decided from its version and headers.
-    pub fn wrap(req: Request<Incoming>) -> Request<Self> {
-        let linger = matches!(req.version(), Version::HTTP_11 | Version::HTTP_10)
-            && !req.body().is_end_stream()
-            && !req.headers().contains_key(header::EXPECT);
+    /// Wrap the body of `req`; whether it may linger is decided from its headers.
+    pub fn wrap(req: Request<Incoming>, shutdown: &Shutdown) -> Request<Self> {
+        let linger = (!req.body().is_end_stream() && !req.headers().contains_key(header::EXPECT))
+            .then(|| shutdown.clone());
         req.map(|body| LingeringBody {
             inner: Some(body),
             linger,
@@ -66,7 +100,7 @@ impl Body for LingeringBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        this.linger = false;
+        this.linger = None;
         Pin::new(inner).poll_frame(cx)
     }
 
@@ -83,10 +117,7 @@ impl Body for LingeringBody {
 
 impl Drop for LingeringBody {
     fn drop(&mut self) {
-        if !self.linger {
-            return;
-        }
-        let Some(body) = self.inner.take() else {
+        let (Some(shutdown), Some(body)) = (self.linger.take(), self.inner.take()) else {
             return;
         };
         if body.is_end_stream() {
@@ -94,7 +125,12 @@ impl Drop for LingeringBody {
         }
         // Outside a runtime (never in the server) the body is simply dropped.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(discard(body));
+            runtime.spawn(async move {
+                tokio::select! {
+                    () = discard(body) => {}
+                    () = shutdown.begun() => {}
+                }
+            });
         }
     }
 }

@@ -973,3 +973,102 @@ async fn a_refused_upload_is_read_so_the_client_gets_its_answer_and_keeps_its_co
     .unwrap();
     assert_eq!(answer.unwrap().0, 401);
 }
+
+/// Over HTTP/2 a refused upload is read too: the stream ends normally after the 401 instead of
+/// being reset (`RST_STREAM(NO_ERROR)`, which curl and httpx report as a stream error instead
+/// of the answer).
+#[tokio::test]
+async fn a_refused_http2_upload_is_read_and_its_stream_is_not_reset() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    const LEN: usize = 3 << 20;
+    let req = http::Request::post(format!("http://127.0.0.1:{}/proxy{BACKEND_PATH}", fg.port))
+        .header("x-api-key", "fg_wrong")
+        .header("content-length", LEN)
+        .body(())
+        .unwrap();
+    let (answer, mut upload) = client.send_request(req, false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    let mut body = answer.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    let json: Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(json["error"]["code"], "invalid_api_key", "{json}");
+    // The whole body goes through the server's flow-control window (1 MiB or less): it only
+    // can if the server keeps reading it.
+    let mut sent = 0;
+    let upload_done = async {
+        while sent < LEN {
+            upload.reserve_capacity(LEN - sent);
+            let room = std::future::poll_fn(|cx| upload.poll_capacity(cx))
+                .await
+                .expect("the stream was closed")
+                .expect("the stream was reset");
+            let n = room.min(LEN - sent);
+            if n == 0 {
+                continue;
+            }
+            sent += n;
+            upload
+                .send_data(bytes::Bytes::from(vec![b' '; n]), sent == LEN)
+                .expect("the stream was reset");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), upload_done)
+        .await
+        .expect("the upload stalled: the server stopped reading");
+    // Nothing reset the stream after the whole body was sent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reset = std::future::poll_fn(|cx| std::task::Poll::Ready(upload.poll_reset(cx))).await;
+    assert!(reset.is_pending(), "the stream was reset: {reset:?}");
+}
+
+/// A refused upload still being read does not hold up a shutdown (it is read for up to 30 s
+/// otherwise).
+#[tokio::test]
+async fn a_lingering_upload_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let mut fg = Fastgate::start(&up.url()).await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: fg_wrong\r\ncontent-length: 9000000\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        // 10 KB every 100 ms: never stalls for the 5 s that ends a lingering read.
+        for _ in 0..300 {
+            if sock.write_all(&[b' '; 10_000]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    fg.signal("TERM");
+    let t = std::time::Instant::now();
+    let code = fg.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    trickle.abort();
+}
