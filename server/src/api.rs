@@ -560,7 +560,7 @@ pub struct SeriesEntry {
 /// Aggregates over a window, for the dashboard.
 #[derive(Object, Debug)]
 pub struct MetricsReport {
-    /// `1h`, `24h` or `7d`.
+    /// `1h`, `24h`, `7d` or `30d`.
     pub window: String,
     /// Window start (RFC 3339).
     pub since: String,
@@ -1066,7 +1066,7 @@ impl SystemApi {
     /// Health: version, uptime, database reachability, audit queue.
     ///
     /// Answers 503 when the database is unreachable (cached keys keep working meanwhile).
-    #[oai(path = "/health", method = "get")]
+    #[oai(path = "/health", method = "get", operation_id = "get_health")]
     async fn health(&self) -> HealthResponse {
         let s = &self.state;
         let reachable = s.db_reachable().await;
@@ -1180,7 +1180,12 @@ impl AdminApi {
     /// Create a gateway API key
     ///
     /// The full key is in `api_key` of the response and is shown only this once.
-    #[oai(path = "/keys", method = "post", tag = "ApiTags::Keys")]
+    #[oai(
+        path = "/keys",
+        method = "post",
+        operation_id = "create_key",
+        tag = "ApiTags::Keys"
+    )]
     async fn create_key(
         &self,
         _auth: AdminAuth,
@@ -1222,7 +1227,12 @@ impl AdminApi {
     }
 
     /// List gateway API keys
-    #[oai(path = "/keys", method = "get", tag = "ApiTags::Keys")]
+    #[oai(
+        path = "/keys",
+        method = "get",
+        operation_id = "list_keys",
+        tag = "ApiTags::Keys"
+    )]
     #[allow(clippy::too_many_arguments)]
     async fn list_keys(
         &self,
@@ -1277,7 +1287,12 @@ impl AdminApi {
     }
 
     /// Get one key
-    #[oai(path = "/keys/:id", method = "get", tag = "ApiTags::Keys")]
+    #[oai(
+        path = "/keys/:id",
+        method = "get",
+        operation_id = "get_key",
+        tag = "ApiTags::Keys"
+    )]
     async fn get_key(&self, _auth: AdminAuth, id: Path<String>) -> KeyResponse {
         match self.state.store.get_key(&id.0).await {
             Ok(Some(r)) => KeyResponse::Ok(Json(KeyInfo::from_record(r, SystemTime::now()))),
@@ -1291,7 +1306,8 @@ impl AdminApi {
     /// Disabling a key or taking a permission away takes effect at once on this instance, and
     /// within 2 seconds on other instances sharing the PostgreSQL database.
     ///
-    /// `PUT` (M-FastGate's method) is the same partial update.
+    /// `PUT` (M-FastGate's method) is the same partial update. (Operation ids `update_key` and
+    /// `update_key_put`, given in `spec.rs`: poem-openapi gives one handler one id.)
     #[oai(
         path = "/keys/:id",
         method = "patch",
@@ -1354,7 +1370,12 @@ impl AdminApi {
     }
 
     /// Delete a key
-    #[oai(path = "/keys/:id", method = "delete", tag = "ApiTags::Keys")]
+    #[oai(
+        path = "/keys/:id",
+        method = "delete",
+        operation_id = "delete_key",
+        tag = "ApiTags::Keys"
+    )]
     async fn delete_key(&self, _auth: AdminAuth, id: Path<String>) -> DeleteResponse {
         match self.state.store.delete_key(&id.0).await {
             Ok(true) => {
@@ -1369,7 +1390,12 @@ impl AdminApi {
     /// Rotate a key: issue a new secret for the same key id
     ///
     /// The old secret keeps working for `grace_seconds` (default 0).
-    #[oai(path = "/keys/:id/rotate", method = "post", tag = "ApiTags::Keys")]
+    #[oai(
+        path = "/keys/:id/rotate",
+        method = "post",
+        operation_id = "rotate_key",
+        tag = "ApiTags::Keys"
+    )]
     async fn rotate_key(
         &self,
         _auth: AdminAuth,
@@ -1398,7 +1424,12 @@ impl AdminApi {
     }
 
     /// Audit log, newest first
-    #[oai(path = "/logs", method = "get", tag = "ApiTags::Logs")]
+    #[oai(
+        path = "/logs",
+        method = "get",
+        operation_id = "list_logs",
+        tag = "ApiTags::Logs"
+    )]
     #[allow(clippy::too_many_arguments)]
     async fn logs(
         &self,
@@ -1485,7 +1516,12 @@ impl AdminApi {
     /// a download; `limit` caps the count. The export holds the records stored when it started;
     /// those written while it runs are left out. If the database fails part-way, the transfer
     /// is cut off (no final chunk), so a truncated file is never taken for a complete one.
-    #[oai(path = "/logs/export", method = "get", tag = "ApiTags::Logs")]
+    #[oai(
+        path = "/logs/export",
+        method = "get",
+        operation_id = "export_logs",
+        tag = "ApiTags::Logs"
+    )]
     #[allow(clippy::too_many_arguments)]
     async fn export_logs(
         &self,
@@ -1581,7 +1617,12 @@ impl AdminApi {
     }
 
     /// One audit record by request id
-    #[oai(path = "/logs/:request_id", method = "get", tag = "ApiTags::Logs")]
+    #[oai(
+        path = "/logs/:request_id",
+        method = "get",
+        operation_id = "get_log",
+        tag = "ApiTags::Logs"
+    )]
     async fn log(&self, _auth: AdminAuth, request_id: Path<String>) -> LogResponse {
         match self.state.store.get_audit(&request_id.0).await {
             Ok(Some(r)) => LogResponse::Ok(Json(r.into())),
@@ -1591,7 +1632,12 @@ impl AdminApi {
     }
 
     /// Aggregated metrics for a window (what the dashboard shows)
-    #[oai(path = "/metrics", method = "get", tag = "ApiTags::Metrics")]
+    #[oai(
+        path = "/metrics",
+        method = "get",
+        operation_id = "get_metrics",
+        tag = "ApiTags::Metrics"
+    )]
     async fn metrics(
         &self,
         _auth: AdminAuth,
@@ -1666,7 +1712,12 @@ impl AdminApi {
     /// Hour by hour (M-FastGate's hourly metrics)
     ///
     /// The last `hours` whole hours, the current one included, from the hourly rollups.
-    #[oai(path = "/metrics/hourly", method = "get", tag = "ApiTags::Metrics")]
+    #[oai(
+        path = "/metrics/hourly",
+        method = "get",
+        operation_id = "get_hourly_metrics",
+        tag = "ApiTags::Metrics"
+    )]
     async fn metrics_hourly(
         &self,
         _auth: AdminAuth,
@@ -1686,7 +1737,12 @@ impl AdminApi {
     ///
     /// The last `days` days, today included; a day starts at midnight of `utc_offset` (M-FastGate
     /// counted China days: `utc_offset=%2B08:00`).
-    #[oai(path = "/metrics/daily", method = "get", tag = "ApiTags::Metrics")]
+    #[oai(
+        path = "/metrics/daily",
+        method = "get",
+        operation_id = "get_daily_metrics",
+        tag = "ApiTags::Metrics"
+    )]
     async fn metrics_daily(
         &self,
         _auth: AdminAuth,
@@ -1703,7 +1759,12 @@ impl AdminApi {
     }
 
     /// The effective configuration, every secret redacted
-    #[oai(path = "/config", method = "get", tag = "ApiTags::System")]
+    #[oai(
+        path = "/config",
+        method = "get",
+        operation_id = "get_config",
+        tag = "ApiTags::System"
+    )]
     async fn config(&self, _auth: AdminAuth) -> ConfigResponse {
         ConfigResponse::Ok(Json(self.state.settings().redacted_json()))
     }

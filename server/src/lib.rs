@@ -15,6 +15,7 @@ pub mod front;
 pub mod guard;
 pub mod linger;
 pub mod logfile;
+pub mod spec;
 pub mod state;
 pub mod tls;
 pub mod ui;
@@ -70,6 +71,19 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<(api::SystemApi, api::Adm
          Every /admin endpoint needs the admin token: `?token=`, `Authorization: Bearer` or \
          `X-Admin-Token`. Errors are OpenAI-shaped: {\"error\":{\"message\",\"type\",\"code\"}}.",
     )
+    .license("MIT")
+}
+
+/// The spec served at `/openapi.json` (poem-openapi's, finished by [`spec::finish`]) and the
+/// Swagger UI page of `/docs` showing that spec.
+pub fn spec_and_docs(
+    api: &OpenApiService<(api::SystemApi, api::AdminApi), ()>,
+) -> (String, String) {
+    let generated = api.spec();
+    let finished = spec::finish(&generated);
+    // The page embeds the spec as a JavaScript object literal, verbatim.
+    let docs = api.swagger_ui_html().replacen(&generated, &finished, 1);
+    (finished, docs)
 }
 
 /// The audit sink: the store, behind the spool file of `audit.spool_file` unless that is `""`.
@@ -238,9 +252,20 @@ impl Gateway {
         drop(audit);
 
         let api = openapi(state.clone());
+        let (spec_json, docs_html) = spec_and_docs(&api);
         let app = Route::new()
-            .at("/openapi.json", api.spec_endpoint())
-            .nest("/docs", api.swagger_ui())
+            .at(
+                "/openapi.json",
+                poem::endpoint::make_sync(move |_| {
+                    Response::builder()
+                        .content_type("application/json; charset=utf-8")
+                        .body(spec_json.clone())
+                }),
+            )
+            .at(
+                "/docs",
+                poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone())),
+            )
             .at("/admin/ui", ui::serve_ui)
             .at("/admin/ui/*path", ui::serve_ui)
             .nest("/", api)

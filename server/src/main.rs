@@ -192,7 +192,8 @@ async fn run(
             let state = std::sync::Arc::new(fastgate_server::state::AppState::new(
                 store, settings, stats,
             ));
-            println!("{}", fastgate_server::openapi(state).spec());
+            let (spec, _) = fastgate_server::spec_and_docs(&fastgate_server::openapi(state));
+            println!("{spec}");
             Ok(())
         }
         Some(Command::ImportMfastgate { from }) => {

@@ -595,9 +595,98 @@ async fn openapi_spec_and_docs_describe_the_api() {
     );
     let schemes = spec["components"]["securitySchemes"].as_object().unwrap();
     assert_eq!(schemes.len(), 3, "{schemes:?}");
+
+    // What generated clients need (server/src/spec.rs): a unique id for every operation, the
+    // admin guard's 401 and 429 on every operation behind it, text exports, no anonymous
+    // copies of schemas, typed timestamps and value sets.
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path}"));
+            assert!(ids.insert(id.to_owned()), "{id} twice");
+            let responses = op["responses"].as_object().unwrap();
+            let guarded = path.starts_with("/admin/");
+            assert_eq!(
+                !op["security"].as_array().unwrap().is_empty(),
+                guarded,
+                "{path}"
+            );
+            for status in ["401", "429"] {
+                assert_eq!(
+                    responses.contains_key(status),
+                    guarded,
+                    "{method} {path} {status}"
+                );
+            }
+            if guarded {
+                assert!(responses["429"]["headers"].get("Retry-After").is_some());
+            }
+        }
+    }
+    assert_eq!(ids.len(), 15, "{ids:?}");
+    assert!(
+        ids.contains("update_key") && ids.contains("update_key_put"),
+        "{ids:?}"
+    );
+    for media in ["text/csv; charset=utf-8", "application/x-ndjson"] {
+        assert_eq!(
+            content[media]["schema"],
+            serde_json::json!({"type": "string"})
+        );
+    }
+    assert_eq!(
+        spec["paths"]["/admin/config"]["get"]["responses"]["200"]["content"]["application/json; charset=utf-8"]
+            ["schema"]["type"],
+        "object"
+    );
+    let text = spec.to_string();
+    assert!(
+        !text.contains("allOf"),
+        "a field refers to a schema through allOf"
+    );
+    let schemas = &spec["components"]["schemas"];
+    assert_eq!(
+        schemas["ErrorBody"]["properties"]["error"]["$ref"],
+        "#/components/schemas/ErrorDetail"
+    );
+    assert_eq!(
+        schemas["AuditEntry"]["properties"]["timestamp"]["format"],
+        "date-time"
+    );
+    assert_eq!(
+        schemas["KeyInfo"]["properties"]["expires_at"]["format"],
+        "date-time"
+    );
+    assert_eq!(
+        schemas["AuditEntry"]["properties"]["outcome"]["enum"],
+        serde_json::json!([
+            "completed",
+            "client_aborted",
+            "upstream_error",
+            "upstream_timeout",
+            "rejected"
+        ])
+    );
+    assert!(spec.get("servers").is_none());
+    // `fastgate openapi` prints the same spec.
+    let printed = fastgate_cmd()
+        .arg("--config")
+        .arg(&fg.config)
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(printed, spec);
+
     let docs = fg.http.get(fg.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"));
+    let docs = docs.text().await.unwrap();
+    assert!(docs.contains("swagger"));
+    // The page shows the finished spec.
+    assert!(docs.contains("update_key_put"));
 
     let cfg: serde_json::Value = fg.admin_get("/admin/config").await.json().await.unwrap();
     let text = cfg.to_string();
