@@ -181,7 +181,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        match self.table.get(req.uri().path()) {
+        let path = req.uri().path();
+        // `/x/` finds the route of `/x` (FastAPI redirected it there, so clients of M-FastGate
+        // may send it); looked up only when `/x/` itself has no route.
+        let route = self.table.get(path).or_else(|| {
+            path.strip_suffix('/')
+                .filter(|p| !p.is_empty())
+                .and_then(|p| self.table.get(p))
+        });
+        match route {
             Some(route) => {
                 req.extensions_mut().insert(route);
                 ResponseFuture {

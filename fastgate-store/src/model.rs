@@ -261,7 +261,8 @@ pub struct AuditRecord {
     pub ttfb: Option<Duration>,
     /// Total duration (microsecond precision).
     pub duration: Duration,
-    /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout` or `rejected`.
+    /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout`, `rejected` or
+    /// `interrupted` (cut by FastGate at the end of its shutdown grace period).
     pub outcome: String,
     /// Stable error code.
     pub error_code: Option<String>,

@@ -440,7 +440,8 @@ pub struct AuditEntry {
     pub ttfb_ms: Option<f64>,
     /// Total duration, ms.
     pub duration_ms: f64,
-    /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout` or `rejected`.
+    /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout`, `rejected` or
+    /// `interrupted` (cut by FastGate at the end of its shutdown grace period).
     pub outcome: String,
     /// Error code, when the request failed.
     #[oai(nullable)]

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastgate_layer::ClientAddr;
-use fastgate_layer::audit::AuditBody;
+use fastgate_layer::audit::{AuditBody, AuditStats};
 use fastgate_layer::body::GatewayBody;
 use http::{HeaderMap, HeaderName, Request, Response};
 use http_body_util::Either;
@@ -581,6 +581,9 @@ pub struct FrontConfig {
     pub cors: Option<CorsLayer>,
     /// CORS for the admin app too (`app.cors_admin_api`).
     pub cors_admin_api: bool,
+    /// Told when the grace period ends, so that the responses cut then are audited as
+    /// interrupted, not as the clients' aborts.
+    pub audit: Option<AuditStats>,
 }
 
 /// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
@@ -593,6 +596,7 @@ pub async fn serve(
     config: FrontConfig,
 ) -> std::io::Result<()> {
     let grace = config.grace;
+    let audit = config.audit.clone();
     let local = LocalAddr(poem::Addr::SocketAddr(listener.local_addr()?));
     let shared = Arc::new(Shared {
         proxy,
@@ -679,6 +683,9 @@ pub async fn serve(
                 open = connections.len(),
                 "connections still open after the shutdown grace period; closing them"
             );
+            if let Some(audit) = &audit {
+                audit.cutting();
+            }
         }
     }
     connections.shutdown().await;

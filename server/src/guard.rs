@@ -85,7 +85,7 @@ fn digest(s: &str) -> [u8; 32] {
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     Response::builder()
         .status(status)
-        .content_type("application/json")
+        .content_type("application/json; charset=utf-8")
         .body(fastgate_layer::error::error_body(message, code).to_vec())
 }
 

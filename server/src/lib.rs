@@ -71,7 +71,7 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<(api::SystemApi, api::Adm
          Every /admin endpoint needs the admin token: `?token=`, `Authorization: Bearer` or \
          `X-Admin-Token`. Errors are OpenAI-shaped: {\"error\":{\"message\",\"type\",\"code\"}}.",
     )
-    .license("MIT")
+    .license(poem_openapi::LicenseObject::new("MIT").url("https://opensource.org/licenses/MIT"))
 }
 
 /// The spec served at `/openapi.json` (poem-openapi's, finished by [`spec::finish`]) and the
@@ -247,8 +247,9 @@ impl Gateway {
             .max_body_bytes(c.api_gateway.max_body_bytes)
             .forward_config(forward_config)
             .build::<linger::LingeringBody>();
+        let audit_stats = audit.stats();
         let state =
-            Arc::new(AppState::new(store.clone(), settings, audit.stats()).with_spool(spool));
+            Arc::new(AppState::new(store.clone(), settings, audit_stats.clone()).with_spool(spool));
         drop(audit);
 
         let api = openapi(state.clone());
@@ -306,6 +307,7 @@ impl Gateway {
             forwarded_header: c.app.forwarded_header,
             cors,
             cors_admin_api: c.app.cors_admin_api,
+            audit: Some(audit_stats),
         };
         let server = tokio::spawn(front::serve(
             listener,
@@ -501,6 +503,6 @@ async fn json_error(err: poem::Error) -> Response {
     };
     Response::builder()
         .status(status)
-        .content_type("application/json")
+        .content_type("application/json; charset=utf-8")
         .body(fastgate_layer::error::error_body(&message, code).to_vec())
 }

@@ -16,21 +16,23 @@
 //!   second, anonymous copy of the schema (`ErrorBodyError` beside `ErrorDetail`);
 //! * timestamps in answers are `format: date-time`, and fields with a fixed set of values list
 //!   them (`enum`);
-//! * no empty `servers` list (the spec is served by the gateway it describes).
+//! * one server, `/`: the gateway that serves the spec (poem-openapi wrote an empty list);
+//! * a `GET` does not declare 415 (it shares its answers with the `PATCH` of the same key).
 
 use serde_json::{Map, Value, json};
 
-/// Answer fields that hold an RFC 3339 timestamp, by schema.
-const TIMESTAMPS: &[(&str, &[&str])] = &[
-    (
-        "KeyInfo",
-        &["created_at", "updated_at", "expires_at", "last_used_at"],
-    ),
-    ("AuditEntry", &["timestamp"]),
-    ("MetricsReport", &["since", "until", "retained_since"]),
-    ("SeriesEntry", &["ts"]),
-    ("PeriodEntry", &["start"]),
-    ("PeriodReport", &["since", "until", "retained_since"]),
+/// Names of the answer fields that hold an RFC 3339 timestamp (in every schema whose name does
+/// not end in `Request`).
+const TIMESTAMPS: [&str; 9] = [
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "last_used_at",
+    "timestamp",
+    "since",
+    "until",
+    "ts",
+    "start",
 ];
 
 /// Operation ids of the operations whose handler serves two methods: path, method, id.
@@ -40,12 +42,13 @@ const UNNAMED: &[(&str, &str, &str)] = &[
 ];
 
 /// `AuditEntry.outcome`: every [`Outcome`](fastgate_layer::audit::Outcome).
-const OUTCOMES: [&str; 5] = [
+const OUTCOMES: [&str; 6] = [
     "completed",
     "client_aborted",
     "upstream_error",
     "upstream_timeout",
     "rejected",
+    "interrupted",
 ];
 
 /// The spec poem-openapi generated, finished (see the module docs).
@@ -57,9 +60,12 @@ pub fn finish(generated: &str) -> String {
         && root
             .get("servers")
             .and_then(Value::as_array)
-            .is_some_and(Vec::is_empty)
+            .is_none_or(Vec::is_empty)
     {
-        root.remove("servers");
+        root.insert(
+            "servers".into(),
+            json!([{"url": "/", "description": "the gateway serving this spec"}]),
+        );
     }
     if let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in paths.iter_mut() {
@@ -86,6 +92,11 @@ pub fn finish(generated: &str) -> String {
                 if secured {
                     guard_answers(op);
                 }
+                if method == "get"
+                    && let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut)
+                {
+                    responses.remove("415");
+                }
                 if path == "/admin/logs/export" {
                     text_exports(op);
                 }
@@ -103,33 +114,37 @@ pub fn finish(generated: &str) -> String {
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
     {
-        for schema in schemas.values_mut() {
+        for (name, schema) in schemas.iter_mut() {
+            let answer = !name.ends_with("Request");
             if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-                for prop in props.values_mut() {
+                for (field, prop) in props.iter_mut() {
                     direct_ref(prop);
+                    if answer
+                        && TIMESTAMPS.contains(&field.as_str())
+                        && prop.get("type") == Some(&json!("string"))
+                    {
+                        prop["format"] = json!("date-time");
+                    }
                 }
             }
         }
-        for (name, fields) in TIMESTAMPS {
-            for field in *fields {
-                set(schemas, name, field, "format", json!("date-time"));
-            }
-        }
         set(schemas, "AuditEntry", "outcome", "enum", json!(OUTCOMES));
-        set(
-            schemas,
-            "KeyInfo",
-            "status",
-            "enum",
-            json!(["active", "disabled", "expired"]),
-        );
-        set(
-            schemas,
-            "MetricsReport",
-            "window",
-            "enum",
-            json!(["1h", "24h", "7d", "30d"]),
-        );
+        for keys in ["KeyInfo", "CreatedKey"] {
+            set(
+                schemas,
+                keys,
+                "status",
+                "enum",
+                json!(["active", "disabled", "expired"]),
+            );
+        }
+        if let Some(window) = schemas
+            .get_mut("MetricsReport")
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut("window"))
+        {
+            *window = json!({"$ref": "#/components/schemas/Window"});
+        }
         set(
             schemas,
             "Health",
@@ -160,7 +175,9 @@ fn guard_answers(op: &mut Value) {
     let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
         return;
     };
-    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
+    let error = json!({"application/json; charset=utf-8": {
+        "schema": {"$ref": "#/components/schemas/ErrorBody"},
+    }});
     responses.entry("401").or_insert_with(|| {
         json!({
             "description": "The admin token is missing or wrong (`invalid_admin_token`).",
@@ -253,6 +270,7 @@ mod tests {
             Outcome::UpstreamError,
             Outcome::UpstreamTimeout,
             Outcome::Rejected,
+            Outcome::Interrupted,
         ] {
             assert!(OUTCOMES.contains(&outcome.as_str()), "{}", outcome.as_str());
         }

@@ -419,6 +419,28 @@ async fn unknown_paths_and_bad_admin_input_get_json_errors() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert!(body["error"]["code"].is_string(), "{body}");
 
+    // A trailing slash finds the route (FastAPI redirected it there); a second one does not.
+    let key = fg.new_key("slash").await;
+    let res = fg
+        .http
+        .post(fg.url(&format!("/proxy{BACKEND_PATH}/")))
+        .header("X-API-Key", &key)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(upstream.count(), 1);
+    let res = fg
+        .http
+        .post(fg.url(&format!("/proxy{BACKEND_PATH}//")))
+        .header("X-API-Key", &key)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
     let res = fg.http.get(fg.url("/no/such/page")).send().await.unwrap();
     assert_eq!(res.status(), 404);
     let body: serde_json::Value = res.json().await.unwrap();
@@ -666,10 +688,39 @@ async fn openapi_spec_and_docs_describe_the_api() {
             "client_aborted",
             "upstream_error",
             "upstream_timeout",
-            "rejected"
+            "rejected",
+            "interrupted"
         ])
     );
-    assert!(spec.get("servers").is_none());
+    assert_eq!(spec["servers"][0]["url"], "/");
+    // Every answer timestamp is typed, the created key's too; a GET declares no 415.
+    for (schema, field) in [
+        ("CreatedKey", "created_at"),
+        ("CreatedKey", "expires_at"),
+        ("KeyInfo", "last_used_at"),
+        ("SeriesEntry", "ts"),
+        ("PeriodEntry", "start"),
+        ("PeriodReport", "since"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["format"], "date-time",
+            "{schema}.{field}"
+        );
+    }
+    assert_eq!(
+        schemas["CreatedKey"]["properties"]["status"]["enum"],
+        serde_json::json!(["active", "disabled", "expired"])
+    );
+    assert!(
+        spec["paths"]["/admin/keys/{id}"]["get"]["responses"]
+            .get("415")
+            .is_none()
+    );
+    assert!(
+        spec["paths"]["/admin/keys/{id}"]["patch"]["responses"]
+            .get("415")
+            .is_some()
+    );
     // `fastgate openapi` prints the same spec.
     let printed = fastgate_cmd()
         .arg("--config")

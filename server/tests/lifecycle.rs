@@ -224,6 +224,55 @@ async fn sigterm_lets_a_stream_finish_and_writes_its_audit_row() {
     assert_eq!(row.response_bytes, full_sse().len() as u64);
 }
 
+/// A stream still running when the shutdown grace period ends is cut by the gateway, and its
+/// audit row says so (`interrupted`), not that the client went away.
+#[tokio::test]
+async fn a_stream_cut_at_the_end_of_the_grace_period_is_audited_as_interrupted() {
+    let upstream = FaultUpstream::start(Fault::StallAfter(2)).await;
+    let mut fg = Fastgate::start_with(
+        &upstream.url(),
+        |y| *y = y.replace("  shutdown_timeout: 20\n", "  shutdown_timeout: 1\n"),
+        &[],
+    )
+    .await;
+    let key = fg.new_key("u").await;
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", &key)
+        .body(chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let rid = request_id(&res);
+    let mut stream = res.bytes_stream();
+    assert!(stream.next().await.unwrap().unwrap().starts_with(b"data: "));
+    fg.signal("TERM");
+    // The client keeps reading: it is not the one who leaves.
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    assert_eq!(
+        fg.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        fg.logs()
+    );
+    reader.abort();
+    let store = fastgate_store::Store::connect(
+        &format!("sqlite:///{}", fg.db_path().display()),
+        fastgate_store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let row = store
+        .get_audit(&rid)
+        .await
+        .unwrap()
+        .expect("audit row written before exit");
+    assert_eq!(row.outcome, "interrupted");
+    assert!(row.response_bytes > 0);
+}
+
 #[tokio::test]
 async fn sigterm_does_not_wait_for_idle_or_silent_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

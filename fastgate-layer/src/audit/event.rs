@@ -17,6 +17,9 @@ pub enum Outcome {
     UpstreamTimeout,
     /// FastGate refused the request itself (auth, size limit, unknown route).
     Rejected,
+    /// The host cut the response while it was still running: it was stopping, and the request
+    /// outlived the shutdown grace period (see [`AuditStats::cutting`](crate::audit::AuditStats::cutting)).
+    Interrupted,
 }
 
 impl Outcome {
@@ -28,6 +31,7 @@ impl Outcome {
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Rejected => "rejected",
+            Self::Interrupted => "interrupted",
         }
     }
 
@@ -39,6 +43,7 @@ impl Outcome {
             "upstream_error" => Self::UpstreamError,
             "upstream_timeout" => Self::UpstreamTimeout,
             "rejected" => Self::Rejected,
+            "interrupted" => Self::Interrupted,
             _ => return None,
         })
     }

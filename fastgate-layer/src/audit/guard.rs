@@ -210,7 +210,12 @@ impl AuditGuard {
 
 impl Drop for AuditGuard {
     fn drop(&mut self) {
-        self.finish(Outcome::ClientAborted, None);
+        let outcome = if self.stats.cutting.load(Ordering::Relaxed) {
+            Outcome::Interrupted
+        } else {
+            Outcome::ClientAborted
+        };
+        self.finish(outcome, None);
     }
 }
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,8 @@ pub(crate) struct StatsInner {
     pub(crate) written: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) lost: AtomicU64,
+    /// Set by [`AuditStats::cutting`]: responses dropped from now on were cut by the host.
+    pub(crate) cutting: AtomicBool,
 }
 
 /// A cheap, cloneable view of the audit counters (for `/health` and metrics).
@@ -131,6 +133,13 @@ impl AuditStats {
     /// Events in batches given up on after the last retry.
     pub fn lost(&self) -> u64 {
         self.inner.lost.load(Ordering::Relaxed)
+    }
+
+    /// The host is about to cut the responses still running (at the end of its shutdown grace
+    /// period): from now on a response dropped before its end is recorded as
+    /// [`Outcome::Interrupted`](crate::audit::Outcome::Interrupted), not `ClientAborted`.
+    pub fn cutting(&self) {
+        self.inner.cutting.store(true, Ordering::Relaxed);
     }
 }
 
