@@ -1,7 +1,8 @@
 //! Exact-path routing: pick the [`RouteConfig`] for a request, or answer 404.
 //!
 //! [`RouteTable`] maps a request path (e.g. `/proxy/miniai/v2/chat/completions`) to a
-//! [`RouteConfig`]. It is cheap to clone and shared: [`RouteTable::replace`] swaps the whole map
+//! [`RouteConfig`]; a path with one trailing slash that has no route of its own takes the route
+//! of the path without it (FastAPI, which M-FastGate ran on, redirected it there). It is cheap to clone and shared: [`RouteTable::replace`] swaps the whole map
 //! atomically (for a configuration reload) while requests already routed keep the config they got.
 //! [`RouteLayer`] inserts the match into the request extensions (read by auth, inject and forward)
 //! or answers 404 JSON `route_not_found`, marked [`Rejected`](crate::Rejected).

@@ -606,7 +606,7 @@ pub async fn serve(
         forwarded_header: config.forwarded_header,
         cors: config.cors,
         cors_admin_api: config.cors_admin_api,
-        lingering: linger::Shutdown::default(),
+        lingering: linger::Shutdown::new(config.header_read_timeout),
     });
     let lingering = shared.lingering.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -86,6 +86,11 @@ pub fn spec_and_docs(
     (finished, docs)
 }
 
+/// The Swagger UI page.
+fn docs_page(html: String) -> impl Endpoint {
+    poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()))
+}
+
 /// The audit sink: the store, behind the spool file of `audit.spool_file` unless that is `""`.
 enum ServerSink {
     Store(StoreAuditSink),
@@ -263,10 +268,8 @@ impl Gateway {
                         .body(spec_json.clone())
                 }),
             )
-            .at(
-                "/docs",
-                poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone())),
-            )
+            .at("/docs", docs_page(docs_html.clone()))
+            .at("/docs/", docs_page(docs_html))
             .at("/admin/ui", ui::serve_ui)
             .at("/admin/ui/*path", ui::serve_ui)
             .nest("/", api)

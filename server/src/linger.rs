@@ -12,8 +12,9 @@
 //! which curl and httpx report as a stream error instead of the answer.
 //!
 //! [`LingeringBody`] wraps hyper's request body: dropped unread, it hands the body to a task that
-//! reads and discards it (as nginx's lingering close does), for at most [`LINGER_TOTAL`] and
-//! [`LINGER_IDLE`] between reads, and not past the start of a shutdown ([`Shutdown`]). A body read
+//! reads and discards it (as nginx's lingering close does), for at most [`LINGER_TOTAL`] (or the
+//! connection idle limit, `app.header_read_timeout`, if that is shorter) and [`LINGER_IDLE`]
+//! between reads, and not past the start of a shutdown ([`Shutdown`]). A body read
 //! to its end leaves the connection usable for the next request (the stream ends normally); one
 //! that takes longer is dropped and hyper closes the connection (resets the stream) as before.
 //! A body the stack had begun to read and then dropped (a stalled upload answered 408, a
@@ -38,17 +39,29 @@ pub const LINGER_TOTAL: Duration = Duration::from_secs(30);
 /// The longest wait for the next piece of a refused upload.
 pub const LINGER_IDLE: Duration = Duration::from_secs(5);
 
-/// The server's shutdown as the lingering bodies see it: once it begins, they stop reading.
-#[derive(Clone, Debug, Default)]
+/// How long refused bodies are read, and the server's shutdown as they see it: once it begins,
+/// they stop reading.
+#[derive(Clone, Debug)]
 pub struct Shutdown(Arc<ShutdownState>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShutdownState {
     begun: AtomicBool,
     notify: tokio::sync::Notify,
+    total: Duration,
 }
 
 impl Shutdown {
+    /// Refused bodies are read for at most `limit` (and [`LINGER_TOTAL`]): the connection's
+    /// idle limit, which does not count a lingering read as a request in flight.
+    pub fn new(limit: Duration) -> Self {
+        Self(Arc::new(ShutdownState {
+            begun: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+            total: LINGER_TOTAL.min(limit),
+        }))
+    }
+
     /// Stop every lingering body now and from now on.
     pub fn begin(&self) {
         self.0.begun.store(true, Ordering::Release);
@@ -127,7 +140,7 @@ impl Drop for LingeringBody {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 tokio::select! {
-                    () = discard(body) => {}
+                    () = discard(body, shutdown.0.total) => {}
                     () = shutdown.begun() => {}
                 }
             });
@@ -136,8 +149,8 @@ impl Drop for LingeringBody {
 }
 
 /// Read `body` to its end, or until it stalls or takes too long, and throw it away.
-async fn discard(mut body: Incoming) {
-    let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
+async fn discard(mut body: Incoming, total: Duration) {
+    let deadline = tokio::time::Instant::now() + total;
     loop {
         let until = deadline.min(tokio::time::Instant::now() + LINGER_IDLE);
         match tokio::time::timeout_at(until, body.frame()).await {

@@ -736,8 +736,11 @@ async fn openapi_spec_and_docs_describe_the_api() {
     assert_eq!(docs.status(), 200);
     let docs = docs.text().await.unwrap();
     assert!(docs.contains("swagger"));
-    // The page shows the finished spec.
+    // The page shows the finished spec, with or without the trailing slash.
     assert!(docs.contains("update_key_put"));
+    let slash = fg.http.get(fg.url("/docs/")).send().await.unwrap();
+    assert_eq!(slash.status(), 200);
+    assert_eq!(slash.text().await.unwrap(), docs);
 
     let cfg: serde_json::Value = fg.admin_get("/admin/config").await.json().await.unwrap();
     let text = cfg.to_string();

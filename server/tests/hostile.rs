@@ -962,7 +962,8 @@ async fn a_refused_upload_is_read_so_the_client_gets_its_answer_and_keeps_its_co
     let answer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        // Long enough for a loaded machine; a server waiting for the body never answers.
+        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         sock.write_all(
             format!("POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: fg_wrong\r\nexpect: 100-continue\r\ncontent-length: 500000\r\n\r\n").as_bytes(),
         )
@@ -1031,8 +1032,16 @@ async fn a_refused_http2_upload_is_read_and_its_stream_is_not_reset() {
     tokio::time::timeout(Duration::from_secs(10), upload_done)
         .await
         .expect("the upload stalled: the server stopped reading");
-    // Nothing reset the stream after the whole body was sent.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The connection serves the next request, and nothing reset the stream meanwhile.
+    let next = http::Request::get(format!("http://127.0.0.1:{}/health", fg.port))
+        .body(())
+        .unwrap();
+    let (next, _) = client.send_request(next, true).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status(), 200);
     let reset = std::future::poll_fn(|cx| std::task::Poll::Ready(upload.poll_reset(cx))).await;
     assert!(reset.is_pending(), "the stream was reset: {reset:?}");
 }
@@ -1051,16 +1060,39 @@ async fn a_lingering_upload_does_not_hold_up_shutdown() {
         "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: fg_wrong\r\ncontent-length: 9000000\r\n\r\n"
     );
     sock.write_all(head.as_bytes()).await.unwrap();
+    let (mut read, mut write) = sock.into_split();
     let trickle = tokio::spawn(async move {
         // 10 KB every 100 ms: never stalls for the 5 s that ends a lingering read.
         for _ in 0..300 {
-            if sock.write_all(&[b' '; 10_000]).await.is_err() {
+            if write.write_all(&[b' '; 10_000]).await.is_err() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The 401 is out: the body is being read and thrown away now.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = read.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !trickle.is_finished(),
+        "the upload was cut before the shutdown"
+    );
     fg.signal("TERM");
     let t = std::time::Instant::now();
     let code = fg.wait_exit(Duration::from_secs(20)).await;

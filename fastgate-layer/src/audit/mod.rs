@@ -21,6 +21,7 @@
 //! | response body ends (or was empty) | `completed`, or the [`Rejected`](crate::Rejected) outcome |
 //! | upstream body fails / goes idle mid-stream | `upstream_error` / `upstream_timeout`, bytes so far |
 //! | client drops the response (or the request before the headers) | `client_aborted` |
+//! | the host cuts it after [`AuditStats::cutting`] (end of its shutdown grace) | `interrupted` |
 //!
 //! Bytes pass through unchanged. The request's `model` is read from a bounded prefix of the request
 //! body, token usage from the response with the bounded [`scan::UsageScanner`].
