@@ -153,6 +153,15 @@ pub(crate) struct UsageBuffer {
 }
 
 impl UsageBuffer {
+    /// Count a use of `identity` at `wall`, unless the key has expired by then: its request is
+    /// refused (401 `expired_api_key`), as a disabled key's is, and neither counts as a use.
+    fn record_use(&self, identity: &KeyIdentity, wall: SystemTime) {
+        if identity.expires_at.is_some_and(|t| t <= wall) {
+            return;
+        }
+        self.record(&identity.key_id, to_ms(wall));
+    }
+
     fn record(&self, key_id: &Arc<str>, at_ms: i64) {
         let mut map = lock(&self.map);
         let e = map.entry(Arc::clone(key_id)).or_insert((0, at_ms));
@@ -323,7 +332,7 @@ impl Store {
                     },
                     1,
                 );
-                inner.usage.record(&e.identity.key_id, to_ms(wall));
+                inner.usage.record_use(&e.identity, wall);
                 return Cached::Done(Ok(e.identity.clone()));
             }
         }
@@ -390,7 +399,7 @@ impl Store {
                     inner.cache.insert(hash.to_owned(), entry, generation, ttl);
                 }
                 *lock(&inner.cache.db_failed_until) = None;
-                inner.usage.record(&identity.key_id, to_ms(wall));
+                inner.usage.record_use(&identity, wall);
                 Ok(identity)
             }
             Ok(None) => {
@@ -411,7 +420,7 @@ impl Store {
                     Some(e) => {
                         tracing::warn!(key_id = %e.identity.key_id, error = %err, "key lookup failed; serving cached identity");
                         Counters::add(&inner.counters.stale_served, 1);
-                        inner.usage.record(&e.identity.key_id, to_ms(wall));
+                        inner.usage.record_use(&e.identity, wall);
                         Ok(e.identity)
                     }
                     None => {

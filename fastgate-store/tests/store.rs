@@ -917,6 +917,16 @@ on_backends!(expired_keys_resolve_with_their_expiry, |db| {
     let id = store.resolve_key(&k.secret).await.unwrap();
     assert_eq!(id.expires_at, Some(past));
     assert!(id.is_expired_at(SystemTime::now()));
+    // Its requests are refused (401 expired_api_key): like a disabled key's, they are not uses,
+    // whether the lookup asked the database or the cache.
+    let resolver = store.key_resolver();
+    for _ in 0..3 {
+        resolver.resolve(presented(&k.secret)).await.unwrap();
+    }
+    store.flush_usage().await.unwrap();
+    let rec = store.get_key(&k.record.id).await.unwrap().unwrap();
+    assert_eq!(rec.request_count, 0);
+    assert!(rec.last_used_at.is_none());
     db.finish(&[&store]).await;
 });
 
