@@ -737,6 +737,81 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.equal((await fetch(`${base}/admin/ui/routes`)).status, 404);
   });
 
+  test('Back and Forward move between tabs; page URLs with a trailing slash redirect', async () => {
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-keys').click();
+    await tid(p, 'view-keys').waitFor({ state: 'visible' });
+    await tid(p, 'tab-logs').click();
+    await tid(p, 'view-logs').waitFor({ state: 'visible' });
+    await p.goBack();
+    await tid(p, 'view-keys').waitFor({ state: 'visible' });
+    assert.equal(new URL(p.url()).pathname, '/admin/ui/keys');
+    await p.goBack();
+    await tid(p, 'view-dashboard').waitFor({ state: 'visible' });
+    assert.equal(new URL(p.url()).pathname, '/admin/ui/');
+    await p.goForward();
+    await tid(p, 'view-keys').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'tab-keys').getAttribute('aria-current'), 'page');
+    await ctx.close();
+    for (const view of ['keys', 'logs']) {
+      const res = await fetch(`${base}/admin/ui/${view}/?a=1`, { redirect: 'manual' });
+      assert.equal(res.status, 308);
+      assert.equal(res.headers.get('location'), `/admin/ui/${view}?a=1`);
+    }
+  });
+
+  test('filters that match nothing say so; a failed refresh is cleared by the next one that works', async () => {
+    await keyWithTraffic('e2e-empty-states');
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-keys').click();
+    await p.waitForFunction(() => document.querySelectorAll('[data-testid="key-row"]').length > 0);
+    await tid(p, 'keys-filter-source').fill('e2e-no-such-source');
+    await tid(p, 'keys-filter-source').press('Enter');
+    await tid(p, 'keys-empty').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'keys-empty').textContent(), 'No keys match these filters.');
+
+    // The server stops answering: the banner shows, "Updated" keeps the last good time, the
+    // health panel does not go on showing the old figures.
+    await tid(p, 'tab-dashboard').click();
+    await refresh(p);
+    const updated = await tid(p, 'last-updated').textContent();
+    await p.route('**/health', (route) => route.abort());
+    await p.route('**/admin/metrics*', (route) => route.abort());
+    await tid(p, 'refresh-btn').click();
+    await tid(p, 'error-banner').waitFor({ state: 'visible' });
+    await p.waitForFunction(() => document.getElementById('refresh-spinner').classList.contains('d-none'));
+    assert.equal(await tid(p, 'last-updated').textContent(), updated);
+    assert.equal(await p.locator('#health-db').textContent(), '—');
+    // It answers again: an automatic refresh (auto-refresh switched off and on) clears it.
+    await p.unroute('**/health');
+    await p.unroute('**/admin/metrics*');
+    await tid(p, 'autorefresh-toggle').uncheck();
+    await tid(p, 'autorefresh-toggle').check();
+    await tid(p, 'error-banner').waitFor({ state: 'hidden' });
+    await waitFor('the health panel again', async () => (await p.locator('#health-db').textContent()) !== '—');
+    await ctx.close();
+  });
+
+  test('a key with a very long source path keeps its actions on screen at 1366 px', async () => {
+    const long = `e2e-long-${'a'.repeat(190)}`;
+    await admin('POST', '/admin/keys', { source_path: long });
+    const { context: ctx, page: p } = await newPage({ width: 1366, height: 900 });
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-keys').click();
+    await tid(p, 'keys-filter-source').fill(long);
+    await tid(p, 'keys-filter-source').press('Enter');
+    const row = keyRow(p, 'e2e-long-');
+    await row.waitFor({ state: 'visible' });
+    const box = await row.locator('[data-testid="key-delete"]').boundingBox();
+    assert.ok(box && box.x + box.width <= 1366, `the delete button ends at ${box && box.x + box.width} px`);
+    await ctx.close();
+  });
+
   test('"Export CSV" downloads the filtered audit log without putting the token in a URL', async () => {
     const { key, record } = await keyWithTraffic('e2e-export');
     const { context: ctx, page: p } = await newPage();

@@ -52,6 +52,7 @@
       'keys.dismiss': 'I have copied it', 'keys.newtitle': 'New API key for “{s}”',
       'keys.rotatedtitle': 'Rotated API key for “{s}”', 'keys.list': 'API keys',
       'keys.empty': 'No API keys yet. Create one above.', 'keys.never.short': 'never',
+      'keys.nomatch': 'No keys match these filters.',
       'keys.err.source': 'Source path is required.', 'keys.err.days': 'Expiry must be a whole number of days between 1 and 36500.',
       'keys.created': 'Key created.', 'keys.enabled': 'Key enabled.', 'keys.disabled': 'Key disabled.',
       'keys.deleted': 'Key deleted.', 'keys.rotated': 'Key rotated. The old key no longer works.',
@@ -71,7 +72,7 @@
       'col.lastused': 'Last used', 'col.requests': 'Requests', 'col.created': 'Created', 'col.actions': 'Actions',
       'col.errors': 'Errors', 'col.tokens': 'Tokens', 'col.model': 'Model', 'col.time': 'Time', 'col.type': 'Type',
       'col.request': 'Request', 'col.latency': 'Latency', 'col.ttfb': 'TTFB', 'col.bytes': 'Bytes in / out',
-      'logs.empty': 'No requests recorded yet.', 'logs.count': '{n} records shown', 'page.more': 'Load older',
+      'logs.empty': 'No requests recorded yet.', 'logs.nomatch': 'No records match these filters.', 'logs.count': '{n} records shown', 'page.more': 'Load older',
       'page.prev': 'Previous', 'page.next': 'Next',
       'detail.title': 'Request detail',
       'f.request_id': 'Request ID', 'f.timestamp': 'Time', 'f.key_id': 'Key ID', 'f.source_path': 'Source path',
@@ -119,6 +120,7 @@
       'keys.dismiss': '我已复制', 'keys.newtitle': '“{s}” 的新 API Key',
       'keys.rotatedtitle': '“{s}” 轮换后的新 API Key', 'keys.list': 'API Key 列表',
       'keys.empty': '还没有 API Key，请在上方创建。', 'keys.never.short': '永不',
+      'keys.nomatch': '没有符合筛选条件的 Key。',
       'keys.err.source': '请填写来源路径。', 'keys.err.days': '有效期必须是 1 到 36500 之间的整数天数。',
       'keys.created': 'Key 已创建。', 'keys.enabled': 'Key 已启用。', 'keys.disabled': 'Key 已禁用。',
       'keys.deleted': 'Key 已删除。', 'keys.rotated': 'Key 已轮换，旧 Key 已失效。',
@@ -138,7 +140,7 @@
       'col.lastused': '最近使用', 'col.requests': '请求数', 'col.created': '创建时间', 'col.actions': '操作',
       'col.errors': '错误', 'col.tokens': 'Token', 'col.model': '模型', 'col.time': '时间', 'col.type': '类型',
       'col.request': '请求', 'col.latency': '耗时', 'col.ttfb': '首字节', 'col.bytes': '字节 入 / 出',
-      'logs.empty': '暂无请求记录。', 'logs.count': '已显示 {n} 条记录', 'page.more': '加载更早记录',
+      'logs.empty': '暂无请求记录。', 'logs.nomatch': '没有符合筛选条件的记录。', 'logs.count': '已显示 {n} 条记录', 'page.more': '加载更早记录',
       'page.prev': '上一页', 'page.next': '下一页',
       'detail.title': '请求详情',
       'f.request_id': '请求 ID', 'f.timestamp': '时间', 'f.key_id': 'Key ID', 'f.source_path': '来源路径',
@@ -323,11 +325,20 @@
 
   // ---------------------------------------------------------------- messages
   var toastTimer = null;
+  // The banner shows a failed refresh (the next successful one clears it) or a failed action
+  // (it stays until the next manual refresh).
+  var errorFromRefresh = false;
   function showError(err) {
     if (err && err.status === 401) return; // handled by the sign-in form
     var msg = err && err.message ? err.message : String(err);
     $('error-text').textContent = msg;
     show($('error-banner'), true);
+    errorFromRefresh = false;
+  }
+  /** An empty-state message, kept translatable (the language switch re-reads `data-i18n`). */
+  function emptyText(node, key) {
+    node.setAttribute('data-i18n', key);
+    node.textContent = t(key);
   }
   function clearError() { show($('error-banner'), false); $('error-text').textContent = ''; }
   function toast(msg) {
@@ -405,7 +416,11 @@
 
   // ---------------------------------------------------------------- tabs
   var currentTab = 'dashboard';
-  function selectTab(name) {
+  /**
+   * Show a tab. Its address becomes a history entry (`keep` false), so the browser's Back and
+   * Forward move between tabs; `keep` (the first tab, a Back/Forward) only corrects the address.
+   */
+  function selectTab(name, keep) {
     currentTab = name;
     var tabs = document.querySelectorAll('[data-tab]');
     for (var i = 0; i < tabs.length; i++) {
@@ -416,7 +431,9 @@
     // The address names the tab (M-FastGate's page URLs), so a reload stays on it.
     var path = '/admin/ui/' + (name === 'dashboard' ? '' : name);
     if (/^\/admin\/ui\//.test(window.location.pathname) && window.location.pathname !== path) {
-      window.history.replaceState(window.history.state, '', path + window.location.search + window.location.hash);
+      var url = path + window.location.search + window.location.hash;
+      if (keep) window.history.replaceState(window.history.state, '', url);
+      else window.history.pushState(null, '', url);
     }
     show($('view-dashboard'), name === 'dashboard');
     show($('view-keys'), name === 'keys');
@@ -448,7 +465,14 @@
       .then(function (results) {
         var firstErr = null;
         for (var i = 0; i < results.length; i++) if (results[i] instanceof ApiError) { firstErr = results[i]; break; }
-        if (firstErr) showError(firstErr); else if (manual) clearError();
+        if (firstErr) {
+          // "Updated" keeps the time of the last refresh that worked.
+          showError(firstErr);
+          errorFromRefresh = firstErr.status !== 401;
+          return;
+        }
+        if (manual || errorFromRefresh) clearError();
+        errorFromRefresh = false;
         $('last-updated').textContent = new Date().toLocaleTimeString(locale(), { hour12: false }) +
           ($('autorefresh-toggle').checked ? '' : ' (' + t('status.paused') + ')');
       })
@@ -469,6 +493,9 @@
       badge.className = 'badge text-bg-danger';
       badge.setAttribute('data-status', 'unreachable');
       badge.textContent = t('health.down');
+      // Nothing below is known while the server does not answer.
+      ['health-version', 'health-uptime', 'health-db', 'health-queue', 'health-audit', 'health-lasterror']
+        .forEach(function (id) { $(id).textContent = '—'; });
       return;
     }
     var ok = h.status === 'healthy';
@@ -632,8 +659,10 @@
   function loadKeys() {
     var first = !keysState.loaded;
     if (first) show($('keys-loading'), true);
-    return api('GET', '/admin/keys' + qs(keysQuery())).then(function (res) {
+    var query = keysQuery();
+    return api('GET', '/admin/keys' + qs(query)).then(function (res) {
       keysState.loaded = true;
+      keysState.filtered = !!(query.source_path || $('kfl-status').value);
       show($('keys-loading'), false);
       renderKeys(res || {});
     }, function (err) {
@@ -684,6 +713,8 @@
       ]);
       body.appendChild(tr);
     });
+    // With a filter on, "none yet" would be untrue: say that nothing matches.
+    emptyText($('keys-empty'), keysState.filtered ? 'keys.nomatch' : 'keys.empty');
     show($('keys-empty'), items.length === 0);
     var a = items.length ? keysState.offset + 1 : 0;
     $('keys-range').textContent = t('keys.range', { a: a, b: keysState.offset + items.length, n: keysState.total });
@@ -976,6 +1007,9 @@
       body.appendChild(tr);
     });
     var total = logsState.items.length;
+    var applied = appliedLogsQuery();
+    var filtered = !!(applied.key_id || applied.status || applied.is_stream || applied.model);
+    emptyText($('logs-empty'), filtered ? 'logs.nomatch' : 'logs.empty');
     show($('logs-empty'), total === 0);
     $('logs-count').textContent = total ? t('logs.count', { n: fmtInt(total) }) : '';
     show($('logs-more'), !!logsState.cursor);
@@ -1138,7 +1172,8 @@
     applyI18n();
     bind();
     var first = tabFromPath();
-    if (first) selectTab(first);
+    if (first) selectTab(first, true);
+    window.addEventListener('popstate', function () { selectTab(tabFromPath() || 'dashboard', true); });
     start();
   }
 

@@ -31,6 +31,17 @@ pub fn serve_ui(req: &Request) -> Response {
             .finish();
     }
     let name = rest.trim_start_matches('/');
+    // `/admin/ui/keys/` → `/admin/ui/keys` (the page's relative asset URLs resolve from there).
+    if let Some(page @ ("keys" | "logs")) = name.strip_suffix('/') {
+        let target = match req.uri().query() {
+            Some(q) => format!("/admin/ui/{page}?{q}"),
+            None => format!("/admin/ui/{page}"),
+        };
+        return Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header(header::LOCATION, target)
+            .finish();
+    }
     // M-FastGate's page URLs (`/admin/ui/keys`, `/admin/ui/logs`) open the dashboard on that tab.
     let name = match name {
         "" | "keys" | "logs" => "index.html",
