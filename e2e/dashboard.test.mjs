@@ -455,6 +455,32 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.equal((await chat(newKey)).status, 401);
   });
 
+  test('rotate can keep the old key working for a grace period', async () => {
+    const { key } = await keyWithTraffic('e2e-rotate-grace');
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-keys').click();
+    const row = keyRow(p, 'e2e-rotate-grace');
+    await row.waitFor({ state: 'visible' });
+    await row.locator('[data-testid="key-rotate"]').click();
+    await tid(p, 'confirm-grace').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'confirm-grace').inputValue(), '0');
+    await tid(p, 'confirm-grace').selectOption('300');
+    await tid(p, 'confirm-ok').click();
+    await tid(p, 'new-key-box').waitFor({ state: 'visible' });
+    const newKey = await tid(p, 'new-key-value').inputValue();
+    assert.equal((await chat(newKey)).status, 200);
+    assert.equal((await chat(key.api_key)).status, 200, 'the old key works during the grace period');
+    assert.match(await tid(p, 'toast').textContent(), /The old key works until/);
+    // The dialog for a delete has no grace choice.
+    await row.locator('[data-testid="key-delete"]').click();
+    await tid(p, 'confirm-modal').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'confirm-grace').isVisible(), false);
+    await tid(p, 'confirm-cancel').click();
+    await ctx.close();
+  });
+
   test('API errors are shown as readable messages', async () => {
     // A key with a 7-day expiry, deleted behind the page's back: acting on the stale row
     // gets a 404 whose error.message the page must show.

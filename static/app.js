@@ -56,10 +56,13 @@
       'keys.err.source': 'Source path is required.', 'keys.err.days': 'Expiry must be a whole number of days between 1 and 36500.',
       'keys.created': 'Key created.', 'keys.enabled': 'Key enabled.', 'keys.disabled': 'Key disabled.',
       'keys.deleted': 'Key deleted.', 'keys.rotated': 'Key rotated. The old key no longer works.',
+      'keys.rotated.grace': 'Key rotated. The old key works until {t}.',
+      'keys.grace.label': 'The old key keeps working for', 'keys.grace.0': 'no time: it stops at once',
+      'keys.grace.300': '5 minutes', 'keys.grace.3600': '1 hour', 'keys.grace.86400': '24 hours',
       'keys.confirm.delete.title': 'Delete API key?',
       'keys.confirm.delete.body': 'Key {d} ({s}) will be deleted permanently. Clients using it will get 401.',
       'keys.confirm.rotate.title': 'Rotate API key?',
-      'keys.confirm.rotate.body': 'A new key replaces {d} ({s}). The old key stops working at once.',
+      'keys.confirm.rotate.body': 'A new key replaces {d} ({s}); clients must switch to it.',
       'keys.confirm.disable.title': 'Disable API key?',
       'keys.confirm.disable.body': 'Key {d} ({s}) will be rejected with 401 until it is enabled again.',
       'keys.range': '{a}–{b} of {n}', 'keys.unused': 'never',
@@ -96,7 +99,7 @@
       'signin.empty': '请输入管理员令牌。',
       'tab.dashboard': '仪表板', 'tab.keys': 'API Key', 'tab.logs': '审计日志',
       'status.updated': '更新于', 'status.loading': '加载中…', 'status.paused': '已暂停',
-      'status.active': '启用', 'status.disabled': '已禁用', 'status.expired': '已过期',
+      'status.active': '已启用', 'status.disabled': '已禁用', 'status.expired': '已过期',
       'dash.title': '概览', 'window.1h': '1 小时', 'window.24h': '24 小时', 'window.7d': '7 天', 'window.30d': '30 天',
       'stat.requests': '请求数', 'stat.success': '成功率', 'stat.latency': '平均 / P95 延迟',
       'stat.stream': '流式占比', 'stat.tokens': 'Token 用量', 'stat.keys': '活跃 Key',
@@ -124,10 +127,13 @@
       'keys.err.source': '请填写来源路径。', 'keys.err.days': '有效期必须是 1 到 36500 之间的整数天数。',
       'keys.created': 'Key 已创建。', 'keys.enabled': 'Key 已启用。', 'keys.disabled': 'Key 已禁用。',
       'keys.deleted': 'Key 已删除。', 'keys.rotated': 'Key 已轮换，旧 Key 已失效。',
+      'keys.rotated.grace': 'Key 已轮换，旧 Key 在 {t} 前仍可使用。',
+      'keys.grace.label': '旧 Key 继续有效的时间', 'keys.grace.0': '不保留：立即失效',
+      'keys.grace.300': '5 分钟', 'keys.grace.3600': '1 小时', 'keys.grace.86400': '24 小时',
       'keys.confirm.delete.title': '删除 API Key？',
       'keys.confirm.delete.body': 'Key {d}（{s}）将被永久删除，使用它的客户端将收到 401。',
       'keys.confirm.rotate.title': '轮换 API Key？',
-      'keys.confirm.rotate.body': '将生成新 Key 替换 {d}（{s}），旧 Key 立即失效。',
+      'keys.confirm.rotate.body': '将生成新 Key 替换 {d}（{s}），客户端需改用新 Key。',
       'keys.confirm.disable.title': '禁用 API Key？',
       'keys.confirm.disable.body': 'Key {d}（{s}）在重新启用之前会被拒绝（401）。',
       'keys.range': '第 {a}–{b} 条，共 {n} 条', 'keys.unused': '从未使用',
@@ -798,7 +804,10 @@
   // Confirmation modal (Bootstrap), never window.confirm.
   var confirmAction = null;
   var confirmModal = null;
-  function askConfirm(title, body, okText, action) {
+  /** The confirmation dialog; `grace` shows the rotation's grace-period choice (reset to 0). */
+  function askConfirm(title, body, okText, action, grace) {
+    show($('confirm-grace-row'), !!grace);
+    $('confirm-grace').value = '0';
     $('confirm-title').textContent = title;
     $('confirm-body').textContent = body;
     $('confirm-ok').textContent = okText;
@@ -831,10 +840,15 @@
 
   function rotateKey(k) {
     askConfirm(t('keys.confirm.rotate.title'), t('keys.confirm.rotate.body', { d: k.display || k.id, s: keyLabel(k) }), t('action.rotate'), function () {
-      api('POST', '/admin/keys/' + encodeURIComponent(k.id) + '/rotate', {})
-        .then(function (res) { showNewKey(res, true); return afterKeyChange(t('keys.rotated')); })
+      var grace = parseInt($('confirm-grace').value, 10) || 0;
+      var until = new Date(Date.now() + grace * 1000);
+      api('POST', '/admin/keys/' + encodeURIComponent(k.id) + '/rotate' + qs({ grace_seconds: grace }), {})
+        .then(function (res) {
+          showNewKey(res, true);
+          return afterKeyChange(grace ? t('keys.rotated.grace', { t: fmtTime(until.toISOString()) }) : t('keys.rotated'));
+        })
         .catch(showError);
-    });
+    }, true);
   }
 
   function deleteKey(k) {
