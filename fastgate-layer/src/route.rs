@@ -1,8 +1,9 @@
 //! Exact-path routing: pick the [`RouteConfig`] for a request, or answer 404.
 //!
 //! [`RouteTable`] maps a request path (e.g. `/proxy/miniai/v2/chat/completions`) to a
-//! [`RouteConfig`]; a path with one trailing slash that has no route of its own takes the route
-//! of the path without it (FastAPI, which M-FastGate ran on, redirected it there). It is cheap to clone and shared: [`RouteTable::replace`] swaps the whole map
+//! [`RouteConfig`]; a path that has no route of its own takes the one FastAPI (which M-FastGate
+//! ran on) would have found: percent-encoded characters decoded, one trailing slash dropped
+//! ([`RouteTable::get_like_fastapi`]). It is cheap to clone and shared: [`RouteTable::replace`] swaps the whole map
 //! atomically (for a configuration reload) while requests already routed keep the config they got.
 //! [`RouteLayer`] inserts the match into the request extensions (read by auth, inject and forward)
 //! or answers 404 JSON `route_not_found`, marked [`Rejected`](crate::Rejected).
@@ -57,6 +58,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -97,6 +99,19 @@ impl RouteTable {
             .unwrap_or_else(PoisonError::into_inner)
             .get(path)
             .cloned()
+    }
+
+    /// The route FastAPI (which M-FastGate ran on) would have found for a `path` that has none
+    /// of its own: percent-encoded characters decoded, and `/x/` taken as `/x` (FastAPI
+    /// redirected it there). Only asked on a miss, so exact paths cost nothing more.
+    pub fn get_like_fastapi(&self, path: &str) -> Option<RouteConfig> {
+        let decoded = percent_decode_str(path).decode_utf8().ok()?;
+        let trimmed = decoded.strip_suffix('/').filter(|p| !p.is_empty());
+        [Some(&*decoded), trimmed]
+            .into_iter()
+            .flatten()
+            .filter(|p| *p != path)
+            .find_map(|p| self.get(p))
     }
 
     /// Number of routes.
@@ -183,13 +198,10 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let path = req.uri().path();
-        // `/x/` finds the route of `/x` (FastAPI redirected it there, so clients of M-FastGate
-        // may send it); looked up only when `/x/` itself has no route.
-        let route = self.table.get(path).or_else(|| {
-            path.strip_suffix('/')
-                .filter(|p| !p.is_empty())
-                .and_then(|p| self.table.get(p))
-        });
+        let route = self
+            .table
+            .get(path)
+            .or_else(|| self.table.get_like_fastapi(path));
         match route {
             Some(route) => {
                 req.extensions_mut().insert(route);

@@ -431,6 +431,18 @@ async fn unknown_paths_and_bad_admin_input_get_json_errors() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(upstream.count(), 1);
+    // A percent-encoded letter is decoded (FastAPI decoded paths before routing).
+    let encoded = format!("/proxy{}", BACKEND_PATH.replace("chat", "%63hat"));
+    let res = fg
+        .http
+        .post(fg.url(&encoded))
+        .header("X-API-Key", &key)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{encoded}");
+    assert_eq!(upstream.count(), 2);
     let res = fg
         .http
         .post(fg.url(&format!("/proxy{BACKEND_PATH}//")))
