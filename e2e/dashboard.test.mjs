@@ -804,6 +804,11 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     // health panel does not go on showing the old figures.
     await tid(p, 'tab-dashboard').click();
     await refresh(p);
+    // The backend's line: its failures since start, or none.
+    const health = await (await fetch(`${base}/health`)).json();
+    const backendLine = await tid(p, 'health-backend').textContent();
+    if (health.upstream.failures === 0) assert.equal(backendLine, 'no failure since start');
+    else assert.match(backendLine, /failed requests; last/);
     const updated = await tid(p, 'last-updated').textContent();
     await p.route('**/health', (route) => route.abort());
     await p.route('**/admin/metrics*', (route) => route.abort());

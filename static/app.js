@@ -40,6 +40,8 @@
       'health.title': 'System status', 'health.status': 'Status', 'health.version': 'Version',
       'health.uptime': 'Uptime', 'health.database': 'Database', 'health.queue': 'Audit queue',
       'health.audit': 'Audit writes', 'health.lasterror': 'Last error', 'health.none': 'none',
+      'health.backend': 'Backend', 'health.backend.ok': 'no failure since start',
+      'health.backend.failed': '{n} failed requests; last {t}: {c} ({u})',
       'health.s.healthy': 'healthy', 'health.s.degraded': 'degraded', 'health.reachable': 'reachable', 'health.unreachable': 'unreachable', 'health.down': 'unreachable',
       'health.auditline': '{w} written · {r} retried · {d} dropped · {l} lost',
       'quick.title': 'Quick actions', 'quick.create': 'Create API key', 'quick.refresh': 'Refresh status',
@@ -111,6 +113,8 @@
       'health.title': '系统状态', 'health.status': '状态', 'health.version': '版本',
       'health.uptime': '运行时间', 'health.database': '数据库', 'health.queue': '审计队列',
       'health.audit': '审计写入', 'health.lasterror': '最近错误', 'health.none': '无',
+      'health.backend': '后端', 'health.backend.ok': '启动以来无失败',
+      'health.backend.failed': '{n} 次请求失败；最近一次 {t}：{c}（{u}）',
       'health.s.healthy': '正常', 'health.s.degraded': '降级', 'health.reachable': '可访问', 'health.unreachable': '不可访问', 'health.down': '无法访问',
       'health.auditline': '已写入 {w} · 重试 {r} · 丢弃 {d} · 丢失 {l}',
       'quick.title': '快速操作', 'quick.create': '一键创建 Key', 'quick.refresh': '刷新系统状态',
@@ -500,7 +504,7 @@
       badge.setAttribute('data-status', 'unreachable');
       badge.textContent = t('health.down');
       // Nothing below is known while the server does not answer.
-      ['health-version', 'health-uptime', 'health-db', 'health-queue', 'health-audit', 'health-lasterror']
+      ['health-version', 'health-uptime', 'health-db', 'health-queue', 'health-audit', 'health-backend', 'health-lasterror']
         .forEach(function (id) { $(id).textContent = '—'; });
       return;
     }
@@ -519,6 +523,17 @@
     $('health-audit').textContent = t('health.auditline', {
       w: fmtInt(a.written || 0), r: fmtInt(a.retried || 0), d: fmtInt(a.dropped || 0), l: fmtInt(a.lost || 0)
     });
+    // Backend failures: unreachable, reset, silent, or its own 5xx (the gateway itself stays
+    // healthy, so the badge above does not show them).
+    var up = h.upstream || {};
+    var backend = $('health-backend');
+    backend.classList.toggle('text-danger', !!up.failures);
+    backend.textContent = up.failures ? t('health.backend.failed', {
+      n: fmtInt(up.failures),
+      t: fmtTime(up.last_failure_at),
+      c: up.last_failure_code || ('HTTP ' + (up.last_failure_status || '?')),
+      u: up.last_failure_target || '—'
+    }) : (h.upstream ? t('health.backend.ok') : '—');
     var le = h.last_error;
     var leText;
     if (le === null || le === undefined || le === '') leText = t('health.none');

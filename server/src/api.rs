@@ -659,6 +659,27 @@ pub struct KeyLookupHealth {
     pub cached: u64,
 }
 
+/// Backend failures in `/health` (since start).
+#[derive(Object, Debug)]
+pub struct UpstreamHealth {
+    /// Requests a backend failed: unreachable, reset, silent past the timeouts, or answered
+    /// with a 5xx status.
+    pub failures: u64,
+    /// When the most recent one ended (RFC 3339); null without failures.
+    #[oai(nullable)]
+    pub last_failure_at: Option<String>,
+    /// The status its client got (502, 504, or the backend's own 5xx).
+    #[oai(nullable)]
+    pub last_failure_status: Option<u16>,
+    /// FastGate's error code (`upstream_unreachable`, `upstream_error`, `upstream_timeout`);
+    /// null for a backend's own 5xx answer.
+    #[oai(nullable)]
+    pub last_failure_code: Option<String>,
+    /// The upstream URL it went to.
+    #[oai(nullable)]
+    pub last_failure_target: Option<String>,
+}
+
 /// `GET /health`.
 #[derive(Object, Debug)]
 pub struct Health {
@@ -674,6 +695,9 @@ pub struct Health {
     pub audit: AuditHealth,
     /// Key lookups: how many were answered from the cache and how many asked the database.
     pub keys: KeyLookupHealth,
+    /// Requests the backends failed. A failing backend does not make FastGate unhealthy (a
+    /// load balancer must not take the gateway out for it): `status` stays `healthy`.
+    pub upstream: UpstreamHealth,
     /// The most recent internal error, if any (never contains a secret).
     #[oai(nullable)]
     pub last_error: Option<String>,
@@ -1098,6 +1122,16 @@ impl SystemApi {
                     stale_served: k.stale_served,
                     lookup_errors: k.lookup_errors,
                     cached: s.store.cached_keys() as u64,
+                }
+            },
+            upstream: {
+                let last = stats.last_upstream_failure();
+                UpstreamHealth {
+                    failures: stats.upstream_failures(),
+                    last_failure_at: last.as_ref().map(|f| rfc3339(f.at)),
+                    last_failure_status: last.as_ref().map(|f| f.status),
+                    last_failure_code: last.as_ref().and_then(|f| f.code).map(str::to_owned),
+                    last_failure_target: last.and_then(|f| f.target).map(|t| t.to_string()),
                 }
             },
             last_error: s.last_error(),

@@ -23,7 +23,8 @@ use serde_json::{Map, Value, json};
 
 /// Names of the answer fields that hold an RFC 3339 timestamp (in every schema whose name does
 /// not end in `Request`).
-const TIMESTAMPS: [&str; 9] = [
+const TIMESTAMPS: [&str; 10] = [
+    "last_failure_at",
     "created_at",
     "updated_at",
     "expires_at",

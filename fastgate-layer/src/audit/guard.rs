@@ -192,6 +192,7 @@ impl AuditGuard {
             scanner.finish();
             event.usage = scanner.usage();
         }
+        self.stats.note_upstream(&event, self.rejected.is_some());
         // Runs inside poll_frame and Drop: never block, never await. Dropping the sender here
         // lets the worker finish while a finished body is still alive.
         let Some(tx) = self.tx.take() else {

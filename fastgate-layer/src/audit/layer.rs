@@ -3,10 +3,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response, header};
 use http_body::Body;
@@ -99,6 +99,47 @@ pub(crate) struct StatsInner {
     pub(crate) lost: AtomicU64,
     /// Set by [`AuditStats::cutting`]: responses dropped from now on were cut by the host.
     pub(crate) cutting: AtomicBool,
+    /// Requests the backend failed (see [`AuditStats::upstream_failures`]).
+    pub(crate) upstream_failures: AtomicU64,
+    pub(crate) last_upstream_failure: Mutex<Option<UpstreamFailure>>,
+}
+
+/// The most recent request a backend failed, for a status page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    /// When the request ended.
+    pub at: SystemTime,
+    /// The status the client got (502, 504, or the backend's own 5xx).
+    pub status: u16,
+    /// FastGate's error code (`upstream_unreachable`, `upstream_timeout`, …); `None` for a
+    /// backend's own 5xx answer.
+    pub code: Option<&'static str>,
+    /// The upstream URL, as in the audit record.
+    pub target: Option<Arc<str>>,
+}
+
+impl StatsInner {
+    /// Count `event` if the backend failed it: unreachable, reset, silent, or answered 5xx.
+    /// Runs when an event is finished; costs a lock only for such failures.
+    pub(crate) fn note_upstream(&self, event: &AuditEvent, rejected: bool) {
+        let failed = match event.outcome {
+            Outcome::UpstreamError | Outcome::UpstreamTimeout => true,
+            Outcome::Completed => !rejected && event.status >= 500 && event.target_url.is_some(),
+            _ => false,
+        };
+        if !failed {
+            return;
+        }
+        self.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_upstream_failure.lock() {
+            *last = Some(UpstreamFailure {
+                at: SystemTime::now(),
+                status: event.status,
+                code: event.error_code,
+                target: event.target_url.clone(),
+            });
+        }
+    }
 }
 
 /// A cheap, cloneable view of the audit counters (for `/health` and metrics).
@@ -133,6 +174,21 @@ impl AuditStats {
     /// Events in batches given up on after the last retry.
     pub fn lost(&self) -> u64 {
         self.inner.lost.load(Ordering::Relaxed)
+    }
+
+    /// Requests a backend failed since start: unreachable, reset or silent (outcomes
+    /// `upstream_error`, `upstream_timeout`), or answered with a 5xx status.
+    pub fn upstream_failures(&self) -> u64 {
+        self.inner.upstream_failures.load(Ordering::Relaxed)
+    }
+
+    /// The most recent of [`upstream_failures`](Self::upstream_failures).
+    pub fn last_upstream_failure(&self) -> Option<UpstreamFailure> {
+        self.inner
+            .last_upstream_failure
+            .lock()
+            .ok()
+            .and_then(|last| last.clone())
     }
 
     /// The host is about to cut the responses still running (at the end of its shutdown grace
