@@ -827,6 +827,34 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('a reload keeps the metrics window and the applied filters', async () => {
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    const metrics7d = p.waitForResponse((r) => r.url().includes('/admin/metrics?window=7d'));
+    await tid(p, 'window-7d').click();
+    await metrics7d;
+    await tid(p, 'tab-logs').click();
+    await tid(p, 'logs-filter-status').selectOption('2xx');
+    await tid(p, 'tab-keys').click();
+    await tid(p, 'keys-filter-status').selectOption('disabled');
+    const url = new URL(p.url());
+    assert.equal(url.searchParams.get('window'), '7d');
+    assert.equal(url.searchParams.get('log_status'), '2xx');
+    assert.equal(url.searchParams.get('key_status'), 'disabled');
+    assert.equal(url.searchParams.get('token'), null);
+    const reloaded = p.waitForResponse((r) => r.url().includes('/admin/metrics?window=7d'));
+    const logs2xx = p.waitForResponse((r) => r.url().includes('/admin/logs?') && r.url().includes('status=2xx'));
+    await p.reload();
+    await reloaded;
+    await logs2xx;
+    await tid(p, 'view-keys').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'keys-filter-status').inputValue(), 'disabled');
+    assert.equal(await tid(p, 'logs-filter-status').inputValue(), '2xx');
+    assert.equal(await tid(p, 'window-7d').getAttribute('aria-pressed'), 'true');
+    await ctx.close();
+  });
+
   test('a key with a very long source path keeps its actions on screen at 1366 px', async () => {
     const long = `e2e-long-${'a'.repeat(190)}`;
     await admin('POST', '/admin/keys', { source_path: long });

@@ -967,6 +967,7 @@
   /** Take the form's filters as the applied ones and reload the log. */
   function applyLogFilters() {
     logsState.query = logsQuery();
+    saveViewState();
     return loadLogs(false);
   }
 
@@ -1147,6 +1148,7 @@
           wbtns[j].classList.toggle('active', on);
           wbtns[j].setAttribute('aria-pressed', on ? 'true' : 'false');
         }
+        saveViewState();
         loadMetrics().catch(showError);
       });
     }
@@ -1160,9 +1162,10 @@
     $('keys-filter').addEventListener('submit', function (ev) {
       ev.preventDefault();
       keysState.offset = 0;
+      saveViewState();
       loadKeys().catch(showError);
     });
-    $('kfl-status').addEventListener('change', function () { keysState.offset = 0; loadKeys().catch(showError); });
+    $('kfl-status').addEventListener('change', function () { keysState.offset = 0; saveViewState(); loadKeys().catch(showError); });
     $('keys-prev').addEventListener('click', function () {
       keysState.offset = Math.max(0, keysState.offset - KEYS_PAGE);
       loadKeys().catch(showError);
@@ -1197,9 +1200,70 @@
     return m ? m[1] : null;
   }
 
+  // ---------------------------------------------------------------- view state in the address
+  // The metrics window and the applied filters live in the query string, so a reload (or a
+  // shared link) shows the same view. Never the token: it is taken out of the address at once.
+  var VIEW_PARAMS = {
+    window: function () { return metricsWindow === '24h' ? '' : metricsWindow; },
+    key_status: function () { return $('kfl-status').value; },
+    key_source: function () { return $('kfl-source').value.trim(); },
+    log_key: function () { return appliedLogsQuery().key_id; },
+    log_status: function () { return appliedLogsQuery().status; },
+    log_stream: function () { return appliedLogsQuery().is_stream; },
+    log_model: function () { return appliedLogsQuery().model; }
+  };
+
+  function saveViewState() {
+    var url;
+    try { url = new URL(window.location.href); } catch (e) { return; }
+    for (var name in VIEW_PARAMS) {
+      if (!Object.prototype.hasOwnProperty.call(VIEW_PARAMS, name)) continue;
+      var v = VIEW_PARAMS[name]();
+      if (v) url.searchParams.set(name, v); else url.searchParams.delete(name);
+    }
+    var next = url.pathname + (url.searchParams.toString() ? '?' + url.searchParams.toString() : '') + url.hash;
+    if (next !== window.location.pathname + window.location.search + window.location.hash) {
+      window.history.replaceState(window.history.state, '', next);
+    }
+  }
+
+  function restoreViewState() {
+    var q;
+    try { q = new URL(window.location.href).searchParams; } catch (e) { return; }
+    var w = q.get('window');
+    var wbtns = document.querySelectorAll('[data-window]');
+    for (var i = 0; i < wbtns.length; i++) {
+      if (wbtns[i].getAttribute('data-window') === w) metricsWindow = w;
+    }
+    for (i = 0; i < wbtns.length; i++) {
+      var on = wbtns[i].getAttribute('data-window') === metricsWindow;
+      wbtns[i].classList.toggle('active', on);
+      wbtns[i].setAttribute('aria-pressed', on ? 'true' : 'false');
+    }
+    var pick = function (id, value) {
+      var sel = $(id);
+      for (var j = 0; j < sel.options.length; j++) if (sel.options[j].value === value) sel.value = value;
+    };
+    pick('kfl-status', q.get('key_status') || '');
+    $('kfl-source').value = q.get('key_source') || '';
+    var key = q.get('log_key');
+    if (key) {
+      var sel = $('lf-key');
+      var has = false;
+      for (var k = 0; k < sel.options.length; k++) if (sel.options[k].value === key) has = true;
+      if (!has) sel.appendChild(el('option', { text: key, attrs: { value: key } }));
+      sel.value = key;
+    }
+    pick('lf-status', q.get('log_status') || '');
+    pick('lf-stream', q.get('log_stream') || '');
+    $('lf-model').value = q.get('log_model') || '';
+    logsState.query = logsQuery();
+  }
+
   function init() {
     applyI18n();
     bind();
+    restoreViewState();
     var first = tabFromPath();
     if (first) selectTab(first, true);
     window.addEventListener('popstate', function () { selectTab(tabFromPath() || 'dashboard', true); });

@@ -7,7 +7,7 @@
 //!   gives before any handler runs;
 //! * `/health` says it needs no token (`security: []`);
 //! * every operation has an id: the handlers name theirs, except the one serving two methods
-//!   (poem-openapi would give both the same id), whose ids are in [`UNNAMED`];
+//!   (poem-openapi would give both the same id), whose ids are in `UNNAMED`;
 //! * the CSV and NDJSON exports are text (`type: string`), not `format: binary` (a generated
 //!   Python client then reads them as text instead of failing on them);
 //! * `GET /admin/config` answers an object;
