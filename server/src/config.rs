@@ -674,6 +674,24 @@ impl Settings {
             None => RoutesFile::default(),
         };
         let routes = build_routes(path, routes_path.as_deref(), &config, &extra)?;
+        let mut with_userinfo: Vec<&str> = routes
+            .iter()
+            .filter(|(_, r)| {
+                r.backend
+                    .base_url
+                    .authority()
+                    .is_some_and(|a| a.as_str().contains('@'))
+            })
+            .map(|(p, _)| p.as_str())
+            .collect();
+        with_userinfo.sort_unstable();
+        if !with_userinfo.is_empty() {
+            warnings.push(format!(
+                "the backend URL of {} holds a user name or password: it is not sent (FastGate \
+                 authenticates to the backend with real_api_key only); remove it from the URL",
+                with_userinfo.join(", ")
+            ));
+        }
         warnings.extend(mfastgate_warnings(&config));
         if !config.api_gateway.async_audit {
             warnings.push(
@@ -1418,6 +1436,31 @@ api_gateway:
         assert_eq!(c.api_gateway.strip_headers.len(), 4);
         let s = Settings::from_config(Path::new("/nonexistent/dev.yaml"), c).unwrap();
         assert!(s.routes.contains_key("/proxy/miniai/v2/chat/completions"));
+    }
+
+    #[test]
+    fn a_backend_url_with_a_password_is_warned_about_without_showing_it() {
+        let settings = |url: &str| {
+            let c = parse(SEED, &[("FASTGATE__API_GATEWAY__BACKEND_URL", url)]).unwrap();
+            Settings::from_config(Path::new("/nonexistent/dev.yaml"), c).unwrap()
+        };
+        let s = settings("http://user:s3cret-pw@127.0.0.1:9000");
+        let warning = s
+            .warnings
+            .iter()
+            .find(|w| w.contains("user name or password"))
+            .expect("a warning");
+        assert!(
+            warning.contains("/proxy/miniai/v2/chat/completions"),
+            "{warning}"
+        );
+        assert!(!warning.contains("s3cret-pw"), "{warning}");
+        let s = settings("http://127.0.0.1:9000");
+        assert!(
+            !s.warnings
+                .iter()
+                .any(|w| w.contains("user name or password"))
+        );
     }
 
     #[test]

@@ -581,6 +581,8 @@ pub struct FrontConfig {
     pub cors: Option<CorsLayer>,
     /// CORS for the admin app too (`app.cors_admin_api`).
     pub cors_admin_api: bool,
+    /// `api_gateway.max_body_bytes`: bounds how much of a refused upload is read.
+    pub max_body_bytes: u64,
     /// Told when the grace period ends, so that the responses cut then are audited as
     /// interrupted, not as the clients' aborts.
     pub audit: Option<AuditStats>,
@@ -606,7 +608,7 @@ pub async fn serve(
         forwarded_header: config.forwarded_header,
         cors: config.cors,
         cors_admin_api: config.cors_admin_api,
-        lingering: linger::Shutdown::new(config.header_read_timeout),
+        lingering: linger::Shutdown::new(config.header_read_timeout, config.max_body_bytes),
     });
     let lingering = shared.lingering.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());

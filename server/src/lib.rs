@@ -310,6 +310,7 @@ impl Gateway {
             forwarded_header: c.app.forwarded_header,
             cors,
             cors_admin_api: c.app.cors_admin_api,
+            max_body_bytes: c.api_gateway.max_body_bytes,
             audit: Some(audit_stats),
         };
         let server = tokio::spawn(front::serve(

@@ -14,13 +14,14 @@
 //! [`LingeringBody`] wraps hyper's request body: dropped unread, it hands the body to a task that
 //! reads and discards it (as nginx's lingering close does), for at most [`LINGER_TOTAL`] (or the
 //! connection idle limit, `app.header_read_timeout`, if that is shorter) and [`LINGER_IDLE`]
-//! between reads, and not past the start of a shutdown ([`Shutdown`]). A body read
-//! to its end leaves the connection usable for the next request (the stream ends normally); one
-//! that takes longer is dropped and hyper closes the connection (resets the stream) as before.
-//! A body the stack had begun to read and then dropped (a stalled upload answered 408, a
-//! streamed body cut at the size limit, a backend that answered mid-upload) is left to hyper, as
-//! before; so is a request that asked `Expect: 100-continue` (hyper then never invites the body,
-//! and a client waiting for the invitation should not be made to send it).
+//! between reads, for at most twice `max_body_bytes`, and not past the start of a shutdown
+//! ([`Shutdown`]). A body read to its end leaves the connection usable for the next request (the
+//! stream ends normally); one that takes longer or is larger is dropped and hyper closes the
+//! connection (resets the stream) as before. A body the stack had begun to read and then dropped
+//! (a stalled upload answered 408, a streamed body cut at the size limit, a backend that answered
+//! mid-upload) is left to hyper, as before; so is an HTTP/1 request that asked
+//! `Expect: 100-continue` (hyper then never invites the body, and a client waiting for the
+//! invitation should not be made to send it).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
+use http::{Request, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -49,16 +50,22 @@ struct ShutdownState {
     begun: AtomicBool,
     notify: tokio::sync::Notify,
     total: Duration,
+    max_bytes: u64,
 }
 
 impl Shutdown {
     /// Refused bodies are read for at most `limit` (and [`LINGER_TOTAL`]): the connection's
-    /// idle limit, which does not count a lingering read as a request in flight.
-    pub fn new(limit: Duration) -> Self {
+    /// idle limit, which does not count a lingering read as a request in flight. At most
+    /// twice `max_body_bytes` (1 MiB at least) of one is read: a client slightly over the
+    /// limit gets its 413, while a body declared larger is not read at all and one that goes
+    /// on is cut there (as before: the connection closes), so that a refused upload cannot keep
+    /// the gateway discarding at full speed.
+    pub fn new(limit: Duration, max_body_bytes: u64) -> Self {
         Self(Arc::new(ShutdownState {
             begun: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             total: LINGER_TOTAL.min(limit),
+            max_bytes: max_body_bytes.saturating_mul(2).max(1 << 20),
         }))
     }
 
@@ -92,8 +99,18 @@ pub struct LingeringBody {
 impl LingeringBody {
     /// Wrap the body of `req`; whether it may linger is decided from its headers.
     pub fn wrap(req: Request<Incoming>, shutdown: &Shutdown) -> Request<Self> {
-        let linger = (!req.body().is_end_stream() && !req.headers().contains_key(header::EXPECT))
-            .then(|| shutdown.clone());
+        let body = req.body();
+        // An HTTP/1 client that asked `Expect: 100-continue` is never invited to send the body
+        // of a refused request; an HTTP/2 one sends it anyway after its wait (hyper answers no
+        // 100 over HTTP/2).
+        let expect = req.version() < Version::HTTP_2 && req.headers().contains_key(header::EXPECT);
+        let linger = (!body.is_end_stream()
+            && !expect
+            && body
+                .size_hint()
+                .exact()
+                .is_none_or(|len| len <= shutdown.0.max_bytes))
+        .then(|| shutdown.clone());
         req.map(|body| LingeringBody {
             inner: Some(body),
             linger,
@@ -140,7 +157,7 @@ impl Drop for LingeringBody {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 tokio::select! {
-                    () = discard(body, shutdown.0.total) => {}
+                    () = discard(body, shutdown.0.total, shutdown.0.max_bytes) => {}
                     () = shutdown.begun() => {}
                 }
             });
@@ -149,12 +166,20 @@ impl Drop for LingeringBody {
 }
 
 /// Read `body` to its end, or until it stalls or takes too long, and throw it away.
-async fn discard(mut body: Incoming, total: Duration) {
+async fn discard(mut body: Incoming, total: Duration, max_bytes: u64) {
     let deadline = tokio::time::Instant::now() + total;
+    let mut read = 0u64;
     loop {
         let until = deadline.min(tokio::time::Instant::now() + LINGER_IDLE);
         match tokio::time::timeout_at(until, body.frame()).await {
-            Ok(Some(Ok(_))) => {}
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    read = read.saturating_add(data.len() as u64);
+                    if read > max_bytes {
+                        return;
+                    }
+                }
+            }
             // The end, a broken body, a stall or the deadline.
             Ok(None | Some(Err(_))) | Err(_) => return,
         }

@@ -915,7 +915,7 @@ async fn a_refused_upload_is_read_so_the_client_gets_its_answer_and_keeps_its_co
         (
             "/proxy/miniai/v2/chat/completions",
             key.as_str(),
-            3_000_000,
+            1_500_000,
             413,
         ),
         (
@@ -958,6 +958,24 @@ async fn a_refused_upload_is_read_so_the_client_gets_its_answer_and_keeps_its_co
         .unwrap();
     }
 
+    // A body declared far over the limit (50 MB against 1 MB: more than twice it) is not read:
+    // the gateway would otherwise discard it at full speed for 30 s. The upload fails.
+    let upload = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let head = format!(
+            "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 50000000\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b' '; 1 << 20];
+        (0..50).try_for_each(|_| sock.write_all(&chunk))
+    })
+    .await
+    .unwrap();
+    assert!(upload.is_err(), "50 MB of a refused upload were read");
+
     // `Expect: 100-continue` and a wrong key: the 401 comes at once, no body is asked for.
     let answer = tokio::task::spawn_blocking(move || {
         use std::io::Write;
@@ -989,61 +1007,70 @@ async fn a_refused_http2_upload_is_read_and_its_stream_is_not_reset() {
     tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
     const LEN: usize = 3 << 20;
-    let req = http::Request::post(format!("http://127.0.0.1:{}/proxy{BACKEND_PATH}", fg.port))
-        .header("x-api-key", "fg_wrong")
-        .header("content-length", LEN)
-        .body(())
-        .unwrap();
-    let (answer, mut upload) = client.send_request(req, false).unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(answer.status(), 401);
-    let mut body = answer.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        text.extend_from_slice(&chunk);
-    }
-    let json: Value = serde_json::from_slice(&text).unwrap();
-    assert_eq!(json["error"]["code"], "invalid_api_key", "{json}");
-    // The whole body goes through the server's flow-control window (1 MiB or less): it only
-    // can if the server keeps reading it.
-    let mut sent = 0;
-    let upload_done = async {
-        while sent < LEN {
-            upload.reserve_capacity(LEN - sent);
-            let room = std::future::poll_fn(|cx| upload.poll_capacity(cx))
-                .await
-                .expect("the stream was closed")
-                .expect("the stream was reset");
-            let n = room.min(LEN - sent);
-            if n == 0 {
-                continue;
-            }
-            sent += n;
-            upload
-                .send_data(bytes::Bytes::from(vec![b' '; n]), sent == LEN)
-                .expect("the stream was reset");
+    // Also with `Expect: 100-continue`: hyper sends no 100 over HTTP/2, and an h2 client sends
+    // the body after its wait.
+    for expect in [false, true] {
+        let mut req =
+            http::Request::post(format!("http://127.0.0.1:{}/proxy{BACKEND_PATH}", fg.port))
+                .header("x-api-key", "fg_wrong")
+                .header("content-length", LEN);
+        if expect {
+            req = req.header("expect", "100-continue");
         }
-    };
-    tokio::time::timeout(Duration::from_secs(10), upload_done)
-        .await
-        .expect("the upload stalled: the server stopped reading");
-    // The connection serves the next request, and nothing reset the stream meanwhile.
-    let next = http::Request::get(format!("http://127.0.0.1:{}/health", fg.port))
-        .body(())
-        .unwrap();
-    let (next, _) = client.send_request(next, true).unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), next)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(next.status(), 200);
-    let reset = std::future::poll_fn(|cx| std::task::Poll::Ready(upload.poll_reset(cx))).await;
-    assert!(reset.is_pending(), "the stream was reset: {reset:?}");
+        let (answer, mut upload) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.status(), 401);
+        let mut body = answer.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        let json: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(json["error"]["code"], "invalid_api_key", "{json}");
+        // The whole body goes through the server's flow-control window (1 MiB or less): it
+        // only can if the server keeps reading it.
+        let mut sent = 0;
+        let upload_done = async {
+            while sent < LEN {
+                upload.reserve_capacity(LEN - sent);
+                let room = std::future::poll_fn(|cx| upload.poll_capacity(cx))
+                    .await
+                    .expect("the stream was closed")
+                    .expect("the stream was reset");
+                let n = room.min(LEN - sent);
+                if n == 0 {
+                    continue;
+                }
+                sent += n;
+                upload
+                    .send_data(bytes::Bytes::from(vec![b' '; n]), sent == LEN)
+                    .expect("the stream was reset");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), upload_done)
+            .await
+            .unwrap_or_else(|_| panic!("the upload stalled (expect: {expect})"));
+        // The connection serves the next request, and nothing reset the stream meanwhile.
+        let next = http::Request::get(format!("http://127.0.0.1:{}/health", fg.port))
+            .body(())
+            .unwrap();
+        let (next, _) = client.send_request(next, true).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status(), 200);
+        let reset = std::future::poll_fn(|cx| std::task::Poll::Ready(upload.poll_reset(cx))).await;
+        assert!(
+            reset.is_pending(),
+            "the stream was reset (expect: {expect}): {reset:?}"
+        );
+    }
 }
 
 /// A refused upload still being read does not hold up a shutdown (it is read for up to 30 s

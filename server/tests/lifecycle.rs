@@ -8,6 +8,21 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 
+/// The audit row of `rid`, read from the SQLite file of a gateway that has exited.
+async fn audit_row_after_exit(fg: &Fastgate, rid: &str) -> fastgate_store::AuditRecord {
+    let store = fastgate_store::Store::connect(
+        &format!("sqlite:///{}", fg.db_path().display()),
+        fastgate_store::StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    store
+        .get_audit(rid)
+        .await
+        .unwrap()
+        .expect("audit row written before exit")
+}
+
 fn run_check(yaml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
@@ -208,17 +223,7 @@ async fn sigterm_lets_a_stream_finish_and_writes_its_audit_row() {
     );
 
     // The audit row of the finished stream is in the database.
-    let store = fastgate_store::Store::connect(
-        &format!("sqlite:///{}", fg.db_path().display()),
-        fastgate_store::StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    let row = store
-        .get_audit(&rid)
-        .await
-        .unwrap()
-        .expect("audit row written before exit");
+    let row = audit_row_after_exit(&fg, &rid).await;
     assert_eq!(row.outcome, "completed");
     assert!(row.is_stream);
     assert_eq!(row.response_bytes, full_sse().len() as u64);
@@ -258,17 +263,7 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_audited_as_interrupted()
         fg.logs()
     );
     reader.abort();
-    let store = fastgate_store::Store::connect(
-        &format!("sqlite:///{}", fg.db_path().display()),
-        fastgate_store::StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    let row = store
-        .get_audit(&rid)
-        .await
-        .unwrap()
-        .expect("audit row written before exit");
+    let row = audit_row_after_exit(&fg, &rid).await;
     assert_eq!(row.outcome, "interrupted");
     assert!(row.response_bytes > 0);
 }
