@@ -866,7 +866,9 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await tid(p, 'keys-filter-source').press('Enter');
     const row = keyRow(p, 'e2e-long-');
     await row.waitFor({ state: 'visible' });
-    const box = await row.locator('[data-testid="key-delete"]').boundingBox();
+    const del = row.locator('[data-testid="key-delete"]');
+    await del.waitFor({ state: 'visible' });
+    const box = await waitFor('the delete button laid out', () => del.boundingBox());
     assert.ok(box && box.x + box.width <= 1366, `the delete button ends at ${box && box.x + box.width} px`);
     await ctx.close();
   });

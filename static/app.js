@@ -41,7 +41,7 @@
       'health.uptime': 'Uptime', 'health.database': 'Database', 'health.queue': 'Audit queue',
       'health.audit': 'Audit writes', 'health.lasterror': 'Last error', 'health.none': 'none',
       'health.backend': 'Backend', 'health.backend.ok': 'no failure since start',
-      'health.backend.failed': '{n} failed requests; last {t}: {c} ({u})',
+      'health.backend.failed': '{n} failed requests; last {t}: {c}',
       'health.s.healthy': 'healthy', 'health.s.degraded': 'degraded', 'health.reachable': 'reachable', 'health.unreachable': 'unreachable', 'health.down': 'unreachable',
       'health.auditline': '{w} written · {r} retried · {d} dropped · {l} lost',
       'quick.title': 'Quick actions', 'quick.create': 'Create API key', 'quick.refresh': 'Refresh status',
@@ -114,7 +114,7 @@
       'health.uptime': '运行时间', 'health.database': '数据库', 'health.queue': '审计队列',
       'health.audit': '审计写入', 'health.lasterror': '最近错误', 'health.none': '无',
       'health.backend': '后端', 'health.backend.ok': '启动以来无失败',
-      'health.backend.failed': '{n} 次请求失败；最近一次 {t}：{c}（{u}）',
+      'health.backend.failed': '{n} 次请求失败；最近一次 {t}：{c}',
       'health.s.healthy': '正常', 'health.s.degraded': '降级', 'health.reachable': '可访问', 'health.unreachable': '不可访问', 'health.down': '无法访问',
       'health.auditline': '已写入 {w} · 重试 {r} · 丢弃 {d} · 丢失 {l}',
       'quick.title': '快速操作', 'quick.create': '一键创建 Key', 'quick.refresh': '刷新系统状态',
@@ -531,8 +531,7 @@
     backend.textContent = up.failures ? t('health.backend.failed', {
       n: fmtInt(up.failures),
       t: fmtTime(up.last_failure_at),
-      c: up.last_failure_code || ('HTTP ' + (up.last_failure_status || '?')),
-      u: up.last_failure_target || '—'
+      c: up.last_failure_code || ('HTTP ' + (up.last_failure_status || '?'))
     }) : (h.upstream ? t('health.backend.ok') : '—');
     var le = h.last_error;
     var leText;
@@ -666,7 +665,7 @@
   }
 
   // ---------------------------------------------------------------- keys
-  var keysState = { offset: 0, total: 0, items: [] };
+  var keysState = { offset: 0, total: 0, items: [], seq: 0, source: '' };
 
   function keysQuery() {
     var st = $('kfl-status').value;
@@ -681,9 +680,14 @@
     var first = !keysState.loaded;
     if (first) show($('keys-loading'), true);
     var query = keysQuery();
+    keysState.source = query.source_path;
+    // A slower answer to an earlier query (the start's refresh, a filter since changed) must
+    // not replace the list of a newer one.
+    var seq = ++keysState.seq;
     return api('GET', '/admin/keys' + qs(query)).then(function (res) {
+      if (seq !== keysState.seq) return;
       keysState.loaded = true;
-      keysState.filtered = !!(query.source_path || $('kfl-status').value);
+
       show($('keys-loading'), false);
       renderKeys(res || {});
     }, function (err) {
@@ -735,7 +739,8 @@
       body.appendChild(tr);
     });
     // With a filter on, "none yet" would be untrue: say that nothing matches.
-    emptyText($('keys-empty'), keysState.filtered ? 'keys.nomatch' : 'keys.empty');
+    var filtered = !!(keysState.source || $('kfl-status').value);
+    emptyText($('keys-empty'), filtered ? 'keys.nomatch' : 'keys.empty');
     show($('keys-empty'), items.length === 0);
     var a = items.length ? keysState.offset + 1 : 0;
     $('keys-range').textContent = t('keys.range', { a: a, b: keysState.offset + items.length, n: keysState.total });
@@ -1142,12 +1147,7 @@
     var wbtns = document.querySelectorAll('[data-window]');
     for (i = 0; i < wbtns.length; i++) {
       wbtns[i].addEventListener('click', function () {
-        metricsWindow = this.getAttribute('data-window');
-        for (var j = 0; j < wbtns.length; j++) {
-          var on = wbtns[j] === this;
-          wbtns[j].classList.toggle('active', on);
-          wbtns[j].setAttribute('aria-pressed', on ? 'true' : 'false');
-        }
+        setWindow(this.getAttribute('data-window'));
         saveViewState();
         loadMetrics().catch(showError);
       });
@@ -1203,23 +1203,33 @@
   // ---------------------------------------------------------------- view state in the address
   // The metrics window and the applied filters live in the query string, so a reload (or a
   // shared link) shows the same view. Never the token: it is taken out of the address at once.
-  var VIEW_PARAMS = {
-    window: function () { return metricsWindow === '24h' ? '' : metricsWindow; },
-    key_status: function () { return $('kfl-status').value; },
-    key_source: function () { return $('kfl-source').value.trim(); },
-    log_key: function () { return appliedLogsQuery().key_id; },
-    log_status: function () { return appliedLogsQuery().status; },
-    log_stream: function () { return appliedLogsQuery().is_stream; },
-    log_model: function () { return appliedLogsQuery().model; }
-  };
+  /** Show `w`'s metrics window button as the pressed one. */
+  function setWindow(w) {
+    metricsWindow = w;
+    var wbtns = document.querySelectorAll('[data-window]');
+    for (var i = 0; i < wbtns.length; i++) {
+      var on = wbtns[i].getAttribute('data-window') === w;
+      wbtns[i].classList.toggle('active', on);
+      wbtns[i].setAttribute('aria-pressed', on ? 'true' : 'false');
+    }
+  }
 
   function saveViewState() {
     var url;
     try { url = new URL(window.location.href); } catch (e) { return; }
-    for (var name in VIEW_PARAMS) {
-      if (!Object.prototype.hasOwnProperty.call(VIEW_PARAMS, name)) continue;
-      var v = VIEW_PARAMS[name]();
-      if (v) url.searchParams.set(name, v); else url.searchParams.delete(name);
+    var logs = appliedLogsQuery();
+    var params = {
+      window: metricsWindow === '24h' ? '' : metricsWindow,
+      key_status: $('kfl-status').value,
+      key_source: keysState.source || '',
+      log_key: logs.key_id,
+      log_status: logs.status,
+      log_stream: logs.is_stream,
+      log_model: logs.model
+    };
+    for (var name in params) {
+      if (!Object.prototype.hasOwnProperty.call(params, name)) continue;
+      if (params[name]) url.searchParams.set(name, params[name]); else url.searchParams.delete(name);
     }
     var next = url.pathname + (url.searchParams.toString() ? '?' + url.searchParams.toString() : '') + url.hash;
     if (next !== window.location.pathname + window.location.search + window.location.hash) {
@@ -1231,21 +1241,17 @@
     var q;
     try { q = new URL(window.location.href).searchParams; } catch (e) { return; }
     var w = q.get('window');
-    var wbtns = document.querySelectorAll('[data-window]');
-    for (var i = 0; i < wbtns.length; i++) {
-      if (wbtns[i].getAttribute('data-window') === w) metricsWindow = w;
-    }
-    for (i = 0; i < wbtns.length; i++) {
-      var on = wbtns[i].getAttribute('data-window') === metricsWindow;
-      wbtns[i].classList.toggle('active', on);
-      wbtns[i].setAttribute('aria-pressed', on ? 'true' : 'false');
-    }
+    var known = Array.prototype.some.call(document.querySelectorAll('[data-window]'), function (b) {
+      return b.getAttribute('data-window') === w;
+    });
+    if (known) setWindow(w);
     var pick = function (id, value) {
       var sel = $(id);
       for (var j = 0; j < sel.options.length; j++) if (sel.options[j].value === value) sel.value = value;
     };
     pick('kfl-status', q.get('key_status') || '');
     $('kfl-source').value = q.get('key_source') || '';
+    keysState.source = $('kfl-source').value.trim();
     var key = q.get('log_key');
     if (key) {
       var sel = $('lf-key');

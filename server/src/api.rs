@@ -561,8 +561,8 @@ pub struct SeriesEntry {
 /// Aggregates over a window, for the dashboard.
 #[derive(Object, Debug)]
 pub struct MetricsReport {
-    /// `1h`, `24h`, `7d` or `30d`.
-    pub window: String,
+    /// The window.
+    pub window: Window,
     /// Window start (RFC 3339).
     pub since: String,
     /// Window end (RFC 3339).
@@ -659,7 +659,8 @@ pub struct KeyLookupHealth {
     pub cached: u64,
 }
 
-/// Backend failures in `/health` (since start).
+/// Backend failures in `/health` (since start). Without the backend's address: `/health` needs
+/// no token, and the audit log (which does) has it for each request.
 #[derive(Object, Debug)]
 pub struct UpstreamHealth {
     /// Requests a backend failed: unreachable, reset, silent past the timeouts, or answered
@@ -671,13 +672,10 @@ pub struct UpstreamHealth {
     /// The status its client got (502, 504, or the backend's own 5xx).
     #[oai(nullable)]
     pub last_failure_status: Option<u16>,
-    /// FastGate's error code (`upstream_unreachable`, `upstream_error`, `upstream_timeout`);
-    /// null for a backend's own 5xx answer.
+    /// FastGate's error code (`upstream_unreachable`, `upstream_error`, `upstream_timeout`,
+    /// …); null for a backend's own 5xx answer.
     #[oai(nullable)]
     pub last_failure_code: Option<String>,
-    /// The upstream URL it went to.
-    #[oai(nullable)]
-    pub last_failure_target: Option<String>,
 }
 
 /// `GET /health`.
@@ -1130,8 +1128,7 @@ impl SystemApi {
                     failures: stats.upstream_failures(),
                     last_failure_at: last.as_ref().map(|f| rfc3339(f.at)),
                     last_failure_status: last.as_ref().map(|f| f.status),
-                    last_failure_code: last.as_ref().and_then(|f| f.code).map(str::to_owned),
-                    last_failure_target: last.and_then(|f| f.target).map(|t| t.to_string()),
+                    last_failure_code: last.and_then(|f| f.code).map(str::to_owned),
                 }
             },
             last_error: s.last_error(),
@@ -1680,15 +1677,15 @@ impl AdminApi {
         window: Query<Option<Window>>,
     ) -> MetricsResponse {
         let window = window.0.unwrap_or(Window::Day);
-        let (w, name) = match window {
-            Window::Hour => (MetricsWindow::Hour, "1h"),
-            Window::Day => (MetricsWindow::Day, "24h"),
-            Window::Week => (MetricsWindow::Week, "7d"),
-            Window::Month => (MetricsWindow::Month, "30d"),
+        let w = match window {
+            Window::Hour => MetricsWindow::Hour,
+            Window::Day => MetricsWindow::Day,
+            Window::Week => MetricsWindow::Week,
+            Window::Month => MetricsWindow::Month,
         };
         match self.state.store.metrics(w, SystemTime::now()).await {
             Ok(m) => MetricsResponse::Ok(Json(Box::new(MetricsReport {
-                window: name.into(),
+                window,
                 since: rfc3339(m.since),
                 until: rfc3339(m.until),
                 bucket_seconds: m.bucket.as_secs(),

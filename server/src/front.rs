@@ -585,7 +585,7 @@ pub struct FrontConfig {
     pub max_body_bytes: u64,
     /// Told when the grace period ends, so that the responses cut then are audited as
     /// interrupted, not as the clients' aborts.
-    pub audit: Option<AuditStats>,
+    pub audit: AuditStats,
 }
 
 /// Accept connections on `listener` and serve them until `shutdown` resolves; then stop
@@ -598,7 +598,7 @@ pub async fn serve(
     config: FrontConfig,
 ) -> std::io::Result<()> {
     let grace = config.grace;
-    let audit = config.audit.clone();
+    let audit = config.audit;
     let local = LocalAddr(poem::Addr::SocketAddr(listener.local_addr()?));
     let shared = Arc::new(Shared {
         proxy,
@@ -685,9 +685,7 @@ pub async fn serve(
                 open = connections.len(),
                 "connections still open after the shutdown grace period; closing them"
             );
-            if let Some(audit) = &audit {
-                audit.cutting();
-            }
+            audit.cutting();
         }
     }
     connections.shutdown().await;

@@ -311,7 +311,7 @@ impl Gateway {
             cors,
             cors_admin_api: c.app.cors_admin_api,
             max_body_bytes: c.api_gateway.max_body_bytes,
-            audit: Some(audit_stats),
+            audit: audit_stats,
         };
         let server = tokio::spawn(front::serve(
             listener,

@@ -192,8 +192,8 @@ async fn run(
             let state = std::sync::Arc::new(fastgate_server::state::AppState::new(
                 store, settings, stats,
             ));
-            let (spec, _) = fastgate_server::spec_and_docs(&fastgate_server::openapi(state));
-            println!("{spec}");
+            let api = fastgate_server::openapi(state);
+            println!("{}", fastgate_server::spec::finish(&api.spec()));
             Ok(())
         }
         Some(Command::ImportMfastgate { from }) => {

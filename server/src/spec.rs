@@ -139,13 +139,6 @@ pub fn finish(generated: &str) -> String {
                 json!(["active", "disabled", "expired"]),
             );
         }
-        if let Some(window) = schemas
-            .get_mut("MetricsReport")
-            .and_then(|s| s.get_mut("properties"))
-            .and_then(|p| p.get_mut("window"))
-        {
-            *window = json!({"$ref": "#/components/schemas/Window"});
-        }
         set(
             schemas,
             "Health",

@@ -19,28 +19,14 @@ pub fn serve_ui(req: &Request) -> Response {
     let Some(rest) = path.strip_prefix("/admin/ui") else {
         return not_found();
     };
+    // `/admin/ui` → `/admin/ui/`, keeping the query (`?token=`).
     if rest.is_empty() {
-        // `/admin/ui` → `/admin/ui/`, keeping the query (`?token=`).
-        let target = match req.uri().query() {
-            Some(q) => format!("/admin/ui/?{q}"),
-            None => "/admin/ui/".to_owned(),
-        };
-        return Response::builder()
-            .status(StatusCode::PERMANENT_REDIRECT)
-            .header(header::LOCATION, target)
-            .finish();
+        return redirect(req, "/admin/ui/");
     }
     let name = rest.trim_start_matches('/');
     // `/admin/ui/keys/` → `/admin/ui/keys` (the page's relative asset URLs resolve from there).
     if let Some(page @ ("keys" | "logs")) = name.strip_suffix('/') {
-        let target = match req.uri().query() {
-            Some(q) => format!("/admin/ui/{page}?{q}"),
-            None => format!("/admin/ui/{page}"),
-        };
-        return Response::builder()
-            .status(StatusCode::PERMANENT_REDIRECT)
-            .header(header::LOCATION, target)
-            .finish();
+        return redirect(req, &format!("/admin/ui/{page}"));
     }
     // M-FastGate's page URLs (`/admin/ui/keys`, `/admin/ui/logs`) open the dashboard on that tab.
     let name = match name {
@@ -73,6 +59,18 @@ pub fn serve_ui(req: &Request) -> Response {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     res
+}
+
+/// A permanent redirect to `path`, with the request's query.
+fn redirect(req: &Request, path: &str) -> Response {
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    Response::builder()
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header(header::LOCATION, target)
+        .finish()
 }
 
 fn not_found() -> Response {

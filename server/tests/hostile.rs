@@ -975,6 +975,26 @@ async fn a_refused_upload_is_read_so_the_client_gets_its_answer_and_keeps_its_co
     .await
     .unwrap();
     assert!(upload.is_err(), "50 MB of a refused upload were read");
+    // Without a declared length (chunked, wrong key): read up to twice the limit, then cut.
+    let upload = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let head = format!(
+            "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: x\r\nx-api-key: fg_wrong\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).unwrap();
+        let mut chunk = b"100000\r\n".to_vec();
+        chunk.extend_from_slice(&[b' '; 1 << 20]);
+        chunk.extend_from_slice(b"\r\n");
+        (0..50).try_for_each(|_| sock.write_all(&chunk))
+    })
+    .await
+    .unwrap();
+    assert!(
+        upload.is_err(),
+        "50 MB of a refused chunked upload were read"
+    );
 
     // `Expect: 100-continue` and a wrong key: the 401 comes at once, no body is asked for.
     let answer = tokio::task::spawn_blocking(move || {

@@ -8,15 +8,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 
-/// The audit row of `rid`, read from the SQLite file of a gateway that has exited.
+/// The audit row of `rid`, read from the database of a gateway that has exited.
 async fn audit_row_after_exit(fg: &Fastgate, rid: &str) -> fastgate_store::AuditRecord {
-    let store = fastgate_store::Store::connect(
-        &format!("sqlite:///{}", fg.db_path().display()),
-        fastgate_store::StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    store
+    fg.open_store()
+        .await
         .get_audit(rid)
         .await
         .unwrap()

@@ -192,7 +192,7 @@ impl AuditGuard {
             scanner.finish();
             event.usage = scanner.usage();
         }
-        self.stats.note_upstream(&event, self.rejected.is_some());
+        self.stats.note_upstream(&event);
         // Runs inside poll_frame and Drop: never block, never await. Dropping the sender here
         // lets the worker finish while a finished body is still alive.
         let Some(tx) = self.tx.take() else {
@@ -211,6 +211,9 @@ impl AuditGuard {
 
 impl Drop for AuditGuard {
     fn drop(&mut self) {
+        if self.event.is_none() {
+            return;
+        }
         let outcome = if self.stats.cutting.load(Ordering::Relaxed) {
             Outcome::Interrupted
         } else {

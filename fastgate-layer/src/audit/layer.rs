@@ -114,17 +114,16 @@ pub struct UpstreamFailure {
     /// FastGate's error code (`upstream_unreachable`, `upstream_timeout`, …); `None` for a
     /// backend's own 5xx answer.
     pub code: Option<&'static str>,
-    /// The upstream URL, as in the audit record.
-    pub target: Option<Arc<str>>,
 }
 
 impl StatsInner {
     /// Count `event` if the backend failed it: unreachable, reset, silent, or answered 5xx.
     /// Runs when an event is finished; costs a lock only for such failures.
-    pub(crate) fn note_upstream(&self, event: &AuditEvent, rejected: bool) {
+    pub(crate) fn note_upstream(&self, event: &AuditEvent) {
         let failed = match event.outcome {
             Outcome::UpstreamError | Outcome::UpstreamTimeout => true,
-            Outcome::Completed => !rejected && event.status >= 500 && event.target_url.is_some(),
+            // A refusal of FastGate's own is never `Completed` (the guard takes its outcome).
+            Outcome::Completed => event.status >= 500 && event.target_url.is_some(),
             _ => false,
         };
         if !failed {
@@ -136,7 +135,6 @@ impl StatsInner {
                 at: SystemTime::now(),
                 status: event.status,
                 code: event.error_code,
-                target: event.target_url.clone(),
             });
         }
     }
