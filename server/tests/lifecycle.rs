@@ -189,16 +189,9 @@ async fn sigterm_lets_a_stream_finish_and_writes_its_audit_row() {
     let upstream = Upstream::start().await;
     let mut fg = Fastgate::start(&upstream.url()).await;
     let key = fg.new_key("u").await;
-    let res = fg
-        .http
-        .post(fg.proxy_url())
-        .header("X-API-Key", &key)
-        .body(chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let res = fg.chat(&key, true).await;
     assert_eq!(res.status(), 200);
-    let rid = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let rid = request_id(&res);
     let mut stream = res.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
@@ -236,14 +229,7 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_audited_as_interrupted()
     )
     .await;
     let key = fg.new_key("u").await;
-    let res = fg
-        .http
-        .post(fg.proxy_url())
-        .header("X-API-Key", &key)
-        .body(chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let res = fg.chat(&key, true).await;
     assert_eq!(res.status(), 200);
     let rid = request_id(&res);
     let mut stream = res.bytes_stream();
