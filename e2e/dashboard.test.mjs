@@ -481,6 +481,175 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('editing a key in the UI changes what the gateway lets it do, at once', async () => {
+    const created = await admin('POST', '/admin/keys', { source_path: 'e2e-edit', name: 'before' });
+    assert.equal((await chat(created.api_key)).status, 200); // the key is now in the gateway's cache
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-keys').click();
+    await tid(p, 'keys-filter-source').fill('e2e-edit');
+    await tid(p, 'keys-filter-source').press('Enter');
+    const row = keyRow(p, 'e2e-edit');
+    await row.waitFor({ state: 'visible' });
+    assert.equal(await row.locator('[data-testid="key-perms"]').getAttribute('data-perms'), 'chat');
+    const patches = [];
+    p.on('request', (r) => { if (r.method() === 'PATCH') patches.push(r.postDataJSON()); });
+
+    // Cancel changes nothing; an empty source path is refused in the page.
+    await row.locator('[data-testid="key-edit"]').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'edit-source').inputValue(), 'e2e-edit');
+    assert.equal(await tid(p, 'edit-name').inputValue(), 'before');
+    assert.equal(await tid(p, 'edit-perms').inputValue(), 'chat');
+    await tid(p, 'edit-source').fill('  ');
+    await tid(p, 'edit-save').click();
+    assert.equal(await tid(p, 'edit-error').textContent(), 'Source path is required.');
+    await tid(p, 'edit-cancel').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'hidden' });
+    assert.deepEqual(patches, []);
+
+    // Name, permissions and expiry in one save: only the changed fields are sent.
+    await row.locator('[data-testid="key-edit"]').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'edit-source').inputValue(), 'e2e-edit', 'the form starts from the key, not the cancelled edit');
+    await tid(p, 'edit-name').fill('after');
+    await tid(p, 'edit-perms').fill('embeddings');
+    await tid(p, 'edit-expiry').selectOption('days');
+    await tid(p, 'edit-days').fill('3');
+    await shot(p, 'desktop-edit-key', { fullPage: false });
+    await tid(p, 'edit-save').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'hidden' });
+    await waitFor('the row to show the new permissions', async () =>
+      (await row.locator('[data-testid="key-perms"]').getAttribute('data-perms')) === 'embeddings');
+    assert.equal(await row.locator('[data-testid="key-name-text"]').textContent(), 'after');
+    assert.deepEqual(patches, [{ name: 'after', permissions: ['embeddings'], expires_days: 3 }]);
+    let stored = await admin('GET', `/admin/keys/${created.id}`);
+    assert.equal(stored.name, 'after');
+    assert.deepEqual(stored.permissions, ['embeddings']);
+    const left = Date.parse(stored.expires_at) - Date.now();
+    assert.ok(left > 3 * 86400e3 - 600e3 && left <= 3 * 86400e3, `expires in ${left} ms`);
+    // The gateway had the key cached with ["chat"]: the unified endpoint refuses it now.
+    const refused = await chat(created.api_key);
+    const refusedBody = await refused.text();
+    assert.equal(refused.status, 403, refusedBody);
+    assert.equal(JSON.parse(refusedBody).error.code, 'permission_denied');
+
+    // Back to chat, without expiry: served again.
+    await row.locator('[data-testid="key-edit"]').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'visible' });
+    await tid(p, 'edit-perms').fill('chat');
+    await tid(p, 'edit-expiry').selectOption('never');
+    await tid(p, 'edit-save').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'hidden' });
+    await waitFor('the row to show "never"', async () =>
+      (await row.locator('[data-testid="key-expires"]').textContent()).trim() === 'never');
+    stored = await admin('GET', `/admin/keys/${created.id}`);
+    assert.equal(stored.expires_at, null);
+    assert.deepEqual(stored.permissions, ['chat']);
+    assert.equal((await chat(created.api_key)).status, 200);
+
+    // An expiry in the past, picked as a date and time: the key is refused at once.
+    await row.locator('[data-testid="key-edit"]').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'visible' });
+    await tid(p, 'edit-expiry').selectOption('at');
+    const hourAgo = await p.evaluate(() => {
+      const d = new Date(Date.now() - 3600e3);
+      const z = (n) => String(n).padStart(2, '0');
+      return `${d.getFullYear()}-${z(d.getMonth() + 1)}-${z(d.getDate())}T${z(d.getHours())}:${z(d.getMinutes())}:${z(d.getSeconds())}`;
+    });
+    await tid(p, 'edit-at').fill(hourAgo);
+    await tid(p, 'edit-save').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'hidden' });
+    await waitFor('the status badge "expired"', async () =>
+      (await row.locator('[data-testid="key-status"]').getAttribute('data-status')) === 'expired');
+    stored = await admin('GET', `/admin/keys/${created.id}`);
+    const ago = Date.now() - Date.parse(stored.expires_at);
+    assert.ok(ago > 3500e3 && ago < 3700e3, `expired ${ago} ms ago`);
+    assert.equal((await chat(created.api_key)).status, 401);
+
+    // The API's own refusal (33 permissions; at most 32) is shown inside the dialog, which stays open.
+    await row.locator('[data-testid="key-edit"]').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'visible' });
+    await tid(p, 'edit-perms').fill(Array.from({ length: 33 }, (_, i) => `p${i}`).join(','));
+    await tid(p, 'edit-save').click();
+    await tid(p, 'edit-error').waitFor({ state: 'visible' });
+    assert.match(await tid(p, 'edit-error').textContent(), /permissions/i);
+    assert.equal(await tid(p, 'edit-modal').isVisible(), true);
+    await tid(p, 'edit-cancel').click();
+    assert.deepEqual((await admin('GET', `/admin/keys/${created.id}`)).permissions, ['chat']);
+    await ctx.close();
+  });
+
+  test('the audit log filters by a time range, kept across a reload', async () => {
+    const { key, record } = await keyWithTraffic('e2e-range');
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-logs').click();
+    // Local date-time input values, in the page's own time zone.
+    const local = (ms) => p.evaluate((at) => {
+      const d = new Date(at);
+      const z = (n) => String(n).padStart(2, '0');
+      return `${d.getFullYear()}-${z(d.getMonth() + 1)}-${z(d.getDate())}T${z(d.getHours())}:${z(d.getMinutes())}:${z(d.getSeconds())}`;
+    }, ms);
+    const at = Date.parse(record.timestamp);
+    await p.waitForFunction((id) => [...document.querySelectorAll('#lf-key option')].some((o) => o.value === id), key.id);
+    await tid(p, 'logs-filter-key').selectOption(key.id);
+    await tid(p, 'logs-filter-since').fill(await local(at - 60e3));
+    await tid(p, 'logs-filter-until').fill(await local(at + 60e3));
+    let answered = p.waitForResponse((r) => r.url().includes('/admin/logs?') && r.url().includes('since='));
+    await tid(p, 'logs-filter-apply').click();
+    const q = new URL((await answered).url()).searchParams;
+    // Whole seconds in the form: within a second of the minute each side.
+    const near = (iso, secs) => Math.abs((Date.parse(iso) - at) / 1000 - secs) <= 1;
+    assert.ok(near(q.get('since'), -60) && near(q.get('until'), 60), `since=${q.get('since')} until=${q.get('until')} at=${record.timestamp}`);
+    await waitFor('the one record in range', async () =>
+      (await tid(p, 'log-row').count()) === 1 && (await tid(p, 'log-row').getAttribute('data-request-id')) === record.request_id);
+
+    // A range that ends before the request: nothing, and the page says the filters match nothing.
+    await tid(p, 'logs-filter-until').fill(await local(at - 30e3));
+    answered = p.waitForResponse((r) => r.url().includes('/admin/logs?') && r.url().includes('until='));
+    await tid(p, 'logs-filter-apply').click();
+    await answered;
+    await tid(p, 'logs-empty').waitFor({ state: 'visible' });
+    assert.equal(await tid(p, 'logs-empty').textContent(), 'No records match these filters.');
+    assert.equal(await tid(p, 'log-row').count(), 0);
+
+    // A start after the end is refused in the page, without a request.
+    await tid(p, 'logs-filter-until').fill(await local(at + 60e3));
+    await tid(p, 'logs-filter-since').fill(await local(at + 120e3));
+    let asked = false;
+    const spy = (r) => { if (r.url().includes('/admin/logs?')) asked = true; };
+    p.on('request', spy);
+    await tid(p, 'logs-filter-apply').click();
+    await tid(p, 'logs-filter-error').waitFor({ state: 'visible' });
+    await shot(p, 'desktop-logs-range', { fullPage: false });
+    await sleep(300);
+    p.off('request', spy);
+    assert.equal(asked, false, 'an inverted range was sent to the API');
+
+    // The applied range (the last valid one) is in the address and survives a reload.
+    await tid(p, 'logs-filter-since').fill(await local(at - 60e3));
+    answered = p.waitForResponse((r) => r.url().includes('/admin/logs?') && r.url().includes('since='));
+    await tid(p, 'logs-filter-apply').click();
+    await answered;
+    assert.equal(await tid(p, 'logs-filter-error').isVisible(), false);
+    const url = new URL(p.url());
+    assert.ok(near(url.searchParams.get('log_since'), -60) && near(url.searchParams.get('log_until'), 60), url.search);
+    const reloaded = p.waitForResponse((r) => r.url().includes('/admin/logs?') && r.url().includes('since='));
+    await p.reload();
+    await reloaded;
+    assert.equal(await tid(p, 'logs-filter-since').inputValue(), await local(at - 60e3));
+    assert.equal(await tid(p, 'logs-filter-until').inputValue(), await local(at + 60e3));
+    await waitFor('the record again after the reload', async () => (await tid(p, 'log-row').count()) === 1);
+    // Reset clears the range too.
+    await tid(p, 'logs-filter-reset').click();
+    await waitFor('the range cleared', async () => !new URL(p.url()).searchParams.has('log_since'));
+    assert.equal(await tid(p, 'logs-filter-since').inputValue(), '');
+    await ctx.close();
+  });
+
   test('API errors are shown as readable messages', async () => {
     // A key with a 7-day expiry, deleted behind the page's back: acting on the stale row
     // gets a 404 whose error.message the page must show.

@@ -21,7 +21,7 @@
       'action.signout': 'Sign out', 'action.refresh': 'Refresh', 'action.autorefresh': 'Auto-refresh 30 s',
       'action.close': 'Close', 'action.copy': 'Copy', 'action.copied': 'Copied', 'action.cancel': 'Cancel',
       'action.enable': 'Enable', 'action.disable': 'Disable', 'action.rotate': 'Rotate', 'action.delete': 'Delete',
-      'action.logs': 'Logs',
+      'action.logs': 'Logs', 'action.edit': 'Edit', 'action.save': 'Save',
       'signin.title': 'Sign in', 'signin.help': 'Enter the admin token (security.admin_token) of this FastGate instance.',
       'signin.token': 'Admin token', 'signin.submit': 'Sign in',
       'signin.invalid': 'The admin token was rejected. Please sign in again.',
@@ -68,13 +68,22 @@
       'keys.confirm.disable.title': 'Disable API key?',
       'keys.confirm.disable.body': 'Key {d} ({s}) will be rejected with 401 until it is enabled again.',
       'keys.range': '{a}–{b} of {n}', 'keys.unused': 'never',
+      'keys.perms.none': 'none', 'keys.perms.none.title': 'No permissions: every route refuses this key (403).',
+      'keys.updated': 'Key updated.', 'keys.nochange': 'Nothing changed.',
+      'edit.title': 'Edit API key', 'edit.expiry': 'Expiry', 'edit.expiry.keep': 'Keep the current one ({t})',
+      'edit.expiry.days': 'In a number of days from now', 'edit.expiry.at': 'At a date and time',
+      'edit.perms.help': 'Comma-separated. The unified endpoint needs chat; * allows every route; none locks the key out.',
+      'edit.err.at': 'Enter the date and time the key expires.',
       'filter.all': 'All', 'filter.apply': 'Apply', 'filter.reset': 'Reset', 'filter.key': 'Key',
       'filter.export': 'Export CSV', 'logs.exported': 'audit_logs.csv saved ({s})',
       'logs.exported.capped': 'audit_logs.csv saved ({s}): the newest {n} records only; GET /admin/logs/export has no limit',
       'filter.status': 'Status', 'filter.type': 'Type', 'filter.model': 'Model',
+      'filter.since': 'From', 'filter.until': 'Until',
+      'logs.err.range': 'The start of the time range must be before its end.',
       'badge.stream': 'Stream', 'badge.plain': 'Plain',
       'col.source': 'Source path', 'col.key': 'Key', 'col.status': 'Status', 'col.expires': 'Expires',
       'col.lastused': 'Last used', 'col.requests': 'Requests', 'col.created': 'Created', 'col.actions': 'Actions',
+      'col.perms': 'Permissions',
       'col.errors': 'Errors', 'col.tokens': 'Tokens', 'col.model': 'Model', 'col.time': 'Time', 'col.type': 'Type',
       'col.request': 'Request', 'col.latency': 'Latency', 'col.ttfb': 'TTFB', 'col.bytes': 'Bytes in / out',
       'logs.empty': 'No requests recorded yet.', 'logs.nomatch': 'No records match these filters.', 'logs.count': '{n} records shown', 'page.more': 'Load older',
@@ -94,7 +103,7 @@
       'action.signout': '退出', 'action.refresh': '刷新', 'action.autorefresh': '每 30 秒自动刷新',
       'action.close': '关闭', 'action.copy': '复制', 'action.copied': '已复制', 'action.cancel': '取消',
       'action.enable': '启用', 'action.disable': '禁用', 'action.rotate': '轮换', 'action.delete': '删除',
-      'action.logs': '日志',
+      'action.logs': '日志', 'action.edit': '编辑', 'action.save': '保存',
       'signin.title': '登录', 'signin.help': '请输入本 FastGate 实例的管理员令牌（security.admin_token）。',
       'signin.token': '管理员令牌', 'signin.submit': '登录',
       'signin.invalid': '管理员令牌无效，请重新登录。',
@@ -141,13 +150,22 @@
       'keys.confirm.disable.title': '禁用 API Key？',
       'keys.confirm.disable.body': 'Key {d}（{s}）在重新启用之前会被拒绝（401）。',
       'keys.range': '第 {a}–{b} 条，共 {n} 条', 'keys.unused': '从未使用',
+      'keys.perms.none': '无', 'keys.perms.none.title': '没有任何权限：所有路由都会拒绝此 Key（403）。',
+      'keys.updated': 'Key 已更新。', 'keys.nochange': '没有修改。',
+      'edit.title': '编辑 API Key', 'edit.expiry': '过期时间', 'edit.expiry.keep': '保持不变（{t}）',
+      'edit.expiry.days': '从现在起的天数', 'edit.expiry.at': '指定日期和时间',
+      'edit.perms.help': '用逗号分隔。统一端点需要 chat；* 允许所有路由；留空则此 Key 无法使用。',
+      'edit.err.at': '请填写 Key 的过期日期和时间。',
       'filter.all': '全部', 'filter.apply': '筛选', 'filter.reset': '重置', 'filter.key': 'Key',
       'filter.export': '导出 CSV', 'logs.exported': '已保存 audit_logs.csv（{s}）',
       'logs.exported.capped': '已保存 audit_logs.csv（{s}）：仅含最新的 {n} 条记录；GET /admin/logs/export 不限条数',
       'filter.status': '状态码', 'filter.type': '类型', 'filter.model': '模型',
+      'filter.since': '开始时间', 'filter.until': '结束时间',
+      'logs.err.range': '开始时间必须早于结束时间。',
       'badge.stream': '流式', 'badge.plain': '普通',
       'col.source': '来源路径', 'col.key': 'Key', 'col.status': '状态', 'col.expires': '过期时间',
       'col.lastused': '最近使用', 'col.requests': '请求数', 'col.created': '创建时间', 'col.actions': '操作',
+      'col.perms': '权限',
       'col.errors': '错误', 'col.tokens': 'Token', 'col.model': '模型', 'col.time': '时间', 'col.type': '类型',
       'col.request': '请求', 'col.latency': '耗时', 'col.ttfb': '首字节', 'col.bytes': '字节 入 / 出',
       'logs.empty': '暂无请求记录。', 'logs.nomatch': '没有符合筛选条件的记录。', 'logs.count': '已显示 {n} 条记录', 'page.more': '加载更早记录',
@@ -262,6 +280,21 @@
     var d = new Date(iso);
     if (isNaN(d.getTime())) return String(iso);
     return d.toLocaleString(locale(), { year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  }
+  function pad2(n) { return (n < 10 ? '0' : '') + n; }
+  /** An RFC 3339 time as the value of a `datetime-local` input (the browser's time zone). */
+  function toLocalInput(iso) {
+    if (!iso) return '';
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return '';
+    return d.getFullYear() + '-' + pad2(d.getMonth() + 1) + '-' + pad2(d.getDate()) + 'T' +
+      pad2(d.getHours()) + ':' + pad2(d.getMinutes()) + ':' + pad2(d.getSeconds());
+  }
+  /** A `datetime-local` input's value (local time) as RFC 3339 in UTC; '' when empty or invalid. */
+  function fromLocalInput(value) {
+    if (!value) return '';
+    var d = new Date(value); // a date-time without an offset is local time
+    return isNaN(d.getTime()) ? '' : d.toISOString();
   }
   function fmtUptime(sec) {
     if (sec === null || sec === undefined || isNaN(sec)) return '—';
@@ -720,6 +753,8 @@
       rotate.addEventListener('click', function () { rotateKey(k); });
       var del = el('button', { cls: 'btn btn-sm btn-outline-danger', text: t('action.delete'), attrs: { type: 'button', 'data-testid': 'key-delete' } });
       del.addEventListener('click', function () { deleteKey(k); });
+      var edit = el('button', { cls: 'btn btn-sm btn-outline-secondary', text: t('action.edit'), attrs: { type: 'button', 'data-testid': 'key-edit' } });
+      edit.addEventListener('click', function () { openEdit(k); });
       var logs = el('button', { cls: 'btn btn-sm btn-outline-secondary', text: t('action.logs'), attrs: { type: 'button', 'data-testid': 'key-logs' } });
       logs.addEventListener('click', function () { showLogsForKey(k.id); });
       var srcCell = td('col.source', { cls: 'fg-src-cell' }, [
@@ -730,11 +765,12 @@
         srcCell,
         td('col.key', { cls: 'fg-mono', text: k.display || k.id, title: k.id }),
         td('col.status', {}, [statusBadge(k)]),
+        td('col.perms', { attrs: { 'data-testid': 'key-perms', 'data-perms': (k.permissions || []).join(',') } }, [permBadges(k.permissions)]),
         td('col.expires', { text: k.expires_at ? fmtTime(k.expires_at) : t('keys.never.short'), attrs: { 'data-testid': 'key-expires' } }),
         td('col.lastused', { text: k.last_used_at ? fmtTime(k.last_used_at) : t('keys.unused'), attrs: { 'data-testid': 'key-lastused' } }),
         td('col.requests', { cls: 'text-end', text: fmtInt(k.request_count || 0), attrs: { 'data-testid': 'key-requests' } }),
-        td('col.created', { text: fmtTime(k.created_at) }),
-        td('col.actions', { cls: 'text-end fg-actions-cell' }, [el('div', { cls: 'fg-actions' }, [toggle, rotate, logs, del])])
+        td('col.created', { cls: 'd-none d-xxl-table-cell', text: fmtTime(k.created_at) }),
+        td('col.actions', { cls: 'text-end fg-actions-cell' }, [el('div', { cls: 'fg-actions' }, [edit, toggle, rotate, logs, del])])
       ]);
       body.appendChild(tr);
     });
@@ -749,6 +785,103 @@
   }
 
   function keyLabel(k) { return k.source_path || k.name || k.id; }
+
+  /** A key's permissions as small badges; an empty list (every route refuses the key) stands out. */
+  function permBadges(perms) {
+    perms = Array.isArray(perms) ? perms : [];
+    if (!perms.length) {
+      return el('span', { cls: 'badge text-bg-warning', text: t('keys.perms.none'), title: t('keys.perms.none.title') });
+    }
+    var shown = perms.slice(0, 3).map(function (p) {
+      return el('span', { cls: 'badge text-bg-light border fg-mono fg-perm', text: p, title: p });
+    });
+    if (perms.length > 3) shown.push(el('span', { cls: 'small text-body-secondary', text: '+' + (perms.length - 3), title: perms.join(', ') }));
+    return el('span', { cls: 'fg-perms' }, shown);
+  }
+
+  function parsePerms(text) {
+    return text.split(',').map(function (s) { return s.trim(); }).filter(Boolean);
+  }
+
+  // ---------------------------------------------------------------- key editing (PATCH)
+  var editKey = null;
+  var editModal = null;
+
+  function editError(msg) {
+    var n = $('edit-error');
+    n.textContent = msg || '';
+    show(n, !!msg);
+  }
+
+  function syncExpiryRows() {
+    var mode = $('ke-expiry').value;
+    show($('ke-days-row'), mode === 'days');
+    show($('ke-at-row'), mode === 'at');
+  }
+
+  function openEdit(k) {
+    editKey = k;
+    $('edit-key-display').textContent = (k.display || k.id) + ' · ID ' + k.id;
+    $('ke-source').value = k.source_path || '';
+    $('ke-name').value = k.name || '';
+    $('ke-perms').value = (k.permissions || []).join(', ');
+    $('ke-expiry-keep').textContent = t('edit.expiry.keep', { t: k.expires_at ? fmtTime(k.expires_at) : t('keys.never.short') });
+    $('ke-expiry').value = 'keep';
+    $('ke-days').value = '';
+    $('ke-at').value = toLocalInput(k.expires_at);
+    syncExpiryRows();
+    editError('');
+    $('edit-save').disabled = false;
+    if (!editModal) editModal = new window.bootstrap.Modal($('edit-modal'));
+    editModal.show();
+  }
+
+  /** The PATCH body: only the fields the form changed. Returns null (and says why) when invalid. */
+  function editBody(k) {
+    var body = {};
+    var source = $('ke-source').value.trim();
+    if (!source) { editError(t('keys.err.source')); $('ke-source').focus(); return null; }
+    if (source !== (k.source_path || '')) body.source_path = source;
+    var name = $('ke-name').value.trim();
+    if (name !== (k.name || '')) body.name = name; // '' clears it
+    var perms = parsePerms($('ke-perms').value);
+    if (perms.join('\n') !== (k.permissions || []).join('\n')) body.permissions = perms;
+    var mode = $('ke-expiry').value;
+    if (mode === 'never') {
+      if (k.expires_at) body.never_expires = true;
+    } else if (mode === 'days') {
+      var raw = $('ke-days').value.trim();
+      var days = Number(raw);
+      if (!/^\d+$/.test(raw) || days < 1 || days > 36500) { editError(t('keys.err.days')); $('ke-days').focus(); return null; }
+      body.expires_days = days;
+    } else if (mode === 'at') {
+      var at = fromLocalInput($('ke-at').value);
+      if (!at) { editError(t('edit.err.at')); $('ke-at').focus(); return null; }
+      body.expires_at = at;
+    }
+    return body;
+  }
+
+  function submitEdit(ev) {
+    ev.preventDefault();
+    editError('');
+    var k = editKey;
+    if (!k) return;
+    var body = editBody(k);
+    if (!body) return;
+    if (!Object.keys(body).length) { editModal.hide(); toast(t('keys.nochange')); return; }
+    var btn = $('edit-save');
+    btn.disabled = true;
+    api('PATCH', '/admin/keys/' + encodeURIComponent(k.id), body).then(function () {
+      btn.disabled = false;
+      editKey = null;
+      editModal.hide();
+      return afterKeyChange(t('keys.updated'));
+    }, function (err) {
+      btn.disabled = false;
+      if (err.status !== 401) editError(err.message);
+    });
+  }
 
   function showNewKey(res, rotated) {
     $('new-key-title').textContent = t(rotated ? 'keys.rotatedtitle' : 'keys.newtitle', { s: keyLabel(res) });
@@ -794,7 +927,7 @@
     var body = { source_path: source };
     var name = $('kf-name').value.trim();
     if (name) body.name = name;
-    var perms = $('kf-perms').value.split(',').map(function (s) { return s.trim(); }).filter(Boolean);
+    var perms = parsePerms($('kf-perms').value);
     if (perms.length) body.permissions = perms;
     if ($('kf-never').checked) body.never_expires = true;
     else {
@@ -923,7 +1056,9 @@
       key_id: $('lf-key').value,
       status: $('lf-status').value,
       is_stream: $('lf-stream').value,
-      model: $('lf-model').value.trim()
+      model: $('lf-model').value.trim(),
+      since: fromLocalInput($('lf-since').value),
+      until: fromLocalInput($('lf-until').value)
     };
   }
 
@@ -971,7 +1106,13 @@
 
   /** Take the form's filters as the applied ones and reload the log. */
   function applyLogFilters() {
-    logsState.query = logsQuery();
+    var q = logsQuery();
+    var errNode = $('lf-error');
+    var bad = q.since && q.until && q.since >= q.until;
+    errNode.textContent = bad ? t('logs.err.range') : '';
+    show(errNode, !!bad);
+    if (bad) return Promise.resolve();
+    logsState.query = q;
     saveViewState();
     return loadLogs(false);
   }
@@ -1043,7 +1184,7 @@
     });
     var total = logsState.items.length;
     var applied = appliedLogsQuery();
-    var filtered = !!(applied.key_id || applied.status || applied.is_stream || applied.model);
+    var filtered = !!(applied.key_id || applied.status || applied.is_stream || applied.model || applied.since || applied.until);
     emptyText($('logs-empty'), filtered ? 'logs.nomatch' : 'logs.empty');
     show($('logs-empty'), total === 0);
     $('logs-count').textContent = total ? t('logs.count', { n: fmtInt(total) }) : '';
@@ -1158,6 +1299,8 @@
     $('new-key-copy').addEventListener('click', copyNewKey);
     $('new-key-dismiss').addEventListener('click', hideNewKey);
     $('confirm-ok').addEventListener('click', onConfirmOk);
+    $('edit-form').addEventListener('submit', submitEdit);
+    $('ke-expiry').addEventListener('change', syncExpiryRows);
 
     $('keys-filter').addEventListener('submit', function (ev) {
       ev.preventDefault();
@@ -1176,11 +1319,12 @@
     });
 
     $('logs-filter').addEventListener('submit', function (ev) { ev.preventDefault(); applyLogFilters().catch(showError); });
+    // Selects apply at once; the time range (typed a part at a time) on Apply or Enter.
     ['lf-key', 'lf-status', 'lf-stream'].forEach(function (id) {
       $(id).addEventListener('change', function () { applyLogFilters().catch(showError); });
     });
     $('lf-reset').addEventListener('click', function () {
-      $('lf-key').value = ''; $('lf-status').value = ''; $('lf-stream').value = ''; $('lf-model').value = '';
+      ['lf-key', 'lf-status', 'lf-stream', 'lf-model', 'lf-since', 'lf-until'].forEach(function (id) { $(id).value = ''; });
       applyLogFilters().catch(showError);
     });
     $('logs-more').addEventListener('click', function () { loadLogs(true).catch(showError); });
@@ -1225,7 +1369,9 @@
       log_key: logs.key_id,
       log_status: logs.status,
       log_stream: logs.is_stream,
-      log_model: logs.model
+      log_model: logs.model,
+      log_since: logs.since,
+      log_until: logs.until
     };
     for (var name in params) {
       if (!Object.prototype.hasOwnProperty.call(params, name)) continue;
@@ -1263,6 +1409,8 @@
     pick('lf-status', q.get('log_status') || '');
     pick('lf-stream', q.get('log_stream') || '');
     $('lf-model').value = q.get('log_model') || '';
+    $('lf-since').value = toLocalInput(q.get('log_since'));
+    $('lf-until').value = toLocalInput(q.get('log_until'));
     logsState.query = logsQuery();
   }
 
