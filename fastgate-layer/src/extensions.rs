@@ -76,7 +76,11 @@ pub struct RouteConfig {
 }
 
 /// One upstream: where requests go, the credential to present, and timeouts.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` shows `base_url` without a user name or password (and `api_key` as a
+/// [`Secret`]): a route table can be logged. Check a URL with [`Backend::parse_base_url`] when
+/// the configuration is loaded; a `base_url` it refuses makes every request a 500 `bad_backend`.
+#[derive(Clone)]
 pub struct Backend {
     /// Scheme, authority and optional base path, e.g. `http://127.0.0.1:1030`.
     pub base_url: http::Uri,
@@ -92,4 +96,137 @@ pub struct Backend {
     pub response_timeout: std::time::Duration,
     /// Longest silence allowed between two body chunks of the response (never a total timeout).
     pub idle_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("base_url", &redact_url(&self.base_url.to_string()))
+            .field("path", &self.path)
+            .field("api_key", &self.api_key)
+            .field("key_header", &self.key_header)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+impl Backend {
+    /// `url` as a `base_url`: `http://` or `https://`, a host, an optional base path, no query
+    /// string (it would not be sent). The error shows the URL without its user name and
+    /// password, so it can be logged.
+    pub fn parse_base_url(url: &str) -> Result<http::Uri, BackendUrlError> {
+        let shown = || redact_url(url);
+        let uri: http::Uri = url.parse().map_err(|_| BackendUrlError::Invalid(shown()))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(BackendUrlError::Scheme(shown()));
+        }
+        if uri.authority().is_none_or(|a| a.host().is_empty()) {
+            return Err(BackendUrlError::NoHost(shown()));
+        }
+        if uri.query().is_some() {
+            return Err(BackendUrlError::Query(shown()));
+        }
+        Ok(uri)
+    }
+}
+
+/// Why a backend URL was refused by [`Backend::parse_base_url`]. Each variant holds the URL
+/// without its user name and password.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendUrlError {
+    /// Not a URL.
+    #[error("{0:?} is not a valid URL")]
+    Invalid(String),
+    /// Not `http://` or `https://`.
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    /// No host.
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    /// A query string, which would not be sent.
+    #[error("{0:?} must not have a query string (it would not be sent to the backend)")]
+    Query(String),
+}
+
+/// `url` with any `user:password@` before its host replaced by `***@`, and its query string by
+/// `?***` (either may hold a credential).
+pub(crate) fn redact_url(url: &str) -> String {
+    let (head, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(host_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => format!("{}?***", &tail[..q]),
+        None => tail.to_owned(),
+    };
+    format!("{head}{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn backend(url: &str) -> Backend {
+        Backend {
+            base_url: url.parse().expect("test URL"),
+            path: "/v1/chat/completions".into(),
+            api_key: Some(Secret::new("sk-real-upstream-key")),
+            key_header: http::header::AUTHORIZATION,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn debug_shows_neither_the_url_password_nor_the_key() {
+        let shown = format!(
+            "{:?}",
+            backend("http://admin:hunter2-PASSWORD@127.0.0.1:9/base")
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("admin:"), "{shown}");
+        assert!(!shown.contains("sk-real-upstream-key"), "{shown}");
+        assert!(shown.contains("http://***@127.0.0.1:9/base"), "{shown}");
+        let plain = format!("{:?}", backend("https://api.example.com:8443/v2"));
+        assert!(plain.contains("https://api.example.com:8443/v2"), "{plain}");
+    }
+
+    #[test]
+    fn base_urls_are_checked_without_showing_a_password() {
+        assert!(Backend::parse_base_url("http://127.0.0.1:1030").is_ok());
+        assert!(Backend::parse_base_url("https://u:p@host/base/").is_ok());
+        let cases = [
+            ("127.0.0.1:1030", "must start with http"),
+            ("ftp://u:pw-SECRET@host", "must start with http"),
+            (
+                "http://u:pw-SECRET@host:1030/?token=t-SECRET",
+                "query string",
+            ),
+            ("http://u:pw-SECRET@host name/", "not a valid URL"),
+        ];
+        for (url, want) in cases {
+            let err = Backend::parse_base_url(url).expect_err(url).to_string();
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(!err.contains("SECRET"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn redact_url_keeps_everything_but_credentials() {
+        assert_eq!(redact_url("http://h:1/p"), "http://h:1/p");
+        assert_eq!(redact_url("http://a:b@h:1/p?q=1"), "http://***@h:1/p?***");
+        assert_eq!(redact_url("a:b@h"), "***@h");
+        assert_eq!(redact_url("http://h/p@x"), "http://h/p@x");
+    }
 }

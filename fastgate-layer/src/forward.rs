@@ -19,8 +19,10 @@
 //! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
 //! counts as unreachable), its `response_timeout` from sending the request up to the response
 //! headers (connecting included), and its `idle_timeout` between two response body frames. There
-//! is never a total timeout on a stream. Behind an [`AuditLayer`](crate::audit::AuditLayer),
-//! which follows the client's upload, the `response_timeout` counts from the end of the upload
+//! is never a total timeout on a stream. Behind an [`AuditLayer`](crate::audit::AuditLayer)
+//! (enabled or [disabled](crate::audit::AuditLayer::disabled): every
+//! [`Gateway`](crate::Gateway) has one), which follows the client's upload, the
+//! `response_timeout` counts from the end of the upload
 //! (a large body over a slow link is not the backend's delay), and an upload left waiting on
 //! the client for that long (or taking more than ten times as long in all) is answered 408.
 //!
@@ -28,10 +30,10 @@
 //! |---|---|---|
 //! | no `RouteConfig` in the extensions | 500 | `no_route` / `rejected` |
 //! | connection refused / DNS / TLS | 502 | `upstream_unreachable` / `upstream_error` |
-//! | the request body fails while sent (client gone mid-upload, broken chunked body; audited stacks) | 400 | `request_body_error` / `client_aborted` |
+//! | the request body fails while sent (client gone mid-upload, broken chunked body; behind an `AuditLayer`) | 400 | `request_body_error` / `client_aborted` |
 //! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
 //! | headers later than `response_timeout` | 504 | `upstream_timeout` / `upstream_timeout` |
-//! | the upload waits on the client for `response_timeout`, or takes over 10 of them (audited stacks) | 408 | `request_body_timeout` / `client_aborted` |
+//! | the upload waits on the client for `response_timeout`, or takes over 10 of them (behind an `AuditLayer`) | 408 | `request_body_timeout` / `client_aborted` |
 //!
 //! Upstream statuses and bodies (4xx and 5xx included) pass unchanged. On `text/event-stream`
 //! responses the service sets `Cache-Control: no-cache` and `X-Accel-Buffering: no` so that a

@@ -137,10 +137,12 @@ impl<R: KeyResolver> GatewayBuilder<R> {
     }
 
     /// The full stack in front of a [`ForwardService`], for request bodies `B`.
+    ///
+    /// `B` must yield [`Bytes`](bytes::Bytes) and be `Unpin` (hyper's `Incoming`, `Full<Bytes>`,
+    /// a boxed body), as the forward service needs.
     pub fn build<B>(self) -> Gateway<R, B>
     where
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let forward = ForwardService::with_config(&self.forward);
@@ -190,8 +192,7 @@ fn _assert_gateway_bounds() {
     }
     fn gateway<B>() -> Gateway<crate::auth::StaticKeys, B>
     where
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         GatewayBuilder::new(crate::auth::StaticKeys::default(), RouteTable::default()).build()

@@ -16,8 +16,10 @@
 //!
 //! Every refusal is an OpenAI-shaped JSON body `{"error":{"message","type","code"}}` marked with
 //! [`Rejected`], never an `Err`: the assembled service's error type is
-//! [`Infallible`](std::convert::Infallible). The crate never spawns tasks: the audit worker is a
-//! future the caller runs. It reads no configuration files and no environment variables.
+//! [`Infallible`](std::convert::Infallible). The audit worker is a future the caller runs; the
+//! forward service needs a Tokio runtime, on which it spawns the tasks of its upstream
+//! connections and of its pool's idle reaper (and the spool's file writes go to Tokio's blocking
+//! pool). It reads no configuration files and no environment variables.
 //!
 //! The embedding application provides the client address by inserting [`ClientAddr`] into the
 //! request extensions before calling the stack (from its accept loop, or a poem middleware).
@@ -108,6 +110,8 @@ mod test_util;
 pub use audit::{AuditBatch, AuditEvent, AuditSink, Outcome, TokenUsage};
 pub use auth::{KeyResolver, PresentedKey, ResolveError};
 pub use error::{BoxError, json_error};
-pub use extensions::{Backend, ClientAddr, KeyIdentity, Rejected, RouteConfig, TargetUrl};
+pub use extensions::{
+    Backend, BackendUrlError, ClientAddr, KeyIdentity, Rejected, RouteConfig, TargetUrl,
+};
 pub use gateway::{Gateway, GatewayBuilder, GatewayLayer};
 pub use secret::Secret;

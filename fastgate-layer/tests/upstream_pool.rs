@@ -830,3 +830,67 @@ async fn expired_idle_connections_are_closed_without_traffic() {
     );
     drop(svc);
 }
+
+/// A stack built without `.audit(...)` still counts the backend's response timeout from the end
+/// of the client's upload: a chunked upload that takes longer than the timeout (and keeps making
+/// progress) is answered by the backend, not 504 `upstream_timeout`; an upload that stalls for the
+/// timeout is the client's (408), as with an audited stack.
+#[tokio::test]
+async fn without_audit_a_slow_upload_is_not_the_backends_timeout() {
+    let addr = upstream(|req: Request<Incoming>| async move {
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        Response::new(full(format!("read {n}")))
+    })
+    .await;
+    let mut backend = backend(addr);
+    backend.response_timeout = Duration::from_millis(600);
+    let svc = fastgate_layer::GatewayBuilder::new(keys(), routes(backend)).build::<Incoming>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    // Five pieces 250 ms apart: 1 s of upload against a 600 ms response timeout.
+    let (tx, body) = channel_body();
+    let sending = tokio::spawn(async move {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if tx.send(Ok(Bytes::from_static(b"{}  "))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let res = client().request(chat(gw, body)).await.unwrap();
+    let status = res.status();
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, StatusCode::OK, "{text:?}");
+    assert_eq!(text, "read 20");
+    sending.await.unwrap();
+
+    // A stalled upload: one piece, then nothing (the sender kept open).
+    let (tx, body) = channel_body();
+    tx.send(Ok(Bytes::from_static(b"{"))).await.unwrap();
+    let res = client().request(chat(gw, body)).await.unwrap();
+    let status = res.status();
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text:?}");
+    assert!(
+        std::str::from_utf8(&text)
+            .unwrap()
+            .contains("request_body_timeout"),
+        "{text:?}"
+    );
+    drop(tx);
+}

@@ -202,8 +202,15 @@ impl AuditGuard {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Err(err) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if matches!(err, mpsc::error::TrySendError::Closed(_))
+                    && !self.stats.closed_warned.swap(true, Ordering::Relaxed)
+                {
+                    tracing::error!(
+                        "audit events are being dropped: the audit worker is not running                          (was the AuditWorker from AuditLayer::pair dropped instead of run?)"
+                    );
+                }
             }
         }
     }

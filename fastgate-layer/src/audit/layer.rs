@@ -102,6 +102,8 @@ pub(crate) struct StatsInner {
     /// Requests the backend failed (see [`AuditStats::upstream_failures`]).
     pub(crate) upstream_failures: AtomicU64,
     pub(crate) last_upstream_failure: Mutex<Option<UpstreamFailure>>,
+    /// An event found the queue closed (the worker dropped or never run): said once in the log.
+    pub(crate) closed_warned: AtomicBool,
 }
 
 /// The most recent request a backend failed, for a status page.
@@ -223,8 +225,9 @@ impl fmt::Debug for AuditLayer {
 impl AuditLayer {
     /// The layer and the worker that drains its events into `sink`.
     ///
-    /// The worker is a plain future: the caller decides where to run it (the library never
-    /// spawns).
+    /// The worker is a plain future: the caller decides where to run it. If it is dropped
+    /// without running, every event is counted in [`AuditStats::dropped`] and the first one
+    /// logs an error.
     pub fn pair<W: AuditSink>(sink: W, config: AuditConfig) -> (Self, AuditWorker<W>) {
         let capacity = config.capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
@@ -241,7 +244,8 @@ impl AuditLayer {
         )
     }
 
-    /// A layer that audits nothing (bodies pass through without counting).
+    /// A layer that audits nothing: no event is made. It still follows the client's upload, for
+    /// the forward service's response timeout (see [`forward`](crate::forward)).
     pub fn disabled() -> Self {
         Self { shared: None }
     }
@@ -317,7 +321,12 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let Some(shared) = &self.shared else {
-            let req = req.map(AuditRequestBody::unaudited);
+            // Nothing is audited, but the client's upload is still followed: the forward
+            // service's response timeout counts from its end (a slow upload is not the
+            // backend's delay) whether or not the stack audits.
+            let request = Arc::new(RequestStats::default());
+            req.extensions_mut().insert(AuditSlot(Arc::clone(&request)));
+            let req = req.map(|b| AuditRequestBody::new(b, Some(request)));
             return ResponseFuture {
                 inner: self.inner.call(req),
                 guard: None,

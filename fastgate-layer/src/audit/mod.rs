@@ -3,7 +3,7 @@
 //!
 //! [`AuditLayer::pair`] returns the layer and an [`AuditWorker`]. The layer never blocks a
 //! request: events go into a bounded queue with `try_send`, and an event that does not fit is
-//! counted in [`AuditStats::dropped`]. The worker is a plain future (the library never spawns);
+//! counted in [`AuditStats::dropped`]. The worker is a plain future, which the caller runs (spawned, or joined with its server);
 //! it writes batches to an [`AuditSink`], retries failed batches with bounded backoff, and, once
 //! every sender is dropped, drains what is still queued and returns — graceful shutdown loses
 //! nothing. A sink wrapped in a [`SpoolSink`] keeps the batches it refuses in a local file until

@@ -11,6 +11,7 @@ use super::{AuditBatch, AuditEvent, AuditSink};
 
 /// Drains the audit queue into an [`AuditSink`]. Created by
 /// [`AuditLayer::pair`](super::AuditLayer::pair); run it with [`AuditWorker::run`].
+#[must_use = "the audit worker writes nothing unless it is run (AuditWorker::run)"]
 pub struct AuditWorker<W> {
     rx: mpsc::Receiver<AuditEvent>,
     sink: W,
