@@ -1,7 +1,8 @@
 //! `logging.file`: log lines appended to a file (M-FastGate's `logs/fastgate.log`).
 //!
-//! The file is created readable by its owner and group only (0640, its directory 0750): log
-//! lines hold no secret, but client addresses and key ids. SIGHUP reopens it, so logrotate's
+//! The file is created readable by its owner and group only (0640; a directory created for it
+//! 0750): log lines hold no secret, but client addresses and key ids. An existing file open to
+//! others is tightened; an existing directory is left as it is (it may be `/tmp` or `/var/log`). SIGHUP reopens it, so logrotate's
 //! usual rename-and-create works. A failed write (a full disk) is dropped for the file only:
 //! the same line has gone to stderr already, and logging must never stop the gateway. The first
 //! failure of a run of failures is reported on stderr, and so is the first write that succeeds
@@ -24,14 +25,14 @@ pub struct LogFile {
 }
 
 impl LogFile {
-    /// Open (creating it and its directory) `path` for appending.
+    /// Open (creating it and its missing directories, 0750) `path` for appending. Existing
+    /// directories keep their permissions.
     pub fn open(path: &Path) -> io::Result<Arc<Self>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o750)
                 .create(dir)?;
-            private(&File::open(dir)?)?;
         }
         Ok(Arc::new(Self {
             path: path.to_owned(),
@@ -90,7 +91,7 @@ fn open_append(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Take group-write and every permission of others away from `file` (a file or a directory).
+/// Take group-write and every permission of others away from the log file.
 fn private(file: &File) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = file.metadata()?.permissions().mode();
@@ -140,13 +141,15 @@ mod tests {
             "directory open to others"
         );
         drop(log);
-        // Left open by an earlier build: tightened when opened.
+        // A file left open by an earlier build is tightened when opened; an existing directory
+        // (shared, like /tmp or /var/log) is left as it is.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let parent = path.parent().unwrap();
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let log = LogFile::open(&path).unwrap();
         assert_eq!(shared(&path), 0, "an existing file was left open");
-        assert_eq!(shared(parent), 0, "an existing directory was left open");
+        let mode = std::fs::metadata(parent).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777, "an existing directory's permissions were changed");
         // logrotate: rename, then SIGHUP.
         let rotated = dir.path().join("logs/fastgate.log.1");
         std::fs::rename(&path, &rotated).unwrap();
