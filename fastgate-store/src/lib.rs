@@ -317,7 +317,28 @@ impl Store {
             return Err(StoreError::MFastGateDatabase);
         }
         match &self.inner.db {
-            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Sqlite(pool) => {
+                // PostgreSQL serialises concurrent migrations with an advisory lock; SQLite has
+                // none, so two processes starting on a new file race (one fails with "table
+                // already exists" or a busy database). Each migration runs in a transaction,
+                // so trying again sees what the other process applied.
+                let mut attempt = 0;
+                loop {
+                    match sqlx::migrate!("./migrations/sqlite").run(pool).await {
+                        Ok(()) => break,
+                        Err(
+                            e @ (sqlx::migrate::MigrateError::Execute(_)
+                            | sqlx::migrate::MigrateError::ExecuteMigration(..)),
+                        ) if attempt < 10 => {
+                            attempt += 1;
+                            tracing::debug!(error = %e, attempt, "migration raced; trying again");
+                            tokio::time::sleep(std::time::Duration::from_millis(100 * attempt))
+                                .await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
             Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
         Ok(())

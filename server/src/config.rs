@@ -660,8 +660,10 @@ impl Settings {
             Some(p) => match load_routes_file(p) {
                 Ok(extra) => extra,
                 // A `routes.yaml` found beside the config may be M-FastGate's own file, in
-                // another format: ignore it (loudly) rather than refuse to start.
-                Err(e) if !explicit => {
+                // another format: ignore it (loudly) rather than refuse to start. One with a
+                // top-level `routes:` is FastGate's: a mistake in it stops the start (and a
+                // reload), as in the main file.
+                Err(e) if !explicit && !has_routes_key(p) => {
                     warnings.push(format!(
                         "ignoring {}: not in FastGate's routes format ({e}); set api_gateway.routes_file to use it",
                         p.display()
@@ -690,6 +692,12 @@ impl Settings {
                 "the backend URL of {} holds a user name or password: it is not sent (FastGate \
                  authenticates to the backend with real_api_key only); remove it from the URL",
                 with_userinfo.join(", ")
+            ));
+        }
+        if let Some(why) = weak_admin_token(config.security.admin_token.expose()) {
+            warnings.push(format!(
+                "security.admin_token {why}: anyone who knows or guesses it can manage keys and \
+                 read the audit log; set a long random one (e.g. openssl rand -hex 32)"
             ));
         }
         warnings.extend(mfastgate_warnings(&config));
@@ -1086,10 +1094,26 @@ fn mfastgate_warnings(c: &Config) -> Vec<String> {
     w
 }
 
+/// Why an admin token is weak (never showing it), if it is.
+fn weak_admin_token(token: &str) -> Option<&'static str> {
+    if token == "admin_secret_token_dev" {
+        Some("is the sample token from M-FastGate's README")
+    } else if token.starts_with("set-FASTGATE__") || token.eq_ignore_ascii_case("changeme") {
+        Some("is a placeholder")
+    } else if token.chars().count() < 16 {
+        Some("is shorter than 16 characters")
+    } else {
+        None
+    }
+}
+
 fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| Err(ConfigError::new(path, key, msg));
     if c.security.admin_token.expose().trim().is_empty() {
-        return err("security.admin_token", "must not be empty".into());
+        return err(
+            "security.admin_token",
+            "must not be empty (set it here or by FASTGATE__SECURITY__ADMIN_TOKEN)".into(),
+        );
     }
     let prefix = &c.security.key_prefix;
     if prefix.is_empty()
@@ -1242,6 +1266,26 @@ fn routes_file_path(config_path: &Path, c: &Config) -> Option<PathBuf> {
     }
 }
 
+/// A real key must fit in an HTTP header: otherwise every request would go to the backend
+/// without it. The message never shows the key.
+fn check_real_key(key: &Secret) -> Result<(), String> {
+    match http::HeaderValue::from_str(key.expose()) {
+        Ok(_) => Ok(()),
+        Err(_) => Err("is not a valid HTTP header value: it holds a line break or another \
+                       control character (a trailing newline from a secrets file?); the value is \
+                       not shown"
+            .to_owned()),
+    }
+}
+
+/// Whether the YAML file at `path` is a mapping with a `routes` key (FastGate's routes format).
+fn has_routes_key(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
+        .is_some_and(|v| v.get("routes").is_some())
+}
+
 fn load_routes_file(path: &Path) -> Result<RoutesFile, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
@@ -1271,6 +1315,15 @@ fn build_routes(
         http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
             .map_err(|_| ConfigError::new(file, key, "is not a valid header name"))
     };
+    if let Some(key) = &g.real_api_key {
+        check_real_key(key).map_err(|m| {
+            ConfigError::new(
+                config_path,
+                "api_gateway.real_api_key",
+                format!("{m} (set here or by FASTGATE__API_GATEWAY__REAL_API_KEY)"),
+            )
+        })?;
+    }
     let main_path = format!("/proxy{}", g.backend_path);
     let main = RouteConfig {
         name: Arc::from("default"),
@@ -1319,6 +1372,14 @@ fn build_routes(
             },
             (None, None) => g.real_api_key.clone(),
         };
+        if let Some(key) = &api_key {
+            let field = if r.real_api_key_env.is_some() {
+                "real_api_key_env"
+            } else {
+                "real_api_key"
+            };
+            check_real_key(key).map_err(|m| ConfigError::new(file, k(field), m))?;
+        }
         let timeout = r.timeout.unwrap_or(g.timeout);
         if timeout == 0 || timeout > 86_400 {
             return Err(ConfigError::new(
@@ -1765,7 +1826,11 @@ api_gateway:
         let cfg = dir.path().join("dev.yaml");
         std::fs::write(&cfg, SEED).unwrap();
         let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
-        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert!(
+            !s.warnings.iter().any(|w| w.contains("async_audit")),
+            "{:?}",
+            s.warnings
+        );
         let s = Settings::load_with_env(
             &cfg,
             vec![("FASTGATE__API_GATEWAY__ASYNC_AUDIT".into(), "false".into())],
@@ -1797,6 +1862,86 @@ api_gateway:
         )
         .unwrap_err();
         assert!(e.message.contains("miniai"), "{e}");
+    }
+
+    #[test]
+    fn a_real_key_that_cannot_be_a_header_stops_the_start_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let env = |v: &str| {
+            vec![(
+                "FASTGATE__API_GATEWAY__REAL_API_KEY".to_owned(),
+                v.to_owned(),
+            )]
+        };
+        let e = Settings::load_with_env(&cfg, env("sk-SECRET-1\n")).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("api_gateway.real_api_key"), "{shown}");
+        assert!(shown.contains("FASTGATE__API_GATEWAY__REAL_API_KEY"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        // A route's own key, likewise.
+        let routes = "routes:\n  - path: /proxy/v1/embeddings\n    backend_url: http://127.0.0.1:9000\n    \
+                      backend_path: /v1/embeddings\n    real_api_key: \"sk-SECRET-2\\r\"\n";
+        std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("routes[0].real_api_key"), "{e}");
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        std::fs::remove_file(dir.path().join("routes.yaml")).unwrap();
+        // An empty one means none (a backend without keys).
+        let empty = SEED.replace("\"your_real_api_key_here\"", "\"\"");
+        assert_ne!(empty, SEED);
+        std::fs::write(&cfg, empty).unwrap();
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        assert!(s.routes.values().all(|r| r.backend.api_key.is_none()));
+    }
+
+    #[test]
+    fn weak_admin_tokens_are_warned_about_without_being_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let token = |v: &str| vec![("FASTGATE__SECURITY__ADMIN_TOKEN".to_owned(), v.to_owned())];
+        let warned = |s: &Settings| s.warnings.iter().any(|w| w.contains("security.admin_token"));
+        // The seed's own token is M-FastGate's public sample.
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        assert!(warned(&s), "{:?}", s.warnings);
+        assert!(!s.warnings.iter().any(|w| w.contains("admin_secret_token_dev")));
+        for weak in ["short-Tok3n", "set-FASTGATE__SECURITY__ADMIN_TOKEN"] {
+            let s = Settings::load_with_env(&cfg, token(weak)).unwrap();
+            assert!(warned(&s), "{weak}: {:?}", s.warnings);
+            assert!(!s.warnings.iter().any(|w| w.contains(weak)), "{:?}", s.warnings);
+        }
+        let s = Settings::load_with_env(&cfg, token("9f2c4e7a1b8d3f6e0a5c2b9d")).unwrap();
+        assert!(!warned(&s), "{:?}", s.warnings);
+        // The production example does not start without a token of its own.
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/production.example.yaml");
+        let e = Settings::load_with_env(&example, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("FASTGATE__SECURITY__ADMIN_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn a_typo_in_fastgates_own_routes_yaml_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let routes = "routes:\n  - name: extra\n    path: /proxy/v1/embeddings\n    \
+                      backend_url: http://127.0.0.1:9000\n    backend_path: /v1/embeddings\n";
+        std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        assert_eq!(s.routes.len(), 2);
+        // `permisions`: refused with the file, line and key named, not ignored with a warning.
+        let typo = format!("{routes}    permisions: chat\n");
+        std::fs::write(dir.path().join("routes.yaml"), typo).unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("permisions"), "{e}");
+        assert!(e.file.ends_with("routes.yaml"), "{e}");
+        // A route without its backend_url, likewise.
+        let missing = routes.replace("    backend_url: http://127.0.0.1:9000\n", "");
+        std::fs::write(dir.path().join("routes.yaml"), missing).unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("backend_url"), "{e}");
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl<E: Endpoint> Endpoint for AdminGuardEndpoint<E> {
         let now = Instant::now();
         if let (Some(ip), Ok(map)) = (ip, self.guard.failures.lock())
             && let Some((since, count)) = map.get(&ip)
+            && limit > 0
             && now.duration_since(*since) < WINDOW
             && *count >= limit
         {

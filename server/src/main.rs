@@ -114,17 +114,31 @@ fn init_logging(settings: &Settings, serving: bool) -> Result<Option<Arc<LogFile
         Some(level) => fastgate_server::config::log_filter(level)?,
         None => if c.app.debug { "debug" } else { "info" }.to_owned(),
     };
-    // An empty RUST_LOG (docker-compose's `${RUST_LOG}`) counts as unset.
-    let mut filter = std::env::var("RUST_LOG")
+    // An empty RUST_LOG (docker-compose's `${RUST_LOG}`) counts as unset. It is read as
+    // `logging.level` is (so `warning` is the level, not a target named "warning", which would
+    // silence every line); one that cannot be read is said on stderr and not used.
+    let mut filter = match std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .unwrap_or(default);
-    // sqlx logs statements (never bound values) at debug; `database.echo` shows them.
-    filter.push_str(if c.database.echo {
-        ",sqlx=debug"
-    } else {
-        ",sqlx=warn"
-    });
+    {
+        Some(env) => match fastgate_server::config::log_filter(&env) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("fastgate: RUST_LOG is not used: {e}; logging at {default:?} instead");
+                default
+            }
+        },
+        None => default,
+    };
+    // sqlx logs statements (never bound values) at debug; `database.echo` shows them. A filter
+    // that names sqlx itself decides.
+    if !filter.contains("sqlx") {
+        filter.push_str(if c.database.echo {
+            ",sqlx=debug"
+        } else {
+            ",sqlx=warn"
+        });
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal, and not when NO_COLOR asks for none (no-color.org).
@@ -285,6 +299,14 @@ async fn serve(
     Ok(())
 }
 
+/// The error for an id no key has. The argument is not repeated: it may be a key's secret
+/// given by mistake (the ids of keys imported from M-FastGate look like secrets).
+fn no_such_key() -> anyhow::Error {
+    anyhow::anyhow!(
+        "no key has this id (keys are named by their id, not their secret: see `fastgate keys list`)"
+    )
+}
+
 /// Disable or enable a key; an error when there is no such key.
 async fn set_active(store: &fastgate_store::Store, id: &str, active: bool) -> anyhow::Result<()> {
     let update = KeyUpdate {
@@ -293,7 +315,7 @@ async fn set_active(store: &fastgate_store::Store, id: &str, active: bool) -> an
     };
     match store.update_key(id, update).await? {
         Some(_) => Ok(()),
-        None => anyhow::bail!("no key with id {id}"),
+        None => return Err(no_such_key()),
     }
 }
 
@@ -379,7 +401,7 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
             if store.delete_key(&id).await? {
                 println!("deleted {id}");
             } else {
-                anyhow::bail!("no key with id {id}");
+                return Err(no_such_key());
             }
         }
         KeysCommand::Rotate { id, grace_seconds } => {
@@ -394,7 +416,7 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
                         created.record.id
                     );
                 }
-                None => anyhow::bail!("no key with id {id}"),
+                None => return Err(no_such_key()),
             }
         }
     }

@@ -392,6 +392,7 @@ async fn cli_key_changes_reach_the_running_server() {
     settles_on(secret.clone(), 401).await;
     settles_on(rotated.clone(), 200).await;
     assert_eq!(cli(&["keys", "delete", &id]).1, format!("deleted {id}"));
+    let rotated_again = rotated.clone();
     settles_on(rotated, 401).await;
     assert_eq!(
         fg.admin_get(&format!("/admin/keys/{id}")).await.status(),
@@ -399,8 +400,15 @@ async fn cli_key_changes_reach_the_running_server() {
     );
     let (ok, _, stderr) = cli(&["keys", "delete", &id]);
     assert!(!ok);
-    assert!(stderr.contains("no key with id"), "{stderr}");
+    assert!(stderr.contains("no key has this id"), "{stderr}");
     assert!(!stderr.contains(&secret));
+    // A secret given where the id belongs is not repeated in the error.
+    for cmd in ["delete", "revoke", "rotate"] {
+        let (ok, _, stderr) = cli(&["keys", cmd, &rotated_again]);
+        assert!(!ok, "{cmd}");
+        assert!(stderr.contains("no key has this id"), "{cmd}: {stderr}");
+        assert!(!stderr.contains(&rotated_again), "{cmd} printed the secret: {stderr}");
+    }
 }
 
 #[tokio::test]
@@ -880,6 +888,28 @@ async fn trusted_proxies_name_the_client_in_the_audit_log_and_the_lock_out() {
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
     let other = admin("203.0.113.67", ADMIN_TOKEN).await.unwrap();
     assert_eq!(other.status(), 200);
+}
+
+/// `admin_max_failures_per_minute: 0` means no lock-out (not a lock-out after one mistake).
+#[tokio::test]
+async fn no_admin_lock_out_with_a_limit_of_zero() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &upstream.url(),
+        |y| *y = y.replace("admin_max_failures_per_minute: 5", "admin_max_failures_per_minute: 0"),
+        &[],
+    )
+    .await;
+    for _ in 0..8 {
+        let res = fg
+            .http
+            .get(fg.url("/admin/keys?token=wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    assert_eq!(fg.admin_get("/admin/keys").await.status(), 200);
 }
 
 #[tokio::test]

@@ -385,3 +385,40 @@ async fn a_reload_keeps_start_only_settings_and_names_them() {
     );
     assert_eq!(upstream.last().headers["x-real-ip"], "192.0.2.7");
 }
+
+/// Two processes starting on a new SQLite file at once (two gateways, or `fastgate migrate`
+/// beside `fastgate keys create`) both succeed: SQLite has no migration lock, so the one that
+/// loses the race tries again and finds the tables made.
+#[tokio::test]
+async fn concurrent_first_starts_on_a_new_sqlite_file_both_migrate() {
+    for round in 0..6 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            config_yaml(free_port(), &dir.path().join("fastgate.db"), "http://127.0.0.1:9"),
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let mut cmd = fastgate_cmd();
+            cmd.arg("--config").arg(&config).args(args);
+            cmd.current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        };
+        let children = [
+            run(&["migrate"]),
+            run(&["migrate"]),
+            run(&["keys", "create", "--source-path", "racer"]),
+        ];
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

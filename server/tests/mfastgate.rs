@@ -537,6 +537,47 @@ async fn check_config_prints_the_warnings() {
     );
 }
 
+/// `RUST_LOG` is read as `logging.level` is: `warning` is the warn level (tracing alone would take
+/// it for a module name and log nothing at all); one FastGate cannot read is said on stderr and
+/// the configured level is used instead.
+#[tokio::test]
+async fn rust_log_takes_python_level_names_and_a_bad_one_is_said() {
+    let upstream = Upstream::start().await;
+    let start = |rust_log: &'static str| {
+        let url = upstream.url();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let config = write_config(dir.path(), port, &url, |y| {
+                y.replace("timeout: 5", "timeout: 5\n  max_retries: 3")
+            });
+            Fastgate::spawn_in(dir, config, port, |cmd| {
+                cmd.env("RUST_LOG", rust_log);
+            })
+            .await
+        }
+    };
+    let fg = start("warning").await;
+    let mut text = String::new();
+    eventually(Duration::from_secs(5), "the start warning", || {
+        text = fg.logs();
+        text.contains("max_retries")
+    })
+    .await;
+    assert!(text.contains(" WARN "), "{text}");
+    assert!(!text.contains(" INFO "), "{text}");
+    drop(fg);
+
+    let fg = start("inf").await;
+    eventually(Duration::from_secs(5), "the start lines", || {
+        text = fg.logs();
+        text.contains(" INFO ")
+    })
+    .await;
+    assert!(text.contains("RUST_LOG is not used"), "{text}");
+    assert!(text.contains("max_retries"), "{text}");
+}
+
 /// M-FastGate's `logging.file` and its upper-case level names: log lines are appended to the
 /// file without colour codes and without a secret; after logrotate renames it, SIGHUP reopens it.
 #[tokio::test]
