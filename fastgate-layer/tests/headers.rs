@@ -148,3 +148,44 @@ async fn http2_client_is_forwarded_as_http1_upstream() {
     assert_eq!(version, http::Version::HTTP_11);
     assert_eq!(host, up.to_string());
 }
+
+/// A gateway key a client also put in the query string (`?api_key=…`, `?key=…`) is not forwarded:
+/// the parameters holding it are removed, the others kept in order.
+#[tokio::test]
+async fn the_gateway_key_in_the_query_string_is_not_forwarded() {
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<String>();
+    let up = upstream(move |req: Request<hyper::body::Incoming>| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            seen_tx.send(req.uri().to_string()).unwrap();
+            Response::new(full("{}"))
+        }
+    })
+    .await;
+    let gw = gateway(backend(up), test_audit_config(), 1 << 20, true).await;
+    let cases = [
+        (format!("?api_key={CLIENT_KEY}"), ""),
+        (format!("?a=1&key={CLIENT_KEY}&b=2"), "?a=1&b=2"),
+        (
+            format!("?token=Bearer%20{CLIENT_KEY}&stream=true"),
+            "?stream=true",
+        ),
+        ("?a=1&b=2".to_owned(), "?a=1&b=2"),
+    ];
+    for (query, forwarded) in cases {
+        let req = Request::post(format!("http://{}{ROUTE}{query}", gw.addr))
+            .header("x-api-key", CLIENT_KEY)
+            .body(full("{}"))
+            .unwrap();
+        let res = client().request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{query}");
+        res.into_body().collect().await.unwrap();
+        let uri = seen_rx.recv().await.unwrap();
+        assert_eq!(
+            uri,
+            format!("/base/v1/chat/completions{forwarded}"),
+            "{query}"
+        );
+        assert!(!uri.contains(CLIENT_KEY), "{uri}");
+    }
+}

@@ -1271,10 +1271,12 @@ fn routes_file_path(config_path: &Path, c: &Config) -> Option<PathBuf> {
 fn check_real_key(key: &Secret) -> Result<(), String> {
     match http::HeaderValue::from_str(key.expose()) {
         Ok(_) => Ok(()),
-        Err(_) => Err("is not a valid HTTP header value: it holds a line break or another \
+        Err(_) => Err(
+            "is not a valid HTTP header value: it holds a line break or another \
                        control character (a trailing newline from a secrets file?); the value is \
                        not shown"
-            .to_owned()),
+                .to_owned(),
+        ),
     }
 }
 
@@ -1878,7 +1880,10 @@ api_gateway:
         let e = Settings::load_with_env(&cfg, env("sk-SECRET-1\n")).unwrap_err();
         let shown = e.to_string();
         assert!(shown.contains("api_gateway.real_api_key"), "{shown}");
-        assert!(shown.contains("FASTGATE__API_GATEWAY__REAL_API_KEY"), "{shown}");
+        assert!(
+            shown.contains("FASTGATE__API_GATEWAY__REAL_API_KEY"),
+            "{shown}"
+        );
         assert!(!shown.contains("SECRET"), "{shown}");
         // A route's own key, likewise.
         let routes = "routes:\n  - path: /proxy/v1/embeddings\n    backend_url: http://127.0.0.1:9000\n    \
@@ -1902,15 +1907,27 @@ api_gateway:
         let cfg = dir.path().join("dev.yaml");
         std::fs::write(&cfg, SEED).unwrap();
         let token = |v: &str| vec![("FASTGATE__SECURITY__ADMIN_TOKEN".to_owned(), v.to_owned())];
-        let warned = |s: &Settings| s.warnings.iter().any(|w| w.contains("security.admin_token"));
+        let warned = |s: &Settings| {
+            s.warnings
+                .iter()
+                .any(|w| w.contains("security.admin_token"))
+        };
         // The seed's own token is M-FastGate's public sample.
         let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
         assert!(warned(&s), "{:?}", s.warnings);
-        assert!(!s.warnings.iter().any(|w| w.contains("admin_secret_token_dev")));
+        assert!(
+            !s.warnings
+                .iter()
+                .any(|w| w.contains("admin_secret_token_dev"))
+        );
         for weak in ["short-Tok3n", "set-FASTGATE__SECURITY__ADMIN_TOKEN"] {
             let s = Settings::load_with_env(&cfg, token(weak)).unwrap();
             assert!(warned(&s), "{weak}: {:?}", s.warnings);
-            assert!(!s.warnings.iter().any(|w| w.contains(weak)), "{:?}", s.warnings);
+            assert!(
+                !s.warnings.iter().any(|w| w.contains(weak)),
+                "{:?}",
+                s.warnings
+            );
         }
         let s = Settings::load_with_env(&cfg, token("9f2c4e7a1b8d3f6e0a5c2b9d")).unwrap();
         assert!(!warned(&s), "{:?}", s.warnings);
@@ -1918,7 +1935,10 @@ api_gateway:
         let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../config/production.example.yaml");
         let e = Settings::load_with_env(&example, Vec::new()).unwrap_err();
-        assert!(e.to_string().contains("FASTGATE__SECURITY__ADMIN_TOKEN"), "{e}");
+        assert!(
+            e.to_string().contains("FASTGATE__SECURITY__ADMIN_TOKEN"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -573,6 +573,8 @@ pub struct FrontConfig {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get after the shutdown signal.
     pub grace: Duration,
+    /// Ends the grace period early (a second SIGTERM or Ctrl-C): see [`Cut`].
+    pub cut: Cut,
     /// Peers whose forwarding header names the client (`app.trusted_proxies`).
     pub trusted_proxies: Vec<IpNet>,
     /// That header (`app.forwarded_header`).
@@ -598,6 +600,7 @@ pub async fn serve(
     config: FrontConfig,
 ) -> std::io::Result<()> {
     let grace = config.grace;
+    let cut = config.cut;
     let audit = config.audit;
     let local = LocalAddr(poem::Addr::SocketAddr(listener.local_addr()?));
     let shared = Arc::new(Shared {
@@ -687,9 +690,29 @@ pub async fn serve(
             );
             audit.cutting();
         }
+        () = cut.0.notified() => {
+            tracing::warn!(
+                open = connections.len(),
+                "shutdown grace period ended early; closing the connections still open"
+            );
+            audit.cutting();
+        }
     }
     connections.shutdown().await;
     Ok(())
+}
+
+/// Ends a shutdown's grace period at once: what is still in flight is cut (and audited
+/// `interrupted`) and the server stops. Cloned handles share it; a cut asked for before the
+/// grace period begins takes effect when it does.
+#[derive(Clone, Debug, Default)]
+pub struct Cut(Arc<tokio::sync::Notify>);
+
+impl Cut {
+    /// End the grace period now.
+    pub fn now(&self) {
+        self.0.notify_one();
+    }
 }
 
 /// The server's shutdown signal, as the connections see it.

@@ -192,6 +192,7 @@ pub struct Gateway {
     audit_worker: JoinHandle<()>,
     background: JoinHandle<()>,
     background_stop: tokio::sync::watch::Sender<bool>,
+    cut: front::Cut,
 }
 
 impl Gateway {
@@ -303,9 +304,11 @@ impl Gateway {
             ),
         );
         let grace = Duration::from_secs(c.app.shutdown_timeout);
+        let cut = front::Cut::default();
         let front_config = front::FrontConfig {
             header_read_timeout: Duration::from_secs(c.app.header_read_timeout),
             grace,
+            cut: cut.clone(),
             trusted_proxies,
             forwarded_header: c.app.forwarded_header,
             cors,
@@ -328,6 +331,7 @@ impl Gateway {
             audit_worker: worker,
             background,
             background_stop,
+            cut,
         })
     }
 
@@ -366,6 +370,11 @@ impl Gateway {
         }
         self.state.replace_settings(new);
         tracing::info!(routes = self.routes.len(), "configuration reloaded");
+    }
+
+    /// A handle that ends the shutdown's grace period early (see [`front::Cut`]).
+    pub fn cut(&self) -> front::Cut {
+        self.cut.clone()
     }
 
     /// Wait for the server to stop (after the shutdown future resolved), then flush audit.

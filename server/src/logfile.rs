@@ -149,7 +149,10 @@ mod tests {
         let log = LogFile::open(&path).unwrap();
         assert_eq!(shared(&path), 0, "an existing file was left open");
         let mode = std::fs::metadata(parent).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o1777, "an existing directory's permissions were changed");
+        assert_eq!(
+            mode, 0o1777,
+            "an existing directory's permissions were changed"
+        );
         // logrotate: rename, then SIGHUP.
         let rotated = dir.path().join("logs/fastgate.log.1");
         std::fs::rename(&path, &rotated).unwrap();

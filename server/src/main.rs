@@ -257,11 +257,6 @@ async fn serve(
         "FastGate {} listening",
         env!("CARGO_PKG_VERSION")
     );
-    if settings.config.security.admin_token.expose() == "admin_secret_token_dev" {
-        tracing::warn!(
-            "security.admin_token is the development default; set FASTGATE__SECURITY__ADMIN_TOKEN in production"
-        );
-    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gateway = Gateway::start(listener, settings, store, async move {
         let _ = stop_rx.await;
@@ -294,7 +289,18 @@ async fn serve(
         }
     }
     let _ = stop_tx.send(());
-    gateway.wait().await?;
+    // A second SIGTERM or Ctrl-C ends the grace period at once: what is still in flight is cut
+    // (audited `interrupted`), the audit queue is still written.
+    let cut = gateway.cut();
+    let stopped = gateway.wait();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            done = &mut stopped => { done?; break; }
+            _ = term.recv() => { tracing::warn!("SIGTERM again: not waiting for requests in flight"); cut.now(); }
+            _ = int.recv() => { tracing::warn!("SIGINT again: not waiting for requests in flight"); cut.now(); }
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -315,7 +321,7 @@ async fn set_active(store: &fastgate_store::Store, id: &str, active: bool) -> an
     };
     match store.update_key(id, update).await? {
         Some(_) => Ok(()),
-        None => return Err(no_such_key()),
+        None => Err(no_such_key()),
     }
 }
 

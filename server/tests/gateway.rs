@@ -407,7 +407,10 @@ async fn cli_key_changes_reach_the_running_server() {
         let (ok, _, stderr) = cli(&["keys", cmd, &rotated_again]);
         assert!(!ok, "{cmd}");
         assert!(stderr.contains("no key has this id"), "{cmd}: {stderr}");
-        assert!(!stderr.contains(&rotated_again), "{cmd} printed the secret: {stderr}");
+        assert!(
+            !stderr.contains(&rotated_again),
+            "{cmd} printed the secret: {stderr}"
+        );
     }
 }
 
@@ -896,7 +899,12 @@ async fn no_admin_lock_out_with_a_limit_of_zero() {
     let upstream = Upstream::start().await;
     let fg = Fastgate::start_with(
         &upstream.url(),
-        |y| *y = y.replace("admin_max_failures_per_minute: 5", "admin_max_failures_per_minute: 0"),
+        |y| {
+            *y = y.replace(
+                "admin_max_failures_per_minute: 5",
+                "admin_max_failures_per_minute: 0",
+            )
+        },
         &[],
     )
     .await;

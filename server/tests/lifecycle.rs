@@ -249,6 +249,43 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_audited_as_interrupted()
     assert!(row.response_bytes > 0);
 }
 
+/// A second SIGTERM ends the grace period at once (a long one here: 20 s): the stream still
+/// running is cut and audited `interrupted`, and the process exits 0 with its audit written.
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_grace_period_short() {
+    let upstream = FaultUpstream::start(Fault::StallAfter(2)).await;
+    let mut fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.new_key("u").await;
+    let res = fg.chat(&key, true).await;
+    assert_eq!(res.status(), 200);
+    let rid = request_id(&res);
+    let mut stream = res.bytes_stream();
+    assert!(stream.next().await.unwrap().unwrap().starts_with(b"data: "));
+    fg.signal("TERM");
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    // The first signal is being handled (the listener closes) before the second one comes.
+    eventually(Duration::from_secs(5), "the first SIGTERM handled", || {
+        fg.logs().contains("SIGTERM: shutting down")
+    })
+    .await;
+    let started = Instant::now();
+    fg.signal("TERM");
+    assert_eq!(
+        fg.wait_exit(Duration::from_secs(10)).await,
+        Some(0),
+        "{}",
+        fg.logs()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exit took {:?} after the second signal (grace 20 s)",
+        started.elapsed()
+    );
+    reader.abort();
+    let row = audit_row_after_exit(&fg, &rid).await;
+    assert_eq!(row.outcome, "interrupted");
+}
+
 #[tokio::test]
 async fn sigterm_does_not_wait_for_idle_or_silent_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -396,7 +433,11 @@ async fn concurrent_first_starts_on_a_new_sqlite_file_both_migrate() {
         let config = dir.path().join("config.yaml");
         std::fs::write(
             &config,
-            config_yaml(free_port(), &dir.path().join("fastgate.db"), "http://127.0.0.1:9"),
+            config_yaml(
+                free_port(),
+                &dir.path().join("fastgate.db"),
+                "http://127.0.0.1:9",
+            ),
         )
         .unwrap();
         let run = |args: &[&str]| {

@@ -576,6 +576,19 @@ async fn rust_log_takes_python_level_names_and_a_bad_one_is_said() {
     .await;
     assert!(text.contains("RUST_LOG is not used"), "{text}");
     assert!(text.contains("max_retries"), "{text}");
+    drop(fg);
+
+    // The access log beside the info lines (uvicorn's habit), as the README says to turn it on.
+    let fg = start("info,fastgate::access=debug").await;
+    let key = fg.key("access").await;
+    assert_eq!(chat_status(&fg, &key).await, 200);
+    eventually(Duration::from_secs(5), "the access line", || {
+        text = fg.logs();
+        text.lines()
+            .any(|l| l.contains("fastgate::access") && l.contains("status=200"))
+    })
+    .await;
+    assert!(!text.contains(" DEBUG fastgate_store"), "{text}");
 }
 
 /// M-FastGate's `logging.file` and its upper-case level names: log lines are appended to the

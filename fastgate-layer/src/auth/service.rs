@@ -127,11 +127,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let key = match presented_key(req.headers()) {
             Ok(key) => key,
             Err(err) => return ResponseFuture::rejected(err, None),
         };
+        // A client that also put its gateway key in the query string (`?api_key=…`) must not
+        // have it forwarded: the parameters holding it are removed.
+        if let Some(uri) = without_key_in_query(req.uri(), key.expose()) {
+            *req.uri_mut() = uri;
+        }
         let lookup = self.resolver.resolve(key);
         // Move the service that `poll_ready` readied into the future; keep the clone.
         let clone = self.inner.clone();
@@ -143,6 +148,28 @@ where
             rejection: None,
         }
     }
+}
+
+/// `uri` without the query parameters that hold `key`; `None` when none does (the usual case:
+/// one substring search when there is a query at all).
+fn without_key_in_query(uri: &http::Uri, key: &str) -> Option<http::Uri> {
+    let query = uri.query()?;
+    if !query.contains(key) {
+        return None;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.contains(key))
+        .collect();
+    let path = uri.path();
+    let path_and_query = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// Extract and shape-check the presented key, as [`ApiKeyAuth`] does before any lookup.
