@@ -353,6 +353,33 @@ pub struct CreateKeyRequest {
     pub rate_limit: Option<i64>,
 }
 
+/// Optional body of `POST /admin/keys/{id}/rotate`, the same as its query parameter. An unknown
+/// field is a 400 (a misspelt grace period must not cut the old key off without a word). Read
+/// by hand: poem-openapi's JSON payload refuses a request without `Content-Type` (a bare `curl
+/// -X POST`), so the spec declares it in [`crate::spec`].
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RotateKeyRequest {
+    grace_seconds: Option<u64>,
+}
+
+/// Longest grace period a rotation takes (30 days).
+const MAX_GRACE_SECONDS: u64 = 2_592_000;
+
+/// The grace period in a rotate body: `None` for no body (or `null`, `{}`).
+fn rotate_body_grace(raw: &[u8]) -> Result<Option<u64>, String> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let body: Option<RotateKeyRequest> = serde_json::from_slice(raw)
+        .map_err(|e| format!("the body is not a rotate request: {e}"))?;
+    let grace = body.and_then(|b| b.grace_seconds);
+    if grace.is_some_and(|g| g > MAX_GRACE_SECONDS) {
+        return Err(format!("grace_seconds must be at most {MAX_GRACE_SECONDS}"));
+    }
+    Ok(grace)
+}
+
 /// Body of `PATCH` (or `PUT`) `/admin/keys/{id}`: every field optional. An unknown field is a
 /// 400: a misspelt one must not leave the key unchanged without a word.
 #[derive(Object, Debug)]
@@ -772,9 +799,9 @@ enum RotateResponse {
     /// Rotated; `api_key` is the new key, shown this once.
     #[oai(status = 200)]
     Ok(Json<CreatedKey>),
-    /// Invalid input (`grace_seconds` not a number in range; answered before the handler runs).
+    /// Invalid input (`grace_seconds` not a number in range, an unknown body field, or the
+    /// query and the body giving two different grace periods).
     #[oai(status = 400)]
-    #[allow(dead_code)]
     BadRequest(Json<ErrorBody>),
     /// No such key.
     #[oai(status = 404)]
@@ -1435,8 +1462,20 @@ impl AdminApi {
         /// Seconds the old secret keeps working (default 0: it stops at once).
         #[oai(validator(maximum(value = "2592000")))]
         grace_seconds: Query<Option<u64>>,
+        body: Vec<u8>,
     ) -> RotateResponse {
-        let grace = grace_seconds.0.unwrap_or(0);
+        let in_body = match rotate_body_grace(&body) {
+            Ok(grace) => grace,
+            Err(message) => return RotateResponse::BadRequest(bad_request(message)),
+        };
+        let grace = match (grace_seconds.0, in_body) {
+            (Some(q), Some(b)) if q != b => {
+                return RotateResponse::BadRequest(bad_request(
+                    "grace_seconds is given twice (query and body) with different values",
+                ));
+            }
+            (q, b) => q.or(b).unwrap_or(0),
+        };
         match self
             .state
             .store

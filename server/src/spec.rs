@@ -101,6 +101,13 @@ pub fn finish(generated: &str) -> String {
                 if path == "/admin/logs/export" {
                     text_exports(op);
                 }
+                if path == "/admin/keys/{id}/rotate" && method == "post" {
+                    op["requestBody"] = json!({
+                        "description": "Optional, as the `grace_seconds` query parameter (both given: the same value).",
+                        "required": false,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RotateKeyRequest"}}}
+                    });
+                }
                 if path == "/admin/config"
                     && let Some(schema) = op.pointer_mut(
                         "/responses/200/content/application~1json; charset=utf-8/schema",
@@ -129,6 +136,19 @@ pub fn finish(generated: &str) -> String {
                 }
             }
         }
+        schemas.insert(
+            "RotateKeyRequest".into(),
+            json!({
+                "type": "object",
+                "title": "RotateKeyRequest",
+                "description": "Optional body of a rotation; an unknown field is a 400.",
+                "additionalProperties": false,
+                "properties": {"grace_seconds": {
+                    "type": "integer", "format": "uint64", "minimum": 0, "maximum": 2_592_000,
+                    "description": "Seconds the old secret keeps working (default 0: it stops at once)."
+                }}
+            }),
+        );
         set(schemas, "AuditEntry", "outcome", "enum", json!(OUTCOMES));
         for keys in ["KeyInfo", "CreatedKey"] {
             set(

@@ -1806,3 +1806,44 @@ async fn export_records(fg: &Fastgate, format: &str, query: &str) -> Vec<serde_j
             .collect()
     }
 }
+
+/// The grace period of a rotation can come in a JSON body as well as the query string; a body
+/// that says something else (a misspelt field) is refused and the key is left as it was.
+#[tokio::test]
+async fn rotate_takes_its_grace_period_from_a_json_body() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let created = fg.create_key("rotor").await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let first = created["api_key"].as_str().unwrap().to_owned();
+    let rotate = |body: Option<&'static str>| {
+        let mut req = fg
+            .http
+            .post(fg.url(&format!("/admin/keys/{id}/rotate")))
+            .header("x-admin-token", ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        req.send()
+    };
+    let res = rotate(Some(r#"{"grace_seconds":300}"#)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let second = res.json::<serde_json::Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        fg.chat(&first, false).await.status(),
+        200,
+        "the grace period from the body"
+    );
+    assert_eq!(fg.chat(&second, false).await.status(), 200);
+    // Misspelt: 400, nothing rotated (the second key still works, no third was made).
+    let res = rotate(Some(r#"{"grace_second":300}"#)).await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(fg.chat(&second, false).await.status(), 200);
+    // No body at all (no Content-Type either): rotated at once, as before.
+    let res = rotate(None).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(fg.chat(&second, false).await.status(), 401);
+}
