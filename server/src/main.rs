@@ -52,6 +52,18 @@ fn main() -> ExitCode {
         for warning in &settings.warnings {
             println!("warning: {warning}");
         }
+        // What the server would fail on (or do without) at start, checked without creating
+        // anything.
+        let (problems, notes) = preflight(&settings);
+        for note in &notes {
+            println!("warning: {note}");
+        }
+        for problem in &problems {
+            println!("error: {problem}");
+        }
+        if !problems.is_empty() {
+            return ExitCode::from(2);
+        }
         println!(
             "configuration OK: {} ({} route(s){})",
             config_path.display(),
@@ -102,6 +114,67 @@ fn apply_overrides(cli: &Cli, settings: &mut Settings) {
     if let Some(port) = cli.port {
         settings.config.app.port = port;
     }
+}
+
+/// The nearest existing directory at or above `dir` ("." for an empty path).
+fn existing_ancestor(dir: &std::path::Path) -> Option<&std::path::Path> {
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    dir.ancestors().find(|d| d.exists())
+}
+
+/// `check-config`'s checks of the paths the server would use, made without creating or opening
+/// anything for writing: the SQLite file's directory and `logging.file` (errors: the server
+/// would not start), the audit spool's directory (a warning: it would run without a spool).
+fn preflight(settings: &Settings) -> (Vec<String>, Vec<String>) {
+    use std::path::Path;
+    let c = &settings.config;
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    if let Ok(fastgate_store::DatabaseUrl::Sqlite(fastgate_store::SqliteLocation::File(path))) =
+        fastgate_store::parse_database_url(&c.database.url)
+    {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            problems.push(format!(
+                "database.url: directory {} for the SQLite database does not exist (it is not created)",
+                dir.display()
+            ));
+        } else if path.is_dir() {
+            problems.push(format!(
+                "database.url: {} is a directory, not a database file",
+                path.display()
+            ));
+        }
+    }
+    if let Some(file) = c.logging.file.as_deref() {
+        let path = Path::new(file);
+        if path.is_dir() {
+            problems.push(format!("logging.file: {file} is a directory"));
+        } else {
+            let parent = path.parent().unwrap_or(Path::new(""));
+            match existing_ancestor(parent) {
+                Some(dir) if dir.is_dir() => {}
+                _ => problems.push(format!(
+                    "logging.file: the directory for {file} cannot be created (a file is in its way)"
+                )),
+            }
+        }
+    }
+    if let Some(spool) = c.audit.spool_file.as_deref().filter(|s| !s.is_empty()) {
+        let dir = Path::new(spool).parent().unwrap_or(Path::new(""));
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        if !dir.is_dir() {
+            notes.push(format!(
+                "audit.spool_file: directory {} does not exist (the gateway would run without a spool)",
+                dir.display()
+            ));
+        }
+    }
+    (problems, notes)
 }
 
 /// Logging to stderr and, when serving, also to `logging.file` (returned, for SIGHUP to reopen).

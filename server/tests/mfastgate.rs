@@ -537,6 +537,35 @@ async fn check_config_prints_the_warnings() {
     );
 }
 
+/// `fastgate check-config` also finds what would stop the start (the SQLite file's directory
+/// missing, `logging.file` a directory) and what the server would do without (the spool's
+/// directory missing), without creating anything.
+#[tokio::test]
+async fn check_config_finds_paths_the_start_would_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let check = |edit: &dyn Fn(String) -> String| {
+        let config = write_config(dir.path(), port, "http://127.0.0.1:9", |y| edit(y));
+        run_cli(dir.path(), &config, &["check-config"])
+    };
+    let (ok, stdout, stderr) = check(&|y| y);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(!stdout.contains("error:"), "{stdout}");
+
+    let (ok, stdout, _) = check(&|y| {
+        y + "\nlogging:\n  file: \".\"\n"
+    });
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("error: logging.file"), "{stdout}");
+
+    let (ok, stdout, stderr) = check(&|y| {
+        y.replace("audit:\n", "audit:\n  spool_file: \"no-such-dir/spool\"\n")
+    });
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("warning: audit.spool_file"), "{stdout}");
+    assert!(!dir.path().join("no-such-dir").exists(), "check-config created a directory");
+}
+
 /// `RUST_LOG` is read as `logging.level` is: `warning` is the warn level (tracing alone would take
 /// it for a module name and log nothing at all); one FastGate cannot read is said on stderr and
 /// the configured level is used instead.
