@@ -489,10 +489,11 @@ pub struct RouteEntry {
     pub backend_url: String,
     /// Backend path.
     pub backend_path: String,
-    /// Real key for this backend; defaults to `api_gateway.real_api_key`.
+    /// Real key for this backend; defaults to `api_gateway.real_api_key`. `""`: none (the
+    /// route's requests go without a credential, whatever `api_gateway.real_api_key` is).
     #[serde(
         default,
-        deserialize_with = "de_opt_secret",
+        deserialize_with = "de_opt_secret_keep_empty",
         serialize_with = "ser_opt_secret"
     )]
     pub real_api_key: Option<Secret>,
@@ -548,6 +549,13 @@ fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::E
         .map(SecretText::into_string)
         .filter(|s| !s.is_empty())
         .map(Secret::new))
+}
+
+/// As [`de_opt_secret`], but `""` stays `Some("")` (a route's explicit "no key").
+fn de_opt_secret_keep_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<SecretText>::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))?
+        .map(|t| Secret::new(t.into_string())))
 }
 
 fn ser_secret<S: Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
@@ -1361,6 +1369,7 @@ fn build_routes(
                     "set either real_api_key or real_api_key_env, not both",
                 ));
             }
+            (Some(key), None) if key.expose().is_empty() => None,
             (Some(key), None) => Some(key.clone()),
             (None, Some(var)) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Some(Secret::new(v)),
@@ -1939,6 +1948,21 @@ api_gateway:
             e.to_string().contains("FASTGATE__SECURITY__ADMIN_TOKEN"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_route_with_an_empty_real_key_sends_none_and_one_without_inherits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let routes = "routes:\n  - path: /proxy/own\n    backend_url: http://127.0.0.1:9000\n    \
+                      backend_path: /v1/a\n    real_api_key: \"\"\n  - path: /proxy/inherit\n    \
+                      backend_url: http://127.0.0.1:9000\n    backend_path: /v1/b\n";
+        std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        assert!(s.routes["/proxy/own"].backend.api_key.is_none());
+        let inherited = s.routes["/proxy/inherit"].backend.api_key.as_ref().unwrap();
+        assert_eq!(inherited.expose(), "your_real_api_key_here");
     }
 
     #[test]
