@@ -640,8 +640,20 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
-        let config = parse_config(path, &text, env)?;
-        Self::from_config(path, config)
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let config = parse_config(path, &text, env.clone())?;
+        // A value refused by the checks after parsing names its variable when one set it: the
+        // file is not where to look then.
+        Self::from_config(path, config).map_err(|mut e| {
+            let var = format!(
+                "{ENV_PREFIX}{}",
+                e.key.replace('.', "__").to_ascii_uppercase()
+            );
+            if env.iter().any(|(k, _)| k.eq_ignore_ascii_case(&var)) && !e.message.contains(&var) {
+                e.message = format!("{} (set by {var})", e.message);
+            }
+            e
+        })
     }
 
     /// Validate a parsed config and derive the routes. The upstream TLS files and the proxy
@@ -1963,6 +1975,26 @@ api_gateway:
         assert!(s.routes["/proxy/own"].backend.api_key.is_none());
         let inherited = s.routes["/proxy/inherit"].backend.api_key.as_ref().unwrap();
         assert_eq!(inherited.expose(), "your_real_api_key_here");
+    }
+
+    #[test]
+    fn a_value_refused_after_parsing_names_the_variable_that_set_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        for (var, value) in [
+            ("FASTGATE__API_GATEWAY__TIMEOUT", "0"),
+            ("FASTGATE__DATABASE__URL", "mysql://db/x"),
+            ("FASTGATE__LOGGING__LEVEL", "loud"),
+        ] {
+            let e = Settings::load_with_env(&cfg, vec![(var.to_owned(), value.to_owned())])
+                .unwrap_err();
+            assert!(e.to_string().contains(var), "{var}: {e}");
+        }
+        // Set in the file: the file is named, no variable.
+        std::fs::write(&cfg, SEED.replace("timeout: 60", "timeout: 0")).unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert!(!e.to_string().contains("FASTGATE__"), "{e}");
     }
 
     #[test]

@@ -166,7 +166,11 @@ fn preflight(settings: &Settings) -> (Vec<String>, Vec<String>) {
     }
     if let Some(spool) = c.audit.spool_file.as_deref().filter(|s| !s.is_empty()) {
         let dir = Path::new(spool).parent().unwrap_or(Path::new(""));
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         if !dir.is_dir() {
             notes.push(format!(
                 "audit.spool_file: directory {} does not exist (the gateway would run without a spool)",

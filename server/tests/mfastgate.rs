@@ -552,18 +552,18 @@ async fn check_config_finds_paths_the_start_would_fail_on() {
     assert!(ok, "{stdout}{stderr}");
     assert!(!stdout.contains("error:"), "{stdout}");
 
-    let (ok, stdout, _) = check(&|y| {
-        y + "\nlogging:\n  file: \".\"\n"
-    });
+    let (ok, stdout, _) = check(&|y| y + "\nlogging:\n  file: \".\"\n");
     assert!(!ok, "{stdout}");
     assert!(stdout.contains("error: logging.file"), "{stdout}");
 
-    let (ok, stdout, stderr) = check(&|y| {
-        y.replace("audit:\n", "audit:\n  spool_file: \"no-such-dir/spool\"\n")
-    });
+    let (ok, stdout, stderr) =
+        check(&|y| y.replace("audit:\n", "audit:\n  spool_file: \"no-such-dir/spool\"\n"));
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("warning: audit.spool_file"), "{stdout}");
-    assert!(!dir.path().join("no-such-dir").exists(), "check-config created a directory");
+    assert!(
+        !dir.path().join("no-such-dir").exists(),
+        "check-config created a directory"
+    );
 }
 
 /// `RUST_LOG` is read as `logging.level` is: `warning` is the warn level (tracing alone would take
