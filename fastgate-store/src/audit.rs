@@ -139,7 +139,14 @@ pub(crate) fn rollups(
                 .or_default() += 1;
         }
     }
-    (roll.into_iter().collect(), hist.into_iter().collect())
+    // Sorted by the conflict key: every writer (this process or another instance on the same
+    // PostgreSQL) then locks the rollup rows it shares with another batch in the same order.
+    // In hash-map order, two concurrent batches touching the same rows deadlocked.
+    let mut roll: Vec<_> = roll.into_iter().collect();
+    roll.sort_unstable_by_key(|(key, _)| *key);
+    let mut hist: Vec<_> = hist.into_iter().collect();
+    hist.sort_unstable_by_key(|(key, _)| *key);
+    (roll, hist)
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -706,6 +713,28 @@ mod tests {
         assert_eq!(r.duration_sum_us, 2_040_000);
         assert_eq!((r.ttfb_count, r.ttfb_sum_us), (3, 2_040_000));
         assert_eq!(hist.iter().map(|(_, n)| n).sum::<i64>(), 3);
+    }
+
+    #[test]
+    fn rollup_rows_come_sorted_by_their_conflict_key() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut events = Vec::new();
+        for i in 0..200u64 {
+            let mut e = AuditEvent::new("r", "POST", "/proxy/x");
+            e.started_at = at + std::time::Duration::from_secs((i * 7919) % 600);
+            e.key_id = Some(format!("k_{}", (i * 31) % 17).into());
+            e.model = (i % 3 != 0).then(|| format!("m{}", i % 5));
+            e.duration = std::time::Duration::from_micros(1 + (i * 104_729) % 5_000_000);
+            events.push(e);
+        }
+        for granularity in [MINUTE_MS, HOUR_MS] {
+            for batch in [events.clone(), events.iter().rev().cloned().collect()] {
+                let (roll, hist) = rollups(&batch, granularity);
+                assert!(roll.len() > 1 && hist.len() > 1);
+                assert!(roll.windows(2).all(|w| w[0].0 < w[1].0));
+                assert!(hist.windows(2).all(|w| w[0].0 < w[1].0));
+            }
+        }
     }
 
     #[test]

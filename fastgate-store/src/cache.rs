@@ -463,17 +463,20 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
+        // In key-id order: another instance flushing the same keys at the same time locks the
+        // rows in the same order (in hash-map order, the two deadlocked on PostgreSQL).
+        let rows = sorted_usage(&batch);
         const SQL: &str = "UPDATE api_keys SET request_count = request_count + $1, \
              last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END \
              WHERE id = $3";
         let result: Result<(), sqlx::Error> = on_pool!(&self.inner.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
-                for (id, (count, last)) in &batch {
+                for &(id, (count, last)) in &rows {
                     sqlx::query(SQL)
-                        .bind(crate::to_i64(*count))
-                        .bind(*last)
-                        .bind(&**id)
+                        .bind(crate::to_i64(count))
+                        .bind(last)
+                        .bind(id)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -489,5 +492,33 @@ impl Store {
                 Err(e.into())
             }
         }
+    }
+}
+
+/// The usage rows of one flush, ordered by key id (the order their rows are updated in).
+fn sorted_usage(batch: &HashMap<Arc<str>, (u64, i64)>) -> Vec<(&str, (u64, i64))> {
+    let mut rows: Vec<_> = batch.iter().map(|(id, &v)| (&**id, v)).collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn usage_rows_are_flushed_in_key_id_order() {
+        let buffer = UsageBuffer::default();
+        let ids: Vec<Arc<str>> = (0..100)
+            .map(|i| Arc::from(format!("k_{:03}", (i * 37) % 100)))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            buffer.record(id, i64::try_from(i).unwrap());
+        }
+        let batch = buffer.take();
+        let rows = sorted_usage(&batch);
+        assert_eq!(rows.len(), 100);
+        assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
     }
 }

@@ -930,6 +930,72 @@ on_backends!(expired_keys_resolve_with_their_expiry, |db| {
     db.finish(&[&store]).await;
 });
 
+on_backends!(
+    concurrent_writers_of_the_same_rollup_and_usage_rows_never_deadlock,
+    |db| {
+        // Two instances write batches touching the same rollup rows (and flush usage of the same
+        // keys) at the same time, in opposite orders. In hash-map order this deadlocked on
+        // PostgreSQL; the rows are now written in the order of their conflict keys.
+        let a = db.store().await;
+        let b = db.store().await;
+        let base = UNIX_EPOCH + Duration::from_secs(1_800_000_000 / 3600 * 3600);
+        let batch = |round: u64, reverse: bool| {
+            let mut events: Vec<AuditEvent> = (0..256u64)
+                .map(|i| {
+                    let n = round * 1_000 + i + if reverse { 500 } else { 0 };
+                    let mut e = event(n, base + Duration::from_secs((i % 3) * 60));
+                    e.key_id = Some(Arc::from(format!("k_{:02}", i % 40)));
+                    e.model = Some(format!("m{}", i % 3));
+                    e.duration = Duration::from_micros(500 + (i * 7_919) % 3_000_000);
+                    e
+                })
+                .collect();
+            if reverse {
+                events.reverse();
+            }
+            events
+        };
+        for round in 0..20 {
+            let (fwd, rev) = (batch(round, false), batch(round, true));
+            let (ra, rb) = tokio::join!(a.insert_audit(&fwd), b.insert_audit(&rev));
+            ra.unwrap();
+            rb.unwrap();
+        }
+        assert_eq!(a.count_audit().await.unwrap(), 20 * 2 * 256);
+        let keys: Vec<_> = {
+            let mut keys = Vec::new();
+            for i in 0..30 {
+                keys.push(a.create_key(new_key(&format!("user{i}"))).await.unwrap());
+            }
+            keys
+        };
+        for _ in 0..20 {
+            for k in &keys {
+                a.resolve_key(&k.secret).await.unwrap();
+            }
+            for k in keys.iter().rev() {
+                b.resolve_key(&k.secret).await.unwrap();
+            }
+            let (ra, rb) = tokio::join!(a.flush_usage(), b.flush_usage());
+            assert_eq!(ra.unwrap(), 30);
+            assert_eq!(rb.unwrap(), 30);
+        }
+        for k in &keys {
+            let rec = a.get_key(&k.record.id).await.unwrap().unwrap();
+            assert_eq!(rec.request_count, 40);
+        }
+        assert_eq!(
+            a.stats().audit_batches_failed + b.stats().audit_batches_failed,
+            0
+        );
+        assert_eq!(
+            a.stats().usage_flush_errors + b.stats().usage_flush_errors,
+            0
+        );
+        db.finish(&[&a, &b]).await;
+    }
+);
+
 on_backends!(usage_is_counted_in_memory_and_flushed_in_batches, |db| {
     let store = db.store().await;
     let a = store.create_key(new_key("a")).await.unwrap();
