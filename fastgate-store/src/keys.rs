@@ -118,6 +118,21 @@ impl KeyRow {
     }
 }
 
+/// Locks the `api_keys` row of `$id` inside `tx` on PostgreSQL (`SELECT … FOR UPDATE`), the
+/// first thing every transaction that changes a key's rows does, so that two changes of one key
+/// take their locks in the same order. A no-op on SQLite, where a transaction's first write
+/// takes the one write lock of the whole database.
+macro_rules! lock_key_row {
+    ($backend:expr, $tx:expr, $id:expr) => {{
+        if $backend == crate::Backend::Postgres {
+            sqlx::query("SELECT id FROM api_keys WHERE id = $1 FOR UPDATE")
+                .bind($id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 /// Bumps the change watermark (and, on PostgreSQL, notifies other instances) inside `tx`.
 macro_rules! signal_change {
     ($backend:expr, $tx:expr, $id:expr) => {{
@@ -418,6 +433,10 @@ impl Store {
         let backend = self.backend();
         let deleted = on_pool!(&self.inner.db, |pool| {
             let mut tx = pool.begin().await?;
+            // The key's row first, as every other change of a key (update, rotate) locks it
+            // first: deleting its hashes first deadlocked with a concurrent rotation on
+            // PostgreSQL. (SQLite's first write takes the database's one write lock.)
+            lock_key_row!(backend, tx, id);
             sqlx::query("DELETE FROM api_key_hashes WHERE key_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -456,8 +475,11 @@ impl Store {
             .is_ok_and(|d| d.subsec_nanos() % 1_000_000 != 0);
         let grace_end = to_ms(end) + i64::from(partial_ms);
         let backend = self.backend();
-        let found = on_pool!(&self.inner.db, |pool| {
+        let select = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = on_pool!(&self.inner.db, |pool| {
             let mut tx = pool.begin().await?;
+            // The UPDATE locks the key's row before its hashes are touched (as `delete_key`
+            // does). A key deleted meanwhile matches no row: `None`, as for an unknown id.
             let n = sqlx::query("UPDATE api_keys SET display = $1, updated_at = $2 WHERE id = $3")
                 .bind(&display)
                 .bind(now_ms)
@@ -490,16 +512,24 @@ impl Store {
                 .await?;
                 signal_change!(backend, tx, id);
             }
+            // Read in the transaction, under the row lock: a delete that follows at once cannot
+            // make the rotation that succeeded look like a missing (or corrupt) key.
+            let row = if n > 0 {
+                sqlx::query_as::<_, KeyRow>(&select)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            } else {
+                None
+            };
             tx.commit().await?;
-            n > 0
+            row
         });
-        if !found {
+        let Some(row) = row else {
             return Ok(None);
-        }
+        };
         self.invalidate_key(id);
-        let record = self.get_key(id).await?.ok_or(StoreError::Corrupt(
-            "api_keys (row vanished after rotation)",
-        ))?;
+        let record = self.with_pending_usage(row.into_record()?)?;
         Ok(Some(CreatedKey { record, secret }))
     }
 

@@ -930,6 +930,50 @@ on_backends!(expired_keys_resolve_with_their_expiry, |db| {
     db.finish(&[&store]).await;
 });
 
+on_backends!(delete_and_rotate_of_one_key_at_once_never_fail, |db| {
+    // Two instances: one deletes a key while the other rotates it. Either the delete comes
+    // first (the rotation finds no key: `None`, a 404) or the rotation does (then the delete
+    // removes the rotated key); never a deadlock, an error or a key that survives the delete.
+    let a = db.store().await;
+    let b = db.store().await;
+    let mut rotated_first = 0;
+    for round in 0..20 {
+        let k = a.create_key(new_key("user1")).await.unwrap();
+        let id = k.record.id.clone();
+        b.resolve_key(&k.secret).await.unwrap();
+        let (deleted, rotated) = tokio::join!(
+            a.delete_key(&id),
+            b.rotate_key(
+                &id,
+                Duration::from_secs(if round % 2 == 0 { 0 } else { 60 })
+            )
+        );
+        assert!(deleted.unwrap(), "round {round}: the key existed");
+        match rotated.unwrap() {
+            None => {}
+            Some(created) => {
+                rotated_first += 1;
+                assert_eq!(created.record.id, id);
+                assert!(matches!(
+                    b.resolve_key(&created.secret).await,
+                    Err(ResolveError::Invalid)
+                ));
+            }
+        }
+        assert!(a.get_key(&id).await.unwrap().is_none(), "round {round}");
+        assert!(b.get_key(&id).await.unwrap().is_none(), "round {round}");
+        assert!(matches!(
+            a.resolve_key(&k.secret).await,
+            Err(ResolveError::Invalid)
+        ));
+    }
+    eprintln!(
+        "[{}] rotation first in {rotated_first} of 20 rounds",
+        db.backend.as_str()
+    );
+    db.finish(&[&a, &b]).await;
+});
+
 on_backends!(
     concurrent_writers_of_the_same_rollup_and_usage_rows_never_deadlock,
     |db| {
