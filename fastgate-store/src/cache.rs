@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -42,6 +42,11 @@ pub(crate) struct KeyCache {
     capacity: usize,
     /// Until when stale entries are served without asking the database (after a failure).
     db_failed_until: Mutex<Option<Instant>>,
+    /// A lookup that re-validates a stale entry is in flight ([`ProbeGuard`]). Until it returns,
+    /// other stale entries are served as they are: on a database that does not answer, that
+    /// lookup waits the pool's acquire timeout, and every request with a stale key would
+    /// otherwise wait as long before `db_failed_until` is set.
+    probing: AtomicBool,
     /// Hashes the database did not know, with when that was seen. Safe to cache: a generated
     /// secret cannot be presented before it exists (256 random bits). An imported key's secret
     /// can (a client of the old gateway may try it before the import), so an import here, and
@@ -57,6 +62,7 @@ impl KeyCache {
             generation: AtomicU64::new(0),
             capacity: capacity.max(1),
             db_failed_until: Mutex::new(None),
+            probing: AtomicBool::new(false),
             unknown: Mutex::new(HashMap::new()),
         }
     }
@@ -269,6 +275,38 @@ struct Miss {
     cached: Option<Entry>,
     now: Instant,
     wall: SystemTime,
+    /// Held while re-validating a stale entry; released when the lookup ends or is dropped.
+    probe: Option<ProbeGuard>,
+}
+
+/// The one in-flight re-validation of a stale entry (`KeyCache::probing`); clears the flag
+/// when dropped, also when the lookup's future is dropped before it ends.
+struct ProbeGuard {
+    store: Store,
+}
+
+impl ProbeGuard {
+    fn acquire(store: &Store) -> Option<Self> {
+        store
+            .inner
+            .cache
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then(|| Self {
+                store: store.clone(),
+            })
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.store
+            .inner
+            .cache
+            .probing
+            .store(false, Ordering::Release);
+    }
 }
 
 impl Store {
@@ -317,9 +355,22 @@ impl Store {
             return Cached::Done(Err(ResolveError::Invalid));
         }
         let db_failing = lock(&inner.cache.db_failed_until).is_some_and(|until| now < until);
+        let mut probe = None;
         if let Some(e) = &cached {
             let fresh = !e.stale && now.duration_since(e.fetched) < ttl;
-            if fresh || db_failing {
+            // A stale entry is re-validated by one lookup at a time (single flight): while one
+            // is in flight, possibly waiting on a database that does not answer, the others are
+            // answered from their entries at once, as after a failed lookup.
+            let serve = fresh
+                || db_failing
+                || match ProbeGuard::acquire(self) {
+                    Some(guard) => {
+                        probe = Some(guard);
+                        false
+                    }
+                    None => true,
+                };
+            if serve {
                 if e.rejected {
                     Counters::add(&inner.counters.negative_hits, 1);
                     return Cached::Done(Err(ResolveError::Invalid));
@@ -343,12 +394,22 @@ impl Store {
                 StoreError::Unavailable,
             ))));
         }
-        Cached::Miss(Miss { cached, now, wall })
+        Cached::Miss(Miss {
+            cached,
+            now,
+            wall,
+            probe,
+        })
     }
 
     /// Ask the database about `hash` (after [`Self::resolve_cached`] had no answer).
     async fn resolve_uncached(&self, hash: &str, miss: Miss) -> Result<KeyIdentity, ResolveError> {
-        let Miss { cached, now, wall } = miss;
+        let Miss {
+            cached,
+            now,
+            wall,
+            probe: _probe,
+        } = miss;
         let inner = &self.inner;
         let ttl = inner.opts.cache_ttl;
         Counters::add(&inner.counters.cache_misses, 1);
@@ -506,6 +567,81 @@ fn sorted_usage(batch: &HashMap<Arc<str>, (u64, i64)>) -> Vec<(&str, (u64, i64))
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    /// A database that does not answer (every pooled connection taken, as when it hangs):
+    /// concurrent requests for stale cached keys wait for one lookup at most, not each for its
+    /// own acquire timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stale_keys_are_served_at_once_while_one_lookup_probes_a_hanging_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("fastgate.db").display());
+        let store = Store::connect(
+            &url,
+            crate::StoreOptions {
+                cache_ttl: std::time::Duration::from_millis(50),
+                max_connections: 2,
+                acquire_timeout: std::time::Duration::from_secs(1),
+                ..crate::StoreOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut secrets = Vec::new();
+        for i in 0..3 {
+            let key = store
+                .create_key(crate::NewKey {
+                    source_path: format!("user{i}"),
+                    permissions: vec!["chat".to_owned()],
+                    expires_at: None,
+                    name: None,
+                })
+                .await
+                .unwrap();
+            store.resolve_key(&key.secret).await.unwrap();
+            secrets.push(key.secret);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await; // all stale now
+        let crate::Db::Sqlite(pool) = &store.inner.db else {
+            unreachable!()
+        };
+        let held = [pool.acquire().await.unwrap(), pool.acquire().await.unwrap()];
+
+        let resolver = store.key_resolver();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let resolver = resolver.clone();
+                let secret = secrets[i % 3].clone();
+                tokio::spawn(async move {
+                    let start = std::time::Instant::now();
+                    let key = fastgate_layer::PresentedKey::parse(&secret).unwrap();
+                    let result = resolver.resolve(key).await;
+                    (result.is_ok(), start.elapsed())
+                })
+            })
+            .collect();
+        let mut slow = 0;
+        for task in tasks {
+            let (ok, took) = task.await.unwrap();
+            assert!(ok, "a stale key is served");
+            if took >= std::time::Duration::from_millis(500) {
+                slow += 1;
+            } else {
+                assert!(took < std::time::Duration::from_millis(200), "{took:?}");
+            }
+        }
+        assert!(slow <= 1, "{slow} requests waited for the database");
+        assert!(store.stats().lookup_errors <= 1);
+        assert!(store.stats().stale_served >= 19);
+
+        // The database answers again: the next lookup after the retry interval re-validates.
+        drop(held);
+        tokio::time::sleep(store.options().stale_retry_interval).await;
+        let misses = store.stats().cache_misses;
+        store.resolve_key(&secrets[0]).await.unwrap();
+        assert_eq!(store.stats().cache_misses, misses + 1);
+        assert!(!store.inner.cache.probing.load(Ordering::Acquire));
+        store.close().await;
+    }
 
     #[test]
     fn usage_rows_are_flushed_in_key_id_order() {

@@ -144,7 +144,8 @@ pub struct StoreStats {
     pub cache_misses: u64,
     /// Unknown, disabled or rotated-out keys answered from the cache (no database query).
     pub negative_hits: u64,
-    /// Resolutions answered from a stale entry because the database failed.
+    /// Resolutions answered from a stale entry because the database failed, or because another
+    /// lookup was re-validating a stale entry at that moment (one at a time).
     pub stale_served: u64,
     /// Lookups that failed on the database.
     pub lookup_errors: u64,
