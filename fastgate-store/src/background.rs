@@ -96,14 +96,19 @@ impl Store {
                         if matches!(store.inner.db, Db::Postgres(_)) && listener.is_none() {
                             listener = store.connect_listener().await;
                             if listener.is_some() {
-                                // Notifications may have been missed while disconnected.
-                                store.invalidate_all();
+                                // Notifications may have been missed while disconnected:
+                                // re-validate every cached key on its next use.
+                                store.expire_all();
                             }
                         }
                         match store.key_generation().await {
                             Ok(g) => {
                                 if generation.is_some_and(|old| old != g) {
-                                    store.invalidate_all();
+                                    // Some key changed (any key, perhaps only renamed): each
+                                    // cached key is read again on its next use, but the entries
+                                    // stay as the last known state should the database fail
+                                    // before that (dropping them made every key 503 then).
+                                    store.expire_all();
                                 }
                                 generation = Some(g);
                             }

@@ -1137,6 +1137,69 @@ on_backends!(
     }
 );
 
+on_backends!(
+    a_change_seen_by_the_watermark_poll_keeps_cached_keys_as_the_outage_fallback,
+    |db| {
+        // Instance B caches two keys; instance A renames a third one. B's watermark poll sees
+        // the change: B re-reads each cached key on its next use, but if the database goes away
+        // first, B still serves the keys it knew (before: the poll emptied the cache, and every
+        // key got 503 in an outage that followed any admin change).
+        let opts = StoreOptions {
+            cache_ttl: Duration::from_secs(600),
+            ..test_opts()
+        };
+        let a = db.store_with(opts.clone()).await;
+        let b = db.store_with(opts).await;
+        let k1 = a.create_key(new_key("user1")).await.unwrap();
+        let k2 = a.create_key(new_key("user2")).await.unwrap();
+        let other = a.create_key(new_key("user3")).await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let bg = tokio::spawn(b.background(
+            BackgroundOptions {
+                invalidation_poll_interval: Duration::from_millis(100),
+                ..Default::default()
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        b.resolve_key(&k1.secret).await.unwrap();
+        b.resolve_key(&k2.secret).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = b.stats().invalidations;
+        a.update_key(
+            &other.record.id,
+            KeyUpdate {
+                name: Some(Some("renamed".to_owned())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // The poll (and on PostgreSQL the notification for the renamed key) reached B.
+        wait_until(Duration::from_secs(3), || async {
+            b.stats().invalidations > before
+        })
+        .await
+        .expect("the change reached B");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(b.cached_keys(), 2, "the entries are kept");
+        // The next use asks the database again.
+        let misses = b.stats().cache_misses;
+        b.resolve_key(&k1.secret).await.unwrap();
+        assert_eq!(b.stats().cache_misses, misses + 1);
+        // The database goes away before k2 was used again: its last known state is served.
+        let _ = stop_tx.send(());
+        bg.await.unwrap();
+        b.close().await;
+        let id = b.resolve_key(&k2.secret).await.unwrap();
+        assert_eq!(&*id.source_path, "user2");
+        assert!(b.resolve_key(&k1.secret).await.is_ok());
+        db.finish(&[&a]).await;
+    }
+);
+
 on_backends!(uncached_resolver_asks_the_database_every_time, |db| {
     let store = db
         .store_with(StoreOptions {
