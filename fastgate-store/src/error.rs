@@ -28,6 +28,15 @@ pub enum StoreError {
         /// The missing directory.
         dir: PathBuf,
     },
+    /// The SQLite file could not be created or opened.
+    #[error("cannot open the SQLite database {path:?}")]
+    SqliteFile {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: sqlx::Error,
+    },
     /// Opening the first connection failed.
     #[error("cannot connect to the {backend} database")]
     Connect {
@@ -74,7 +83,11 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Self::Connect { .. } | Self::Database(_) | Self::Migrate(_) | Self::AuditWrite(_)
+            Self::Connect { .. }
+                | Self::SqliteFile { .. }
+                | Self::Database(_)
+                | Self::Migrate(_)
+                | Self::AuditWrite(_)
         )
     }
 }

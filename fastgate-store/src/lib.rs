@@ -228,6 +228,8 @@ impl Store {
         let mut sqlite_audit = None;
         let db = match url {
             DatabaseUrl::Sqlite(loc) => {
+                // The file, named in a connection error (`None` in memory).
+                let mut file = None;
                 let (conn, pool) = match loc {
                     SqliteLocation::Memory => (
                         SqliteConnectOptions::from_str("sqlite::memory:")?,
@@ -252,6 +254,14 @@ impl Store {
                         if path.exists() && mfastgate::sqlite_file_is_mfastgate(path).await? {
                             return Err(StoreError::MFastGateDatabase);
                         }
+                        // A new file is made readable by its owner and group only (0640, as
+                        // `logging.file`): it holds client addresses and key ids. SQLite gives
+                        // its `-wal` and `-shm` files the database file's permissions.
+                        create_private(path).map_err(|source| StoreError::SqliteFile {
+                            path: path.clone(),
+                            source: sqlx::Error::Io(source),
+                        })?;
+                        file = Some(path.clone());
                         sqlite_audit = Some(sqlite_audit::SqliteAuditWriter::new(
                             path.clone(),
                             opts.sqlite_busy_timeout,
@@ -273,9 +283,12 @@ impl Store {
                     .acquire_timeout(opts.acquire_timeout)
                     .connect_with(conn)
                     .await
-                    .map_err(|source| StoreError::Connect {
-                        backend: "sqlite",
-                        source,
+                    .map_err(|source| match file {
+                        Some(path) => StoreError::SqliteFile { path, source },
+                        None => StoreError::Connect {
+                            backend: "sqlite",
+                            source,
+                        },
                     })?;
                 Db::Sqlite(pool)
             }
@@ -429,4 +442,19 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 /// BIGINT → u64 (negative values read as zero).
 pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+/// Create `path` empty with mode 0640 unless it exists (then it is left as it is).
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }

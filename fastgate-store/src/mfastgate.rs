@@ -86,8 +86,8 @@ async fn open_read_only(path: &Path) -> Result<sqlx::SqliteConnection, StoreErro
         .create_if_missing(false)
         .connect()
         .await
-        .map_err(|source| StoreError::Connect {
-            backend: "sqlite",
+        .map_err(|source| StoreError::SqliteFile {
+            path: path.to_owned(),
             source,
         })
 }

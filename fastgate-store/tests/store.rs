@@ -218,6 +218,49 @@ async fn sqlite_file_is_created_in_wal_mode_and_migrations_are_idempotent() {
     assert_eq!((mode[18], mode[19]), (2, 2));
 }
 
+/// A new SQLite file (and its WAL) is readable by its owner and group only; an existing file
+/// keeps its permissions; a file that cannot be opened is named in the error.
+#[tokio::test]
+async fn sqlite_files_are_created_private_and_named_when_they_cannot_be_opened() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("private.db");
+    let store = Store::connect(&format!("sqlite:{}", path.display()), test_opts())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.create_key(new_key("user1")).await.unwrap();
+    assert_eq!(mode(&path), 0o640);
+    let wal = dir.path().join("private.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal) & 0o007, 0, "the WAL is open to others");
+    }
+    store.close().await;
+
+    let shared = dir.path().join("shared.db");
+    std::fs::write(&shared, b"").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let store = Store::connect(&format!("sqlite:{}", shared.display()), test_opts())
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(
+        mode(&shared),
+        0o664,
+        "an existing file's permissions were changed"
+    );
+
+    // A directory where the file should be.
+    let not_a_file = dir.path().join("a-directory.db");
+    std::fs::create_dir(&not_a_file).unwrap();
+    let err = Store::connect(&format!("sqlite:{}", not_a_file.display()), test_opts())
+        .await
+        .err()
+        .expect("a directory is not a database");
+    assert!(err.to_string().contains("a-directory.db"), "{err}");
+}
+
 #[tokio::test]
 async fn sqlite_missing_directory_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
