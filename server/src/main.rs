@@ -327,9 +327,13 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    // The database as it is reached (a file's path; a URL without its password).
+    let database = fastgate_store::parse_database_url(&settings.config.database.url)
+        .map_or_else(|_| store.backend().as_str().to_owned(), |u| u.to_string());
     tracing::info!(
         address = %listener.local_addr()?,
-        database = store.backend().as_str(),
+        database,
+        config = %config_path.display(),
         routes = settings.routes.len(),
         "FastGate {} listening",
         env!("CARGO_PKG_VERSION")
