@@ -256,8 +256,7 @@ async fn sqlite_files_are_created_private_and_named_when_they_cannot_be_opened()
     std::fs::create_dir(&not_a_file).unwrap();
     let err = Store::connect(&format!("sqlite:{}", not_a_file.display()), test_opts())
         .await
-        .err()
-        .expect("a directory is not a database");
+        .expect_err("a directory is not a database");
     assert!(err.to_string().contains("a-directory.db"), "{err}");
 }
 

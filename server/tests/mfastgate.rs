@@ -545,7 +545,7 @@ async fn check_config_finds_paths_the_start_would_fail_on() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let check = |edit: &dyn Fn(String) -> String| {
-        let config = write_config(dir.path(), port, "http://127.0.0.1:9", |y| edit(y));
+        let config = write_config(dir.path(), port, "http://127.0.0.1:9", edit);
         run_cli(dir.path(), &config, &["check-config"])
     };
     let (ok, stdout, stderr) = check(&|y| y);
