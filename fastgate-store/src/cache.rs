@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -42,11 +42,12 @@ pub(crate) struct KeyCache {
     capacity: usize,
     /// Until when stale entries are served without asking the database (after a failure).
     db_failed_until: Mutex<Option<Instant>>,
-    /// A lookup that re-validates a stale entry is in flight ([`ProbeGuard`]). Until it returns,
-    /// other stale entries are served as they are: on a database that does not answer, that
-    /// lookup waits the pool's acquire timeout, and every request with a stale key would
-    /// otherwise wait as long before `db_failed_until` is set.
-    probing: AtomicBool,
+    /// Lookups re-validating a stale entry, by key hash, with when each began ([`ProbeGuard`]).
+    /// One per key at a time: other requests for that key get its stale entry meanwhile (a
+    /// lookup's time, normally). A lookup in flight longer than [`SLOW_PROBE`] means the
+    /// database is not answering: until it ends, every stale entry is served as it is, instead
+    /// of each waiting for the pool's acquire timeout before `db_failed_until` is set.
+    probing: Mutex<HashMap<String, Instant>>,
     /// Hashes the database did not know, with when that was seen. Safe to cache: a generated
     /// secret cannot be presented before it exists (256 random bits). An imported key's secret
     /// can (a client of the old gateway may try it before the import), so an import here, and
@@ -62,7 +63,7 @@ impl KeyCache {
             generation: AtomicU64::new(0),
             capacity: capacity.max(1),
             db_failed_until: Mutex::new(None),
-            probing: AtomicBool::new(false),
+            probing: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
         }
     }
@@ -279,33 +280,39 @@ struct Miss {
     probe: Option<ProbeGuard>,
 }
 
-/// The one in-flight re-validation of a stale entry (`KeyCache::probing`); clears the flag
-/// when dropped, also when the lookup's future is dropped before it ends.
+/// How long a re-validating lookup may take before the database counts as not answering.
+const SLOW_PROBE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The in-flight re-validation of one key's stale entry (`KeyCache::probing`); removed when
+/// dropped, also when the lookup's future is dropped before it ends.
 struct ProbeGuard {
     store: Store,
+    hash: String,
 }
 
 impl ProbeGuard {
-    fn acquire(store: &Store) -> Option<Self> {
-        store
-            .inner
-            .cache
-            .probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            .then(|| Self {
-                store: store.clone(),
-            })
+    /// This request re-validates `hash` (`Some`), or its stale entry is served (`None`): the
+    /// key's own lookup is in flight, or some lookup has been for longer than [`SLOW_PROBE`].
+    fn acquire(store: &Store, hash: &str, now: Instant) -> Option<Self> {
+        let mut probing = lock(&store.inner.cache.probing);
+        if probing.contains_key(hash)
+            || probing
+                .values()
+                .any(|began| now.saturating_duration_since(*began) >= SLOW_PROBE)
+        {
+            return None;
+        }
+        probing.insert(hash.to_owned(), now);
+        Some(Self {
+            store: store.clone(),
+            hash: hash.to_owned(),
+        })
     }
 }
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        self.store
-            .inner
-            .cache
-            .probing
-            .store(false, Ordering::Release);
+        lock(&self.store.inner.cache.probing).remove(&self.hash);
     }
 }
 
@@ -358,12 +365,12 @@ impl Store {
         let mut probe = None;
         if let Some(e) = &cached {
             let fresh = !e.stale && now.duration_since(e.fetched) < ttl;
-            // A stale entry is re-validated by one lookup at a time (single flight): while one
-            // is in flight, possibly waiting on a database that does not answer, the others are
-            // answered from their entries at once, as after a failed lookup.
+            // A stale entry is re-validated by one lookup per key at a time: meanwhile that
+            // key's other requests get its entry, and so does every stale key once a lookup has
+            // hung for SLOW_PROBE (a database that does not answer), as after a failed lookup.
             let serve = fresh
                 || db_failing
-                || match ProbeGuard::acquire(self) {
+                || match ProbeGuard::acquire(self, hash, now) {
                     Some(guard) => {
                         probe = Some(guard);
                         false
@@ -414,7 +421,13 @@ impl Store {
         let ttl = inner.opts.cache_ttl;
         Counters::add(&inner.counters.cache_misses, 1);
         let generation = inner.cache.generation.load(Ordering::Acquire);
-        match lookup_hash(&inner.db, hash).await {
+        // Bounded: a connection that hangs mid-query must fail the lookup like an unreachable
+        // database does (the pool's acquire timeout covers only getting a connection).
+        let looked_up =
+            tokio::time::timeout(inner.opts.acquire_timeout, lookup_hash(&inner.db, hash))
+                .await
+                .unwrap_or(Err(StoreError::Unavailable));
+        match looked_up {
             Ok(Some(row)) => {
                 let valid_until = row.valid_until.map(from_ms);
                 if !row.active || valid_until.is_some_and(|t| t <= wall) {
@@ -568,9 +581,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    /// A database that does not answer (every pooled connection taken, as when it hangs):
-    /// concurrent requests for stale cached keys wait for one lookup at most, not each for its
-    /// own acquire timeout.
+    /// A database that does not answer (every pooled connection taken, as when it hangs): a
+    /// stale key's other requests are answered from its entry while its one lookup waits, and
+    /// once that lookup has hung for SLOW_PROBE, every stale key is (instead of each request
+    /// waiting for the pool's acquire timeout).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stale_keys_are_served_at_once_while_one_lookup_probes_a_hanging_database() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,7 +601,7 @@ mod tests {
         .await
         .unwrap();
         let mut secrets = Vec::new();
-        for i in 0..3 {
+        for i in 0..4 {
             let key = store
                 .create_key(crate::NewKey {
                     source_path: format!("user{i}"),
@@ -607,20 +621,22 @@ mod tests {
         let held = [pool.acquire().await.unwrap(), pool.acquire().await.unwrap()];
 
         let resolver = store.key_resolver();
-        let tasks: Vec<_> = (0..20)
-            .map(|i| {
-                let resolver = resolver.clone();
-                let secret = secrets[i % 3].clone();
-                tokio::spawn(async move {
-                    let start = std::time::Instant::now();
-                    let key = fastgate_layer::PresentedKey::parse(&secret).unwrap();
-                    let result = resolver.resolve(key).await;
-                    (result.is_ok(), start.elapsed())
-                })
+        let spawn = |secret: String| {
+            let resolver = resolver.clone();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let key = fastgate_layer::PresentedKey::parse(&secret).unwrap();
+                let result = resolver.resolve(key).await;
+                (result.is_ok(), start.elapsed())
             })
-            .collect();
+        };
+        // Five requests for one key at once: one lookup, the others served its entry.
+        let first: Vec<_> = (0..5).map(|_| spawn(secrets[0].clone())).collect();
+        // Once that lookup has hung for longer than SLOW_PROBE, the other keys are served too.
+        tokio::time::sleep(SLOW_PROBE + std::time::Duration::from_millis(50)).await;
+        let later: Vec<_> = (0..15).map(|i| spawn(secrets[1 + i % 3].clone())).collect();
         let mut slow = 0;
-        for task in tasks {
+        for task in first.into_iter().chain(later) {
             let (ok, took) = task.await.unwrap();
             assert!(ok, "a stale key is served");
             if took >= std::time::Duration::from_millis(500) {
@@ -629,7 +645,7 @@ mod tests {
                 assert!(took < std::time::Duration::from_millis(200), "{took:?}");
             }
         }
-        assert!(slow <= 1, "{slow} requests waited for the database");
+        assert_eq!(slow, 1, "requests that waited for the database");
         assert!(store.stats().lookup_errors <= 1);
         assert!(store.stats().stale_served >= 19);
 
@@ -639,7 +655,48 @@ mod tests {
         let misses = store.stats().cache_misses;
         store.resolve_key(&secrets[0]).await.unwrap();
         assert_eq!(store.stats().cache_misses, misses + 1);
-        assert!(!store.inner.cache.probing.load(Ordering::Acquire));
+        assert!(lock(&store.inner.cache.probing).is_empty());
+        store.close().await;
+    }
+
+    /// On a database that answers, a stale key is re-validated by its own next request, whatever
+    /// other keys' lookups are in flight: a key disabled meanwhile is refused at once.
+    #[tokio::test]
+    async fn a_stale_key_is_not_served_because_another_keys_lookup_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("fastgate.db").display());
+        let store = Store::connect(&url, crate::StoreOptions::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let key = store
+            .create_key(crate::NewKey {
+                source_path: "u".into(),
+                permissions: vec!["chat".to_owned()],
+                expires_at: None,
+                name: None,
+            })
+            .await
+            .unwrap();
+        store.resolve_key(&key.secret).await.unwrap();
+        // Disabled behind the cache's back (as by another process), then every entry marked
+        // for re-reading (as the watermark poll does), with another key's lookup in flight.
+        let crate::Db::Sqlite(pool) = &store.inner.db else {
+            unreachable!()
+        };
+        sqlx::query("UPDATE api_keys SET active = 0 WHERE id = $1")
+            .bind(&key.record.id)
+            .execute(pool)
+            .await
+            .unwrap();
+        store.expire_all();
+        let other = ProbeGuard::acquire(&store, "another-key-hash", Instant::now());
+        assert!(other.is_some());
+        assert!(
+            store.resolve_key(&key.secret).await.is_err(),
+            "a disabled key was served"
+        );
+        drop(other);
         store.close().await;
     }
 
