@@ -122,8 +122,22 @@ impl Backend {
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(BackendUrlError::Scheme(shown()));
         }
-        if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
             return Err(BackendUrlError::NoHost(shown()));
+        };
+        // `http://user:pa/ss@host/` parses as host `user`, a port that is not a number and the
+        // path `/ss@host/`: a password with an unencoded `/`, `?` or `#`. Refused, so that no
+        // part of it can reach a request, the audit record or a log line.
+        let host_and_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+        let has_port_text = host_and_port
+            .rsplit_once(']')
+            .map_or(host_and_port, |(_, after)| after)
+            .contains(':');
+        if (has_port_text && authority.port_u16().is_none())
+            || uri.path().contains('@')
+            || url.contains('#')
+        {
+            return Err(BackendUrlError::Invalid(shown()));
         }
         if uri.query().is_some() {
             return Err(BackendUrlError::Query(shown()));
@@ -152,17 +166,23 @@ pub enum BackendUrlError {
 }
 
 /// `url` with any `user:password@` before its host replaced by `***@`, and its query string by
-/// `?***` (either may hold a credential).
+/// `?***` (either may hold a credential). Everything up to the last `@` counts as the user
+/// part: a password holding an unencoded `/` or `#` is hidden whole too.
 pub(crate) fn redact_url(url: &str) -> String {
     let (head, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
     };
+    let (user, rest) = match rest.rfind('@') {
+        Some(at) => (true, &rest[at + 1..]),
+        None => (false, rest),
+    };
     let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(host_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("***@{}", &authority[at + 1..]),
-        None => authority.to_owned(),
+    let authority = if user {
+        format!("***@{authority}")
+    } else {
+        authority.to_owned()
     };
     let tail = match tail.find('?') {
         Some(q) => format!("{}?***", &tail[..q]),
@@ -207,6 +227,9 @@ mod tests {
         assert!(Backend::parse_base_url("http://127.0.0.1:1030").is_ok());
         assert!(Backend::parse_base_url("https://u:p@host/base/").is_ok());
         let cases = [
+            ("http://u:pa/ss-SECRET@host:1030/base", "not a valid URL"),
+            ("http://u:pa#ss-SECRET@host/", "not a valid URL"),
+            ("http://u:pa?ss-SECRET@host/", "not a valid URL"),
             ("127.0.0.1:1030", "must start with http"),
             ("ftp://u:pw-SECRET@host", "must start with http"),
             (
@@ -227,6 +250,7 @@ mod tests {
         assert_eq!(redact_url("http://h:1/p"), "http://h:1/p");
         assert_eq!(redact_url("http://a:b@h:1/p?q=1"), "http://***@h:1/p?***");
         assert_eq!(redact_url("a:b@h"), "***@h");
-        assert_eq!(redact_url("http://h/p@x"), "http://h/p@x");
+        // A password with an unencoded `/`: everything before the last `@` is hidden.
+        assert_eq!(redact_url("http://u:pa/ss@h/p"), "http://***@h/p");
     }
 }

@@ -170,7 +170,19 @@ async fn the_gateway_key_in_the_query_string_is_not_forwarded() {
             format!("?token=Bearer%20{CLIENT_KEY}&stream=true"),
             "?stream=true",
         ),
+        (format!("?token=Bearer+{CLIENT_KEY}"), ""),
+        // Percent-encoded: decoded before it is compared.
+        (
+            format!("?key={}&x=1", CLIENT_KEY.replace('-', "%2D")),
+            "?x=1",
+        ),
         ("?a=1&b=2".to_owned(), "?a=1&b=2"),
+        // A value that merely contains the key is someone else's.
+        (
+            format!("?model={CLIENT_KEY}2&n=1"),
+            "?model=sk-client-test-12&n=1",
+        ),
+        ("?q=100%25".to_owned(), "?q=100%25"),
     ];
     for (query, forwarded) in cases {
         let req = Request::post(format!("http://{}{ROUTE}{query}", gw.addr))
@@ -186,6 +198,5 @@ async fn the_gateway_key_in_the_query_string_is_not_forwarded() {
             format!("/base/v1/chat/completions{forwarded}"),
             "{query}"
         );
-        assert!(!uri.contains(CLIENT_KEY), "{uri}");
     }
 }

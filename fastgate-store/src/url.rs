@@ -165,17 +165,18 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, after)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let auth_end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let (authority, tail) = after.split_at(auth_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:******{host}"),
-                None => authority.to_owned(),
-            }
-        }
-        None => authority.to_owned(),
+    // The user part ends at the last `@`: a password holding an unencoded `/`, `?` or `#` is
+    // hidden whole (the host is read after it).
+    let (userinfo, rest) = match after.rfind('@') {
+        Some(at) => (Some(&after[..at]), &after[at..]),
+        None => (None, after),
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(auth_end);
+    let authority = match userinfo.map(|u| u.split_once(':').map_or(u, |(user, _)| user)) {
+        Some(user) if userinfo.is_some_and(|u| u.contains(':')) => format!("{user}:******{host}"),
+        Some(user) => format!("{user}{host}"),
+        None => host.to_owned(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -209,6 +210,14 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod redact_tests {
     use super::redact_url;
+
+    #[test]
+    fn a_password_with_an_unencoded_slash_is_masked_whole() {
+        assert_eq!(
+            redact_url("postgresql://fg:pa/ss#x?y@db.internal:5432/fastgate"),
+            "postgresql://fg:******@db.internal:5432/fastgate"
+        );
+    }
 
     #[test]
     fn masks_userinfo_and_password_parameters() {

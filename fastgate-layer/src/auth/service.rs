@@ -150,17 +150,26 @@ where
     }
 }
 
-/// `uri` without the query parameters that hold `key`; `None` when none does (the usual case:
-/// one substring search when there is a query at all).
+/// `uri` without the query parameters whose value is `key` (or `Bearer <key>`), percent-decoded;
+/// `None` when none is (the usual case: a substring search or two when there is a query).
 fn without_key_in_query(uri: &http::Uri, key: &str) -> Option<http::Uri> {
     let query = uri.query()?;
-    if !query.contains(key) {
+    if !query.contains(key) && !query.contains('%') {
         return None;
     }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.contains(key))
-        .collect();
+    let holds_key = |pair: &&str| {
+        let value = pair
+            .split_once('=')
+            .map_or(*pair, |(_, v)| v)
+            .replace('+', " ");
+        let value = percent_encoding::percent_decode_str(&value).decode_utf8_lossy();
+        let value = value.trim();
+        value == key || strip_bearer(value).is_some_and(|token| token.trim() == key)
+    };
+    if !query.split('&').any(|pair| holds_key(&pair)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|pair| !holds_key(pair)).collect();
     let path = uri.path();
     let path_and_query = if kept.is_empty() {
         path.to_owned()
