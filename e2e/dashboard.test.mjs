@@ -139,8 +139,8 @@ async function keyWithTraffic(source) {
   return { key: created, record };
 }
 
-async function newPage({ width = 1280, height = 800, locale = 'en-US' } = {}) {
-  const context = await browser.newContext({ viewport: { width, height }, locale, deviceScaleFactor: 1 });
+async function newPage({ width = 1280, height = 800, locale = 'en-US', timezoneId } = {}) {
+  const context = await browser.newContext({ viewport: { width, height }, locale, timezoneId, deviceScaleFactor: 1 });
   const page = await context.newPage();
   page.on('dialog', async (d) => { dialogs.push(`${d.type()}: ${d.message()}`); await d.dismiss().catch(() => {}); });
   page.on('request', (r) => {
@@ -484,7 +484,8 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
   test('editing a key in the UI changes what the gateway lets it do, at once', async () => {
     const created = await admin('POST', '/admin/keys', { source_path: 'e2e-edit', name: 'before' });
     assert.equal((await chat(created.api_key)).status, 200); // the key is now in the gateway's cache
-    const { context: ctx, page: p } = await newPage();
+    // A time zone far from UTC (CI runs in UTC): a date-time read as UTC would be 8 hours off.
+    const { context: ctx, page: p } = await newPage({ timezoneId: 'Asia/Shanghai' });
     await signIn(p);
     await tid(p, 'app-view').waitFor({ state: 'visible' });
     await tid(p, 'tab-keys').click();
@@ -583,7 +584,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
 
   test('the audit log filters by a time range, kept across a reload', async () => {
     const { key, record } = await keyWithTraffic('e2e-range');
-    const { context: ctx, page: p } = await newPage();
+    const { context: ctx, page: p } = await newPage({ timezoneId: 'Asia/Shanghai' });
     await signIn(p);
     await tid(p, 'app-view').waitFor({ state: 'visible' });
     await tid(p, 'tab-logs').click();

@@ -125,7 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )]));
     let (audit, worker) = AuditLayer::pair(PrintSink, AuditConfig::default());
-    tokio::spawn(worker.run()); // the library never spawns; the application does
+    tokio::spawn(worker.run()); // the audit worker is a future the application runs
 
     // 2. The stack, for hyper's own request body type.
     let gateway = GatewayBuilder::new(keys, routes)

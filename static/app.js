@@ -72,7 +72,7 @@
       'keys.updated': 'Key updated.', 'keys.nochange': 'Nothing changed.',
       'edit.title': 'Edit API key', 'edit.expiry': 'Expiry', 'edit.expiry.keep': 'Keep the current one ({t})',
       'edit.expiry.days': 'In a number of days from now', 'edit.expiry.at': 'At a date and time',
-      'edit.perms.help': 'Comma-separated. The unified endpoint needs chat; * allows every route; none locks the key out.',
+      'edit.perms.help': 'Comma-separated. The unified endpoint needs chat; * allows every route; left empty, every route refuses the key.',
       'edit.err.at': 'Enter the date and time the key expires.',
       'filter.all': 'All', 'filter.apply': 'Apply', 'filter.reset': 'Reset', 'filter.key': 'Key',
       'filter.export': 'Export CSV', 'logs.exported': 'audit_logs.csv saved ({s})',
@@ -819,13 +819,18 @@
     show($('ke-at-row'), mode === 'at');
   }
 
+  /** The "keep the current expiry" choice, in the page's language. */
+  function setKeepText(k) {
+    $('ke-expiry-keep').textContent = t('edit.expiry.keep', { t: k.expires_at ? fmtTime(k.expires_at) : t('keys.never.short') });
+  }
+
   function openEdit(k) {
     editKey = k;
     $('edit-key-display').textContent = (k.display || k.id) + ' · ID ' + k.id;
     $('ke-source').value = k.source_path || '';
     $('ke-name').value = k.name || '';
     $('ke-perms').value = (k.permissions || []).join(', ');
-    $('ke-expiry-keep').textContent = t('edit.expiry.keep', { t: k.expires_at ? fmtTime(k.expires_at) : t('keys.never.short') });
+    setKeepText(k);
     $('ke-expiry').value = 'keep';
     $('ke-days').value = '';
     $('ke-at').value = toLocalInput(k.expires_at);
@@ -1237,6 +1242,7 @@
       lang = this.value === 'zh' ? 'zh' : 'en';
       try { localStorage.setItem(LANG_KEY, lang); } catch (e) { /* ignore */ }
       applyI18n();
+      if (editKey) setKeepText(editKey);
       if (signedIn) {
         if (chart) { chart.destroy(); chart = null; }
         refreshAll(false);

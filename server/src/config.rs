@@ -649,7 +649,12 @@ impl Settings {
                 "{ENV_PREFIX}{}",
                 e.key.replace('.', "__").to_ascii_uppercase()
             );
-            if env.iter().any(|(k, _)| k.eq_ignore_ascii_case(&var)) && !e.message.contains(&var) {
+            // The prefix as the parser reads it (exactly), the rest in any case.
+            let sets_it = |k: &str| {
+                k.strip_prefix(ENV_PREFIX)
+                    .is_some_and(|rest| rest.eq_ignore_ascii_case(&var[ENV_PREFIX.len()..]))
+            };
+            if env.iter().any(|(k, _)| sets_it(k)) && !e.message.contains(&var) {
                 e.message = format!("{} (set by {var})", e.message);
             }
             e
@@ -1300,12 +1305,16 @@ fn check_real_key(key: &Secret) -> Result<(), String> {
     }
 }
 
-/// Whether the YAML file at `path` is a mapping with a `routes` key (FastGate's routes format).
+/// Whether the YAML file at `path` is FastGate's routes format: a mapping with a `routes` key, or,
+/// when it does not even parse (an indentation mistake), a line that starts with `routes:`.
 fn has_routes_key(path: &Path) -> bool {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
-        .is_some_and(|v| v.get("routes").is_some())
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
+        Ok(v) => v.get("routes").is_some(),
+        Err(_) => text.lines().any(|l| l.starts_with("routes:")),
+    }
 }
 
 fn load_routes_file(path: &Path) -> Result<RoutesFile, ConfigError> {
@@ -1991,6 +2000,27 @@ api_gateway:
                 .unwrap_err();
             assert!(e.to_string().contains(var), "{var}: {e}");
         }
+        // A variable the parser does not read (the prefix in lower case) is not named.
+        let e = Settings::load_with_env(
+            &cfg,
+            vec![
+                ("fastgate__api_gateway__timeout".to_owned(), "9".to_owned()),
+                ("FASTGATE__API_GATEWAY__TIMEOUT".to_owned(), "0".to_owned()),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("FASTGATE__API_GATEWAY__TIMEOUT"),
+            "{e}"
+        );
+        std::fs::write(&cfg, SEED.replace("timeout: 60", "timeout: 0")).unwrap();
+        let e = Settings::load_with_env(
+            &cfg,
+            vec![("fastgate__api_gateway__timeout".to_owned(), "9".to_owned())],
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("FASTGATE__"), "{e}");
+        std::fs::write(&cfg, SEED).unwrap();
         // Set in the file: the file is named, no variable.
         std::fs::write(&cfg, SEED.replace("timeout: 60", "timeout: 0")).unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
@@ -2013,6 +2043,10 @@ api_gateway:
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert!(e.to_string().contains("permisions"), "{e}");
         assert!(e.file.ends_with("routes.yaml"), "{e}");
+        // Indentation that does not even parse, likewise.
+        let broken = routes.replace("    backend_url", "  backend_url");
+        std::fs::write(dir.path().join("routes.yaml"), broken).unwrap();
+        assert!(Settings::load_with_env(&cfg, Vec::new()).is_err());
         // A route without its backend_url, likewise.
         let missing = routes.replace("    backend_url: http://127.0.0.1:9000\n", "");
         std::fs::write(dir.path().join("routes.yaml"), missing).unwrap();

@@ -372,14 +372,23 @@ async fn serve(
     let _ = stop_tx.send(());
     // A second SIGTERM or Ctrl-C ends the grace period at once: what is still in flight is cut
     // (audited `interrupted`), the audit queue is still written.
+    // One that comes within a second of the first is the same stop sent twice (a supervisor
+    // signalling the process group, then the process), not an impatient operator.
     let cut = gateway.cut();
+    let first = std::time::Instant::now();
     let stopped = gateway.wait();
     tokio::pin!(stopped);
     loop {
-        tokio::select! {
+        let name = tokio::select! {
             done = &mut stopped => { done?; break; }
-            _ = term.recv() => { tracing::warn!("SIGTERM again: not waiting for requests in flight"); cut.now(); }
-            _ = int.recv() => { tracing::warn!("SIGINT again: not waiting for requests in flight"); cut.now(); }
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if first.elapsed() < Duration::from_secs(1) {
+            tracing::info!("{name} again within a second of the first: still shutting down");
+        } else {
+            tracing::warn!("{name} again: not waiting for requests in flight");
+            cut.now();
         }
     }
     tracing::info!("stopped");

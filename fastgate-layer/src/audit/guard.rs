@@ -208,7 +208,8 @@ impl AuditGuard {
                     && !self.stats.closed_warned.swap(true, Ordering::Relaxed)
                 {
                     tracing::error!(
-                        "audit events are being dropped: the audit worker is not running                          (was the AuditWorker from AuditLayer::pair dropped instead of run?)"
+                        "audit events are being dropped: the audit worker is not running \
+                         (was the AuditWorker from AuditLayer::pair dropped instead of run?)"
                     );
                 }
             }
