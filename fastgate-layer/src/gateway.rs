@@ -1,12 +1,14 @@
 //! [`GatewayBuilder`]: the whole stack, assembled in the documented order.
 //!
-//! Outermost first: request id → audit → route → size limit → auth → scrub → inject → forward.
+//! Outermost first: request id → audit → route → auth → size limit → scrub → inject → forward.
 //!
 //! * request id first, so that every response (errors too) carries `X-Request-Id` and audit
 //!   records the same text;
 //! * audit next, so that every refusal below it is audited exactly once;
 //! * route before auth, because auth checks the route's permission;
-//! * the size limit before auth, so that an oversized body is refused without a key lookup;
+//! * auth before the size limit, so that a caller without a valid key gets 401 whatever it
+//!   sends (not 413, which would tell it the limit), and a 413 is audited with the key that
+//!   sent it;
 //! * scrub after auth (auth reads the client's key) and before inject (which sets the real one).
 //!
 //! [`GatewayBuilder::build`] puts a [`ForwardService`] at the bottom; [`GatewayBuilder::layer`]
@@ -56,7 +58,7 @@ pub type UpstreamBody<B> = LimitedBody<AuditRequestBody<B>>;
 
 /// The layer stack around an inner service `S`, outermost first.
 pub type GatewayStack<S, R> =
-    RequestId<Audit<Route<RequestSizeLimit<ApiKeyAuth<ScrubHeaders<InjectUpstreamKey<S>>, R>>>>>;
+    RequestId<Audit<Route<ApiKeyAuth<RequestSizeLimit<ScrubHeaders<InjectUpstreamKey<S>>>, R>>>>;
 
 /// What [`GatewayBuilder::build`] returns for request bodies `B`.
 ///
@@ -166,8 +168,8 @@ impl<S, R: Clone> Layer<S> for GatewayLayer<R> {
     fn layer(&self, inner: S) -> Self::Service {
         let inner = InjectUpstreamKeyLayer::new().layer(inner);
         let inner = self.scrub.layer(inner);
-        let inner = ApiKeyAuthLayer::new(self.resolver.clone()).layer(inner);
         let inner = self.limit.layer(inner);
+        let inner = ApiKeyAuthLayer::new(self.resolver.clone()).layer(inner);
         let inner = RouteLayer::new(self.routes.clone()).layer(inner);
         let inner = self.audit.layer(inner);
         RequestIdLayer::new().layer(inner)

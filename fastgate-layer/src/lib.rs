@@ -8,8 +8,8 @@
 //! | 1 | [`RequestIdLayer`](request_id::RequestIdLayer) | `x-request-id` | `x-request-id` on request and response | never | no |
 //! | 2 | [`AuditLayer`](audit::AuditLayer) | req ext [`ClientAddr`]; resp ext [`KeyIdentity`], [`Rejected`], [`TargetUrl`] | one [`AuditEvent`] → queue → [`AuditSink`] | never | [`AuditBody`](audit::AuditBody), [`AuditRequestBody`](audit::AuditRequestBody) |
 //! | 3 | [`RouteLayer`](route::RouteLayer) | path, [`RouteTable`](route::RouteTable) | req ext [`RouteConfig`] | 404 `route_not_found` | no |
-//! | 4 | [`RequestSizeLimitLayer`](limit::RequestSizeLimitLayer) | `content-length`, body | — | 413 `request_too_large` | [`LimitedBody`](limit::LimitedBody) |
-//! | 5 | [`ApiKeyAuthLayer`](auth::ApiKeyAuthLayer) | `x-api-key` / `authorization: Bearer`, [`RouteConfig::permission`] | req + resp ext [`KeyIdentity`] | 401 / 403 / 503 | no |
+//! | 4 | [`ApiKeyAuthLayer`](auth::ApiKeyAuthLayer) | `x-api-key` / `authorization: Bearer`, [`RouteConfig::permission`] | req + resp ext [`KeyIdentity`] | 401 / 403 / 503 | no |
+//! | 5 | [`RequestSizeLimitLayer`](limit::RequestSizeLimitLayer) | `content-length`, body | — | 413 `request_too_large` | [`LimitedBody`](limit::LimitedBody) |
 //! | 6 | [`ScrubHeadersLayer`](scrub::ScrubHeadersLayer) | headers | removes credentials, hop-by-hop, `Connection`-listed | never | no |
 //! | 7 | [`InjectUpstreamKeyLayer`](inject::InjectUpstreamKeyLayer) | [`Backend::api_key`] | `authorization` (sensitive) | never | no |
 //! | 8 | [`ForwardService`](forward::ForwardService) | [`RouteConfig::backend`] | resp ext [`TargetUrl`] | 500 / 502 / 504 | [`GatewayBody`](body::GatewayBody) |

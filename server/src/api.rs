@@ -1643,7 +1643,21 @@ impl AdminApi {
         /// CSV only: start with a UTF-8 byte order mark, so that Excel reads non-ASCII text
         /// (Chinese owner names, models) as UTF-8. Default `false`.
         bom: Query<Option<bool>>,
+        /// Not accepted (`GET /admin/logs` pages; the export takes every matching record, up
+        /// to `limit`): any value is a 400, rather than an export that silently ignores it.
+        cursor: Query<Option<String>>,
+        /// Not accepted, as `cursor`.
+        offset: Query<Option<String>>,
+        /// Not accepted, as `cursor` (M-FastGate's name for `offset`).
+        #[oai(deprecated)]
+        skip: Query<Option<String>>,
     ) -> ExportResponse {
+        if cursor.0.is_some() || offset.0.is_some() || skip.0.is_some() {
+            return ExportResponse::BadRequest(bad_request(
+                "the export takes no cursor, offset or skip: it writes every matching record \
+                 (newest first, up to limit); narrow it with since/until instead",
+            ));
+        }
         if include_headers.0 == Some(true) || include_body.0 == Some(true) {
             return ExportResponse::BadRequest(bad_request(
                 "include_headers and include_body are not supported: FastGate does not record request or response headers and bodies",

@@ -226,7 +226,20 @@ async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
     let rid = request_id(&res);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "request_too_large");
-    assert_eq!(fg.wait_audit(&rid).await["status"], 413);
+    let row = fg.wait_audit(&rid).await;
+    assert_eq!(row["status"], 413);
+    // Refused after the key was checked: the record names the key that sent it.
+    assert_eq!(row["source_path"], "u", "{row}");
+    // Without a valid key the answer is 401, whatever the size: the limit is not told.
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", "fg_not-a-key")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
     let chunks: Vec<Result<String, std::io::Error>> = (0..8).map(|_| Ok("y".repeat(512))).collect();
     let res = fg
         .http
@@ -438,6 +451,14 @@ async fn bad_admin_input_gets_4xx_json_never_500() {
             400,
         ),
         ("POST", format!("/admin/keys/{id}/rotate"), Some("[1"), 400),
+        ("GET", "/admin/logs/export?skip=10".into(), None, 400),
+        ("GET", "/admin/logs/export?cursor=abc".into(), None, 400),
+        (
+            "GET",
+            "/admin/logs/export?format=ndjson&offset=5".into(),
+            None,
+            400,
+        ),
         ("GET", "/admin/logs/not-a-request-id".into(), None, 404),
         ("GET", "/admin/logs/%27%3B--".into(), None, 404),
         ("GET", "/admin/nothing-here".into(), None, 404),

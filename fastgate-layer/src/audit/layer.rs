@@ -368,10 +368,12 @@ pub(crate) fn start_event<B>(req: &Request<B>) -> AuditEvent {
         req.method().as_str(),
         path,
     );
-    event.user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(capped);
+    // A User-Agent with bytes outside ASCII (UTF-8 text such as `café`) is kept, read as UTF-8
+    // (any byte that is not is replaced), not dropped.
+    event.user_agent = headers.get(header::USER_AGENT).map(|v| match v.to_str() {
+        Ok(ascii) => capped(ascii),
+        Err(_) => capped(&String::from_utf8_lossy(v.as_bytes())),
+    });
     event.client_ip = req.extensions().get::<ClientAddr>().map(|a| ip_text(a.0));
     event
 }

@@ -365,3 +365,21 @@ fn long_paths_and_user_agents_are_capped_at_a_character_boundary() {
         AUDIT_TEXT_MAX + '…'.len_utf8()
     );
 }
+
+#[test]
+fn a_user_agent_in_utf8_is_kept_not_dropped() {
+    let mut req = request();
+    req.headers_mut().insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_bytes("café-client/1 中文".as_bytes()).unwrap(),
+    );
+    let event = super::layer::start_event(&req);
+    assert_eq!(event.user_agent.as_deref(), Some("café-client/1 中文"));
+    // Bytes that are not UTF-8 are replaced, the rest kept.
+    req.headers_mut().insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_bytes(b"bot/\xff1").unwrap(),
+    );
+    let event = super::layer::start_event(&req);
+    assert_eq!(event.user_agent.as_deref(), Some("bot/\u{fffd}1"));
+}
