@@ -74,6 +74,11 @@
       'edit.expiry.days': 'In a number of days from now', 'edit.expiry.at': 'At a date and time',
       'edit.perms.help': 'Comma-separated. The unified endpoint needs chat; * allows every route; left empty, every route refuses the key.',
       'edit.err.at': 'Enter the date and time the key expires.',
+      'edit.past': 'This time is in the past: the key stops working as soon as you save.',
+      'keys.err.long': '{f} is too long: at most 256 bytes (about 85 Chinese characters).',
+      'keys.err.permcount': 'At most 32 permissions.',
+      'keys.err.perm': 'Permission “{p}” is not valid: 1 to 64 of A–Z, a–z, 0–9 and _ - . : *',
+      'keys.err.gone': 'This key no longer exists: it was deleted elsewhere.',
       'filter.all': 'All', 'filter.apply': 'Apply', 'filter.reset': 'Reset', 'filter.key': 'Key',
       'filter.export': 'Export CSV', 'logs.exported': 'audit_logs.csv saved ({s})',
       'logs.exported.capped': 'audit_logs.csv saved ({s}): the newest {n} records only; GET /admin/logs/export has no limit',
@@ -156,6 +161,11 @@
       'edit.expiry.days': '从现在起的天数', 'edit.expiry.at': '指定日期和时间',
       'edit.perms.help': '用逗号分隔。统一端点需要 chat；* 允许所有路由；留空则此 Key 无法使用。',
       'edit.err.at': '请填写 Key 的过期日期和时间。',
+      'edit.past': '该时间已经过去：保存后此 Key 立即失效。',
+      'keys.err.long': '{f}过长：最多 256 字节（约 85 个汉字）。',
+      'keys.err.permcount': '最多 32 个权限。',
+      'keys.err.perm': '权限“{p}”无效：只能由 1 到 64 个 A–Z、a–z、0–9 及 _ - . : * 组成。',
+      'keys.err.gone': '此 Key 已不存在：已在别处删除。',
       'filter.all': '全部', 'filter.apply': '筛选', 'filter.reset': '重置', 'filter.key': 'Key',
       'filter.export': '导出 CSV', 'logs.exported': '已保存 audit_logs.csv（{s}）',
       'logs.exported.capped': '已保存 audit_logs.csv（{s}）：仅含最新的 {n} 条记录；GET /admin/logs/export 不限条数',
@@ -803,9 +813,27 @@
     return text.split(',').map(function (s) { return s.trim(); }).filter(Boolean);
   }
 
+  function utf8Bytes(s) { return new TextEncoder().encode(s).length; }
+
+  /**
+   * The server's limits on a key's fields, checked before sending (so the message is in the
+   * page's language): source path and name at most 256 bytes, at most 32 permissions of
+   * 1 to 64 characters from A–Z a–z 0–9 _ - . : *. Returns the message, or '' when valid.
+   */
+  function keyFieldsError(source, name, perms) {
+    if (utf8Bytes(source) > 256) return t('keys.err.long', { f: t('keys.source') });
+    if (utf8Bytes(name) > 256) return t('keys.err.long', { f: t('keys.name') });
+    if (perms.length > 32) return t('keys.err.permcount');
+    for (var i = 0; i < perms.length; i++) {
+      if (!/^[A-Za-z0-9_.:*-]{1,64}$/.test(perms[i])) return t('keys.err.perm', { p: perms[i] });
+    }
+    return '';
+  }
+
   // ---------------------------------------------------------------- key editing (PATCH)
   var editKey = null;
   var editModal = null;
+  var editFocusId = null; // the key whose Edit button gets the focus back
 
   function editError(msg) {
     var n = $('edit-error');
@@ -826,6 +854,7 @@
 
   function openEdit(k) {
     editKey = k;
+    editFocusId = k.id;
     $('edit-key-display').textContent = (k.display || k.id) + ' · ID ' + k.id;
     $('ke-source').value = k.source_path || '';
     $('ke-name').value = k.name || '';
@@ -835,6 +864,7 @@
     $('ke-days').value = '';
     $('ke-at').value = toLocalInput(k.expires_at);
     syncExpiryRows();
+    syncPastWarning();
     editError('');
     $('edit-save').disabled = false;
     if (!editModal) editModal = new window.bootstrap.Modal($('edit-modal'));
@@ -850,6 +880,8 @@
     var name = $('ke-name').value.trim();
     if (name !== (k.name || '')) body.name = name; // '' clears it
     var perms = parsePerms($('ke-perms').value);
+    var invalid = keyFieldsError(source, name, perms);
+    if (invalid) { editError(invalid); return null; }
     if (perms.join('\n') !== (k.permissions || []).join('\n')) body.permissions = perms;
     var mode = $('ke-expiry').value;
     if (mode === 'never') {
@@ -884,8 +916,25 @@
       return afterKeyChange(t('keys.updated'));
     }, function (err) {
       btn.disabled = false;
-      if (err.status !== 401) editError(err.message);
+      if (err.status === 404) {
+        // Deleted elsewhere meanwhile: nothing to edit any more.
+        editKey = null;
+        editModal.hide();
+        showError(new ApiError(t('keys.err.gone'), 404));
+        loadKeys().catch(showError);
+        return;
+      }
+      if (err.status !== 401) {
+        editError(err.message);
+        btn.focus(); // the button was disabled while saving: keep the focus in the dialog
+      }
     });
+  }
+
+  /** The warning under a chosen expiry that has already passed. */
+  function syncPastWarning() {
+    var at = $('ke-expiry').value === 'at' ? fromLocalInput($('ke-at').value) : '';
+    show($('ke-at-past'), !!at && Date.parse(at) <= Date.now());
   }
 
   function showNewKey(res, rotated) {
@@ -933,6 +982,8 @@
     var name = $('kf-name').value.trim();
     if (name) body.name = name;
     var perms = parsePerms($('kf-perms').value);
+    var invalid = keyFieldsError(source, name, perms);
+    if (invalid) { formError(invalid); return; }
     if (perms.length) body.permissions = perms;
     if ($('kf-never').checked) body.never_expires = true;
     else {
@@ -1306,7 +1357,24 @@
     $('new-key-dismiss').addEventListener('click', hideNewKey);
     $('confirm-ok').addEventListener('click', onConfirmOk);
     $('edit-form').addEventListener('submit', submitEdit);
-    $('ke-expiry').addEventListener('change', syncExpiryRows);
+    $('ke-expiry').addEventListener('change', function () { syncExpiryRows(); syncPastWarning(); });
+    $('ke-at').addEventListener('input', syncPastWarning);
+    $('ke-at').addEventListener('change', syncPastWarning);
+    // When the dialog closes, the focus goes back to the key's Edit button (the list may have
+    // been drawn again meanwhile: found by the key's id), not to the top of the page.
+    $('edit-modal').addEventListener('hidden.bs.modal', function () {
+      var id = editFocusId;
+      editFocusId = null;
+      if (!id) return;
+      var rows = document.querySelectorAll('[data-testid="key-row"]');
+      for (var i = 0; i < rows.length; i++) {
+        if (rows[i].getAttribute('data-key-id') === id) {
+          var btn = rows[i].querySelector('[data-testid="key-edit"]');
+          if (btn) btn.focus();
+          return;
+        }
+      }
+    });
 
     $('keys-filter').addEventListener('submit', function (ev) {
       ev.preventDefault();
