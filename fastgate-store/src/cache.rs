@@ -581,6 +581,16 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    /// A new key of `source_path` with the `chat` permission, never expiring.
+    fn chat_key(source_path: &str) -> crate::NewKey {
+        crate::NewKey {
+            source_path: source_path.to_owned(),
+            permissions: vec!["chat".to_owned()],
+            expires_at: None,
+            name: None,
+        }
+    }
+
     /// A database that does not answer (every pooled connection taken, as when it hangs): a
     /// stale key's other requests are answered from its entry while its one lookup waits, and
     /// once that lookup has hung for SLOW_PROBE, every stale key is (instead of each request
@@ -603,12 +613,7 @@ mod tests {
         let mut secrets = Vec::new();
         for i in 0..4 {
             let key = store
-                .create_key(crate::NewKey {
-                    source_path: format!("user{i}"),
-                    permissions: vec!["chat".to_owned()],
-                    expires_at: None,
-                    name: None,
-                })
+                .create_key(chat_key(&format!("user{i}")))
                 .await
                 .unwrap();
             store.resolve_key(&key.secret).await.unwrap();
@@ -669,15 +674,7 @@ mod tests {
             .await
             .unwrap();
         store.migrate().await.unwrap();
-        let key = store
-            .create_key(crate::NewKey {
-                source_path: "u".into(),
-                permissions: vec!["chat".to_owned()],
-                expires_at: None,
-                name: None,
-            })
-            .await
-            .unwrap();
+        let key = store.create_key(chat_key("u")).await.unwrap();
         store.resolve_key(&key.secret).await.unwrap();
         // Disabled behind the cache's back (as by another process), then every entry marked
         // for re-reading (as the watermark poll does), with another key's lookup in flight.
