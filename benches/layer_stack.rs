@@ -1,6 +1,6 @@
 //! Criterion benchmarks of `fastgate-layer`:
 //!
-//! * `stack/*`: the full layer stack (request id, audit, route, size limit, auth, scrub, inject)
+//! * `stack/*`: the full layer stack (request id, audit, route, auth, size limit, scrub, inject)
 //!   in front of an in-memory service, per request (target ≤ 10 µs);
 //! * `sse_body/*`: a 10,000-chunk SSE response through the audit body wrapper (byte counting,
 //!   TTFB, usage scanning) versus the bare body, reported per chunk (target ≤ 100 ns added).

@@ -7,7 +7,7 @@
 
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -583,7 +583,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await tid(p, 'edit-perms').fill('chat');
     await tid(p, 'edit-name').fill('名'.repeat(90)); // 270 bytes in UTF-8
     await tid(p, 'edit-save').click();
-    assert.match(await tid(p, 'edit-error').textContent(), /^Name \(optional\) is too long/);
+    assert.match(await tid(p, 'edit-error').textContent(), /^Name is too long/);
     assert.equal(await tid(p, 'edit-modal').isVisible(), true);
     assert.equal(patches.length, patchesBefore, 'an invalid edit was sent');
     // A date in the past is warned about before saving.
@@ -608,6 +608,36 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await tid(p, 'edit-modal').waitFor({ state: 'hidden' });
     assert.equal(await tid(p, 'error-text').textContent(), 'This key no longer exists: it was deleted elsewhere.');
     await waitFor('the deleted key off the list', async () => (await row.count()) === 0);
+    await ctx.close();
+  });
+
+  test('a key the form could not have made (CLI) can still be renamed', async () => {
+    // `fastgate keys create` takes permissions the admin API's form refuses (a space).
+    const out = execFileSync(need('FASTGATE_BIN'), ['--config', path.join(tmp, 'fastgate.yaml'), 'keys', 'create',
+      '--source-path', 'e2e-cli-key', '--permission', 'chat completions'], { cwd: tmp, encoding: 'utf8' });
+    assert.match(out, /fg_/);
+    const { context: ctx, page: p } = await newPage();
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await tid(p, 'tab-keys').click();
+    await tid(p, 'keys-filter-source').fill('e2e-cli-key');
+    await tid(p, 'keys-filter-source').press('Enter');
+    const row = keyRow(p, 'e2e-cli-key');
+    await row.waitFor({ state: 'visible' });
+    const id = await row.getAttribute('data-key-id');
+    await row.locator('[data-testid="key-edit"]').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'visible' });
+    await tid(p, 'edit-name').fill('renamed');
+    await tid(p, 'edit-save').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'hidden' });
+    const stored = await admin('GET', `/admin/keys/${id}`);
+    assert.equal(stored.name, 'renamed');
+    assert.deepEqual(stored.permissions, ['chat completions'], 'the permissions were left alone');
+    // The list was drawn again: the focus is on the key's (new) Edit button.
+    await p.waitForFunction((kid) => {
+      const a = document.activeElement;
+      return a && a.getAttribute('data-testid') === 'key-edit' && a.closest('[data-key-id]').getAttribute('data-key-id') === kid;
+    }, id);
     await ctx.close();
   });
 

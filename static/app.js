@@ -48,7 +48,7 @@
       'quick.logs': 'View audit log',
       'top.keys': 'Top keys', 'top.models': 'Models', 'top.empty': 'No data', 'top.nokey': '(no key)',
       'keys.create': 'Create API key', 'keys.source': 'Source path', 'keys.source.ph': 'user1',
-      'keys.name': 'Name (optional)', 'keys.perms': 'Permissions', 'keys.perms.ph': 'chat',
+      'keys.name': 'Name (optional)', 'keys.name.short': 'Name', 'keys.perms': 'Permissions', 'keys.perms.ph': 'chat',
       'keys.days': 'Expires in (days)', 'keys.days.ph': 'default', 'keys.never': 'Never expires',
       'keys.submit': 'Create key', 'keys.warn': 'Copy this key now. It is shown only once and cannot be retrieved later.',
       'keys.dismiss': 'I have copied it', 'keys.newtitle': 'New API key for “{s}”',
@@ -135,7 +135,7 @@
       'quick.logs': '查看审计日志',
       'top.keys': 'Key 排行', 'top.models': '模型', 'top.empty': '暂无数据', 'top.nokey': '（无 Key）',
       'keys.create': '创建 API Key', 'keys.source': '来源路径 (source_path)', 'keys.source.ph': 'user1',
-      'keys.name': '名称（可选）', 'keys.perms': '权限', 'keys.perms.ph': 'chat',
+      'keys.name': '名称（可选）', 'keys.name.short': '名称', 'keys.perms': '权限', 'keys.perms.ph': 'chat',
       'keys.days': '有效期（天）', 'keys.days.ph': '默认', 'keys.never': '永不过期',
       'keys.submit': '创建 Key', 'keys.warn': '请立即复制此 Key。它只显示这一次，之后无法再次查看。',
       'keys.dismiss': '我已复制', 'keys.newtitle': '“{s}” 的新 API Key',
@@ -822,7 +822,7 @@
    */
   function keyFieldsError(source, name, perms) {
     if (utf8Bytes(source) > 256) return t('keys.err.long', { f: t('keys.source') });
-    if (utf8Bytes(name) > 256) return t('keys.err.long', { f: t('keys.name') });
+    if (utf8Bytes(name) > 256) return t('keys.err.long', { f: t('keys.name.short') });
     if (perms.length > 32) return t('keys.err.permcount');
     for (var i = 0; i < perms.length; i++) {
       if (!/^[A-Za-z0-9_.:*-]{1,64}$/.test(perms[i])) return t('keys.err.perm', { p: perms[i] });
@@ -880,9 +880,14 @@
     var name = $('ke-name').value.trim();
     if (name !== (k.name || '')) body.name = name; // '' clears it
     var perms = parsePerms($('ke-perms').value);
-    var invalid = keyFieldsError(source, name, perms);
-    if (invalid) { editError(invalid); return null; }
     if (perms.join('\n') !== (k.permissions || []).join('\n')) body.permissions = perms;
+    // Only what is sent is checked: a key made by the CLI or imported may hold values the form
+    // would not take, and must still be editable otherwise.
+    var invalid = keyFieldsError(
+      body.source_path === undefined ? '' : source,
+      body.name === undefined ? '' : name,
+      body.permissions || []);
+    if (invalid) { editError(invalid); return null; }
     var mode = $('ke-expiry').value;
     if (mode === 'never') {
       if (k.expires_at) body.never_expires = true;
@@ -912,15 +917,19 @@
     api('PATCH', '/admin/keys/' + encodeURIComponent(k.id), body).then(function () {
       btn.disabled = false;
       editKey = null;
+      var id = k.id;
       editModal.hide();
-      return afterKeyChange(t('keys.updated'));
+      // The list is drawn again: the focus goes to the key's new Edit button.
+      return afterKeyChange(t('keys.updated')).then(function () { refocusEdit(id); });
     }, function (err) {
       btn.disabled = false;
       if (err.status === 404) {
         // Deleted elsewhere meanwhile: nothing to edit any more.
         editKey = null;
+        editFocusId = null;
         editModal.hide();
         showError(new ApiError(t('keys.err.gone'), 404));
+        $('error-banner').focus();
         loadKeys().catch(showError);
         return;
       }
@@ -929,6 +938,24 @@
         btn.focus(); // the button was disabled while saving: keep the focus in the dialog
       }
     });
+  }
+
+  /** Focus the Edit button of key `id`, if its row is on screen. */
+  function focusEdit(id) {
+    var rows = document.querySelectorAll('[data-testid="key-row"]');
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute('data-key-id') === id) {
+        var btn = rows[i].querySelector('[data-testid="key-edit"]');
+        if (btn) btn.focus();
+        return;
+      }
+    }
+  }
+
+  /** After the list was drawn again, give the focus back if it fell to the page. */
+  function refocusEdit(id) {
+    var a = document.activeElement;
+    if (!a || a === document.body) focusEdit(id);
   }
 
   /** The warning under a chosen expiry that has already passed. */
@@ -1365,15 +1392,7 @@
     $('edit-modal').addEventListener('hidden.bs.modal', function () {
       var id = editFocusId;
       editFocusId = null;
-      if (!id) return;
-      var rows = document.querySelectorAll('[data-testid="key-row"]');
-      for (var i = 0; i < rows.length; i++) {
-        if (rows[i].getAttribute('data-key-id') === id) {
-          var btn = rows[i].querySelector('[data-testid="key-edit"]');
-          if (btn) btn.focus();
-          return;
-        }
-      }
+      if (id) focusEdit(id);
     });
 
     $('keys-filter').addEventListener('submit', function (ev) {

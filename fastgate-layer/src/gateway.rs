@@ -7,8 +7,7 @@
 //! * audit next, so that every refusal below it is audited exactly once;
 //! * route before auth, because auth checks the route's permission;
 //! * auth before the size limit, so that a caller without a valid key gets 401 whatever it
-//!   sends (not 413, which would tell it the limit), and a 413 is audited with the key that
-//!   sent it;
+//!   sends (not 413), and a 413 is audited with the key that sent it;
 //! * scrub after auth (auth reads the client's key) and before inject (which sets the real one).
 //!
 //! [`GatewayBuilder::build`] puts a [`ForwardService`] at the bottom; [`GatewayBuilder::layer`]

@@ -341,7 +341,7 @@ impl MetricsWindow {
 /// The window is exact to the minute: it covers `since` (= `until - window`, rounded down to the
 /// minute) to `until`. The series starts at the bucket that holds `since`, so its first bucket
 /// only counts from `since` on and its last one ends at `until`; every other bucket is whole. Latency percentiles come from a
-/// fixed geometric histogram (bucket ratio 1.2) and are accurate to within ±10 % (relative).
+/// fixed geometric histogram (bucket ratio 1.1) and are accurate to within ±10 % (relative).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
     /// The window asked for.

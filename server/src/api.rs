@@ -1644,15 +1644,20 @@ impl AdminApi {
         /// (Chinese owner names, models) as UTF-8. Default `false`.
         bom: Query<Option<bool>>,
         /// Not accepted (`GET /admin/logs` pages; the export takes every matching record, up
-        /// to `limit`): any value is a 400, rather than an export that silently ignores it.
+        /// to `limit`): any value but `0` or empty is a 400, rather than an export that
+        /// silently ignores it.
+        #[oai(deprecated)]
         cursor: Query<Option<String>>,
         /// Not accepted, as `cursor`.
+        #[oai(deprecated)]
         offset: Query<Option<String>>,
         /// Not accepted, as `cursor` (M-FastGate's name for `offset`).
         #[oai(deprecated)]
         skip: Query<Option<String>>,
     ) -> ExportResponse {
-        if cursor.0.is_some() || offset.0.is_some() || skip.0.is_some() {
+        // `0` or empty (what a generated client may send by default) is no paging.
+        let paging = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty() && v != "0");
+        if paging(&cursor.0) || paging(&offset.0) || paging(&skip.0) {
             return ExportResponse::BadRequest(bad_request(
                 "the export takes no cursor, offset or skip: it writes every matching record \
                  (newest first, up to limit); narrow it with since/until instead",
