@@ -369,10 +369,17 @@ pub(crate) fn start_event<B>(req: &Request<B>) -> AuditEvent {
         path,
     );
     // A User-Agent with bytes outside ASCII (UTF-8 text such as `café`) is kept, read as UTF-8
-    // (any byte that is not is replaced), not dropped.
+    // (any byte that is not is replaced) without control characters (C1 ones such as U+0085
+    // would reach CSV and log readers), not dropped.
     event.user_agent = headers.get(header::USER_AGENT).map(|v| match v.to_str() {
         Ok(ascii) => capped(ascii),
-        Err(_) => capped(&String::from_utf8_lossy(v.as_bytes())),
+        Err(_) => {
+            let text: String = String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            capped(&text)
+        }
     });
     event.client_ip = req.extensions().get::<ClientAddr>().map(|a| ip_text(a.0));
     event

@@ -382,4 +382,11 @@ fn a_user_agent_in_utf8_is_kept_not_dropped() {
     );
     let event = super::layer::start_event(&req);
     assert_eq!(event.user_agent.as_deref(), Some("bot/\u{fffd}1"));
+    // A C1 control character (U+0085, bytes C2 85) is left out.
+    req.headers_mut().insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_bytes(b"bot/\xc2\x85x").unwrap(),
+    );
+    let event = super::layer::start_event(&req);
+    assert_eq!(event.user_agent.as_deref(), Some("bot/x"));
 }
