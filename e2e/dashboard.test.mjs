@@ -199,6 +199,19 @@ function keyRow(page, sourceText) {
   return page.locator('[data-testid="key-row"]', { has: page.locator('[data-testid="key-source-text"]', { hasText: sourceText }) });
 }
 
+/** A signed-in page (`newPage` options) on the keys tab filtered to `source`, and its row. */
+async function openKeyRow(source, opts = {}) {
+  const { context, page } = await newPage(opts);
+  await signIn(page);
+  await tid(page, 'app-view').waitFor({ state: 'visible' });
+  await tid(page, 'tab-keys').click();
+  await tid(page, 'keys-filter-source').fill(source);
+  await tid(page, 'keys-filter-source').press('Enter');
+  const row = keyRow(page, source);
+  await row.waitFor({ state: 'visible' });
+  return { context, page, row };
+}
+
 async function createKeyInUi(page, source, name, { never = false, days = '' } = {}) {
   await tid(page, 'tab-keys').click();
   await tid(page, 'key-source').fill(source);
@@ -485,14 +498,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     const created = await admin('POST', '/admin/keys', { source_path: 'e2e-edit', name: 'before' });
     assert.equal((await chat(created.api_key)).status, 200); // the key is now in the gateway's cache
     // A time zone far from UTC (CI runs in UTC): a date-time read as UTC would be 8 hours off.
-    const { context: ctx, page: p } = await newPage({ timezoneId: 'Asia/Shanghai' });
-    await signIn(p);
-    await tid(p, 'app-view').waitFor({ state: 'visible' });
-    await tid(p, 'tab-keys').click();
-    await tid(p, 'keys-filter-source').fill('e2e-edit');
-    await tid(p, 'keys-filter-source').press('Enter');
-    const row = keyRow(p, 'e2e-edit');
-    await row.waitFor({ state: 'visible' });
+    const { context: ctx, page: p, row } = await openKeyRow('e2e-edit', { timezoneId: 'Asia/Shanghai' });
     assert.equal(await row.locator('[data-testid="key-perms"]').getAttribute('data-perms'), 'chat');
     const patches = [];
     p.on('request', (r) => { if (r.method() === 'PATCH') patches.push(r.postDataJSON()); });
@@ -616,14 +622,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     const out = execFileSync(need('FASTGATE_BIN'), ['--config', path.join(tmp, 'fastgate.yaml'), 'keys', 'create',
       '--source-path', 'e2e-cli-key', '--permission', 'chat completions'], { cwd: tmp, encoding: 'utf8' });
     assert.match(out, /fg_/);
-    const { context: ctx, page: p } = await newPage();
-    await signIn(p);
-    await tid(p, 'app-view').waitFor({ state: 'visible' });
-    await tid(p, 'tab-keys').click();
-    await tid(p, 'keys-filter-source').fill('e2e-cli-key');
-    await tid(p, 'keys-filter-source').press('Enter');
-    const row = keyRow(p, 'e2e-cli-key');
-    await row.waitFor({ state: 'visible' });
+    const { context: ctx, page: p, row } = await openKeyRow('e2e-cli-key');
     const id = await row.getAttribute('data-key-id');
     await row.locator('[data-testid="key-edit"]').click();
     await tid(p, 'edit-modal').waitFor({ state: 'visible' });
@@ -1087,14 +1086,7 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
   test('a key with a very long source path keeps its actions on screen at 1366 px', async () => {
     const long = `e2e-long-${'a'.repeat(190)}`;
     await admin('POST', '/admin/keys', { source_path: long });
-    const { context: ctx, page: p } = await newPage({ width: 1366, height: 900 });
-    await signIn(p);
-    await tid(p, 'app-view').waitFor({ state: 'visible' });
-    await tid(p, 'tab-keys').click();
-    await tid(p, 'keys-filter-source').fill(long);
-    await tid(p, 'keys-filter-source').press('Enter');
-    const row = keyRow(p, 'e2e-long-');
-    await row.waitFor({ state: 'visible' });
+    const { context: ctx, page: p, row } = await openKeyRow(long, { width: 1366, height: 900 });
     const del = row.locator('[data-testid="key-delete"]');
     await del.waitFor({ state: 'visible' });
     const box = await waitFor('the delete button laid out', () => del.boundingBox());

@@ -9,6 +9,21 @@ use common::*;
 use futures_util::StreamExt;
 
 /// The audit row of `rid`, read from the database of a gateway that has exited.
+/// A stream through `fg` (whose upstream stalls after two events) with its first event read,
+/// then SIGTERM; the client goes on reading (it is not the one who leaves). Returns the
+/// request id and the reading task.
+async fn stream_then_term(fg: &Fastgate) -> (String, tokio::task::JoinHandle<()>) {
+    let key = fg.new_key("u").await;
+    let res = fg.chat(&key, true).await;
+    assert_eq!(res.status(), 200);
+    let rid = request_id(&res);
+    let mut stream = res.bytes_stream();
+    assert!(stream.next().await.unwrap().unwrap().starts_with(b"data: "));
+    fg.signal("TERM");
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    (rid, reader)
+}
+
 /// SIGTERM, then exit 0 within `limit` (the tests' grace period is 20 s).
 async fn term_exits_within(fg: &mut Fastgate, limit: Duration) {
     let started = Instant::now();
@@ -245,15 +260,7 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_audited_as_interrupted()
         &[],
     )
     .await;
-    let key = fg.new_key("u").await;
-    let res = fg.chat(&key, true).await;
-    assert_eq!(res.status(), 200);
-    let rid = request_id(&res);
-    let mut stream = res.bytes_stream();
-    assert!(stream.next().await.unwrap().unwrap().starts_with(b"data: "));
-    fg.signal("TERM");
-    // The client keeps reading: it is not the one who leaves.
-    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let (rid, reader) = stream_then_term(&fg).await;
     assert_eq!(
         fg.wait_exit(Duration::from_secs(30)).await,
         Some(0),
@@ -272,14 +279,7 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_audited_as_interrupted()
 async fn a_second_sigterm_cuts_the_grace_period_short() {
     let upstream = FaultUpstream::start(Fault::StallAfter(2)).await;
     let mut fg = Fastgate::start(&upstream.url()).await;
-    let key = fg.new_key("u").await;
-    let res = fg.chat(&key, true).await;
-    assert_eq!(res.status(), 200);
-    let rid = request_id(&res);
-    let mut stream = res.bytes_stream();
-    assert!(stream.next().await.unwrap().unwrap().starts_with(b"data: "));
-    fg.signal("TERM");
-    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let (rid, reader) = stream_then_term(&fg).await;
     // The first signal is being handled (the listener closes) before the second one comes.
     eventually(Duration::from_secs(5), "the first SIGTERM handled", || {
         fg.logs().contains("SIGTERM: shutting down")
