@@ -709,6 +709,24 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('a dialog answered while it is still fading in closes all the same', async () => {
+    await admin('POST', '/admin/keys', { source_path: 'e2e-fast-click' });
+    const { context: ctx, page: p, row } = await openKeyRow('e2e-fast-click');
+    // OK clicked in the same tick as the dialog opens (Bootstrap ignores hide() mid-fade).
+    await row.locator('[data-testid="key-toggle"]').click({ noWaitAfter: true });
+    await p.evaluate(() => document.querySelector('[data-testid="confirm-ok"]').click());
+    await p.waitForFunction(() => document.getElementById('confirm-modal').getAttribute('data-modal') === 'hidden',
+      null, { timeout: 5000 });
+    await waitFor('status badge "disabled"', async () =>
+      (await row.locator('[data-testid="key-status"]').getAttribute('data-status')) === 'disabled');
+    // The page is usable: the next dialog opens and closes normally.
+    await row.locator('[data-testid="key-edit"]').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'visible' });
+    await tid(p, 'edit-cancel').click();
+    await tid(p, 'edit-modal').waitFor({ state: 'hidden' });
+    await ctx.close();
+  });
+
   test('API errors are shown as readable messages', async () => {
     // A key with a 7-day expiry, deleted behind the page's back: acting on the stale row
     // gets a 404 whose error.message the page must show.

@@ -254,6 +254,21 @@
 
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
 
+  /**
+   * Hide a Bootstrap modal, also one still fading in: Bootstrap ignores `hide()` during the
+   * show transition, so an OK clicked that fast would leave the dialog open over the page.
+   * `data-modal` (showing, shown, hiding, hidden) is kept by the listeners set in `bind()`.
+   */
+  function hideModal(modal, node) {
+    var state = node.getAttribute('data-modal');
+    if (state === 'shown') { modal.hide(); return; }
+    if (state !== 'showing') return;
+    node.addEventListener('shown.bs.modal', function once() {
+      node.removeEventListener('shown.bs.modal', once);
+      modal.hide();
+    });
+  }
+
   /** A table cell carrying its column name (shown as a label when tables collapse on phones). */
   function td(labelKey, opts, children) {
     opts = opts || {};
@@ -911,14 +926,14 @@
     if (!k) return;
     var body = editBody(k);
     if (!body) return;
-    if (!Object.keys(body).length) { editModal.hide(); toast(t('keys.nochange')); return; }
+    if (!Object.keys(body).length) { hideModal(editModal, $('edit-modal')); toast(t('keys.nochange')); return; }
     var btn = $('edit-save');
     btn.disabled = true;
     api('PATCH', '/admin/keys/' + encodeURIComponent(k.id), body).then(function () {
       btn.disabled = false;
       editKey = null;
       var id = k.id;
-      editModal.hide();
+      hideModal(editModal, $('edit-modal'));
       // The list is drawn again: the focus goes to the key's new Edit button.
       return afterKeyChange(t('keys.updated')).then(function () { refocusEdit(id); });
     }, function (err) {
@@ -927,7 +942,7 @@
         // Deleted elsewhere meanwhile: nothing to edit any more.
         editKey = null;
         editFocusId = null;
-        editModal.hide();
+        hideModal(editModal, $('edit-modal'));
         showError(new ApiError(t('keys.err.gone'), 404));
         $('error-banner').focus();
         loadKeys().catch(showError);
@@ -1054,7 +1069,7 @@
   function onConfirmOk() {
     var action = confirmAction;
     confirmAction = null;
-    if (confirmModal) confirmModal.hide();
+    if (confirmModal) hideModal(confirmModal, $('confirm-modal'));
     if (action) action();
   }
 
@@ -1383,6 +1398,12 @@
     $('new-key-copy').addEventListener('click', copyNewKey);
     $('new-key-dismiss').addEventListener('click', hideNewKey);
     $('confirm-ok').addEventListener('click', onConfirmOk);
+    ['confirm-modal', 'edit-modal', 'log-modal'].forEach(function (id) {
+      var node = $(id);
+      [['show', 'showing'], ['shown', 'shown'], ['hide', 'hiding'], ['hidden', 'hidden']].forEach(function (e) {
+        node.addEventListener(e[0] + '.bs.modal', function () { node.setAttribute('data-modal', e[1]); });
+      });
+    });
     $('edit-form').addEventListener('submit', submitEdit);
     $('ke-expiry').addEventListener('change', function () { syncExpiryRows(); syncPastWarning(); });
     $('ke-at').addEventListener('input', syncPastWarning);
