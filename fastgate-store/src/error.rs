@@ -70,6 +70,21 @@ pub enum StoreError {
          with `fastgate import-mfastgate --from <old file>`"
     )]
     MFastGateDatabase,
+    /// The database was migrated by a newer FastGate whose schema this binary cannot use (a
+    /// migration it does not know marked older binaries incompatible).
+    #[error(
+        "the database was migrated by a newer FastGate (schema version {applied}) that needs \
+         a binary knowing schema version {requires} or later; this one knows up to {known}: \
+         upgrade this binary"
+    )]
+    SchemaTooNew {
+        /// The highest migration applied to the database.
+        applied: i64,
+        /// The oldest schema version a binary must know to use the database.
+        requires: i64,
+        /// The highest migration this binary knows.
+        known: i64,
+    },
     /// The file given to import from is not a readable M-FastGate database.
     #[error("not an M-FastGate database: {0}")]
     NotMFastGate(&'static str),

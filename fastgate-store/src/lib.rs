@@ -326,10 +326,65 @@ impl Store {
     ///
     /// Refuses ([`StoreError::MFastGateDatabase`]) a database that holds M-FastGate's own
     /// `api_keys` table, whose name FastGate's schema also uses; that database is left unchanged.
+    ///
+    /// A database already migrated further by a newer FastGate (a rolling upgrade of instances
+    /// sharing one PostgreSQL) is used as it is when the newer migrations keep older binaries
+    /// working (logged once at WARN), and refused with [`StoreError::SchemaTooNew`] when one of
+    /// them marked it incompatible (`store_state.requires_migration`, migration 0005).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         if mfastgate::holds_mfastgate_tables(self).await? {
             return Err(StoreError::MFastGateDatabase);
         }
+        self.run_migrations().await?;
+        self.check_schema_compat().await
+    }
+
+    /// The migrator for this database, tolerant of migrations newer than this binary (checked
+    /// afterwards by [`Self::check_schema_compat`]).
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        let mut m = match &self.inner.db {
+            Db::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+            Db::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        };
+        m.set_ignore_missing(true);
+        m
+    }
+
+    /// After the migrations: refuse a database migrated past what this binary can use.
+    async fn check_schema_compat(&self) -> Result<(), StoreError> {
+        let known = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let (applied,): (Option<i64>,) = on_pool!(&self.inner.db, |pool| {
+            sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await?
+        });
+        let applied = applied.unwrap_or(0);
+        if applied <= known {
+            return Ok(());
+        }
+        let (requires,): (i64,) = on_pool!(&self.inner.db, |pool| {
+            sqlx::query_as("SELECT requires_migration FROM store_state WHERE id = 1")
+                .fetch_one(pool)
+                .await?
+        });
+        if requires > known {
+            return Err(StoreError::SchemaTooNew {
+                applied,
+                requires,
+                known,
+            });
+        }
+        tracing::warn!(
+            database_schema = applied,
+            binary_schema = known,
+            "the database was migrated by a newer FastGate; its migrations keep this binary \
+             working, but upgrade it"
+        );
+        Ok(())
+    }
+
+    async fn run_migrations(&self) -> Result<(), StoreError> {
+        let migrator = self.migrator();
         match &self.inner.db {
             Db::Sqlite(pool) => {
                 // PostgreSQL serialises concurrent migrations with an advisory lock; SQLite has
@@ -338,7 +393,7 @@ impl Store {
                 // so trying again sees what the other process applied.
                 let mut attempt = 0;
                 loop {
-                    match sqlx::migrate!("./migrations/sqlite").run(pool).await {
+                    match migrator.run(pool).await {
                         Ok(()) => break,
                         Err(
                             e @ (sqlx::migrate::MigrateError::Execute(_)
@@ -353,7 +408,7 @@ impl Store {
                     }
                 }
             }
-            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Db::Postgres(pool) => migrator.run(pool).await?,
         }
         Ok(())
     }

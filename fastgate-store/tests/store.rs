@@ -2475,6 +2475,87 @@ macro_rules! apply_first_migration_and_seed {
     }};
 }
 
+/// Runs one statement on the test database through a pool of its own (for what a future
+/// FastGate would have done to it).
+async fn exec_raw(db: &TestDb, sqlite: &str, postgres: &str) {
+    match db.backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            sqlx::query(sqlite).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            sqlx::query(postgres).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+// A rolling upgrade: an instance still on this binary restarts after a newer FastGate migrated
+// the shared database. Without `ignore_missing` sqlx refuses it ("migration 9999 was previously
+// applied but is missing").
+on_backends!(
+    a_database_migrated_by_a_newer_binary_is_used_unless_marked_incompatible,
+    |db| {
+        let store = db.store().await;
+        let key = store.create_key(new_key("user1")).await.unwrap();
+        store.close().await;
+        // What a newer binary's additive migration leaves behind.
+        exec_raw(
+            &db,
+            "CREATE TABLE future_feature (x BIGINT)",
+            "CREATE TABLE future_feature (x BIGINT)",
+        )
+        .await;
+        exec_raw(
+        &db,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'future feature', TRUE, X'00', 1)",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'future feature', TRUE, '\\x00'::bytea, 1)",
+    )
+    .await;
+        let store = db.store().await;
+        assert!(store.resolve_key(&key.secret).await.is_ok());
+        store.create_key(new_key("user2")).await.unwrap();
+        store.close().await;
+        // A newer migration that marks every binary before it incompatible.
+        exec_raw(
+            &db,
+            "UPDATE store_state SET requires_migration = 9999 WHERE id = 1",
+            "UPDATE store_state SET requires_migration = 9999 WHERE id = 1",
+        )
+        .await;
+        let err = Store::connect(&db.url, test_opts()).await.unwrap_err();
+        let StoreError::SchemaTooNew {
+            applied,
+            requires,
+            known,
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!((applied, requires), (9999, 9999));
+        assert!((5..9999).contains(&known), "{known}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("9999") && msg.contains("upgrade this binary"),
+            "{msg}"
+        );
+        // One that requires no more than this binary knows is fine.
+        exec_raw(
+            &db,
+            "UPDATE store_state SET requires_migration = 5 WHERE id = 1",
+            "UPDATE store_state SET requires_migration = 5 WHERE id = 1",
+        )
+        .await;
+        let store = db.store().await;
+        assert!(store.resolve_key(&key.secret).await.is_ok());
+        db.finish(&[&store]).await;
+    }
+);
+
 on_backends!(migration_0002_backfills_hourly_rollups, |db| {
     // A fixed clock: 10:30 on 2025-11-26 (UTC); seeded minutes 10:05, 10:04 and 08:05.
     let now_minute: i64 = 1_764_151_500_000; // 2025-11-26T10:05:00Z
