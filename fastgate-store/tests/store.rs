@@ -132,6 +132,31 @@ macro_rules! on_backends {
     };
 }
 
+/// A store's background task, running until [`Background::stop`].
+struct Background {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    fn spawn(store: &Store, opts: BackgroundOptions) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(store.background(opts, async move {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stop it and wait (at most 5 s) for it to finish its last flush.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 fn new_key(source: &str) -> NewKey {
     NewKey {
         name: Some(format!("{source} laptop")),
@@ -1195,16 +1220,13 @@ on_backends!(
         let k1 = a.create_key(new_key("user1")).await.unwrap();
         let k2 = a.create_key(new_key("user2")).await.unwrap();
         let other = a.create_key(new_key("user3")).await.unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let bg = tokio::spawn(b.background(
+        let bg = Background::spawn(
+            &b,
             BackgroundOptions {
                 invalidation_poll_interval: Duration::from_millis(100),
                 ..Default::default()
             },
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        );
         b.resolve_key(&k1.secret).await.unwrap();
         b.resolve_key(&k2.secret).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1232,8 +1254,7 @@ on_backends!(
         b.resolve_key(&k1.secret).await.unwrap();
         assert_eq!(b.stats().cache_misses, misses + 1);
         // The database goes away before k2 was used again: its last known state is served.
-        let _ = stop_tx.send(());
-        bg.await.unwrap();
+        bg.stop().await;
         b.close().await;
         let id = b.resolve_key(&k2.secret).await.unwrap();
         assert_eq!(&*id.source_path, "user2");
@@ -1271,16 +1292,13 @@ on_backends!(postgres_notify_alone_delivers_revocation, |db| {
     };
     let a = db.store_with(opts.clone()).await;
     let b = db.store_with(opts).await;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let bg = tokio::spawn(b.background(
+    let bg = Background::spawn(
+        &b,
         BackgroundOptions {
             invalidation_poll_interval: Duration::from_secs(60),
             ..Default::default()
         },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    );
     let k = a.create_key(new_key("user1")).await.unwrap();
     b.resolve_key(&k.secret).await.unwrap();
     // Wait until B's listener is up (a change made before it listens would be missed):
@@ -1327,11 +1345,7 @@ on_backends!(postgres_notify_alone_delivers_revocation, |db| {
     let took = start.elapsed();
     eprintln!("[postgres] revocation by NOTIFY alone after {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), bg)
-        .await
-        .unwrap()
-        .unwrap();
+    bg.stop().await;
     db.finish(&[&a, &b]).await;
 });
 
@@ -1345,16 +1359,13 @@ on_backends!(
         };
         let a = db.store_with(opts.clone()).await;
         let b = db.store_with(opts).await;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let bg = tokio::spawn(b.background(
+        let bg = Background::spawn(
+            &b,
             BackgroundOptions {
                 invalidation_poll_interval: Duration::from_millis(500),
                 ..Default::default()
             },
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        );
         let k = a.create_key(new_key("user1")).await.unwrap();
         let k2 = a.create_key(new_key("user2")).await.unwrap();
         b.resolve_key(&k.secret).await.unwrap();
@@ -1422,11 +1433,7 @@ on_backends!(
         .expect("deletion did not reach the second instance");
         assert!(start.elapsed() < Duration::from_secs(2));
 
-        stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), bg)
-            .await
-            .unwrap()
-            .unwrap();
+        bg.stop().await;
         db.finish(&[&a, &b]).await;
     }
 );
@@ -1436,23 +1443,16 @@ on_backends!(
     |db| {
         let store = db.store().await;
         let k = store.create_key(new_key("user1")).await.unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let bg = tokio::spawn(store.background(
+        let bg = Background::spawn(
+            &store,
             BackgroundOptions {
                 usage_flush_interval: Duration::from_secs(3600),
                 ..Default::default()
             },
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        );
         store.resolve_key(&k.secret).await.unwrap();
         store.resolve_key(&k.secret).await.unwrap();
-        stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), bg)
-            .await
-            .unwrap()
-            .unwrap();
+        bg.stop().await;
         let other = db.store().await;
         assert_eq!(
             other
@@ -1487,25 +1487,21 @@ on_backends!(background_purges_by_retention, |db| {
         .write_batch(&AuditBatch::from(&events[..]))
         .await
         .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let bg = tokio::spawn(store.background(
+    let bg = Background::spawn(
+        &store,
         BackgroundOptions {
             retention: Some(Duration::from_secs(86_400)),
             purge_interval: Duration::from_millis(50),
             purge_batch: 3,
             ..Default::default()
         },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    );
     wait_until(Duration::from_secs(5), || async {
         store.count_audit().await.unwrap() == 10
     })
     .await
     .expect("retention purge did not run");
-    stop_tx.send(()).unwrap();
-    bg.await.unwrap();
+    bg.stop().await;
     assert_eq!(store.stats().audit_rows_purged, 20);
     db.finish(&[&store]).await;
 });
