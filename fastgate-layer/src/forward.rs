@@ -866,6 +866,11 @@ fn upstream_response(
     conn: Option<PooledConn>,
 ) -> Response<GatewayBody> {
     let (mut parts, body) = res.into_parts();
+    // A message with both framings is framed by Transfer-Encoding (hyper reads it so); the
+    // Content-Length must not reach the client (RFC 9112 6.1), or it would cut the body there.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     remove_hop_by_hop(&mut parts.headers);
     if is_event_stream(&parts.headers) {
         parts

@@ -217,6 +217,7 @@ impl Gateway {
         };
         let upstream_tls = UpstreamTls::new(ClientConfig::clone(&upstream.tls));
         let mut forward_config = ForwardConfig::default().upstream_tls(upstream_tls.clone());
+        forward_config.pool_idle_timeout = Duration::from_secs_f64(c.api_gateway.pool_idle_timeout);
         if let Some(rules) = &upstream.egress_proxy {
             forward_config = forward_config.egress_proxy(Arc::clone(rules));
             tracing::info!(
@@ -475,6 +476,7 @@ fn keep_restart_only(running: &config::Config, new: &mut config::Config) -> Vec<
         "database.max_connections" => database.max_connections;
         "api_gateway.strip_headers" => api_gateway.strip_headers;
         "api_gateway.max_body_bytes" => api_gateway.max_body_bytes;
+        "api_gateway.pool_idle_timeout" => api_gateway.pool_idle_timeout;
         "api_gateway.trust_env" => api_gateway.trust_env;
         "audit.queue_capacity" => audit.queue_capacity;
         "audit.batch_size" => audit.batch_size;

@@ -476,6 +476,8 @@ pub enum Fault {
     ResetAfter(usize),
     /// Stream this many events `gap` apart, then `[DONE]`; notices when the gateway hangs up.
     Slow { events: usize, gap: Duration },
+    /// A 200 whose body is chunked and which also says `content-length: 3` (wrong).
+    BothFramings(&'static str),
 }
 
 /// Counters of a [`FaultUpstream`].
@@ -578,6 +580,14 @@ async fn serve_fault(mut sock: tokio::net::TcpStream, fault: Fault, c: Arc<Fault
                 head.push_str("\r\n");
                 head.push_str(body);
                 if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Fault::BothFramings(body) => {
+                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                out.extend(chunk(body));
+                out.extend_from_slice(b"0\r\n\r\n");
+                if sock.write_all(&out).await.is_err() {
                     return;
                 }
             }
