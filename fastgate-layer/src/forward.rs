@@ -470,6 +470,7 @@ where
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(self.pool_settings.idle_timeout)
             .pool_max_idle_per_host(self.pool_settings.max_idle)
+            .http1_max_buf_size(crate::upstream::UPSTREAM_MAX_BUF)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);

@@ -36,12 +36,17 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{SendRequest, handshake};
+use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 use sync_wrapper::SyncWrapper;
 use tokio::net::TcpStream;
 
 use crate::error::BoxError;
+
+/// Largest read buffer of an upstream connection (hyper's default is ~400 KiB). A client that
+/// stops reading a fast stream leaves this much buffered here, per stream, besides what the
+/// server side buffers; response heads larger than this are refused.
+pub(crate) const UPSTREAM_MAX_BUF: usize = 64 * 1024;
 
 /// Response headers, and the connection that the body must drive (`None` when a task of its own
 /// drives it: the request body was still being uploaded when the headers came).
@@ -319,7 +324,9 @@ where
                 .await
                 .map_err(SendError::Connect)?;
             stream.set_nodelay(true).map_err(SendError::Connect)?;
-            let (tx, conn) = handshake(TokioIo::new(stream))
+            let (tx, conn) = Builder::new()
+                .max_buf_size(UPSTREAM_MAX_BUF)
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(SendError::Request)?;
             Ok(Box::new(Conn {

@@ -617,6 +617,10 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // hyper's default (~400 KiB) for the read buffer and the queue of unsent response
+        // bytes: a client that stops reading a fast stream held ~1 MiB per stream with the
+        // upstream's buffer. Request heads up to 64 KiB still fit (nginx allows 32 KiB).
+        .max_buf_size(64 * 1024)
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
