@@ -792,6 +792,43 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.deepEqual(dialogs, [], `dialogs fired: ${dialogs.join(', ')}`);
   });
 
+  test('a request id reused by another client does not replace a record in the detail view', async () => {
+    // Request ids come from clients: an unauthenticated request can reuse one, and
+    // GET /admin/logs/{id} answers the newest record with it.
+    const source = `dup-id-${Date.now()}`;
+    const key = (await admin('POST', '/admin/keys', { source_path: source })).api_key;
+    const rid = `dup-${Date.now()}`;
+    const ok = await chat(key, { model: 'victim-model', headers: { 'x-request-id': rid } });
+    assert.equal(ok.status, 200, await ok.text());
+    const bad = await fetch(`${base}/proxy/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-request-id': rid, 'user-agent': 'no-key-client' },
+      body: '{}',
+    });
+    assert.equal(bad.status, 401);
+    await waitFor('the unauthenticated record to be the newest with that id', async () => {
+      const r = await admin('GET', `/admin/logs/${rid}`).catch(() => null);
+      return r !== null && r.status === 401;
+    }, { timeout: 20000, interval: 200 });
+    await tid(page, 'tab-logs').click();
+    const row = page.locator('[data-testid="log-row"]', { hasText: source });
+    await waitFor('the record of the keyed request', async () => {
+      await refresh(page);
+      return (await row.count()) === 1;
+    }, { timeout: 20000, interval: 500 });
+    const fetched = page.waitForResponse((r) => r.url().includes(`/admin/logs/${rid}`));
+    await row.click();
+    await tid(page, 'log-detail').waitFor({ state: 'visible' });
+    await fetched;
+    await sleep(300);
+    const detail = await tid(page, 'log-detail-body').textContent();
+    assert.ok(detail.includes('victim-model') && detail.includes(source), detail);
+    assert.ok(!detail.includes('no-key-client'), detail);
+    await tid(page, 'log-detail-close').click();
+    await tid(page, 'log-detail').waitFor({ state: 'hidden' });
+    await tid(page, 'tab-dashboard').click();
+  });
+
   test('the audit log pages with next_cursor ("Load older")', async () => {
     const adminGet = async (p) => (await fetch(`${base}${p}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
     const have = (await adminGet('/admin/logs?limit=1000')).items.length;

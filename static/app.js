@@ -1324,7 +1324,10 @@
     // Fetch the stored record so the view shows the authoritative version.
     if (r.request_id) {
       api('GET', '/admin/logs/' + encodeURIComponent(r.request_id)).then(function (full) {
-        if (full && full.request_id === r.request_id) renderDetail(full);
+        // Request ids come from clients and can repeat: the newest record with this id may be
+        // another request (even an unauthenticated one); only the same request replaces it.
+        if (full && full.request_id === r.request_id && full.timestamp === r.timestamp &&
+            full.method === r.method && full.path === r.path) renderDetail(full);
       }, function (err) { if (err.status !== 404) showError(err); });
     }
   }
