@@ -249,6 +249,9 @@ impl<S: AuditSink> SpoolSink<S> {
         }
         let written = async {
             file.write_all(&lines).await?;
+            // tokio's `File` writes in the background: a failed write (a full disk) is reported
+            // by `flush` only; `sync_data` would keep it to itself and succeed.
+            file.flush().await?;
             file.sync_data().await
         }
         .await;
@@ -328,6 +331,7 @@ impl<S: AuditSink> SpoolSink<S> {
         let saved = async {
             let mut file = tokio::fs::File::create(&tmp).await?;
             file.write_all(position.to_string().as_bytes()).await?;
+            file.flush().await?; // reports a failed background write (see `append`)
             file.sync_all().await?;
             tokio::fs::rename(&tmp, &self.pos_path).await
         }

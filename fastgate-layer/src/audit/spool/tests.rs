@@ -213,6 +213,18 @@ async fn when_the_file_cannot_be_written_either_the_sink_error_is_returned() {
 }
 
 #[tokio::test]
+async fn a_full_disk_is_an_error_not_a_batch_counted_as_spooled() {
+    let (_dir, path, flaky) = setup(true);
+    let mut s = spool(&flaky, &path);
+    // Every write to /dev/full fails with ENOSPC, as on a full disk; opening it succeeds.
+    std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+    let err = s.write_batch(&batch(0..3)).await.unwrap_err();
+    assert!(err.to_string().contains("database unreachable"), "{err}");
+    assert_eq!(err.spool.raw_os_error(), Some(28), "{err}"); // ENOSPC
+    assert_eq!((s.stats().waiting(), s.stats().spooled()), (0, 0));
+}
+
+#[tokio::test]
 async fn while_the_sink_is_down_it_is_not_tried_for_every_batch() {
     let (_dir, path, flaky) = setup(true);
     let mut s = SpoolSink::open(flaky.clone(), &path)
