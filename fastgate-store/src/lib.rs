@@ -281,6 +281,23 @@ impl Store {
                     .foreign_keys(true);
                 let pool = pool
                     .acquire_timeout(opts.acquire_timeout)
+                    .after_release(|conn, _| {
+                        Box::pin(async move {
+                            // A COMMIT that failed (SQLITE_FULL on a full disk) can leave the
+                            // connection inside its transaction, holding the database's write
+                            // lock until the process ends: such a connection is closed, not
+                            // pooled (closing rolls the transaction back).
+                            let mut handle = conn.lock_handle().await?;
+                            if sqlite_audit::in_transaction(&mut handle) {
+                                tracing::warn!(
+                                    "a SQLite connection came back inside a transaction \
+                                     (a failed COMMIT?); closing it"
+                                );
+                                return Ok(false);
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(conn)
                     .await
                     .map_err(|source| match file {
@@ -511,5 +528,54 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A connection that comes back to the pool inside a transaction (as after a COMMIT that
+    /// failed on a full disk) would hold the file's write lock until the process ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_left_inside_a_transaction_is_closed_not_pooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let opts = StoreOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_busy_timeout: Duration::from_millis(500),
+            ..StoreOptions::default()
+        };
+        let store = Store::connect(&format!("sqlite:{}", path.display()), opts)
+            .await
+            .unwrap();
+        let Db::Sqlite(pool) = &store.inner.db else {
+            panic!("not SQLite");
+        };
+        {
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        // Another process's writer gets the lock (the release runs in the background).
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::from_secs(3)).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE; COMMIT;").unwrap();
+        drop(other);
+        // And the store writes through its (new) pooled connection.
+        store
+            .create_key(NewKey {
+                name: None,
+                source_path: "u".into(),
+                permissions: vec!["chat".into()],
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        store.close().await;
     }
 }

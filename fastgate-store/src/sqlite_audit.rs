@@ -191,6 +191,8 @@ fn write_batch(w: &mut WriterConn, events: &[AuditEvent]) -> Result<(), rusqlite
 /// are bound with `SQLITE_STATIC`: SQLite reads them where they are, which is sound because they
 /// are borrowed for the whole call and the statement is reset and unbound before it returns.
 /// This is the workspace's one `unsafe` module.
+pub(crate) use raw::in_transaction;
+
 #[allow(unsafe_code)]
 mod raw {
     use std::ffi::{CStr, c_int};
@@ -200,6 +202,14 @@ mod raw {
     use rusqlite::{Connection, ffi};
 
     use crate::{to_i64, to_ms, to_us};
+
+    /// Whether the connection behind `handle` is inside a transaction (not in autocommit mode).
+    pub(crate) fn in_transaction(handle: &mut sqlx::sqlite::LockedSqliteHandle<'_>) -> bool {
+        let db = handle.as_raw_handle();
+        // SAFETY: `db` is a live connection, locked for this thread by `handle` for the call;
+        // sqlite3_get_autocommit only reads a flag of it.
+        unsafe { ffi::sqlite3_get_autocommit(db.as_ptr()) == 0 }
+    }
 
     /// A prepared multi-row `INSERT INTO audit_events`, owned by the connection it was prepared on.
     pub(super) struct Insert {
