@@ -31,7 +31,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,84 @@ struct Activity {
     touched: AtomicBool,
     /// Requests whose response (body included) has not ended yet.
     in_flight: AtomicUsize,
+    /// Bytes written to the client (wrapping; only compared with an earlier value).
+    written: AtomicU64,
+    /// The last write to the client's socket found it full (the client is not reading).
+    blocked: AtomicBool,
+}
+
+pin_project! {
+    /// The client's socket, noting for the check in [`Drive`] whether writes to it make progress.
+    struct Watched {
+        #[pin]
+        inner: tokio::net::TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl Watched {
+    fn note(activity: &Activity, written: &Poll<std::io::Result<usize>>) {
+        // Plain loads and stores (no read-modify-write): the check only needs "it changed".
+        match written {
+            Poll::Ready(Ok(n)) => {
+                let total = activity.written.load(Ordering::Relaxed);
+                activity
+                    .written
+                    .store(total.wrapping_add(*n as u64), Ordering::Relaxed);
+                if activity.blocked.load(Ordering::Relaxed) {
+                    activity.blocked.store(false, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => activity.blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(Err(_)) => {}
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.inner.poll_write(cx, buf);
+        Self::note(this.activity, &written);
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.inner.poll_write_vectored(cx, bufs);
+        Self::note(this.activity, &written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
 }
 
 /// One request in flight: counted from `call` until its response body ends or is dropped.
@@ -670,6 +748,10 @@ pub async fn serve(
                         tracing::debug!(client = %remote.ip(), "closing a connection that sent nothing");
                         return;
                     }
+                    let stream = Watched {
+                        inner: stream,
+                        activity: Arc::clone(&activity),
+                    };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let drive = Drive::new(conn, activity, idle, notified, closing_flag);
                     if let Err(e) = drive.await {
@@ -755,6 +837,10 @@ pin_project! {
         period: Duration,
         activity: Arc<Activity>,
         quiet_checks: u8,
+        // Checks in a row that found the client's socket full with nothing written since the
+        // previous one.
+        stalled_checks: u8,
+        written_seen: u64,
         closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
         closing_flag: Arc<AtomicBool>,
         armed: bool,
@@ -780,6 +866,8 @@ impl<C: GracefulConnection> Drive<C> {
             period,
             activity,
             quiet_checks: 0,
+            stalled_checks: 0,
+            written_seen: 0,
             closing,
             closing_flag,
             armed: false,
@@ -831,6 +919,23 @@ impl<C: GracefulConnection> Future for Drive<C> {
                 } else {
                     *this.quiet_checks += 1;
                 }
+                // A client that stopped reading: its socket has been full, with not a byte
+                // taken, since the previous check (as nginx's `send_timeout`). Dropped, and with
+                // it the upstream connection of its response (a generation nobody reads).
+                let written = this.activity.written.load(Ordering::Relaxed);
+                if this.activity.blocked.load(Ordering::Relaxed)
+                    && !idle_now()
+                    && written == *this.written_seen
+                {
+                    *this.stalled_checks += 1;
+                    if *this.stalled_checks >= 2 {
+                        tracing::debug!("closing a connection whose client stopped reading");
+                        return Poll::Ready(Ok(()));
+                    }
+                } else {
+                    *this.stalled_checks = 0;
+                }
+                *this.written_seen = written;
                 shut_down = *this.quiet_checks >= 2;
                 if shut_down {
                     *this.idle_shutdown = true;

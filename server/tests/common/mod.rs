@@ -478,6 +478,8 @@ pub enum Fault {
     Slow { events: usize, gap: Duration },
     /// A 200 whose body is chunked and which also says `content-length: 3` (wrong).
     BothFramings(&'static str),
+    /// An SSE stream sent as fast as the socket takes it, without end.
+    Flood,
 }
 
 /// Counters of a [`FaultUpstream`].
@@ -589,6 +591,19 @@ async fn serve_fault(mut sock: tokio::net::TcpStream, fault: Fault, c: Arc<Fault
                 out.extend_from_slice(b"0\r\n\r\n");
                 if sock.write_all(&out).await.is_err() {
                     return;
+                }
+            }
+            Fault::Flood => {
+                if sock.write_all(SSE_HEAD).await.is_err() {
+                    return;
+                }
+                let events: String = (0..600).map(fault_event).collect();
+                let block = chunk(&events);
+                loop {
+                    if sock.write_all(&block).await.is_err() {
+                        c.dropped_mid_stream.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
                 }
             }
             Fault::NeverAnswer => {
