@@ -59,9 +59,10 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -743,7 +744,9 @@ impl Future for ResponseFuture {
                 let mut res = match result {
                     Ok(Ok((res, conn))) => upstream_response(res, *idle, conn),
                     Ok(Err(err)) if err.is_connect() => {
-                        tracing::warn!(upstream = %target.0, error = %Chain(&err), "upstream unreachable");
+                        if let Some(skipped) = UNREACHABLE_LOG.allow() {
+                            tracing::warn!(upstream = %target.0, error = %Chain(&err), skipped, "upstream unreachable");
+                        }
                         rejection(
                             StatusCode::BAD_GATEWAY,
                             "upstream_unreachable",
@@ -761,7 +764,9 @@ impl Future for ResponseFuture {
                         )
                     }
                     Ok(Err(err)) => {
-                        tracing::warn!(upstream = %target.0, error = %Chain(&err), "upstream request failed");
+                        if let Some(skipped) = FAILED_LOG.allow() {
+                            tracing::warn!(upstream = %target.0, error = %Chain(&err), skipped, "upstream request failed");
+                        }
                         rejection(
                             StatusCode::BAD_GATEWAY,
                             "upstream_error",
@@ -770,7 +775,9 @@ impl Future for ResponseFuture {
                         )
                     }
                     Err(Late::Upstream) => {
-                        tracing::warn!(upstream = %target.0, "upstream response timed out");
+                        if let Some(skipped) = TIMEOUT_LOG.allow() {
+                            tracing::warn!(upstream = %target.0, skipped, "upstream response timed out");
+                        }
                         rejection(
                             StatusCode::GATEWAY_TIMEOUT,
                             "upstream_timeout",
@@ -863,6 +870,47 @@ impl Future for Sending {
     }
 }
 
+/// At most one WARN line per second for each kind of upstream failure: a backend outage under
+/// load would otherwise write a line per request. Each line says how many were not written
+/// since the one before (`skipped`); every failure is still audited and counted in `/health`.
+struct LogThrottle {
+    /// Milliseconds since [`LOG_EPOCH`] of the last line written, plus one (0: none yet).
+    last: AtomicU64,
+    skipped: AtomicU64,
+}
+
+static LOG_EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+static UNREACHABLE_LOG: LogThrottle = LogThrottle::new();
+static FAILED_LOG: LogThrottle = LogThrottle::new();
+static TIMEOUT_LOG: LogThrottle = LogThrottle::new();
+
+impl LogThrottle {
+    const INTERVAL_MS: u64 = 1000;
+
+    const fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines skipped since the last one)` when a line may be written now.
+    fn allow(&self) -> Option<u64> {
+        let now = u64::try_from(LOG_EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= Self::INTERVAL_MS)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.skipped.swap(0, Ordering::Relaxed));
+        }
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 fn upstream_response(
     res: Response<Incoming>,
     idle: Duration,
@@ -944,6 +992,19 @@ mod tests {
         let b = backend("https://api.example.com", "v2/x");
         let (uri, _) = upstream_uri(&b, None).unwrap();
         assert_eq!(uri, "https://api.example.com/v2/x");
+    }
+
+    #[test]
+    fn upstream_failure_lines_are_throttled_and_count_what_they_skip() {
+        let t = LogThrottle::new();
+        assert_eq!(t.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(t.allow(), None);
+        }
+        // A second later the next line reports the five it did not write.
+        std::thread::sleep(Duration::from_millis(1010));
+        assert_eq!(t.allow(), Some(5));
+        assert_eq!(t.allow(), None);
     }
 
     #[test]
