@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 
 use super::Outcome;
 use super::guard::{AuditGuard, RequestStats};
-use super::scan::{SCAN_WINDOW, find_model};
+use super::scan::ModelScanner;
 use crate::body::GatewayBodyError;
 
 pin_project! {
@@ -106,8 +106,9 @@ pub(super) fn classify<E: 'static>(err: &E) -> (Outcome, &'static str) {
 }
 
 pin_project! {
-    /// Request body for [`Audit`](super::Audit): counts bytes and reads `model` from a bounded
-    /// prefix (the first 64 KiB) without holding back or changing any byte.
+    /// Request body for [`Audit`](super::Audit): counts bytes and reads the top-level `model`
+    /// wherever it is in the body, with a [`ModelScanner`] (a few hundred bytes of state, no body
+    /// bytes kept), without holding back or changing any byte.
     pub struct AuditRequestBody<B> {
         #[pin]
         inner: B,
@@ -126,7 +127,7 @@ impl<B> AuditRequestBody<B> {
         Self {
             inner,
             sniffer: stats.map(|stats| ModelSniffer {
-                prefix: Vec::new(),
+                scan: ModelScanner::new(),
                 done: false,
                 stats,
             }),
@@ -194,9 +195,9 @@ impl<B: Body> Body for AuditRequestBody<B> {
     }
 }
 
-/// Counts request bytes and finds `model` in the first [`SCAN_WINDOW`] bytes.
+/// Counts request bytes and finds `model` as the body streams.
 struct ModelSniffer {
-    prefix: Vec<u8>,
+    scan: ModelScanner,
     done: bool,
     stats: Arc<RequestStats>,
 }
@@ -214,17 +215,10 @@ impl ModelSniffer {
         if self.done {
             return;
         }
-        if last && self.prefix.is_empty() && chunk.len() == len {
-            // The whole body in one frame: scan it in place.
-            self.done = true;
-            if let Some(model) = find_model(&chunk[..chunk.len().min(SCAN_WINDOW)]) {
-                let _ = self.stats.model.set(model);
-            }
-            return;
-        }
-        let take = (SCAN_WINDOW - self.prefix.len()).min(chunk.len());
-        self.prefix.extend_from_slice(&chunk[..take]);
-        if last || self.prefix.len() >= SCAN_WINDOW || chunk.len() < len {
+        self.scan.push(chunk);
+        // `chunk.len() < len`: a frame in several pieces (never from hyper, whose frames are
+        // `Bytes`); only its first piece was seen, so the scanner cannot follow the rest.
+        if last || self.scan.is_done() || chunk.len() < len {
             self.finish();
         }
     }
@@ -234,10 +228,9 @@ impl ModelSniffer {
             return;
         }
         self.done = true;
-        if let Some(model) = find_model(&self.prefix) {
+        if let Some(model) = std::mem::take(&mut self.scan).into_model() {
             let _ = self.stats.model.set(model);
         }
-        self.prefix = Vec::new();
     }
 }
 

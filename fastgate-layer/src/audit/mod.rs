@@ -23,8 +23,9 @@
 //! | client drops the response (or the request before the headers) | `client_aborted` |
 //! | the host cuts it after [`AuditStats::cutting`] (end of its shutdown grace) | `interrupted` |
 //!
-//! Bytes pass through unchanged. The request's `model` is read from a bounded prefix of the request
-//! body, token usage from the response with the bounded [`scan::UsageScanner`].
+//! Bytes pass through unchanged. The request's top-level `model` is read from the request body as
+//! it streams, wherever it is in the body, with the bounded [`scan::ModelScanner`]; token usage
+//! from the response with the bounded [`scan::UsageScanner`].
 //!
 //! # Example
 //!

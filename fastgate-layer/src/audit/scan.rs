@@ -1,11 +1,12 @@
 //! Bounded, incremental scanners that read audit facts from bodies as they pass.
 //!
-//! * [`find_model`] reads the top-level `"model"` string of a JSON request from a bounded prefix.
+//! * [`ModelScanner`] reads the top-level `"model"` string of a JSON request as it streams,
+//!   wherever it is in the body, holding no body bytes ([`find_model`]: the same on a whole body).
 //! * [`UsageScanner`] reads token usage from a JSON response's `usage` object or from an SSE
 //!   stream's usage chunk. It never changes a byte, and holds at most one SSE event (or a
 //!   [`SCAN_WINDOW`]-byte window of a JSON body) in memory.
 //!
-//! Both are public so that they can be fuzzed and benchmarked on their own.
+//! They are public so that they can be fuzzed and benchmarked on their own.
 //!
 //! # Example
 //!
@@ -27,7 +28,8 @@ use serde::Deserialize;
 
 use super::TokenUsage;
 
-/// Largest SSE event, and the JSON window, a scanner holds (64 KiB).
+/// Largest SSE event, and the JSON window, a [`UsageScanner`] holds (64 KiB). The request's model
+/// is not limited to it: [`ModelScanner`] holds no body bytes and reads the whole body.
 pub const SCAN_WINDOW: usize = 64 * 1024;
 
 /// Bytes of a JSON window kept when the window is full, so that a `usage` object that straddles
@@ -291,126 +293,518 @@ fn scan_event(event: &[u8]) -> Option<TokenUsage> {
     extract_usage(event)
 }
 
-/// The top-level `"model"` string of a JSON object, read from a (possibly truncated) prefix.
+/// The top-level `"model"` string of a JSON object: [`ModelScanner`] over a whole (or truncated)
+/// body in one piece.
 ///
-/// Returns `None` when the prefix is not a JSON object, has no top-level `model` string, or ends
+/// Returns `None` when the body is not a JSON object, has no top-level `model` string, or ends
 /// before it. Names longer than 256 bytes are cut.
 pub fn find_model(json: &[u8]) -> Option<String> {
-    let mut p = Cursor { b: json, i: 0 };
-    p.ws();
-    p.eat(b'{')?;
-    loop {
-        p.ws();
-        if p.peek()? == b'}' {
-            return None;
-        }
-        let (ks, ke) = p.string()?;
-        p.ws();
-        p.eat(b':')?;
-        p.ws();
-        if &json[ks + 1..ke - 1] == b"model" {
-            if p.peek()? != b'"' {
-                return None;
-            }
-            let (vs, ve) = p.string()?;
-            let raw = &json[vs + 1..ve - 1];
-            let mut model: String = if raw.contains(&b'\\') {
-                serde_json::from_slice(&json[vs..ve]).ok()?
-            } else {
-                String::from_utf8(raw.to_vec()).ok()?
+    let mut scan = ModelScanner::new();
+    scan.push(json);
+    scan.into_model()
+}
+
+/// `b"model"`, the key looked for.
+const MODEL_KEY: &[u8] = b"model";
+
+/// [`State::KeyStr`]'s `matched` once the key cannot be `model`.
+const NO_MATCH: u8 = u8::MAX;
+
+/// Reads the top-level `"model"` string of a JSON request body as it passes, in any number of
+/// frames split anywhere (inside a key, a value, an escape sequence or a UTF-8 character).
+///
+/// A resumable byte-level state machine: it never holds body bytes, only a few dozen bytes of
+/// state plus the model name itself (at most 256 bytes kept), whatever the size of the body and
+/// wherever in it `model` comes. Each byte is looked at once at most; strings (message contents,
+/// base64 images) are crossed eight bytes at a time, then with `memchr`. It stops at the first top-level `model`
+/// key, or as soon as the body is clearly not a JSON object or is malformed; then there is no
+/// model. A `"model"` key nested in another value, or the text `"model"` inside a string, does not
+/// count.
+///
+/// Keys are compared as raw bytes: a key spelled with escapes (`"mod\u0065l"`) is not taken for
+/// `model` (no client writes it so, and it keeps the key state to a counter).
+///
+/// The model's value is decoded as `serde_json` decodes a string (escapes, surrogate pairs, UTF-8
+/// validation; a value that is not a valid JSON string gives no model), except that a value
+/// without any `\` may hold raw control characters. Control characters are then dropped, and the
+/// name is cut at a character boundary to at most 256 bytes.
+///
+/// ```
+/// use fastgate_layer::audit::scan::ModelScanner;
+///
+/// let mut scan = ModelScanner::new();
+/// scan.push(br#"{"messages":[{"role":"user","content":"a \"model\": here"}],"mo"#);
+/// assert!(!scan.is_done());
+/// scan.push(br#"del":"gpt-\u00e9"}"#);
+/// assert!(scan.is_done());
+/// assert_eq!(scan.model(), Some("gpt-é"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ModelScanner {
+    state: State,
+    value: ModelValue,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum State {
+    /// Before the object's `{`.
+    #[default]
+    Start,
+    /// After `{` or `,`: a key's opening quote (or `}`: no model).
+    Key,
+    /// In a key; `matched` bytes of it equal the start of `model` (`NO_MATCH`: it is not `model`).
+    KeyStr { matched: u8 },
+    /// In a key, after a `\`: the escaped byte is skipped.
+    KeyEscape,
+    /// After a key, before `:`.
+    Colon { model: bool },
+    /// After `:`, before the value.
+    Value { model: bool },
+    /// In a top-level number, `true`, `false` or `null` that is skipped.
+    Scalar,
+    /// In a top-level array or object that is skipped, outside strings; `depth` ≥ 1.
+    Skip { depth: usize },
+    /// In a string of a skipped value (`depth` 0: the value is this string); `escape`: after a `\`.
+    SkipStr { depth: usize, escape: bool },
+    /// After a skipped value: `,` (or the end of the object: no model).
+    Next,
+    /// In the model's string value ([`ModelValue`]).
+    Model,
+    /// The model was found: `value.out`.
+    Found,
+    /// No model: not an object, malformed, no top-level `model` string, or a value that is not a
+    /// valid string.
+    Failed,
+}
+
+/// The model's string value, decoded as it streams.
+#[derive(Debug, Clone, Default)]
+struct ModelValue {
+    /// The name so far: control characters dropped, at most `MAX_MODEL_LEN` bytes.
+    out: String,
+    /// `out` is complete (the next character did not fit); the rest is only validated.
+    full: bool,
+    /// The start of a UTF-8 character cut by the end of a frame (`utf8_len` bytes).
+    utf8: [u8; 4],
+    utf8_len: u8,
+    /// Where in an escape sequence the value is.
+    esc: Esc,
+    /// The value has a `\`: it is read as `serde_json` reads a string, which refuses raw control
+    /// characters (a value without one was read as plain UTF-8, which allows them).
+    escaped: bool,
+    /// The value has a raw byte below 0x20.
+    raw_control: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Esc {
+    /// Not in an escape.
+    #[default]
+    None,
+    /// After `\` (`high`: a leading surrogate before it, which only `\u` may follow).
+    Start { high: Option<u16> },
+    /// After `\u` and `digits` hex digits making `code`.
+    Hex {
+        high: Option<u16>,
+        digits: u8,
+        code: u16,
+    },
+    /// After a leading surrogate: its trailing surrogate's `\` must come.
+    Low { high: u16 },
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+impl ModelScanner {
+    /// A scanner at the start of a body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once the answer is known: the model was found, or the body cannot have one. Further
+    /// [`push`](Self::push)es do nothing.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Found | State::Failed)
+    }
+
+    /// The model, once found.
+    pub fn model(&self) -> Option<&str> {
+        (self.state == State::Found).then_some(self.value.out.as_str())
+    }
+
+    /// The model, if it was found.
+    pub fn into_model(self) -> Option<String> {
+        (self.state == State::Found).then_some(self.value.out)
+    }
+
+    /// Heap bytes held (the model name's buffer): never more than a few hundred.
+    pub fn buffered(&self) -> usize {
+        self.value.out.capacity()
+    }
+
+    /// Look at the next piece of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        let mut state = self.state;
+        let mut i = 0;
+        while let Some(&b) = chunk.get(i) {
+            state = match state {
+                State::Start => match b {
+                    b'{' => State::Key,
+                    _ if is_ws(b) => state,
+                    _ => State::Failed,
+                },
+                State::Key => match b {
+                    b'"' => State::KeyStr { matched: 0 },
+                    _ if is_ws(b) => state,
+                    _ => State::Failed,
+                },
+                State::KeyStr { matched } => {
+                    let rest = &chunk[i..];
+                    let n = quote_or_backslash(rest).unwrap_or(rest.len());
+                    let end = usize::from(matched) + n;
+                    let matched = if matched != NO_MATCH
+                        && end <= MODEL_KEY.len()
+                        && rest[..n] == MODEL_KEY[usize::from(matched)..end]
+                    {
+                        end as u8
+                    } else {
+                        NO_MATCH
+                    };
+                    i += n + 1;
+                    state = match rest.get(n) {
+                        None => State::KeyStr { matched },
+                        Some(b'"') => State::Colon {
+                            model: usize::from(matched) == MODEL_KEY.len(),
+                        },
+                        Some(_) => State::KeyEscape,
+                    };
+                    continue;
+                }
+                State::KeyEscape => State::KeyStr { matched: NO_MATCH },
+                State::Colon { model } => match b {
+                    b':' => State::Value { model },
+                    _ if is_ws(b) => state,
+                    _ => State::Failed,
+                },
+                State::Value { model: true } => match b {
+                    b'"' => State::Model,
+                    _ if is_ws(b) => state,
+                    _ => State::Failed,
+                },
+                State::Value { model: false } => match b {
+                    b'"' => State::SkipStr {
+                        depth: 0,
+                        escape: false,
+                    },
+                    b'{' | b'[' => State::Skip { depth: 1 },
+                    _ if is_ws(b) => state,
+                    _ => {
+                        // A scalar (or nothing, as in `"a":,`, which was always let pass):
+                        // this byte may already end it.
+                        state = State::Scalar;
+                        continue;
+                    }
+                },
+                State::Scalar => {
+                    if matches!(b, b',' | b'}' | b']') || is_ws(b) {
+                        state = State::Next;
+                        continue;
+                    }
+                    state
+                }
+                State::Skip { mut depth } => {
+                    // The structure between the strings of a skipped value, in a tight loop.
+                    let rest = &chunk[i..];
+                    let mut n = 0;
+                    state = loop {
+                        let Some(&c) = rest.get(n) else {
+                            break State::Skip { depth };
+                        };
+                        n += 1;
+                        match c {
+                            b'"' => {
+                                break State::SkipStr {
+                                    depth,
+                                    escape: false,
+                                };
+                            }
+                            b'{' | b'[' => depth += 1,
+                            b'}' | b']' if depth == 1 => break State::Next,
+                            b'}' | b']' => depth -= 1,
+                            _ => {}
+                        }
+                    };
+                    i += n;
+                    continue;
+                }
+                State::SkipStr {
+                    depth,
+                    escape: true,
+                } => State::SkipStr {
+                    depth,
+                    escape: false,
+                },
+                State::SkipStr {
+                    depth,
+                    escape: false,
+                } => {
+                    let rest = &chunk[i..];
+                    let Some(n) = quote_or_backslash(rest) else {
+                        break;
+                    };
+                    i += n + 1;
+                    state = match (rest[n], depth) {
+                        (b'"', 0) => State::Next,
+                        (b'"', _) => State::Skip { depth },
+                        _ => State::SkipStr {
+                            depth,
+                            escape: true,
+                        },
+                    };
+                    continue;
+                }
+                State::Next => match b {
+                    b',' => State::Key,
+                    _ if is_ws(b) => state,
+                    _ => State::Failed,
+                },
+                State::Model => {
+                    let (used, end) = self.value.read(&chunk[i..]);
+                    i += used;
+                    state = match end {
+                        None => State::Model,
+                        Some(true) => State::Found,
+                        Some(false) => State::Failed,
+                    };
+                    continue;
+                }
+                State::Found | State::Failed => break,
             };
-            // `\u0000` decodes to a NUL, which PostgreSQL refuses in text: one such request
-            // would fail its whole audit batch. Control characters go.
-            if model.chars().any(char::is_control) {
-                model.retain(|c| !c.is_control());
-            }
-            if model.len() > MAX_MODEL_LEN {
-                let mut cut = MAX_MODEL_LEN;
-                while !model.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                model.truncate(cut);
-            }
-            return Some(model);
+            i += 1;
         }
-        p.skip_value()?;
-        p.ws();
-        match p.next()? {
-            b',' => {}
-            _ => return None,
-        }
+        self.state = state;
     }
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    i: usize,
+/// The first `"` or `\` in `b`. Keys and most skipped strings are short: eight bytes at a time
+/// in a register finds their end before `memchr` would have set up; a long string (a message, an
+/// image) goes on with `memchr`.
+#[inline]
+fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 255;
+    const QUOTES: u64 = ONES * b'"' as u64;
+    const BACKSLASHES: u64 = ONES * b'\\' as u64;
+    let head = b.len().min(32);
+    let mut words = b[..head].chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut w = [0; 8];
+        w.copy_from_slice(word);
+        let w = u64::from_le_bytes(w);
+        // A byte of `q` or `s` is zero where `w` has a quote or a backslash; the lowest high bit
+        // set below marks the first such byte exactly (borrows only give false marks above it).
+        let (q, s) = (w ^ QUOTES, w ^ BACKSLASHES);
+        let hit = ((q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)) & (ONES << 7);
+        if hit != 0 {
+            return Some(at + (hit.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if let Some(n) = words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+    {
+        return Some(at + n);
+    }
+    memchr::memchr2(b'"', b'\\', &b[head..]).map(|n| n + head)
 }
 
-impl Cursor<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek()?;
-        self.i += 1;
-        Some(c)
-    }
-    fn eat(&mut self, c: u8) -> Option<()> {
-        (self.next()? == c).then_some(())
-    }
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
-            self.i += 1;
-        }
-    }
-    /// A string starting at the cursor; returns the byte range including both quotes.
-    fn string(&mut self) -> Option<(usize, usize)> {
-        let start = self.i;
-        self.eat(b'"')?;
-        loop {
-            match self.next()? {
-                b'\\' => {
-                    self.next()?;
+impl ModelValue {
+    /// Reads the value from `rest`: the bytes used (all, unless the value ended) and, once it
+    /// ended, whether it is a valid string.
+    fn read(&mut self, rest: &[u8]) -> (usize, Option<bool>) {
+        let mut i = 0;
+        while let Some(&b) = rest.get(i) {
+            let esc = self.esc;
+            if esc == Esc::None {
+                let run = &rest[i..];
+                let n = quote_or_backslash(run).unwrap_or(run.len());
+                if n > 0 && !self.raw(&run[..n]) {
+                    return (i + n, Some(false));
                 }
-                b'"' => return Some((start, self.i)),
-                _ => {}
+                i += n + 1;
+                match run.get(n) {
+                    None => return (rest.len(), None),
+                    // A UTF-8 character cut short by the quote or the backslash.
+                    Some(_) if self.utf8_len > 0 => return (i, Some(false)),
+                    Some(b'"') => return (i, Some(!(self.escaped && self.raw_control))),
+                    Some(_) => {
+                        self.escaped = true;
+                        self.esc = Esc::Start { high: None };
+                    }
+                }
+                continue;
             }
-        }
-    }
-    fn skip_value(&mut self) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string().map(drop),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match self.peek()? {
-                        b'"' => {
-                            self.string()?;
+            i += 1;
+            let ok = match esc {
+                Esc::None => true,
+                Esc::Start { high } => {
+                    let c = match b {
+                        b'u' => {
+                            self.esc = Esc::Hex {
+                                high,
+                                digits: 0,
+                                code: 0,
+                            };
                             continue;
                         }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                self.i += 1;
-                                return Some(());
-                            }
+                        _ if high.is_some() => None,
+                        b'"' => Some('"'),
+                        b'\\' => Some('\\'),
+                        b'/' => Some('/'),
+                        b'b' => Some('\u{8}'),
+                        b'f' => Some('\u{c}'),
+                        b'n' => Some('\n'),
+                        b'r' => Some('\r'),
+                        b't' => Some('\t'),
+                        _ => None,
+                    };
+                    self.esc = Esc::None;
+                    self.push_some(c)
+                }
+                Esc::Hex { high, digits, code } => match char::from(b).to_digit(16) {
+                    None => false,
+                    Some(d) => {
+                        let code = (code << 4) | d as u16;
+                        if digits < 3 {
+                            self.esc = Esc::Hex {
+                                high,
+                                digits: digits + 1,
+                                code,
+                            };
+                            continue;
                         }
-                        _ => {}
+                        self.esc = Esc::None;
+                        // As serde_json: surrogates must come in pairs.
+                        let c = match (high, code) {
+                            (None, 0xD800..=0xDBFF) => {
+                                self.esc = Esc::Low { high: code };
+                                continue;
+                            }
+                            (None, 0xDC00..=0xDFFF) => None,
+                            (None, _) => char::from_u32(u32::from(code)),
+                            (Some(high), 0xDC00..=0xDFFF) => char::from_u32(
+                                0x1_0000
+                                    + ((u32::from(high) - 0xD800) << 10)
+                                    + (u32::from(code) - 0xDC00),
+                            ),
+                            (Some(_), _) => None,
+                        };
+                        self.push_some(c)
                     }
-                    self.i += 1;
+                },
+                Esc::Low { high } => {
+                    self.esc = Esc::Start { high: Some(high) };
+                    b == b'\\'
                 }
+            };
+            if !ok {
+                return (i, Some(false));
             }
-            _ => {
-                while !matches!(
-                    self.peek()?,
-                    b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'
-                ) {
-                    self.i += 1;
-                }
-                Some(())
+        }
+        (i, None)
+    }
+
+    /// Raw bytes of the value (no `"` or `\` among them); false if they are not UTF-8.
+    fn raw(&mut self, mut run: &[u8]) -> bool {
+        if self.utf8_len > 0 {
+            // Complete the character the last frame cut.
+            let have = usize::from(self.utf8_len);
+            let width = match self.utf8[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (width - have).min(run.len());
+            self.utf8[have..have + take].copy_from_slice(&run[..take]);
+            run = &run[take..];
+            if have + take < width {
+                self.utf8_len = (have + take) as u8;
+                return true;
             }
+            self.utf8_len = 0;
+            let utf8 = self.utf8;
+            match std::str::from_utf8(&utf8[..width]) {
+                Ok(c) => self.text(c),
+                Err(_) => return false,
+            }
+        }
+        match std::str::from_utf8(run) {
+            Ok(text) => self.text(text),
+            Err(e) if e.error_len().is_some() => return false,
+            Err(e) => {
+                let (text, cut) = run.split_at(e.valid_up_to());
+                // Valid so far, and `cut` (at most 3 bytes) is the start of one character.
+                self.text(std::str::from_utf8(text).unwrap_or_default());
+                self.utf8[..cut.len()].copy_from_slice(cut);
+                self.utf8_len = cut.len() as u8;
+            }
+        }
+        true
+    }
+
+    /// Valid raw text of the value.
+    fn text(&mut self, text: &str) {
+        if self.full {
+            self.raw_control |= text.bytes().any(|b| b < 0x20);
+            return;
+        }
+        // No control character (C0, DEL, or C1, which UTF-8 writes as 0xC2 0x80..=0x9F; any 0xC2
+        // takes the slow path below): the text is kept as it is, up to the cut.
+        if !text.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            let mut cut = text.len().min(MAX_MODEL_LEN - self.out.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if self.out.capacity() == 0 {
+                self.out = text[..cut].to_owned();
+            } else {
+                self.out.push_str(&text[..cut]);
+            }
+            self.full = cut < text.len();
+            return;
+        }
+        for c in text.chars() {
+            self.raw_control |= u32::from(c) < 0x20;
+            self.push(c);
+        }
+    }
+
+    /// A decoded escape; false if it was not valid.
+    fn push_some(&mut self, c: Option<char>) -> bool {
+        match c {
+            Some(c) => {
+                self.push(c);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One character of the name: dropped if it is a control character (`\u0000` decodes to a
+    /// NUL, which PostgreSQL refuses in text: one such request would fail its whole audit batch),
+    /// and once the name is full.
+    fn push(&mut self, c: char) {
+        if self.full || c.is_control() {
+            return;
+        }
+        if self.out.len() + c.len_utf8() > MAX_MODEL_LEN {
+            self.full = true;
+        } else {
+            self.out.push(c);
         }
     }
 }
@@ -441,6 +835,418 @@ mod tests {
         assert_eq!(find_model(b""), None);
         let long = format!(r#"{{"model":"{}"}}"#, "x".repeat(1000));
         assert_eq!(find_model(long.as_bytes()).unwrap().len(), 256);
+    }
+
+    /// Feeds `body` in frames whose sizes cycle through `sizes`; checks that the scanner holds no
+    /// more than its bound all along.
+    fn scan_in_frames(body: &[u8], sizes: &[usize]) -> Option<String> {
+        let mut scan = ModelScanner::new();
+        let mut rest = body;
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (frame, tail) = rest.split_at(size.min(rest.len()));
+            scan.push(frame);
+            assert!(scan.buffered() <= 2 * MAX_MODEL_LEN);
+            rest = tail;
+        }
+        scan.into_model()
+    }
+
+    /// The model wherever the body is cut into two or three frames, and byte by byte.
+    fn assert_every_split(body: &[u8], expected: Option<&str>) {
+        let whole = find_model(body);
+        assert_eq!(
+            whole.as_deref(),
+            expected,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        for i in 0..=body.len() {
+            for j in i..=body.len() {
+                let mut scan = ModelScanner::new();
+                scan.push(&body[..i]);
+                scan.push(&body[i..j]);
+                scan.push(&body[j..]);
+                assert_eq!(scan.into_model(), whole, "frames cut at {i} and {j}");
+            }
+        }
+        assert_eq!(scan_in_frames(body, &[1]), whole, "byte by byte");
+    }
+
+    /// A body as openai-python writes it: `messages` (here about 1 MB: a long text with escapes
+    /// and non-ASCII characters, a base64 image, an earlier answer with a `model` of its own)
+    /// before `model`.
+    fn long_chat_body() -> String {
+        let text = "Tell me about \\\"model\\\": \\\"fake\\\" — café 😀, {[ ]}.\\n".repeat(9_000);
+        let image = "iVBORw0KGgoAAAANSUhEUgAA".repeat(20_000);
+        format!(
+            r#"{{"messages":[{{"role":"user","content":"{text}"}},{{"role":"assistant","model":"nested","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{image}"}}}}]}}],"model":"gpt-4o-mini","stream":true,"n":1}}"#
+        )
+    }
+
+    #[test]
+    fn model_after_a_megabyte_of_messages_whole_and_in_any_frames() {
+        let body = long_chat_body();
+        assert!(body.len() > 1_000_000 && body.find(r#""model":"gpt"#).unwrap() > 1_000_000);
+        let body = body.as_bytes();
+        assert_eq!(find_model(body).as_deref(), Some("gpt-4o-mini"));
+        for sizes in [
+            &[1][..],
+            &[7],
+            &[4096],
+            &[65537],
+            &[1, 7, 4096, 65537, 3, 2],
+        ] {
+            assert_eq!(
+                scan_in_frames(body, sizes).as_deref(),
+                Some("gpt-4o-mini"),
+                "frames of {sizes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_split_inside_key_value_escapes_and_utf8_characters() {
+        // `\"`, a 2-byte and a 4-byte UTF-8 character in the value, and other keys before it.
+        assert_every_split(
+            r#"{"messages":[{"content":"x"}],"model":"gpt-\"4\"-é😀"}"#.as_bytes(),
+            Some("gpt-\"4\"-é😀"),
+        );
+        // `\u00e9`, a surrogate pair, `\\` and `\/`.
+        assert_every_split(
+            br#"{ "n" : 1 , "model" : "m\u00e9-\ud83d\ude00\\\/x" }"#,
+            Some("mé-😀\\/x"),
+        );
+        // An escape in another key; `"model"` nested and inside strings.
+        assert_every_split(
+            br#"{"mo\"del":"x","a":{"model":"no"},"b":["model","\"model\":\"no\""],"model":"yes"}"#,
+            Some("yes"),
+        );
+        assert_every_split(
+            br#"{"messages":[{"model":"nested"}],"content":"\"model\":\"in a string\""}"#,
+            None,
+        );
+        // Control characters dropped, raw or escaped.
+        assert_every_split(b"{\"model\":\"a\x01b\\u0000c\"}", None);
+        assert_every_split(b"{\"model\":\"a\x01b\tc\"}", Some("abc"));
+        assert_every_split(br#"{"model":"a\u0000b\n\u001fc"}"#, Some("abc"));
+        // A key written with escapes is not taken for `model` (nor was it before).
+        assert_every_split(br#"{"mod\u0065l":"x"}"#, None);
+    }
+
+    #[test]
+    fn model_scanner_gives_up_on_what_cannot_have_a_model() {
+        for body in [
+            &b"not json"[..],
+            b"",
+            b"  ",
+            br#"[{"model":"x"}]"#,
+            br#""model""#,
+            br#"{"a":1}"#,
+            br#"{}"#,
+            br#"{"a":1,}"#,
+            br#"{"a" 1,"model":"x"}"#,
+            br#"{"a":1 "model":"x"}"#,
+            br#"{"model":42}"#,
+            br#"{"model":null,"model":"second"}"#,
+            br#"{"model":"bad \x escape"}"#,
+            br#"{"model":"lone \udc00 surrogate"}"#,
+            br#"{"model":"lone \ud800 surrogate"}"#,
+            b"{\"model\":\"not \xff utf-8\"}",
+            b"{\"model\":\"cut \xc3\"}",
+        ] {
+            assert_every_split(body, None);
+            let mut scan = ModelScanner::new();
+            scan.push(body);
+            scan.push(br#","model":"late"}"#);
+            assert_eq!(scan.model(), None);
+        }
+        // Truncated bodies: no model yet, and the scanner still waits.
+        for body in [
+            &br#"{"messages":[{"content":"x"}],"mod"#[..],
+            br#"{"messages":[{"content":"x"#,
+            br#"{"model":"gpt"#,
+            br#"{"model":"gpt\u00"#,
+            b"{\"model\":\"gpt\xf0\x9f",
+            br#"{"model""#,
+            br#"{"model" : "#,
+        ] {
+            let mut scan = ModelScanner::new();
+            scan.push(body);
+            assert!(!scan.is_done(), "{}", String::from_utf8_lossy(body));
+            assert_eq!(scan.model(), None);
+        }
+        // Once found, the scanner stops: what follows is not looked at.
+        let mut scan = ModelScanner::new();
+        scan.push(br#"{"model":"first","#);
+        assert!(scan.is_done());
+        scan.push(br#""model":"second"} garbage"#);
+        assert_eq!(scan.model(), Some("first"));
+    }
+
+    #[test]
+    fn model_scanner_memory_is_bounded_by_construction() {
+        // No body bytes are kept: the state is a fixed-size value plus the name's buffer.
+        assert!(std::mem::size_of::<ModelScanner>() <= 64);
+        let long = format!(r#"{{"model":"{}"}}"#, "é".repeat(500_000));
+        for sizes in [&[1][..], &[4095], &[usize::MAX]] {
+            let model = scan_in_frames(long.as_bytes(), sizes).unwrap();
+            assert_eq!(model.len(), MAX_MODEL_LEN);
+        }
+        let escaped = format!(r#"{{"model":"{}x"}}"#, r"\u0000".repeat(100_000));
+        assert_eq!(
+            scan_in_frames(escaped.as_bytes(), &[3]).as_deref(),
+            Some("x")
+        );
+    }
+
+    /// `find_model` as it was before the streaming scanner: a cursor over a complete buffer,
+    /// decoding the value with `serde_json`. The oracle for how a value is decoded.
+    mod before {
+        use super::super::MAX_MODEL_LEN;
+
+        /// The top-level `"model"` string of a JSON object, read from a (possibly truncated) prefix.
+        ///
+        /// Returns `None` when the prefix is not a JSON object, has no top-level `model` string, or ends
+        /// before it. Names longer than 256 bytes are cut.
+        pub(super) fn find_model(json: &[u8]) -> Option<String> {
+            let mut p = Cursor { b: json, i: 0 };
+            p.ws();
+            p.eat(b'{')?;
+            loop {
+                p.ws();
+                if p.peek()? == b'}' {
+                    return None;
+                }
+                let (ks, ke) = p.string()?;
+                p.ws();
+                p.eat(b':')?;
+                p.ws();
+                if &json[ks + 1..ke - 1] == b"model" {
+                    if p.peek()? != b'"' {
+                        return None;
+                    }
+                    let (vs, ve) = p.string()?;
+                    let raw = &json[vs + 1..ve - 1];
+                    let mut model: String = if raw.contains(&b'\\') {
+                        serde_json::from_slice(&json[vs..ve]).ok()?
+                    } else {
+                        String::from_utf8(raw.to_vec()).ok()?
+                    };
+                    // `\u0000` decodes to a NUL, which PostgreSQL refuses in text: one such request
+                    // would fail its whole audit batch. Control characters go.
+                    if model.chars().any(char::is_control) {
+                        model.retain(|c| !c.is_control());
+                    }
+                    if model.len() > MAX_MODEL_LEN {
+                        let mut cut = MAX_MODEL_LEN;
+                        while !model.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        model.truncate(cut);
+                    }
+                    return Some(model);
+                }
+                p.skip_value()?;
+                p.ws();
+                match p.next()? {
+                    b',' => {}
+                    _ => return None,
+                }
+            }
+        }
+
+        struct Cursor<'a> {
+            b: &'a [u8],
+            i: usize,
+        }
+
+        impl Cursor<'_> {
+            fn peek(&self) -> Option<u8> {
+                self.b.get(self.i).copied()
+            }
+            fn next(&mut self) -> Option<u8> {
+                let c = self.peek()?;
+                self.i += 1;
+                Some(c)
+            }
+            fn eat(&mut self, c: u8) -> Option<()> {
+                (self.next()? == c).then_some(())
+            }
+            fn ws(&mut self) {
+                while matches!(self.peek(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+                    self.i += 1;
+                }
+            }
+            /// A string starting at the cursor; returns the byte range including both quotes.
+            fn string(&mut self) -> Option<(usize, usize)> {
+                let start = self.i;
+                self.eat(b'"')?;
+                loop {
+                    match self.next()? {
+                        b'\\' => {
+                            self.next()?;
+                        }
+                        b'"' => return Some((start, self.i)),
+                        _ => {}
+                    }
+                }
+            }
+            fn skip_value(&mut self) -> Option<()> {
+                match self.peek()? {
+                    b'"' => self.string().map(drop),
+                    b'{' | b'[' => {
+                        let mut depth = 0usize;
+                        loop {
+                            match self.peek()? {
+                                b'"' => {
+                                    self.string()?;
+                                    continue;
+                                }
+                                b'{' | b'[' => depth += 1,
+                                b'}' | b']' => {
+                                    depth -= 1;
+                                    if depth == 0 {
+                                        self.i += 1;
+                                        return Some(());
+                                    }
+                                }
+                                _ => {}
+                            }
+                            self.i += 1;
+                        }
+                    }
+                    _ => {
+                        while !matches!(
+                            self.peek()?,
+                            b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'
+                        ) {
+                            self.i += 1;
+                        }
+                        Some(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// A small deterministic generator (xorshift64).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn model_values_decode_exactly_as_before_however_split() {
+        // Pieces of values: plain and non-ASCII text, raw control characters, every escape, valid
+        // and broken surrogates, broken escapes and broken UTF-8, long runs past the 256-byte cut.
+        let x100 = "x".repeat(100);
+        let e100 = "é".repeat(100);
+        let nul50 = r"\u0000".repeat(50);
+        let pieces: [&[u8]; 37] = [
+            b"a",
+            b"Z-1",
+            "é".as_bytes(),
+            "😀".as_bytes(),
+            "\u{85}".as_bytes(),
+            b"\x7f",
+            b"\n",
+            b"\x01",
+            br#"\""#,
+            br"\\",
+            br"\/",
+            br"\n",
+            br"\t",
+            br"\b",
+            br"\f",
+            br"\r",
+            br"\u0000",
+            br"\u00e9",
+            br"\u00E9",
+            br"\ud83d\ude00",
+            br"\ud83d",
+            br"\ude00",
+            br"\ud83d\ud83d",
+            br"\ud83dx",
+            br"\ud83d\n",
+            br"\u12",
+            br"\x",
+            br"\u00zz",
+            b"\xff",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\xed\xa0\x80",
+            b"\"",
+            b"\\",
+            x100.as_bytes(),
+            e100.as_bytes(),
+            nul50.as_bytes(),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut found = 0;
+        for _ in 0..3000 {
+            let mut value = Vec::new();
+            for _ in 0..rng.below(10) {
+                // Mostly plain pieces, so that many values stay valid.
+                let piece = if rng.below(3) == 0 {
+                    pieces[rng.below(pieces.len())]
+                } else {
+                    pieces[rng.below(4)]
+                };
+                value.extend_from_slice(piece);
+            }
+            let mut body = br#"{"messages":[{"model":"nested"}],"model":""#.to_vec();
+            body.extend_from_slice(&value);
+            body.extend_from_slice(br#"","n":1}"#);
+            let expected = before::find_model(&body);
+            found += usize::from(expected.is_some());
+            assert_eq!(
+                find_model(&body),
+                expected,
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+            let sizes = [1 + rng.below(5), 1 + rng.below(40), 1, 1 + rng.below(9)];
+            assert_eq!(
+                scan_in_frames(&body, &sizes),
+                expected,
+                "{} in frames of {sizes:?}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        // Both kinds were drawn in numbers.
+        assert!(found > 1000 && found < 2900, "{found} of 3000 valid");
+    }
+
+    #[test]
+    fn whole_bodies_read_as_before() {
+        for body in [
+            &br#" { "messages": [{"role":"user","content":"say \"model\": {x}"}], "n": 1, "stream": true, "model" : "m\u00e9-1", "x": 2}"#[..],
+            br#"{"a":,"model":"x"}"#,
+            br#"{"a":tru"e","model":"x"}"#,
+            br#"{"a":1]"model":"x"}"#,
+            br#"{"a":[}],"model":"x"}"#,
+            br#"{"a":"\"model\":\"x\"","b":{"model":"y"}}"#,
+            br#"{"model" "x"}"#,
+            br#"{"model":"x"  "#,
+            br#"	{"model"	:	"x"}"#,
+            long_chat_body().as_bytes(),
+        ] {
+            assert_eq!(
+                find_model(body),
+                before::find_model(body),
+                "{}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            );
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
@@ -20,25 +20,27 @@ fn config() -> AuditConfig {
 }
 
 /// Serve one request whose response body is `body`; return the response.
-async fn respond<B: Body + Send + 'static>(
+async fn respond<B: Body + Send + 'static, RB>(
     layer: &AuditLayer,
-    req: Request<Full<Bytes>>,
+    req: Request<RB>,
     make: impl FnOnce() -> Response<B> + Send + 'static,
-) -> Response<AuditBody<B>> {
+) -> Response<AuditBody<B>>
+where
+    RB: Body + Send + 'static,
+    RB::Error: std::fmt::Debug,
+{
     let make = Arc::new(Mutex::new(Some(make)));
     let svc = ServiceBuilder::new()
         .layer(layer.clone())
-        .service(service_fn(
-            move |req: Request<AuditRequestBody<Full<Bytes>>>| {
-                let make = Arc::clone(&make);
-                async move {
-                    // Read the request body like a forward would.
-                    req.into_body().collect().await.unwrap();
-                    let make = make.lock().unwrap().take().unwrap();
-                    Ok::<_, Infallible>(make())
-                }
-            },
-        ));
+        .service(service_fn(move |req: Request<AuditRequestBody<RB>>| {
+            let make = Arc::clone(&make);
+            async move {
+                // Read the request body like a forward would.
+                req.into_body().collect().await.unwrap();
+                let make = make.lock().unwrap().take().unwrap();
+                Ok::<_, Infallible>(make())
+            }
+        }));
     svc.oneshot(req).await.unwrap()
 }
 
@@ -106,6 +108,44 @@ async fn normal_end_fills_every_field() {
     assert!(e.ttfb.is_some());
     assert!(!e.is_stream);
     assert_eq!(e.usage.unwrap().total_tokens, 3);
+}
+
+/// openai-python writes `messages` before `model`: with a long conversation or an image the model
+/// came after the first 64 KiB, and the record had none.
+#[tokio::test]
+async fn model_after_a_megabyte_of_messages_in_any_framing() {
+    let content = "An image, then a question about \\\"model\\\": é😀 ".repeat(25_000);
+    let body = Bytes::from(format!(
+        r#"{{"messages":[{{"role":"user","content":"{content}"}},{{"role":"assistant","model":"no"}}],"model":"gpt-late","stream":false}}"#
+    ));
+    assert!(body.len() > 1_000_000);
+    let mut models = Vec::new();
+    for frame in [body.len(), 65_537, 4096, 7] {
+        let sink = MemorySink::default();
+        let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..body.len())
+            .step_by(frame)
+            .map(|at| Ok(Frame::data(body.slice(at..body.len().min(at + frame)))))
+            .collect();
+        let req = Request::post("/proxy/chat")
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap();
+        let res = respond(&layer, req, || {
+            Response::new(Full::new(Bytes::from_static(b"{}")))
+        })
+        .await;
+        res.into_body().collect().await.unwrap();
+        let events = events_after(layer, worker, &sink).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].request_bytes, body.len() as u64);
+        models.push((frame, events[0].model.clone()));
+    }
+    let late = Some("gpt-late".to_owned());
+    assert_eq!(
+        models,
+        [body.len(), 65_537, 4096, 7].map(|frame| (frame, late.clone())),
+        "(frame size, model)"
+    );
 }
 
 #[tokio::test]
