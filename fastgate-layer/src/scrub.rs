@@ -9,7 +9,9 @@
 //! `100-continue` is answered by the server the gateway runs in, when the body is first read;
 //! the backend gets the body without being asked, as nginx forwards it). It adds no
 //! `X-Forwarded-For` or `Forwarded` of its own. Every other header, unknown ones included,
-//! passes unchanged.
+//! passes unchanged here; the one header changed elsewhere is `Accept-Encoding`, which an
+//! enabled [audit layer](crate::audit#compressed-answers-and-accept-encoding) narrows to the
+//! codings its usage scanner reads.
 //!
 //! Place it after auth (auth needs the client's key) and before
 //! [`InjectUpstreamKeyLayer`](crate::inject::InjectUpstreamKeyLayer) (which sets the real one).

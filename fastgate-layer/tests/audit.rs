@@ -312,3 +312,184 @@ async fn full_queue_still_serves_and_counts_drops() {
     assert_eq!(gw.stats.capacity(), 1);
     assert_eq!(gw.sink.len(), 0);
 }
+
+/// gzip of `parts`, as a streaming server writes it: one sync flush per part, each flush one
+/// frame, the gzip trailer in the last frame.
+fn gzip_frames(parts: &[String]) -> Vec<Bytes> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut frames = Vec::new();
+    let mut sent = 0;
+    for part in parts {
+        e.write_all(part.as_bytes()).unwrap();
+        e.flush().unwrap();
+        frames.push(Bytes::copy_from_slice(&e.get_ref()[sent..]));
+        sent = e.get_ref().len();
+    }
+    let all = e.finish().unwrap();
+    frames.push(Bytes::copy_from_slice(&all[sent..]));
+    frames
+}
+
+fn gunzip(bytes: &[u8]) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+const SSE_USAGE: &str = r#"{"prompt_tokens":11,"completion_tokens":4,"total_tokens":15}"#;
+
+fn sse_events() -> Vec<String> {
+    let mut events: Vec<String> = (0..4)
+        .map(|i| {
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{i}\"}}}}],\"usage\":null}}\n\n"
+            )
+        })
+        .collect();
+    events.push(format!(
+        "data: {{\"choices\":[],\"usage\":{SSE_USAGE}}}\n\n"
+    ));
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+/// An upstream that compresses with gzip when the request accepts it (as vLLM or any server
+/// behind a compressing proxy does), recording the `Accept-Encoding` it got. `?mode=sse` streams
+/// [`sse_events`], the first frame alone until `first_seen` is notified.
+async fn gzip_upstream(
+    accept: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    first_seen: Arc<tokio::sync::Notify>,
+) -> std::net::SocketAddr {
+    upstream(move |req: Request<hyper::body::Incoming>| {
+        let accept = Arc::clone(&accept);
+        let first_seen = Arc::clone(&first_seen);
+        async move {
+            let ae = req
+                .headers()
+                .get("accept-encoding")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let gzip = ae.as_deref().is_some_and(|v| v.contains("gzip"));
+            accept.lock().unwrap().push(ae);
+            let sse = req.uri().query() == Some("mode=sse");
+            req.into_body().collect().await.unwrap();
+            let parts = if sse {
+                sse_events()
+            } else {
+                vec![JSON_BODY.to_owned()]
+            };
+            let frames = if gzip {
+                gzip_frames(&parts)
+            } else {
+                parts.into_iter().map(Bytes::from).collect()
+            };
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                for (i, frame) in frames.into_iter().enumerate() {
+                    if i == 1 && sse {
+                        // The next frame only once the client has the first: the gateway must
+                        // pass each compressed frame on at once, not wait for more.
+                        first_seen.notified().await;
+                    }
+                    if tx.send(Ok(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut res = Response::new(body);
+            let ct = if sse {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            res.headers_mut()
+                .insert("content-type", ct.parse().unwrap());
+            if gzip {
+                res.headers_mut()
+                    .insert("content-encoding", "gzip".parse().unwrap());
+            }
+            res
+        }
+    })
+    .await
+}
+
+/// The client asks for gzip (as python-requests, httpx and the OpenAI SDKs do) and the backend
+/// compresses: the client gets the compressed bytes as the backend sent them, and the audit
+/// record still has the token usage, for a JSON answer and for an SSE stream (read event by
+/// event while the stream flows). An `Accept-Encoding` naming codings the usage scanner cannot
+/// read reaches the backend narrowed to the ones it can.
+#[tokio::test]
+async fn gzip_answers_keep_their_bytes_and_their_token_usage() {
+    let accept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let first_seen = Arc::new(tokio::sync::Notify::new());
+    let up = gzip_upstream(Arc::clone(&accept), Arc::clone(&first_seen)).await;
+    let gw = gateway(backend(up), test_audit_config(), 1 << 20, true).await;
+
+    // JSON.
+    let mut req = with_id(chat(gw.addr, full("{}")), "gzip-json");
+    req.headers_mut()
+        .insert("accept-encoding", "gzip, deflate".parse().unwrap());
+    let res = client().request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let sent: Vec<u8> = gzip_frames(&[JSON_BODY.to_owned()]).concat();
+    assert_eq!(body, sent, "the compressed body, byte for byte");
+    assert_eq!(gunzip(&body), JSON_BODY);
+    let e = exactly_one(&gw, "gzip-json").await;
+    assert_eq!(e.outcome, Outcome::Completed);
+    assert_eq!(e.response_bytes, sent.len() as u64);
+    let u = e.usage.expect("usage read through gzip");
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+        (7, 2, 9)
+    );
+
+    // SSE, with codings the scanner cannot read offered first.
+    let mut req = chat(gw.addr, full("{}"));
+    *req.uri_mut() = format!("http://{}{ROUTE}?mode=sse", gw.addr)
+        .parse()
+        .unwrap();
+    let mut req = with_id(req, "gzip-sse");
+    req.headers_mut()
+        .insert("accept-encoding", "br, gzip;q=0.5".parse().unwrap());
+    let res = client().request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    let frames = gzip_frames(&sse_events());
+    let mut body = res.into_body();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while got.len() < frames[0].len() {
+            let frame = body.frame().await.unwrap().unwrap();
+            got.extend_from_slice(&frame.into_data().unwrap());
+        }
+    })
+    .await
+    .expect("the first compressed event reaches the client on its own");
+    first_seen.notify_one();
+    got.extend_from_slice(&body.collect().await.unwrap().to_bytes());
+    assert_eq!(got, frames.concat(), "the compressed stream, byte for byte");
+    assert_eq!(gunzip(&got), sse_events().concat());
+    let e = exactly_one(&gw, "gzip-sse").await;
+    assert!(e.is_stream);
+    assert_eq!(e.outcome, Outcome::Completed);
+    let u = e.usage.expect("usage read through a gzip stream");
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+        (11, 4, 15)
+    );
+
+    assert_eq!(
+        *accept.lock().unwrap(),
+        [
+            Some("gzip, deflate".to_owned()),
+            Some("gzip;q=0.5".to_owned())
+        ],
+        "what the backend was offered"
+    );
+}

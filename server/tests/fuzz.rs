@@ -1,5 +1,6 @@
 //! Nightly-free fuzzing: seeded random inputs (structured and mutated from the committed corpus in
-//! `tests/fuzz-corpus/`) for the key extraction, the SSE/JSON usage scanner and the config loader,
+//! `tests/fuzz-corpus/`) for the key extraction, the SSE/JSON usage scanner (plain, and through
+//! a gzip or deflate decoder) and the config loader,
 //! each run for a bounded time. Properties: no panic, plus the invariants named in each target.
 //!
 //! `cargo test` runs each target for `FASTGATE_FUZZ_SECONDS` (default 1) seconds;
@@ -10,6 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fastgate_layer::audit::decode::{ContentCoding, DECODE_BUFFER, DecodingScanner};
 use fastgate_layer::audit::scan::{SCAN_WINDOW, UsageScanner};
 use fastgate_layer::auth::extract_key;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -248,6 +250,34 @@ fn split_push(r: &mut StdRng, scan: &mut UsageScanner, body: &[u8]) {
     scan.finish();
 }
 
+/// A well-formed SSE stream of up to 20 events, and the last usage in it.
+fn well_formed_stream(r: &mut StdRng) -> (String, Option<(u64, u64, u64)>) {
+    let n = r.random_range(0..20);
+    let nl = if r.random() { "\n\n" } else { "\r\n\r\n" };
+    let mut body = String::new();
+    let mut expected = None;
+    for i in 0..n {
+        if r.random_range(0..4) == 0 {
+            let (p, c) = (r.random_range(0..1u64 << 40), r.random_range(0..100_000u64));
+            body.push_str(&format!(
+                "data: {{\"id\":\"x{i}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c},\"total_tokens\":{}}}}}{nl}",
+                p + c
+            ));
+            expected = Some((p, c, p + c));
+        } else {
+            let text: String = (0..r.random_range(0..200))
+                .map(|_| ['a', 'é', '"', '\\', ' ', '{', '}', '中'][r.random_range(0..8)])
+                .collect();
+            let text = serde_json::to_string(&text).unwrap();
+            body.push_str(&format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"content\":{text}}}}}]}}{nl}"
+            ));
+        }
+    }
+    body.push_str(&format!("data: [DONE]{nl}"));
+    (body, expected)
+}
+
 #[test]
 fn fuzz_sse_usage_scanner() {
     let seeds = corpus("sse-");
@@ -267,35 +297,112 @@ fn fuzz_sse_usage_scanner() {
             return;
         }
         // A well-formed stream: the last usage chunk is found whatever the chunking.
-        let n = r.random_range(0..20);
-        let nl = if r.random() { "\n\n" } else { "\r\n\r\n" };
-        let mut body = String::new();
-        let mut expected = None;
-        for i in 0..n {
-            if r.random_range(0..4) == 0 {
-                let (p, c) = (r.random_range(0..1u64 << 40), r.random_range(0..100_000u64));
-                body.push_str(&format!(
-                    "data: {{\"id\":\"x{i}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c},\"total_tokens\":{}}}}}{nl}",
-                    p + c
-                ));
-                expected = Some((p, c, p + c));
-            } else {
-                let text: String = (0..r.random_range(0..200))
-                    .map(|_| ['a', 'é', '"', '\\', ' ', '{', '}', '中'][r.random_range(0..8)])
-                    .collect();
-                let text = serde_json::to_string(&text).unwrap();
-                body.push_str(&format!(
-                    "data: {{\"choices\":[{{\"delta\":{{\"content\":{text}}}}}]}}{nl}"
-                ));
-            }
-        }
-        body.push_str(&format!("data: [DONE]{nl}"));
+        let (body, expected) = well_formed_stream(r);
         let mut scan = UsageScanner::sse();
         split_push(r, &mut scan, body.as_bytes());
         let got = scan
             .usage()
             .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens));
         assert_eq!(got, expected, "stream: {body:?}");
+    });
+}
+
+// === usage scanner through a decoder ===
+
+fn compress(r: &mut StdRng, body: &[u8]) -> (ContentCoding, Vec<u8>) {
+    use flate2::Compression;
+    use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+    use std::io::Write;
+    let level = Compression::new(r.random_range(0..=9));
+    let kind = r.random_range(0..3);
+    // Flushed at random points, as a streaming server flushes per event.
+    let mut write = |w: &mut dyn Write| {
+        let mut rest = body;
+        while !rest.is_empty() {
+            let n = r.random_range(1..=rest.len().min(300));
+            w.write_all(&rest[..n]).unwrap();
+            if r.random_range(0..4) == 0 {
+                w.flush().unwrap();
+            }
+            rest = &rest[n..];
+        }
+    };
+    match kind {
+        0 => {
+            let mut e = GzEncoder::new(Vec::new(), level);
+            write(&mut e);
+            (ContentCoding::Gzip, e.finish().unwrap())
+        }
+        1 => {
+            let mut e = ZlibEncoder::new(Vec::new(), level);
+            write(&mut e);
+            (ContentCoding::Deflate, e.finish().unwrap())
+        }
+        _ => {
+            let mut e = DeflateEncoder::new(Vec::new(), level);
+            write(&mut e);
+            (ContentCoding::Deflate, e.finish().unwrap())
+        }
+    }
+}
+
+#[test]
+fn fuzz_decoding_usage_scanner() {
+    let seeds = corpus("sse-");
+    run("decoding_usage_scanner", |r| {
+        // A corpus file (JSON or SSE scanning), or a well-formed stream with a known usage.
+        let (body, sse, expected) = if r.random() {
+            let seed = seeds[r.random_range(0..seeds.len())].clone();
+            let mut direct = UsageScanner::json();
+            direct.push(&seed);
+            direct.finish();
+            let usage = direct
+                .usage()
+                .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens));
+            (seed, false, usage)
+        } else {
+            let (body, usage) = well_formed_stream(r);
+            (body.into_bytes(), true, usage)
+        };
+        let (coding, mut data) = compress(r, &body);
+        let limit = r.random_range(0..2 * body.len() as u64 + 1);
+        let mutated = r.random_range(0..2) == 0;
+        if mutated {
+            mutate(r, &mut data);
+        }
+        let plain = if sse {
+            UsageScanner::sse()
+        } else {
+            UsageScanner::json()
+        };
+        let mut scan = DecodingScanner::with_limit(coding, plain, limit);
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let n = r.random_range(1..=rest.len().min(257));
+            scan.push(&rest[..n]);
+            assert!(scan.buffered() <= SCAN_WINDOW);
+            assert!(scan.decoded() <= limit + DECODE_BUFFER as u64);
+            rest = &rest[n..];
+        }
+        scan.finish();
+        if mutated {
+            return; // no panic, bounded memory and work
+        }
+        // Intact: the usage of the uncompressed body, unless that is over the limit.
+        let got = scan
+            .usage()
+            .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens));
+        if (body.len() as u64) <= limit {
+            assert!(!scan.failed(), "{coding:?} of {} bytes", body.len());
+            assert_eq!(
+                got,
+                expected,
+                "{coding:?}: {:?}",
+                String::from_utf8_lossy(&body)
+            );
+        } else {
+            assert!(scan.failed() && got.is_none());
+        }
     });
 }
 

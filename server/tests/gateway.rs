@@ -1859,3 +1859,77 @@ async fn rotate_takes_its_grace_period_from_a_json_body() {
     assert_eq!(res.status(), 200);
     assert_eq!(fg.chat(&second, false).await.status(), 401);
 }
+
+/// A client that accepts gzip (python-requests, httpx and the OpenAI SDKs all do) and a backend
+/// that compresses: the client gets the compressed bytes unchanged, the audit row still has the
+/// token counts (JSON and SSE), and an `Accept-Encoding` with codings the usage scanner cannot
+/// read reaches the backend narrowed to the ones it can.
+#[tokio::test]
+async fn gzip_answers_pass_unchanged_and_keep_their_token_counts() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let key = fg.key("gzip-user").await;
+    let post = |stream: bool, accept: &'static str| {
+        fg.http
+            .post(fg.proxy_url())
+            .header("X-API-Key", &key)
+            .header("Content-Type", "application/json")
+            .header("Accept-Encoding", accept)
+            .body(chat_body(stream))
+            .send()
+    };
+    let tokens = |row: &serde_json::Value| {
+        (
+            row["prompt_tokens"].as_u64(),
+            row["completion_tokens"].as_u64(),
+            row["total_tokens"].as_u64(),
+        )
+    };
+
+    // JSON, with what python-requests sends.
+    let res = post(false, "gzip, deflate").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    let id = request_id(&res);
+    let body = res.bytes().await.unwrap();
+    assert_eq!(
+        body,
+        gzip_frames(&[JSON_REPLY.to_owned()]).concat(),
+        "the compressed body, byte for byte"
+    );
+    assert_eq!(upstream.last().headers["accept-encoding"], "gzip, deflate");
+    let row = fg.wait_audit(&id).await;
+    assert_eq!(row["response_bytes"].as_u64(), Some(body.len() as u64));
+    assert_eq!(tokens(&row), (Some(3), Some(4), Some(7)), "{row}");
+
+    // SSE, offering brotli first: the backend is asked for gzip only, and the stream still
+    // flows event by event.
+    let started = Instant::now();
+    let res = post(true, "br, gzip;q=0.5").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    let id = request_id(&res);
+    let mut stream = res.bytes_stream();
+    let mut got = Vec::new();
+    let mut first_at = None;
+    while let Some(chunk) = stream.next().await {
+        first_at.get_or_insert_with(|| started.elapsed());
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    let ended_at = started.elapsed();
+    let first_at = first_at.unwrap();
+    assert!(
+        ended_at - first_at >= SSE_GAP * 3,
+        "first byte after {first_at:?}, end after {ended_at:?}"
+    );
+    let events: Vec<String> = (0..=SSE_EVENTS + 1).map(sse_event).collect();
+    assert_eq!(
+        got,
+        gzip_frames(&events).concat(),
+        "the compressed stream, byte for byte"
+    );
+    assert_eq!(upstream.last().headers["accept-encoding"], "gzip;q=0.5");
+    let row = fg.wait_audit(&id).await;
+    assert_eq!(row["is_stream"], true);
+    assert_eq!(tokens(&row), (Some(7), Some(5), Some(12)), "{row}");
+}

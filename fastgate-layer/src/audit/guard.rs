@@ -7,9 +7,10 @@ use std::time::Instant;
 use http::Response;
 use tokio::sync::mpsc;
 
+use super::decode::{ContentCoding, DecodingScanner};
 use super::layer::StatsInner;
 use super::scan::UsageScanner;
-use super::{AuditEvent, Outcome};
+use super::{AuditEvent, Outcome, TokenUsage};
 use crate::extensions::{KeyIdentity, Rejected, TargetUrl};
 use crate::forward::is_event_stream;
 
@@ -84,7 +85,47 @@ pub(crate) struct AuditGuard {
     stats: Arc<StatsInner>,
     request: Arc<RequestStats>,
     rejected: Option<Rejected>,
-    scanner: Option<UsageScanner>,
+    scanner: Option<Scan>,
+}
+
+/// How the response body is read for token usage.
+#[derive(Debug)]
+enum Scan {
+    /// As it passes (no `Content-Encoding`, or `identity`).
+    Plain(UsageScanner),
+    /// Through a decoder (`gzip`, `deflate`); boxed: the decoder's state is large, and only
+    /// compressed answers pay for it.
+    Decoded(Box<DecodingScanner>),
+}
+
+impl Scan {
+    /// A scanner for a body that `headers` describe, if its coding can be read.
+    fn new(scanner: UsageScanner, headers: &http::HeaderMap) -> Option<Self> {
+        // The hot path (no Content-Encoding) costs this one lookup.
+        if !headers.contains_key(http::header::CONTENT_ENCODING) {
+            return Some(Self::Plain(scanner));
+        }
+        match ContentCoding::of(headers)? {
+            ContentCoding::Identity => Some(Self::Plain(scanner)),
+            coding => Some(Self::Decoded(Box::new(DecodingScanner::new(
+                coding, scanner,
+            )))),
+        }
+    }
+
+    /// The body ended (or was cut): the usage found.
+    fn usage(self) -> Option<TokenUsage> {
+        match self {
+            Self::Plain(mut s) => {
+                s.finish();
+                s.usage()
+            }
+            Self::Decoded(mut s) => {
+                s.finish();
+                s.usage()
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for AuditGuard {
@@ -133,13 +174,16 @@ impl AuditGuard {
             self.rejected = Some(*rejected);
         }
         event.is_stream = is_event_stream(res.headers());
-        self.scanner = if event.is_stream {
+        let scanner = if event.is_stream {
             Some(UsageScanner::sse())
         } else if self.rejected.is_none() && is_json(res.headers()) {
             Some(UsageScanner::json())
         } else {
             None
         };
+        // A coding the scanner cannot read (br, zstd…) leaves the usage unknown: its bytes are
+        // not JSON text, and must not be read as such.
+        self.scanner = scanner.and_then(|s| Scan::new(s, res.headers()));
     }
 
     /// A data frame of `len` bytes passed; `chunk` is its first contiguous part; `last` when the
@@ -151,13 +195,25 @@ impl AuditGuard {
         };
         event.ttfb.get_or_insert_with(|| start.elapsed());
         event.response_bytes += len as u64;
-        if let Some(scanner) = self.scanner.as_mut() {
-            if last && chunk.len() == len {
-                // Often the whole JSON body in one frame: scanned in place, without a copy.
-                scanner.push_complete(chunk);
-            } else {
-                scanner.push(chunk);
+        match self.scanner.as_mut() {
+            Some(Scan::Plain(scanner)) => {
+                if last && chunk.len() == len {
+                    // Often the whole JSON body in one frame: scanned in place, without a copy.
+                    scanner.push_complete(chunk);
+                } else {
+                    scanner.push(chunk);
+                }
             }
+            Some(Scan::Decoded(scanner)) => {
+                if chunk.len() == len {
+                    scanner.push(chunk);
+                } else {
+                    // Part of the frame is out of sight: the rest of the stream cannot be
+                    // decoded (never the case for hyper's bodies, whose frames are `Bytes`).
+                    self.scanner = None;
+                }
+            }
+            None => {}
         }
     }
 
@@ -188,8 +244,7 @@ impl AuditGuard {
         {
             event.target_url = Some(Arc::clone(target));
         }
-        if let Some(mut scanner) = self.scanner.take() {
-            scanner.finish();
+        if let Some(scanner) = self.scanner.take() {
             event.usage = scanner.usage();
         }
         self.stats.note_upstream(&event);

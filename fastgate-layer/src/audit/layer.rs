@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tower::{Layer, Service};
 
 use super::body::{AuditBody, AuditRequestBody};
+use super::decode::narrow_accept_encoding;
 use super::guard::{AuditGuard, AuditSlot, RequestStats};
 use super::worker::AuditWorker;
 use super::{AuditEvent, AuditSink, Outcome};
@@ -333,6 +334,8 @@ where
             };
         };
         let start = Instant::now();
+        // The backend must answer in a coding the usage scanner reads (see `decode`).
+        narrow_accept_encoding(req.headers_mut());
         let event = start_event(&req);
         let request = Arc::new(RequestStats::default());
         // Boxed: the guard holds the whole event (~400 bytes), and the response future and

@@ -27,6 +27,26 @@
 //! it streams, wherever it is in the body, with the bounded [`scan::ModelScanner`]; token usage
 //! from the response with the bounded [`scan::UsageScanner`].
 //!
+//! # Compressed answers and `Accept-Encoding`
+//!
+//! Clients such as python-requests, httpx and the OpenAI SDKs send `Accept-Encoding: gzip`, and
+//! a backend may then compress its answer. The client still gets the compressed bytes exactly as
+//! the backend sent them; for a `gzip` (`x-gzip`) or `deflate` answer the usage scanner reads a
+//! copy decoded frame by frame as the body passes ([`decode::DecodingScanner`]: nothing is held
+//! back; memory is the decoder's state, about 43 KiB with its 32 KiB window, plus an 8 KiB
+//! buffer, allocated only for compressed answers; decoding stops past 64 MiB of output or at a
+//! decode error, leaving the usage unknown).
+//!
+//! A coding the scanner cannot read (`br`, `zstd`, `compress`, …) would hide the usage, so **an
+//! enabled audit layer narrows the request's `Accept-Encoding`** before it goes on: only
+//! `gzip`, `x-gzip`, `deflate` and `identity` stay, with their q-values (`br, gzip;q=0.5`
+//! reaches the backend as `gzip;q=0.5`), and when none of them remains accepted the backend is
+//! sent `identity`. A header that names only those codings, or none, is left as it is. This is
+//! deliberate: the cost is that a backend which could have answered in brotli or zstd answers in
+//! gzip or uncompressed. [`AuditLayer::disabled`] leaves the header alone. An answer in a coding
+//! the scanner cannot read anyway (a backend that ignores the header) is passed on with its
+//! usage unknown.
+//!
 //! # Example
 //!
 //! ```
@@ -62,6 +82,7 @@
 //! ```
 
 mod body;
+pub mod decode;
 mod event;
 mod guard;
 mod layer;

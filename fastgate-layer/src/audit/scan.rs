@@ -5,6 +5,8 @@
 //! * [`UsageScanner`] reads token usage from a JSON response's `usage` object or from an SSE
 //!   stream's usage chunk. It never changes a byte, and holds at most one SSE event (or a
 //!   [`SCAN_WINDOW`]-byte window of a JSON body) in memory.
+//!   A `gzip` or `deflate` body reaches it decoded through
+//!   [`DecodingScanner`](super::decode::DecodingScanner).
 //!
 //! They are public so that they can be fuzzed and benchmarked on their own.
 //!

@@ -430,3 +430,77 @@ fn a_user_agent_in_utf8_is_kept_not_dropped() {
     let event = super::layer::start_event(&req);
     assert_eq!(event.user_agent.as_deref(), Some("bot/x"));
 }
+
+/// The `Accept-Encoding` the inner service gets through `layer`.
+async fn accept_encoding_inside(layer: AuditLayer, sent: &'static str) -> String {
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn(
+        |req: Request<AuditRequestBody<Full<Bytes>>>| async move {
+            let seen = req
+                .headers()
+                .get(http::header::ACCEPT_ENCODING)
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                seen.unwrap_or_default(),
+            ))))
+        },
+    ));
+    let mut req = request();
+    req.headers_mut()
+        .insert(http::header::ACCEPT_ENCODING, sent.parse().unwrap());
+    let res = svc.oneshot(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn accept_encoding_narrowed_only_when_auditing() {
+    let (layer, _worker) = AuditLayer::pair(MemorySink::default(), config());
+    assert_eq!(
+        accept_encoding_inside(layer, "gzip, deflate, br, zstd").await,
+        "gzip, deflate"
+    );
+    assert_eq!(
+        accept_encoding_inside(AuditLayer::disabled(), "gzip, deflate, br, zstd").await,
+        "gzip, deflate, br, zstd"
+    );
+}
+
+#[tokio::test]
+async fn gzip_json_usage_read_frame_by_frame_and_unreadable_codings_left_alone() {
+    use std::io::Write;
+    let json = br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(json).unwrap();
+    let gz: &'static [u8] = Box::leak(e.finish().unwrap().into_boxed_slice());
+
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    for (coding, body) in [("gzip", gz), ("br", &json[..])] {
+        let res = respond(&layer, request(), move || {
+            // One byte per frame.
+            let mut r = Response::new(MockBody::new(gz_steps(body)));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", coding.parse().unwrap());
+            r
+        })
+        .await;
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got, body, "{coding}: passed on unchanged");
+    }
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(
+        events[0].usage.unwrap().total_tokens,
+        3,
+        "read through gzip"
+    );
+    assert_eq!(events[0].response_bytes, gz.len() as u64);
+    // A coding the scanner cannot read: its bytes are not read as JSON text (here they happen
+    // to be JSON, which a brotli body is not).
+    assert_eq!(events[1].usage, None);
+}
+
+fn gz_steps(body: &'static [u8]) -> Vec<Step> {
+    body.chunks(1).map(Step::Data).collect()
+}

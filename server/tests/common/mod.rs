@@ -40,7 +40,8 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-/// A recording upstream on 127.0.0.1: JSON completion, or SSE when the body asks for a stream.
+/// A recording upstream on 127.0.0.1: JSON completion, or SSE when the body asks for a stream;
+/// compressed with gzip when the request accepts it.
 #[derive(Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -70,6 +71,25 @@ pub const JSON_REPLY: &str = r#"{"id":"c1","object":"chat.completion","choices":
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// gzip of `parts` as a streaming server writes it: one sync flush per part, each flush one
+/// frame, the gzip trailer in the last frame. The upstream answers so when the request accepts
+/// gzip (as python-requests, httpx and the OpenAI SDKs say they do).
+pub fn gzip_frames(parts: &[String]) -> Vec<Bytes> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut frames = Vec::new();
+    let mut sent = 0;
+    for part in parts {
+        e.write_all(part.as_bytes()).unwrap();
+        e.flush().unwrap();
+        frames.push(Bytes::copy_from_slice(&e.get_ref()[sent..]));
+        sent = e.get_ref().len();
+    }
+    let all = e.finish().unwrap();
+    frames.push(Bytes::copy_from_slice(&all[sent..]));
+    frames
+}
+
 async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
     req: Request<Incoming>,
@@ -82,6 +102,11 @@ async fn handle(
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&body);
     let stream = text.contains("\"stream\":true") || text.contains("\"stream\": true");
+    let gzip = parts
+        .headers
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
     seen.lock().unwrap().push(Seen {
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -89,20 +114,47 @@ async fn handle(
         body,
     });
     if stream {
-        let events = futures_util::stream::iter(0..=SSE_EVENTS + 1).then(|i| async move {
-            if i > 0 && i < SSE_EVENTS {
-                tokio::time::sleep(SSE_GAP).await;
+        let mut frames: Vec<Bytes> = if gzip {
+            // The trailer's frame goes with the last event's.
+            let mut frames = gzip_frames(&(0..=SSE_EVENTS + 1).map(sse_event).collect::<Vec<_>>());
+            let trailer = frames.pop().unwrap_or_default();
+            let last = frames.pop().unwrap_or_default();
+            frames.push([last, trailer].concat().into());
+            frames
+        } else {
+            (0..=SSE_EVENTS + 1).map(|i| sse_event(i).into()).collect()
+        };
+        frames.reverse();
+        let events = futures_util::stream::iter(0..=SSE_EVENTS + 1).then(move |i| {
+            let frame = frames.pop().unwrap_or_default();
+            async move {
+                if i > 0 && i < SSE_EVENTS {
+                    tokio::time::sleep(SSE_GAP).await;
+                }
+                Ok::<_, Infallible>(Frame::data(frame))
             }
-            Ok::<_, Infallible>(Frame::data(Bytes::from(sse_event(i))))
         });
         let mut res = Response::new(BodyExt::boxed(StreamBody::new(events)));
         res.headers_mut()
             .insert("content-type", "text/event-stream".parse().unwrap());
+        if gzip {
+            res.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+        }
         return Ok(res);
     }
-    let mut res = Response::new(Full::new(Bytes::from_static(JSON_REPLY.as_bytes())).boxed());
+    let body = if gzip {
+        gzip_frames(&[JSON_REPLY.to_owned()]).concat().into()
+    } else {
+        Bytes::from_static(JSON_REPLY.as_bytes())
+    };
+    let mut res = Response::new(Full::new(body).boxed());
     res.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
+    if gzip {
+        res.headers_mut()
+            .insert("content-encoding", "gzip".parse().unwrap());
+    }
     // A backend with CORS headers of its own (vLLM and FastAPI servers send them), on request.
     if parts.headers.contains_key("x-test-backend-cors") {
         for (name, value) in [
