@@ -923,7 +923,7 @@ fn upstream_response(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(&mut parts.headers);
-    if is_event_stream(&parts.headers) {
+    if is_event_stream(&parts.headers) || is_ndjson(&parts.headers) {
         parts
             .headers
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -940,6 +940,20 @@ fn upstream_response(
 }
 
 /// Whether the headers announce a `text/event-stream` body.
+/// `application/x-ndjson` (or `application/ndjson`): Ollama's native API streams its answers
+/// as one JSON object per line.
+pub(crate) fn is_ndjson(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start();
+            let ct = ct.split(';').next().unwrap_or(ct).trim_end();
+            ct.eq_ignore_ascii_case("application/x-ndjson")
+                || ct.eq_ignore_ascii_case("application/ndjson")
+        })
+}
+
 pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

@@ -493,3 +493,72 @@ async fn gzip_answers_keep_their_bytes_and_their_token_usage() {
         "what the backend was offered"
     );
 }
+
+/// Ollama's native API: `/api/chat` streams NDJSON, one object per line, the last with
+/// `prompt_eval_count` / `eval_count`. Each line reaches the client as it comes (no proxy
+/// buffering: `X-Accel-Buffering: no`), and the record is a stream with the counts as tokens.
+#[tokio::test]
+async fn ollama_ndjson_streams_pass_line_by_line_and_their_counts_are_audited() {
+    let first_seen = Arc::new(tokio::sync::Notify::new());
+    let lines = [
+        "{\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n",
+        "{\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\"!\"},\"done\":false}\n",
+        "{\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"prompt_eval_count\":26,\"eval_count\":290}\n",
+    ];
+    let seen = Arc::clone(&first_seen);
+    let up = upstream(move |req: Request<hyper::body::Incoming>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            req.into_body().collect().await.unwrap();
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                for (i, line) in lines.iter().enumerate() {
+                    if i == 1 {
+                        seen.notified().await;
+                    }
+                    if tx
+                        .send(Ok(Bytes::from_static(line.as_bytes())))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let mut res = Response::new(body);
+            res.headers_mut()
+                .insert("content-type", "application/x-ndjson".parse().unwrap());
+            res
+        }
+    })
+    .await;
+    let gw = gateway(backend(up), test_audit_config(), 1 << 20, true).await;
+    let req = with_id(
+        chat(gw.addr, full("{\"model\":\"llama3\",\"stream\":true}")),
+        "ndjson",
+    );
+    let res = client().request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-accel-buffering"], "no");
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first line reaches the client on its own")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, lines[0].as_bytes());
+    first_seen.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, [lines[1], lines[2]].concat().as_bytes());
+    let e = exactly_one(&gw, "ndjson").await;
+    assert!(e.is_stream);
+    assert_eq!(e.outcome, Outcome::Completed);
+    assert_eq!(e.model.as_deref(), Some("llama3"));
+    let u = e.usage.expect("Ollama's counts");
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+        (26, 290, 316)
+    );
+}

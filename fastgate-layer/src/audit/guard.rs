@@ -12,7 +12,7 @@ use super::layer::StatsInner;
 use super::scan::UsageScanner;
 use super::{AuditEvent, Outcome, TokenUsage};
 use crate::extensions::{KeyIdentity, Rejected, TargetUrl};
-use crate::forward::is_event_stream;
+use crate::forward::{is_event_stream, is_ndjson};
 
 /// Facts the request body wrapper learns while the request streams, and what the inner layers
 /// learn before the response exists (the key, the upstream target): a request the client drops
@@ -173,10 +173,12 @@ impl AuditGuard {
             event.error_code = Some(rejected.code);
             self.rejected = Some(*rejected);
         }
-        event.is_stream = is_event_stream(res.headers());
-        let scanner = if event.is_stream {
+        let ndjson = is_ndjson(res.headers());
+        event.is_stream = ndjson || is_event_stream(res.headers());
+        let scanner = if event.is_stream && !ndjson {
             Some(UsageScanner::sse())
-        } else if self.rejected.is_none() && is_json(res.headers()) {
+        } else if self.rejected.is_none() && (ndjson || is_json(res.headers())) {
+            // NDJSON (Ollama's native streams) is read as one JSON text: the last counts win.
             Some(UsageScanner::json())
         } else {
             None

@@ -25,7 +25,7 @@
 
 use std::sync::LazyLock;
 
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 
 use super::TokenUsage;
@@ -46,6 +46,10 @@ const MAX_MODEL_LEN: usize = 256;
 pub const MAX_TOKENS: u64 = 1 << 40;
 
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static EVAL_COUNT_KEY: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"eval_count\""));
+static PROMPT_EVAL_COUNT_KEY: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"prompt_eval_count\""));
 
 #[derive(Deserialize)]
 struct UsageJson {
@@ -57,8 +61,45 @@ struct UsageJson {
     total_tokens: Option<u64>,
 }
 
-/// The last `"usage": {...}` object in `bytes` with at least one token count.
+/// The last `"usage": {...}` object in `bytes` with at least one token count; without one, the
+/// last `"prompt_eval_count"` / `"eval_count"` of Ollama's native API (its final object, or
+/// NDJSON line, carries them at the top level).
 pub fn extract_usage(bytes: &[u8]) -> Option<TokenUsage> {
+    extract_openai_usage(bytes).or_else(|| extract_ollama_counts(bytes))
+}
+
+/// The number after the last `key` (a quoted name) and a colon in `bytes`.
+fn last_count(bytes: &[u8], key: &FinderRev<'_>, key_len: usize) -> Option<u64> {
+    let at = key.rfind(bytes)?;
+    let rest = skip_ws(&bytes[at + key_len..]);
+    let rest = skip_ws(rest.strip_prefix(b":")?);
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+fn extract_ollama_counts(bytes: &[u8]) -> Option<TokenUsage> {
+    let completion = last_count(bytes, &EVAL_COUNT_KEY, b"\"eval_count\"".len());
+    let prompt = last_count(
+        bytes,
+        &PROMPT_EVAL_COUNT_KEY,
+        b"\"prompt_eval_count\"".len(),
+    );
+    if completion.is_none() && prompt.is_none() {
+        return None;
+    }
+    let cap = |v: u64| v.min(MAX_TOKENS);
+    let (prompt, completion) = (cap(prompt.unwrap_or(0)), cap(completion.unwrap_or(0)));
+    Some(TokenUsage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+    })
+}
+
+fn extract_openai_usage(bytes: &[u8]) -> Option<TokenUsage> {
     let mut found = None;
     let mut from = 0;
     // `"usage"` plus at least `:{}` must fit in what is left.
@@ -1350,6 +1391,43 @@ mod tests {
             (u.prompt_tokens, u.completion_tokens, u.total_tokens),
             (MAX_TOKENS, MAX_TOKENS, MAX_TOKENS)
         );
+    }
+
+    #[test]
+    fn ollama_native_counts_are_read_whole_split_and_as_ndjson() {
+        let last = r#"{"model":"llama3","message":{"role":"assistant","content":"say \"eval_count\": 9"},"done":true,"total_duration":5,"prompt_eval_count":26,"eval_count":290,"eval_duration":4}"#;
+        let want = TokenUsage {
+            prompt_tokens: 26,
+            completion_tokens: 290,
+            total_tokens: 316,
+        };
+        assert_eq!(extract_usage(last.as_bytes()), Some(want));
+        // A stream: many lines without counts, then the final one.
+        let mut body = String::new();
+        for i in 0..2000 {
+            body.push_str(&format!(
+                "{{\"model\":\"llama3\",\"message\":{{\"role\":\"assistant\",\"content\":\"t{i}\"}},\"done\":false}}\n"
+            ));
+        }
+        body.push_str(last);
+        body.push('\n');
+        for split in [1, 7, 4096, SCAN_WINDOW + 1] {
+            let mut scan = UsageScanner::json();
+            for piece in body.as_bytes().chunks(split) {
+                scan.push(piece);
+            }
+            scan.finish();
+            assert_eq!(scan.usage(), Some(want), "split {split}");
+        }
+        // An OpenAI `usage` object wins; nonsense counts are capped.
+        let both = r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"eval_count":7}"#;
+        assert_eq!(extract_usage(both.as_bytes()).unwrap().total_tokens, 3);
+        let huge = r#"{"prompt_eval_count":99999999999999999,"eval_count":1}"#;
+        assert_eq!(
+            extract_usage(huge.as_bytes()).unwrap().prompt_tokens,
+            MAX_TOKENS
+        );
+        assert_eq!(extract_usage(br#"{"eval_count":"x"}"#), None);
     }
 
     #[test]
