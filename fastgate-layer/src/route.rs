@@ -8,6 +8,13 @@
 //! [`RouteLayer`] inserts the match into the request extensions (read by auth, inject and forward)
 //! or answers 404 JSON `route_not_found`, marked [`Rejected`](crate::Rejected).
 //!
+//! It also refuses the methods that must never reach a backend, whatever the path: `TRACE` and
+//! `TRACK` (a backend that honours them, as Apache does by default, echoes the request head
+//! back, and with it the real upstream key the gateway injected) and `CONNECT` (a tunnel, not a
+//! request). They are matched ignoring case and answered 405 JSON `method_not_allowed` with an
+//! `Allow` header, marked [`Rejected`](crate::Rejected), before anything else is done (no key
+//! lookup, nothing forwarded). Every other method, extension methods included, is routed.
+//!
 //! A route holds one backend today; [`RouteConfig::backend`] is an `Arc`, so a later version can
 //! hold several (failover) in the table without changing how the layers read it.
 //!
@@ -57,7 +64,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use percent_encoding::percent_decode_str;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -197,6 +204,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        if is_refused_method(req.method()) {
+            let mut res = rejection(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "TRACE, TRACK and CONNECT requests are not forwarded",
+                Outcome::Rejected,
+            );
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            return ResponseFuture {
+                state: State::Refused { res: Some(res) },
+            };
+        }
         let path = req.uri().path();
         let route = self
             .table
@@ -212,7 +232,7 @@ where
                 }
             }
             None => ResponseFuture {
-                state: State::NotFound {
+                state: State::Refused {
                     res: Some(rejection(
                         StatusCode::NOT_FOUND,
                         "route_not_found",
@@ -222,6 +242,21 @@ where
                 },
             },
         }
+    }
+}
+
+/// The `Allow` header of a 405: the standard methods the gateway forwards.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// `TRACE`, `TRACK` or `CONNECT`, in any case: methods never forwarded (see the
+/// [module docs](self)). A length test rules out every other standard method but `PATCH`.
+#[inline]
+fn is_refused_method(method: &Method) -> bool {
+    let m = method.as_str();
+    match m.len() {
+        5 => m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK"),
+        7 => m.eq_ignore_ascii_case("CONNECT"),
+        _ => false,
     }
 }
 
@@ -236,7 +271,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
-        NotFound { res: Option<Response<B>> },
+        Refused { res: Option<Response<B>> },
         Inner { #[pin] fut: F },
     }
 }
@@ -256,7 +291,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::NotFound { res } => {
+            StateProj::Refused { res } => {
                 Poll::Ready(Ok(res.take().expect("polled after completion")))
             }
             StateProj::Inner { fut } => fut.poll(cx),
@@ -319,6 +354,64 @@ mod tests {
             res.extensions().get::<Rejected>().unwrap().code,
             "route_not_found"
         );
+    }
+
+    #[tokio::test]
+    async fn trace_track_and_connect_are_refused_before_routing() {
+        let table = RouteTable::new(HashMap::from([("/proxy/a".to_owned(), route("a"))]));
+        for method in ["TRACE", "TRACK", "CONNECT", "trace", "Track", "connect"] {
+            for uri in ["/proxy/a", "/nope"] {
+                let svc = ServiceBuilder::new()
+                    .layer(RouteLayer::new(table.clone()))
+                    .service(service_fn(|_req: Request<()>| async move {
+                        panic!("a refused method reached the inner service");
+                        #[allow(unreachable_code)]
+                        Ok::<Response<Full<Bytes>>, Infallible>(Response::new(Full::default()))
+                    }));
+                let req = Request::builder()
+                    .method(Method::from_bytes(method.as_bytes()).unwrap())
+                    .uri(uri)
+                    .body(())
+                    .unwrap();
+                let res = svc.oneshot(req).await.unwrap();
+                assert_eq!(
+                    res.status(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {uri}"
+                );
+                assert_eq!(res.headers()[header::ALLOW], ALLOWED_METHODS);
+                let rejected = res.extensions().get::<Rejected>().copied().unwrap();
+                assert_eq!(rejected.code, "method_not_allowed");
+                assert_eq!(rejected.outcome, Outcome::Rejected);
+                let body = http_body_util::BodyExt::collect(res.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(json["error"]["code"], "method_not_allowed");
+                assert_eq!(json["error"]["type"], "fastgate_error");
+            }
+        }
+        // Every other method is routed, extension methods included.
+        for method in [
+            "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACES", "PROPFIND",
+        ] {
+            let svc = ServiceBuilder::new()
+                .layer(RouteLayer::new(table.clone()))
+                .service(service_fn(|_req: Request<()>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                }));
+            let req = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).unwrap())
+                .uri("/proxy/a")
+                .body(())
+                .unwrap();
+            assert_eq!(
+                svc.oneshot(req).await.unwrap().status(),
+                StatusCode::OK,
+                "{method}"
+            );
+        }
     }
 
     #[tokio::test]

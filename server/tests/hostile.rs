@@ -201,6 +201,53 @@ async fn keys_and_secrets_never_reach_logs_error_bodies_audit_or_config() {
     }
 }
 
+/// The value of header `name` in a raw HTTP/1.1 answer.
+fn raw_header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let head = answer.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// TRACE (which Apache honours by default, echoing the request head, and with it the real
+/// upstream key FastGate injected), TRACK and CONNECT never reach the backend: 405 JSON, audited
+/// as a refusal.
+#[tokio::test]
+async fn trace_track_and_connect_are_refused_and_never_forwarded() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let key = fg.key("u1").await;
+    for method in ["TRACE", "TRACK", "CONNECT", "trace"] {
+        let answer = raw_http(
+            fg.port,
+            format!(
+                "{method} /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(raw_status(&answer), 405, "{method}: {answer}");
+        assert!(
+            raw_header(&answer, "allow").is_some_and(|a| a.contains("POST")),
+            "{answer}"
+        );
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "method_not_allowed", "{method}");
+        assert_eq!(json["error"]["type"], "fastgate_error");
+        let id = raw_header(&answer, "x-request-id").unwrap();
+        let row = fg.wait_audit(id).await;
+        assert_eq!(row["outcome"], "rejected", "{row}");
+        assert_eq!(row["status"], 405, "{row}");
+        assert_eq!(row["method"], method, "{row}");
+        assert_eq!(row["error_code"], "method_not_allowed", "{row}");
+    }
+    // An allowed method still goes through.
+    assert_eq!(fg.chat(&key, false).await.status(), 200);
+    assert_eq!(up.count(), 1, "a refused method reached the backend");
+}
+
 #[tokio::test]
 async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
     let up = Upstream::start().await;
