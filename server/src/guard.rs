@@ -14,6 +14,10 @@ use subtle::ConstantTimeEq;
 
 use crate::state::AppState;
 
+/// The header the admin token may come in. Never forwarded to a backend (the gateway adds it to
+/// `api_gateway.strip_headers`).
+pub const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
+
 const WINDOW: Duration = Duration::from_secs(60);
 const MAX_TRACKED: usize = 10_000;
 
@@ -60,7 +64,7 @@ struct TokenQuery {
 fn presented_token(req: &Request) -> Option<String> {
     if let Some(v) = req
         .headers()
-        .get("x-admin-token")
+        .get(ADMIN_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
     {
         return Some(v.trim().to_owned());

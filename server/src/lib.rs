@@ -242,12 +242,17 @@ impl Gateway {
                 .retry_backoff(Duration::from_millis(100), Duration::from_secs(5)),
         );
         let routes = RouteTable::new(settings.routes.clone());
-        let strip: Vec<http::HeaderName> = c
+        let mut strip: Vec<http::HeaderName> = c
             .api_gateway
             .strip_headers
             .iter()
             .filter_map(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
             .collect();
+        // The gateway's own admin credential is never the backend's, whatever the list says.
+        let admin_header = http::HeaderName::from_static(guard::ADMIN_TOKEN_HEADER);
+        if !strip.contains(&admin_header) {
+            strip.push(admin_header);
+        }
         let gateway = GatewayBuilder::new(store.key_resolver(), routes.clone())
             .audit(audit.clone())
             .strip_headers(strip)

@@ -248,6 +248,71 @@ async fn trace_track_and_connect_are_refused_and_never_forwarded() {
     assert_eq!(up.count(), 1, "a refused method reached the backend");
 }
 
+/// Copies of the gateway key outside the key headers (`api-key`, Azure's convention) and the
+/// admin credential never reach the backend; `Cookie` goes as configured.
+#[tokio::test]
+async fn copies_of_the_gateway_key_and_the_admin_token_are_not_forwarded() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let key = fg.key("u1").await;
+    for (name, value) in [
+        ("X-API-Key", key.clone()),
+        ("Authorization", format!("Bearer {key}")),
+    ] {
+        let res = fg
+            .http
+            .post(fg.proxy_url())
+            .header(name, &value)
+            .header("api-key", &key)
+            .header("x-goog-api-key", format!("Bearer {key}"))
+            .header("x-admin-token", ADMIN_TOKEN)
+            .header("cookie", "session=abc")
+            .header("x-custom", "kept")
+            .body(chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let seen = up.last();
+        let all = format!("{:?}", seen.headers);
+        assert!(
+            !all.contains(&key),
+            "the gateway key reached the backend: {all}"
+        );
+        assert!(
+            !all.contains(ADMIN_TOKEN),
+            "the admin token reached the backend: {all}"
+        );
+        assert_eq!(seen.headers["authorization"], format!("Bearer {REAL_KEY}"));
+        assert_eq!(seen.headers["x-custom"], "kept");
+        assert_eq!(seen.headers["cookie"], "session=abc", "not listed: passed");
+    }
+    // With `cookie` listed (as config/production.example.yaml does), it is removed.
+    let fg = Fastgate::start_with(
+        &up.url(),
+        |y| {
+            *y = y.replace(
+                "    - \"x-forwarded-for\"\n",
+                "    - \"x-forwarded-for\"\n    - \"cookie\"\n",
+            )
+        },
+        &[],
+    )
+    .await;
+    let key = fg.key("u1").await;
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("x-api-key", &key)
+        .header("cookie", "session=abc")
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(up.last().headers.get("cookie").is_none());
+}
+
 #[tokio::test]
 async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
     let up = Upstream::start().await;

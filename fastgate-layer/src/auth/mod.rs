@@ -18,6 +18,13 @@
 //! (for audit, which sits outside), and [`Rejected`](crate::Rejected) on refusals. The presented
 //! key is never echoed, logged or stored.
 //!
+//! Copies of the presented key are removed from the request so that they are not forwarded: query
+//! parameters whose (percent-decoded) value is the key or `Bearer <key>` (`?api_key=…`), and
+//! headers other than `X-API-Key` and `Authorization` (which
+//! [`ScrubHeadersLayer`](crate::scrub::ScrubHeadersLayer) always removes) whose value is the key
+//! or `Bearer <key>` (`api-key: <key>`, Azure's convention). A value that merely contains the key
+//! is left alone. The header check costs a length comparison per header.
+//!
 //! # Example
 //!
 //! ```

@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -137,6 +137,8 @@ where
         if let Some(uri) = without_key_in_query(req.uri(), key.expose()) {
             *req.uri_mut() = uri;
         }
+        // Nor a copy in another header (`api-key: <key>`, Azure's convention).
+        remove_key_copies(req.headers_mut(), key.expose());
         let lookup = self.resolver.resolve(key);
         // Move the service that `poll_ready` readied into the future; keep the clone.
         let clone = self.inner.clone();
@@ -179,6 +181,57 @@ fn without_key_in_query(uri: &http::Uri, key: &str) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     http::Uri::from_parts(parts).ok()
+}
+
+/// Remove every header other than `x-api-key` and `authorization` (which the scrub layer always
+/// removes) whose value is `key` or `Bearer <key>`. A length comparison per header rules out
+/// almost every value; nothing is allocated unless a copy is found.
+fn remove_key_copies(headers: &mut HeaderMap, key: &str) {
+    let is_copy = |name: &HeaderName, value: &HeaderValue| {
+        !is_key_header(name) && holds_key(value.as_bytes(), key)
+    };
+    if !headers.iter().any(|(name, value)| is_copy(name, value)) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(name, value)| is_copy(name, value))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in names {
+        // Other values of the same header are kept.
+        let kept: Vec<HeaderValue> = headers
+            .get_all(&name)
+            .iter()
+            .filter(|v| !holds_key(v.as_bytes(), key))
+            .cloned()
+            .collect();
+        headers.remove(&name);
+        for value in kept {
+            headers.append(name.clone(), value);
+        }
+    }
+}
+
+/// Whether a header value is `key` or `Bearer <key>` (surrounding whitespace ignored).
+#[inline]
+fn holds_key(value: &[u8], key: &str) -> bool {
+    let value = value.trim_ascii();
+    if value.len() == key.len() {
+        return value == key.as_bytes();
+    }
+    // `Bearer` and at least one space, a few more at most.
+    if value.len() < key.len() + 7 || value.len() > key.len() + 16 {
+        return false;
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(strip_bearer)
+        .is_some_and(|token| token.trim() == key)
+}
+
+fn is_key_header(name: &HeaderName) -> bool {
+    name == header::AUTHORIZATION || name.as_str() == "x-api-key"
 }
 
 /// Extract and shape-check the presented key, as [`ApiKeyAuth`] does before any lookup.
@@ -508,6 +561,64 @@ mod tests {
         let (status, body, _) = code(call(Down, req("x-api-key", b"sk-good")).await).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("auth_unavailable"));
+    }
+
+    /// The headers the inner service received for `req`.
+    async fn forwarded_headers(req: Request<()>) -> HeaderMap {
+        let svc = ServiceBuilder::new()
+            .layer(ApiKeyAuthLayer::new(keys()))
+            .service(service_fn(|req: Request<()>| async move {
+                let headers = serde_json::to_string(
+                    &req.headers()
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(headers))))
+            }));
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let pairs: Vec<(String, String)> = serde_json::from_slice(&body).unwrap();
+        let mut headers = HeaderMap::new();
+        for (n, v) in pairs {
+            headers.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[tokio::test]
+    async fn copies_of_the_key_in_other_headers_are_removed() {
+        for (name, value) in [
+            ("x-api-key", "sk-good"),
+            ("authorization", "Bearer sk-good"),
+        ] {
+            let req = Request::builder()
+                .header(name, value)
+                .header("api-key", "sk-good")
+                .header("x-copy", " Bearer  sk-good ")
+                .header("x-copy", "kept")
+                .header("x-lower", "bearer sk-good")
+                .header("x-longer", "sk-good2")
+                .header("x-contains", "a sk-good b")
+                .header("x-other", "1")
+                .body(())
+                .unwrap();
+            let h = forwarded_headers(req).await;
+            assert!(h.get("api-key").is_none(), "{name}: {h:?}");
+            assert!(h.get("x-lower").is_none(), "{name}: {h:?}");
+            let copies: Vec<_> = h.get_all("x-copy").iter().collect();
+            assert_eq!(copies, ["kept"], "{name}");
+            assert_eq!(h["x-longer"], "sk-good2");
+            assert_eq!(h["x-contains"], "a sk-good b");
+            assert_eq!(h["x-other"], "1");
+            // The key headers themselves are the scrub layer's to remove.
+            assert_eq!(h[name], value);
+        }
     }
 
     #[derive(Clone, Default)]
