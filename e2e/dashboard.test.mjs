@@ -792,6 +792,29 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.deepEqual(dialogs, [], `dialogs fired: ${dialogs.join(', ')}`);
   });
 
+  test('the audit log pages with next_cursor ("Load older")', async () => {
+    const adminGet = async (p) => (await fetch(`${base}${p}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
+    const have = (await adminGet('/admin/logs?limit=1000')).items.length;
+    const send = Math.max(0, 60 - have);
+    for (let i = 0; i < send; i++) assert.equal((await chat(apiKey, { stream: i % 4 === 0 })).status, 200);
+    const total = await waitFor('all audit records written', async () => {
+      const n = (await adminGet('/admin/logs?limit=1000')).items.length;
+      return n >= have + send ? n : 0;
+    });
+    await tid(page, 'tab-logs').click();
+    await refresh(page);
+    assert.equal(await tid(page, 'log-row').count(), 50);
+    await tid(page, 'logs-more').waitFor({ state: 'visible' });
+    await tid(page, 'logs-more').click();
+    await waitFor('older page appended', async () => (await tid(page, 'log-row').count()) === total);
+    await tid(page, 'logs-more').waitFor({ state: 'hidden' }); // no next_cursor after the last page
+    const ids = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => tr.getAttribute('data-request-id')));
+    assert.equal(new Set(ids).size, ids.length, 'a record appears twice across pages');
+    const times = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => Date.parse(tr.getAttribute('data-ts'))));
+    for (let i = 1; i < times.length; i++) assert.ok(times[i - 1] >= times[i], `not newest first at row ${i}`);
+    await tid(page, 'tab-dashboard').click();
+  });
+
   test('a request id reused by another client does not replace a record in the detail view', async () => {
     // Request ids come from clients: an unauthenticated request can reuse one, and
     // GET /admin/logs/{id} answers the newest record with it.
@@ -826,29 +849,6 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.ok(!detail.includes('no-key-client'), detail);
     await tid(page, 'log-detail-close').click();
     await tid(page, 'log-detail').waitFor({ state: 'hidden' });
-    await tid(page, 'tab-dashboard').click();
-  });
-
-  test('the audit log pages with next_cursor ("Load older")', async () => {
-    const adminGet = async (p) => (await fetch(`${base}${p}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
-    const have = (await adminGet('/admin/logs?limit=1000')).items.length;
-    const send = Math.max(0, 60 - have);
-    for (let i = 0; i < send; i++) assert.equal((await chat(apiKey, { stream: i % 4 === 0 })).status, 200);
-    const total = await waitFor('all audit records written', async () => {
-      const n = (await adminGet('/admin/logs?limit=1000')).items.length;
-      return n >= have + send ? n : 0;
-    });
-    await tid(page, 'tab-logs').click();
-    await refresh(page);
-    assert.equal(await tid(page, 'log-row').count(), 50);
-    await tid(page, 'logs-more').waitFor({ state: 'visible' });
-    await tid(page, 'logs-more').click();
-    await waitFor('older page appended', async () => (await tid(page, 'log-row').count()) === total);
-    await tid(page, 'logs-more').waitFor({ state: 'hidden' }); // no next_cursor after the last page
-    const ids = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => tr.getAttribute('data-request-id')));
-    assert.equal(new Set(ids).size, ids.length, 'a record appears twice across pages');
-    const times = await page.$$eval('[data-testid="log-row"]', (trs) => trs.map((tr) => Date.parse(tr.getAttribute('data-ts'))));
-    for (let i = 1; i < times.length; i++) assert.ok(times[i - 1] >= times[i], `not newest first at row ${i}`);
     await tid(page, 'tab-dashboard').click();
   });
 
