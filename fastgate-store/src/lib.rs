@@ -310,6 +310,11 @@ impl Store {
                 Db::Sqlite(pool)
             }
             DatabaseUrl::Postgres(pg) => {
+                for parameter in pg.ignored_parameters() {
+                    tracing::warn!(
+                        "the database URL's query parameter {parameter} is not one the PostgreSQL driver knows: ignored"
+                    );
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(opts.max_connections.max(2))
                     .acquire_timeout(opts.acquire_timeout)

@@ -24,18 +24,120 @@ pub enum DatabaseUrl {
 }
 
 /// A PostgreSQL connection URL. Holds the password; prints without it.
+///
+/// Query parameters the driver (sqlx 0.8) does not know are removed when it is parsed, and
+/// their names kept for [`ignored_parameters`](Self::ignored_parameters): sqlx would ignore them
+/// too, but with a log line holding the value, which for a misspelled `?passwd=` is the
+/// password.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PostgresUrl(String);
+pub struct PostgresUrl {
+    url: String,
+    ignored: Vec<String>,
+}
 
 impl PostgresUrl {
     /// The full URL, password included, for the driver only. Never log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.url
     }
 
     /// The URL with the password (if any) replaced by `******`.
     pub fn redacted(&self) -> String {
-        redact(&self.0)
+        redact(&self.url)
+    }
+
+    /// The query parameters removed because the driver does not know them, as they may be
+    /// shown: the name in backquotes (never a value), or a description when the name does not
+    /// look like one. [`Store::connect`](crate::Store::connect) logs a warning for each.
+    pub fn ignored_parameters(&self) -> &[String] {
+        &self.ignored
+    }
+}
+
+/// The query parameters sqlx-postgres 0.8 reads from a URL (`PgConnectOptions::parse_from_url`);
+/// it logs any other one with its value, then ignores it. Names starting with `options[` are
+/// known as well.
+const SQLX_PG_PARAMETERS: [&str; 18] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+fn sqlx_knows(key: &str) -> bool {
+    SQLX_PG_PARAMETERS.contains(&key) || key.starts_with("options[")
+}
+
+/// `url` without the query parameters sqlx does not know, and how each removed one may be
+/// named. Parsed as sqlx parses it (the `url` crate), so that no parameter sqlx would see is
+/// missed; unchanged when nothing is removed or it does not parse (sqlx then refuses it too).
+fn without_unknown_parameters(url: String) -> PostgresUrl {
+    let unchanged = |url| PostgresUrl {
+        url,
+        ignored: Vec::new(),
+    };
+    let Ok(mut parsed) = ::url::Url::parse(&url) else {
+        return unchanged(url);
+    };
+    let Some(query) = parsed.query() else {
+        return unchanged(url);
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ignored = Vec::new();
+    // As `Url::query_pairs` (what sqlx iterates) splits and decodes them.
+    for piece in query.split('&').filter(|p| !p.is_empty()) {
+        let Some((key, _)) = ::url::form_urlencoded::parse(piece.as_bytes()).next() else {
+            continue;
+        };
+        if sqlx_knows(&key) {
+            kept.push(piece);
+        } else {
+            ignored.push(shown_parameter(&key, piece.contains('=')));
+        }
+    }
+    if ignored.is_empty() {
+        return unchanged(url);
+    }
+    let kept = kept.join("&");
+    parsed.set_query((!kept.is_empty()).then_some(kept.as_str()));
+    PostgresUrl {
+        url: parsed.into(),
+        ignored,
+    }
+}
+
+/// How an unknown query parameter may be named in a log line: its name when it has the shape
+/// of one (a `name=value` pair, a short name of letters, digits, `_`, `-`, `.`), else a
+/// description (a bare `?word` may be a pasted secret).
+fn shown_parameter(key: &str, has_value: bool) -> String {
+    let name_like = has_value
+        && !key.is_empty()
+        && key.len() <= 40
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !name_like {
+        return "a query parameter that is not of the form name=value".to_owned();
+    }
+    let lower = key.to_ascii_lowercase();
+    if lower.contains("pass") || lower.contains("pwd") {
+        format!("`{key}` (a misspelled `password`?)")
+    } else {
+        format!("`{key}`")
     }
 }
 
@@ -114,7 +216,7 @@ pub fn parse_database_url(url: &str) -> Result<DatabaseUrl, StoreError> {
                     reason: "the postgres URL names no host",
                 });
             }
-            Ok(DatabaseUrl::Postgres(PostgresUrl(format!(
+            Ok(DatabaseUrl::Postgres(without_unknown_parameters(format!(
                 "postgresql://{after}"
             ))))
         }
@@ -158,9 +260,11 @@ fn parse_sqlite(rest: &str) -> Result<DatabaseUrl, StoreError> {
     ))))
 }
 
-/// Replace the password of `scheme://user:password@host/...` with `******`.
-/// `url` with its password replaced by `******`: the `user:password@` part of the authority and
-/// any `password=` query parameter (which sqlx's PostgreSQL driver also accepts).
+/// `url` with its secrets replaced by `******`: the password of a `user:password@` authority, a
+/// lone user name (`https://TOKEN@host`, the way a token is put in a URL; in a `postgres://` URL
+/// the user name is a role and stays), and the value of every query parameter whose name
+/// (percent-decoded, in any case) contains `pass` or `pwd` (`password=`, which sqlx's PostgreSQL
+/// driver accepts, and misspellings such as `passwd=` or `pwd=`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, after)) = url.split_once("://") else {
         return url.to_owned();
@@ -173,9 +277,12 @@ pub fn redact_url(url: &str) -> String {
     };
     let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (host, tail) = rest.split_at(auth_end);
-    let authority = match userinfo.map(|u| u.split_once(':').map_or(u, |(user, _)| user)) {
-        Some(user) if userinfo.is_some_and(|u| u.contains(':')) => format!("{user}:******{host}"),
-        Some(user) => format!("{user}{host}"),
+    let authority = match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, _)) => format!("{user}:******{host}"),
+            None if is_postgres_scheme(scheme) => format!("{u}{host}"),
+            None => format!("******{host}"),
+        },
         None => host.to_owned(),
     };
     let tail = match tail.split_once('?') {
@@ -187,7 +294,7 @@ pub fn redact_url(url: &str) -> String {
             let params: Vec<String> = query
                 .split('&')
                 .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=******"),
+                    Some((k, _)) if names_a_password(k) => format!("{k}=******"),
                     _ => p.to_owned(),
                 })
                 .collect();
@@ -201,6 +308,24 @@ pub fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// `postgres`, `postgresql` or `postgresql+driver`, in any case.
+fn is_postgres_scheme(scheme: &str) -> bool {
+    let base = scheme.split_once('+').map_or(scheme, |(b, _)| b);
+    base.eq_ignore_ascii_case("postgres") || base.eq_ignore_ascii_case("postgresql")
+}
+
+/// Whether a query parameter's name (percent-encoded or not) suggests a password.
+fn names_a_password(raw: &str) -> bool {
+    let name = ::url::form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map(|(k, _)| k.to_lowercase())
+        .unwrap_or_default();
+    let raw = raw.to_ascii_lowercase();
+    [name.as_str(), raw.as_str()]
+        .iter()
+        .any(|n| n.contains("pass") || n.contains("pwd"))
 }
 
 pub(crate) fn redact(url: &str) -> String {
@@ -225,8 +350,58 @@ mod redact_tests {
             redact_url("postgresql://fg:pw@h:5432/db?sslmode=disable&password=x2#f"),
             "postgresql://fg:******@h:5432/db?sslmode=disable&password=******#f"
         );
-        assert_eq!(redact_url("http://u@h/p"), "http://u@h/p");
         assert_eq!(redact_url("sqlite:///./x.db"), "sqlite:///./x.db");
+    }
+
+    #[test]
+    fn a_lone_user_name_is_masked_except_a_postgres_role() {
+        assert_eq!(redact_url("http://u@h/p"), "http://******@h/p");
+        assert_eq!(
+            redact_url("https://ghp_TOKEN123@backend.example:8443/v1"),
+            "https://******@backend.example:8443/v1"
+        );
+        assert_eq!(redact_url("postgresql://fg@h/db"), "postgresql://fg@h/db");
+        assert_eq!(redact_url("postgres://fg@h/db"), "postgres://fg@h/db");
+    }
+
+    #[test]
+    fn misspelled_password_parameters_are_masked() {
+        for (url, want) in [
+            (
+                "postgresql://u@h/db?passwd=s3cr3t",
+                "postgresql://u@h/db?passwd=******",
+            ),
+            (
+                "postgresql://u@h/db?pwd=s3cr3t&x=1",
+                "postgresql://u@h/db?pwd=******&x=1",
+            ),
+            (
+                "postgresql://u@h/db?Password=s3cr3t",
+                "postgresql://u@h/db?Password=******",
+            ),
+            (
+                "postgresql://u@h/db?PASS=s3cr3t",
+                "postgresql://u@h/db?PASS=******",
+            ),
+            (
+                "postgresql://u@h/db?db_pass=s3cr3t",
+                "postgresql://u@h/db?db_pass=******",
+            ),
+            (
+                "postgresql://u@h/db?sslpassword=s3cr3t",
+                "postgresql://u@h/db?sslpassword=******",
+            ),
+            (
+                "postgresql://u@h/db?p%61sswd=s3cr3t",
+                "postgresql://u@h/db?p%61sswd=******",
+            ),
+            (
+                "postgresql://u@h/db?sslmode=require",
+                "postgresql://u@h/db?sslmode=require",
+            ),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
     }
 }
 
@@ -310,6 +485,52 @@ mod tests {
                 msg.contains("sqlite:") && msg.contains("postgres://"),
                 "{msg}"
             );
+        }
+    }
+
+    fn postgres(url: &str) -> PostgresUrl {
+        match parse_database_url(url).unwrap() {
+            DatabaseUrl::Postgres(u) => u,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// sqlx logs a parameter it does not know with its value (`ignoring unrecognized connect
+    /// parameter key=passwd value=…`): such parameters are removed before it sees the URL, and
+    /// named (never with their value) for a warning.
+    #[test]
+    fn parameters_sqlx_does_not_know_are_removed_and_named_without_their_value() {
+        let u = postgres(
+            "postgresql://fg@db:5432/fastgate?sslmode=require&passwd=s3cr3t&application_name=fg&connect_timeout=10",
+        );
+        assert_eq!(
+            u.expose(),
+            "postgresql://fg@db:5432/fastgate?sslmode=require&application_name=fg"
+        );
+        assert_eq!(
+            u.ignored_parameters(),
+            ["`passwd` (a misspelled `password`?)", "`connect_timeout`"]
+        );
+        for shown in [format!("{u}"), format!("{u:?}")] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+        }
+        // Decoded as sqlx decodes them: an encoded name is still found.
+        let u = postgres("postgresql://fg@db/fastgate?p%77d=s3cr3t");
+        assert_eq!(u.expose(), "postgresql://fg@db/fastgate");
+        assert_eq!(u.ignored_parameters(), ["`pwd` (a misspelled `password`?)"]);
+        // A bare word is not named: it may be a pasted secret.
+        let u = postgres("postgresql://fg@db/fastgate?s3cr3t&sslmode=disable");
+        assert_eq!(u.expose(), "postgresql://fg@db/fastgate?sslmode=disable");
+        assert!(!u.ignored_parameters()[0].contains("s3cr3t"));
+        // What sqlx knows stays as it was written, `options[…]` included.
+        for url in [
+            "postgresql://fg:pw@db/fastgate?password=x&user=u&dbname=d&host=h&port=1&hostaddr=127.0.0.1",
+            "postgresql://fg@db/fastgate?sslrootcert=/ca.pem&ssl-mode=require&statement-cache-capacity=10&options[search_path]=fg&options=-c%20x%3D1",
+            "postgresql://fg@db/fastgate",
+        ] {
+            let u = postgres(url);
+            assert_eq!(u.expose(), url);
+            assert!(u.ignored_parameters().is_empty(), "{url}");
         }
     }
 

@@ -1274,11 +1274,22 @@ fn parse_backend_url(url: &str) -> Result<http::Uri, String> {
 }
 
 fn check_path(p: &str) -> Result<(), String> {
+    // Shown without what follows a `?` or `#` (`/v1?api_key=…` may hold a secret), as the
+    // backend_url check hides a URL's query.
+    let shown = match p.find(['?', '#']) {
+        Some(at) => format!("{}{}***", &p[..at], &p[at..=at]),
+        None => p.to_owned(),
+    };
     if !p.starts_with('/') {
-        return Err(format!("{p:?} must start with '/'"));
+        return Err(format!("{shown:?} must start with '/'"));
     }
-    if p.parse::<http::uri::PathAndQuery>().is_err() || p.contains('?') || p.contains('#') {
-        return Err(format!("{p:?} is not a valid path"));
+    if p.contains('?') || p.contains('#') {
+        return Err(format!(
+            "{shown:?} is not a valid path: it holds a query string or fragment"
+        ));
+    }
+    if p.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(format!("{shown:?} is not a valid path"));
     }
     Ok(())
 }
@@ -1683,6 +1694,40 @@ api_gateway:
             let c = parse(&SEED.replace(from, to), &[]).unwrap();
             let e = Settings::from_config(Path::new("/x/dev.yaml"), c).unwrap_err();
             assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    /// Secrets in places the masking missed: a backend URL's lone user name (a token), database
+    /// URL parameters named like a misspelled password, a query string in a backend path.
+    #[test]
+    fn url_tokens_misspelled_password_parameters_and_path_queries_are_masked() {
+        let settings = |env: &[(&str, &str)]| {
+            Settings::from_config(
+                Path::new("/nonexistent/dev.yaml"),
+                parse(SEED, env).unwrap(),
+            )
+        };
+        let s = settings(&[
+            ("FASTGATE__API_GATEWAY__BACKEND_URL", "http://tok-S3CRET1@127.0.0.1:9000"),
+            (
+                "FASTGATE__DATABASE__URL",
+                "postgresql://fg@db/fastgate?passwd=S3CRET2&pwd=S3CRET3&Password=S3CRET4&sslmode=disable",
+            ),
+        ])
+        .unwrap();
+        let shown = format!("{} {:?}", s.redacted_json(), s.config);
+        for secret in ["S3CRET1", "S3CRET2", "S3CRET3", "S3CRET4"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert!(shown.contains("http://******@127.0.0.1:9000"), "{shown}");
+        assert!(shown.contains("sslmode=disable"), "{shown}");
+
+        for path in ["/d?api_key=S3CRET5", "d?api_key=S3CRET5", "/d#S3CRET5"] {
+            let e = settings(&[("FASTGATE__API_GATEWAY__BACKEND_PATH", path)]).unwrap_err();
+            assert_eq!(e.key, "api_gateway.backend_path");
+            let msg = e.to_string();
+            assert!(!msg.contains("S3CRET5"), "{msg}");
+            assert!(msg.contains("d?***") || msg.contains("d#***"), "{msg}");
         }
     }
 

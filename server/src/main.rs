@@ -134,8 +134,16 @@ fn preflight(settings: &Settings) -> (Vec<String>, Vec<String>) {
     let c = &settings.config;
     let mut problems = Vec::new();
     let mut notes = Vec::new();
+    let database = fastgate_store::parse_database_url(&c.database.url);
+    if let Ok(fastgate_store::DatabaseUrl::Postgres(pg)) = &database {
+        for parameter in pg.ignored_parameters() {
+            notes.push(format!(
+                "database.url: the query parameter {parameter} is not one the PostgreSQL driver knows: ignored"
+            ));
+        }
+    }
     if let Ok(fastgate_store::DatabaseUrl::Sqlite(fastgate_store::SqliteLocation::File(path))) =
-        fastgate_store::parse_database_url(&c.database.url)
+        database
     {
         let dir = path.parent().unwrap_or(Path::new(""));
         if !dir.as_os_str().is_empty() && !dir.is_dir() {

@@ -313,6 +313,44 @@ async fn copies_of_the_gateway_key_and_the_admin_token_are_not_forwarded() {
     assert!(up.last().headers.get("cookie").is_none());
 }
 
+/// A database URL parameter named like a misspelled password (`?passwd=`) is masked in
+/// `/admin/config`, and its value never reaches the log: sqlx logs a parameter it does not know
+/// with its value, so FastGate removes it first and names only the key.
+#[tokio::test]
+async fn misspelled_database_password_parameters_never_reach_the_log_or_config() {
+    let Some(db) = PgTestDb::create("passwd").await else {
+        return;
+    };
+    let secret = "S3cret-db-pw-71c4";
+    let url = format!("{}?passwd={secret}&sslmode=disable&pwd={secret}", db.url);
+    let up = Upstream::start().await;
+    let mut fg = Fastgate::start_with(&up.url(), |y| set_database_url(y, &url), &[]).await;
+    let (_, h) = fg.health().await;
+    assert_eq!(h["database"]["backend"], "postgres", "{h}");
+    let config = fg.admin_get("/admin/config").await.text().await.unwrap();
+    assert!(!config.contains(secret), "{config}");
+    assert!(config.contains("passwd=******"), "{config}");
+    let check = fastgate_cmd()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&fg.config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("`passwd`") && said.contains("`pwd`"),
+        "{said}"
+    );
+    assert!(!said.contains(secret), "{said}");
+    fg.signal("TERM");
+    assert_eq!(fg.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let log = fg.logs();
+    assert!(log.contains("`passwd`"), "{log}");
+    assert!(!log.contains(secret), "the log holds the password:\n{log}");
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
     let up = Upstream::start().await;

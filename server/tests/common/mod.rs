@@ -872,3 +872,52 @@ pub async fn send_json(req: reqwest::RequestBuilder) -> (u16, serde_json::Value)
     let status = res.status().as_u16();
     (status, res.json().await.unwrap())
 }
+
+/// A fresh database on the PostgreSQL server named by `FASTGATE_TEST_DATABASE_URL`; `None`
+/// (the test is skipped) when the variable is unset. [`PgTestDb::drop_database`] removes it.
+pub struct PgTestDb {
+    admin: sqlx::PgConnection,
+    name: String,
+    /// The database's URL, as `database.url` takes it.
+    pub url: String,
+}
+
+impl PgTestDb {
+    pub async fn create(tag: &str) -> Option<Self> {
+        use sqlx::Connection as _;
+        let Ok(admin_url) = std::env::var("FASTGATE_TEST_DATABASE_URL") else {
+            eprintln!("skipped on PostgreSQL: FASTGATE_TEST_DATABASE_URL is not set");
+            return None;
+        };
+        let name = format!("fg_{tag}_{:016x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut url = reqwest::Url::parse(&admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        url.set_query(None);
+        Some(Self {
+            admin,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    pub async fn drop_database(mut self) {
+        let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&mut self.admin)
+            .await;
+    }
+}
+
+/// Point the test config's `database.url` at `url`.
+pub fn set_database_url(yaml: &mut String, url: &str) {
+    let line = yaml
+        .lines()
+        .find(|l| l.trim_start().starts_with("url: \"sqlite"))
+        .unwrap()
+        .to_owned();
+    *yaml = yaml.replace(&line, &format!("  url: \"{url}\""));
+}
