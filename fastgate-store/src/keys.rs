@@ -69,6 +69,20 @@ fn check_text(value: &str, what: &'static str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Names, owners and permissions given to [`Store::create_key`] and [`Store::update_key`] hold no
+/// control characters: PostgreSQL refuses a NUL in text (the call would fail as if the database
+/// were down), and the others would reach an operator's terminal through `fastgate keys list`.
+/// (Keys brought over by [`Store::import_key`] keep what they had.)
+fn check_printable<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    what: &'static str,
+) -> Result<(), StoreError> {
+    if values.into_iter().any(|v| v.chars().any(char::is_control)) {
+        return Err(StoreError::InvalidInput(what));
+    }
+    Ok(())
+}
+
 fn encode_permissions(perms: &[String]) -> Result<String, StoreError> {
     if perms.iter().any(|p| p.trim().is_empty() || p.len() > 64) {
         return Err(StoreError::InvalidInput(
@@ -158,6 +172,18 @@ impl Store {
         {
             return Err(StoreError::InvalidInput("name must be at most 256 bytes"));
         }
+        check_printable(
+            [new.source_path.as_str()],
+            "source_path must not contain control characters",
+        )?;
+        check_printable(
+            new.name.as_deref(),
+            "name must not contain control characters",
+        )?;
+        check_printable(
+            new.permissions.iter().map(String::as_str),
+            "permissions must not contain control characters",
+        )?;
         let permissions = encode_permissions(&new.permissions)?;
         let (secret, display) = generate_secret(&self.inner.opts.key_prefix);
         let hash = hash_key(&secret);
@@ -380,15 +406,24 @@ impl Store {
             if name.as_ref().is_some_and(|n| n.len() > 256) {
                 return Err(StoreError::InvalidInput("name must be at most 256 bytes"));
             }
+            check_printable(name.as_deref(), "name must not contain control characters")?;
             args.push(Arg::OptText(name));
             sets.push(format!("name = ${}", args.len()));
         }
         if let Some(sp) = update.source_path {
             check_text(&sp, "source_path must be 1..=256 bytes")?;
+            check_printable(
+                [sp.as_str()],
+                "source_path must not contain control characters",
+            )?;
             args.push(Arg::Text(sp));
             sets.push(format!("source_path = ${}", args.len()));
         }
         if let Some(perms) = update.permissions {
+            check_printable(
+                perms.iter().map(String::as_str),
+                "permissions must not contain control characters",
+            )?;
             args.push(Arg::Text(encode_permissions(&perms)?));
             sets.push(format!("permissions = ${}", args.len()));
         }

@@ -782,6 +782,50 @@ on_backends!(update_changes_fields_and_takes_effect_at_once, |db| {
     db.finish(&[&store]).await;
 });
 
+// A NUL made PostgreSQL refuse the statement (a failure that looked like an outage), and
+// other control characters reached terminals through `fastgate keys list`.
+on_backends!(control_characters_in_key_text_are_invalid_input, |db| {
+    let store = db.store().await;
+    let mut with_name = new_key("user1");
+    with_name.name = Some("a\u{1b}]0;x\u{7}".into());
+    let mut with_permission = new_key("user1");
+    with_permission.permissions = vec!["chat\u{0}".into()];
+    for new in [
+        new_key("a\u{0}b"),
+        new_key("a\u{9b}b"),
+        with_name,
+        with_permission,
+    ] {
+        assert!(matches!(
+            store.create_key(new).await,
+            Err(StoreError::InvalidInput(_))
+        ));
+    }
+    let k = store.create_key(new_key("user1")).await.unwrap();
+    for update in [
+        KeyUpdate {
+            source_path: Some("a\u{0}b".into()),
+            ..Default::default()
+        },
+        KeyUpdate {
+            name: Some(Some("\n".into())),
+            ..Default::default()
+        },
+        KeyUpdate {
+            permissions: Some(vec!["\u{7f}".into()]),
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            store.update_key(&k.record.id, update).await,
+            Err(StoreError::InvalidInput(_))
+        ));
+    }
+    let still = store.get_key(&k.record.id).await.unwrap().unwrap();
+    assert_eq!(still.source_path, "user1");
+    db.finish(&[&store]).await;
+});
+
 on_backends!(delete_revokes_at_once, |db| {
     let store = db.store().await;
     let k = store.create_key(new_key("user1")).await.unwrap();

@@ -816,6 +816,10 @@ enum DeleteResponse {
     /// Deleted; the key stops working at once.
     #[oai(status = 204)]
     Deleted,
+    /// A control character in the id (answered before the handler runs).
+    #[oai(status = 400)]
+    #[allow(dead_code)]
+    BadRequest(Json<ErrorBody>),
     /// No such key.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -843,6 +847,10 @@ enum LogResponse {
     /// The record.
     #[oai(status = 200)]
     Ok(Json<AuditEntry>),
+    /// A control character in the request id (answered before the handler runs).
+    #[oai(status = 400)]
+    #[allow(dead_code)]
+    BadRequest(Json<ErrorBody>),
     /// No such record.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -1037,6 +1045,10 @@ enum ConfigResponse {
     /// The effective configuration, secrets replaced by `******`.
     #[oai(status = 200)]
     Ok(Json<serde_json::Value>),
+    /// A control character in the URL's query (answered before the handler runs).
+    #[oai(status = 400)]
+    #[allow(dead_code)]
+    BadRequest(Json<ErrorBody>),
 }
 
 macro_rules! unavailable {

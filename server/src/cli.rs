@@ -95,6 +95,18 @@ mod tests {
         assert_eq!(path(Some("production")).unwrap(), "config/production.yaml");
         assert!(path(Some("../etc/x")).unwrap_err().contains("ENVIRONMENT"));
     }
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert!(matches!(
+            printable("user1 / 团队"),
+            std::borrow::Cow::Borrowed("user1 / 团队")
+        ));
+        assert_eq!(
+            printable("a\u{1b}]0;pwned\u{7}b\0\n\u{9b}\u{202e}"),
+            "a\\u{1b}]0;pwned\\u{7}b\\u{0}\\n\\u{9b}\\u{202e}"
+        );
+    }
 }
 
 /// Subcommands.
@@ -158,6 +170,28 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 0)]
         grace_seconds: u64,
     },
+}
+
+/// `s` as it may be printed to a terminal: control characters (ESC, BEL, NUL, a line break: an
+/// escape sequence could rewrite the screen or the window title) and the bidirectional
+/// overrides that reorder text are written as Rust escapes (`\u{1b}`, `\n`). Borrowed unless
+/// there is one. For values read from the database, which may have come from elsewhere (an
+/// import) than the API, which refuses them.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let escaped =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `fastgate keys create` arguments (the fields of `POST /admin/keys`).

@@ -286,6 +286,8 @@ impl Gateway {
                     && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
                 {
                     Ok(root().into_response())
+                } else if let Some(refused) = control_characters_in_admin_url(&req) {
+                    Ok(refused)
                 } else {
                     python_booleans(&mut req);
                     ep.call(req).await
@@ -396,6 +398,38 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.background).await;
         served
     }
+}
+
+/// 400 for an admin request whose path or query, percent-decoded, holds a control character
+/// (`/admin/logs/a%00b`, `?model=a%00b`): no filter, id or owner can hold one (the API refuses
+/// them in what it stores), and PostgreSQL refuses a NUL in text, which answered 503
+/// `store_unavailable` and set `/health`'s `last_error` as if the database were down.
+fn control_characters_in_admin_url(req: &poem::Request) -> Option<Response> {
+    let path = req.uri().path();
+    if path != "/admin" && !path.starts_with("/admin/") {
+        return None;
+    }
+    let has_control = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8_lossy()
+            .chars()
+            .any(char::is_control)
+    };
+    if !has_control(path) && !req.uri().query().is_some_and(has_control) {
+        return None;
+    }
+    Some(
+        Response::builder()
+            .status(http::StatusCode::BAD_REQUEST)
+            .content_type("application/json; charset=utf-8")
+            .body(
+                fastgate_layer::error::error_body(
+                    "control characters are not accepted in an admin path or query parameter",
+                    "bad_request",
+                )
+                .to_vec(),
+            ),
+    )
 }
 
 /// The admin API's boolean query parameters.

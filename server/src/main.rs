@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
-use fastgate_server::cli::{Cli, Command, KeysCommand};
+use fastgate_server::cli::{Cli, Command, KeysCommand, printable};
 use fastgate_server::config::{LogFormat, Settings};
 use fastgate_server::logfile::LogFile;
 use fastgate_server::{Gateway, connect_store};
@@ -448,7 +448,8 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
             println!("{}", created.secret);
             eprintln!(
                 "created key {} for {} — store it now: it is not shown again",
-                created.record.id, created.record.source_path
+                printable(&created.record.id),
+                printable(&created.record.source_path)
             );
         }
         KeysCommand::List { source_path, json } => {
@@ -479,14 +480,16 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
                     "{:<28} {:<10} {:<20} {:<16} {:<24} {:>8}",
                     "ID", "STATUS", "SOURCE_PATH", "PERMISSIONS", "KEY", "REQUESTS"
                 );
+                // Values may hold control characters (an imported key's): escaped, so that
+                // none reaches the terminal.
                 for k in &page.items {
                     println!(
                         "{:<28} {:<10} {:<20} {:<16} {:<24} {:>8}",
-                        k.id,
+                        printable(&k.id),
                         k.status(now),
-                        k.source_path,
-                        k.permissions.join(","),
-                        k.display,
+                        printable(&k.source_path),
+                        printable(&k.permissions.join(",")),
+                        printable(&k.display),
                         k.request_count
                     );
                 }
@@ -495,15 +498,15 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
         }
         KeysCommand::Revoke { id } => {
             set_active(&store, &id, false).await?;
-            println!("revoked {id}");
+            println!("revoked {}", printable(&id));
         }
         KeysCommand::Enable { id } => {
             set_active(&store, &id, true).await?;
-            println!("enabled {id}");
+            println!("enabled {}", printable(&id));
         }
         KeysCommand::Delete { id } => {
             if store.delete_key(&id).await? {
-                println!("deleted {id}");
+                println!("deleted {}", printable(&id));
             } else {
                 return Err(no_such_key());
             }
@@ -517,7 +520,7 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
                     println!("{}", created.secret);
                     eprintln!(
                         "rotated key {} — the old secret works for {grace_seconds} more second(s)",
-                        created.record.id
+                        printable(&created.record.id)
                     );
                 }
                 None => return Err(no_such_key()),

@@ -351,6 +351,156 @@ async fn misspelled_database_password_parameters_never_reach_the_log_or_config()
     db.drop_database().await;
 }
 
+/// Control characters in admin text inputs (key bodies, filters, ids in the path) are a 400:
+/// a NUL reached PostgreSQL, which refused it (503 `store_unavailable`, `/health`'s
+/// `last_error` set as if the database were down), and ESC/OSC/BEL were stored and printed raw
+/// by `fastgate keys list`.
+async fn control_characters_in_admin_input_are_refused(fg: &Fastgate) {
+    let code = |res: &Value| res["error"]["code"].as_str().unwrap_or_default().to_owned();
+    for body in [
+        serde_json::json!({"source_path": "a\u{0}b"}),
+        serde_json::json!({"source_path": "a\u{1b}]0;pwned\u{7}"}),
+        serde_json::json!({"source_path": "u", "name": "a\u{0}b"}),
+        serde_json::json!({"source_path": "u", "name": "a\u{9b}c"}),
+        serde_json::json!({"source_path": "u", "permissions": ["chat\u{0}"]}),
+    ] {
+        let (status, res) = send_json(
+            fg.http
+                .post(fg.url("/admin/keys"))
+                .header("x-admin-token", ADMIN_TOKEN)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&res)),
+            (400, "bad_request".into()),
+            "{body} {res}"
+        );
+    }
+    let id = fg.create_key("u1").await["id"].as_str().unwrap().to_owned();
+    for body in [
+        serde_json::json!({"source_path": "a\u{0}b"}),
+        serde_json::json!({"name": "a\u{0}b"}),
+        serde_json::json!({"name": "\u{1b}[2J"}),
+    ] {
+        let (status, res) = send_json(
+            fg.http
+                .put(fg.url(&format!("/admin/keys/{id}")))
+                .header("x-admin-token", ADMIN_TOKEN)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&res)),
+            (400, "bad_request".into()),
+            "{body} {res}"
+        );
+    }
+    for (method, path) in [
+        ("GET", "/admin/logs?model=a%00b"),
+        ("GET", "/admin/logs?source_path=a%00b"),
+        ("GET", "/admin/logs?key_id=a%00b"),
+        ("GET", "/admin/logs?path=/proxy%00"),
+        ("GET", "/admin/logs?method=P%00ST"),
+        ("GET", "/admin/logs?cursor=a%00b"),
+        ("GET", "/admin/logs/a%00b"),
+        ("GET", "/admin/logs/export?model=a%00b"),
+        ("GET", "/admin/keys?source_path=a%00b"),
+        ("GET", "/admin/keys?source_path=a%1Bb"),
+        ("GET", "/admin/keys/a%00b"),
+        ("DELETE", "/admin/keys/a%00b"),
+        ("POST", "/admin/keys/a%00b/rotate"),
+    ] {
+        let (status, res) = send_json(
+            fg.http
+                .request(method.parse().unwrap(), fg.url(path))
+                .header("x-admin-token", ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&res)),
+            (400, "bad_request".into()),
+            "{method} {path}: {res}"
+        );
+    }
+    // Nothing of it looked like a database failure.
+    let (status, h) = fg.health().await;
+    assert_eq!(status, 200, "{h}");
+    assert!(h["last_error"].is_null(), "{h}");
+    // The key is unchanged and still listed.
+    let (status, key) = send_json(
+        fg.http
+            .get(fg.url(&format!("/admin/keys/{id}")))
+            .header("x-admin-token", ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!((status, key["source_path"].as_str()), (200, Some("u1")));
+}
+
+#[tokio::test]
+async fn control_characters_in_admin_input_are_refused_on_sqlite() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    control_characters_in_admin_input_are_refused(&fg).await;
+}
+
+#[tokio::test]
+async fn control_characters_in_admin_input_are_refused_on_postgres() {
+    let Some(db) = PgTestDb::create("ctl").await else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(&up.url(), |y| set_database_url(y, &db.url), &[]).await;
+    let (_, h) = fg.health().await;
+    assert_eq!(h["database"]["backend"], "postgres", "{h}");
+    control_characters_in_admin_input_are_refused(&fg).await;
+    drop(fg);
+    db.drop_database().await;
+}
+
+/// A key stored with control characters before they were refused (an import) is listed by
+/// `fastgate keys list` with them escaped: no escape sequence reaches the operator's terminal.
+#[tokio::test]
+async fn keys_list_escapes_control_characters_of_stored_values() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let store = fg.open_store().await;
+    let imported = fastgate_store::ImportedKey {
+        id: "k_imported\u{1b}[31m".into(),
+        secret: "fg_imported-secret-0123456789abcdefghijkl".into(),
+        source_path: "team\u{1b}]0;pwned\u{7}\u{0}".into(),
+        permissions: vec!["chat".into()],
+        created_at: std::time::SystemTime::now(),
+        expires_at: None,
+        active: true,
+        last_used_at: None,
+        request_count: 0,
+    };
+    store.import_key(imported).await.unwrap();
+    let out = fastgate_cmd()
+        .arg("--config")
+        .arg(&fg.config)
+        .args(["keys", "list"])
+        .current_dir(fg.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout
+            .iter()
+            .any(|b| b.is_ascii_control() && *b != b'\n'),
+        "a raw control character was printed: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("team\\u{1b}]0;pwned\\u{7}\\u{0}"), "{text}");
+    assert!(text.contains("k_imported\\u{1b}[31m"), "{text}");
+}
+
 #[tokio::test]
 async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
     let up = Upstream::start().await;
