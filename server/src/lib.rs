@@ -295,6 +295,22 @@ impl Gateway {
             })
             .with(guard::AdminGuard::new(state.clone()))
             .catch_all_error(json_error)
+            .around(|ep, req| async move {
+                let admin = is_admin_path(req.uri().path());
+                let mut res = match ep.call(req).await {
+                    Ok(res) => res,
+                    Err(err) => err.into_response(),
+                };
+                // Admin answers hold new secrets (create, rotate), audit records and the
+                // configuration: no cache keeps them. The dashboard's files set their own.
+                if admin && !res.headers().contains_key(http::header::CACHE_CONTROL) {
+                    res.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("no-store"),
+                    );
+                }
+                Ok(res)
+            })
             .boxed();
 
         let worker = tokio::spawn(audit_worker.run());
@@ -400,13 +416,19 @@ impl Gateway {
     }
 }
 
+/// `/admin` or anything below `/admin/` (the dashboard's files included).
+fn is_admin_path(path: &str) -> bool {
+    path.strip_prefix("/admin")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// 400 for an admin request whose path or query, percent-decoded, holds a control character
 /// (`/admin/logs/a%00b`, `?model=a%00b`): no filter, id or owner can hold one (the API refuses
 /// them in what it stores), and PostgreSQL refuses a NUL in text, which answered 503
 /// `store_unavailable` and set `/health`'s `last_error` as if the database were down.
 fn control_characters_in_admin_url(req: &poem::Request) -> Option<Response> {
     let path = req.uri().path();
-    if path != "/admin" && !path.starts_with("/admin/") {
+    if !is_admin_path(path) {
         return None;
     }
     let has_control = |s: &str| {

@@ -1933,3 +1933,91 @@ async fn gzip_answers_pass_unchanged_and_keep_their_token_counts() {
     assert_eq!(row["is_stream"], true);
     assert_eq!(tokens(&row), (Some(7), Some(5), Some(12)), "{row}");
 }
+
+/// Admin answers carry `Cache-Control: no-store`: they hold new secrets (create, rotate), audit
+/// records and the configuration, which no browser or proxy cache may keep. The dashboard's
+/// static files keep their own caching; `/health` and the gateway are not admin answers.
+#[tokio::test]
+async fn admin_answers_are_not_stored_by_caches() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let no_store = |res: &reqwest::Response, what: &str| {
+        assert_eq!(
+            res.headers()
+                .get("cache-control")
+                .and_then(|v| v.to_str().ok()),
+            Some("no-store"),
+            "{what} ({})",
+            res.status()
+        );
+    };
+    let created = fg
+        .http
+        .post(fg.url("/admin/keys"))
+        .header("x-admin-token", ADMIN_TOKEN)
+        .json(&serde_json::json!({"source_path": "cache"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    no_store(&created, "create");
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rotated = fg
+        .http
+        .post(fg.url(&format!("/admin/keys/{id}/rotate")))
+        .header("x-admin-token", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    no_store(&rotated, "rotate");
+    for path in [
+        "/admin/keys",
+        &format!("/admin/keys/{id}"),
+        "/admin/logs",
+        "/admin/logs/export?format=json",
+        "/admin/logs/nonexistent",
+        "/admin/metrics",
+        "/admin/metrics/hourly",
+        "/admin/config",
+        "/admin/nope",
+        "/admin/logs?status=9xx",
+    ] {
+        no_store(&fg.admin_get(path).await, path);
+    }
+    // Refusals of the token check too (a cached 401 is harmless, but nothing is cached).
+    no_store(
+        &fg.http.get(fg.url("/admin/keys")).send().await.unwrap(),
+        "401",
+    );
+    // The dashboard: the page is not stored, its assets are cached as before.
+    let page = fg.http.get(fg.url("/admin/ui/")).send().await.unwrap();
+    no_store(&page, "/admin/ui/");
+    let asset = fg
+        .http
+        .get(fg.url("/admin/ui/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asset.status(), 200);
+    assert_eq!(asset.headers()["cache-control"], "public, max-age=300");
+    // A redirect that carries the token in its Location is not kept either.
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect = no_redirects
+        .get(fg.url(&format!("/admin/ui?token={ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 308);
+    no_store(&redirect, "/admin/ui redirect");
+    // Not admin answers.
+    let health = fg.http.get(fg.url("/health")).send().await.unwrap();
+    assert!(health.headers().get("cache-control").is_none());
+}
