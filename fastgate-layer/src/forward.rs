@@ -939,7 +939,6 @@ fn upstream_response(
     Response::from_parts(parts, body)
 }
 
-/// Whether the headers announce a `text/event-stream` body.
 /// `application/x-ndjson` (or `application/ndjson`): Ollama's native API streams its answers
 /// as one JSON object per line.
 pub(crate) fn is_ndjson(headers: &http::HeaderMap) -> bool {
@@ -954,6 +953,7 @@ pub(crate) fn is_ndjson(headers: &http::HeaderMap) -> bool {
         })
 }
 
+/// Whether the headers announce a `text/event-stream` body.
 pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

@@ -279,9 +279,11 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(opts.sqlite_busy_timeout)
                     .foreign_keys(true);
-                let pool = pool
-                    .acquire_timeout(opts.acquire_timeout)
-                    .after_release(|conn, _| {
+                // Not for `:memory:`: closing its one connection would lose the database.
+                let pool = if file.is_none() {
+                    pool
+                } else {
+                    pool.after_release(|conn, _| {
                         Box::pin(async move {
                             // A COMMIT that failed (SQLITE_FULL on a full disk) can leave the
                             // connection inside its transaction, holding the database's write
@@ -298,6 +300,9 @@ impl Store {
                             Ok(true)
                         })
                     })
+                };
+                let pool = pool
+                    .acquire_timeout(opts.acquire_timeout)
                     .connect_with(conn)
                     .await
                     .map_err(|source| match file {

@@ -701,7 +701,11 @@ pub async fn serve(
         .max_buf_size(64 * 1024)
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // As for HTTP/1 above: at most 64 KiB queued per stream for a client that does not read.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_send_buf_size(64 * 1024);
     // Set, then notified, when the shutdown signal comes: every connection closes gracefully.
     let closing = Closing::default();
     let mut connections = JoinSet::new();
@@ -919,8 +923,8 @@ impl<C: GracefulConnection> Future for Drive<C> {
                 } else {
                     *this.quiet_checks += 1;
                 }
-                // A client that stopped reading: its socket has been full, with not a byte
-                // taken, since the previous check (as nginx's `send_timeout`). Dropped, and with
+                // A client that stopped reading: its socket has been full, with no write to it
+                // succeeding, since the previous check (as nginx's `send_timeout`). Dropped, and with
                 // it the upstream connection of its response (a generation nobody reads).
                 let written = this.activity.written.load(Ordering::Relaxed);
                 if this.activity.blocked.load(Ordering::Relaxed)

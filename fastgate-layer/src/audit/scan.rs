@@ -74,7 +74,12 @@ fn last_count(bytes: &[u8], key: &FinderRev<'_>, key_len: usize) -> Option<u64> 
     let rest = skip_ws(&bytes[at + key_len..]);
     let rest = skip_ws(rest.strip_prefix(b":")?);
     let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-    if digits == 0 || digits > 19 {
+    // The number must end inside what was seen: a body cut after `"eval_count":29` of 290
+    // does not count 29.
+    let ended = rest
+        .get(digits)
+        .is_some_and(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'));
+    if digits == 0 || digits > 19 || !ended {
         return None;
     }
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
@@ -333,7 +338,8 @@ impl UsageScanner {
 }
 
 fn scan_event(event: &[u8]) -> Option<TokenUsage> {
-    extract_usage(event)
+    // Ollama's counts come in JSON / NDJSON, never in SSE: not looked for here.
+    extract_openai_usage(event)
 }
 
 /// The top-level `"model"` string of a JSON object: [`ModelScanner`] over a whole (or truncated)
@@ -1428,6 +1434,19 @@ mod tests {
             MAX_TOKENS
         );
         assert_eq!(extract_usage(br#"{"eval_count":"x"}"#), None);
+        assert_eq!(
+            extract_usage(br#"{"prompt_eval_count":2,"eval_count":29"#),
+            Some(TokenUsage {
+                prompt_tokens: 2,
+                completion_tokens: 0,
+                total_tokens: 2,
+            })
+        );
+        // Not in SSE, where Ollama never sends them.
+        let mut sse = UsageScanner::sse();
+        sse.push(b"data: {\"eval_count\":5}\n\n");
+        sse.finish();
+        assert_eq!(sse.usage(), None);
     }
 
     #[test]
