@@ -923,7 +923,7 @@ fn upstream_response(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(&mut parts.headers);
-    if is_event_stream(&parts.headers) || is_ndjson(&parts.headers) {
+    if BodyKind::of(&parts.headers).is_stream() {
         parts
             .headers
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -939,30 +939,52 @@ fn upstream_response(
     Response::from_parts(parts, body)
 }
 
-/// `application/x-ndjson` (or `application/ndjson`): Ollama's native API streams its answers
-/// as one JSON object per line.
-pub(crate) fn is_ndjson(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim_start();
-            let ct = ct.split(';').next().unwrap_or(ct).trim_end();
-            ct.eq_ignore_ascii_case("application/x-ndjson")
-                || ct.eq_ignore_ascii_case("application/ndjson")
-        })
+/// What a response's `Content-Type` says about its body, read once per use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyKind {
+    /// `text/event-stream`.
+    EventStream,
+    /// `application/x-ndjson` or `application/ndjson`: Ollama's native API streams its answers
+    /// as one JSON object per line.
+    Ndjson,
+    /// `application/json` or a `+json` type.
+    Json,
+    /// Anything else, or no `Content-Type`.
+    Other,
 }
 
-/// Whether the headers announce a `text/event-stream` body.
-pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .get(..17)
-                .is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream"))
-        })
+impl BodyKind {
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
+        let Some(ct) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Self::Other;
+        };
+        let ct = ct.trim_start();
+        let starts = |p: &str| ct.get(..p.len()).is_some_and(|c| c.eq_ignore_ascii_case(p));
+        if starts("text/event-stream") {
+            return Self::EventStream;
+        }
+        if starts("application/json") {
+            return Self::Json;
+        }
+        let essence = ct.split(';').next().unwrap_or(ct).trim_end();
+        if essence.eq_ignore_ascii_case("application/x-ndjson")
+            || essence.eq_ignore_ascii_case("application/ndjson")
+        {
+            Self::Ndjson
+        } else if ct.contains("+json") {
+            Self::Json
+        } else {
+            Self::Other
+        }
+    }
+
+    /// A stream of events or lines: audited as a stream, never buffered by a proxy in front.
+    pub(crate) fn is_stream(self) -> bool {
+        matches!(self, Self::EventStream | Self::Ndjson)
+    }
 }
 
 #[allow(dead_code)]
@@ -1024,12 +1046,22 @@ mod tests {
     #[test]
     fn event_stream_detection() {
         let mut h = http::HeaderMap::new();
-        assert!(!is_event_stream(&h));
+        assert_eq!(BodyKind::of(&h), BodyKind::Other);
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
         );
-        assert!(is_event_stream(&h));
+        assert_eq!(BodyKind::of(&h), BodyKind::EventStream);
+        for (ct, kind) in [
+            ("application/x-ndjson", BodyKind::Ndjson),
+            ("Application/NDJSON; charset=utf-8", BodyKind::Ndjson),
+            ("application/json; charset=utf-8", BodyKind::Json),
+            ("application/problem+json", BodyKind::Json),
+            ("text/plain", BodyKind::Other),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(BodyKind::of(&h), kind, "{ct}");
+        }
     }
 
     #[tokio::test]

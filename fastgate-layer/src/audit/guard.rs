@@ -12,7 +12,7 @@ use super::layer::StatsInner;
 use super::scan::UsageScanner;
 use super::{AuditEvent, Outcome, TokenUsage};
 use crate::extensions::{KeyIdentity, Rejected, TargetUrl};
-use crate::forward::{is_event_stream, is_ndjson};
+use crate::forward::BodyKind;
 
 /// Facts the request body wrapper learns while the request streams, and what the inner layers
 /// learn before the response exists (the key, the upstream target): a request the client drops
@@ -173,11 +173,11 @@ impl AuditGuard {
             event.error_code = Some(rejected.code);
             self.rejected = Some(*rejected);
         }
-        let ndjson = is_ndjson(res.headers());
-        event.is_stream = ndjson || is_event_stream(res.headers());
-        let scanner = if event.is_stream && !ndjson {
+        let kind = BodyKind::of(res.headers());
+        event.is_stream = kind.is_stream();
+        let scanner = if kind == BodyKind::EventStream {
             Some(UsageScanner::sse())
-        } else if self.rejected.is_none() && (ndjson || is_json(res.headers())) {
+        } else if self.rejected.is_none() && matches!(kind, BodyKind::Ndjson | BodyKind::Json) {
             // NDJSON (Ollama's native streams) is read as one JSON text: the last counts win.
             Some(UsageScanner::json())
         } else {
@@ -286,16 +286,4 @@ impl Drop for AuditGuard {
         };
         self.finish(outcome, None);
     }
-}
-
-fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim_start();
-            ct.get(..16)
-                .is_some_and(|p| p.eq_ignore_ascii_case("application/json"))
-                || ct.contains("+json")
-        })
 }
