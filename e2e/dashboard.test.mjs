@@ -1286,4 +1286,52 @@ describe('a window with only refused requests', { concurrency: 1 }, () => {
     }
     assert.deepEqual(errors, []);
   });
+  test('a degraded status names its reason, and clears once audit writes work again', async () => {
+    // Its own gateway: a trigger makes SQLite refuse audit inserts while it still answers, as a
+    // full disk or a revoked grant would (Python's sqlite3 module: no sqlite3 CLI needed).
+    const url = await startGateway('fastgate-degraded');
+    const db = path.join(tmp, 'fastgate-degraded.db');
+    const sql = (stmt) => execFileSync('python3', ['-c',
+      'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit(); c.close()',
+      db, stmt]);
+    const created = await (await fetch(`${url}/admin/keys?token=${encodeURIComponent(ADMIN_TOKEN)}`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ source_path: 'degraded' }),
+    })).json();
+    const call = () => fetch(`${url}/proxy/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-api-key': created.api_key },
+      body: JSON.stringify({ model: 'gpt-e2e', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    assert.equal((await call()).status, 200);
+
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-US' });
+    const errors = [];
+    try {
+      const page = await context.newPage();
+      page.on('pageerror', (e) => errors.push(e.message));
+      await page.goto(`${url}/admin/ui/?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+      const badge = tid(page, 'health-status');
+      await page.waitForFunction(() => document.querySelector('[data-testid="health-status"]').getAttribute('data-status') === 'healthy');
+
+      sql("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'refused'); END");
+      assert.equal((await call()).status, 200, 'requests keep flowing');
+      await waitFor('the badge to say why it is degraded', async () => {
+        await refresh(page);
+        return (await badge.getAttribute('data-status')) === 'degraded';
+      }, { timeout: 20000, interval: 300 });
+      assert.equal((await badge.textContent()).trim(), 'degraded: audit writes failing');
+      assert.match(await badge.getAttribute('class'), /text-bg-warning/);
+      await shot(page, 'desktop-dashboard-degraded');
+
+      sql('DROP TRIGGER refuse_audit');
+      await waitFor('the badge to be healthy again', async () => {
+        await refresh(page);
+        return (await badge.getAttribute('data-status')) === 'healthy';
+      }, { timeout: 30000, interval: 500 });
+      assert.equal((await badge.textContent()).trim(), 'healthy');
+    } finally {
+      await context.close();
+    }
+    assert.deepEqual(errors, []);
+  });
 });

@@ -44,6 +44,8 @@
       'health.backend.failed': '{n} failed requests; last {t}: {c}',
       'health.s.healthy': 'healthy', 'health.s.degraded': 'degraded', 'health.reachable': 'reachable', 'health.unreachable': 'unreachable', 'health.down': 'unreachable',
       'health.auditline': '{w} written · {r} retried · {d} dropped · {l} lost',
+      'health.r.database_unreachable': 'database unreachable', 'health.r.audit_writes_failing': 'audit writes failing',
+      'health.r.audit_records_lost': 'audit records lost in the last minute',
       'quick.title': 'Quick actions', 'quick.create': 'Create API key', 'quick.refresh': 'Refresh status',
       'quick.logs': 'View audit log',
       'top.keys': 'Top keys', 'top.models': 'Models', 'top.empty': 'No data', 'top.nokey': '(no key)',
@@ -131,6 +133,8 @@
       'health.backend.failed': '{n} 次请求失败；最近一次 {t}：{c}',
       'health.s.healthy': '正常', 'health.s.degraded': '降级', 'health.reachable': '可访问', 'health.unreachable': '不可访问', 'health.down': '无法访问',
       'health.auditline': '已写入 {w} · 重试 {r} · 丢弃 {d} · 丢失 {l}',
+      'health.r.database_unreachable': '数据库不可访问', 'health.r.audit_writes_failing': '审计写入失败',
+      'health.r.audit_records_lost': '最近一分钟有审计记录丢失',
       'quick.title': '快速操作', 'quick.create': '一键创建 Key', 'quick.refresh': '刷新系统状态',
       'quick.logs': '查看审计日志',
       'top.keys': 'Key 排行', 'top.models': '模型', 'top.empty': '暂无数据', 'top.nokey': '（无 Key）',
@@ -571,6 +575,12 @@
     badge.setAttribute('data-status', String(h.status || ''));
     var stKey = 'health.s.' + h.status;
     badge.textContent = I18N.en[stKey] ? t(stKey) : String(h.status || '?');
+    // Why it is degraded, in the page's language (a reason this page does not know: as sent).
+    var reasons = Array.isArray(h.reasons) ? h.reasons.map(function (r) {
+      var rKey = 'health.r.' + r;
+      return I18N.en[rKey] ? t(rKey) : String(r);
+    }) : [];
+    if (reasons.length) badge.textContent += ': ' + reasons.join(', ');
     $('health-version').textContent = h.version ? String(h.version) : '—';
     $('health-uptime').textContent = fmtUptime(h.uptime_seconds);
     var db = h.database || {};

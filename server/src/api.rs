@@ -366,6 +366,10 @@ struct RotateKeyRequest {
 /// Longest grace period a rotation takes (30 days).
 const MAX_GRACE_SECONDS: u64 = 2_592_000;
 
+/// How long a dropped or lost audit record keeps `/health` degraded: long enough for a
+/// probe polling every few seconds to see it, short enough to clear once the cause has gone.
+const LOSS_DEGRADES_FOR: Duration = Duration::from_secs(60);
+
 /// The grace period in a rotate body: `None` for no body (or `null`, `{}`).
 fn rotate_body_grace(raw: &[u8]) -> Result<Option<u64>, String> {
     if raw.iter().all(u8::is_ascii_whitespace) {
@@ -669,6 +673,12 @@ pub struct AuditHealth {
     pub spool_waiting: u64,
     /// Events written from the spool file to the database since start.
     pub spool_replayed: u64,
+    /// Whether audit records are not reaching the database right now: the last write failed
+    /// (they wait in the spool file, or the write is being retried) and none succeeded since.
+    pub failing: bool,
+    /// When an event was last dropped or lost (RFC 3339); null if never.
+    #[oai(nullable)]
+    pub last_loss_at: Option<String>,
 }
 
 /// Key-lookup counters (since start).
@@ -708,8 +718,13 @@ pub struct UpstreamHealth {
 /// `GET /health`.
 #[derive(Object, Debug)]
 pub struct Health {
-    /// `healthy` (M-FastGate's word), or `degraded` when the database is unreachable.
+    /// `healthy` (M-FastGate's word), or `degraded` (with a 503) when the database is
+    /// unreachable, audit writes are failing, or audit records were dropped or lost in the last
+    /// minute.
     pub status: String,
+    /// Why the status is `degraded` (empty when healthy): `database_unreachable`,
+    /// `audit_writes_failing`, `audit_records_lost`.
+    pub reasons: Vec<String>,
     /// FastGate version.
     pub version: String,
     /// Seconds since start.
@@ -735,7 +750,8 @@ enum HealthResponse {
     /// Healthy.
     #[oai(status = 200)]
     Ok(Json<Health>),
-    /// The database is unreachable.
+    /// Degraded: the database is unreachable, audit writes fail, or audit records were lost
+    /// in the last minute (`reasons` says which).
     #[oai(status = 503)]
     Degraded(Json<Health>),
 }
@@ -1127,14 +1143,35 @@ impl SystemApi {
 impl SystemApi {
     /// Health: version, uptime, database reachability, audit queue.
     ///
-    /// Answers 503 when the database is unreachable (cached keys keep working meanwhile).
+    /// Answers 503 with `status: degraded` when the database is unreachable (cached keys keep
+    /// working meanwhile), when audit records are not reaching it (kept in the spool file or
+    /// retried), or when audit records were dropped or lost in the last minute; `reasons`
+    /// lists which. Backend failures never make it degraded.
     #[oai(path = "/health", method = "get", operation_id = "get_health")]
     async fn health(&self) -> HealthResponse {
         let s = &self.state;
         let reachable = s.db_reachable().await;
         let stats = s.audit_stats();
+        let failing = stats.failing() || s.spool_stats().is_some_and(SpoolStats::failing);
+        let last_loss = stats.last_loss();
+        let recent_loss = last_loss.is_some_and(|at| {
+            SystemTime::now()
+                .duration_since(at)
+                .map_or(true, |ago| ago < LOSS_DEGRADES_FOR)
+        });
+        let reasons: Vec<String> = [
+            (!reachable, "database_unreachable"),
+            (failing, "audit_writes_failing"),
+            (recent_loss, "audit_records_lost"),
+        ]
+        .into_iter()
+        .filter(|&(on, _)| on)
+        .map(|(_, reason)| reason.to_owned())
+        .collect();
+        let healthy = reasons.is_empty();
         let health = Health {
-            status: if reachable { "healthy" } else { "degraded" }.into(),
+            status: if healthy { "healthy" } else { "degraded" }.into(),
+            reasons,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: s.started.elapsed().as_secs(),
             database: DatabaseHealth {
@@ -1150,6 +1187,8 @@ impl SystemApi {
                 lost: stats.lost(),
                 spool_waiting: s.spool_stats().map_or(0, SpoolStats::waiting),
                 spool_replayed: s.spool_stats().map_or(0, SpoolStats::replayed),
+                failing,
+                last_loss_at: last_loss.map(rfc3339),
             },
             keys: {
                 let k = s.store.stats();
@@ -1172,7 +1211,7 @@ impl SystemApi {
             },
             last_error: s.last_error(),
         };
-        if reachable {
+        if healthy {
             HealthResponse::Ok(Json(health))
         } else {
             HealthResponse::Degraded(Json(health))

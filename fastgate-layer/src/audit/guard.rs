@@ -260,7 +260,7 @@ impl AuditGuard {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
             Err(err) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.note_loss(1, false);
                 if matches!(err, mpsc::error::TrySendError::Closed(_))
                     && !self.stats.closed_warned.swap(true, Ordering::Relaxed)
                 {

@@ -98,6 +98,10 @@ pub(crate) struct StatsInner {
     pub(crate) written: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) lost: AtomicU64,
+    /// The sink's most recent write failed (set by the worker, cleared by its next success).
+    pub(crate) failing: AtomicBool,
+    /// When an event was last dropped or lost: milliseconds since the Unix epoch, 0 for never.
+    pub(crate) last_loss_ms: AtomicU64,
     /// Set by [`AuditStats::cutting`]: responses dropped from now on were cut by the host.
     pub(crate) cutting: AtomicBool,
     /// Requests the backend failed (see [`AuditStats::upstream_failures`]).
@@ -120,6 +124,18 @@ pub struct UpstreamFailure {
 }
 
 impl StatsInner {
+    /// Count `n` events as dropped (`lost == false`) or lost, and note when.
+    pub(crate) fn note_loss(&self, n: u64, lost: bool) {
+        let counter = if lost { &self.lost } else { &self.dropped };
+        counter.fetch_add(n, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+            });
+        self.last_loss_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
     /// Count `event` if the backend failed it: unreachable, reset, silent, or answered 5xx.
     /// Runs when an event is finished; costs a lock only for such failures.
     pub(crate) fn note_upstream(&self, event: &AuditEvent) {
@@ -175,6 +191,23 @@ impl AuditStats {
     /// Events in batches given up on after the last retry.
     pub fn lost(&self) -> u64 {
         self.inner.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the sink's most recent write failed: the worker is retrying a batch (or gave it
+    /// up) and nothing has been written since. A sink that keeps what it cannot write
+    /// (a [`SpoolSink`](super::SpoolSink)) reports its own state in
+    /// [`SpoolStats::failing`](super::SpoolStats::failing).
+    pub fn failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Relaxed)
+    }
+
+    /// When an event was last [`dropped`](Self::dropped) or [`lost`](Self::lost); `None` if
+    /// never.
+    pub fn last_loss(&self) -> Option<SystemTime> {
+        match self.inner.last_loss_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
     }
 
     /// Requests a backend failed since start: unreachable, reset or silent (outcomes

@@ -28,7 +28,7 @@
 use std::io::{self, BufRead as _, Seek as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -66,6 +66,7 @@ struct SpoolCounters {
     spooled: AtomicU64,
     replayed: AtomicU64,
     skipped: AtomicU64,
+    failing: AtomicBool,
 }
 
 impl SpoolStats {
@@ -84,6 +85,11 @@ impl SpoolStats {
     /// Lines of the spool file that could not be read back (torn by a crash) since start.
     pub fn skipped(&self) -> u64 {
         self.inner.skipped.load(Ordering::Relaxed)
+    }
+    /// Whether the sink's most recent write (of a batch or of a replay) failed: events go to
+    /// the file instead of the sink until a write succeeds again.
+    pub fn failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Relaxed)
     }
 }
 
@@ -217,11 +223,13 @@ impl<S: AuditSink> SpoolSink<S> {
     }
 
     fn failed(&mut self) {
+        self.stats.inner.failing.store(true, Ordering::Relaxed);
         self.next_try = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.retry_max);
     }
 
     fn succeeded(&mut self) {
+        self.stats.inner.failing.store(false, Ordering::Relaxed);
         self.next_try = Instant::now();
         self.backoff = self.retry_min;
     }

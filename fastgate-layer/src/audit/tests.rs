@@ -1,6 +1,6 @@
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -321,6 +321,8 @@ async fn full_queue_drops_and_counts_without_blocking() {
     assert_eq!(stats.capacity(), 1);
     assert_eq!(stats.queue_depth(), 1);
     assert_eq!(stats.dropped(), 2);
+    let when = stats.last_loss().expect("a drop is a loss, with its time");
+    assert!(SystemTime::now().duration_since(when).unwrap() < Duration::from_secs(60));
     let events = events_after(layer, worker, &sink).await;
     assert_eq!(events.len(), 1);
     assert_eq!(stats.written(), 1);
@@ -333,6 +335,7 @@ async fn worker_retries_then_writes_and_counts_lost() {
     sink.fail_next(2);
     let (layer, worker) = AuditLayer::pair(sink.clone(), config().max_retries(2));
     let stats = layer.stats();
+    assert!(!stats.failing());
     let worker = tokio::spawn(worker.run());
     let res = respond(&layer, request(), || Response::new(Full::new(Bytes::new()))).await;
     drop(res);
@@ -341,6 +344,8 @@ async fn worker_retries_then_writes_and_counts_lost() {
         .unwrap();
     assert_eq!(stats.retried(), 2);
     assert_eq!(stats.written(), 1);
+    assert!(!stats.failing(), "a write succeeded after the retries");
+    assert_eq!(stats.last_loss(), None, "retried, not lost");
 
     sink.fail_next(10);
     let res = respond(&layer, request(), || Response::new(Full::new(Bytes::new()))).await;
@@ -353,6 +358,11 @@ async fn worker_retries_then_writes_and_counts_lost() {
     assert_eq!(stats.lost(), 1);
     assert_eq!(stats.retried(), 4);
     assert_eq!(sink.len(), 1);
+    assert!(
+        stats.failing(),
+        "the last write failed and none succeeded since"
+    );
+    assert!(stats.last_loss().is_some());
 }
 
 #[tokio::test]

@@ -106,9 +106,11 @@ impl<W: AuditSink> AuditWorker<W> {
                     self.stats
                         .written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats.failing.store(false, Ordering::Relaxed);
                     return;
                 }
                 Err(error) if attempt < self.config.max_retries => {
+                    self.stats.failing.store(true, Ordering::Relaxed);
                     attempt += 1;
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, attempt, events = batch.len(), "audit batch failed; retrying");
@@ -116,9 +118,8 @@ impl<W: AuditSink> AuditWorker<W> {
                     backoff = (backoff * 2).min(self.config.max_retry_backoff);
                 }
                 Err(error) => {
-                    self.stats
-                        .lost
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats.failing.store(true, Ordering::Relaxed);
+                    self.stats.note_loss(batch.len() as u64, true);
                     tracing::error!(%error, lost = batch.len(), "audit batch given up");
                     return;
                 }

@@ -108,11 +108,16 @@ async fn refused_batches_wait_in_the_file_and_reach_the_sink_in_order_intact() {
     let (_dir, path, flaky) = setup(false);
     let mut s = spool(&flaky, &path);
 
+    assert!(!s.stats().failing());
     flaky.set_down(true);
     s.write_batch(&batch(0..2)).await.unwrap();
     s.write_batch(&batch(2..5)).await.unwrap();
     assert!(flaky.sink.events().is_empty());
     assert_eq!(s.stats().waiting(), 5);
+    assert!(
+        s.stats().failing(),
+        "the sink refuses: the events go to the file"
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
     #[cfg(unix)]
     {
@@ -128,6 +133,7 @@ async fn refused_batches_wait_in_the_file_and_reach_the_sink_in_order_intact() {
     assert!(!path.exists(), "an empty spool is removed");
     let st = s.stats();
     assert_eq!((st.waiting(), st.spooled(), st.replayed()), (0, 6, 6));
+    assert!(!st.failing());
 
     // Working again: straight through.
     s.write_batch(&batch(6..7)).await.unwrap();
