@@ -673,8 +673,8 @@ pub struct AuditHealth {
     pub spool_waiting: u64,
     /// Events written from the spool file to the database since start.
     pub spool_replayed: u64,
-    /// Whether audit records are not reaching the database right now: the last write failed
-    /// (they wait in the spool file, or the write is being retried) and none succeeded since.
+    /// Whether audit records are not reaching the database right now: they wait in the spool
+    /// file and its last write failed, or a batch is being retried.
     pub failing: bool,
     /// When an event was last dropped or lost (RFC 3339); null if never.
     #[oai(nullable)]

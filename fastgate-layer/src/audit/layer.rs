@@ -98,7 +98,7 @@ pub(crate) struct StatsInner {
     pub(crate) written: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) lost: AtomicU64,
-    /// The sink's most recent write failed (set by the worker, cleared by its next success).
+    /// The worker is retrying a batch the sink refused (cleared when it is written or given up).
     pub(crate) failing: AtomicBool,
     /// When an event was last dropped or lost: milliseconds since the Unix epoch, 0 for never.
     pub(crate) last_loss_ms: AtomicU64,
@@ -193,8 +193,8 @@ impl AuditStats {
         self.inner.lost.load(Ordering::Relaxed)
     }
 
-    /// Whether the sink's most recent write failed: the worker is retrying a batch (or gave it
-    /// up) and nothing has been written since. A sink that keeps what it cannot write
+    /// Whether the worker is retrying a batch the sink refused (a batch given up on counts as
+    /// [`lost`](Self::lost) instead). A sink that keeps what it cannot write
     /// (a [`SpoolSink`](super::SpoolSink)) reports its own state in
     /// [`SpoolStats::failing`](super::SpoolStats::failing).
     pub fn failing(&self) -> bool {

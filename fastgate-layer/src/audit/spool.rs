@@ -86,10 +86,10 @@ impl SpoolStats {
     pub fn skipped(&self) -> u64 {
         self.inner.skipped.load(Ordering::Relaxed)
     }
-    /// Whether the sink's most recent write (of a batch or of a replay) failed: events go to
-    /// the file instead of the sink until a write succeeds again.
+    /// Whether events wait in the file and the sink's most recent write (of a batch or of a
+    /// replay) failed: they are not reaching the sink.
     pub fn failing(&self) -> bool {
-        self.inner.failing.load(Ordering::Relaxed)
+        self.inner.failing.load(Ordering::Relaxed) && self.waiting() > 0
     }
 }
 

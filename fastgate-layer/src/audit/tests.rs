@@ -358,11 +358,38 @@ async fn worker_retries_then_writes_and_counts_lost() {
     assert_eq!(stats.lost(), 1);
     assert_eq!(stats.retried(), 4);
     assert_eq!(sink.len(), 1);
-    assert!(
-        stats.failing(),
-        "the last write failed and none succeeded since"
-    );
+    assert!(!stats.failing(), "given up: nothing left to retry");
     assert!(stats.last_loss().is_some());
+}
+
+#[tokio::test]
+async fn the_worker_is_failing_while_it_retries_a_batch_and_not_after_it_is_written() {
+    let sink = MemorySink::default();
+    sink.fail_next(3);
+    let config = config()
+        .max_retries(5)
+        .retry_backoff(Duration::from_millis(50), Duration::from_millis(50));
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config);
+    let stats = layer.stats();
+    let worker = tokio::spawn(worker.run());
+    let res = respond(&layer, request(), || Response::new(Full::new(Bytes::new()))).await;
+    drop(res);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while stats.retried() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(stats.failing(), "a batch is being retried");
+    tokio::time::timeout(Duration::from_secs(5), sink.wait_for(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await; // the flag is cleared after the write
+    assert!(!stats.failing());
+    assert_eq!((stats.lost(), stats.last_loss()), (0, None));
+    drop(layer);
+    worker.await.unwrap();
 }
 
 #[tokio::test]

@@ -118,7 +118,9 @@ impl<W: AuditSink> AuditWorker<W> {
                     backoff = (backoff * 2).min(self.config.max_retry_backoff);
                 }
                 Err(error) => {
-                    self.stats.failing.store(true, Ordering::Relaxed);
+                    // Given up: nothing is waiting to be written any more (the loss is noted
+                    // instead), so an idle gateway does not stay `failing` with nothing to retry.
+                    self.stats.failing.store(false, Ordering::Relaxed);
                     self.stats.note_loss(batch.len() as u64, true);
                     tracing::error!(%error, lost = batch.len(), "audit batch given up");
                     return;
