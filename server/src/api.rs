@@ -370,6 +370,13 @@ const MAX_GRACE_SECONDS: u64 = 2_592_000;
 /// probe polling every few seconds to see it, short enough to clear once the cause has gone.
 const LOSS_DEGRADES_FOR: Duration = Duration::from_secs(60);
 
+/// Every reason `/health` can give for `degraded`, in the order it lists them.
+pub(crate) const HEALTH_REASONS: [&str; 3] = [
+    "database_unreachable",
+    "audit_writes_failing",
+    "audit_records_lost",
+];
+
 /// The grace period in a rotate body: `None` for no body (or `null`, `{}`).
 fn rotate_body_grace(raw: &[u8]) -> Result<Option<u64>, String> {
     if raw.iter().all(u8::is_ascii_whitespace) {
@@ -1159,15 +1166,12 @@ impl SystemApi {
                 .duration_since(at)
                 .map_or(true, |ago| ago < LOSS_DEGRADES_FOR)
         });
-        let reasons: Vec<String> = [
-            (!reachable, "database_unreachable"),
-            (failing, "audit_writes_failing"),
-            (recent_loss, "audit_records_lost"),
-        ]
-        .into_iter()
-        .filter(|&(on, _)| on)
-        .map(|(_, reason)| reason.to_owned())
-        .collect();
+        let reasons: Vec<String> = [!reachable, failing, recent_loss]
+            .into_iter()
+            .zip(HEALTH_REASONS)
+            .filter(|&(on, _)| on)
+            .map(|(_, reason)| reason.to_owned())
+            .collect();
         let healthy = reasons.is_empty();
         let health = Health {
             status: if healthy { "healthy" } else { "degraded" }.into(),

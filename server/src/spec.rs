@@ -168,6 +168,13 @@ pub fn finish(generated: &str) -> String {
         );
         set(
             schemas,
+            "Health",
+            "reasons",
+            "items",
+            json!({"type": "string", "enum": crate::api::HEALTH_REASONS}),
+        );
+        set(
+            schemas,
             "PeriodReport",
             "period",
             "enum",

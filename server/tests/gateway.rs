@@ -597,6 +597,15 @@ async fn openapi_spec_and_docs_describe_the_api() {
             "{path} missing from the spec"
         );
     }
+    // /health's degraded reasons are an enum for generated clients.
+    assert_eq!(
+        spec["components"]["schemas"]["Health"]["properties"]["reasons"]["items"]["enum"],
+        serde_json::json!([
+            "database_unreachable",
+            "audit_writes_failing",
+            "audit_records_lost"
+        ])
+    );
     // The export's three formats, each with its media type.
     let content = spec["paths"]["/admin/logs/export"]["get"]["responses"]["200"]["content"]
         .as_object()
