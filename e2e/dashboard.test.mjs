@@ -240,6 +240,9 @@ async function startGateway(name) {
     '  strip_headers: ["host", "x-api-key", "authorization", "x-forwarded-for"]',
     '  async_audit: true',
     '  timeout: 60',
+    // Each gateway its own spool file in the temp dir (the default is relative to the working
+    // directory, where a second gateway would find the first one's lock and run without one).
+    `audit: {spool_file: "${path.join(tmp, `${name}.spool`)}"}`,
     '',
   ].join('\n'));
   const gate = startChild(name, need('FASTGATE_BIN'), ['--config', cfg]);
