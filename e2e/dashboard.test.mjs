@@ -251,6 +251,24 @@ async function startGateway(name) {
   return url;
 }
 
+/**
+ * Run `fn(page)` on the dashboard of the gateway at `url` (signed in through `?token=`, English,
+ * 1280 px) in a context of its own, closed afterwards; fails if the page threw.
+ */
+async function onDashboard(url, fn) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-US' });
+  const errors = [];
+  try {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`${url}/admin/ui/?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+    await fn(page);
+  } finally {
+    await context.close();
+  }
+  assert.deepEqual(errors, []);
+}
+
 before(async () => {
   need('FASTGATE_BIN');
   const mockBin = need('MOCK_BACKEND_BIN');
@@ -1269,12 +1287,7 @@ describe('a window with only refused requests', { concurrency: 1 }, () => {
     });
     assert.equal(res.status, 401, await res.text());
 
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-US' });
-    const errors = [];
-    try {
-      const page = await context.newPage();
-      page.on('pageerror', (e) => errors.push(e.message));
-      await page.goto(`${url}/admin/ui/?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+    await onDashboard(url, async (page) => {
       // The refusal reaches the audit table within the worker's batch delay.
       await waitFor('the refusal in the requests card', async () => {
         await refresh(page);
@@ -1284,11 +1297,9 @@ describe('a window with only refused requests', { concurrency: 1 }, () => {
       assert.equal((await tid(page, 'stat-latency').textContent()).trim(), '—');
       assert.equal((await tid(page, 'stat-success').textContent()).trim(), '0%');
       await shot(page, 'desktop-dashboard-refusals-only');
-    } finally {
-      await context.close();
-    }
-    assert.deepEqual(errors, []);
+    });
   });
+
   test('a degraded status names its reason, and clears once audit writes work again', async () => {
     // Its own gateway: a trigger makes SQLite refuse audit inserts while it still answers, as a
     // full disk or a revoked grant would (Python's sqlite3 module: no sqlite3 CLI needed).
@@ -1307,12 +1318,7 @@ describe('a window with only refused requests', { concurrency: 1 }, () => {
     });
     assert.equal((await call()).status, 200);
 
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'en-US' });
-    const errors = [];
-    try {
-      const page = await context.newPage();
-      page.on('pageerror', (e) => errors.push(e.message));
-      await page.goto(`${url}/admin/ui/?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+    await onDashboard(url, async (page) => {
       const badge = tid(page, 'health-status');
       await page.waitForFunction(() => document.querySelector('[data-testid="health-status"]').getAttribute('data-status') === 'healthy');
 
@@ -1332,9 +1338,6 @@ describe('a window with only refused requests', { concurrency: 1 }, () => {
         return (await badge.getAttribute('data-status')) === 'healthy';
       }, { timeout: 30000, interval: 500 });
       assert.equal((await badge.textContent()).trim(), 'healthy');
-    } finally {
-      await context.close();
-    }
-    assert.deepEqual(errors, []);
+    });
   });
 });
