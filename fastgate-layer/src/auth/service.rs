@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::resolver::{KeyResolver, PresentedKey, ResolveError};
 use crate::audit::{AuditSlot, Outcome};
-use crate::error::rejection;
+use crate::error::{grpc_rejection, is_grpc, rejection};
 use crate::extensions::{KeyIdentity, RouteConfig};
 
 /// Permission required when the request carries no [`RouteConfig`].
@@ -47,6 +47,16 @@ impl AuthError {
             Self::Missing | Self::Invalid | Self::Expired => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// gRPC status code of the refusal sent to a gRPC caller: 16 `UNAUTHENTICATED`, 7
+    /// `PERMISSION_DENIED` or 14 `UNAVAILABLE` (the gRPC mapping of [`status`](Self::status)).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            Self::Missing | Self::Invalid | Self::Expired => 16,
+            Self::PermissionDenied => 7,
+            Self::Unavailable => 14,
         }
     }
 
@@ -128,9 +138,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let grpc = is_grpc(req.headers());
         let key = match presented_key(req.headers()) {
             Ok(key) => key,
-            Err(err) => return ResponseFuture::rejected(err, None),
+            Err(err) => return ResponseFuture::rejected(err, None, grpc),
         };
         // A client that also put its gateway key in the query string (`?api_key=…`) must not
         // have it forwarded: the parameters holding it are removed.
@@ -148,6 +159,7 @@ where
             service: Some(ready),
             request: Some(req),
             rejection: None,
+            grpc,
         }
     }
 }
@@ -289,6 +301,8 @@ pin_project! {
         service: Option<S>,
         request: Option<Request<ReqB>>,
         rejection: Option<(AuthError, Option<KeyIdentity>)>,
+        // The request is a gRPC call: refusals take gRPC's form.
+        grpc: bool,
     }
 }
 
@@ -315,12 +329,13 @@ impl<S, L, ReqB> ResponseFuture<S, L, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
-    fn rejected(err: AuthError, identity: Option<KeyIdentity>) -> Self {
+    fn rejected(err: AuthError, identity: Option<KeyIdentity>, grpc: bool) -> Self {
         Self {
             state: State::Rejected,
             service: None,
             request: None,
             rejection: Some((err, identity)),
+            grpc,
         }
     }
 }
@@ -335,26 +350,27 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let grpc = *this.grpc;
         loop {
             match this.state.as_mut().project() {
                 StateProj::Rejected => {
                     let (err, identity) = this.rejection.take().expect("polled after completion");
-                    return Poll::Ready(Ok(reject(&err, identity)));
+                    return Poll::Ready(Ok(reject(&err, identity, grpc)));
                 }
                 StateProj::Lookup { lookup } => {
                     let identity = match ready!(lookup.poll(cx)) {
                         Ok(identity) => identity,
                         Err(ResolveError::Invalid) => {
-                            return Poll::Ready(Ok(reject(&AuthError::Invalid, None)));
+                            return Poll::Ready(Ok(reject(&AuthError::Invalid, None, grpc)));
                         }
                         Err(ResolveError::Unavailable(source)) => {
                             tracing::warn!(error = %source, "key resolver unavailable");
-                            return Poll::Ready(Ok(reject(&AuthError::Unavailable, None)));
+                            return Poll::Ready(Ok(reject(&AuthError::Unavailable, None, grpc)));
                         }
                     };
                     let mut req = this.request.take().expect("polled after completion");
                     if identity.is_expired_at(SystemTime::now()) {
-                        return Poll::Ready(Ok(reject(&AuthError::Expired, Some(identity))));
+                        return Poll::Ready(Ok(reject(&AuthError::Expired, Some(identity), grpc)));
                     }
                     let permission = req
                         .extensions()
@@ -364,6 +380,7 @@ where
                         return Poll::Ready(Ok(reject(
                             &AuthError::PermissionDenied,
                             Some(identity),
+                            grpc,
                         )));
                     }
                     if let Some(slot) = req.extensions().get::<AuditSlot>() {
@@ -392,14 +409,27 @@ where
     }
 }
 
-fn reject<B: From<Bytes>>(err: &AuthError, identity: Option<KeyIdentity>) -> Response<B> {
-    tracing::debug!(code = err.code(), "request rejected by auth");
-    let mut res = rejection(
-        err.status(),
-        err.code(),
-        &err.to_string(),
-        Outcome::Rejected,
-    );
+fn reject<B: From<Bytes>>(
+    err: &AuthError,
+    identity: Option<KeyIdentity>,
+    grpc: bool,
+) -> Response<B> {
+    tracing::debug!(code = err.code(), grpc, "request rejected by auth");
+    let mut res = if grpc {
+        grpc_rejection(
+            err.grpc_status(),
+            err.code(),
+            &err.to_string(),
+            Outcome::Rejected,
+        )
+    } else {
+        rejection(
+            err.status(),
+            err.code(),
+            &err.to_string(),
+            Outcome::Rejected,
+        )
+    };
     if let Some(identity) = identity {
         res.extensions_mut().insert(identity);
     }
@@ -561,6 +591,72 @@ mod tests {
         let (status, body, _) = code(call(Down, req("x-api-key", b"sk-good")).await).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("auth_unavailable"));
+    }
+
+    #[tokio::test]
+    async fn grpc_callers_get_a_grpc_status() {
+        #[derive(Clone)]
+        struct Down;
+        impl KeyResolver for Down {
+            type Future = std::future::Ready<Result<KeyIdentity, ResolveError>>;
+            fn resolve(&self, _key: PresentedKey) -> Self::Future {
+                std::future::ready(Err(ResolveError::Unavailable("db down".into())))
+            }
+        }
+        let grpc = |key: Option<&str>| {
+            let mut req = Request::builder().header("content-type", "application/grpc+proto");
+            if let Some(key) = key {
+                req = req.header("x-api-key", key);
+            }
+            req.body(()).unwrap()
+        };
+        let cases = [
+            (
+                call(keys(), grpc(None)).await,
+                "16",
+                "missing API key",
+                "missing_api_key",
+            ),
+            (
+                call(keys(), grpc(Some("sk-nope"))).await,
+                "16",
+                "invalid API key",
+                "invalid_api_key",
+            ),
+            (
+                call(keys(), grpc(Some("sk-old"))).await,
+                "16",
+                "expired API key",
+                "expired_api_key",
+            ),
+            (
+                call(keys(), grpc(Some("sk-embed"))).await,
+                "7",
+                "the API key is not allowed to use this route",
+                "permission_denied",
+            ),
+            (
+                call(Down, grpc(Some("sk-good"))).await,
+                "14",
+                "API key lookup is unavailable",
+                "auth_unavailable",
+            ),
+        ];
+        for (res, grpc_status, message, code) in cases {
+            // Trailers-Only: HTTP 200, the status in the headers, no body.
+            assert_eq!(res.status(), StatusCode::OK, "{code}");
+            assert_eq!(res.headers()["content-type"], "application/grpc");
+            assert_eq!(res.headers()["grpc-status"], grpc_status, "{code}");
+            assert_eq!(res.headers()["grpc-message"], message, "{code}");
+            let rejected = res.extensions().get::<Rejected>().copied().unwrap();
+            assert_eq!((rejected.code, rejected.outcome), (code, Outcome::Rejected));
+            let (_, body, _) = self::code(res).await;
+            assert!(body.is_empty(), "{code}: {body}");
+        }
+        // A key accepted for a gRPC call reaches the service as for any other.
+        let res = call(keys(), grpc(Some("sk-good"))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().get("grpc-status").is_none());
     }
 
     /// The headers the inner service received for `req`.
