@@ -340,6 +340,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn limited_body_passes_trailers_on() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let body = LimitedBody::new(StreamBody::new(futures_util::stream::iter(frames)), 2);
+        let got = body.collect().await.unwrap();
+        assert_eq!(got.trailers(), Some(&trailers));
+        assert_eq!(got.to_bytes(), "ab");
+    }
+
+    #[tokio::test]
     async fn limited_body_counts_and_errors() {
         let mut body = LimitedBody::new(Full::new(Bytes::from_static(b"abc")), 2);
         assert!(body.frame().await.unwrap().is_err());

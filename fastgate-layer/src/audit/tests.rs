@@ -208,6 +208,60 @@ async fn trailers_complete() {
     drop(body);
 }
 
+/// gRPC's `grpc-status` travels in trailers, both ways: the audit bodies pass trailer frames on
+/// unchanged (a tonic client that misses them reports "missing grpc-status").
+#[tokio::test]
+async fn trailers_pass_through_both_bodies_unchanged() {
+    fn trailers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (http::HeaderName::from_static(n), v.parse().unwrap()))
+            .collect()
+    }
+    type Frames = StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+    >;
+    fn body(data: &'static [u8], trailers: http::HeaderMap) -> Frames {
+        StreamBody::new(futures_util::stream::iter(vec![
+            Ok(Frame::data(Bytes::from_static(data))),
+            Ok(Frame::trailers(trailers)),
+        ]))
+    }
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(
+            |req: Request<AuditRequestBody<Frames>>| async move {
+                // The service sees the client's trailers.
+                let got = req.into_body().collect().await.unwrap();
+                assert_eq!(got.trailers(), Some(&trailers(&[("x-client-sum", "42")])));
+                let mut res = Response::new(body(
+                    b"\0\0\0\0\x02\x08\x01",
+                    trailers(&[("grpc-status", "0"), ("grpc-message", "fine")]),
+                ));
+                res.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                Ok::<_, Infallible>(res)
+            },
+        ));
+    let req = Request::post("/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .body(body(b"\0\0\0\0\0", trailers(&[("x-client-sum", "42")])))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    let got = res.into_body().collect().await.unwrap();
+    assert_eq!(
+        got.trailers(),
+        Some(&trailers(&[("grpc-status", "0"), ("grpc-message", "fine")]))
+    );
+    assert_eq!(got.to_bytes(), b"\0\0\0\0\x02\x08\x01"[..]);
+    let events = events_after(layer, worker, &sink).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, Outcome::Completed);
+    assert_eq!((events[0].request_bytes, events[0].response_bytes), (5, 7));
+}
+
 #[tokio::test]
 async fn upstream_error_and_drop_mid_stream() {
     let sink = MemorySink::default();
