@@ -46,7 +46,10 @@ enum Event {
 
 impl Store {
     /// Usage flush, cross-instance key invalidation and retention purge, until `shutdown`
-    /// resolves; then a final usage flush. Never spawns: the caller runs (and tracks) the future.
+    /// resolves; then a final usage flush, whose counts go to the usage file
+    /// ([`Store::keep_usage_in`]) if it fails (or are lost, with a warning, without one). Give
+    /// it at least twice [`usage_flush_limit`](Self::usage_flush_limit) after `shutdown` (a
+    /// flush may be under way). Never spawns: the caller runs (and tracks) the future.
     pub fn background(
         &self,
         opts: BackgroundOptions,
@@ -88,7 +91,7 @@ impl Store {
                 match event {
                     Event::Shutdown => break,
                     Event::Flush => {
-                        if let Err(e) = store.flush_usage().await {
+                        if let Err(e) = store.bounded_flush_usage().await {
                             tracing::warn!(error = %e, "key usage flush failed; will retry");
                         }
                     }
@@ -148,10 +151,26 @@ impl Store {
                     }
                 }
             }
-            if let Err(e) = store.flush_usage().await {
-                tracing::warn!(error = %e, "final key usage flush failed");
+            // Bounded, so that the counts are saved to the usage file (when there is one) before
+            // the caller stops waiting for this task, also on a database that does not answer.
+            if let Err(e) = store.bounded_flush_usage().await {
+                store.keep_after_final_flush_failed(&e).await;
             }
         }
+    }
+
+    /// Longest a usage flush may take: the pool's acquire timeout plus SQLite's busy timeout
+    /// (8 s by default). A flush that has not ended by then is dropped, its counts kept for the
+    /// next (unless its commit had begun: they may be written, and are not counted twice).
+    pub fn usage_flush_limit(&self) -> Duration {
+        self.inner.opts.acquire_timeout + self.inner.opts.sqlite_busy_timeout
+    }
+
+    /// [`flush_usage`](Self::flush_usage) within [`usage_flush_limit`](Self::usage_flush_limit).
+    async fn bounded_flush_usage(&self) -> Result<usize, crate::StoreError> {
+        tokio::time::timeout(self.usage_flush_limit(), self.flush_usage())
+            .await
+            .unwrap_or(Err(crate::StoreError::Unavailable))
     }
 
     async fn connect_listener(&self) -> Option<PgListener> {

@@ -188,7 +188,18 @@ impl UsageBuffer {
         std::mem::take(&mut *lock(&self.map))
     }
 
-    fn restore(&self, batch: HashMap<Arc<str>, (u64, i64)>) {
+    /// A copy of what is pending, ordered by key id.
+    pub(crate) fn snapshot(&self) -> Vec<(Arc<str>, (u64, i64))> {
+        let mut rows: Vec<_> = lock(&self.map)
+            .iter()
+            .map(|(id, &v)| (Arc::clone(id), v))
+            .collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Add `batch` back (counts added, the later time kept).
+    pub(crate) fn restore(&self, batch: HashMap<Arc<str>, (u64, i64)>) {
         let mut map = lock(&self.map);
         for (k, (n, at)) in batch {
             let e = map.entry(k).or_insert((0, at));
@@ -531,8 +542,14 @@ impl Store {
     }
 
     /// Write accumulated usage (`request_count`, `last_used_at`) in one transaction. On failure
-    /// the counts are kept for the next flush. Returns how many keys were updated.
+    /// the counts are kept for the next flush, also when the future is dropped before the commit
+    /// (dropped during the commit, its batch is forgotten: it may have been written). Counts
+    /// loaded from the usage file ([`Store::keep_usage_in`]) are in the batch: the file is
+    /// removed inside the transaction, just before the commit. Returns how many keys were
+    /// updated.
     pub async fn flush_usage(&self) -> Result<usize, StoreError> {
+        // One flush at a time: the usage file is removed by the flush that writes its counts.
+        let mut file = self.inner.usage_file.lock().await;
         let batch = self.inner.usage.take();
         if batch.is_empty() {
             return Ok(0);
@@ -540,39 +557,93 @@ impl Store {
         // In key-id order: another instance flushing the same keys at the same time locks the
         // rows in the same order (in hash-map order, the two deadlocked on PostgreSQL).
         let rows = sorted_usage(&batch);
+        let keys = batch.len();
+        let mut in_flight = InFlight {
+            usage: &self.inner.usage,
+            batch: Some(batch),
+        };
         const SQL: &str = "UPDATE api_keys SET request_count = request_count + $1, \
              last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END \
              WHERE id = $3";
-        let result: Result<(), sqlx::Error> = on_pool!(&self.inner.db, |pool| {
+        let result: Result<(), FlushError> = on_pool!(&self.inner.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
-                for &(id, (count, last)) in &rows {
+                for &(ref id, (count, last)) in &rows {
                     sqlx::query(SQL)
                         .bind(crate::to_i64(count))
                         .bind(last)
-                        .bind(id)
+                        .bind(&**id)
                         .execute(&mut *tx)
                         .await?;
                 }
-                tx.commit().await
+                // The database answers: the file's counts are in this transaction, so the file
+                // goes now. A crash before the commit loses them, as a crash loses the counts in
+                // memory; after the commit, a file still there would count them twice.
+                if let Some(file) = file.as_mut() {
+                    file.forget_counts().await?;
+                }
+                let batch = in_flight.batch.take();
+                if let Err(e) = tx.commit().await {
+                    if let Some(batch) = batch {
+                        self.inner.usage.restore(batch);
+                    }
+                    return Err(e.into());
+                }
+                Ok(())
             }
             .await
         });
+        drop(in_flight); // a batch not yet committing goes back
         match result {
-            Ok(()) => Ok(batch.len()),
+            Ok(()) => Ok(keys),
             Err(e) => {
                 Counters::add(&self.inner.counters.usage_flush_errors, 1);
-                self.inner.usage.restore(batch);
-                Err(e.into())
+                Err(match e {
+                    FlushError::Database(e) => e.into(),
+                    FlushError::File(e) => e.into(),
+                })
             }
         }
     }
 }
 
+/// Why a usage flush failed.
+enum FlushError {
+    Database(sqlx::Error),
+    File(crate::UsageFileError),
+}
+
+impl From<sqlx::Error> for FlushError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<crate::UsageFileError> for FlushError {
+    fn from(e: crate::UsageFileError) -> Self {
+        Self::File(e)
+    }
+}
+
+/// The batch of a flush until its commit begins: put back into the buffer if the flush fails or
+/// its future is dropped before then.
+struct InFlight<'a> {
+    usage: &'a UsageBuffer,
+    batch: Option<HashMap<Arc<str>, (u64, i64)>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            self.usage.restore(batch);
+        }
+    }
+}
+
 /// The usage rows of one flush, ordered by key id (the order their rows are updated in).
-fn sorted_usage(batch: &HashMap<Arc<str>, (u64, i64)>) -> Vec<(&str, (u64, i64))> {
-    let mut rows: Vec<_> = batch.iter().map(|(id, &v)| (&**id, v)).collect();
-    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+fn sorted_usage(batch: &HashMap<Arc<str>, (u64, i64)>) -> Vec<(Arc<str>, (u64, i64))> {
+    let mut rows: Vec<_> = batch.iter().map(|(id, &v)| (Arc::clone(id), v)).collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     rows
 }
 

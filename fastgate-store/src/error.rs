@@ -88,6 +88,9 @@ pub enum StoreError {
     /// The file given to import from is not a readable M-FastGate database.
     #[error("not an M-FastGate database: {0}")]
     NotMFastGate(&'static str),
+    /// The key usage file could not be written or removed (see [`UsageFile`](crate::UsageFile)).
+    #[error(transparent)]
+    UsageFile(#[from] crate::UsageFileError),
     /// A stored value could not be decoded (e.g. a permissions column that is not a JSON list).
     #[error("corrupt stored value in {0}")]
     Corrupt(&'static str),

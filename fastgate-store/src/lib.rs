@@ -63,6 +63,7 @@ pub mod mfastgate;
 mod model;
 mod sqlite_audit;
 mod url;
+pub mod usage_file;
 
 pub use audit::StoreAuditSink;
 pub use background::BackgroundOptions;
@@ -77,6 +78,7 @@ pub use model::{
 };
 pub use sqlite_audit::SqliteAuditError;
 pub use url::{DatabaseUrl, PostgresUrl, SqliteLocation, parse_database_url, redact_url};
+pub use usage_file::{UsageFile, UsageFileError, UsageTotals};
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -204,6 +206,9 @@ pub(crate) struct Inner {
     pub(crate) opts: StoreOptions,
     pub(crate) cache: cache::KeyCache,
     pub(crate) usage: cache::UsageBuffer,
+    /// Where unwritten usage goes when the last flush fails ([`Store::keep_usage_in`]); locked
+    /// by each flush for its whole length.
+    pub(crate) usage_file: tokio::sync::Mutex<Option<usage_file::UsageFile>>,
     pub(crate) counters: Counters,
     /// Audit inserts on a SQLite file go through their own rusqlite connection.
     pub(crate) sqlite_audit: Option<sqlite_audit::SqliteAuditWriter>,
@@ -338,6 +343,7 @@ impl Store {
                 db,
                 cache: cache::KeyCache::new(opts.cache_capacity),
                 usage: cache::UsageBuffer::default(),
+                usage_file: tokio::sync::Mutex::new(None),
                 counters: Counters::default(),
                 sqlite_audit,
                 opts,

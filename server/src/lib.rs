@@ -179,6 +179,36 @@ async fn audit_sink(
     (ServerSink::Spooled(spool), Some(stats))
 }
 
+/// The key usage file beside the audit spool file `spool` (`<spool>.usage`): usage counts the
+/// last flush at a stop could not write are kept there, and loaded by the next start. Without
+/// it (not usable: said in a warning) they are lost, as without a spool.
+async fn keep_usage_beside(spool: &std::path::Path, store: &Store) {
+    let mut path = spool.as_os_str().to_owned();
+    path.push(".usage");
+    let path = std::path::PathBuf::from(path);
+    let file = match fastgate_store::UsageFile::open(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(
+                "{e}; running without it: key usage counts still unwritten at a stop during a database outage are lost"
+            );
+            return;
+        }
+    };
+    match store.keep_usage_in(file).await {
+        Ok(loaded) if loaded.requests > 0 => tracing::info!(
+            keys = loaded.keys,
+            requests = loaded.requests,
+            path = %path.display(),
+            "key usage counted by an earlier run while the database was unreachable; written with the next usage flush"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            "{e}; running without it: key usage counts still unwritten at a stop during a database outage are lost"
+        ),
+    }
+}
+
 /// A running gateway: the server task, the audit worker and the shared state.
 #[derive(Debug)]
 pub struct Gateway {
@@ -230,6 +260,12 @@ impl Gateway {
             );
         }
         let (sink, spool) = audit_sink(&c.audit, &store).await;
+        match &sink {
+            ServerSink::Spooled(spooled) => keep_usage_beside(spooled.path(), &store).await,
+            ServerSink::Store(_) => tracing::debug!(
+                "no audit spool: key usage counts still unwritten at a stop during a database outage are lost"
+            ),
+        }
         let (audit, audit_worker) = AuditLayer::pair(
             sink,
             LayerAuditConfig::default()
@@ -411,7 +447,12 @@ impl Gateway {
             Err(_) => tracing::error!("audit worker did not finish within 30 s"),
         }
         let _ = self.background_stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.background).await;
+        // A usage flush under way, then the final one (each bounded by the limit), then the
+        // counts saved to the usage file if the final one failed.
+        let limit = self.state.store.usage_flush_limit() * 2 + Duration::from_secs(2);
+        if tokio::time::timeout(limit, self.background).await.is_err() {
+            tracing::error!("the store's background task did not finish within {limit:?}");
+        }
         served
     }
 }
