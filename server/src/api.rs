@@ -725,9 +725,9 @@ pub struct UpstreamHealth {
 /// `GET /health`.
 #[derive(Object, Debug)]
 pub struct Health {
-    /// `healthy` (M-FastGate's word), or `degraded` (with a 503) when the database is
-    /// unreachable, audit writes are failing, or audit records were dropped or lost in the last
-    /// minute.
+    /// `healthy` (M-FastGate's word), or `degraded` when the database is unreachable (with a
+    /// 503), audit writes are failing, or audit records were dropped or lost in the last minute
+    /// (with a 200).
     pub status: String,
     /// Why the status is `degraded` (empty when healthy): `database_unreachable`,
     /// `audit_writes_failing`, `audit_records_lost`.
@@ -754,11 +754,11 @@ pub struct Health {
 
 #[derive(ApiResponse)]
 enum HealthResponse {
-    /// Healthy.
+    /// The gateway serves: `status` is `healthy`, or `degraded` for audit trouble only
+    /// (`reasons` says which).
     #[oai(status = 200)]
     Ok(Json<Health>),
-    /// Degraded: the database is unreachable, audit writes fail, or audit records were lost
-    /// in the last minute (`reasons` says which).
+    /// The database is unreachable (`status` is `degraded`).
     #[oai(status = 503)]
     Degraded(Json<Health>),
 }
@@ -1150,10 +1150,11 @@ impl SystemApi {
 impl SystemApi {
     /// Health: version, uptime, database reachability, audit queue.
     ///
-    /// Answers 503 with `status: degraded` when the database is unreachable (cached keys keep
-    /// working meanwhile), when audit records are not reaching it (kept in the spool file or
-    /// retried), or when audit records were dropped or lost in the last minute; `reasons`
-    /// lists which. Backend failures never make it degraded.
+    /// `status` is `degraded` when the database is unreachable (then with a 503; cached keys
+    /// keep working meanwhile), when audit records are not reaching it (kept in the spool file
+    /// or retried), or when audit records were dropped or lost in the last minute (both with a
+    /// 200: requests are still served); `reasons` lists which. Backend failures never make it
+    /// degraded.
     #[oai(path = "/health", method = "get", operation_id = "get_health")]
     async fn health(&self) -> HealthResponse {
         let s = &self.state;
@@ -1161,20 +1162,22 @@ impl SystemApi {
         let stats = s.audit_stats();
         let failing = stats.failing() || s.spool_stats().is_some_and(SpoolStats::failing);
         let last_loss = stats.last_loss();
-        let recent_loss = last_loss.is_some_and(|at| {
-            SystemTime::now()
-                .duration_since(at)
-                .map_or(true, |ago| ago < LOSS_DEGRADES_FOR)
-        });
+        let recent_loss = stats
+            .since_last_loss()
+            .is_some_and(|ago| ago < LOSS_DEGRADES_FOR);
         let reasons: Vec<String> = [!reachable, failing, recent_loss]
             .into_iter()
             .zip(HEALTH_REASONS)
             .filter(|&(on, _)| on)
             .map(|(_, reason)| reason.to_owned())
             .collect();
-        let healthy = reasons.is_empty();
         let health = Health {
-            status: if healthy { "healthy" } else { "degraded" }.into(),
+            status: if reasons.is_empty() {
+                "healthy"
+            } else {
+                "degraded"
+            }
+            .into(),
             reasons,
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: s.started.elapsed().as_secs(),
@@ -1215,7 +1218,11 @@ impl SystemApi {
             },
             last_error: s.last_error(),
         };
-        if healthy {
+        // Only an unreachable database is a 503: audit trouble alone leaves requests served
+        // (the records wait in the spool), and a load balancer that took out every instance
+        // sharing a database refusing inserts, or each instance that dropped a record in a
+        // burst, would turn it into an outage. `status` and `reasons` still say it.
+        if reachable {
             HealthResponse::Ok(Json(health))
         } else {
             HealthResponse::Degraded(Json(health))

@@ -102,6 +102,9 @@ pub(crate) struct StatsInner {
     pub(crate) failing: AtomicBool,
     /// When an event was last dropped or lost: milliseconds since the Unix epoch, 0 for never.
     pub(crate) last_loss_ms: AtomicU64,
+    /// The same on the monotonic clock: milliseconds since [`process_start`] plus one, 0 for
+    /// never (a wall clock stepped back must not make an old loss look recent).
+    pub(crate) last_loss_mono: AtomicU64,
     /// Set by [`AuditStats::cutting`]: responses dropped from now on were cut by the host.
     pub(crate) cutting: AtomicBool,
     /// Requests the backend failed (see [`AuditStats::upstream_failures`]).
@@ -133,7 +136,8 @@ impl StatsInner {
             .map_or(1, |d| {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
             });
-        self.last_loss_ms.fetch_max(now, Ordering::Relaxed);
+        self.last_loss_ms.store(now, Ordering::Relaxed);
+        self.last_loss_mono.store(mono_ms(), Ordering::Relaxed);
     }
 
     /// Count `event` if the backend failed it: unreachable, reset, silent, or answered 5xx.
@@ -157,6 +161,19 @@ impl StatsInner {
             });
         }
     }
+}
+
+/// When the process first asked: the origin of [`mono_ms`].
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`process_start`], plus one (0 stays "never").
+fn mono_ms() -> u64 {
+    u64::try_from(process_start().elapsed().as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
 }
 
 /// A cheap, cloneable view of the audit counters (for `/health` and metrics).
@@ -201,8 +218,17 @@ impl AuditStats {
         self.inner.failing.load(Ordering::Relaxed)
     }
 
-    /// When an event was last [`dropped`](Self::dropped) or [`lost`](Self::lost); `None` if
-    /// never.
+    /// How long ago an event was last [`dropped`](Self::dropped) or [`lost`](Self::lost), on
+    /// the monotonic clock; `None` if never.
+    pub fn since_last_loss(&self) -> Option<Duration> {
+        match self.inner.last_loss_mono.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(mono_ms().saturating_sub(at))),
+        }
+    }
+
+    /// When an event was last [`dropped`](Self::dropped) or [`lost`](Self::lost) (wall clock,
+    /// for display); `None` if never.
     pub fn last_loss(&self) -> Option<SystemTime> {
         match self.inner.last_loss_ms.load(Ordering::Relaxed) {
             0 => None,

@@ -375,6 +375,7 @@ async fn full_queue_drops_and_counts_without_blocking() {
     assert_eq!(stats.capacity(), 1);
     assert_eq!(stats.queue_depth(), 1);
     assert_eq!(stats.dropped(), 2);
+    assert!(stats.since_last_loss().unwrap() < Duration::from_secs(60));
     let when = stats.last_loss().expect("a drop is a loss, with its time");
     assert!(SystemTime::now().duration_since(when).unwrap() < Duration::from_secs(60));
     let events = events_after(layer, worker, &sink).await;
