@@ -46,10 +46,10 @@ enum Event {
 
 impl Store {
     /// Usage flush, cross-instance key invalidation and retention purge, until `shutdown`
-    /// resolves; then a final usage flush, whose counts go to the usage file
+    /// resolves (work under way then is dropped); then a final usage flush, bounded by
+    /// [`usage_flush_limit`](Self::usage_flush_limit), whose counts go to the usage file
     /// ([`Store::keep_usage_in`]) if it fails (or are lost, with a warning, without one). Give
-    /// it at least twice [`usage_flush_limit`](Self::usage_flush_limit) after `shutdown` (a
-    /// flush may be under way). Never spawns: the caller runs (and tracks) the future.
+    /// it that limit and a little more after `shutdown`. Never spawns: the caller runs (and tracks) the future.
     pub fn background(
         &self,
         opts: BackgroundOptions,
@@ -88,14 +88,28 @@ impl Store {
                         r = notified => Event::Notified(r),
                     }
                 };
+                // The work of an event, given up when the shutdown comes meanwhile (a database
+                // that does not answer would otherwise hold the final flush, and the save of its
+                // counts, back past the caller's wait). Each is safe to drop: a flush dropped
+                // before its commit keeps its counts, a purge or a poll is read again later.
+                macro_rules! unless_shutdown {
+                    ($work:expr) => {
+                        tokio::select! {
+                            () = $work => {}
+                            () = &mut shutdown => break,
+                        }
+                    };
+                }
                 match event {
                     Event::Shutdown => break,
-                    Event::Flush => {
-                        if let Err(e) = store.bounded_flush_usage().await {
+                    Event::Flush => unless_shutdown!(async {
+                        // Not bounded: a large batch on a slow database takes what it takes (a
+                        // bound would put it back, larger, every time).
+                        if let Err(e) = store.flush_usage().await {
                             tracing::warn!(error = %e, "key usage flush failed; will retry");
                         }
-                    }
-                    Event::Poll => {
+                    }),
+                    Event::Poll => unless_shutdown!(async {
                         if matches!(store.inner.db, Db::Postgres(_)) && listener.is_none() {
                             listener = store.connect_listener().await;
                             if listener.is_some() {
@@ -117,8 +131,8 @@ impl Store {
                             }
                             Err(e) => tracing::debug!(error = %e, "key change poll failed"),
                         }
-                    }
-                    Event::Purge => {
+                    }),
+                    Event::Purge => unless_shutdown!(async {
                         if let Some(keep) = opts.retention {
                             let cutoff = SystemTime::now() - keep;
                             match store.purge_audit_older_than(cutoff, opts.purge_batch).await {
@@ -132,7 +146,7 @@ impl Store {
                         if let Err(e) = store.purge_expired_secrets(SystemTime::now()).await {
                             tracing::debug!(error = %e, "rotated-secret cleanup failed");
                         }
-                    }
+                    }),
                     Event::Notified(Ok(Some(n))) => {
                         store.invalidate_key(n.payload());
                         // The change may be an import: its secret may have been tried before.
@@ -151,17 +165,20 @@ impl Store {
                     }
                 }
             }
-            // Bounded, so that the counts are saved to the usage file (when there is one) before
-            // the caller stops waiting for this task, also on a database that does not answer.
+            // Bounded (unlike the periodic ones), so that the counts are saved to the usage file
+            // (when there is one) before the caller stops waiting for this task, also on a
+            // database that does not answer; a batch too large for the bound is saved, and the
+            // next process's unbounded flushes write it.
             if let Err(e) = store.bounded_flush_usage().await {
                 store.keep_after_final_flush_failed(&e).await;
             }
         }
     }
 
-    /// Longest a usage flush may take: the pool's acquire timeout plus SQLite's busy timeout
-    /// (8 s by default). A flush that has not ended by then is dropped, its counts kept for the
-    /// next (unless its commit had begun: they may be written, and are not counted twice).
+    /// Longest the final usage flush (at shutdown) may take: the pool's acquire timeout plus
+    /// SQLite's busy timeout (8 s by default). A flush that has not ended by then is dropped,
+    /// its counts saved to the usage file (unless its commit had begun: they may be written,
+    /// and are not counted twice).
     pub fn usage_flush_limit(&self) -> Duration {
         self.inner.opts.acquire_timeout + self.inner.opts.sqlite_busy_timeout
     }
