@@ -358,16 +358,16 @@ async fn grpc_status_arrives_in_the_trailers() {
         .http2_only(true)
         .build(HttpConnector::new());
     // A length-prefixed `HealthCheckRequest { service: "" }`: an empty message.
-    let call = |key: &str| {
+    let call = |key: &str, content_type: &str| {
         http::Request::post(format!("http://{}{CHECK}", app.addr))
-            .header("content-type", "application/grpc")
+            .header("content-type", content_type)
             .header("te", "trailers")
             .header("x-api-key", key)
             .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
             .unwrap()
     };
 
-    let res = tokio::time::timeout(WAIT, client.request(call(KEY)))
+    let res = tokio::time::timeout(WAIT, client.request(call(KEY, "application/grpc")))
         .await
         .unwrap()
         .unwrap();
@@ -386,15 +386,26 @@ async fn grpc_status_arrives_in_the_trailers() {
     // `HealthCheckResponse { status: SERVING (1) }` in its frame.
     assert_eq!(body.to_bytes(), [0, 0, 0, 0, 2, 0x08, 0x01][..]);
 
-    // A refusal is trailers-only: HTTP 200, grpc-status in the headers, no body.
-    let res = tokio::time::timeout(WAIT, client.request(call("sk-not-a-key")))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-type"], "application/grpc");
-    assert_eq!(res.headers()["grpc-status"], "16");
-    assert_eq!(res.headers()["grpc-message"], "invalid API key");
-    let body = res.into_body().collect().await.unwrap();
-    assert!(body.to_bytes().is_empty());
+    // A refusal is trailers-only: HTTP 200, grpc-status in the headers, no body, in the
+    // request's own gRPC media type (gRPC-Web clients refuse another family or codec).
+    for (sent, answered) in [
+        ("application/grpc", "application/grpc"),
+        ("application/grpc+json", "application/grpc+json"),
+        ("application/grpc-web+proto", "application/grpc-web+proto"),
+        (
+            "application/GRPC-WEB-TEXT; charset=x",
+            "application/grpc-web-text",
+        ),
+    ] {
+        let res = tokio::time::timeout(WAIT, client.request(call("sk-not-a-key", sent)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), 200, "{sent}");
+        assert_eq!(res.headers()["content-type"], answered, "{sent}");
+        assert_eq!(res.headers()["grpc-status"], "16", "{sent}");
+        assert_eq!(res.headers()["grpc-message"], "invalid API key", "{sent}");
+        let body = res.into_body().collect().await.unwrap();
+        assert!(body.to_bytes().is_empty(), "{sent}");
+    }
 }

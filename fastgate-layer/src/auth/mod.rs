@@ -17,9 +17,11 @@
 //! [`is_grpc`](crate::error::is_grpc)) is refused in gRPC's form instead: a Trailers-Only
 //! response, HTTP 200 with `grpc-status` 16 `UNAUTHENTICATED` (the 401 cases), 7
 //! `PERMISSION_DENIED` (403) or 14 `UNAVAILABLE` (503) and the message in `grpc-message`, no body
-//! ([`grpc_rejection`](crate::error::grpc_rejection)). A gRPC client would read a JSON body as a
-//! gRPC frame (tonic reports `INTERNAL`, "invalid compression flag"); this way it gets the
-//! status. The key goes in the call's metadata, under the same two names.
+//! ([`grpc_rejection`](crate::error::grpc_rejection)), in the request's own gRPC media type
+//! (`application/grpc-web+proto` for a gRPC-Web call, `application/grpc+json` for a JSON-coded
+//! one; see [`GrpcContentType`](crate::error::GrpcContentType)). A gRPC client would read a JSON
+//! body as a gRPC frame (tonic reports `INTERNAL`, "invalid compression flag"); this way it gets
+//! the status. The key goes in the call's metadata, under the same two names.
 //!
 //! Extensions: reads [`RouteConfig`](crate::RouteConfig) from the request; writes
 //! [`KeyIdentity`](crate::KeyIdentity) into the request (for inner layers) and into the response

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::resolver::{KeyResolver, PresentedKey, ResolveError};
 use crate::audit::{AuditSlot, Outcome};
-use crate::error::{grpc_rejection, is_grpc, rejection};
+use crate::error::{GrpcContentType, grpc_rejection, is_grpc, rejection};
 use crate::extensions::{KeyIdentity, RouteConfig};
 
 /// Permission required when the request carries no [`RouteConfig`].
@@ -141,7 +141,7 @@ where
         let grpc = is_grpc(req.headers());
         let key = match presented_key(req.headers()) {
             Ok(key) => key,
-            Err(err) => return ResponseFuture::rejected(err, None, grpc),
+            Err(err) => return ResponseFuture::rejected(err, grpc_type(grpc, req.headers())),
         };
         // A client that also put its gateway key in the query string (`?api_key=…`) must not
         // have it forwarded: the parameters holding it are removed.
@@ -300,7 +300,8 @@ pin_project! {
         state: State<L, S::Future>,
         service: Option<S>,
         request: Option<Request<ReqB>>,
-        rejection: Option<(AuthError, Option<KeyIdentity>)>,
+        // A refusal decided in `call`, and the request's gRPC media type if it is a gRPC call.
+        rejection: Option<(AuthError, Option<GrpcContentType>)>,
         // The request is a gRPC call: refusals take gRPC's form.
         grpc: bool,
     }
@@ -329,13 +330,13 @@ impl<S, L, ReqB> ResponseFuture<S, L, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
-    fn rejected(err: AuthError, identity: Option<KeyIdentity>, grpc: bool) -> Self {
+    fn rejected(err: AuthError, grpc: Option<GrpcContentType>) -> Self {
         Self {
             state: State::Rejected,
             service: None,
             request: None,
-            rejection: Some((err, identity)),
-            grpc,
+            grpc: grpc.is_some(),
+            rejection: Some((err, grpc)),
         }
     }
 }
@@ -354,22 +355,26 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Rejected => {
-                    let (err, identity) = this.rejection.take().expect("polled after completion");
-                    return Poll::Ready(Ok(reject(&err, identity, grpc)));
+                    let (err, grpc) = this.rejection.take().expect("polled after completion");
+                    return Poll::Ready(Ok(reject(&err, None, grpc)));
                 }
                 StateProj::Lookup { lookup } => {
-                    let identity = match ready!(lookup.poll(cx)) {
+                    let looked_up = ready!(lookup.poll(cx));
+                    let mut req = this.request.take().expect("polled after completion");
+                    let identity = match looked_up {
                         Ok(identity) => identity,
                         Err(ResolveError::Invalid) => {
+                            let grpc = grpc_type(grpc, req.headers());
                             return Poll::Ready(Ok(reject(&AuthError::Invalid, None, grpc)));
                         }
                         Err(ResolveError::Unavailable(source)) => {
                             tracing::warn!(error = %source, "key resolver unavailable");
+                            let grpc = grpc_type(grpc, req.headers());
                             return Poll::Ready(Ok(reject(&AuthError::Unavailable, None, grpc)));
                         }
                     };
-                    let mut req = this.request.take().expect("polled after completion");
                     if identity.is_expired_at(SystemTime::now()) {
+                        let grpc = grpc_type(grpc, req.headers());
                         return Poll::Ready(Ok(reject(&AuthError::Expired, Some(identity), grpc)));
                     }
                     let permission = req
@@ -380,7 +385,7 @@ where
                         return Poll::Ready(Ok(reject(
                             &AuthError::PermissionDenied,
                             Some(identity),
-                            grpc,
+                            grpc_type(grpc, req.headers()),
                         )));
                     }
                     if let Some(slot) = req.extensions().get::<AuditSlot>() {
@@ -409,14 +414,29 @@ where
     }
 }
 
+/// The request's gRPC media type, looked up only for a gRPC call (`grpc`, from [`is_grpc`]).
+fn grpc_type(grpc: bool, headers: &HeaderMap) -> Option<GrpcContentType> {
+    if grpc {
+        GrpcContentType::of(headers)
+    } else {
+        None
+    }
+}
+
+/// The refusal of `err`: in gRPC's form, with the request's media type, for a gRPC call.
 fn reject<B: From<Bytes>>(
     err: &AuthError,
     identity: Option<KeyIdentity>,
-    grpc: bool,
+    grpc: Option<GrpcContentType>,
 ) -> Response<B> {
-    tracing::debug!(code = err.code(), grpc, "request rejected by auth");
-    let mut res = if grpc {
+    tracing::debug!(
+        code = err.code(),
+        grpc = grpc.is_some(),
+        "request rejected by auth"
+    );
+    let mut res = if let Some(content_type) = grpc {
         grpc_rejection(
+            &content_type,
             err.grpc_status(),
             err.code(),
             &err.to_string(),
@@ -603,49 +623,61 @@ mod tests {
                 std::future::ready(Err(ResolveError::Unavailable("db down".into())))
             }
         }
-        let grpc = |key: Option<&str>| {
-            let mut req = Request::builder().header("content-type", "application/grpc+proto");
+        let grpc = |content_type: &str, key: Option<&str>| {
+            let mut req = Request::builder().header("content-type", content_type);
             if let Some(key) = key {
                 req = req.header("x-api-key", key);
             }
             req.body(()).unwrap()
         };
+        // Each refusal answers with the request's own gRPC media type, normalised: a gRPC-Web
+        // client fails a call answered in another family or codec. Every path a refusal takes
+        // (before the lookup, after it, after the identity checks) is covered.
         let cases = [
             (
-                call(keys(), grpc(None)).await,
+                call(keys(), grpc("application/grpc+proto", None)).await,
+                "application/grpc+proto",
                 "16",
                 "missing API key",
                 "missing_api_key",
             ),
             (
-                call(keys(), grpc(Some("sk-nope"))).await,
+                call(keys(), grpc("application/grpc-web+proto", Some("sk-nope"))).await,
+                "application/grpc-web+proto",
                 "16",
                 "invalid API key",
                 "invalid_api_key",
             ),
             (
-                call(keys(), grpc(Some("sk-old"))).await,
+                call(
+                    keys(),
+                    grpc("Application/gRPC-Web-Text; charset=x", Some("sk-old")),
+                )
+                .await,
+                "application/grpc-web-text",
                 "16",
                 "expired API key",
                 "expired_api_key",
             ),
             (
-                call(keys(), grpc(Some("sk-embed"))).await,
+                call(keys(), grpc("application/grpc+json", Some("sk-embed"))).await,
+                "application/grpc+json",
                 "7",
                 "the API key is not allowed to use this route",
                 "permission_denied",
             ),
             (
-                call(Down, grpc(Some("sk-good"))).await,
+                call(Down, grpc("application/grpc-web", Some("sk-good"))).await,
+                "application/grpc-web",
                 "14",
                 "API key lookup is unavailable",
                 "auth_unavailable",
             ),
         ];
-        for (res, grpc_status, message, code) in cases {
+        for (res, content_type, grpc_status, message, code) in cases {
             // Trailers-Only: HTTP 200, the status in the headers, no body.
             assert_eq!(res.status(), StatusCode::OK, "{code}");
-            assert_eq!(res.headers()["content-type"], "application/grpc");
+            assert_eq!(res.headers()["content-type"], content_type, "{code}");
             assert_eq!(res.headers()["grpc-status"], grpc_status, "{code}");
             assert_eq!(res.headers()["grpc-message"], message, "{code}");
             let rejected = res.extensions().get::<Rejected>().copied().unwrap();
@@ -654,7 +686,7 @@ mod tests {
             assert!(body.is_empty(), "{code}: {body}");
         }
         // A key accepted for a gRPC call reaches the service as for any other.
-        let res = call(keys(), grpc(Some("sk-good"))).await;
+        let res = call(keys(), grpc("application/grpc", Some("sk-good"))).await;
         assert_eq!(res.status(), StatusCode::OK);
         assert!(res.headers().get("grpc-status").is_none());
     }
