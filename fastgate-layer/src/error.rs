@@ -38,8 +38,11 @@ pub fn rejection<B: From<Bytes>>(
     outcome: crate::audit::Outcome,
 ) -> Response<B> {
     let mut res = json_error(status, code, message);
-    res.extensions_mut()
-        .insert(crate::extensions::Rejected { code, outcome });
+    res.extensions_mut().insert(crate::extensions::Rejected {
+        code,
+        outcome,
+        audit_status: None,
+    });
     res
 }
 
@@ -197,11 +200,14 @@ const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.ad
 /// `INTERNAL` ("invalid compression flag").
 ///
 /// `content_type` is the request's [`GrpcContentType`]; `grpc_status` is the numeric gRPC code
-/// (16 `UNAUTHENTICATED`, 7 `PERMISSION_DENIED`, 14 `UNAVAILABLE`, …); `code` is FastGate's error
-/// code, for the audit record.
+/// (16 `UNAUTHENTICATED`, 7 `PERMISSION_DENIED`, 14 `UNAVAILABLE`, …); `status` is the HTTP status
+/// the JSON form of this refusal has (401, 403, 503, …), which the audit record shows instead of
+/// the wire's 200 ([`Rejected::audit_status`](crate::Rejected::audit_status)); `code` is
+/// FastGate's error code, for the audit record.
 pub fn grpc_rejection<B: From<Bytes>>(
     content_type: &GrpcContentType,
     grpc_status: u8,
+    status: StatusCode,
     code: &'static str,
     message: &str,
     outcome: crate::audit::Outcome,
@@ -214,8 +220,11 @@ pub fn grpc_rejection<B: From<Bytes>>(
     if let Ok(value) = HeaderValue::try_from(encoded) {
         headers.insert("grpc-message", value);
     }
-    res.extensions_mut()
-        .insert(crate::extensions::Rejected { code, outcome });
+    res.extensions_mut().insert(crate::extensions::Rejected {
+        code,
+        outcome,
+        audit_status: Some(status),
+    });
     res
 }
 
@@ -337,6 +346,7 @@ mod tests {
         let res: Response<Full<Bytes>> = grpc_rejection(
             &content_type,
             16,
+            StatusCode::UNAUTHORIZED,
             "invalid_api_key",
             "bad\tkey: 100% é",
             Outcome::Rejected,
@@ -352,7 +362,8 @@ mod tests {
             res.extensions().get::<Rejected>(),
             Some(&Rejected {
                 code: "invalid_api_key",
-                outcome: Outcome::Rejected
+                outcome: Outcome::Rejected,
+                audit_status: Some(StatusCode::UNAUTHORIZED),
             })
         );
         assert!(

@@ -47,14 +47,21 @@ pub struct ClientAddr(pub IpAddr);
 
 /// Marks a response that a FastGate layer produced itself instead of the upstream.
 ///
-/// Carries the stable error code (`invalid_api_key`, `upstream_timeout`, …) and the outcome
-/// audit should record.
+/// Carries the stable error code (`invalid_api_key`, `upstream_timeout`, …), the outcome audit
+/// should record and, when the wire status says nothing about the refusal, the HTTP status audit
+/// should record instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rejected {
     /// Stable, low-cardinality error code, as in the JSON error body.
     pub code: &'static str,
     /// What audit should record for this request.
     pub outcome: crate::audit::Outcome,
+    /// The status audit records instead of the response's; `None`: the response's. A gRPC
+    /// refusal is HTTP 200 on the wire ([`grpc_rejection`](crate::error::grpc_rejection)), and
+    /// records the status its JSON form would have had (401, 403, 503), so that status filters,
+    /// metrics and the latency rules treat it as that refusal, and a client cannot make its 401s
+    /// look like 200s in the audit log by calling itself gRPC.
+    pub audit_status: Option<http::StatusCode>,
 }
 
 /// The full upstream URL a request was sent to (no credentials in it). Inserted by forward.

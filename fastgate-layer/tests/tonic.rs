@@ -282,12 +282,18 @@ async fn a_tonic_service_behind_the_layers() {
         event(&events, "grpc-check-bearer").key_id.as_deref(),
         Some("key-grpc-1")
     );
-    for (id, _, _, _) in &refusals {
+    for (id, _, code, _) in &refusals {
         let e = event(&events, id);
         assert_eq!(e.path, CHECK, "{id}");
         assert_eq!(e.outcome, Outcome::Rejected, "{id}");
-        // gRPC answers every call with HTTP 200; the refusal is in `grpc-status`.
-        assert_eq!(e.status, 200, "{id}");
+        // The wire says HTTP 200 (the refusal is in `grpc-status`); the record says what the
+        // JSON refusal would have: 401, or 403 for a key without the permission.
+        let status = if *code == Code::PermissionDenied {
+            403
+        } else {
+            401
+        };
+        assert_eq!(e.status, status, "{id}");
     }
     assert_eq!(
         event(&events, "grpc-missing").error_code,

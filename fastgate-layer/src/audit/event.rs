@@ -81,7 +81,9 @@ pub struct AuditEvent {
     pub path: String,
     /// Upstream URL the request was forwarded to, if it was.
     pub target_url: Option<Arc<str>>,
-    /// Status code sent to the client.
+    /// Status code sent to the client; for a refusal that names another
+    /// ([`Rejected::audit_status`](crate::Rejected::audit_status): a gRPC refusal, HTTP 200 on
+    /// the wire), that one (401, 403, 503).
     pub status: u16,
     /// Whether the response was an event stream.
     pub is_stream: bool,

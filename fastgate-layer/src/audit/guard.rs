@@ -171,6 +171,10 @@ impl AuditGuard {
         }
         if let Some(rejected) = ext.get::<Rejected>() {
             event.error_code = Some(rejected.code);
+            // A gRPC refusal is HTTP 200 on the wire: recorded as the refusal it is.
+            if let Some(status) = rejected.audit_status {
+                event.status = status.as_u16();
+            }
             self.rejected = Some(*rejected);
         }
         let kind = BodyKind::of(res.headers());

@@ -321,6 +321,74 @@ async fn rejected_outcome_and_code_recorded() {
     assert_eq!(events[0].usage, None);
 }
 
+/// A gRPC refusal is HTTP 200 on the wire; its record has the status of its JSON form (401, 403,
+/// 503), so that status filters, metrics and the latency rules (a rejected request under 500 is
+/// not timed) treat it as that refusal whatever content type the client sent.
+#[tokio::test]
+async fn grpc_refusals_are_recorded_with_their_http_status() {
+    use crate::auth::{ApiKeyAuthLayer, KeyResolver, PresentedKey, ResolveError, StaticKeys};
+
+    #[derive(Clone)]
+    struct Down;
+    impl KeyResolver for Down {
+        type Future = std::future::Ready<Result<KeyIdentity, ResolveError>>;
+        fn resolve(&self, _key: PresentedKey) -> Self::Future {
+            std::future::ready(Err(ResolveError::Unavailable("db down".into())))
+        }
+    }
+    async fn call<R: KeyResolver + Clone + Send + 'static>(
+        audit: &AuditLayer,
+        resolver: R,
+        id: &str,
+        key: &str,
+    ) where
+        R::Future: Send,
+    {
+        let svc = ServiceBuilder::new()
+            .layer(audit.clone())
+            .layer(ApiKeyAuthLayer::new(resolver))
+            .service(service_fn(|_req: Request<_>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }));
+        let req = Request::post("/grpc.health.v1.Health/Check")
+            .header("content-type", "application/grpc")
+            .header("x-request-id", id)
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res: Response<AuditBody<Full<Bytes>>> = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{id}");
+        assert!(res.headers().contains_key("grpc-status"), "{id}");
+        res.into_body().collect().await.unwrap();
+    }
+    let identity = KeyIdentity {
+        key_id: "key-embed".into(),
+        source_path: "team".into(),
+        permissions: vec!["embeddings".to_owned()].into(),
+        expires_at: None,
+    };
+    let keys = StaticKeys::new([("sk-embed-only", identity)]);
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    call(&layer, keys.clone(), "unknown", "sk-unknown").await;
+    call(&layer, keys, "denied", "sk-embed-only").await;
+    call(&layer, Down, "down", "sk-any").await;
+    let events = events_after(layer, worker, &sink).await;
+    let mut seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.request_id.as_str(), e.status, e.outcome, e.error_code))
+        .collect();
+    seen.sort_unstable_by_key(|(id, ..)| *id);
+    assert_eq!(
+        seen,
+        [
+            ("denied", 403, Outcome::Rejected, Some("permission_denied")),
+            ("down", 503, Outcome::Rejected, Some("auth_unavailable")),
+            ("unknown", 401, Outcome::Rejected, Some("invalid_api_key")),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn sse_usage_and_is_stream() {
     let sink = MemorySink::default();

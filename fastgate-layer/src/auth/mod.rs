@@ -21,7 +21,9 @@
 //! (`application/grpc-web+proto` for a gRPC-Web call, `application/grpc+json` for a JSON-coded
 //! one; see [`GrpcContentType`](crate::error::GrpcContentType)). A gRPC client would read a JSON
 //! body as a gRPC frame (tonic reports `INTERNAL`, "invalid compression flag"); this way it gets
-//! the status. The key goes in the call's metadata, under the same two names.
+//! the status. The key goes in the call's metadata, under the same two names. Its audit record
+//! shows the HTTP status of the JSON form (401, 403, 503), not the wire's 200
+//! ([`Rejected::audit_status`](crate::Rejected::audit_status)).
 //!
 //! Extensions: reads [`RouteConfig`](crate::RouteConfig) from the request; writes
 //! [`KeyIdentity`](crate::KeyIdentity) into the request (for inner layers) and into the response

@@ -41,7 +41,8 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// HTTP status of the JSON response.
+    /// HTTP status of the JSON response, and the status the audit record of a gRPC refusal
+    /// shows (its wire status is 200).
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Missing | Self::Invalid | Self::Expired => StatusCode::UNAUTHORIZED,
@@ -438,6 +439,7 @@ fn reject<B: From<Bytes>>(
         grpc_rejection(
             &content_type,
             err.grpc_status(),
+            err.status(),
             err.code(),
             &err.to_string(),
             Outcome::Rejected,
@@ -541,6 +543,8 @@ mod tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(body.contains("missing_api_key"));
         assert_eq!(rejected.unwrap().outcome, Outcome::Rejected);
+        // A JSON refusal's audit status is its own.
+        assert_eq!(rejected.unwrap().audit_status, None);
     }
 
     #[tokio::test]
@@ -638,6 +642,7 @@ mod tests {
                 call(keys(), grpc("application/grpc+proto", None)).await,
                 "application/grpc+proto",
                 "16",
+                StatusCode::UNAUTHORIZED,
                 "missing API key",
                 "missing_api_key",
             ),
@@ -645,6 +650,7 @@ mod tests {
                 call(keys(), grpc("application/grpc-web+proto", Some("sk-nope"))).await,
                 "application/grpc-web+proto",
                 "16",
+                StatusCode::UNAUTHORIZED,
                 "invalid API key",
                 "invalid_api_key",
             ),
@@ -656,6 +662,7 @@ mod tests {
                 .await,
                 "application/grpc-web-text",
                 "16",
+                StatusCode::UNAUTHORIZED,
                 "expired API key",
                 "expired_api_key",
             ),
@@ -663,6 +670,7 @@ mod tests {
                 call(keys(), grpc("application/grpc+json", Some("sk-embed"))).await,
                 "application/grpc+json",
                 "7",
+                StatusCode::FORBIDDEN,
                 "the API key is not allowed to use this route",
                 "permission_denied",
             ),
@@ -670,11 +678,12 @@ mod tests {
                 call(Down, grpc("application/grpc-web", Some("sk-good"))).await,
                 "application/grpc-web",
                 "14",
+                StatusCode::SERVICE_UNAVAILABLE,
                 "API key lookup is unavailable",
                 "auth_unavailable",
             ),
         ];
-        for (res, content_type, grpc_status, message, code) in cases {
+        for (res, content_type, grpc_status, status, message, code) in cases {
             // Trailers-Only: HTTP 200, the status in the headers, no body.
             assert_eq!(res.status(), StatusCode::OK, "{code}");
             assert_eq!(res.headers()["content-type"], content_type, "{code}");
@@ -682,6 +691,8 @@ mod tests {
             assert_eq!(res.headers()["grpc-message"], message, "{code}");
             let rejected = res.extensions().get::<Rejected>().copied().unwrap();
             assert_eq!((rejected.code, rejected.outcome), (code, Outcome::Rejected));
+            // Audit records the status the JSON refusal would have had, not the wire's 200.
+            assert_eq!(rejected.audit_status, Some(status), "{code}");
             let (_, body, _) = self::code(res).await;
             assert!(body.is_empty(), "{code}: {body}");
         }
