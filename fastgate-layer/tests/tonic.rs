@@ -5,9 +5,10 @@
 //! protoc): a unary `Check` and a server-streaming `Watch`. In front of it: request id, audit,
 //! API-key auth and header scrubbing, then a tiny layer that records the headers the service
 //! itself receives. What must hold: a call with a gateway key in its metadata is answered, one
-//! without (or with a wrong one) is refused with a gRPC status the client understands, the key
-//! never reaches the service, `grpc-status` still arrives in the HTTP/2 trailers through the
-//! layers' body wrappers, streamed messages pass as they are sent, and every call is audited.
+//! without (or with a wrong one) is refused with a gRPC status the client understands, in a
+//! Trailers-Only response that ends the stream with its headers, the key never reaches the
+//! service, `grpc-status` still arrives in the HTTP/2 trailers through the layers' body wrappers,
+//! streamed messages pass as they are sent, and every call is audited.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -57,6 +58,38 @@ fn keys() -> StaticKeys {
     ])
 }
 
+/// The layers in front of the service (a `ServiceBuilder`), as `start` hands them to tonic:
+/// `$audit` is the `AuditLayer`, `$saw` collects the headers the service receives.
+macro_rules! layers {
+    ($audit:expr, $saw:expr) => {{
+        let saw: Arc<Mutex<Vec<HeaderMap>>> = $saw;
+        ServiceBuilder::new()
+            // tonic knows the peer through `TcpConnectInfo`; the audit layer reads `ClientAddr`.
+            .map_request(|mut req: http::Request<tonic::body::Body>| {
+                let peer = req
+                    .extensions()
+                    .get::<TcpConnectInfo>()
+                    .and_then(TcpConnectInfo::remote_addr);
+                if let Some(peer) = peer {
+                    req.extensions_mut().insert(ClientAddr(peer.ip()));
+                }
+                req
+            })
+            .layer(RequestIdLayer::new())
+            .layer($audit)
+            .layer(ApiKeyAuthLayer::new(keys()))
+            .layer(ScrubHeadersLayer::new(default_strip_headers()))
+            // What the service itself is handed.
+            .map_request(move |req: http::Request<_>| {
+                saw.lock().unwrap().push(req.headers().clone());
+                req
+            })
+            // The layers build their refusals in the inner service's body type (`From<Bytes>`),
+            // which tonic's own body is not; axum's is (and tonic's router depends on axum).
+            .map_response(|res: http::Response<tonic::body::Body>| res.map(axum::body::Body::new))
+    }};
+}
+
 struct App {
     addr: SocketAddr,
     sink: MemorySink,
@@ -78,33 +111,7 @@ async fn start() -> App {
     );
     tokio::spawn(worker.run());
     let inner_saw: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
-    let saw = Arc::clone(&inner_saw);
-
-    let layers = ServiceBuilder::new()
-        // tonic knows the peer through `TcpConnectInfo`; the audit layer reads `ClientAddr`.
-        .map_request(|mut req: http::Request<tonic::body::Body>| {
-            let peer = req
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr);
-            if let Some(peer) = peer {
-                req.extensions_mut().insert(ClientAddr(peer.ip()));
-            }
-            req
-        })
-        .layer(RequestIdLayer::new())
-        .layer(audit)
-        .layer(ApiKeyAuthLayer::new(keys()))
-        .layer(ScrubHeadersLayer::new(default_strip_headers()))
-        // What the service itself is handed.
-        .map_request(move |req: http::Request<_>| {
-            saw.lock().unwrap().push(req.headers().clone());
-            req
-        })
-        // The layers build their refusals in the inner service's body type (`From<Bytes>`),
-        // which tonic's own body is not; axum's is (and tonic's router depends on axum).
-        .map_response(|res: http::Response<tonic::body::Body>| res.map(axum::body::Body::new))
-        .into_inner();
+    let layers = layers!(audit, Arc::clone(&inner_saw)).into_inner();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -411,7 +418,57 @@ async fn grpc_status_arrives_in_the_trailers() {
         assert_eq!(res.headers()["content-type"], answered, "{sent}");
         assert_eq!(res.headers()["grpc-status"], "16", "{sent}");
         assert_eq!(res.headers()["grpc-message"], "invalid API key", "{sent}");
+        // Trailers-Only: END_STREAM on the HEADERS frame, so the stream has ended as the
+        // response arrives (see `a_refusal_ends_the_stream_with_its_headers` for the stack).
+        assert!(
+            http_body::Body::is_end_stream(res.body()),
+            "{sent}: the stream did not end with the headers"
+        );
         let body = res.into_body().collect().await.unwrap();
         assert!(body.to_bytes().is_empty(), "{sent}");
     }
+}
+
+/// A Trailers-Only refusal must end the stream with its HEADERS frame (END_STREAM): grpc-go
+/// reports "no trailers" for a response whose headers hold `grpc-status` and whose stream goes
+/// on. hyper sets END_STREAM on the headers when the body says `is_end_stream()` before it is
+/// polled, so the body the whole stack returns must say so through every wrapper (the audit
+/// body, the body mapping). Checked on the stack itself, without a network: on the wire, an empty
+/// DATA frame with END_STREAM sent right after the headers would look the same to the client.
+#[tokio::test]
+async fn a_refusal_ends_the_stream_with_its_headers() {
+    let sink = MemorySink::default();
+    let (audit, worker) = AuditLayer::pair(
+        sink.clone(),
+        AuditConfig::default().max_delay(Duration::from_millis(5)),
+    );
+    tokio::spawn(worker.run());
+    let saw: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let svc = layers!(audit, Arc::clone(&saw)).service(tower::service_fn(
+        |_req: http::Request<fastgate_layer::audit::AuditRequestBody<tonic::body::Body>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        },
+    ));
+    let req = http::Request::post(CHECK)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-request-id", "grpc-end-stream")
+        .header("x-api-key", "sk-not-a-key")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(svc, req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "16");
+    assert!(
+        http_body::Body::is_end_stream(res.body()),
+        "the refusal's body does not end the stream with the headers"
+    );
+    assert_eq!(http_body::Body::size_hint(res.body()).exact(), Some(0));
+    // Never polled (hyper does not poll a body that has ended): audited all the same, as the
+    // refusal it is, not as a client that went away.
+    drop(res);
+    let events = events(&sink, 1).await;
+    let refused = event(&events, "grpc-end-stream");
+    assert_eq!(refused.outcome, Outcome::Rejected);
+    assert_eq!(refused.error_code, Some("invalid_api_key"));
+    assert!(saw.lock().unwrap().is_empty());
 }
