@@ -118,12 +118,16 @@ fn apply_overrides(cli: &Cli, settings: &mut Settings) {
 
 /// The nearest existing directory at or above `dir` ("." for an empty path).
 fn existing_ancestor(dir: &std::path::Path) -> Option<&std::path::Path> {
-    let dir = if dir.as_os_str().is_empty() {
-        std::path::Path::new(".")
-    } else {
-        dir
-    };
-    dir.ancestors().find(|d| d.exists())
+    // A relative path's last ancestor is "", which is the working directory, not a missing one.
+    dir.ancestors()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        })
+        .find(|d| d.exists())
 }
 
 /// `check-config`'s checks of the paths the server would use, made without creating or opening

@@ -556,6 +556,22 @@ async fn check_config_finds_paths_the_start_would_fail_on() {
     assert!(!ok, "{stdout}");
     assert!(stdout.contains("error: logging.file"), "{stdout}");
 
+    // M-FastGate's own `logs/fastgate.log`, relative, its directory not made yet: the start
+    // makes it, so no error (the check took "" for the working directory and said a file was
+    // in the way).
+    let (ok, stdout, stderr) = check(&|y| y + "\nlogging:\n  file: \"logs/fastgate.log\"\n");
+    assert!(ok, "{stdout}{stderr}");
+    assert!(!stdout.contains("logging.file"), "{stdout}");
+    assert!(
+        !dir.path().join("logs").exists(),
+        "check-config created a directory"
+    );
+    // A file where the directory would go: the start would fail, so an error.
+    std::fs::write(dir.path().join("blocker"), b"").unwrap();
+    let (ok, stdout, _) = check(&|y| y + "\nlogging:\n  file: \"blocker/fastgate.log\"\n");
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("error: logging.file"), "{stdout}");
+
     let (ok, stdout, stderr) =
         check(&|y| y.replace("audit:\n", "audit:\n  spool_file: \"no-such-dir/spool\"\n"));
     assert!(ok, "{stdout}{stderr}");
