@@ -535,36 +535,41 @@ enum SecretText {
 }
 
 impl SecretText {
-    fn into_string(self) -> String {
-        match self {
+    /// The text, or an error for an unquoted number YAML read as a float: its text is not kept
+    /// (`12e3` would become `12000`, `1.50` `1.5`), so the secret would silently change.
+    fn into_string<E: serde::de::Error>(self) -> Result<String, E> {
+        Ok(match self {
             Self::Text(s) => s,
             Self::Int(n) => n.to_string(),
             Self::Uint(n) => n.to_string(),
-            Self::Float(n) => n.to_string(),
+            Self::Float(_) => {
+                return Err(E::custom(
+                    "an unquoted value YAML reads as a decimal number: put it in quotes \
+                     (value not shown: a secret)",
+                ));
+            }
             Self::Bool(b) => b.to_string(),
-        }
+        })
     }
 }
 
 fn de_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
     SecretText::deserialize(d)
-        .map(|t| Secret::new(t.into_string()))
-        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))
+        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))?
+        .into_string()
+        .map(Secret::new)
 }
 
 fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<SecretText>::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))?
-        .map(SecretText::into_string)
-        .filter(|s| !s.is_empty())
-        .map(Secret::new))
+    Ok(de_opt_secret_keep_empty(d)?.filter(|s| !s.expose().is_empty()))
 }
 
 /// As [`de_opt_secret`], but `""` stays `Some("")` (a route's explicit "no key").
 fn de_opt_secret_keep_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<SecretText>::deserialize(d)
+    Option::<SecretText>::deserialize(d)
         .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))?
-        .map(|t| Secret::new(t.into_string())))
+        .map(|t| t.into_string().map(Secret::new))
+        .transpose()
 }
 
 fn ser_secret<S: Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
@@ -1788,6 +1793,16 @@ api_gateway:
         )
         .unwrap_err();
         assert!(!e.to_string().contains("s3cr3t-in-a-list"), "{e}");
+        // An unquoted value YAML reads as a float would change (12e3 is 12000, 1.50 is 1.5):
+        // refused, asking for quotes, without the value.
+        for float in ["12e3", "1.50", "8.5e-3"] {
+            let e = parse(&SEED.replace("\"admin_secret_token_dev\"", float), &[]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("put it in quotes"), "{text}");
+            assert!(!text.contains(float) && !text.contains("12000"), "{text}");
+        }
+        let quoted = parse(&SEED.replace("\"admin_secret_token_dev\"", "\"12e3\""), &[]).unwrap();
+        assert_eq!(quoted.security.admin_token.expose(), "12e3");
     }
 
     #[test]
