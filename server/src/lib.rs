@@ -401,6 +401,19 @@ impl Gateway {
     /// values, and the ones that changed in the file are named in a warning.
     pub fn reload(&self, mut new: Settings) {
         let old = self.state.settings();
+        // The `routes.yaml` found beside the config at the last load is gone (moved away, or
+        // being replaced): its routes would silently vanish. Kept, as for a broken file; an
+        // empty file or `api_gateway.routes_file: ""` drops them on purpose.
+        if new.config.api_gateway.routes_file.is_none()
+            && new.routes_path.is_none()
+            && let Some(gone) = old.routes_path.as_deref().filter(|p| !p.exists())
+        {
+            tracing::error!(
+                file = %gone.display(),
+                "configuration reload refused, keeping the running configuration: the routes file in use is gone (to drop its routes, leave it empty or set api_gateway.routes_file: \"\")"
+            );
+            return;
+        }
         let pending = keep_restart_only(&old.config, &mut new.config);
         if new.upstream.is_none()
             && let Err(e) = new.prepare_upstream(&|name| std::env::var(name).ok())

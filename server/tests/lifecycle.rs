@@ -214,6 +214,35 @@ async fn sighup_reloads_routes_and_keeps_the_old_config_on_error() {
     assert_eq!(seen.query.as_deref(), Some("x=1"));
     assert_eq!(seen.headers["authorization"], "Bearer sk-embeddings-route");
     assert!(!fg.logs().contains("sk-embeddings-route"));
+
+    // The routes file moved away (or being replaced): refused, its route keeps serving.
+    let routes = fg.dir.path().join("routes.yaml");
+    let aside = fg.dir.path().join("routes.yaml.bak");
+    std::fs::rename(&routes, &aside).unwrap();
+    fg.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fg.logs().contains("the routes file in use is gone") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            fg.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let embeddings = || call("/proxy/v1/embeddings".into());
+    assert_eq!(embeddings().await.unwrap().status(), 200);
+    // Emptied on purpose: its routes go.
+    std::fs::write(&routes, "").unwrap();
+    fg.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while embeddings().await.unwrap().status() != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "route not dropped:\n{}",
+            fg.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
