@@ -317,6 +317,16 @@ async fn run(
                 r.audit_present,
                 r.audit_invalid
             );
+            let days = settings.config.audit.retention_days;
+            if r.audit_imported > 0 && days > 0 {
+                // The old history is usually older than the retention: the purge that runs
+                // within an hour of the start would delete it.
+                println!(
+                    "note: audit.retention_days is {days}: imported records older than {days} days \
+                     are deleted within an hour of the gateway's start; set audit.retention_days: 0 \
+                     (keep all) or a larger value before starting it to keep them"
+                );
+            }
             Ok(())
         }
         Some(Command::Keys(cmd)) => keys(cmd, settings).await,

@@ -326,10 +326,17 @@ async fn an_mfastgate_database_is_refused_then_imported_and_its_keys_keep_workin
     let from = old_path.to_str().unwrap();
     let (ok, stdout, stderr) = run_cli(dir.path(), &config, &["import-mfastgate", "--from", from]);
     assert!(ok, "{stderr}");
+    let mut lines = stdout.lines();
     assert_eq!(
-        stdout.trim(),
+        lines.next().unwrap_or_default(),
         "keys: 4 imported, 0 already present, 2 not importable; audit rows: 2 imported, 0 \
          already present, 0 not importable"
+    );
+    // The retention purge would delete the old history: said, with the setting to change.
+    let note = lines.next().unwrap_or_default();
+    assert!(
+        note.starts_with("note: audit.retention_days is 90:") && note.contains("retention_days: 0"),
+        "{stdout}"
     );
     assert!(stderr.contains("fg_000000broken"), "{stderr}");
     assert!(stderr.contains("fg_0blankexpiry"), "{stderr}");
