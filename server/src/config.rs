@@ -676,6 +676,15 @@ impl Settings {
         })
     }
 
+    /// Settings for describing the API only (`fastgate openapi` without a readable config):
+    /// the spec does not depend on them.
+    pub fn for_spec() -> Result<Self, ConfigError> {
+        const MINIMAL: &str = "security:\n  admin_token: \"spec-only-not-a-token-0000\"\n\
+                               api_gateway:\n  backend_url: \"http://127.0.0.1:9\"\n  backend_path: \"/v1/chat/completions\"\n";
+        let path = Path::new("(built-in)");
+        Self::from_config(path, parse_config(path, MINIMAL, Vec::new())?)
+    }
+
     /// Validate a parsed config and derive the routes. The upstream TLS files and the proxy
     /// variables are not read here: see [`prepare_upstream`](Self::prepare_upstream).
     pub fn from_config(path: &Path, mut config: Config) -> Result<Self, ConfigError> {

@@ -27,7 +27,16 @@ fn main() -> ExitCode {
     // …` (perhaps run by a user who cannot read the client key) does not need them.
     let serving = matches!(cli.command, None | Some(Command::Serve));
     let upstream_too = serving || matches!(cli.command, Some(Command::CheckConfig));
-    let loaded = Settings::load(&config_path).and_then(|mut s| {
+    let loaded = match Settings::load(&config_path) {
+        // The spec does not depend on the configuration: printed also without a readable one
+        // (`fastgate openapi > openapi.json` in a checkout, a CI job).
+        Err(e) if matches!(cli.command, Some(Command::Openapi)) => {
+            eprintln!("fastgate: {e}; the spec does not depend on it, printed without it");
+            Settings::for_spec()
+        }
+        loaded => loaded,
+    }
+    .and_then(|mut s| {
         if upstream_too {
             s.prepare_upstream(&|name| std::env::var(name).ok())?;
         }

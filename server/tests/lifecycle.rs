@@ -99,6 +99,18 @@ fn openapi_command_prints_the_spec_without_touching_the_database() {
         assert!(spec["paths"]["/admin/keys"].is_object(), "{spec}");
         assert!(!db.parent().unwrap().exists());
     }
+    // No readable config (the default path in a directory without one): printed all the same.
+    let empty = tempfile::tempdir().unwrap();
+    let out = fastgate_cmd()
+        .arg("openapi")
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(spec["paths"]["/admin/keys"].is_object(), "{spec}");
+    assert!(stderr.contains("printed without it"), "{stderr}");
 }
 
 #[test]
