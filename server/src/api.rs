@@ -670,7 +670,8 @@ pub struct AuditHealth {
     pub queue_capacity: u64,
     /// Events dropped because the queue was full.
     pub dropped: u64,
-    /// Events written.
+    /// Events written to the database or, during an outage, to the spool file (those wait in
+    /// `spool_waiting` until they reach the database).
     pub written: u64,
     /// Batch writes retried.
     pub retried: u64,
