@@ -337,7 +337,8 @@ pub struct CreateKeyRequest {
     /// Owner / tenant label, e.g. `user1`.
     #[oai(validator(min_length = 1, max_length = 200))]
     pub source_path: String,
-    /// Permissions; defaults to `["chat"]`.
+    /// Permissions; defaults to the one the unified endpoint needs (`api_gateway.permission`,
+    /// `chat` unless configured otherwise).
     #[oai(validator(max_items = 32))]
     pub permissions: Option<Vec<String>>,
     /// Days until expiry; defaults to `security.default_expiry_days`.
@@ -1315,11 +1316,13 @@ impl AdminApi {
     ) -> CreateKeyResponse {
         let now = SystemTime::now();
         let body = body.0;
+        // Read once: a SIGHUP may swap the settings in between.
+        let settings = self.state.settings();
         let permissions = match clean_permissions(body.permissions) {
-            Ok(p) => p.unwrap_or_else(|| vec!["chat".into()]),
+            Ok(p) => p.unwrap_or_else(|| vec![settings.config.api_gateway.permission.clone()]),
             Err(m) => return CreateKeyResponse::BadRequest(bad_request(m)),
         };
-        let default_days = u64::from(self.state.settings().config.security.default_expiry_days);
+        let default_days = u64::from(settings.config.security.default_expiry_days);
         let expires_at = match expiry(body.expires_days, body.never_expires, now) {
             Ok(Some(at)) => at,
             Ok(None) => Some(now + Duration::from_secs(default_days * 86_400)),

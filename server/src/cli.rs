@@ -200,7 +200,7 @@ pub struct CreateArgs {
     /// Owner / tenant label, e.g. `user1`.
     #[arg(long)]
     pub source_path: String,
-    /// Permission (repeatable); default `chat`.
+    /// Permission (repeatable); default: the unified endpoint's (`api_gateway.permission`).
     #[arg(long = "permission")]
     pub permissions: Vec<String>,
     /// Days until expiry; default `security.default_expiry_days`.

@@ -454,8 +454,9 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
             let days = args
                 .expires_days
                 .unwrap_or(settings.config.security.default_expiry_days);
+            // Without `--permission`, the unified endpoint's, as `POST /admin/keys` gives.
             let permissions = if args.permissions.is_empty() {
-                vec!["chat".to_owned()]
+                vec![settings.config.api_gateway.permission.clone()]
             } else {
                 args.permissions
             };

@@ -337,6 +337,111 @@ async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&key));
 }
 
+/// `fastgate <args>` on `fg`'s config and database: (success, stdout, stderr).
+fn cli(fg: &Fastgate, args: &[&str]) -> (bool, String, String) {
+    let out = fastgate_cmd()
+        .arg("--config")
+        .arg(&fg.config)
+        .args(args)
+        .current_dir(fg.dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The stored permissions of the keys of `source_path`, through `fastgate keys list --json`.
+fn cli_permissions(fg: &Fastgate, source_path: &str) -> Vec<serde_json::Value> {
+    let (ok, out, err) = cli(
+        fg,
+        &["keys", "list", "--source-path", source_path, "--json"],
+    );
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["permissions"].clone())
+        .collect()
+}
+
+/// A key created without permissions (`POST /admin/keys`, `fastgate keys create`) gets the one
+/// the unified endpoint needs, `api_gateway.permission` (here `gpt`), not a fixed `chat` that
+/// the endpoint would refuse; after a SIGHUP, the reloaded value.
+#[tokio::test]
+async fn keys_created_without_permissions_get_the_unified_endpoints_permission() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &upstream.url(),
+        |yaml| {
+            assert!(yaml.contains("  timeout: 5\n"));
+            *yaml = yaml.replace("  timeout: 5\n", "  timeout: 5\n  permission: \"gpt\"\n");
+        },
+        &[],
+    )
+    .await;
+    let fg = &fg;
+    let create = || async {
+        let res = fg
+            .http
+            .post(fg.url(&format!("/admin/keys?token={ADMIN_TOKEN}")))
+            .json(&serde_json::json!({ "source_path": "u" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json::<serde_json::Value>().await.unwrap()
+    };
+    let call = |key: String| async move {
+        fg.http
+            .post(fg.proxy_url())
+            .header("X-API-Key", key)
+            .body(chat_body(false))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+
+    let created = create().await;
+    assert_eq!(created["permissions"], serde_json::json!(["gpt"]));
+    assert_eq!(call(created["api_key"].as_str().unwrap().into()).await, 200);
+
+    let (ok, secret, err) = cli(fg, &["keys", "create", "--source-path", "cli"]);
+    assert!(ok, "{err}");
+    assert_eq!(cli_permissions(fg, "cli"), [serde_json::json!(["gpt"])]);
+    assert_eq!(call(secret).await, 200);
+
+    // A reload changes the permission: new keys get the new one.
+    let yaml = std::fs::read_to_string(&fg.config).unwrap();
+    assert!(yaml.contains("permission: \"gpt\""));
+    std::fs::write(
+        &fg.config,
+        yaml.replace("permission: \"gpt\"", "permission: \"llm\""),
+    )
+    .unwrap();
+    fg.signal("HUP");
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let cfg: serde_json::Value = fg.admin_get("/admin/config").await.json().await.unwrap();
+        if cfg["api_gateway"]["permission"] == "llm" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded:\n{}", fg.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let created = create().await;
+    assert_eq!(created["permissions"], serde_json::json!(["llm"]));
+    assert_eq!(call(created["api_key"].as_str().unwrap().into()).await, 200);
+    let (ok, secret, err) = cli(fg, &["keys", "create", "--source-path", "cli2"]);
+    assert!(ok, "{err}");
+    assert_eq!(cli_permissions(fg, "cli2"), [serde_json::json!(["llm"])]);
+    assert_eq!(call(secret).await, 200);
+}
+
 /// `fastgate keys revoke|enable|delete|rotate` from another process reach the running server
 /// (through the store's change watermark, polled every second).
 #[tokio::test]
