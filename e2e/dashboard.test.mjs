@@ -638,11 +638,17 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
-  test('a key the form could not have made (CLI) can still be renamed', async () => {
-    // `fastgate keys create` takes permissions the admin API's form refuses (a space).
+  test('a key the form could not have made (an import) can still be renamed', async () => {
+    // A permission the admin API and its form refuse (a space), as a key imported from
+    // M-FastGate may have: `fastgate keys create` refuses it too, so it is set in the database
+    // (Python's sqlite3 module: no sqlite3 CLI needed).
     const out = execFileSync(need('FASTGATE_BIN'), ['--config', path.join(tmp, 'fastgate.yaml'), 'keys', 'create',
-      '--source-path', 'e2e-cli-key', '--permission', 'chat completions'], { cwd: tmp, encoding: 'utf8' });
+      '--source-path', 'e2e-cli-key', '--permission', 'chat'], { cwd: tmp, encoding: 'utf8' });
     assert.match(out, /fg_/);
+    execFileSync('python3', ['-c',
+      'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit(); c.close()',
+      path.join(tmp, 'fastgate.db'),
+      `UPDATE api_keys SET permissions = '["chat completions"]' WHERE source_path = 'e2e-cli-key'`]);
     const { context: ctx, page: p, row } = await openKeyRow('e2e-cli-key');
     const id = await row.getAttribute('data-key-id');
     await row.locator('[data-testid="key-edit"]').click();

@@ -1095,21 +1095,32 @@ fn not_found(what: &str) -> Json<ErrorBody> {
     ErrorBody::new("not_found", format!("{what} not found"))
 }
 
-fn clean_permissions(p: Option<Vec<String>>) -> Result<Option<Vec<String>>, String> {
+/// What [`permission`] asks of each permission, as the admin API and the CLI say it.
+pub const PERMISSION_RULE: &str =
+    "permissions must be 1 to 64 characters of A-Z, a-z, 0-9, _ - . : *";
+
+/// One permission as given to the admin API or `fastgate keys create --permission`: trimmed, and
+/// [`PERMISSION_RULE`] when it breaks the rule.
+pub fn permission(p: &str) -> Result<String, String> {
+    let p = p.trim();
+    if p.is_empty()
+        || p.len() > 64
+        || !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:*".contains(&b))
+    {
+        return Err(PERMISSION_RULE.into());
+    }
+    Ok(p.to_owned())
+}
+
+/// A list of permissions checked with [`permission`], duplicates dropped (the first kept);
+/// `None` stays `None` (the caller's default).
+pub fn clean_permissions(p: Option<Vec<String>>) -> Result<Option<Vec<String>>, String> {
     let Some(list) = p else { return Ok(None) };
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for p in list {
-        let p = p.trim().to_owned();
-        if p.is_empty()
-            || p.len() > 64
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.:*".contains(&b))
-        {
-            return Err(
-                "permissions must be 1 to 64 characters of A-Z, a-z, 0-9, _ - . : *".into(),
-            );
-        }
+        let p = permission(&p)?;
         if !out.contains(&p) {
             out.push(p);
         }

@@ -200,8 +200,9 @@ pub struct CreateArgs {
     /// Owner / tenant label, e.g. `user1`.
     #[arg(long)]
     pub source_path: String,
-    /// Permission (repeatable); default: the unified endpoint's (`api_gateway.permission`).
-    #[arg(long = "permission")]
+    /// Permissions: repeatable, or comma-separated (`chat,embed`); each 1 to 64 characters of
+    /// A-Z, a-z, 0-9, _ - . : *. Default: the unified endpoint's (`api_gateway.permission`).
+    #[arg(long = "permission", value_name = "PERMISSION[,...]", value_delimiter = ',', value_parser = crate::api::permission)]
     pub permissions: Vec<String>,
     /// Days until expiry; default `security.default_expiry_days`.
     #[arg(long, conflicts_with = "never_expires", value_parser = clap::value_parser!(u32).range(1..=36500))]

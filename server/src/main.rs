@@ -454,12 +454,13 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
             let days = args
                 .expires_days
                 .unwrap_or(settings.config.security.default_expiry_days);
-            // Without `--permission`, the unified endpoint's, as `POST /admin/keys` gives.
-            let permissions = if args.permissions.is_empty() {
-                vec![settings.config.api_gateway.permission.clone()]
-            } else {
-                args.permissions
-            };
+            // Each item was checked by clap (`api::permission`); this drops duplicates. Without
+            // `--permission`, the unified endpoint's, as `POST /admin/keys` gives.
+            let permissions = fastgate_server::api::clean_permissions(
+                Some(args.permissions).filter(|p| !p.is_empty()),
+            )
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_else(|| vec![settings.config.api_gateway.permission.clone()]);
             let created = store
                 .create_key(NewKey {
                     name: args.name,

@@ -442,6 +442,72 @@ async fn keys_created_without_permissions_get_the_unified_endpoints_permission()
     assert_eq!(call(secret).await, 200);
 }
 
+/// `fastgate keys create --permission` takes a comma-separated list (and repeats), trimmed and
+/// without duplicates, and refuses what the admin API refuses, with its message, creating
+/// nothing.
+#[tokio::test]
+async fn cli_permissions_are_split_trimmed_and_checked_as_the_api_does() {
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start(&upstream.url()).await;
+    let (ok, secret, err) = cli(
+        &fg,
+        &[
+            "keys",
+            "create",
+            "--source-path",
+            "multi",
+            "--permission",
+            "chat, embed",
+            "--permission",
+            "x:y,chat",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        cli_permissions(&fg, "multi"),
+        [serde_json::json!(["chat", "embed", "x:y"])]
+    );
+    let res = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", secret)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // The admin API's answer to a bad permission, and its message.
+    let res = fg
+        .http
+        .post(fg.url(&format!("/admin/keys?token={ADMIN_TOKEN}")))
+        .json(&serde_json::json!({ "source_path": "bad", "permissions": ["bad perm!"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("permissions must be"), "{message}");
+    for bad in ["bad perm!", "chat,bad perm!", "chat,", ""] {
+        let (ok, out, err) = cli(
+            &fg,
+            &[
+                "keys",
+                "create",
+                "--source-path",
+                "bad",
+                "--permission",
+                bad,
+            ],
+        );
+        assert!(!ok, "{bad:?} accepted: {out}");
+        assert!(out.is_empty(), "{bad:?}: {out}");
+        assert!(err.contains(&message), "{bad:?}: {err}");
+    }
+    assert!(cli_permissions(&fg, "bad").is_empty(), "a key was created");
+}
+
 /// `fastgate keys revoke|enable|delete|rotate` from another process reach the running server
 /// (through the store's change watermark, polled every second).
 #[tokio::test]
