@@ -1185,6 +1185,16 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     if let Err(e) = fastgate_store::parse_database_url(&c.database.url) {
         return err("database.url", e.to_string());
     }
+    // New keys get it by default: one the admin API would refuse would make every such key
+    // fail (or, with spaces around it, never match).
+    if crate::api::permission(&c.api_gateway.permission).as_deref()
+        != Ok(c.api_gateway.permission.as_str())
+    {
+        return err(
+            "api_gateway.permission",
+            crate::api::PERMISSION_RULE.replace("permissions must", "must"),
+        );
+    }
     if c.database.max_connections == 0 {
         return err("database.max_connections", "must be at least 1".into());
     }
@@ -1460,6 +1470,15 @@ fn build_routes(
                 file,
                 k("timeout"),
                 "must be between 1 and 86400 seconds",
+            ));
+        }
+        if let Some(p) = r.permission.as_deref()
+            && crate::api::permission(p).as_deref() != Ok(p)
+        {
+            return Err(ConfigError::new(
+                file,
+                k("permission"),
+                crate::api::PERMISSION_RULE.replace("permissions must", "must"),
             ));
         }
         let route = RouteConfig {
@@ -1791,6 +1810,25 @@ api_gateway:
         .unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert_eq!(e.key, "routes[0].path");
+    }
+
+    #[test]
+    fn a_permission_keys_could_not_hold_is_refused() {
+        for bad in ["", " chat", "chat completions", "ch@t"] {
+            let yaml = SEED.replace(
+                "  async_audit: true",
+                &format!("  async_audit: true\n  permission: \"{bad}\""),
+            );
+            let e = Settings::from_config(Path::new("test.yaml"), parse(&yaml, &[]).unwrap())
+                .unwrap_err();
+            assert_eq!(e.key, "api_gateway.permission", "{bad:?}: {e}");
+        }
+        let yaml = SEED.replace(
+            "  async_audit: true",
+            "  async_audit: true\n  permission: \"llm:chat\"",
+        );
+        let s = Settings::from_config(Path::new("test.yaml"), parse(&yaml, &[]).unwrap()).unwrap();
+        assert_eq!(s.config.api_gateway.permission, "llm:chat");
     }
 
     #[test]
