@@ -682,10 +682,14 @@ pub struct AuditHealth {
     pub spool_waiting: u64,
     /// Events written from the spool file to the database since start.
     pub spool_replayed: u64,
+    /// Events of the spool file lost since start: lines that could not be read back (torn by a
+    /// crash), or the file removed or cut by hand while it held events.
+    pub spool_lost: u64,
     /// Whether audit records are not reaching the database right now: they wait in the spool
     /// file and its last write failed, or a batch is being retried.
     pub failing: bool,
-    /// When an event was last dropped or lost (RFC 3339); null if never.
+    /// When an event was last dropped or lost (RFC 3339); null if never. (A loss from the
+    /// spool file, `spool_lost`, is not timed here, but degrades `status` for a minute too.)
     #[oai(nullable)]
     pub last_loss_at: Option<String>,
 }
@@ -1175,9 +1179,11 @@ impl SystemApi {
         let stats = s.audit_stats();
         let failing = stats.failing() || s.spool_stats().is_some_and(SpoolStats::failing);
         let last_loss = stats.last_loss();
-        let recent_loss = stats
-            .since_last_loss()
-            .is_some_and(|ago| ago < LOSS_DEGRADES_FOR);
+        let spool_loss = s.spool_stats().and_then(SpoolStats::since_last_loss);
+        let recent_loss = [stats.since_last_loss(), spool_loss]
+            .into_iter()
+            .flatten()
+            .any(|ago| ago < LOSS_DEGRADES_FOR);
         let reasons: Vec<String> = [!reachable, failing, recent_loss]
             .into_iter()
             .zip(HEALTH_REASONS)
@@ -1207,6 +1213,7 @@ impl SystemApi {
                 lost: stats.lost(),
                 spool_waiting: s.spool_stats().map_or(0, SpoolStats::waiting),
                 spool_replayed: s.spool_stats().map_or(0, SpoolStats::replayed),
+                spool_lost: s.spool_stats().map_or(0, SpoolStats::lost),
                 failing,
                 last_loss_at: last_loss.map(rfc3339),
             },

@@ -170,7 +170,7 @@ fn process_start() -> Instant {
 }
 
 /// Milliseconds since [`process_start`], plus one (0 stays "never").
-fn mono_ms() -> u64 {
+pub(crate) fn mono_ms() -> u64 {
     u64::try_from(process_start().elapsed().as_millis())
         .unwrap_or(u64::MAX - 1)
         .saturating_add(1)

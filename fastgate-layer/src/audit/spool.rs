@@ -67,6 +67,20 @@ struct SpoolCounters {
     replayed: AtomicU64,
     skipped: AtomicU64,
     failing: AtomicBool,
+    /// Events of the file that were lost: lines skipped, or the file removed or cut by hand.
+    lost: AtomicU64,
+    /// When, on the audit layer's monotonic clock (0 for never).
+    last_loss_mono: AtomicU64,
+}
+
+impl SpoolCounters {
+    fn note_loss(&self, n: u64) {
+        if n > 0 {
+            self.lost.fetch_add(n, Ordering::Relaxed);
+            self.last_loss_mono
+                .store(super::layer::mono_ms(), Ordering::Relaxed);
+        }
+    }
 }
 
 impl SpoolStats {
@@ -85,6 +99,20 @@ impl SpoolStats {
     /// Lines of the spool file that could not be read back (torn by a crash) since start.
     pub fn skipped(&self) -> u64 {
         self.inner.skipped.load(Ordering::Relaxed)
+    }
+    /// Events of the file that were lost since start: lines that could not be read back, or
+    /// events of a file removed or cut by hand.
+    pub fn lost(&self) -> u64 {
+        self.inner.lost.load(Ordering::Relaxed)
+    }
+    /// How long ago an event of the file was [`lost`](Self::lost); `None` if never.
+    pub fn since_last_loss(&self) -> Option<std::time::Duration> {
+        match self.inner.last_loss_mono.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(std::time::Duration::from_millis(
+                super::layer::mono_ms().saturating_sub(at),
+            )),
+        }
     }
     /// Whether events wait in the file and the sink's most recent write (of a batch or of a
     /// replay) failed: they are not reaching the sink.
@@ -252,7 +280,8 @@ impl<S: AuditSink> SpoolSink<S> {
             tracing::warn!(path = %self.path.display(), lost = self.stats.waiting(),
                 "audit spool file was removed or cut while it held events; starting a new one");
             self.replayed_to = 0;
-            self.stats.inner.waiting.store(0, Ordering::Relaxed);
+            let gone = self.stats.inner.waiting.swap(0, Ordering::Relaxed);
+            self.stats.inner.note_loss(gone);
             let _ = tokio::fs::remove_file(&self.pos_path).await;
         }
         let written = async {
@@ -322,6 +351,7 @@ impl<S: AuditSink> SpoolSink<S> {
             let c = &self.stats.inner;
             c.replayed.fetch_add(n, Ordering::Relaxed);
             c.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
+            c.note_loss(batch.skipped);
             let _ = c
                 .waiting
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {

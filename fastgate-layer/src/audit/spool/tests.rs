@@ -203,6 +203,9 @@ async fn a_line_torn_by_a_crash_is_skipped_and_the_next_append_is_not_lost() {
     flaky.set_down(false);
     s.write_batch(&batch(3..4)).await.unwrap();
     assert_eq!(flaky.sink.events(), batch(0..4).to_vec());
+    // The torn line is a lost event, noted as such.
+    assert_eq!(s.stats().lost(), 1);
+    assert!(s.stats().since_last_loss().is_some());
     assert_eq!(s.stats().skipped(), 1);
     assert!(!path.exists());
 }
@@ -278,9 +281,15 @@ async fn a_file_removed_while_it_held_events_does_not_swallow_the_next_ones() {
     assert_eq!(s.stats().waiting(), 601 - REPLAY_BATCH as u64);
     // Removed by hand: its events are gone, but the next ones are not read from the old
     // position of a new, shorter file.
+    assert_eq!(s.stats().lost(), 0);
     std::fs::remove_file(&path).unwrap();
     s.write_batch(&batch(1000..1002)).await.unwrap();
     assert_eq!(s.stats().waiting(), 2);
+    assert_eq!(
+        s.stats().lost(),
+        601 - REPLAY_BATCH as u64,
+        "the removed file's events"
+    );
     flaky.fail_after.store(u64::MAX, Ordering::Relaxed);
     s.write_batch(&batch(1002..1003)).await.unwrap();
     let got: Vec<String> = flaky.sink.events()[REPLAY_BATCH..]
