@@ -680,7 +680,7 @@ impl Settings {
     /// the spec does not depend on them.
     pub fn for_spec() -> Result<Self, ConfigError> {
         const MINIMAL: &str = "security:\n  admin_token: \"spec-only-not-a-token-0000\"\n\
-                               api_gateway:\n  backend_url: \"http://127.0.0.1:9\"\n  backend_path: \"/v1/chat/completions\"\n";
+                               api_gateway:\n  backend_url: \"http://127.0.0.1:9\"\n  backend_path: \"/v1/chat/completions\"\n  routes_file: \"\"\n";
         let path = Path::new("(built-in)");
         Self::from_config(path, parse_config(path, MINIMAL, Vec::new())?)
     }
@@ -747,6 +747,13 @@ impl Settings {
             warnings.push(format!(
                 "security.admin_token {why}: anyone who knows or guesses it can manage keys and \
                  read the audit log; set a long random one (e.g. openssl rand -hex 32)"
+            ));
+        }
+        if crate::api::permission(&config.api_gateway.permission).is_err() {
+            warnings.push(format!(
+                "api_gateway.permission: {}; keys created without permissions (which get it) are \
+                 refused by the admin API and the CLI until it does",
+                crate::api::PERMISSION_RULE.replace("permissions must", "it should")
             ));
         }
         warnings.extend(mfastgate_warnings(&config));
@@ -1185,14 +1192,15 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     if let Err(e) = fastgate_store::parse_database_url(&c.database.url) {
         return err("database.url", e.to_string());
     }
-    // New keys get it by default: one the admin API would refuse would make every such key
-    // fail (or, with spaces around it, never match).
-    if crate::api::permission(&c.api_gateway.permission).as_deref()
-        != Ok(c.api_gateway.permission.as_str())
-    {
+    // New keys get it by default: an empty one (or one with spaces around it) would never
+    // match, and `*` would open every route to every such key. Other characters the admin API
+    // refuses are warned about (M-FastGate never checked permissions: imported keys may hold
+    // them).
+    let p = &c.api_gateway.permission;
+    if p.trim().is_empty() || p.trim() != p || p.contains('*') {
         return err(
             "api_gateway.permission",
-            crate::api::PERMISSION_RULE.replace("permissions must", "must"),
+            "must not be empty, have spaces around it or hold '*' (new keys get it)".into(),
         );
     }
     if c.database.max_connections == 0 {
@@ -1473,12 +1481,12 @@ fn build_routes(
             ));
         }
         if let Some(p) = r.permission.as_deref()
-            && crate::api::permission(p).as_deref() != Ok(p)
+            && (p.trim().is_empty() || p.trim() != p)
         {
             return Err(ConfigError::new(
                 file,
                 k("permission"),
-                crate::api::PERMISSION_RULE.replace("permissions must", "must"),
+                "must not be empty or have spaces around it (no key would match)",
             ));
         }
         let route = RouteConfig {
@@ -1814,7 +1822,7 @@ api_gateway:
 
     #[test]
     fn a_permission_keys_could_not_hold_is_refused() {
-        for bad in ["", " chat", "chat completions", "ch@t"] {
+        for bad in ["", " chat", "chat ", "*", "llm:*"] {
             let yaml = SEED.replace(
                 "  async_audit: true",
                 &format!("  async_audit: true\n  permission: \"{bad}\""),
@@ -1829,6 +1837,25 @@ api_gateway:
         );
         let s = Settings::from_config(Path::new("test.yaml"), parse(&yaml, &[]).unwrap()).unwrap();
         assert_eq!(s.config.api_gateway.permission, "llm:chat");
+        assert!(
+            s.warnings.iter().all(|w| !w.contains("permission")),
+            "{:?}",
+            s.warnings
+        );
+        // One an imported M-FastGate key may hold, though the admin API would refuse it: loads,
+        // with a warning.
+        let yaml = SEED.replace(
+            "  async_audit: true",
+            "  async_audit: true\n  permission: \"llm/chat completions\"",
+        );
+        let s = Settings::from_config(Path::new("test.yaml"), parse(&yaml, &[]).unwrap()).unwrap();
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.starts_with("api_gateway.permission")),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]

@@ -404,9 +404,11 @@ impl Gateway {
         // The `routes.yaml` found beside the config at the last load is gone (moved away, or
         // being replaced): its routes would silently vanish. Kept, as for a broken file; an
         // empty file or `api_gateway.routes_file: ""` drops them on purpose.
+        // Decided on what the two loads saw, not on the file now (it may be back already).
         if new.config.api_gateway.routes_file.is_none()
+            && old.config.api_gateway.routes_file.is_none()
             && new.routes_path.is_none()
-            && let Some(gone) = old.routes_path.as_deref().filter(|p| !p.exists())
+            && let Some(gone) = old.routes_path.as_deref()
         {
             tracing::error!(
                 file = %gone.display(),

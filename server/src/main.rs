@@ -332,8 +332,9 @@ async fn run(
                 // within an hour of the start would delete it.
                 println!(
                     "note: audit.retention_days is {days}: imported records older than {days} days \
-                     are deleted within an hour of the gateway's start; set audit.retention_days: 0 \
-                     (keep all) or a larger value before starting it to keep them"
+                     are deleted by the gateway's retention purge (an hour after its start, then \
+                     hourly); set audit.retention_days: 0 (keep all) or a larger value, and \
+                     (re)start the gateway, to keep them"
                 );
             }
             Ok(())
