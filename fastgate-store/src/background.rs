@@ -46,10 +46,11 @@ enum Event {
 
 impl Store {
     /// Usage flush, cross-instance key invalidation and retention purge, until `shutdown`
-    /// resolves (work under way then is dropped); then a final usage flush, bounded by
-    /// [`usage_flush_limit`](Self::usage_flush_limit), whose counts go to the usage file
-    /// ([`Store::keep_usage_in`]) if it fails (or are lost, with a warning, without one). Give
-    /// it that limit and a little more after `shutdown`. Never spawns: the caller runs (and tracks) the future.
+    /// resolves (a key poll or purge under way then is dropped, a usage flush given
+    /// [`usage_flush_limit`](Self::usage_flush_limit) to end); then a final usage flush, bounded
+    /// by that limit, whose counts go to the usage file ([`Store::keep_usage_in`]) if it fails
+    /// (or are lost, with a warning, without one). Give it twice that limit and a little more
+    /// after `shutdown`. Never spawns: the caller runs (and tracks) the future.
     pub fn background(
         &self,
         opts: BackgroundOptions,
@@ -90,8 +91,8 @@ impl Store {
                 };
                 // The work of an event, given up when the shutdown comes meanwhile (a database
                 // that does not answer would otherwise hold the final flush, and the save of its
-                // counts, back past the caller's wait). Each is safe to drop: a flush dropped
-                // before its commit keeps its counts, a purge or a poll is read again later.
+                // counts, back past the caller's wait). A purge or a poll is safe to drop (read
+                // again later); a usage flush is given the limit to end (below).
                 macro_rules! unless_shutdown {
                     ($work:expr) => {
                         tokio::select! {
@@ -102,13 +103,30 @@ impl Store {
                 }
                 match event {
                     Event::Shutdown => break,
-                    Event::Flush => unless_shutdown!(async {
+                    Event::Flush => {
                         // Not bounded: a large batch on a slow database takes what it takes (a
                         // bound would put it back, larger, every time).
-                        if let Err(e) = store.flush_usage().await {
-                            tracing::warn!(error = %e, "key usage flush failed; will retry");
+                        let flush = store.flush_usage();
+                        tokio::pin!(flush);
+                        tokio::select! {
+                            r = &mut flush => {
+                                if let Err(e) = r {
+                                    tracing::warn!(error = %e, "key usage flush failed; will retry");
+                                }
+                            }
+                            () = &mut shutdown => {
+                                // Its commit may have begun (dropped then, its counts would be
+                                // neither in memory nor surely written): given the limit to
+                                // end; what it leaves goes to the final flush below.
+                                if let Ok(Err(e)) =
+                                    tokio::time::timeout(store.usage_flush_limit(), flush).await
+                                {
+                                    tracing::warn!(error = %e, "key usage flush failed at shutdown");
+                                }
+                                break;
+                            }
                         }
-                    }),
+                    }
                     Event::Poll => unless_shutdown!(async {
                         if matches!(store.inner.db, Db::Postgres(_)) && listener.is_none() {
                             listener = store.connect_listener().await;

@@ -462,9 +462,10 @@ impl Gateway {
             Err(_) => tracing::error!("audit worker did not finish within 30 s"),
         }
         let _ = self.background_stop.send(true);
-        // The final usage flush (bounded by the limit; work under way is dropped at once), then
-        // the counts saved to the usage file if it failed.
-        let limit = self.state.store.usage_flush_limit() + Duration::from_secs(2);
+        // A usage flush under way and the final one (each bounded by the limit; a key poll or
+        // purge under way is dropped at once), then the counts saved to the usage file if the
+        // final one failed.
+        let limit = self.state.store.usage_flush_limit() * 2 + Duration::from_secs(2);
         if tokio::time::timeout(limit, self.background).await.is_err() {
             tracing::error!("the store's background task did not finish within {limit:?}");
         }
