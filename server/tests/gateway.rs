@@ -395,16 +395,7 @@ async fn keys_created_without_permissions_get_the_unified_endpoints_permission()
         assert_eq!(res.status(), 201);
         res.json::<serde_json::Value>().await.unwrap()
     };
-    let call = |key: String| async move {
-        fg.http
-            .post(fg.proxy_url())
-            .header("X-API-Key", key)
-            .body(chat_body(false))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    };
+    let call = |key: String| async move { fg.chat(&key, false).await.status() };
 
     let created = create().await;
     assert_eq!(created["permissions"], serde_json::json!(["gpt"]));
@@ -467,15 +458,7 @@ async fn cli_permissions_are_split_trimmed_and_checked_as_the_api_does() {
         cli_permissions(&fg, "multi"),
         [serde_json::json!(["chat", "embed", "x:y"])]
     );
-    let res = fg
-        .http
-        .post(fg.proxy_url())
-        .header("X-API-Key", secret)
-        .body(chat_body(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(fg.chat(&secret, false).await.status(), 200);
 
     // The admin API's answer to a bad permission, and its message.
     let res = fg
