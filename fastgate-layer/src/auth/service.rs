@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::resolver::{KeyResolver, PresentedKey, ResolveError};
 use crate::audit::{AuditSlot, Outcome};
-use crate::error::{GrpcContentType, grpc_rejection, is_grpc, rejection};
+use crate::error::{GrpcContentType, grpc_rejection, rejection};
 use crate::extensions::{KeyIdentity, RouteConfig};
 
 /// Permission required when the request carries no [`RouteConfig`].
@@ -139,10 +139,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let grpc = is_grpc(req.headers());
         let key = match presented_key(req.headers()) {
             Ok(key) => key,
-            Err(err) => return ResponseFuture::rejected(err, grpc_type(grpc, req.headers())),
+            Err(err) => return ResponseFuture::rejected(err, GrpcContentType::of(req.headers())),
         };
         // A client that also put its gateway key in the query string (`?api_key=…`) must not
         // have it forwarded: the parameters holding it are removed.
@@ -160,7 +159,6 @@ where
             service: Some(ready),
             request: Some(req),
             rejection: None,
-            grpc,
         }
     }
 }
@@ -303,8 +301,6 @@ pin_project! {
         request: Option<Request<ReqB>>,
         // A refusal decided in `call`, and the request's gRPC media type if it is a gRPC call.
         rejection: Option<(AuthError, Option<GrpcContentType>)>,
-        // The request is a gRPC call: refusals take gRPC's form.
-        grpc: bool,
     }
 }
 
@@ -336,7 +332,6 @@ where
             state: State::Rejected,
             service: None,
             request: None,
-            grpc: grpc.is_some(),
             rejection: Some((err, grpc)),
         }
     }
@@ -352,7 +347,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let grpc = *this.grpc;
         loop {
             match this.state.as_mut().project() {
                 StateProj::Rejected => {
@@ -365,17 +359,17 @@ where
                     let identity = match looked_up {
                         Ok(identity) => identity,
                         Err(ResolveError::Invalid) => {
-                            let grpc = grpc_type(grpc, req.headers());
+                            let grpc = GrpcContentType::of(req.headers());
                             return Poll::Ready(Ok(reject(&AuthError::Invalid, None, grpc)));
                         }
                         Err(ResolveError::Unavailable(source)) => {
                             tracing::warn!(error = %source, "key resolver unavailable");
-                            let grpc = grpc_type(grpc, req.headers());
+                            let grpc = GrpcContentType::of(req.headers());
                             return Poll::Ready(Ok(reject(&AuthError::Unavailable, None, grpc)));
                         }
                     };
                     if identity.is_expired_at(SystemTime::now()) {
-                        let grpc = grpc_type(grpc, req.headers());
+                        let grpc = GrpcContentType::of(req.headers());
                         return Poll::Ready(Ok(reject(&AuthError::Expired, Some(identity), grpc)));
                     }
                     let permission = req
@@ -386,7 +380,7 @@ where
                         return Poll::Ready(Ok(reject(
                             &AuthError::PermissionDenied,
                             Some(identity),
-                            grpc_type(grpc, req.headers()),
+                            GrpcContentType::of(req.headers()),
                         )));
                     }
                     if let Some(slot) = req.extensions().get::<AuditSlot>() {
@@ -412,15 +406,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// The request's gRPC media type, looked up only for a gRPC call (`grpc`, from [`is_grpc`]).
-fn grpc_type(grpc: bool, headers: &HeaderMap) -> Option<GrpcContentType> {
-    if grpc {
-        GrpcContentType::of(headers)
-    } else {
-        None
     }
 }
 
