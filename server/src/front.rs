@@ -122,7 +122,17 @@ pin_project! {
         #[pin]
         inner: tokio::net::TcpStream,
         activity: Arc<Activity>,
+        // hyper's own answer to a request it could not parse, being written as JSON instead.
+        replacing: Option<Box<Replacing>>,
     }
+}
+
+/// The JSON answer written in place of hyper's (see [`crate::parse_refusal`]).
+struct Replacing {
+    answer: Vec<u8>,
+    written: usize,
+    /// The length of hyper's answer, reported as written once `answer` is.
+    replaces: usize,
 }
 
 impl Watched {
@@ -144,6 +154,46 @@ impl Watched {
     }
 }
 
+impl Watched {
+    /// When no request is in flight and `buf` is hyper's own answer to a request it could not
+    /// parse, writes the JSON answer instead; `None` for every other write.
+    fn poll_replace(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<std::io::Result<usize>>> {
+        let mut this = self.project();
+        if this.replacing.is_none() {
+            if !crate::parse_refusal::may_be_refusal(buf)
+                || this.activity.in_flight.load(Ordering::Acquire) != 0
+            {
+                return None;
+            }
+            *this.replacing = Some(Box::new(Replacing {
+                answer: crate::parse_refusal::replacement(buf)?,
+                written: 0,
+                replaces: buf.len(),
+            }));
+        }
+        let replacing = this.replacing.as_mut()?;
+        while replacing.written < replacing.answer.len() {
+            let rest = &replacing.answer[replacing.written..];
+            let written = tokio::io::AsyncWrite::poll_write(this.inner.as_mut(), cx, rest);
+            Self::note(this.activity, &written);
+            match written {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => replacing.written += n,
+                other => return Some(other),
+            }
+        }
+        let replaces = replacing.replaces;
+        *this.replacing = None;
+        Some(Poll::Ready(Ok(replaces)))
+    }
+}
+
 impl tokio::io::AsyncRead for Watched {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -156,10 +206,13 @@ impl tokio::io::AsyncRead for Watched {
 
 impl tokio::io::AsyncWrite for Watched {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(replaced) = self.as_mut().poll_replace(cx, buf) {
+            return replaced;
+        }
         let this = self.project();
         let written = this.inner.poll_write(cx, buf);
         Self::note(this.activity, &written);
@@ -167,10 +220,16 @@ impl tokio::io::AsyncWrite for Watched {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // hyper writes its own answers as one slice.
+        if let [only] = bufs
+            && let Some(replaced) = self.as_mut().poll_replace(cx, only)
+        {
+            return replaced;
+        }
         let this = self.project();
         let written = this.inner.poll_write_vectored(cx, bufs);
         Self::note(this.activity, &written);
@@ -755,6 +814,7 @@ pub async fn serve(
                     let stream = Watched {
                         inner: stream,
                         activity: Arc::clone(&activity),
+                        replacing: None,
                     };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let drive = Drive::new(conn, activity, idle, notified, closing_flag);

@@ -15,6 +15,7 @@ pub mod front;
 pub mod guard;
 pub mod linger;
 pub mod logfile;
+mod parse_refusal;
 pub mod spec;
 pub mod state;
 pub mod tls;

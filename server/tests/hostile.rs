@@ -17,6 +17,26 @@ fn lookups(h: &Value) -> (u64, u64) {
     )
 }
 
+/// `answer` is a complete OpenAI-shaped JSON error with `code`, its length as declared.
+fn assert_json_refusal(answer: &str, code: &str) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head: {answer}"));
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{answer}"
+    );
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+        "{answer}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(body["error"]["code"], code, "{answer}");
+    assert_eq!(body["error"]["type"], "fastgate_error", "{answer}");
+    assert!(body["error"]["message"].is_string(), "{answer}");
+}
+
 fn post_with(port: u16, headers: &[u8], body: &str) -> Vec<u8> {
     let mut req = format!(
         "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -68,6 +88,9 @@ async fn malformed_keys_get_401_without_a_database_lookup() {
                 answer.contains("\"invalid_api_key\"") || answer.contains("\"missing_api_key\""),
                 "{answer}"
             );
+        } else {
+            // hyper's own empty 400, given the OpenAI-shaped body every other refusal has.
+            assert_json_refusal(&answer, "bad_request");
         }
         assert!(!answer.contains("X-Injected"), "{answer}");
     }
@@ -501,6 +524,83 @@ async fn keys_list_escapes_control_characters_of_stored_values() {
     assert!(text.contains("k_imported\\u{1b}[31m"), "{text}");
 }
 
+/// hyper refuses what it cannot parse before any service sees it, with an empty body; the client
+/// gets the same JSON error as for every other refusal, also on a connection that served requests.
+#[tokio::test]
+async fn requests_the_http_parser_refuses_get_json_errors() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let key = fg.key("u").await;
+    let bad_requests: [&[u8]; 4] = [
+        b"G@T /health HTTP/1.1\r\nhost: a\r\n\r\n",
+        b"GET /health HTTP/7.1\r\nhost: a\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nhost: a\r\nx-bad: a\x01b\r\n\r\n",
+        b"GET /he alth HTTP/1.1\r\nhost: a\r\n\r\n",
+    ];
+    for bad in bad_requests {
+        // On a fresh connection.
+        let answer = raw_http(fg.port, bad).await;
+        assert_eq!(raw_status(&answer), 400, "{answer}");
+        assert_json_refusal(&answer, "bad_request");
+        // After a proxied request and an admin request on the same connection.
+        let body = chat_body(false);
+        let chat = format!(
+            "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: a\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let port = fg.port;
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            sock.write_all(chat.as_bytes()).unwrap();
+            assert_eq!(read_answer(&mut sock).unwrap().0, 200);
+            sock.write_all(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_answer(&mut sock).unwrap().0, 200);
+            sock.write_all(bad).unwrap();
+            read_answer_text(&mut sock).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(raw_status(&answer), 400, "{answer}");
+        assert_json_refusal(&answer, "bad_request");
+    }
+    // A backend's own empty 400 is passed on as it is (it is no parse error of FastGate's).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let empty_400 = hyper::service::service_fn(|_req| async {
+                    let mut res =
+                        hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                    *res.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                    Ok::<_, std::convert::Infallible>(res)
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, empty_400)
+                    .await;
+            });
+        }
+    });
+    let fg = Fastgate::start(&backend).await;
+    let key = fg.key("u").await;
+    let answer = raw_http(
+        fg.port,
+        &post_with(fg.port, format!("x-api-key: {key}\r\n").as_bytes(), "{}"),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 400, "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n"),
+        "the backend's empty body: {answer}"
+    );
+    assert!(!answer.contains("fastgate_error"), "{answer}");
+}
+
 #[tokio::test]
 async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
     let up = Upstream::start().await;
@@ -606,6 +706,7 @@ async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
             "{size}: {}",
             &answer[..answer.len().min(300)]
         );
+        assert_json_refusal(&answer, "headers_too_large");
     }
     let huge = format!("x-big: {}\r\n", "a".repeat(512 * 1024));
     let answer = raw_http(fg.port, &post_with(fg.port, huge.as_bytes(), "{}")).await;
@@ -623,6 +724,7 @@ async fn oversized_bodies_413_invalid_json_forwarded_and_huge_headers_431() {
         "{}",
         &answer[..answer.len().min(300)]
     );
+    assert_json_refusal(&answer, "headers_too_large");
     // The gateway is still fine afterwards.
     assert_eq!(fg.chat(&key, false).await.status(), 200);
 }
@@ -1218,6 +1320,13 @@ async fn a_slow_upload_is_not_the_backends_timeout_but_a_stalled_one_is_408() {
 
 /// One HTTP/1.1 answer with a `content-length` read from a blocking socket: status and body.
 fn read_answer(sock: &mut std::net::TcpStream) -> std::io::Result<(u16, String)> {
+    let answer = read_answer_text(sock)?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((raw_status(&answer), body.to_owned()))
+}
+
+/// One HTTP/1.1 answer with a `content-length` read from a blocking socket, head and body.
+fn read_answer_text(sock: &mut std::net::TcpStream) -> std::io::Result<String> {
     use std::io::Read;
     let mut buf = Vec::new();
     let mut byte = [0u8; 4096];
@@ -1230,8 +1339,7 @@ fn read_answer(sock: &mut std::net::TcpStream) -> std::io::Result<(u16, String)>
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
-                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-                return Ok((raw_status(&head), body));
+                return Ok(String::from_utf8_lossy(&buf[..end + 4 + len]).into_owned());
             }
         }
         let n = sock.read(&mut byte)?;
