@@ -65,7 +65,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -767,23 +767,23 @@ impl Future for ResponseFuture {
                         if let Some(skipped) = FAILED_LOG.allow() {
                             tracing::warn!(upstream = %target.0, error = %Chain(&err), skipped, "upstream request failed");
                         }
-                        rejection(
+                        no_retry(rejection(
                             StatusCode::BAD_GATEWAY,
                             "upstream_error",
                             "the upstream failed before answering",
                             Outcome::UpstreamError,
-                        )
+                        ))
                     }
                     Err(Late::Upstream) => {
                         if let Some(skipped) = TIMEOUT_LOG.allow() {
                             tracing::warn!(upstream = %target.0, skipped, "upstream response timed out");
                         }
-                        rejection(
+                        no_retry(rejection(
                             StatusCode::GATEWAY_TIMEOUT,
                             "upstream_timeout",
                             "the upstream did not answer in time",
                             Outcome::UpstreamTimeout,
-                        )
+                        ))
                     }
                     Err(Late::Upload) => {
                         tracing::debug!(upstream = %target.0, "the client's upload stalled");
@@ -909,6 +909,19 @@ impl LogThrottle {
         self.skipped.fetch_add(1, Ordering::Relaxed);
         None
     }
+}
+
+/// Marks a failure after which the backend may have done the request's work (it timed out, or
+/// the connection broke after the request was sent) as not to be retried: the official OpenAI
+/// SDKs retry 5xx answers twice by default unless `x-should-retry: false` says otherwise, and a
+/// retried completion is generated (and paid) again. An unreachable backend saw nothing: its 502
+/// leaves the SDK's retries alone.
+fn no_retry<B>(mut res: Response<B>) -> Response<B> {
+    res.headers_mut().insert(
+        HeaderName::from_static("x-should-retry"),
+        HeaderValue::from_static("false"),
+    );
+    res
 }
 
 fn upstream_response(

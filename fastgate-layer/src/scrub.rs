@@ -3,7 +3,9 @@
 //! [`ScrubHeadersLayer`] removes a configurable list ([`default_strip_headers`]: `host`,
 //! `x-api-key`, `authorization`, `x-forwarded-for`) and **always** the client's credentials
 //! (`authorization`, `x-api-key`: the gateway key must never reach the upstream, whatever the
-//! configured list says), the RFC 9110 hop-by-hop headers (`connection`, `keep-alive`,
+//! configured list says) with OpenAI's account selectors (`openai-organization`,
+//! `openai-project`: they choose which organization and project the shared real key bills), the
+//! RFC 9110 hop-by-hop headers (`connection`, `keep-alive`,
 //! `proxy-connection`, `te`, `trailer`, `transfer-encoding`, `upgrade`, `proxy-authorization`,
 //! `proxy-authenticate`) plus every header named in `Connection`, and `Expect` (the client's
 //! `100-continue` is answered by the server the gateway runs in, when the body is first read;
@@ -117,6 +119,10 @@ impl ScrubHeadersLayer {
         let credentials = [
             header::AUTHORIZATION,
             HeaderName::from_static("x-api-key"),
+            // They pick the account the injected real key bills (OpenAI's organization and
+            // project): a user of the shared key must not choose them.
+            HeaderName::from_static("openai-organization"),
+            HeaderName::from_static("openai-project"),
             header::EXPECT,
         ];
         for h in credentials.into_iter().chain(hop_by_hop_headers()) {

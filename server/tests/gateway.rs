@@ -71,6 +71,8 @@ async fn seed_readme_flows_work_unchanged() {
         .header("Authorization", format!("Bearer {key2}"))
         .header("Content-Type", "application/json")
         .header("X-Forwarded-For", "10.1.2.3")
+        .header("OpenAI-Organization", "org-chosen-by-the-user")
+        .header("OpenAI-Project", "proj_chosen_by_the_user")
         .body(chat_body(false))
         .send()
         .await
@@ -84,6 +86,9 @@ async fn seed_readme_flows_work_unchanged() {
         "client key leaked upstream"
     );
     assert!(seen.headers.get("x-forwarded-for").is_none());
+    // The user does not pick the organization or project the shared real key bills.
+    assert!(seen.headers.get("openai-organization").is_none());
+    assert!(seen.headers.get("openai-project").is_none());
 
     // No key, bad key.
     let res = fg

@@ -522,6 +522,8 @@ pub enum Fault {
     },
     /// Read the request, never send response headers (the connection stays open).
     NeverAnswer,
+    /// Read the request, then close the connection without answering.
+    CloseBeforeAnswer,
     /// Send SSE headers and this many events, then stay silent with the connection open.
     StallAfter(usize),
     /// Send SSE headers and this many events, then reset the connection (RST).
@@ -658,6 +660,7 @@ async fn serve_fault(mut sock: tokio::net::TcpStream, fault: Fault, c: Arc<Fault
                     }
                 }
             }
+            Fault::CloseBeforeAnswer => return,
             Fault::NeverAnswer => {
                 // Hold the connection until the gateway gives up (bounded).
                 let _ = peer_gone(&mut sock, Duration::from_secs(60)).await;
