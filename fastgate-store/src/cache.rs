@@ -391,7 +391,7 @@ impl Store {
             if serve {
                 if e.rejected {
                     Counters::add(&inner.counters.negative_hits, 1);
-                    return Cached::Done(Err(ResolveError::Invalid));
+                    return Cached::Done(Err(ResolveError::Refused(e.identity.clone())));
                 }
                 Counters::add(
                     if fresh {
@@ -442,19 +442,20 @@ impl Store {
             Ok(Some(row)) => {
                 let valid_until = row.valid_until.map(from_ms);
                 if !row.active || valid_until.is_some_and(|t| t <= wall) {
-                    // Remembered, so that a client retrying with a disabled or rotated-out
-                    // key does not cost a query per request.
+                    // Refused, but named (for the audit record); remembered, so that a client
+                    // retrying with a disabled or rotated-out key does not cost a query per
+                    // request.
+                    let identity = KeyIdentity {
+                        key_id: row.id.into(),
+                        source_path: row.source_path.into(),
+                        permissions: Arc::new([]),
+                        expires_at: None,
+                    };
                     if ttl.is_zero() {
                         inner.cache.remove(hash);
                     } else {
-                        let identity = KeyIdentity {
-                            key_id: row.id.into(),
-                            source_path: row.source_path.into(),
-                            permissions: Arc::new([]),
-                            expires_at: None,
-                        };
                         let entry = Entry {
-                            identity,
+                            identity: identity.clone(),
                             fetched: now,
                             valid_until,
                             stale: false,
@@ -463,7 +464,7 @@ impl Store {
                         inner.cache.insert(hash.to_owned(), entry, generation, ttl);
                     }
                     *lock(&inner.cache.db_failed_until) = None;
-                    return Err(ResolveError::Invalid);
+                    return Err(ResolveError::Refused(identity));
                 }
                 let permissions = decode_permissions(&row.permissions)
                     .map_err(|e| ResolveError::Unavailable(Box::new(e)))?;
@@ -501,7 +502,7 @@ impl Store {
                 match cached {
                     // Last known state: refused. Keep refusing while the database is down (the
                     // lookup was attempted, so this is a miss and an error, not a negative hit).
-                    Some(e) if e.rejected => Err(ResolveError::Invalid),
+                    Some(e) if e.rejected => Err(ResolveError::Refused(e.identity)),
                     Some(e) => {
                         tracing::warn!(key_id = %e.identity.key_id, error = %err, "key lookup failed; serving cached identity");
                         Counters::add(&inner.counters.stale_served, 1);

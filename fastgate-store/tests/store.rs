@@ -738,7 +738,7 @@ on_backends!(update_changes_fields_and_takes_effect_at_once, |db| {
         .unwrap();
     assert!(matches!(
         resolver.resolve(presented(&k.secret)).await,
-        Err(ResolveError::Invalid)
+        Err(ResolveError::Refused(id)) if *id.key_id == *k.record.id
     ));
     store
         .update_key(
@@ -891,14 +891,14 @@ on_backends!(
         set_active(&store, &k.record.id, false).await;
         assert!(matches!(
             store.resolve_key(&k.secret).await,
-            Err(ResolveError::Invalid)
+            Err(ResolveError::Refused(id)) if *id.key_id == *k.record.id
         ));
         // A client retrying with the disabled key does not reach the database again.
         let before = store.stats();
         for _ in 0..5 {
             assert!(matches!(
                 store.resolve_key(&k.secret).await,
-                Err(ResolveError::Invalid)
+                Err(ResolveError::Refused(id)) if *id.key_id == *k.record.id
             ));
         }
         let after = store.stats();
@@ -908,7 +908,7 @@ on_backends!(
         set_active(&store, &k.record.id, true).await;
         assert!(store.resolve_key(&k.secret).await.is_ok());
 
-        // A secret rotated out without grace: refused, then refused from the cache.
+        // A secret rotated out without grace: forgotten (unknown), then refused from the cache.
         let r = store
             .rotate_key(&k.record.id, Duration::ZERO)
             .await
@@ -940,7 +940,7 @@ on_backends!(
         for _ in 0..2 {
             assert!(matches!(
                 uncached.resolve_key(&r.secret).await,
-                Err(ResolveError::Invalid)
+                Err(ResolveError::Refused(id)) if *id.key_id == *k.record.id
             ));
         }
         assert_eq!(uncached.stats().cache_misses, misses + 2);
@@ -984,9 +984,10 @@ on_backends!(rotation_with_and_without_grace, |db| {
     assert!(store.resolve_key(&r1.secret).await.is_ok());
     assert!(store.resolve_key(&r2.secret).await.is_ok());
     wait_until(Duration::from_secs(6), || async {
+        // Named until the purge forgets it (for the audit record of a late attempt).
         matches!(
             store.resolve_key(&r1.secret).await,
-            Err(ResolveError::Invalid)
+            Err(ResolveError::Refused(id)) if *id.key_id == *k.record.id
         )
     })
     .await
@@ -1382,7 +1383,10 @@ on_backends!(postgres_notify_alone_delivers_revocation, |db| {
     .await
     .unwrap();
     wait_until(Duration::from_secs(5), || async {
-        matches!(b.resolve_key(&k.secret).await, Err(ResolveError::Invalid))
+        matches!(
+            b.resolve_key(&k.secret).await,
+            Err(ResolveError::Refused(_))
+        )
     })
     .await
     .expect("NOTIFY did not reach the second instance");
@@ -1436,7 +1440,10 @@ on_backends!(
         .await
         .unwrap();
         let took = wait_until(Duration::from_secs(5), || async {
-            matches!(b.resolve_key(&k.secret).await, Err(ResolveError::Invalid))
+            matches!(
+                b.resolve_key(&k.secret).await,
+                Err(ResolveError::Refused(_))
+            )
         })
         .await
         .map(|_| start.elapsed());
@@ -1454,7 +1461,7 @@ on_backends!(
         for _ in 0..3 {
             assert!(matches!(
                 b.resolve_key(&k.secret).await,
-                Err(ResolveError::Invalid)
+                Err(ResolveError::Refused(_))
             ));
         }
         assert_eq!(b.stats().cache_misses, misses, "B asked the database again");

@@ -230,7 +230,29 @@ async fn disabling_a_key_stops_it_at_once() {
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["status"], "disabled");
-    assert_eq!(call().await.unwrap().status(), 401);
+    let unknown = fg
+        .http
+        .post(fg.proxy_url())
+        .header("X-API-Key", "fg_neverIssuedAtAll0123456789")
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 401);
+    let unknown_rid = request_id(&unknown);
+    let unknown_body = unknown.text().await.unwrap();
+    // A disabled key gets the unknown key's answer, to the byte; its audit record names the key
+    // (an admin sees who still uses it), the unknown one's names none.
+    let refused = call().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused_rid = request_id(&refused);
+    assert_eq!(refused.text().await.unwrap(), unknown_body);
+    let row = fg.wait_audit(&refused_rid).await;
+    assert_eq!(row["key_id"], id, "{row}");
+    assert_eq!(row["source_path"], "user1", "{row}");
+    assert_eq!(row["error_code"], "invalid_api_key", "{row}");
+    let row = fg.wait_audit(&unknown_rid).await;
+    assert!(row["key_id"].is_null(), "{row}");
 
     // Rotation: the new secret works, the old one stops (no grace).
     let res = fg

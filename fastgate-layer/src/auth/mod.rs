@@ -8,7 +8,7 @@
 //! | case | status | code |
 //! |---|---|---|
 //! | no key | 401 | `missing_api_key` |
-//! | malformed, unknown, disabled or revoked key (one message for all) | 401 | `invalid_api_key` |
+//! | malformed, unknown, disabled or revoked key (one message for all; a [`ResolveError::Refused`] key is named in the audit record) | 401 | `invalid_api_key` |
 //! | expired ([`KeyIdentity::expires_at`](crate::KeyIdentity::expires_at)) | 401 | `expired_api_key` |
 //! | key lacks [`RouteConfig::permission`](crate::RouteConfig::permission) (`chat` without a route) | 403 | `permission_denied` |
 //! | [`ResolveError::Unavailable`] | 503 | `auth_unavailable` |

@@ -40,9 +40,17 @@ impl fmt::Debug for PresentedKey {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResolveError {
-    /// Unknown, disabled or revoked. Deliberately one case, so callers cannot probe which keys exist.
+    /// Unknown (never issued, deleted, malformed), or disabled or revoked when the resolver does
+    /// not say whose key it is. Clients get one answer for every invalid key, so that they cannot
+    /// probe which keys exist.
     #[error("invalid API key")]
     Invalid,
+    /// A known key that is refused: disabled, or an old secret whose rotation grace period
+    /// ended. Answered exactly as [`Invalid`](Self::Invalid) (same status, code and message);
+    /// the identity only lets the audit record name the key that was tried, so that an admin
+    /// sees who still uses a revoked key. Its permissions and expiry are not meaningful.
+    #[error("invalid API key")]
+    Refused(KeyIdentity),
     /// The resolver could not answer (e.g. the database is down).
     #[error("key lookup unavailable")]
     Unavailable(#[source] BoxError),
@@ -51,8 +59,8 @@ pub enum ResolveError {
 /// Resolves a presented key to the identity behind it.
 ///
 /// Expiry and permissions are checked by the auth layer from the returned [`KeyIdentity`], so a
-/// resolver only answers "who is this" (or [`ResolveError::Invalid`] for unknown, disabled and
-/// revoked keys). Implemented by `fastgate-store`; [`StaticKeys`](super::StaticKeys) is an
+/// resolver only answers "who is this" (or [`ResolveError::Invalid`] for unknown keys and
+/// [`ResolveError::Refused`] for disabled and revoked ones). Implemented by `fastgate-store`; [`StaticKeys`](super::StaticKeys) is an
 /// in-memory implementation for tests and examples.
 pub trait KeyResolver: Clone + Send + Sync + 'static {
     /// The future returned by [`resolve`](Self::resolve).

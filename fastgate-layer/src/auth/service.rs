@@ -362,6 +362,15 @@ where
                             let grpc = GrpcContentType::of(req.headers());
                             return Poll::Ready(Ok(reject(&AuthError::Invalid, None, grpc)));
                         }
+                        // The same answer as an unknown key; the audit record names the key.
+                        Err(ResolveError::Refused(identity)) => {
+                            let grpc = GrpcContentType::of(req.headers());
+                            return Poll::Ready(Ok(reject(
+                                &AuthError::Invalid,
+                                Some(identity),
+                                grpc,
+                            )));
+                        }
                         Err(ResolveError::Unavailable(source)) => {
                             tracing::warn!(error = %source, "key resolver unavailable");
                             let grpc = GrpcContentType::of(req.headers());
