@@ -546,8 +546,10 @@ impl Store {
     /// the counts are kept for the next flush, also when the future is dropped before the commit
     /// (dropped during the commit, its batch is forgotten: it may have been written). Counts
     /// loaded from the usage file ([`Store::keep_usage_in`]) are in the batch: the file is
-    /// removed inside the transaction, just before the commit. Returns how many keys were
-    /// updated.
+    /// removed (or emptied) inside the transaction, just before the commit; if it can be neither,
+    /// the transaction is rolled back and the other counts are written in a second one, the
+    /// file's held back (see the [`usage_file`](crate::usage_file) docs). Returns how many keys
+    /// were updated.
     pub async fn flush_usage(&self) -> Result<usize, StoreError> {
         // One flush at a time: the usage file is removed by the flush that writes its counts.
         let mut file = self.inner.usage_file.lock().await;
@@ -555,18 +557,56 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
-        // In key-id order: another instance flushing the same keys at the same time locks the
-        // rows in the same order (in hash-map order, the two deadlocked on PostgreSQL).
-        let rows = sorted_usage(&batch);
-        let keys = batch.len();
         let mut in_flight = InFlight {
             usage: &self.inner.usage,
             batch: Some(batch),
         };
+        let mut result = self.write_usage(&mut in_flight, file.as_mut()).await;
+        if let (Err(FlushError::File(error)), Some(f)) = (&result, file.as_mut()) {
+            // Rolled back before the commit: the whole batch is still in flight. The file's
+            // counts stay in memory (and in the file); every other count is written.
+            Counters::add(&self.inner.counters.usage_file_errors, 1);
+            let batch = in_flight.batch.take().unwrap_or_default();
+            let (rest, held) = f.hold_back(batch, error);
+            self.inner.usage.restore(held);
+            result = if rest.is_empty() {
+                Ok(0)
+            } else {
+                in_flight.batch = Some(rest);
+                self.write_usage(&mut in_flight, None).await
+            };
+        }
+        drop(in_flight); // a batch not yet committing goes back
+        match result {
+            Ok(keys) => Ok(keys),
+            Err(e) => {
+                Counters::add(&self.inner.counters.usage_flush_errors, 1);
+                Err(match e {
+                    FlushError::Database(e) => e.into(),
+                    FlushError::File(e) => e.into(),
+                })
+            }
+        }
+    }
+
+    /// One flush transaction: the batch in flight, and the removal of `file` when given.
+    /// Returns how many keys were updated.
+    async fn write_usage(
+        &self,
+        in_flight: &mut InFlight<'_>,
+        mut file: Option<&mut crate::UsageFile>,
+    ) -> Result<usize, FlushError> {
+        // In key-id order: another instance flushing the same keys at the same time locks the
+        // rows in the same order (in hash-map order, the two deadlocked on PostgreSQL).
+        let rows = in_flight
+            .batch
+            .as_ref()
+            .map(sorted_usage)
+            .unwrap_or_default();
         const SQL: &str = "UPDATE api_keys SET request_count = request_count + $1, \
              last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 THEN $2 ELSE last_used_at END \
              WHERE id = $3";
-        let result: Result<(), FlushError> = on_pool!(&self.inner.db, |pool| {
+        on_pool!(&self.inner.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
                 for &(ref id, (count, last)) in &rows {
@@ -580,8 +620,10 @@ impl Store {
                 // The database answers: the file's counts are in this transaction, so the file
                 // goes now. A crash before the commit loses them, as a crash loses the counts in
                 // memory; after the commit, a file still there would count them twice.
-                if let Some(file) = file.as_mut() {
-                    file.forget_counts().await?;
+                if let Some(file) = file.as_deref_mut()
+                    && file.forget_counts().await? == crate::usage_file::Forgotten::Emptied
+                {
+                    Counters::add(&self.inner.counters.usage_file_errors, 1);
                 }
                 let batch = in_flight.batch.take();
                 if let Err(e) = tx.commit().await {
@@ -590,21 +632,13 @@ impl Store {
                     }
                     return Err(e.into());
                 }
-                Ok(())
+                if let Some(file) = file {
+                    file.written();
+                }
+                Ok(rows.len())
             }
             .await
-        });
-        drop(in_flight); // a batch not yet committing goes back
-        match result {
-            Ok(()) => Ok(keys),
-            Err(e) => {
-                Counters::add(&self.inner.counters.usage_flush_errors, 1);
-                Err(match e {
-                    FlushError::Database(e) => e.into(),
-                    FlushError::File(e) => e.into(),
-                })
-            }
-        }
+        })
     }
 }
 

@@ -159,6 +159,11 @@ pub struct StoreStats {
     pub audit_batches_failed: u64,
     /// Usage flushes that failed (their counts are kept and retried).
     pub usage_flush_errors: u64,
+    /// Usage flushes that could not remove the key usage file after writing its counts: the
+    /// file was emptied in place instead or, when that failed too, its counts were held back
+    /// (kept in memory and in the file) while the other counts were written. Each is logged
+    /// with the file's path.
+    pub usage_file_errors: u64,
     /// Audit rows removed by retention.
     pub audit_rows_purged: u64,
 }
@@ -174,6 +179,7 @@ pub(crate) struct Counters {
     pub(crate) audit_rows_written: AtomicU64,
     pub(crate) audit_batches_failed: AtomicU64,
     pub(crate) usage_flush_errors: AtomicU64,
+    pub(crate) usage_file_errors: AtomicU64,
     pub(crate) audit_rows_purged: AtomicU64,
 }
 
@@ -490,6 +496,7 @@ impl Store {
             audit_rows_written: get(&c.audit_rows_written),
             audit_batches_failed: get(&c.audit_batches_failed),
             usage_flush_errors: get(&c.usage_flush_errors),
+            usage_file_errors: get(&c.usage_file_errors),
             audit_rows_purged: get(&c.audit_rows_purged),
         }
     }

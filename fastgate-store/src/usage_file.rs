@@ -21,6 +21,15 @@
 //! A count is never both in the database and in the file. A file that cannot be read or parsed
 //! is renamed to `<file>.bad` (a warning names it) and the store starts without its counts.
 //!
+//! A file that cannot be removed (its directory made read-only) is emptied in place instead
+//! (truncated to no bytes and `fsync`ed, which needs only the file to be writable; an empty file
+//! holds no counts). One that can be neither removed nor emptied holds its counts back: each
+//! flush then writes every other count, and keeps the file's (in memory, and still in the file)
+//! until a flush can remove or empty it, or the next process loads them. Either way a warning
+//! names the file, and [`StoreStats::usage_file_errors`](crate::StoreStats::usage_file_errors)
+//! counts those flushes: usage keeps reaching the database, and the file's counts are written
+//! once (before, every flush failed on the file and no usage was written again).
+//!
 //! Several instances sharing one PostgreSQL database each keep their own file: the counts are
 //! increments, so whichever instance loads a file adds them rightly. A key deleted meanwhile
 //! updates no row, and its count is dropped.
@@ -34,6 +43,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Store;
 
+/// Usage counts by key id: (count, last use in unix ms).
+type Counts = HashMap<Arc<str>, (u64, i64)>;
+
 /// The format version written in the file.
 const FORMAT: u32 = 1;
 
@@ -41,6 +53,17 @@ const FORMAT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UsageFileError {
+    /// The file could be neither removed nor emptied after its counts were written (see the
+    /// [module docs](self)): the flush holds its counts back.
+    #[error("key usage file {path:?} can be neither removed ({remove}) nor emptied ({empty})")]
+    Stuck {
+        /// The usage file.
+        path: PathBuf,
+        /// Why it could not be removed.
+        remove: io::Error,
+        /// Why it could not be emptied in place.
+        empty: io::Error,
+    },
     /// Another process holds the file's lock (`<file>.lock`).
     #[error("key usage file {path:?} is in use by another process")]
     Busy {
@@ -78,6 +101,19 @@ pub struct UsageFile {
     _lock: std::fs::File,
     /// The file exists and its counts are in the store's memory.
     holds_counts: bool,
+    /// The counts the file holds (while `holds_counts`).
+    counts: Counts,
+    /// The last flush could not remove or empty the file and held its counts back.
+    held_back: bool,
+}
+
+/// How [`UsageFile::forget_counts`] made the file's counts go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Forgotten {
+    /// It held none, or was removed.
+    Removed,
+    /// It could not be removed and was emptied in place.
+    Emptied,
 }
 
 /// `path` with `suffix` added to its name.
@@ -169,6 +205,8 @@ impl UsageFile {
             tmp_path,
             _lock: lock,
             holds_counts: false,
+            counts: HashMap::new(),
+            held_back: false,
         })
     }
 
@@ -184,6 +222,10 @@ impl UsageFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
             Err(e) => return Err(Unusable::Read(e)),
         };
+        if bytes.is_empty() {
+            // Emptied in place by a flush that could not remove it.
+            return Ok(HashMap::new());
+        }
         let saved: Saved = serde_json::from_slice(&bytes).map_err(Unusable::Parse)?;
         if saved.fastgate_key_usage != FORMAT {
             return Err(Unusable::Version(saved.fastgate_key_usage));
@@ -269,25 +311,105 @@ impl UsageFile {
             .await
             .map_err(UsageFileError::io(&self.path))?;
         self.holds_counts = true;
+        self.counts = rows.iter().map(|(id, v)| (Arc::clone(id), *v)).collect();
         self.sync_dir().await
     }
 
-    /// Remove the file if it holds counts (they are being written to the database).
-    pub(crate) async fn forget_counts(&mut self) -> Result<(), UsageFileError> {
+    /// Remove the file if it holds counts (they are being written to the database); one that
+    /// cannot be removed is emptied in place instead. An error means that the file may still
+    /// hold its counts: they must not be written ([`UsageFileError::Stuck`] when neither worked).
+    pub(crate) async fn forget_counts(&mut self) -> Result<Forgotten, UsageFileError> {
         if !self.holds_counts {
-            return Ok(());
+            return Ok(Forgotten::Removed);
         }
-        match tokio::fs::remove_file(&self.path).await {
-            Ok(()) => {}
+        let how = match tokio::fs::remove_file(&self.path).await {
+            Ok(()) => Forgotten::Removed,
             // Removed by an earlier try whose future was dropped before it learnt so.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(UsageFileError::io(&self.path)(e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Forgotten::Removed,
+            Err(remove) => {
+                // A read-only directory: the file itself may still be writable. No bytes is no
+                // counts (`read`), and a truncation is whole or not at all.
+                if let Err(empty) = self.empty_in_place().await {
+                    return Err(UsageFileError::Stuck {
+                        path: self.path.clone(),
+                        remove,
+                        empty,
+                    });
+                }
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %remove,
+                    "key usage file could not be removed after its counts were written; emptied it in place instead (remove it, or make its directory writable)"
+                );
+                Forgotten::Emptied
+            }
+        };
+        if how == Forgotten::Removed
+            && let Err(e) = self.sync_dir().await
+        {
+            // The removal should be on disk before the commit: after a power cut, a file that
+            // came back would be counted again. But the file is gone: holding its counts back
+            // now would lose them at the stop (nothing would save them again).
+            tracing::warn!(error = %e, "key usage file removed, but its directory could not be synced; a power cut before the next sync could bring it back");
         }
-        // The removal must be on disk before the commit: after a power cut, a file that came
-        // back would be counted again.
-        self.sync_dir().await?;
         self.holds_counts = false;
-        Ok(())
+        self.counts.clear();
+        Ok(how)
+    }
+
+    /// Truncate the file to no bytes, durably.
+    async fn empty_in_place(&self) -> io::Result<()> {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .await?;
+        file.set_len(0).await?;
+        file.sync_all().await
+    }
+
+    /// Split a flush's `batch` (which holds the file's counts: they are in memory while the file
+    /// holds them) into what may be written now and the file's counts, held back because the
+    /// file could not be removed or emptied after `error`. Logs the first time in a row.
+    pub(crate) fn hold_back(
+        &mut self,
+        mut batch: Counts,
+        error: &UsageFileError,
+    ) -> (Counts, Counts) {
+        let mut held = HashMap::new();
+        if self.holds_counts {
+            for (id, &(count, last)) in &self.counts {
+                let Some(entry) = batch.get_mut(id) else {
+                    continue; // a key deleted meanwhile: its count was dropped from memory
+                };
+                let n = count.min(entry.0);
+                entry.0 -= n;
+                if n > 0 {
+                    held.insert(Arc::clone(id), (n, last));
+                }
+            }
+            batch.retain(|_, (count, _)| *count > 0);
+        }
+        let totals = UsageTotals::of(held.values());
+        if self.held_back {
+            tracing::debug!(path = %self.path.display(), error = %error, keys = totals.keys, requests = totals.requests, "key usage file still cannot be removed; its counts are still held back");
+        } else {
+            tracing::warn!(
+                path = %self.path.display(),
+                error = %error,
+                keys = totals.keys,
+                requests = totals.requests,
+                "key usage file cannot be removed or emptied after its counts were written; the other counts are written, and the file's are held back until it can be (or the next start loads them)"
+            );
+        }
+        self.held_back = true;
+        (batch, held)
+    }
+
+    /// A flush wrote the file's counts (or it holds none): log the end of a hold-back.
+    pub(crate) fn written(&mut self) {
+        if std::mem::take(&mut self.held_back) {
+            tracing::info!(path = %self.path.display(), "key usage file removed or emptied; the counts it held back are written");
+        }
     }
 
     /// `fsync` the file's directory (a rename or removal is durable only then).
@@ -333,6 +455,7 @@ impl Store {
             file.holds_counts = true;
             file.forget_counts().await?;
         } else {
+            file.counts.clone_from(&counts);
             self.inner.usage.restore(counts);
             file.holds_counts = true;
         }
@@ -393,12 +516,21 @@ impl Store {
                 requests = pending.requests,
                 "final key usage flush failed; these counts are lost (no usage file: FastGate keeps one beside audit.spool_file)"
             ),
-            Err(e) => tracing::error!(
-                error = %error,
-                keys = pending.keys,
-                requests = pending.requests,
-                "final key usage flush failed and the usage file could not be written ({e}); these counts are lost"
-            ),
+            Err(e) => {
+                // A file that could not be removed still holds the counts it had: the next
+                // start loads them. Only the others are lost.
+                let kept = match self.inner.usage_file.lock().await.as_ref() {
+                    Some(f) if f.holds_counts => UsageTotals::of(f.counts.values()),
+                    _ => UsageTotals::default(),
+                };
+                tracing::error!(
+                    error = %error,
+                    keys = pending.keys,
+                    requests = pending.requests.saturating_sub(kept.requests),
+                    still_in_file = kept.requests,
+                    "final key usage flush failed and the usage file could not be written ({e}); these counts are lost (those still in the file are loaded by the next start)"
+                );
+            }
         }
     }
 }
@@ -614,6 +746,113 @@ mod tests {
         assert!(!path.exists());
         assert_eq!(stored_count(&store, &key.record.id).await, 2);
         store.close().await;
+    }
+
+    /// A usage file as an earlier process left it: `count` uses of key `id`.
+    fn leave_usage_file(path: &Path, id: &str, count: u64) {
+        std::fs::write(
+            path,
+            format!(
+                r#"{{"fastgate_key_usage":1,"keys":[{{"id":"{id}","count":{count},"last_used_at":1000}}]}}"#
+            ),
+        )
+        .unwrap();
+    }
+
+    /// A usage file that can be neither removed nor emptied (here a non-empty directory took its
+    /// place, which stops root too) holds back only its own counts: every other count keeps
+    /// reaching the database, and the file's are written once it can be removed. (Before, every
+    /// flush failed on the file, forever.)
+    #[tokio::test]
+    async fn a_file_that_cannot_be_removed_holds_back_only_its_own_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage");
+        let store = open_store(dir.path()).await;
+        let key = store.create_key(chat_key("u")).await.unwrap();
+        let other = store.create_key(chat_key("o")).await.unwrap();
+        leave_usage_file(&path, &key.record.id, 5);
+        let loaded = store
+            .keep_usage_in(UsageFile::open(&path).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(loaded.requests, 5);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), "x").unwrap();
+        for _ in 0..2 {
+            store.resolve_key(&key.secret).await.unwrap();
+        }
+        store.resolve_key(&other.secret).await.unwrap();
+
+        assert_eq!(store.flush_usage().await.unwrap(), 2);
+        assert_eq!(stored_count(&store, &key.record.id).await, 2);
+        assert_eq!(stored_count(&store, &other.record.id).await, 1);
+        let held = store.pending_usage();
+        assert_eq!((held.keys, held.requests), (1, 5), "the file's counts wait");
+        assert_eq!(store.stats().usage_file_errors, 1);
+        assert_eq!(store.stats().usage_flush_errors, 0);
+        // Still so at the next flush: new counts go, the file's wait.
+        store.resolve_key(&other.secret).await.unwrap();
+        assert_eq!(store.flush_usage().await.unwrap(), 1);
+        assert_eq!(stored_count(&store, &other.record.id).await, 2);
+        assert_eq!(stored_count(&store, &key.record.id).await, 2);
+        assert_eq!(store.stats().usage_file_errors, 2);
+        // Shown as used meanwhile (pending counts are merged in).
+        let rec = store.get_key(&key.record.id).await.unwrap().unwrap();
+        assert_eq!(rec.request_count, 7);
+
+        // The file can go again: the flush that removes it writes its counts, once.
+        std::fs::remove_dir_all(&path).unwrap();
+        assert_eq!(store.flush_usage().await.unwrap(), 1);
+        assert_eq!(stored_count(&store, &key.record.id).await, 7);
+        assert_eq!(store.pending_usage(), UsageTotals::default());
+        assert_eq!(store.flush_usage().await.unwrap(), 0);
+        assert_eq!(stored_count(&store, &key.record.id).await, 7);
+        assert_eq!(store.stats().usage_file_errors, 2);
+        store.close().await;
+    }
+
+    /// A usage file in a directory made read-only is emptied in place once its counts are
+    /// written (a file of no bytes holds none): written once, not again by the next start.
+    /// Needs a user that the directory's mode stops (skipped as root: it is not).
+    #[tokio::test]
+    async fn a_file_in_a_read_only_directory_is_emptied_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let path = spool.join("usage");
+        let store = open_store(dir.path()).await;
+        let key = store.create_key(chat_key("u")).await.unwrap();
+        leave_usage_file(&path, &key.record.id, 5);
+        store
+            .keep_usage_in(UsageFile::open(&path).unwrap())
+            .await
+            .unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let writable = std::fs::write(spool.join("probe"), "").is_ok();
+        if writable {
+            std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+            eprintln!("skipped: a directory's mode does not stop this user (root)");
+            store.close().await;
+            return;
+        }
+        store.resolve_key(&key.secret).await.unwrap();
+        assert_eq!(store.flush_usage().await.unwrap(), 1);
+        assert_eq!(stored_count(&store, &key.record.id).await, 6);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "emptied");
+        assert_eq!(store.stats().usage_file_errors, 1);
+        store.close().await;
+        drop(store);
+        let next = open_store(dir.path()).await;
+        let loaded = next
+            .keep_usage_in(UsageFile::open(&path).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(loaded, UsageTotals::default());
+        assert_eq!(next.flush_usage().await.unwrap(), 0);
+        assert_eq!(stored_count(&next, &key.record.id).await, 6);
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+        next.close().await;
     }
 
     /// A file that is not a usage file is moved aside, with a warning; the store starts.

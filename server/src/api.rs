@@ -705,6 +705,12 @@ pub struct KeyLookupHealth {
     pub stale_served: u64,
     /// Lookups that failed on the database.
     pub lookup_errors: u64,
+    /// Key usage flushes that failed (their counts are kept and written by a later one).
+    pub usage_flush_errors: u64,
+    /// Key usage flushes that could not remove the usage file (`<audit.spool_file>.usage`)
+    /// after writing its counts: it was emptied in place, or its counts were held back while
+    /// the others were written (the log names the file).
+    pub usage_file_errors: u64,
     /// Key hashes currently cached (valid keys and refused ones: disabled, rotated out).
     pub cached: u64,
 }
@@ -1224,6 +1230,8 @@ impl SystemApi {
                     cache_misses: k.cache_misses,
                     stale_served: k.stale_served,
                     lookup_errors: k.lookup_errors,
+                    usage_flush_errors: k.usage_flush_errors,
+                    usage_file_errors: k.usage_file_errors,
                     cached: s.store.cached_keys() as u64,
                 }
             },
