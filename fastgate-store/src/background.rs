@@ -38,10 +38,22 @@ impl Default for BackgroundOptions {
 
 enum Event {
     Shutdown,
-    Flush,
     Poll,
     Purge,
     Notified(Result<Option<sqlx::postgres::PgNotification>, sqlx::Error>),
+}
+
+/// An interval of `d` (at least 10 ms), first ticking one `d` from now; late ticks are delayed.
+fn tick(d: Duration) -> tokio::time::Interval {
+    let d = d.max(Duration::from_millis(10));
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Resolves once the shutdown was signalled (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&s| s).await;
 }
 
 impl Store {
@@ -50,7 +62,10 @@ impl Store {
     /// [`usage_flush_limit`](Self::usage_flush_limit) to end); then a final usage flush, bounded
     /// by that limit, whose counts go to the usage file ([`Store::keep_usage_in`]) if it fails
     /// (or are lost, with a warning, without one). Give it twice that limit and a little more
-    /// after `shutdown`. Never spawns: the caller runs (and tracks) the future.
+    /// after `shutdown`. Usage flushes run beside the rest: one waiting for the database (a row
+    /// lock, at most [`USAGE_FLUSH_LOCK_TIMEOUT`](crate::USAGE_FLUSH_LOCK_TIMEOUT) on
+    /// PostgreSQL) holds up neither key change polls and notifications nor purges. Never
+    /// spawns: the caller runs (and tracks) the future.
     pub fn background(
         &self,
         opts: BackgroundOptions,
@@ -58,137 +73,150 @@ impl Store {
     ) -> impl Future<Output = ()> + Send + 'static {
         let store = self.clone();
         async move {
-            let mut shutdown = std::pin::pin!(shutdown);
-            let tick = |d: Duration| {
-                let mut t = tokio::time::interval_at(
-                    tokio::time::Instant::now() + d.max(Duration::from_millis(10)),
-                    d.max(Duration::from_millis(10)),
-                );
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let relay = async move {
+                shutdown.await;
+                let _ = stop.send(true);
             };
-            let mut flush = tick(opts.usage_flush_interval);
-            let mut poll = tick(opts.invalidation_poll_interval);
-            let mut purge = tick(opts.purge_interval);
-            let mut listener: Option<PgListener> = store.connect_listener().await;
-            let mut generation = store.key_generation().await.ok();
+            tokio::join!(
+                relay,
+                store.usage_loop(opts.usage_flush_interval, stopped(stop_rx.clone())),
+                store.watch_loop(&opts, stopped(stop_rx)),
+            );
+        }
+    }
 
-            loop {
-                let event = {
-                    let notified = async {
-                        match listener.as_mut() {
-                            Some(l) => l.try_recv().await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        () = &mut shutdown => Event::Shutdown,
-                        _ = flush.tick() => Event::Flush,
-                        _ = poll.tick() => Event::Poll,
-                        _ = purge.tick() => Event::Purge,
-                        r = notified => Event::Notified(r),
+    /// The usage flushes of [`background`](Self::background), and its final flush.
+    async fn usage_loop(&self, interval: Duration, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut flush = tick(interval);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = flush.tick() => {}
+            }
+            // Not bounded here: a large batch on a slow database takes what it takes (a bound
+            // would put it back, larger, every time). A row lock is bounded by the flush itself.
+            let flush = self.flush_usage();
+            tokio::pin!(flush);
+            tokio::select! {
+                r = &mut flush => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "key usage flush failed; will retry");
                     }
-                };
-                // The work of an event, given up when the shutdown comes meanwhile (a database
-                // that does not answer would otherwise hold the final flush, and the save of its
-                // counts, back past the caller's wait). A purge or a poll is safe to drop (read
-                // again later); a usage flush is given the limit to end (below).
-                macro_rules! unless_shutdown {
-                    ($work:expr) => {
-                        tokio::select! {
-                            () = $work => {}
-                            () = &mut shutdown => break,
-                        }
-                    };
                 }
-                match event {
-                    Event::Shutdown => break,
-                    Event::Flush => {
-                        // Not bounded: a large batch on a slow database takes what it takes (a
-                        // bound would put it back, larger, every time).
-                        let flush = store.flush_usage();
-                        tokio::pin!(flush);
-                        tokio::select! {
-                            r = &mut flush => {
-                                if let Err(e) = r {
-                                    tracing::warn!(error = %e, "key usage flush failed; will retry");
-                                }
-                            }
-                            () = &mut shutdown => {
-                                // Its commit may have begun (dropped then, its counts would be
-                                // neither in memory nor surely written): given the limit to
-                                // end; what it leaves goes to the final flush below.
-                                if let Ok(Err(e)) =
-                                    tokio::time::timeout(store.usage_flush_limit(), flush).await
-                                {
-                                    tracing::warn!(error = %e, "key usage flush failed at shutdown");
-                                }
-                                break;
-                            }
-                        }
+                () = &mut shutdown => {
+                    // Its commit may have begun (dropped then, its counts would be neither in
+                    // memory nor surely written): given the limit to end; what it leaves goes
+                    // to the final flush below.
+                    if let Ok(Err(e)) = tokio::time::timeout(self.usage_flush_limit(), flush).await
+                    {
+                        tracing::warn!(error = %e, "key usage flush failed at shutdown");
                     }
-                    Event::Poll => unless_shutdown!(async {
-                        if matches!(store.inner.db, Db::Postgres(_)) && listener.is_none() {
-                            listener = store.connect_listener().await;
-                            if listener.is_some() {
-                                // Notifications may have been missed while disconnected:
-                                // re-validate every cached key on its next use.
-                                store.expire_all();
-                            }
-                        }
-                        match store.key_generation().await {
-                            Ok(g) => {
-                                if generation.is_some_and(|old| old != g) {
-                                    // Some key changed (any key, perhaps only renamed): each
-                                    // cached key is read again on its next use, but the entries
-                                    // stay as the last known state should the database fail
-                                    // before that (dropping them made every key 503 then).
-                                    store.expire_all();
-                                }
-                                generation = Some(g);
-                            }
-                            Err(e) => tracing::debug!(error = %e, "key change poll failed"),
-                        }
-                    }),
-                    Event::Purge => unless_shutdown!(async {
-                        if let Some(keep) = opts.retention {
-                            let cutoff = SystemTime::now() - keep;
-                            match store.purge_audit_older_than(cutoff, opts.purge_batch).await {
-                                Ok(n) if n > 0 => tracing::info!(rows = n, "audit retention purge"),
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "audit retention purge failed")
-                                }
-                            }
-                        }
-                        if let Err(e) = store.purge_expired_secrets(SystemTime::now()).await {
-                            tracing::debug!(error = %e, "rotated-secret cleanup failed");
-                        }
-                    }),
-                    Event::Notified(Ok(Some(n))) => {
-                        store.invalidate_key(n.payload());
-                        // The change may be an import: its secret may have been tried before.
-                        store.inner.cache.forget_unknown();
-                    }
-                    Event::Notified(Ok(None)) => {
-                        // The connection dropped; PgListener reconnects on the next call, and
-                        // anything sent meanwhile is lost: re-validate every cached key, but keep
-                        // serving them if the database itself is what went away.
-                        store.expire_all();
-                    }
-                    Event::Notified(Err(e)) => {
-                        tracing::warn!(error = %e, "key change listener failed; reconnecting on next poll");
-                        listener = None;
-                        store.expire_all();
-                    }
+                    break;
                 }
             }
-            // Bounded (unlike the periodic ones), so that the counts are saved to the usage file
-            // (when there is one) before the caller stops waiting for this task, also on a
-            // database that does not answer; a batch too large for the bound is saved, and the
-            // next process's unbounded flushes write it.
-            if let Err(e) = store.bounded_flush_usage().await {
-                store.keep_after_final_flush_failed(&e).await;
+        }
+        // Bounded (unlike the periodic ones), so that the counts are saved to the usage file
+        // (when there is one) before the caller stops waiting for this task, also on a
+        // database that does not answer; a batch too large for the bound is saved, and the
+        // next process's unbounded flushes write it.
+        if let Err(e) = self.bounded_flush_usage().await {
+            self.keep_after_final_flush_failed(&e).await;
+        }
+    }
+
+    /// Key change polls and notifications, and purges, of [`background`](Self::background).
+    async fn watch_loop(&self, opts: &BackgroundOptions, shutdown: impl Future<Output = ()>) {
+        let store = self;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut poll = tick(opts.invalidation_poll_interval);
+        let mut purge = tick(opts.purge_interval);
+        let mut listener: Option<PgListener> = store.connect_listener().await;
+        let mut generation = store.key_generation().await.ok();
+
+        loop {
+            let event = {
+                let notified = async {
+                    match listener.as_mut() {
+                        Some(l) => l.try_recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = &mut shutdown => Event::Shutdown,
+                    _ = poll.tick() => Event::Poll,
+                    _ = purge.tick() => Event::Purge,
+                    r = notified => Event::Notified(r),
+                }
+            };
+            // The work of an event, given up when the shutdown comes meanwhile (so that the
+            // caller's wait is spent on the final usage flush). A purge or a poll is safe to
+            // drop (read again later).
+            macro_rules! unless_shutdown {
+                ($work:expr) => {
+                    tokio::select! {
+                        () = $work => {}
+                        () = &mut shutdown => break,
+                    }
+                };
+            }
+            match event {
+                Event::Shutdown => break,
+                Event::Poll => unless_shutdown!(async {
+                    if matches!(store.inner.db, Db::Postgres(_)) && listener.is_none() {
+                        listener = store.connect_listener().await;
+                        if listener.is_some() {
+                            // Notifications may have been missed while disconnected:
+                            // re-validate every cached key on its next use.
+                            store.expire_all();
+                        }
+                    }
+                    match store.key_generation().await {
+                        Ok(g) => {
+                            if generation.is_some_and(|old| old != g) {
+                                // Some key changed (any key, perhaps only renamed): each
+                                // cached key is read again on its next use, but the entries
+                                // stay as the last known state should the database fail
+                                // before that (dropping them made every key 503 then).
+                                store.expire_all();
+                            }
+                            generation = Some(g);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "key change poll failed"),
+                    }
+                }),
+                Event::Purge => unless_shutdown!(async {
+                    if let Some(keep) = opts.retention {
+                        let cutoff = SystemTime::now() - keep;
+                        match store.purge_audit_older_than(cutoff, opts.purge_batch).await {
+                            Ok(n) if n > 0 => tracing::info!(rows = n, "audit retention purge"),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "audit retention purge failed")
+                            }
+                        }
+                    }
+                    if let Err(e) = store.purge_expired_secrets(SystemTime::now()).await {
+                        tracing::debug!(error = %e, "rotated-secret cleanup failed");
+                    }
+                }),
+                Event::Notified(Ok(Some(n))) => {
+                    store.invalidate_key(n.payload());
+                    // The change may be an import: its secret may have been tried before.
+                    store.inner.cache.forget_unknown();
+                }
+                Event::Notified(Ok(None)) => {
+                    // The connection dropped; PgListener reconnects on the next call, and
+                    // anything sent meanwhile is lost: re-validate every cached key, but keep
+                    // serving them if the database itself is what went away.
+                    store.expire_all();
+                }
+                Event::Notified(Err(e)) => {
+                    tracing::warn!(error = %e, "key change listener failed; reconnecting on next poll");
+                    listener = None;
+                    store.expire_all();
+                }
             }
         }
     }

@@ -548,8 +548,9 @@ impl Store {
     /// loaded from the usage file ([`Store::keep_usage_in`]) are in the batch: the file is
     /// removed (or emptied) inside the transaction, just before the commit; if it can be neither,
     /// the transaction is rolled back and the other counts are written in a second one, the
-    /// file's held back (see the [`usage_file`](crate::usage_file) docs). Returns how many keys
-    /// were updated.
+    /// file's held back (see the [`usage_file`](crate::usage_file) docs). On PostgreSQL a row
+    /// locked by another transaction is waited for at most [`USAGE_FLUSH_LOCK_TIMEOUT`]. Returns
+    /// how many keys were updated.
     pub async fn flush_usage(&self) -> Result<usize, StoreError> {
         // One flush at a time: the usage file is removed by the flush that writes its counts.
         let mut file = self.inner.usage_file.lock().await;
@@ -609,6 +610,16 @@ impl Store {
         on_pool!(&self.inner.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
+                if matches!(self.inner.db, crate::Db::Postgres(_)) {
+                    // A row locked by another transaction (an admin's, another instance's)
+                    // fails the flush after this wait, its counts kept, instead of holding it
+                    // (and the counts) for as long as that transaction lasts. On SQLite the
+                    // busy timeout bounds the wait.
+                    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+                        .bind(USAGE_FLUSH_LOCK_TIMEOUT.as_millis().to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 for &(ref id, (count, last)) in &rows {
                     sqlx::query(SQL)
                         .bind(crate::to_i64(count))
@@ -641,6 +652,10 @@ impl Store {
         })
     }
 }
+
+/// Longest a usage flush waits for a row lock on PostgreSQL (`lock_timeout`, for its
+/// transaction only): past it the flush fails and keeps its counts for the next one.
+pub const USAGE_FLUSH_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a usage flush failed.
 enum FlushError {

@@ -67,7 +67,7 @@ pub mod usage_file;
 
 pub use audit::StoreAuditSink;
 pub use background::BackgroundOptions;
-pub use cache::{ResolveFuture, StoreKeyResolver};
+pub use cache::{ResolveFuture, StoreKeyResolver, USAGE_FLUSH_LOCK_TIMEOUT};
 pub use error::StoreError;
 pub use keys::hash_key;
 pub use metrics::Period;

@@ -12,7 +12,8 @@ use fastgate_layer::{
 };
 use fastgate_store::{
     AuditFilter, Backend, BackgroundOptions, ImportOutcome, ImportedKey, KeyFilter, KeyUpdate,
-    MetricsWindow, NewKey, Period, PeriodMetrics, Store, StoreError, StoreOptions, hash_key,
+    MetricsWindow, NewKey, Period, PeriodMetrics, Store, StoreError, StoreOptions,
+    USAGE_FLUSH_LOCK_TIMEOUT, hash_key,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -1396,6 +1397,168 @@ on_backends!(postgres_notify_alone_delivers_revocation, |db| {
     bg.stop().await;
     db.finish(&[&a, &b]).await;
 });
+
+/// The PostgreSQL test database, or `None` without `FASTGATE_TEST_DATABASE_URL` (skipped).
+async fn postgres_only() -> Option<TestDb> {
+    let admin = std::env::var("FASTGATE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    match admin {
+        Some(admin) => Some(TestDb::postgres(&admin).await),
+        None => {
+            eprintln!("skipped: FASTGATE_TEST_DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+async fn pg_connect(db: &TestDb) -> sqlx::PgConnection {
+    <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap()
+}
+
+/// Another transaction holding key `id`'s row (`SELECT ... FOR UPDATE`) until rolled back.
+async fn lock_key_row(db: &TestDb, id: &str) -> sqlx::PgConnection {
+    let mut conn = pg_connect(db).await;
+    sqlx::Executor::execute(&mut conn, "BEGIN").await.unwrap();
+    sqlx::query("SELECT id FROM api_keys WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// Key `id`'s `request_count` as the database has it (no pending counts merged in).
+async fn stored_request_count(db: &TestDb, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT request_count FROM api_keys WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut pg_connect(db).await)
+        .await
+        .unwrap()
+}
+
+/// Whether some session of the test database waits for a lock.
+async fn someone_waits_on_a_lock(db: &TestDb) -> bool {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut pg_connect(db).await)
+    .await
+    .unwrap();
+    n > 0
+}
+
+/// A usage flush waiting for a row another transaction holds gives up after
+/// USAGE_FLUSH_LOCK_TIMEOUT (before, it waited for as long as that transaction lasted), keeps
+/// its counts, and the next flush writes them exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_usage_flush_on_a_locked_row_gives_up_and_keeps_its_counts() {
+    let Some(db) = postgres_only().await else {
+        return;
+    };
+    let store = db.store().await;
+    let key = store.create_key(new_key("u")).await.unwrap();
+    for _ in 0..3 {
+        store.resolve_key(&key.secret).await.unwrap();
+    }
+    let mut locker = lock_key_row(&db, &key.record.id).await;
+    let start = Instant::now();
+    let flushed = tokio::time::timeout(
+        USAGE_FLUSH_LOCK_TIMEOUT + Duration::from_secs(5),
+        store.flush_usage(),
+    )
+    .await;
+    let took = start.elapsed();
+    let error = flushed
+        .expect("the flush gives up on the lock")
+        .expect_err("a flush on a locked row fails");
+    assert!(error.is_unavailable(), "{error}");
+    assert!(
+        took >= USAGE_FLUSH_LOCK_TIMEOUT - Duration::from_millis(100)
+            && took < USAGE_FLUSH_LOCK_TIMEOUT + Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(store.pending_usage().requests, 3, "the counts are kept");
+    assert_eq!(store.stats().usage_flush_errors, 1);
+    assert_eq!(stored_request_count(&db, &key.record.id).await, 0);
+    store.resolve_key(&key.secret).await.unwrap();
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(store.flush_usage().await.unwrap(), 1);
+    assert_eq!(stored_request_count(&db, &key.record.id).await, 4);
+    assert_eq!(store.pending_usage().requests, 0);
+    assert_eq!(store.flush_usage().await.unwrap(), 0);
+    assert_eq!(stored_request_count(&db, &key.record.id).await, 4);
+    drop(locker);
+    db.finish(&[&store]).await;
+}
+
+/// While the background task's usage flush waits for a locked row, a key revoked by another
+/// instance is still refused here within a second or so: flushes no longer hold up key
+/// change notifications and polls (before, they waited for the flush, up to the lock timeout,
+/// and before that for as long as the lock was held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_key_changes_are_seen_while_a_usage_flush_waits_on_a_lock() {
+    let Some(db) = postgres_only().await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db
+        .store_with(StoreOptions {
+            cache_ttl: Duration::from_secs(600),
+            ..test_opts()
+        })
+        .await;
+    let busy = a.create_key(new_key("busy")).await.unwrap();
+    let revoked = a.create_key(new_key("revoked")).await.unwrap();
+    // B knows (caches) the key to be revoked; its use is written.
+    b.resolve_key(&revoked.secret).await.unwrap();
+    assert_eq!(b.flush_usage().await.unwrap(), 1);
+    let bg = Background::spawn(
+        &b,
+        BackgroundOptions {
+            usage_flush_interval: Duration::from_millis(100),
+            invalidation_poll_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    let mut locker = lock_key_row(&db, &busy.record.id).await;
+    b.resolve_key(&busy.secret).await.unwrap();
+    wait_until(Duration::from_secs(3), || someone_waits_on_a_lock(&db))
+        .await
+        .expect("B's usage flush waits for the locked row");
+    let waiting = Instant::now();
+    set_active(&a, &revoked.record.id, false).await;
+    let deadline = USAGE_FLUSH_LOCK_TIMEOUT - Duration::from_secs(1);
+    wait_until(deadline, || async {
+        b.resolve_key(&revoked.secret).await.is_err()
+    })
+    .await
+    .expect("the revocation reached B while its usage flush waited");
+    assert!(waiting.elapsed() < deadline);
+    assert_eq!(
+        b.stats().usage_flush_errors,
+        0,
+        "the flush was still waiting"
+    );
+    // The lock goes: B's usage of the busy key is written, once.
+    sqlx::Executor::execute(&mut locker, "ROLLBACK")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        stored_request_count(&db, &busy.record.id).await == 1
+    })
+    .await
+    .expect("the waiting flush wrote its count");
+    bg.stop().await;
+    assert_eq!(stored_request_count(&db, &busy.record.id).await, 1);
+    drop(locker);
+    db.finish(&[&a, &b]).await;
+}
 
 on_backends!(
     revocation_reaches_a_second_instance_within_two_seconds,
