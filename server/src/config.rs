@@ -522,43 +522,47 @@ pub struct RouteEntry {
 
 // === secrets in serde ===
 
-/// A secret as YAML may spell it: an unquoted `12345678` or `true` is a number or a boolean.
-/// Read through an untagged enum, so that a type error never quotes the value.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SecretText {
-    Text(String),
-    Int(i64),
-    Uint(u64),
-    // Matched to refuse it; its value is never used (or shown).
-    Float(#[allow(dead_code)] f64),
-    Bool(bool),
-}
+/// Why a secret was refused when it is not text; never its value.
+const SECRET_NOT_TEXT: &str = "expected a string (value not shown: a secret)";
 
-impl SecretText {
-    /// The text, or an error for an unquoted number YAML read as a float: its text is not kept
-    /// (`12e3` would become `12000`, `1.50` `1.5`), so the secret would silently change.
-    fn into_string<E: serde::de::Error>(self) -> Result<String, E> {
-        Ok(match self {
-            Self::Text(s) => s,
-            Self::Int(n) => n.to_string(),
-            Self::Uint(n) => n.to_string(),
-            Self::Float(_) => {
-                return Err(E::custom(
-                    "an unquoted value YAML reads as a decimal number: put it in quotes \
-                     (value not shown: a secret)",
-                ));
+/// A secret exactly as the file spells it. Read with `deserialize_string`, for which
+/// serde_yaml_ng hands over a plain scalar's own text: an unquoted `0x1F`, `+123`, `1.50` or
+/// `True` stays that text instead of becoming the number or boolean YAML would read (`31`,
+/// `123`, `1.5`, `true`). A [`Value`] no longer has that text: [`parse_config`] puts the file's
+/// secrets back into it as strings ([`file_secrets`]) before the environment's overrides.
+struct SecretText(String);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
             }
-            Self::Bool(b) => b.to_string(),
-        })
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+                Ok(v)
+            }
+        }
+        // Any error is replaced: serde's own would quote a number or boolean (from a `Value`).
+        d.deserialize_string(Text)
+            .map(Self)
+            .map_err(|_| serde::de::Error::custom(SECRET_NOT_TEXT))
     }
 }
 
 fn de_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
-    SecretText::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))?
-        .into_string()
-        .map(Secret::new)
+    // An empty value, `~` and `null` are YAML's null: no secret at all, not the text `null`.
+    Option::<SecretText>::deserialize(d)?
+        .map(|t| Secret::new(t.0))
+        .ok_or_else(|| {
+            serde::de::Error::custom(
+                "no value (YAML reads an empty value, `~` and `null` as none): set it, in quotes",
+            )
+        })
 }
 
 fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
@@ -567,10 +571,48 @@ fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::E
 
 /// As [`de_opt_secret`], but `""` stays `Some("")` (a route's explicit "no key").
 fn de_opt_secret_keep_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Option::<SecretText>::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("expected a string (value not shown: a secret)"))?
-        .map(|t| t.into_string().map(Secret::new))
-        .transpose()
+    Ok(Option::<SecretText>::deserialize(d)?.map(|t| Secret::new(t.0)))
+}
+
+/// The secrets of the main config file as written, by key path (see [`SecretText`]). Empty when
+/// the file cannot be read this way (a secret that is a list or a mapping, a section that is
+/// not a mapping): the strict deserialization then refuses it, without the value.
+fn file_secrets(text: &str) -> Vec<(Vec<String>, String)> {
+    #[derive(Deserialize)]
+    struct File {
+        security: Option<Security>,
+        api_gateway: Option<Gateway>,
+        model_routing: Option<ModelRouting>,
+    }
+    #[derive(Deserialize)]
+    struct Security {
+        admin_token: Option<SecretText>,
+    }
+    #[derive(Deserialize)]
+    struct Gateway {
+        real_api_key: Option<SecretText>,
+    }
+    #[derive(Deserialize)]
+    struct ModelRouting {
+        app_key: Option<SecretText>,
+    }
+    let Ok(Some(file)) = serde_yaml_ng::from_str::<Option<File>>(text) else {
+        return Vec::new();
+    };
+    let key = |section: &str, name: &str, t: Option<SecretText>| {
+        t.map(|t| (vec![section.to_owned(), name.to_owned()], t.0))
+    };
+    [
+        file.security
+            .and_then(|s| key("security", "admin_token", s.admin_token)),
+        file.api_gateway
+            .and_then(|s| key("api_gateway", "real_api_key", s.real_api_key)),
+        file.model_routing
+            .and_then(|s| key("model_routing", "app_key", s.app_key)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn ser_secret<S: Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
@@ -904,6 +946,10 @@ pub fn parse_config(
     })?;
     if value.is_null() {
         value = Value::Mapping(Default::default());
+    }
+    // The secrets as written: `Value` read `0x1F` as the number 31.
+    for (segments, secret) in file_secrets(text) {
+        set_path(&mut value, &segments, Value::String(secret));
     }
     let overrides: Vec<(Vec<String>, String)> = env
         .into_iter()
@@ -1858,26 +1904,96 @@ api_gateway:
         );
     }
 
+    /// Unquoted secrets YAML would read as numbers or booleans, in spellings whose value would
+    /// print differently (`0x1F` is 31, `+123` is 123, `1.50` is 1.5, `True` is true).
+    const SECRETS_YAML_READS_AS_OTHER_TYPES: [&str; 22] = [
+        "12345678",
+        "0x1F",
+        "0o17",
+        "0b101",
+        "+123",
+        "-0x1f",
+        "0123",
+        "-0",
+        "1_000",
+        "123456789012345678901234567890123456789012",
+        "12e3",
+        "1.50",
+        "8.5e-3",
+        ".inf",
+        "-.Inf",
+        ".NaN",
+        "true",
+        "True",
+        "FALSE",
+        "yes",
+        "on",
+        "2001-12-14",
+    ];
+
     #[test]
-    fn secrets_spelled_as_numbers_are_read_and_never_quoted_in_errors() {
-        let c = parse(&SEED.replace("\"admin_secret_token_dev\"", "12345678"), &[]).unwrap();
-        assert_eq!(c.security.admin_token.expose(), "12345678");
-        let e = parse(
-            &SEED.replace("\"admin_secret_token_dev\"", "[\"s3cr3t-in-a-list\"]"),
-            &[],
-        )
-        .unwrap_err();
-        assert!(!e.to_string().contains("s3cr3t-in-a-list"), "{e}");
-        // An unquoted value YAML reads as a float would change (12e3 is 12000, 1.50 is 1.5):
-        // refused, asking for quotes, without the value.
-        for float in ["12e3", "1.50", "8.5e-3"] {
-            let e = parse(&SEED.replace("\"admin_secret_token_dev\"", float), &[]).unwrap_err();
-            let text = e.to_string();
-            assert!(text.contains("put it in quotes"), "{text}");
-            assert!(!text.contains(float) && !text.contains("12000"), "{text}");
+    fn unquoted_secrets_are_taken_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        for spelled in SECRETS_YAML_READS_AS_OTHER_TYPES {
+            let text = SEED
+                .replace("\"admin_secret_token_dev\"", spelled)
+                .replace("\"your_real_api_key_here\"", spelled);
+            let c = parse(&text, &[]).unwrap_or_else(|e| panic!("{spelled}: {e}"));
+            assert_eq!(c.security.admin_token.expose(), spelled);
+            assert_eq!(c.api_gateway.real_api_key.unwrap().expose(), spelled);
+            // With another key from the environment (merged through a `Value`), likewise.
+            let c = parse(&text, &[("FASTGATE__APP__PORT", "9999")]).unwrap();
+            assert_eq!(c.security.admin_token.expose(), spelled);
+            // M-FastGate's model_routing.app_key and a route's key in the routes file, too.
+            let text = format!("{text}model_routing:\n  app_key: {spelled}\n  enabled: true\n");
+            let c = parse(&text, &[]).unwrap();
+            let app_key = c.model_routing.unwrap().app_key.unwrap();
+            assert_eq!(app_key.expose(), spelled);
+            std::fs::write(&cfg, &text).unwrap();
+            let routes = format!(
+                "routes:\n  - path: /proxy/v1/embeddings\n    backend_url: http://127.0.0.1:9000\n    \
+                 backend_path: /v1/embeddings\n    real_api_key: {spelled}\n"
+            );
+            std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+            let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+            let key = s.routes["/proxy/v1/embeddings"].backend.api_key.as_ref();
+            assert_eq!(key.unwrap().expose(), spelled);
         }
+        // The environment still wins over the file.
+        let text = SEED.replace("\"admin_secret_token_dev\"", "0x1F");
+        let c = parse(&text, &[("FASTGATE__SECURITY__ADMIN_TOKEN", "0x20")]).unwrap();
+        assert_eq!(c.security.admin_token.expose(), "0x20");
         let quoted = parse(&SEED.replace("\"admin_secret_token_dev\"", "\"12e3\""), &[]).unwrap();
         assert_eq!(quoted.security.admin_token.expose(), "12e3");
+    }
+
+    #[test]
+    fn secrets_that_are_not_text_are_refused_without_their_value() {
+        for (spelled, needle) in [
+            ("[\"s3cr3t-in-a-list\"]", "expected a string"),
+            ("{s3cr3t: 1}", "expected a string"),
+        ] {
+            let e = parse(&SEED.replace("\"admin_secret_token_dev\"", spelled), &[]).unwrap_err();
+            let shown = e.to_string();
+            assert_eq!(e.key, "security.admin_token", "{shown}");
+            assert!(shown.contains(needle), "{spelled}: {shown}");
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+        }
+        // YAML's null is no value: the required token is missing, not the text `null`; the
+        // optional real key is none (as `""`).
+        for null in ["~", "null", "Null", ""] {
+            let text = SEED.replace("\"admin_secret_token_dev\"", null);
+            let e = parse(&text, &[]).unwrap_err();
+            assert_eq!(e.key, "security.admin_token", "{null:?}: {e}");
+            assert!(e.message.contains("no value"), "{null:?}: {e}");
+            let text = SEED.replace("\"your_real_api_key_here\"", null);
+            let c = parse(&text, &[]).unwrap();
+            assert!(c.api_gateway.real_api_key.is_none(), "{null:?}");
+        }
+        // In quotes, `~` is a token like any other.
+        let c = parse(&SEED.replace("\"admin_secret_token_dev\"", "\"~\""), &[]).unwrap();
+        assert_eq!(c.security.admin_token.expose(), "~");
     }
 
     #[test]
