@@ -108,11 +108,22 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli, config_path, settings, log_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Once on stderr, as a plain line like the configuration errors above (shown
+            // whatever the log filter); also in `logging.file`, as a log line (kept off stderr).
+            tracing::error!(target: EXIT_ERROR_TARGET, "{e:#}");
             eprintln!("fastgate: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Target of the log line that records in `logging.file` the error the process stops with.
+/// `main` prints that error on stderr itself, so the line is kept off stderr
+/// ([`not_the_exit_error`]): the error was printed twice there.
+const EXIT_ERROR_TARGET: &str = "fastgate::exit";
+
+fn not_the_exit_error(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() != EXIT_ERROR_TARGET
 }
 
 /// `--host` / `--port` win over the file (and over `FASTGATE__APP__…`), also after a reload.
@@ -251,12 +262,10 @@ fn init_logging(settings: &Settings, serving: bool) -> Result<Option<Arc<LogFile
         ),
         _ => None,
     };
+    let stderr = std::io::stderr.with_filter(not_the_exit_error);
     let (writer, ansi) = match &file {
-        Some(f) => (
-            BoxMakeWriter::new(std::io::stderr.and(Arc::clone(f))),
-            false,
-        ),
-        None => (BoxMakeWriter::new(std::io::stderr), colour),
+        Some(f) => (BoxMakeWriter::new(stderr.and(Arc::clone(f))), false),
+        None => (BoxMakeWriter::new(stderr), colour),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

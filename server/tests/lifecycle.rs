@@ -160,6 +160,60 @@ fn config_errors_exit_non_zero_naming_the_key() {
     assert!(out.contains("c.yaml:"), "{out}");
 }
 
+/// A start or command that fails says why once on stderr (it was said twice: a log line and a
+/// plain line) and exits non-zero; a server's `logging.file` gets the error too.
+#[test]
+fn a_failed_start_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let log = dir.path().join("fastgate.log");
+    let good = config_yaml(port, &dir.path().join("fastgate.db"), "http://127.0.0.1:9")
+        + &format!("logging:\n  file: \"{}\"\n", log.display());
+    let no_dir = dir.path().join("missing-dir").join("fastgate.db");
+    let cases: [(String, &[&str], &str); 5] = [
+        (good.clone(), &[], "cannot listen on 127.0.0.1:"),
+        (good.clone(), &["serve"], "cannot listen on 127.0.0.1:"),
+        (
+            good.replace("fastgate.db", "missing-dir/fastgate.db"),
+            &[],
+            "for the SQLite database does not exist",
+        ),
+        (good.replace("  port:", "  port: [1]\n  x:"), &[], "c.yaml:"),
+        (
+            good.clone(),
+            &["keys", "delete", "k_nope"],
+            "no key has this id",
+        ),
+    ];
+    for (yaml, args, needle) in cases {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let _ = std::fs::remove_file(&log);
+        let out = fastgate_cmd()
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches(needle).count(),
+            1,
+            "{args:?}: {needle:?} not exactly once in: {stderr}"
+        );
+        assert!(stderr.contains("fastgate: "), "{stderr}");
+        if needle.starts_with("cannot listen") {
+            let logged = std::fs::read_to_string(&log).unwrap();
+            assert_eq!(logged.matches(needle).count(), 1, "{logged}");
+        }
+    }
+    assert!(!no_dir.parent().unwrap().exists());
+    drop(taken);
+}
+
 #[tokio::test]
 async fn sighup_reloads_routes_and_keeps_the_old_config_on_error() {
     let upstream = Upstream::start().await;
