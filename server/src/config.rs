@@ -1038,11 +1038,18 @@ fn without_path(path: &str, message: &str) -> String {
         .to_owned()
 }
 
+/// A serde_yaml_ng message without its ` at line …` (the error names the line itself), and
+/// with the values a boolean takes: the YAML 1.1 that M-FastGate's PyYAML read also took
+/// `yes`/`no` and `on`/`off`, which YAML 1.2 reads as strings.
 fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
+    let message = match message.find(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    message.replace(
+        "expected a boolean",
+        "expected a boolean: true or false (not yes/no, on/off or 1/0)",
+    )
 }
 
 fn set_path(root: &mut Value, segments: &[String], new: Value) {
@@ -1722,6 +1729,21 @@ api_gateway:
         assert_eq!(c.api_gateway.real_api_key.unwrap().expose(), "12345");
         assert_eq!(c.api_gateway.strip_headers, ["x-a", "x-b"]);
         assert_eq!(c.security.admin_token.expose(), "true");
+    }
+
+    #[test]
+    fn a_boolean_that_is_not_one_says_what_is_accepted() {
+        for (text, env) in [
+            (SEED.replace("  echo: true", "  echo: yes"), vec![]),
+            (SEED.to_owned(), vec![("FASTGATE__DATABASE__ECHO", "1")]),
+            (SEED.to_owned(), vec![("FASTGATE__DATABASE__ECHO", "on")]),
+        ] {
+            let e = parse(&text, &env).unwrap_err();
+            assert_eq!(e.key, "database.echo", "{e}");
+            assert!(e.message.contains("true or false"), "{e}");
+        }
+        let c = parse(SEED, &[("FASTGATE__DATABASE__ECHO", "false")]).unwrap();
+        assert!(!c.database.echo);
     }
 
     #[test]
