@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// FastGate: an API gateway for OpenAI-compatible LLM backends.
+/// FastGate: an API gateway for OpenAI-compatible LLM backends, with an admin API and dashboard
+///
+/// Without a command, `fastgate` serves (as `fastgate serve`).
 #[derive(Debug, Parser)]
-#[command(name = "fastgate", version, about, long_about = None)]
+#[command(name = "fastgate", version)]
 pub struct Cli {
     /// Configuration file (M-FastGate's YAML format). Default: `config/$ENVIRONMENT.yaml` when
     /// `ENVIRONMENT` is set (M-FastGate's way of choosing it), else `config/development.yaml`.
@@ -17,15 +19,13 @@ pub struct Cli {
         short,
         env = "FASTGATE_CONFIG",
         global = true,
+        value_name = "FILE",
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     pub config: Option<PathBuf>,
-    /// Listen address, overriding `app.host` (as uvicorn's `--host`).
-    #[arg(long, global = true)]
-    pub host: Option<String>,
-    /// Listen port, overriding `app.port` (as uvicorn's `--port`).
-    #[arg(long, global = true)]
-    pub port: Option<u16>,
+    /// Where to listen (`fastgate --port 8514` as `fastgate serve --port 8514`).
+    #[command(flatten)]
+    pub listen: Listen,
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -64,6 +64,39 @@ impl Cli {
     fn explicit_config(&self) -> Option<&std::path::Path> {
         self.config.as_deref().filter(|p| !p.as_os_str().is_empty())
     }
+
+    /// `--host` / `--port`, given before the command or after `serve` (the latter wins). An
+    /// error for a command that does not listen (`fastgate --port 1 keys list`): they used to
+    /// be accepted there (and shown in every command's help) and ignored.
+    pub fn listen(&self) -> Result<Listen, String> {
+        let top = &self.listen;
+        match &self.command {
+            None => Ok(top.clone()),
+            Some(Command::Serve(own)) => Ok(Listen {
+                host: own.host.clone().or_else(|| top.host.clone()),
+                port: own.port.or(top.port),
+            }),
+            Some(_) if top.host.is_some() || top.port.is_some() => Err(
+                "--host and --port set where the server listens: they go with `fastgate` or \
+                 `fastgate serve` only, not with another command"
+                    .to_owned(),
+            ),
+            Some(_) => Ok(Listen::default()),
+        }
+    }
+}
+
+/// `--host` / `--port`: where the server listens.
+#[derive(Clone, Debug, Default, Args)]
+pub struct Listen {
+    /// Listen address, overriding `app.host` (as uvicorn's `--host`) [default: the config's
+    /// `app.host`, `0.0.0.0` when not set]
+    #[arg(long, value_name = "ADDRESS")]
+    pub host: Option<String>,
+    /// Listen port, overriding `app.port` (as uvicorn's `--port`) [default: the config's
+    /// `app.port`, 8514 when not set]
+    #[arg(long)]
+    pub port: Option<u16>,
 }
 
 /// `config/<environment>.yaml` as M-FastGate chose it (`development` when unset or empty).
@@ -97,6 +130,73 @@ mod tests {
     }
 
     #[test]
+    fn host_and_port_go_with_serving_only() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let listen = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .map_err(|e| e.to_string())?
+                .listen()
+                .map(|l| (l.host, l.port))
+        };
+        let host = Some("127.0.0.1".to_owned());
+        assert_eq!(
+            listen(&["fastgate", "--host", "127.0.0.1", "--port", "1"]).unwrap(),
+            (host.clone(), Some(1))
+        );
+        assert_eq!(
+            listen(&["fastgate", "serve", "--port", "2"]).unwrap(),
+            (None, Some(2))
+        );
+        assert_eq!(
+            listen(&[
+                "fastgate",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "1",
+                "serve",
+                "--port",
+                "2"
+            ])
+            .unwrap(),
+            (host, Some(2))
+        );
+        // Not with a command that does not listen: before it, refused with a reason; after it,
+        // unknown there.
+        for args in [
+            &["fastgate", "--port", "1", "keys", "list"][..],
+            &["fastgate", "--host", "::1", "check-config"],
+            &["fastgate", "--port", "1", "migrate"],
+        ] {
+            let e = listen(args).unwrap_err();
+            assert!(e.contains("fastgate serve"), "{args:?}: {e}");
+        }
+        assert!(listen(&["fastgate", "keys", "list", "--port", "1"]).is_err());
+        // Nor in such a command's help.
+        let help = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().to_string();
+        for args in [
+            &["fastgate", "keys", "--help"][..],
+            &["fastgate", "keys", "create", "--help"],
+            &["fastgate", "check-config", "--help"],
+        ] {
+            let text = help(args);
+            assert!(text.contains("--config"), "{text}");
+            assert!(
+                !text.contains("--port") && !text.contains("--host"),
+                "{text}"
+            );
+        }
+        for args in [
+            &["fastgate", "--help"][..],
+            &["fastgate", "serve", "--help"],
+        ] {
+            let text = help(args);
+            assert!(text.contains("--port") && text.contains("8514"), "{text}");
+        }
+    }
+
+    #[test]
     fn control_characters_are_escaped_for_the_terminal() {
         assert!(matches!(
             printable("user1 / 团队"),
@@ -113,16 +213,17 @@ mod tests {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve(Listen),
     /// Validate the configuration (and routes file) without starting.
     CheckConfig,
     /// Apply database migrations and exit.
     Migrate,
     /// Print the OpenAPI spec of the admin API as JSON.
     Openapi,
-    /// Import the keys (clients keep their secrets) and audit log of an M-FastGate SQLite
-    /// database into the configured database. The old file is only read; running it again
-    /// skips what is already there.
+    /// Import the keys and audit log of an M-FastGate SQLite database.
+    ///
+    /// Into the configured database; clients keep their secrets. The old file is only read;
+    /// running it again skips what is already there.
     ImportMfastgate {
         /// The M-FastGate database file (its `fastgate.db`).
         #[arg(long = "from", value_name = "FILE")]
@@ -136,9 +237,9 @@ pub enum Command {
 /// `fastgate keys ...`
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create a key and print it once.
+    /// Create a key and print its secret once (on stdout; its id on stderr).
     Create(CreateArgs),
-    /// List keys.
+    /// List keys (the first 1,000; the total is printed on stderr).
     List {
         /// Only keys of this owner.
         #[arg(long)]
@@ -149,22 +250,22 @@ pub enum KeysCommand {
     },
     /// Disable a key at once (`keys enable` undoes it).
     Revoke {
-        /// Key id (`k_…`).
+        /// Key id (`k_…`; an imported M-FastGate key keeps its own), as `keys list` shows it.
         id: String,
     },
     /// Enable a disabled key again.
     Enable {
-        /// Key id (`k_…`).
+        /// Key id (`k_…`; an imported M-FastGate key keeps its own), as `keys list` shows it.
         id: String,
     },
     /// Delete a key for good (its audit records stay).
     Delete {
-        /// Key id (`k_…`).
+        /// Key id (`k_…`; an imported M-FastGate key keeps its own), as `keys list` shows it.
         id: String,
     },
     /// Issue a new secret for a key and print it once.
     Rotate {
-        /// Key id (`k_…`).
+        /// Key id (`k_…`; an imported M-FastGate key keeps its own), as `keys list` shows it.
         id: String,
         /// Seconds the old secret keeps working.
         #[arg(long, default_value_t = 0)]
@@ -201,16 +302,16 @@ pub struct CreateArgs {
     #[arg(long)]
     pub source_path: String,
     /// Permissions: repeatable, or comma-separated (`chat,embed`); each 1 to 64 characters of
-    /// A-Z, a-z, 0-9, _ - . : *. Default: the unified endpoint's (`api_gateway.permission`).
+    /// A-Z, a-z, 0-9, _ - . : * [default: the unified endpoint's, `api_gateway.permission`]
     #[arg(long = "permission", value_name = "PERMISSION[,...]", value_delimiter = ',', value_parser = crate::api::permission)]
     pub permissions: Vec<String>,
-    /// Days until expiry; default `security.default_expiry_days`.
+    /// Days until expiry, 1 to 36500 [default: `security.default_expiry_days`, 365 when not set]
     #[arg(long, conflicts_with = "never_expires", value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub expires_days: Option<u32>,
     /// The key never expires.
     #[arg(long)]
     pub never_expires: bool,
-    /// Optional label.
+    /// Optional name for the key (a label for people; the id is generated)
     #[arg(long)]
     pub name: Option<String>,
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
-use fastgate_server::cli::{Cli, Command, KeysCommand, printable};
+use fastgate_server::cli::{Cli, Command, KeysCommand, Listen, printable};
 use fastgate_server::config::{LogFormat, Settings};
 use fastgate_server::logfile::LogFile;
 use fastgate_server::{Gateway, connect_store};
@@ -16,6 +16,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let listen = match cli.listen() {
+        Ok(listen) => listen,
+        Err(e) => {
+            use clap::CommandFactory as _;
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit()
+        }
+    };
     let config_path = match cli.config_path() {
         Ok(p) => p,
         Err(e) => {
@@ -25,7 +34,7 @@ fn main() -> ExitCode {
     };
     // Serving and check-config also read the TLS files and the proxy variables; `fastgate keys
     // …` (perhaps run by a user who cannot read the client key) does not need them.
-    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
     let upstream_too = serving || matches!(cli.command, Some(Command::CheckConfig));
     let loaded = match Settings::load(&config_path) {
         // The spec does not depend on the configuration: printed also without a readable one
@@ -44,7 +53,7 @@ fn main() -> ExitCode {
     });
     let settings = match loaded {
         Ok(mut s) => {
-            apply_overrides(&cli, &mut s);
+            apply_overrides(&listen, &mut s);
             s
         }
         Err(e) => {
@@ -105,7 +114,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, config_path, settings, log_file)) {
+    match runtime.block_on(run(cli, listen, config_path, settings, log_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Once on stderr, as a plain line like the configuration errors above (shown
@@ -127,11 +136,11 @@ fn not_the_exit_error(meta: &tracing::Metadata<'_>) -> bool {
 }
 
 /// `--host` / `--port` win over the file (and over `FASTGATE__APP__…`), also after a reload.
-fn apply_overrides(cli: &Cli, settings: &mut Settings) {
-    if let Some(host) = &cli.host {
+fn apply_overrides(listen: &Listen, settings: &mut Settings) {
+    if let Some(host) = &listen.host {
         settings.config.app.host.clone_from(host);
     }
-    if let Some(port) = cli.port {
+    if let Some(port) = listen.port {
         settings.config.app.port = port;
     }
 }
@@ -280,12 +289,13 @@ fn init_logging(settings: &Settings, serving: bool) -> Result<Option<Arc<LogFile
 
 async fn run(
     cli: Cli,
+    listen: Listen,
     config_path: PathBuf,
     settings: Settings,
     log_file: Option<Arc<LogFile>>,
 ) -> anyhow::Result<()> {
     match cli.command {
-        None | Some(Command::Serve) => serve(cli, config_path, settings, log_file).await,
+        None | Some(Command::Serve(_)) => serve(listen, config_path, settings, log_file).await,
         Some(Command::CheckConfig) => Ok(()),
         Some(Command::Migrate) => {
             let store = connect_store(&settings).await.context("database")?;
@@ -353,7 +363,7 @@ async fn run(
 }
 
 async fn serve(
-    cli: Cli,
+    listen: Listen,
     config_path: PathBuf,
     settings: Settings,
     log_file: Option<Arc<LogFile>>,
@@ -398,7 +408,7 @@ async fn serve(
                 // only at start (`trust_env` among them) have their running values back.
                 match Settings::load(&config_path) {
                     Ok(mut new) => {
-                        apply_overrides(&cli, &mut new);
+                        apply_overrides(&listen, &mut new);
                         gateway.reload(new);
                     }
                     Err(e) => tracing::error!(
