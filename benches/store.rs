@@ -58,8 +58,8 @@ fn event(i: u64, at: SystemTime) -> AuditEvent {
     e.duration = Duration::from_millis(ms);
     e.ttfb = Some(Duration::from_millis(ms / 8 + 1));
     e.usage = Some(TokenUsage {
-        prompt_tokens: 40,
-        completion_tokens: 100 + i % 200,
+        prompt_tokens: Some(40),
+        completion_tokens: Some(100 + i % 200),
         total_tokens: 140 + i % 200,
     });
     e

@@ -68,7 +68,7 @@ async fn plain_success_fills_the_event() {
             usage.completion_tokens,
             usage.total_tokens
         ),
-        (7, 2, 9)
+        (Some(7), Some(2), 9)
     );
     assert!(e.ttfb.is_some());
     let debug = format!("{e:?}");
@@ -446,7 +446,7 @@ async fn gzip_answers_keep_their_bytes_and_their_token_usage() {
     let u = e.usage.expect("usage read through gzip");
     assert_eq!(
         (u.prompt_tokens, u.completion_tokens, u.total_tokens),
-        (7, 2, 9)
+        (Some(7), Some(2), 9)
     );
 
     // SSE, with codings the scanner cannot read offered first.
@@ -481,7 +481,7 @@ async fn gzip_answers_keep_their_bytes_and_their_token_usage() {
     let u = e.usage.expect("usage read through a gzip stream");
     assert_eq!(
         (u.prompt_tokens, u.completion_tokens, u.total_tokens),
-        (11, 4, 15)
+        (Some(11), Some(4), 15)
     );
 
     assert_eq!(
@@ -559,6 +559,6 @@ async fn ollama_ndjson_streams_pass_line_by_line_and_their_counts_are_audited() 
     let u = e.usage.expect("Ollama's counts");
     assert_eq!(
         (u.prompt_tokens, u.completion_tokens, u.total_tokens),
-        (26, 290, 316)
+        (Some(26), Some(290), 316)
     );
 }

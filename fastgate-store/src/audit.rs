@@ -127,10 +127,13 @@ pub(crate) fn rollups(
             }
         }
         if let Some(u) = e.usage {
-            r.prompt_tokens = r.prompt_tokens.saturating_add(to_i64(u.prompt_tokens));
+            // A count the backend did not report adds nothing (SQL's SUM skips NULL alike).
+            r.prompt_tokens = r
+                .prompt_tokens
+                .saturating_add(to_i64(u.prompt_tokens.unwrap_or(0)));
             r.completion_tokens = r
                 .completion_tokens
-                .saturating_add(to_i64(u.completion_tokens));
+                .saturating_add(to_i64(u.completion_tokens.unwrap_or(0)));
             r.total_tokens = r.total_tokens.saturating_add(to_i64(u.total_tokens));
         }
         if timed {
@@ -368,8 +371,8 @@ macro_rules! insert_batch {
                     .bind(to_us(e.duration))
                     .bind(e.outcome.as_str())
                     .bind(e.error_code)
-                    .bind(e.usage.map(|u| to_i64(u.prompt_tokens)))
-                    .bind(e.usage.map(|u| to_i64(u.completion_tokens)))
+                    .bind(e.usage.and_then(|u| u.prompt_tokens).map(to_i64))
+                    .bind(e.usage.and_then(|u| u.completion_tokens).map(to_i64))
                     .bind(e.usage.map(|u| to_i64(u.total_tokens)));
             }
             q.execute(&mut *$tx).await?;

@@ -283,8 +283,11 @@ mod raw {
                 self.int(&mut at, Some(to_us(e.duration)))?;
                 self.text(&mut at, Some(e.outcome.as_str()))?;
                 self.text(&mut at, e.error_code)?;
-                self.int(&mut at, e.usage.map(|u| to_i64(u.prompt_tokens)))?;
-                self.int(&mut at, e.usage.map(|u| to_i64(u.completion_tokens)))?;
+                self.int(&mut at, e.usage.and_then(|u| u.prompt_tokens).map(to_i64))?;
+                self.int(
+                    &mut at,
+                    e.usage.and_then(|u| u.completion_tokens).map(to_i64),
+                )?;
                 self.int(&mut at, e.usage.map(|u| to_i64(u.total_tokens)))?;
             }
             // SAFETY: a valid statement whose parameters are all bound to live values.

@@ -1781,8 +1781,8 @@ on_backends!(audit_batch_round_trips_every_field, |db| {
     e.ttfb = Some(Duration::from_micros(3_200));
     e.duration = Duration::from_micros(410_500);
     e.usage = Some(TokenUsage {
-        prompt_tokens: 9,
-        completion_tokens: 12,
+        prompt_tokens: Some(9),
+        completion_tokens: Some(12),
         total_tokens: 21,
     });
     let mut bare = AuditEvent::new("req-bare", "GET", "/nope");
@@ -2261,8 +2261,8 @@ on_backends!(metrics_aggregate_the_window, |db| {
         };
         e.is_stream = stream;
         e.usage = tokens.map(|t| TokenUsage {
-            prompt_tokens: t / 3,
-            completion_tokens: t - t / 3,
+            prompt_tokens: Some(t / 3),
+            completion_tokens: Some(t - t / 3),
             total_tokens: t,
         });
         events.push(e);

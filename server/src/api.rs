@@ -480,18 +480,23 @@ pub struct AuditEntry {
     /// Total duration, ms.
     pub duration_ms: f64,
     /// `completed`, `client_aborted`, `upstream_error`, `upstream_timeout`, `rejected` or
-    /// `interrupted` (cut by FastGate at the end of its shutdown grace period).
+    /// `interrupted` (cut by FastGate at the end of its shutdown grace period). A stream whose
+    /// terminal event (`data: [DONE]`, Ollama's `"done":true` line) reached the client is
+    /// `completed` even if the client hung up before the backend ended its body.
     pub outcome: String,
     /// Error code, when the request failed.
     #[oai(nullable)]
     pub error_code: Option<String>,
-    /// Prompt tokens reported by the backend.
+    /// Prompt tokens reported by the backend (`usage.prompt_tokens`, or `usage.input_tokens` of
+    /// the Responses and Anthropic Messages APIs); null when it reported none.
     #[oai(nullable)]
     pub prompt_tokens: Option<u64>,
-    /// Completion tokens reported by the backend.
+    /// Completion tokens reported by the backend (`completion_tokens` or `output_tokens`); null
+    /// when it reported none (embeddings).
     #[oai(nullable)]
     pub completion_tokens: Option<u64>,
-    /// Total tokens reported by the backend.
+    /// Total tokens reported by the backend; when it reports counts but no total, their sum.
+    /// Null when it reported no usage.
     #[oai(nullable)]
     pub total_tokens: Option<u64>,
 }
@@ -635,9 +640,9 @@ pub struct MetricsReport {
     pub stream_requests: u64,
     /// stream_requests / total_requests.
     pub stream_share: f64,
-    /// Prompt tokens.
+    /// Prompt tokens (summed over the counts backends reported; a request without one adds 0).
     pub prompt_tokens: u64,
-    /// Completion tokens.
+    /// Completion tokens (the same; embeddings report none).
     pub completion_tokens: u64,
     /// All tokens.
     pub total_tokens: u64,

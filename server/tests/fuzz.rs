@@ -251,7 +251,10 @@ fn split_push(r: &mut StdRng, scan: &mut UsageScanner, body: &[u8]) {
 }
 
 /// A well-formed SSE stream of up to 20 events, and the last usage in it.
-fn well_formed_stream(r: &mut StdRng) -> (String, Option<(u64, u64, u64)>) {
+/// Prompt, completion and total tokens as a scanner reports them.
+type Counts = (Option<u64>, Option<u64>, u64);
+
+fn well_formed_stream(r: &mut StdRng) -> (String, Option<Counts>) {
     let n = r.random_range(0..20);
     let nl = if r.random() { "\n\n" } else { "\r\n\r\n" };
     let mut body = String::new();
@@ -263,7 +266,7 @@ fn well_formed_stream(r: &mut StdRng) -> (String, Option<(u64, u64, u64)>) {
                 "data: {{\"id\":\"x{i}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c},\"total_tokens\":{}}}}}{nl}",
                 p + c
             ));
-            expected = Some((p, c, p + c));
+            expected = Some((Some(p), Some(c), p + c));
         } else {
             let text: String = (0..r.random_range(0..200))
                 .map(|_| ['a', 'é', '"', '\\', ' ', '{', '}', '中'][r.random_range(0..8)])

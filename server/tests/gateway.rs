@@ -2124,6 +2124,51 @@ async fn gzip_answers_pass_unchanged_and_keep_their_token_counts() {
     assert_eq!(tokens(&row), (Some(7), Some(5), Some(12)), "{row}");
 }
 
+/// OpenAI's Responses API (and Anthropic's Messages API) name their counts `input_tokens` and
+/// `output_tokens`: they are the prompt and completion tokens. A count the backend does not
+/// report (embeddings have no completion tokens) is null, not 0, and the metrics still add up.
+#[tokio::test]
+async fn responses_api_counts_are_read_and_unreported_counts_are_null() {
+    const RESPONSES: &str = r#"{"id":"resp_1","object":"response","status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":"hi there","annotations":[]}]}],"usage":{"input_tokens":11,"input_tokens_details":{"cached_tokens":0},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":18},"tools":[]}"#;
+    const EMBEDDINGS: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"e","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+    let mut rows = Vec::new();
+    for body in [RESPONSES, EMBEDDINGS] {
+        let up = FaultUpstream::start(Fault::Status {
+            status: 200,
+            body,
+            retry_after: None,
+        })
+        .await;
+        let fg = Fastgate::start(&up.url()).await;
+        let key = fg.key("u").await;
+        let res = fg.chat(&key, false).await;
+        assert_eq!(res.status(), 200);
+        let id = request_id(&res);
+        assert_eq!(res.text().await.unwrap(), body);
+        let row = fg.wait_audit(&id).await;
+        let res = fg.admin_get("/admin/metrics").await;
+        assert_eq!(res.status(), 200);
+        let m: serde_json::Value = res.json().await.unwrap();
+        rows.push((
+            row["prompt_tokens"].clone(),
+            row["completion_tokens"].clone(),
+            row["total_tokens"].clone(),
+            m["prompt_tokens"].clone(),
+            m["completion_tokens"].clone(),
+            m["total_tokens"].clone(),
+        ));
+    }
+    let json = serde_json::Value::from;
+    let null = serde_json::Value::Null;
+    assert_eq!(
+        rows,
+        [
+            (json(11), json(7), json(18), json(11), json(7), json(18)),
+            (json(5), null, json(5), json(5), json(0), json(5)),
+        ]
+    );
+}
+
 /// Admin answers carry `Cache-Control: no-store`: they hold new secrets (create, rotate), audit
 /// records and the configuration, which no browser or proxy cache may keep. The dashboard's
 /// static files keep their own caching; `/health` and the gateway are not admin answers.

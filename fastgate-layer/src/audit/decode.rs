@@ -295,6 +295,12 @@ impl DecodingScanner {
         }
     }
 
+    /// Whether the stream's terminal event has passed (see [`UsageScanner::terminal`]); never
+    /// once decoding failed.
+    pub fn terminal(&self) -> bool {
+        !self.failed() && self.scanner.terminal()
+    }
+
     /// Decoded bytes so far.
     pub fn decoded(&self) -> u64 {
         self.decoded
@@ -579,7 +585,7 @@ mod tests {
         let gz = e.finish().unwrap();
         for sizes in [&[1][..], &[2, 5]] {
             let s = scan_in_frames(ContentCoding::Gzip, &gz, sizes);
-            assert_eq!(s.usage().unwrap().prompt_tokens, 10);
+            assert_eq!(s.usage().unwrap().prompt_tokens, Some(10));
         }
         // FHCRC, set by hand (GzBuilder does not write it): flag bit 1 and two CRC bytes.
         let plain = gzip(br#"{"usage":{"total_tokens":3}}"#);
@@ -633,7 +639,7 @@ mod tests {
 
         // Byte by byte too.
         let s = scan_in_frames(ContentCoding::Gzip, &all, &[1]);
-        assert_eq!(s.usage().unwrap().completion_tokens, 5);
+        assert_eq!(s.usage().unwrap().completion_tokens, Some(5));
     }
 
     #[test]

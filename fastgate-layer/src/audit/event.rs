@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Outcome {
-    /// The response was delivered in full (whatever its status code).
+    /// The response was delivered in full (whatever its status code), or, for a stream, its
+    /// terminal event was (`data: [DONE]`, Ollama's `"done":true` line) and the client hung up
+    /// before the backend ended the body.
     Completed,
     /// The client went away before the response was complete.
     ClientAborted,
@@ -50,13 +52,18 @@ impl Outcome {
 }
 
 /// Token usage as reported by the upstream (`usage` in a JSON response or in an SSE chunk).
+///
+/// A count the backend did not report is `None` (an embeddings answer has no completion
+/// tokens), not 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenUsage {
-    /// `usage.prompt_tokens`.
-    pub prompt_tokens: u64,
-    /// `usage.completion_tokens`.
-    pub completion_tokens: u64,
-    /// `usage.total_tokens`.
+    /// `usage.prompt_tokens`, or `usage.input_tokens` (OpenAI's Responses API, Anthropic's
+    /// Messages API).
+    pub prompt_tokens: Option<u64>,
+    /// `usage.completion_tokens`, or `usage.output_tokens`.
+    pub completion_tokens: Option<u64>,
+    /// `usage.total_tokens`; when the backend does not report it (Anthropic), the sum of the
+    /// two counts above.
     pub total_tokens: u64,
 }
 

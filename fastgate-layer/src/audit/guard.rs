@@ -113,6 +113,14 @@ impl Scan {
         }
     }
 
+    /// The stream's terminal event has passed (see [`UsageScanner::terminal`]).
+    fn terminal(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.terminal(),
+            Self::Decoded(s) => s.terminal(),
+        }
+    }
+
     /// The body ended (or was cut): the usage found.
     fn usage(self) -> Option<TokenUsage> {
         match self {
@@ -181,8 +189,10 @@ impl AuditGuard {
         event.is_stream = kind.is_stream();
         let scanner = if kind == BodyKind::EventStream {
             Some(UsageScanner::sse())
-        } else if self.rejected.is_none() && matches!(kind, BodyKind::Ndjson | BodyKind::Json) {
+        } else if self.rejected.is_none() && kind == BodyKind::Ndjson {
             // NDJSON (Ollama's native streams) is read as one JSON text: the last counts win.
+            Some(UsageScanner::ndjson())
+        } else if self.rejected.is_none() && kind == BodyKind::Json {
             Some(UsageScanner::json())
         } else {
             None
@@ -283,7 +293,12 @@ impl Drop for AuditGuard {
         if self.event.is_none() {
             return;
         }
-        let outcome = if self.stats.cutting.load(Ordering::Relaxed) {
+        // A stream whose terminal event (`data: [DONE]`, Ollama's `"done":true` line) was
+        // passed on was delivered: a client may hang up as soon as it has read it, before the
+        // backend ends its body (openai-python does).
+        let outcome = if self.scanner.as_ref().is_some_and(Scan::terminal) {
+            Outcome::Completed
+        } else if self.stats.cutting.load(Ordering::Relaxed) {
             Outcome::Interrupted
         } else {
             Outcome::ClientAborted

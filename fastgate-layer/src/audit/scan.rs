@@ -51,6 +51,8 @@ static EVAL_COUNT_KEY: LazyLock<FinderRev<'static>> =
 static PROMPT_EVAL_COUNT_KEY: LazyLock<FinderRev<'static>> =
     LazyLock::new(|| FinderRev::new(b"\"prompt_eval_count\""));
 
+/// The counts of one `usage` object. Nested objects (`prompt_tokens_details`,
+/// `input_tokens_details`, …) and other fields are skipped.
 #[derive(Deserialize)]
 struct UsageJson {
     #[serde(default)]
@@ -59,12 +61,71 @@ struct UsageJson {
     completion_tokens: Option<u64>,
     #[serde(default)]
     total_tokens: Option<u64>,
+    /// OpenAI's Responses API and Anthropic's Messages API.
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
 }
 
-/// The last `"usage": {...}` object in `bytes` with at least one token count; without one, the
-/// last `"prompt_eval_count"` / `"eval_count"` of Ollama's native API (its final object, or
-/// NDJSON line, carries them at the top level).
+/// Token counts as reported, each one `None` until a backend reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    total: Option<u64>,
+}
+
+impl Counts {
+    /// The counts, if there is one. Counts a backend reports are capped: a nonsense value must
+    /// not overflow a sum here or in the database's rollups (PostgreSQL refuses a bigint
+    /// overflow, and with it the whole audit batch).
+    fn new(prompt: Option<u64>, completion: Option<u64>, total: Option<u64>) -> Option<Self> {
+        let cap = |v: Option<u64>| v.map(|v| v.min(MAX_TOKENS));
+        (prompt.is_some() || completion.is_some() || total.is_some()).then(|| Self {
+            prompt: cap(prompt),
+            completion: cap(completion),
+            total: cap(total),
+        })
+    }
+
+    /// `later` over `self`, count by count: a stream may report its counts in several objects
+    /// (Anthropic: `input_tokens` in `message_start`, the final `output_tokens` in
+    /// `message_delta`). A total reported before a count changed is stale: it is then derived.
+    fn merge(self, later: Self) -> Self {
+        let changed = later.prompt.is_some() || later.completion.is_some();
+        Self {
+            prompt: later.prompt.or(self.prompt),
+            completion: later.completion.or(self.completion),
+            total: later.total.or(if changed { None } else { self.total }),
+        }
+    }
+
+    fn usage(self) -> TokenUsage {
+        let sum = self
+            .prompt
+            .unwrap_or(0)
+            .saturating_add(self.completion.unwrap_or(0));
+        TokenUsage {
+            prompt_tokens: self.prompt,
+            completion_tokens: self.completion,
+            total_tokens: self.total.unwrap_or(sum.min(MAX_TOKENS)),
+        }
+    }
+}
+
+/// The counts of the `"usage": {...}` objects in `bytes` (a later one's counts over an earlier
+/// one's); without one, the last `"prompt_eval_count"` / `"eval_count"` of Ollama's native API
+/// (its final object, or NDJSON line, carries them at the top level).
+///
+/// `prompt_tokens` is also read from `input_tokens`, `completion_tokens` from `output_tokens`
+/// (OpenAI's Responses API, Anthropic's Messages API). A count not reported stays `None`; a
+/// total not reported is the sum of the others.
 pub fn extract_usage(bytes: &[u8]) -> Option<TokenUsage> {
+    extract_counts(bytes).map(Counts::usage)
+}
+
+fn extract_counts(bytes: &[u8]) -> Option<Counts> {
     extract_openai_usage(bytes).or_else(|| extract_ollama_counts(bytes))
 }
 
@@ -85,27 +146,18 @@ fn last_count(bytes: &[u8], key: &FinderRev<'_>, key_len: usize) -> Option<u64> 
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
-fn extract_ollama_counts(bytes: &[u8]) -> Option<TokenUsage> {
+fn extract_ollama_counts(bytes: &[u8]) -> Option<Counts> {
     let completion = last_count(bytes, &EVAL_COUNT_KEY, b"\"eval_count\"".len());
     let prompt = last_count(
         bytes,
         &PROMPT_EVAL_COUNT_KEY,
         b"\"prompt_eval_count\"".len(),
     );
-    if completion.is_none() && prompt.is_none() {
-        return None;
-    }
-    let cap = |v: u64| v.min(MAX_TOKENS);
-    let (prompt, completion) = (cap(prompt.unwrap_or(0)), cap(completion.unwrap_or(0)));
-    Some(TokenUsage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
-    })
+    Counts::new(prompt, completion, None)
 }
 
-fn extract_openai_usage(bytes: &[u8]) -> Option<TokenUsage> {
-    let mut found = None;
+fn extract_openai_usage(bytes: &[u8]) -> Option<Counts> {
+    let mut found: Option<Counts> = None;
     let mut from = 0;
     // `"usage"` plus at least `:{}` must fit in what is left.
     while bytes.len() - from >= 10 {
@@ -128,21 +180,13 @@ fn extract_openai_usage(bytes: &[u8]) -> Option<TokenUsage> {
         }
         let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<UsageJson>();
         if let Some(Ok(u)) = stream.next()
-            && (u.prompt_tokens.is_some()
-                || u.completion_tokens.is_some()
-                || u.total_tokens.is_some())
+            && let Some(counts) = Counts::new(
+                u.prompt_tokens.or(u.input_tokens),
+                u.completion_tokens.or(u.output_tokens),
+                u.total_tokens,
+            )
         {
-            // Counts a backend reports are capped: a nonsense value must not overflow a sum
-            // here or in the database's rollups (PostgreSQL refuses a bigint overflow, and
-            // with it the whole audit batch).
-            let cap = |v: u64| v.min(MAX_TOKENS);
-            let prompt = cap(u.prompt_tokens.unwrap_or(0));
-            let completion = cap(u.completion_tokens.unwrap_or(0));
-            found = Some(TokenUsage {
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                total_tokens: cap(u.total_tokens.unwrap_or(prompt + completion)),
-            });
+            found = Some(found.map_or(counts, |f| f.merge(counts)));
         }
         from += stream.byte_offset().max(1);
     }
@@ -170,40 +214,73 @@ enum Mode {
     },
 }
 
-/// Reads token usage from a response body as it passes. See the [module docs](self).
+/// Reads token usage from a response body as it passes, and notes when the stream's terminal
+/// event has passed ([`terminal`](Self::terminal)). See the [module docs](self).
 #[derive(Debug)]
 pub struct UsageScanner {
     mode: Mode,
     buf: Vec<u8>,
-    usage: Option<TokenUsage>,
+    usage: Option<Counts>,
+    /// An NDJSON stream (Ollama's native API): its `"done":true` line is looked for.
+    lines: bool,
+    /// NDJSON: a `"done":true` has passed.
+    done_seen: bool,
+    /// The terminal event (`data: [DONE]`, or the `"done":true` line) has passed whole.
+    terminal: bool,
 }
 
 impl UsageScanner {
-    /// A scanner for an `application/json` body.
-    pub fn json() -> Self {
+    fn with_mode(mode: Mode, lines: bool) -> Self {
         Self {
-            mode: Mode::Json,
+            mode,
             buf: Vec::new(),
             usage: None,
+            lines,
+            done_seen: false,
+            terminal: false,
         }
+    }
+
+    /// A scanner for an `application/json` body.
+    pub fn json() -> Self {
+        Self::with_mode(Mode::Json, false)
+    }
+
+    /// A scanner for an NDJSON stream (`application/x-ndjson`, Ollama's native API): read as
+    /// one JSON text for its usage (the last counts win), and its final line, the one with
+    /// `"done":true`, is the stream's [`terminal`](Self::terminal) event.
+    pub fn ndjson() -> Self {
+        Self::with_mode(Mode::Json, true)
     }
 
     /// A scanner for a `text/event-stream` body.
     pub fn sse() -> Self {
-        Self {
-            mode: Mode::Sse {
+        Self::with_mode(
+            Mode::Sse {
                 newlines: 0,
                 last_cr: false,
                 overflow: false,
             },
-            buf: Vec::new(),
-            usage: None,
-        }
+            false,
+        )
     }
 
     /// The usage seen so far (for JSON: complete after [`finish`](Self::finish)).
     pub fn usage(&self) -> Option<TokenUsage> {
-        self.usage
+        self.usage.map(Counts::usage)
+    }
+
+    /// Whether the stream's terminal event has passed whole: an SSE event whose data is
+    /// `[DONE]` (OpenAI's end of stream; `data:[DONE]` too), or an NDJSON stream's line with
+    /// `"done":true` (Ollama's last object) up to its newline. A client may close the
+    /// connection as soon as it has read it, before the backend ends the body.
+    ///
+    /// `[DONE]` counts only as an event's whole `data` line, not as text inside a JSON value
+    /// (where a `\n` before `data:` would be escaped). Ollama's key is looked for as its Go
+    /// encoder writes it, `"done":true`, without spaces; inside a string its quotes would be
+    /// escaped.
+    pub fn terminal(&self) -> bool {
+        self.terminal
     }
 
     /// Bytes currently held.
@@ -226,7 +303,7 @@ impl UsageScanner {
                 self.buf.clear();
                 return;
             }
-            self.note(extract_usage(&self.buf));
+            self.note(extract_counts(&self.buf));
             self.buf.clear();
         }
     }
@@ -234,30 +311,49 @@ impl UsageScanner {
     /// Scan a whole body that arrived in one piece, without copying it.
     pub fn push_complete(&mut self, body: &[u8]) {
         if self.buf.is_empty() {
-            self.note(extract_usage(body));
+            self.note(extract_counts(body));
         } else {
             self.push(body);
             self.finish();
         }
     }
 
-    fn note(&mut self, usage: Option<TokenUsage>) {
-        if usage.is_some() {
-            self.usage = usage;
+    fn note(&mut self, counts: Option<Counts>) {
+        if let Some(counts) = counts {
+            self.usage = Some(self.usage.map_or(counts, |u| u.merge(counts)));
         }
     }
 
     fn push_json(&mut self, mut chunk: &[u8]) {
+        let last = chunk.last().copied();
         while !chunk.is_empty() {
             let take = (SCAN_WINDOW - self.buf.len()).min(chunk.len());
+            // NDJSON: `"done":true` may straddle two chunks; the bytes before `take` that could
+            // hold its start are searched again.
+            let from = self.buf.len().saturating_sub(DONE_TRUE_LEN - 1);
             self.buf.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
+            if self.lines && !self.done_seen && DONE_TRUE_KEY.find(&self.buf[from..]).is_some() {
+                self.done_seen = true;
+            }
             if self.buf.len() == SCAN_WINDOW {
-                let found = extract_usage(&self.buf);
+                let found = extract_counts(&self.buf);
                 self.note(found);
                 self.buf.drain(..SCAN_WINDOW - JSON_TAIL);
             }
         }
+        if let Some(last) = last {
+            // The terminal line has passed once its newline has.
+            self.terminal = self.done_seen && last == b'\n';
+        }
+    }
+
+    /// An SSE event (or, on the fast path, several whole ones) has passed.
+    #[inline]
+    fn event(&mut self, event: &[u8]) {
+        let found = scan_event(event);
+        self.note(found);
+        self.terminal |= is_done_event(event);
     }
 
     fn push_sse(&mut self, chunk: &[u8]) {
@@ -276,9 +372,9 @@ impl UsageScanner {
             && (chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n"))
         {
             // The common case: the chunk holds whole events and nothing is pending. Scan it in
-            // place (the last usage in it wins, as it would event by event); the state stays fresh.
-            let found = scan_event(chunk);
-            self.note(found);
+            // place (the last usage in it wins, as it would event by event; `[DONE]` is the
+            // last event of a stream); the state stays fresh.
+            self.event(chunk);
             return;
         }
         let mut start = 0; // start of the current event within `chunk`
@@ -305,12 +401,12 @@ impl UsageScanner {
                     overflow = false;
                     self.buf.clear();
                 } else if self.buf.is_empty() {
-                    let found = scan_event(event);
-                    self.note(found);
+                    self.event(event);
                 } else {
                     self.buf.extend_from_slice(event);
-                    let found = scan_event(&self.buf);
-                    self.note(found);
+                    let held = std::mem::take(&mut self.buf);
+                    self.event(&held);
+                    self.buf = held;
                     self.buf.clear();
                 }
                 start = pos;
@@ -337,9 +433,27 @@ impl UsageScanner {
     }
 }
 
-fn scan_event(event: &[u8]) -> Option<TokenUsage> {
+/// Ollama's last NDJSON line has it (see [`UsageScanner::terminal`]).
+static DONE_TRUE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"done\":true"));
+const DONE_TRUE_LEN: usize = b"\"done\":true".len();
+
+fn scan_event(event: &[u8]) -> Option<Counts> {
     // Ollama's counts come in JSON / NDJSON, never in SSE: not looked for here.
     extract_openai_usage(event)
+}
+
+/// Whether the last event in `events` (whole events, ending with their blank line) is
+/// `data: [DONE]`: a `data:` field at the start of a line, one optional space, `[DONE]`, then
+/// only the line ends. A few byte compares at the end of the slice.
+fn is_done_event(events: &[u8]) -> bool {
+    let Some(rest) = events.trim_ascii_end().strip_suffix(b"[DONE]") else {
+        return false;
+    };
+    let rest = rest.strip_suffix(b" ").unwrap_or(rest);
+    let Some(rest) = rest.strip_suffix(b"data:") else {
+        return false;
+    };
+    matches!(rest.last(), None | Some(b'\n' | b'\r'))
 }
 
 /// The top-level `"model"` string of a JSON object: [`ModelScanner`] over a whole (or truncated)
@@ -1310,7 +1424,11 @@ mod tests {
             s.push(&body.as_bytes()[..split]);
             s.push(&body.as_bytes()[split..]);
             s.finish();
-            assert_eq!(s.usage().unwrap().prompt_tokens, 10, "split at {split}");
+            assert_eq!(
+                s.usage().unwrap().prompt_tokens,
+                Some(10),
+                "split at {split}"
+            );
         }
     }
 
@@ -1325,7 +1443,7 @@ mod tests {
         }
         s.push(format!(r#"","usage":{USAGE}}}"#).as_bytes());
         s.finish();
-        assert_eq!(s.usage().unwrap().completion_tokens, 5);
+        assert_eq!(s.usage().unwrap().completion_tokens, Some(5));
     }
 
     fn sse_body(sep: &str) -> String {
@@ -1360,7 +1478,7 @@ mod tests {
             for b in body.as_bytes() {
                 s.push(std::slice::from_ref(b));
             }
-            assert_eq!(s.usage().unwrap().prompt_tokens, 10);
+            assert_eq!(s.usage().unwrap().prompt_tokens, Some(10));
         }
     }
 
@@ -1395,7 +1513,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (u.prompt_tokens, u.completion_tokens, u.total_tokens),
-            (MAX_TOKENS, MAX_TOKENS, MAX_TOKENS)
+            (Some(MAX_TOKENS), Some(MAX_TOKENS), MAX_TOKENS)
         );
     }
 
@@ -1403,8 +1521,8 @@ mod tests {
     fn ollama_native_counts_are_read_whole_split_and_as_ndjson() {
         let last = r#"{"model":"llama3","message":{"role":"assistant","content":"say \"eval_count\": 9"},"done":true,"total_duration":5,"prompt_eval_count":26,"eval_count":290,"eval_duration":4}"#;
         let want = TokenUsage {
-            prompt_tokens: 26,
-            completion_tokens: 290,
+            prompt_tokens: Some(26),
+            completion_tokens: Some(290),
             total_tokens: 316,
         };
         assert_eq!(extract_usage(last.as_bytes()), Some(want));
@@ -1431,14 +1549,14 @@ mod tests {
         let huge = r#"{"prompt_eval_count":99999999999999999,"eval_count":1}"#;
         assert_eq!(
             extract_usage(huge.as_bytes()).unwrap().prompt_tokens,
-            MAX_TOKENS
+            Some(MAX_TOKENS)
         );
         assert_eq!(extract_usage(br#"{"eval_count":"x"}"#), None);
         assert_eq!(
             extract_usage(br#"{"prompt_eval_count":2,"eval_count":29"#),
             Some(TokenUsage {
-                prompt_tokens: 2,
-                completion_tokens: 0,
+                prompt_tokens: Some(2),
+                completion_tokens: None,
                 total_tokens: 2,
             })
         );
@@ -1455,5 +1573,151 @@ mod tests {
         assert_eq!(u.total_tokens, 5);
         assert!(extract_usage(br#"{"usage":null}"#).is_none());
         assert!(extract_usage(br#"{"usage":{}}"#).is_none());
+    }
+
+    #[test]
+    fn responses_and_anthropic_usage_names_are_read() {
+        // OpenAI's Responses API, with its nested details objects, whole and split anywhere.
+        let body = r#"{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"hi \"usage\": {\"input_tokens\":99}"}]}],"usage":{"input_tokens":11,"input_tokens_details":{"cached_tokens":3},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":18},"tools":[]}"#;
+        let want = TokenUsage {
+            prompt_tokens: Some(11),
+            completion_tokens: Some(7),
+            total_tokens: 18,
+        };
+        assert_eq!(extract_usage(body.as_bytes()), Some(want));
+        for split in 1..body.len() {
+            let mut s = UsageScanner::json();
+            s.push(&body.as_bytes()[..split]);
+            s.push(&body.as_bytes()[split..]);
+            s.finish();
+            assert_eq!(s.usage(), Some(want), "split {split}");
+        }
+        // Its stream: `usage` is null until `response.completed`, inside `response`.
+        let sse = concat!(
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"usage\":null}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":11,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":7,\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":18}}}\n\n",
+        );
+        for split in 0..sse.len() {
+            let mut s = UsageScanner::sse();
+            s.push(&sse.as_bytes()[..split]);
+            s.push(&sse.as_bytes()[split..]);
+            assert_eq!(s.usage(), Some(want), "split {split}");
+        }
+        // Chat Completions' own details objects do not confuse it either.
+        let chat = br#"{"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        assert_eq!(
+            extract_usage(chat),
+            Some(TokenUsage {
+                prompt_tokens: Some(5),
+                completion_tokens: Some(2),
+                total_tokens: 7,
+            })
+        );
+        // Anthropic's Messages stream: input in `message_start`, the final output in
+        // `message_delta`, no total; the counts of both are kept.
+        let mut s = UsageScanner::sse();
+        s.push(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n");
+        s.push(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n");
+        assert_eq!(
+            s.usage(),
+            Some(TokenUsage {
+                prompt_tokens: Some(25),
+                completion_tokens: Some(15),
+                total_tokens: 40,
+            })
+        );
+    }
+
+    #[test]
+    fn a_count_not_reported_is_none_not_zero() {
+        // Embeddings: no completion tokens.
+        let body = br#"{"object":"list","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+        assert_eq!(
+            extract_usage(body),
+            Some(TokenUsage {
+                prompt_tokens: Some(5),
+                completion_tokens: None,
+                total_tokens: 5,
+            })
+        );
+        let only_total = extract_usage(br#"{"usage":{"total_tokens":9}}"#).unwrap();
+        assert_eq!(
+            (only_total.prompt_tokens, only_total.completion_tokens),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn done_event_is_terminal_however_split() {
+        for sep in ["\n\n", "\r\n\r\n", "\r\r", "\n\r\n"] {
+            for done in ["data: [DONE]", "data:[DONE]"] {
+                let mut body = sse_body(sep);
+                let cut = body.rfind("data: [DONE]").unwrap();
+                body.truncate(cut);
+                body.push_str(done);
+                body.push_str(sep);
+                // Past `[DONE]` and one line end; a second one ends the event.
+                let done_end = body.rfind("[DONE]").unwrap() + "[DONE]".len();
+                for split in 0..body.len() {
+                    let mut s = UsageScanner::sse();
+                    s.push(&body.as_bytes()[..split]);
+                    // Not before the event's blank line has passed.
+                    assert!(!s.terminal() || split >= done_end + 2, "{sep:?} {split}");
+                    s.push(&body.as_bytes()[split..]);
+                    assert!(s.terminal(), "{done:?} sep {sep:?} split {split}");
+                    assert_eq!(s.usage().unwrap().total_tokens, 15);
+                }
+                let mut s = UsageScanner::sse();
+                for b in body.as_bytes() {
+                    s.push(std::slice::from_ref(b));
+                }
+                assert!(s.terminal(), "byte by byte, {sep:?}");
+            }
+        }
+        // `[DONE]` as text, or an event not yet ended, is not the end.
+        for not_done in [
+            "data: {\"choices\":[{\"delta\":{\"content\":\"data: [DONE]\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"\\ndata: [DONE]\"}}]}\n\n",
+            "data: x[DONE]\n\n",
+            "metadata: [DONE]\n\n",
+            "data: [DONE]\n",
+            "data: [DONE]",
+            "data: [DONE] more\n\n",
+        ] {
+            let mut s = UsageScanner::sse();
+            s.push(not_done.as_bytes());
+            assert!(!s.terminal(), "{not_done:?}");
+            let mut s = UsageScanner::sse();
+            s.push(b"data: {}\n");
+            s.push(not_done.as_bytes());
+            assert!(!s.terminal(), "{not_done:?} after a pending line");
+        }
+        // A JSON body is never a stream with a terminal event.
+        let mut s = UsageScanner::json();
+        s.push(b"data: [DONE]\n\n");
+        assert!(!s.terminal());
+    }
+
+    #[test]
+    fn ollama_done_line_is_terminal_once_its_newline_passed() {
+        let lines = concat!(
+            "{\"model\":\"llama3\",\"message\":{\"content\":\"say \\\"done\\\":true\"},\"done\":false}\n",
+            "{\"model\":\"llama3\",\"message\":{\"content\":\"\"},\"done_reason\":\"stop\",\"done\":true,\"prompt_eval_count\":26,\"eval_count\":290}\n",
+        );
+        let end = lines.len() - 1;
+        for split in 0..lines.len() {
+            let mut s = UsageScanner::ndjson();
+            s.push(&lines.as_bytes()[..split]);
+            assert!(!s.terminal(), "split {split}");
+            s.push(&lines.as_bytes()[split..end]);
+            assert!(!s.terminal(), "split {split}, before the newline");
+            s.push(b"\n");
+            assert!(s.terminal(), "split {split}");
+        }
+        // A JSON answer is not read for it.
+        let mut s = UsageScanner::json();
+        s.push(lines.as_bytes());
+        assert!(!s.terminal());
     }
 }

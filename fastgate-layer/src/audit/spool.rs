@@ -548,7 +548,9 @@ struct Spooled {
     duration_us: u64,
     outcome: String,
     error_code: Option<String>,
-    usage: Option<[u64; 3]>,
+    /// Prompt, completion and total tokens; the first two `null` when the backend did not
+    /// report them (older spools hold numbers only, which read the same).
+    usage: Option<(Option<u64>, Option<u64>, u64)>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -578,7 +580,7 @@ impl From<&AuditEvent> for Spooled {
             error_code: e.error_code.map(str::to_owned),
             usage: e
                 .usage
-                .map(|u| [u.prompt_tokens, u.completion_tokens, u.total_tokens]),
+                .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
         }
     }
 }
@@ -602,7 +604,7 @@ impl From<Spooled> for AuditEvent {
         // An outcome this version does not know (a newer one wrote the file) reads as an error.
         e.outcome = Outcome::parse(&s.outcome).unwrap_or(Outcome::UpstreamError);
         e.error_code = s.error_code.as_deref().map(intern);
-        e.usage = s.usage.map(|[p, c, t]| TokenUsage {
+        e.usage = s.usage.map(|(p, c, t)| TokenUsage {
             prompt_tokens: p,
             completion_tokens: c,
             total_tokens: t,

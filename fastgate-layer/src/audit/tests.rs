@@ -290,6 +290,69 @@ async fn upstream_error_and_drop_mid_stream() {
     assert_eq!(events[1].response_bytes, 4);
 }
 
+/// openai-python hangs up as soon as it has read `data: [DONE]`: a body dropped after its
+/// terminal event (SSE `[DONE]`, Ollama's `"done":true` line) was passed on is `completed`;
+/// dropped before it, still `client_aborted`.
+#[tokio::test]
+async fn drop_after_the_terminal_event_is_completed() {
+    let sink = MemorySink::default();
+    let (layer, worker) = AuditLayer::pair(sink.clone(), config());
+    let cases: [(&str, [&'static [u8]; 2], usize); 4] = [
+        (
+            "text/event-stream",
+            [b"data: {\"choices\":[]}\n\ndata: [DO", b"NE]\n\n"],
+            2,
+        ),
+        (
+            "text/event-stream",
+            [b"data: {\"choices\":[]}\n\n", b"data: [DONE]\n\n"],
+            1,
+        ),
+        (
+            "application/x-ndjson",
+            [b"{\"done\":false}\n{\"done\":tr", b"ue,\"eval_count\":3}\n"],
+            2,
+        ),
+        (
+            "application/x-ndjson",
+            [b"{\"done\":false}\n", b"{\"done\":true}\n"],
+            1,
+        ),
+    ];
+    for (content_type, [a, b], read) in cases {
+        let res = respond(&layer, request(), move || {
+            let mut r = Response::new(MockBody::new([
+                Step::Data(a),
+                Step::Data(b),
+                Step::Data(b": the backend has not ended its body yet\n\n"),
+            ]));
+            r.headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+            r
+        })
+        .await;
+        let mut body = res.into_body();
+        for _ in 0..read {
+            body.frame().await.unwrap().unwrap();
+        }
+        drop(body);
+    }
+    let events = events_after(layer, worker, &sink).await;
+    let outcomes: Vec<_> = events
+        .iter()
+        .map(|e| (e.outcome, e.response_bytes))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Outcome::Completed, 36),
+            (Outcome::ClientAborted, 22),
+            (Outcome::Completed, 44),
+            (Outcome::ClientAborted, 15),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn gateway_idle_timeout_is_upstream_timeout() {
     let err = GatewayBodyError::IdleTimeout(Duration::from_millis(1));

@@ -534,6 +534,13 @@ pub enum Fault {
     BothFramings(&'static str),
     /// An SSE stream sent as fast as the socket takes it, without end.
     Flood,
+    /// A 200 of `content_type` whose body is `parts`, one chunk each, 30 ms apart; then the body
+    /// is left open (the end of a body that lags behind its last event) until the gateway hangs
+    /// up, or 60 s.
+    Linger {
+        content_type: &'static str,
+        parts: &'static [&'static str],
+    },
 }
 
 /// Counters of a [`FaultUpstream`].
@@ -661,6 +668,30 @@ async fn serve_fault(mut sock: tokio::net::TcpStream, fault: Fault, c: Arc<Fault
                 }
             }
             Fault::CloseBeforeAnswer => return,
+            Fault::Linger {
+                content_type,
+                parts,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+                );
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for part in *parts {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    if sock.write_all(&chunk(part)).await.is_err() {
+                        return;
+                    }
+                }
+                if peer_gone(&mut sock, Duration::from_secs(60)).await {
+                    c.dropped_mid_stream.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                if sock.write_all(b"0\r\n\r\n").await.is_ok() {
+                    c.finished.fetch_add(1, Ordering::SeqCst);
+                }
+            }
             Fault::NeverAnswer => {
                 // Hold the connection until the gateway gives up (bounded).
                 let _ = peer_gone(&mut sock, Duration::from_secs(60)).await;

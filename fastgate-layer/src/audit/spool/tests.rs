@@ -66,8 +66,8 @@ fn event(i: usize) -> AuditEvent {
     };
     e.error_code = i.is_multiple_of(3).then_some("upstream_timeout");
     e.usage = Some(TokenUsage {
-        prompt_tokens: 3,
-        completion_tokens: 4,
+        prompt_tokens: Some(3),
+        completion_tokens: Some(4),
         total_tokens: 7,
     });
     e
@@ -327,4 +327,28 @@ async fn a_second_process_on_the_same_spool_file_is_refused() {
     );
     drop(first);
     assert!(SpoolSink::open(flaky.clone(), &path).is_ok());
+}
+
+#[test]
+fn usage_of_older_spools_reads_back_and_unreported_counts_stay_null() {
+    // A line as the version before null counts wrote it: `usage` three numbers.
+    let old = r#"{"request_id":"r","started_at_us":1,"key_id":null,"source_path":null,"client_ip":null,"user_agent":null,"method":"POST","path":"/p","target_url":null,"status":200,"is_stream":false,"model":null,"request_bytes":1,"response_bytes":2,"ttfb_us":null,"duration_us":3,"outcome":"completed","error_code":null,"usage":[3,4,7]}"#;
+    let e = AuditEvent::from(serde_json::from_str::<Spooled>(old).unwrap());
+    assert_eq!(
+        e.usage,
+        Some(TokenUsage {
+            prompt_tokens: Some(3),
+            completion_tokens: Some(4),
+            total_tokens: 7,
+        })
+    );
+    let mut embedding = event(1);
+    embedding.usage = Some(TokenUsage {
+        prompt_tokens: Some(5),
+        completion_tokens: None,
+        total_tokens: 5,
+    });
+    let line = serde_json::to_string(&Spooled::from(&embedding)).unwrap();
+    let back = AuditEvent::from(serde_json::from_str::<Spooled>(&line).unwrap());
+    assert_eq!(back.usage, embedding.usage);
 }
