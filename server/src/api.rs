@@ -465,7 +465,9 @@ pub struct AuditEntry {
     pub target_url: Option<String>,
     /// Status sent to the client.
     pub status: u16,
-    /// Whether the response was a stream.
+    /// Whether the request asked for a stream (a top-level `"stream": true` in its JSON body)
+    /// or the response was one (SSE, NDJSON): a streamed request that failed before its stream
+    /// began (a backend's 429, `upstream_timeout`) is a stream too.
     pub is_stream: bool,
     /// Model named in the request.
     #[oai(nullable)]
@@ -636,7 +638,7 @@ pub struct MetricsReport {
     pub latency_samples: u64,
     /// Requests avg_ttfb_ms is computed over (those that received a first byte).
     pub ttfb_samples: u64,
-    /// Streamed responses.
+    /// Streamed requests (asked for with `"stream": true`, or answered with a stream).
     pub stream_requests: u64,
     /// stream_requests / total_requests.
     pub stream_share: f64,

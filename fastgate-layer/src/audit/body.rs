@@ -107,8 +107,9 @@ pub(super) fn classify<E: 'static>(err: &E) -> (Outcome, &'static str) {
 
 pin_project! {
     /// Request body for [`Audit`](super::Audit): counts bytes and reads the top-level `model`
-    /// wherever it is in the body, with a [`ModelScanner`] (a few hundred bytes of state, no body
-    /// bytes kept), without holding back or changing any byte.
+    /// (and whether a top-level `"stream": true` asks for a stream) wherever it is in the body,
+    /// with a [`ModelScanner`] (a few hundred bytes of state, no body bytes kept), without
+    /// holding back or changing any byte.
     pub struct AuditRequestBody<B> {
         #[pin]
         inner: B,
@@ -220,6 +221,15 @@ impl ModelSniffer {
         // `Bytes`); only its first piece was seen, so the scanner cannot follow the rest.
         if last || self.scan.is_done() || chunk.len() < len {
             self.finish();
+        } else {
+            // Known as soon as they are read (the scanner may go on for the other): an answer
+            // that comes before the upload ends is audited with them.
+            if let Some(model) = self.scan.take_model() {
+                let _ = self.stats.model.set(model);
+            }
+            if self.scan.stream() {
+                self.stats.stream.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -228,8 +238,11 @@ impl ModelSniffer {
             return;
         }
         self.done = true;
-        if let Some(model) = std::mem::take(&mut self.scan).into_model() {
+        if let Some(model) = self.scan.take_model() {
             let _ = self.stats.model.set(model);
+        }
+        if self.scan.stream() {
+            self.stats.stream.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -92,7 +92,9 @@ pub struct AuditEvent {
     /// ([`Rejected::audit_status`](crate::Rejected::audit_status): a gRPC refusal, HTTP 200 on
     /// the wire), that one (401, 403, 503).
     pub status: u16,
-    /// Whether the response was an event stream.
+    /// Whether the request asked for a stream (a top-level `"stream": true` in its JSON body) or
+    /// the response was one (`text/event-stream`, NDJSON): a streamed request refused by the
+    /// backend (429) or timed out before its stream began is a stream too.
     pub is_stream: bool,
     /// `model` from the request JSON, if present.
     pub model: Option<String>,

@@ -21,6 +21,8 @@ use crate::forward::BodyKind;
 pub(crate) struct RequestStats {
     pub(crate) bytes: AtomicU64,
     pub(crate) model: OnceLock<String>,
+    /// The request body asks for a stream (a top-level `"stream": true`).
+    pub(crate) stream: std::sync::atomic::AtomicBool,
     /// `key_id` and `source_path`, set by the auth layer once the key is accepted.
     pub(crate) key: OnceLock<(Arc<str>, Arc<str>)>,
     /// The audit-safe upstream target, set by the forward service.
@@ -248,6 +250,8 @@ impl AuditGuard {
         event.duration = self.start.elapsed();
         event.request_bytes = self.request.bytes.load(Ordering::Relaxed);
         event.model = self.request.model.get().cloned();
+        // A streamed request that failed before any stream started is still a stream.
+        event.is_stream |= self.request.stream.load(Ordering::Relaxed);
         // No response head (the client left first): what the inner layers reported.
         if event.key_id.is_none()
             && let Some((key_id, source_path)) = self.request.key.get()

@@ -470,7 +470,10 @@ pub fn find_model(json: &[u8]) -> Option<String> {
 /// `b"model"`, the key looked for.
 const MODEL_KEY: &[u8] = b"model";
 
-/// [`State::KeyStr`]'s `matched` once the key cannot be `model`.
+/// `b"stream"`, the other key looked for.
+const STREAM_KEY: &[u8] = b"stream";
+
+/// [`State::KeyStr`]'s `matched` once the key cannot be `model` (or `stream`).
 const NO_MATCH: u8 = u8::MAX;
 
 /// Reads the top-level `"model"` string of a JSON request body as it passes, in any number of
@@ -479,10 +482,14 @@ const NO_MATCH: u8 = u8::MAX;
 /// A resumable byte-level state machine: it never holds body bytes, only a few dozen bytes of
 /// state plus the model name itself (at most 256 bytes kept), whatever the size of the body and
 /// wherever in it `model` comes. Each byte is looked at once at most; strings (message contents,
-/// base64 images) are crossed eight bytes at a time, then with `memchr`. It stops at the first top-level `model`
-/// key, or as soon as the body is clearly not a JSON object or is malformed; then there is no
-/// model. A `"model"` key nested in another value, or the text `"model"` inside a string, does not
-/// count.
+/// base64 images) are crossed eight bytes at a time, then with `memchr`. A `"model"` key nested in
+/// another value, or the text `"model"` inside a string, does not count; only the first top-level
+/// one does.
+///
+/// It also notes whether the request asks for a stream: a top-level `"stream": true`
+/// ([`stream`](Self::stream)). It stops once it knows both (the model found, and `stream` seen
+/// with any value), at the end of the object, or as soon as the body is clearly not a JSON object
+/// or is malformed; a model found before that is kept.
 ///
 /// Keys are compared as raw bytes: a key spelled with escapes (`"mod\u0065l"`) is not taken for
 /// `model` (no client writes it so, and it keeps the key state to a counter).
@@ -498,14 +505,30 @@ const NO_MATCH: u8 = u8::MAX;
 /// let mut scan = ModelScanner::new();
 /// scan.push(br#"{"messages":[{"role":"user","content":"a \"model\": here"}],"mo"#);
 /// assert!(!scan.is_done());
-/// scan.push(br#"del":"gpt-\u00e9"}"#);
+/// scan.push(br#"del":"gpt-\u00e9","stream":true,"n":1}"#);
 /// assert!(scan.is_done());
 /// assert_eq!(scan.model(), Some("gpt-é"));
+/// assert!(scan.stream());
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ModelScanner {
     state: State,
     value: ModelValue,
+    /// The model was read: `value.out`.
+    found: bool,
+    /// The model was moved out ([`take_model`](Self::take_model)).
+    taken: bool,
+    /// `stream` was seen: whether its value is `true`.
+    stream: Option<bool>,
+}
+
+/// Which of the keys looked for a key is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Key {
+    #[default]
+    Other,
+    Model,
+    Stream,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -515,14 +538,17 @@ enum State {
     Start,
     /// After `{` or `,`: a key's opening quote (or `}`: no model).
     Key,
-    /// In a key; `matched` bytes of it equal the start of `model` (`NO_MATCH`: it is not `model`).
-    KeyStr { matched: u8 },
+    /// In a key; `matched` bytes of it equal the start of `model`, or of `stream` when `stream`
+    /// (its first byte decides; `NO_MATCH`: it is neither).
+    KeyStr { matched: u8, stream: bool },
     /// In a key, after a `\`: the escaped byte is skipped.
     KeyEscape,
     /// After a key, before `:`.
-    Colon { model: bool },
+    Colon { key: Key },
     /// After `:`, before the value.
-    Value { model: bool },
+    Value { key: Key },
+    /// In the value of `stream`, `matched` (1 to 3) bytes of `true` read.
+    StreamTrue { matched: u8 },
     /// In a top-level number, `true`, `false` or `null` that is skipped.
     Scalar,
     /// In a top-level array or object that is skipped, outside strings; `depth` ≥ 1.
@@ -533,7 +559,7 @@ enum State {
     Next,
     /// In the model's string value ([`ModelValue`]).
     Model,
-    /// The model was found: `value.out`.
+    /// The model was found and `stream` seen: nothing more to read.
     Found,
     /// No model: not an object, malformed, no top-level `model` string, or a value that is not a
     /// valid string.
@@ -586,20 +612,43 @@ impl ModelScanner {
         Self::default()
     }
 
-    /// True once the answer is known: the model was found, or the body cannot have one. Further
-    /// [`push`](Self::push)es do nothing.
+    /// True once the answers are known: the model found and `stream` seen, or the object
+    /// ended, or the body cannot be a JSON object. Further [`push`](Self::push)es do nothing.
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Found | State::Failed)
     }
 
     /// The model, once found.
     pub fn model(&self) -> Option<&str> {
-        (self.state == State::Found).then_some(self.value.out.as_str())
+        (self.found && !self.taken).then_some(self.value.out.as_str())
     }
 
     /// The model, if it was found.
     pub fn into_model(self) -> Option<String> {
-        (self.state == State::Found).then_some(self.value.out)
+        (self.found && !self.taken).then_some(self.value.out)
+    }
+
+    /// The model, once found, moved out (the scanner goes on for `stream`); `None` afterwards.
+    pub fn take_model(&mut self) -> Option<String> {
+        if !self.found || self.taken {
+            return None;
+        }
+        self.taken = true;
+        Some(std::mem::take(&mut self.value.out))
+    }
+
+    /// Whether the body so far has a top-level `"stream": true`.
+    pub fn stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    /// The state after the model or `stream` became known.
+    fn known(&self) -> State {
+        if self.stream.is_some() && self.found {
+            State::Found
+        } else {
+            State::Next
+        }
     }
 
     /// Heap bytes held (the model name's buffer): never more than a few hundred.
@@ -619,17 +668,27 @@ impl ModelScanner {
                     _ => State::Failed,
                 },
                 State::Key => match b {
-                    b'"' => State::KeyStr { matched: 0 },
+                    b'"' => State::KeyStr {
+                        matched: 0,
+                        stream: false,
+                    },
                     _ if is_ws(b) => state,
                     _ => State::Failed,
                 },
-                State::KeyStr { matched } => {
+                State::KeyStr { matched, stream } => {
                     let rest = &chunk[i..];
                     let n = quote_or_backslash(rest).unwrap_or(rest.len());
+                    // The key's first byte tells which of the two it may be.
+                    let stream = if matched == 0 && n > 0 {
+                        rest[0] == b's'
+                    } else {
+                        stream
+                    };
+                    let want = if stream { STREAM_KEY } else { MODEL_KEY };
                     let end = usize::from(matched) + n;
                     let matched = if matched != NO_MATCH
-                        && end <= MODEL_KEY.len()
-                        && rest[..n] == MODEL_KEY[usize::from(matched)..end]
+                        && end <= want.len()
+                        && rest[..n] == want[usize::from(matched)..end]
                     {
                         end as u8
                     } else {
@@ -637,26 +696,61 @@ impl ModelScanner {
                     };
                     i += n + 1;
                     state = match rest.get(n) {
-                        None => State::KeyStr { matched },
+                        None => State::KeyStr { matched, stream },
                         Some(b'"') => State::Colon {
-                            model: usize::from(matched) == MODEL_KEY.len(),
+                            // Only the first of each counts.
+                            key: match (usize::from(matched) == want.len(), stream) {
+                                (true, false) if !self.found => Key::Model,
+                                (true, true) if self.stream.is_none() => Key::Stream,
+                                _ => Key::Other,
+                            },
                         },
                         Some(_) => State::KeyEscape,
                     };
                     continue;
                 }
-                State::KeyEscape => State::KeyStr { matched: NO_MATCH },
-                State::Colon { model } => match b {
-                    b':' => State::Value { model },
+                State::KeyEscape => State::KeyStr {
+                    matched: NO_MATCH,
+                    stream: false,
+                },
+                State::Colon { key } => match b {
+                    b':' => State::Value { key },
                     _ if is_ws(b) => state,
                     _ => State::Failed,
                 },
-                State::Value { model: true } => match b {
+                State::Value { key: Key::Model } => match b {
                     b'"' => State::Model,
                     _ if is_ws(b) => state,
                     _ => State::Failed,
                 },
-                State::Value { model: false } => match b {
+                State::Value { key: Key::Stream } => match b {
+                    b't' => State::StreamTrue { matched: 1 },
+                    _ if is_ws(b) => state,
+                    _ => {
+                        // `false`, `null`, anything else: not a stream; skipped as any value.
+                        self.stream = Some(false);
+                        state = State::Value { key: Key::Other };
+                        continue;
+                    }
+                },
+                State::StreamTrue { matched } => {
+                    if b == b"true"[usize::from(matched)] {
+                        if matched == 3 {
+                            self.stream = Some(true);
+                            self.known()
+                        } else {
+                            State::StreamTrue {
+                                matched: matched + 1,
+                            }
+                        }
+                    } else {
+                        // Not `true` (a malformed value): skipped as a scalar.
+                        self.stream = Some(false);
+                        state = State::Scalar;
+                        continue;
+                    }
+                }
+                State::Value { key: Key::Other } => match b {
                     b'"' => State::SkipStr {
                         depth: 0,
                         escape: false,
@@ -738,7 +832,10 @@ impl ModelScanner {
                     i += used;
                     state = match end {
                         None => State::Model,
-                        Some(true) => State::Found,
+                        Some(true) => {
+                            self.found = true;
+                            self.known()
+                        }
                         Some(false) => State::Failed,
                     };
                     continue;
@@ -1141,12 +1238,16 @@ mod tests {
             assert!(!scan.is_done(), "{}", String::from_utf8_lossy(body));
             assert_eq!(scan.model(), None);
         }
-        // Once found, the scanner stops: what follows is not looked at.
+        // Once the model is found and `stream` seen, the scanner stops: what follows is not
+        // looked at. Before that only the first top-level `model` counts.
         let mut scan = ModelScanner::new();
         scan.push(br#"{"model":"first","#);
+        assert!(!scan.is_done());
+        scan.push(br#""model":"second","stream":true,"#);
         assert!(scan.is_done());
-        scan.push(br#""model":"second"} garbage"#);
+        scan.push(br#""model":"third","stream":false} garbage"#);
         assert_eq!(scan.model(), Some("first"));
+        assert!(scan.stream());
     }
 
     #[test]
@@ -1719,5 +1820,70 @@ mod tests {
         let mut s = UsageScanner::json();
         s.push(lines.as_bytes());
         assert!(!s.terminal());
+    }
+
+    #[test]
+    fn stream_true_is_noted_anywhere_at_the_top_level_however_split() {
+        let cases: [(&[u8], Option<&str>, bool); 12] = [
+            (
+                br#"{"model":"m","messages":[],"stream":true}"#,
+                Some("m"),
+                true,
+            ),
+            (br#"{"stream":true,"model":"m"}"#, Some("m"), true),
+            (
+                br#"{"messages":[{"stream":true}],"model":"m","stream" : true }"#,
+                Some("m"),
+                true,
+            ),
+            (br#"{"model":"m","stream":true"#, Some("m"), true),
+            (br#"{"stream":true}"#, None, true),
+            (br#"{"model":"m","stream":false,"n":1}"#, Some("m"), false),
+            (br#"{"model":"m","stream":"true"}"#, Some("m"), false),
+            (br#"{"model":"m","stream":tru}"#, Some("m"), false),
+            (
+                br#"{"model":"m","streaming":true,"strea":true}"#,
+                Some("m"),
+                false,
+            ),
+            (
+                br#"{"model":"m","content":"\"stream\":true"}"#,
+                Some("m"),
+                false,
+            ),
+            (
+                br#"{"model":"m","options":{"stream":true}}"#,
+                Some("m"),
+                false,
+            ),
+            (
+                br#"{"model":"m","stream":false,"stream":true}"#,
+                Some("m"),
+                false,
+            ),
+        ];
+        for (body, model, stream) in cases {
+            let text = String::from_utf8_lossy(body);
+            for split in 0..=body.len() {
+                let mut scan = ModelScanner::new();
+                scan.push(&body[..split]);
+                scan.push(&body[split..]);
+                assert_eq!(scan.model(), model, "{text} split {split}");
+                assert_eq!(scan.stream(), stream, "{text} split {split}");
+            }
+            let mut scan = ModelScanner::new();
+            for b in body {
+                scan.push(std::slice::from_ref(b));
+            }
+            assert_eq!((scan.model(), scan.stream()), (model, stream), "{text}");
+        }
+        // The model is available as soon as it is read, and can be taken once.
+        let mut scan = ModelScanner::new();
+        scan.push(br#"{"model":"m","messages":[{"content":"x"#);
+        assert!(!scan.is_done());
+        assert_eq!(scan.take_model().as_deref(), Some("m"));
+        assert_eq!(scan.take_model(), None);
+        scan.push(br#""}],"stream":true}"#);
+        assert!(scan.is_done() && scan.stream());
     }
 }
