@@ -778,12 +778,20 @@ impl Future for ResponseFuture {
                         if let Some(skipped) = TIMEOUT_LOG.allow() {
                             tracing::warn!(upstream = %target.0, skipped, "upstream response timed out");
                         }
-                        no_retry(rejection(
+                        let res = rejection(
                             StatusCode::GATEWAY_TIMEOUT,
                             "upstream_timeout",
                             "the upstream did not answer in time",
                             Outcome::UpstreamTimeout,
-                        ))
+                        );
+                        // Nothing of the body went out (still connecting, a `timeout` shorter
+                        // than `connect_timeout`): the backend has not got the request, and a
+                        // retry costs nothing. Without an audit slot, not known: not retried.
+                        let reached = upload.as_ref().is_none_or(|s| {
+                            let state = s.upload();
+                            state.bytes > 0 || state.ended.is_some()
+                        });
+                        if reached { no_retry(res) } else { res }
                     }
                     Err(Late::Upload) => {
                         tracing::debug!(upstream = %target.0, "the client's upload stalled");
@@ -911,8 +919,8 @@ impl LogThrottle {
     }
 }
 
-/// Marks a failure after which the backend may have done the request's work (it timed out, or
-/// the connection broke after the request was sent) as not to be retried: the official OpenAI
+/// Marks a failure after which the backend may have done the request's work (it timed out after
+/// the request went out, or the connection broke once it was sent) as not to be retried: the official OpenAI
 /// SDKs retry 5xx answers twice by default unless `x-should-retry: false` says otherwise, and a
 /// retried completion is generated (and paid) again. An unreachable backend saw nothing: its 502
 /// leaves the SDK's retries alone.

@@ -27,8 +27,8 @@ struct Entry {
     /// is still served if the database cannot answer.
     stale: bool,
     /// The database knows this hash but refuses it: the key is disabled, or this is a rotated-out
-    /// secret past its grace period. Answered `Invalid` without a query while fresh, like an
-    /// unknown key; kept in this map (not in `unknown`) so that every invalidation of the key
+    /// secret past its grace period. Answered `Refused` (with the identity, for the audit record)
+    /// without a query while fresh; kept in this map (not in `unknown`) so that every invalidation of the key
     /// (re-enabling it, here or on another instance) drops it.
     rejected: bool,
 }

@@ -938,11 +938,16 @@ pub fn parse_config(
             });
         }
     }
+    // The text passed the first pass (or only missed a key), so what fails here is a value the
+    // direct reading took as text and `Value` cannot hold: an unquoted integer beyond 64 bits.
+    // serde's message would quote it, and it may be a secret.
     let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: e.location().map(|l| l.line()),
         key: "(yaml)".into(),
-        message: strip_location(&e.to_string()),
+        message: "an unquoted number too large for 64 bits (value not shown: it may be a \
+                  secret): put it in quotes"
+            .into(),
     })?;
     if value.is_null() {
         value = Value::Mapping(Default::default());
@@ -1222,6 +1227,20 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
         return err(
             "security.admin_token",
             "must not be empty (set it here or by FASTGATE__SECURITY__ADMIN_TOKEN)".into(),
+        );
+    }
+    if c.security
+        .admin_token
+        .expose()
+        .chars()
+        .any(char::is_control)
+    {
+        // No header can carry it: every admin call would be refused.
+        return err(
+            "security.admin_token",
+            "contains a control character, such as the line end a YAML block scalar (`|`, `>`) \
+             adds (value not shown): write it on one line, in quotes"
+                .into(),
         );
     }
     let prefix = &c.security.key_prefix;
@@ -2016,6 +2035,35 @@ api_gateway:
         // In quotes, `~` is a token like any other.
         let c = parse(&SEED.replace("\"admin_secret_token_dev\"", "\"~\""), &[]).unwrap();
         assert_eq!(c.security.admin_token.expose(), "~");
+        // Integers beyond 64 bits, which YAML's value tree cannot hold (serde's message quoted
+        // them, in decimal).
+        for (quoted, big) in [
+            (
+                "\"admin_secret_token_dev\"",
+                "123456789012345678901234567890",
+            ),
+            ("\"admin_secret_token_dev\"", "-9223372036854775809"),
+            ("\"your_real_api_key_here\"", "0x1F00000000000000000000"),
+        ] {
+            let e = parse(&SEED.replace(quoted, big), &[]).unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains("put it in quotes"), "{shown}");
+            assert!(
+                !shown.contains("1234567890") && !shown.contains("9223372036854775809"),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains("0x1F") && !shown.contains("3659"),
+                "{shown}"
+            );
+        }
+        // A block scalar ends with a line end: no header could carry that admin token.
+        let block = "|\n    s3cr3t-admin-token-on-its-own-line";
+        let c = parse(&SEED.replace("\"admin_secret_token_dev\"", block), &[]).unwrap();
+        let e = Settings::from_config(Path::new("test.yaml"), c).unwrap_err();
+        assert_eq!(e.key, "security.admin_token", "{e}");
+        assert!(e.message.contains("control character"), "{e}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
     }
 
     #[test]

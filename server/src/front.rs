@@ -114,6 +114,9 @@ struct Activity {
     written: AtomicU64,
     /// The last write to the client's socket found it full (the client is not reading).
     blocked: AtomicBool,
+    /// A response body ended and its last bytes may not be written yet (hyper drops a body
+    /// before it writes out what it queued): cleared by the next completed flush.
+    unflushed: AtomicBool,
 }
 
 pin_project! {
@@ -164,8 +167,11 @@ impl Watched {
     ) -> Option<Poll<std::io::Result<usize>>> {
         let mut this = self.project();
         if this.replacing.is_none() {
+            // Not while a response (its last queued bytes included) may still be going out:
+            // hyper's own answer is only written with nothing else in progress.
             if !crate::parse_refusal::may_be_refusal(buf)
                 || this.activity.in_flight.load(Ordering::Acquire) != 0
+                || this.activity.unflushed.load(Ordering::Relaxed)
             {
                 return None;
             }
@@ -241,7 +247,14 @@ impl tokio::io::AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let flushed = this.inner.poll_flush(cx);
+        // hyper flushes once it has written everything it buffered.
+        if matches!(flushed, Poll::Ready(Ok(()))) && this.activity.unflushed.load(Ordering::Relaxed)
+        {
+            this.activity.unflushed.store(false, Ordering::Relaxed);
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -263,6 +276,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         // Idleness counts from the end of the last request, not from its last check.
         self.0.touched.store(true, Ordering::Relaxed);
+        self.0.unflushed.store(true, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Release);
     }
 }

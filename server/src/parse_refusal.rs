@@ -27,7 +27,8 @@ const REFUSALS: [(&[u8], &str, &str); 3] = [
     (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
         "headers_too_large",
-        "the request's headers are too large: at most 64 KiB and 100 header lines",
+        "the request's head (request line and headers) is too large: at most 64 KiB and 100 \
+         header lines",
     ),
 ];
 

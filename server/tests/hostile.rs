@@ -567,38 +567,83 @@ async fn requests_the_http_parser_refuses_get_json_errors() {
         assert_eq!(raw_status(&answer), 400, "{answer}");
         assert_json_refusal(&answer, "bad_request");
     }
-    // A backend's own empty 400 is passed on as it is (it is no parse error of FastGate's).
+    // What a backend sends is passed on as it is, also when it looks like hyper's own answer:
+    // an empty 400 (asked for with `x-test-empty`), and a body that is hyper's answer to the byte, sent after the
+    // head and so written alone, once the response body (and its in-flight count) had ended.
+    const LOOKALIKE: &str = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sat, 28 Nov 2026 00:00:00 GMT\r\n\r\n";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let empty_400 = hyper::service::service_fn(|_req| async {
-                    let mut res =
-                        hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
-                    *res.status_mut() = hyper::StatusCode::BAD_REQUEST;
-                    Ok::<_, std::convert::Infallible>(res)
-                });
+                let answers = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let empty = req.headers().contains_key("x-test-empty");
+                        let body = if empty {
+                            http_body_util::Either::Left(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            )
+                        } else {
+                            let later = futures_util::stream::once(async {
+                                tokio::time::sleep(Duration::from_millis(150)).await;
+                                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                    bytes::Bytes::from_static(LOOKALIKE.as_bytes()),
+                                ))
+                            });
+                            http_body_util::Either::Right(http_body_util::StreamBody::new(later))
+                        };
+                        let mut res = hyper::Response::new(body);
+                        if empty {
+                            *res.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                        } else {
+                            res.headers_mut()
+                                .insert("content-length", LOOKALIKE.len().into());
+                        }
+                        Ok::<_, std::convert::Infallible>(res)
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, empty_400)
+                    .serve_connection(io, answers)
                     .await;
             });
         }
     });
     let fg = Fastgate::start(&backend).await;
     let key = fg.key("u").await;
-    let answer = raw_http(
-        fg.port,
-        &post_with(fg.port, format!("x-api-key: {key}\r\n").as_bytes(), "{}"),
-    )
-    .await;
-    assert_eq!(raw_status(&answer), 400, "{answer}");
+    let port = fg.port;
+    let (empty, lookalike, next) = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut ask = |extra: &str| {
+            let req = format!(
+                "POST /proxy{BACKEND_PATH} HTTP/1.1\r\nhost: a\r\nx-api-key: {key}\r\n{extra}content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+            );
+            sock.write_all(req.as_bytes()).unwrap();
+            read_answer_text(&mut sock).unwrap()
+        };
+        let empty = ask("x-test-empty: 1\r\n");
+        let lookalike = ask("");
+        let next = ask("x-test-empty: 1\r\n");
+        (empty, lookalike, next)
+    })
+    .await
+    .unwrap();
+    assert_eq!(raw_status(&empty), 400, "{empty}");
     assert!(
-        answer.ends_with("\r\n\r\n"),
-        "the backend's empty body: {answer}"
+        empty.ends_with("\r\n\r\n"),
+        "the backend's empty body: {empty}"
     );
-    assert!(!answer.contains("fastgate_error"), "{answer}");
+    assert!(!empty.contains("fastgate_error"), "{empty}");
+    assert_eq!(raw_status(&lookalike), 200, "{lookalike}");
+    assert!(
+        lookalike.ends_with(&format!("\r\n\r\n{LOOKALIKE}")),
+        "{lookalike}"
+    );
+    // The connection is still in step: the next answer is the next request's.
+    assert_eq!(raw_status(&next), 400, "{next}");
+    assert!(!next.contains("fastgate_error"), "{next}");
 }
 
 #[tokio::test]
