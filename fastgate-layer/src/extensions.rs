@@ -3,6 +3,7 @@
 //! | extension | written by | read by |
 //! |---|---|---|
 //! | [`RouteConfig`] (request) | [`RouteLayer`](crate::route::RouteLayer), or the embedding application | auth (required permission), inject (upstream key), forward (backend) |
+//! | [`PathSuffix`] (request, prefix routes only) | [`RouteLayer`](crate::route::RouteLayer), or the embedding application | forward (appended to the backend's path) |
 //! | [`ClientAddr`] (request) | the embedding application (accept loop / poem middleware) | audit |
 //! | [`KeyIdentity`] (request and response) | auth | inject (later: per-key policy), audit |
 //! | [`Rejected`] (response) | any layer that answers on its own (route, limit, auth, forward) | audit |
@@ -67,6 +68,123 @@ pub struct Rejected {
 /// The full upstream URL a request was sent to (no credentials in it). Inserted by forward.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetUrl(pub Arc<str>);
+
+/// The part of the request path below a prefix route's prefix (`/models/gpt-4` of
+/// `/proxy/openai/models/gpt-4` under `/proxy/openai/*`), which
+/// [`ForwardService`](crate::forward::ForwardService) appends to the backend's path. Inserted by
+/// [`RouteLayer`](crate::route::RouteLayer) for prefix matches only: a request without one is
+/// forwarded to the backend's path as it is (an exact route).
+///
+/// It can only be built from a suffix that cannot leave the backend's path
+/// ([`PathSuffix::new`]): empty (the prefix itself), or `/` followed by segments none of which is
+/// `.` or `..` (also before a `;`), empty (`//`; a single trailing `/` is kept) or holds a `\`;
+/// percent-escapes must be well formed, must not stand for a `/`, `\`, control character or a
+/// character that needs no escaping (letters, digits, `-._~`: `%2e` is a `.` to most backends,
+/// `%65` an `e`), and must decode to UTF-8 (no overlong `%c0%ae`).
+///
+/// ```
+/// use fastgate_layer::PathSuffix;
+///
+/// assert_eq!(PathSuffix::new("/models/gpt-4").unwrap().as_str(), "/models/gpt-4");
+/// assert!(PathSuffix::new("").is_ok() && PathSuffix::new("/files/").is_ok());
+/// for bad in ["/../admin", "/a/%2e%2E/b", "/a%2fb", "/a\\b", "/a//b", "/%6dodels", "x"] {
+///     assert!(PathSuffix::new(bad).is_err(), "{bad}");
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathSuffix(Arc<str>);
+
+impl PathSuffix {
+    /// `suffix` if it cannot leave the path it is appended to (see the type's docs).
+    pub fn new(suffix: &str) -> Result<Self, InvalidPathSuffix> {
+        check_suffix(suffix)?;
+        Ok(Self(suffix.into()))
+    }
+
+    /// The suffix: empty, or starting with `/`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why [`PathSuffix::new`] refused a suffix. The message is safe to send to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPathSuffix(&'static str);
+
+fn check_suffix(suffix: &str) -> Result<(), InvalidPathSuffix> {
+    let Some(rest) = suffix.strip_prefix('/') else {
+        return if suffix.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidPathSuffix("the path does not continue at a '/'"))
+        };
+    };
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
+            return Err(InvalidPathSuffix("the path holds an empty segment (//)"));
+        }
+        // `..;x` is `..` to servlet containers (Tomcat drops what follows a `;`).
+        let bare = segment.split(';').next().unwrap_or_default();
+        if bare == "." || bare == ".." {
+            return Err(InvalidPathSuffix("the path holds a '.' or '..' segment"));
+        }
+        if segment.contains('\\') {
+            return Err(InvalidPathSuffix("the path holds a backslash"));
+        }
+    }
+    if suffix.contains('%') {
+        check_escapes(suffix)?;
+    }
+    Ok(())
+}
+
+/// Each `%` starts a well-formed escape of a byte that needs one, and the decoded suffix is UTF-8.
+fn check_escapes(suffix: &str) -> Result<(), InvalidPathSuffix> {
+    let bytes = suffix.as_bytes();
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(b'%', &bytes[i..]) {
+        let at = i + at;
+        let hex = |b: u8| char::from(b).to_digit(16);
+        let byte = match (bytes.get(at + 1), bytes.get(at + 2)) {
+            (Some(&h), Some(&l)) => match (hex(h), hex(l)) {
+                (Some(h), Some(l)) => (h * 16 + l) as u8,
+                _ => {
+                    return Err(InvalidPathSuffix(
+                        "the path holds a malformed percent-escape",
+                    ));
+                }
+            },
+            _ => {
+                return Err(InvalidPathSuffix(
+                    "the path holds a malformed percent-escape",
+                ));
+            }
+        };
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            return Err(InvalidPathSuffix(
+                "the path percent-encodes a letter, digit or one of -._~ (send it as it is)",
+            ));
+        }
+        if matches!(byte, b'/' | b'\\') {
+            return Err(InvalidPathSuffix("the path holds an encoded '/' or '\\'"));
+        }
+        if byte.is_ascii_control() {
+            return Err(InvalidPathSuffix(
+                "the path holds an encoded control character",
+            ));
+        }
+        i = at + 3;
+    }
+    if percent_encoding::percent_decode_str(suffix)
+        .decode_utf8()
+        .is_err()
+    {
+        return Err(InvalidPathSuffix("the path does not decode to UTF-8"));
+    }
+    Ok(())
+}
 
 /// Per-route settings that the inner layers read from the request extensions.
 ///

@@ -82,7 +82,7 @@ use crate::audit::{AuditSlot, Outcome};
 use crate::backend_cache::BackendCache;
 use crate::body::GatewayBody;
 use crate::error::{BoxError, rejection};
-use crate::extensions::{Backend, RouteConfig, TargetUrl};
+use crate::extensions::{Backend, PathSuffix, RouteConfig, TargetUrl};
 use crate::scrub::remove_hop_by_hop;
 use crate::upstream::{HostPool, PoolSettings, PooledConn, SendError, Sent};
 
@@ -524,15 +524,25 @@ where
                 via,
             }))
         });
+        // A prefix route's request: the rest of its path goes after the backend's path.
+        let suffix = req.extensions().get::<PathSuffix>();
         let uri = prepared.as_ref().and_then(|p| {
             let base = match p.via {
                 Via::Pool(_) => &p.origin,
                 Via::Client => &p.uri,
             };
-            match req.uri().query() {
-                None => Some(base.clone()),
+            match (suffix, req.uri().query()) {
+                (None, None) => Some(base.clone()),
                 // The query string is kept; only then is a URI built per request.
-                Some(q) => format!("{base}?{q}").parse::<Uri>().ok(),
+                (None, Some(q)) => format!("{base}?{q}").parse::<Uri>().ok(),
+                (Some(suffix), q) => {
+                    let mut uri = join_suffix(&base.to_string(), suffix);
+                    if let Some(q) = q {
+                        uri.push('?');
+                        uri.push_str(q);
+                    }
+                    uri.parse::<Uri>().ok()
+                }
             }
         });
         let (Some(prepared), Some(uri)) = (prepared, uri) else {
@@ -544,12 +554,16 @@ where
                 Outcome::Rejected,
             ));
         };
+        let target = match suffix {
+            None => prepared.target.clone(),
+            Some(suffix) => TargetUrl(join_suffix(&prepared.target.0, suffix).into()),
+        };
         let (mut parts, body) = req.into_parts();
         // The client's upload, followed through the audit layer's counters (when there is one
         // and a body to come): the response timeout counts from its end.
         let mut upload = None;
         if let Some(slot) = parts.extensions.get::<AuditSlot>() {
-            slot.target(&prepared.target);
+            slot.target(&target);
             if !body.is_end_stream() {
                 upload = Some(slot.clone());
             }
@@ -571,7 +585,7 @@ where
                 since: None,
                 upload,
                 uploaded: 0,
-                target: Some(prepared.target.clone()),
+                target: Some(target),
                 idle: backend.idle_timeout,
             },
         }
@@ -614,6 +628,21 @@ where
             }
         })
     }
+}
+
+/// `base` (a backend's URI or target URL, without query) followed by a prefix route's `suffix`;
+/// a `/` that ends `base` is not doubled (a backend path of `/` or `/v1/`).
+fn join_suffix(base: &str, suffix: &PathSuffix) -> String {
+    let suffix = suffix.as_str();
+    let base = if suffix.is_empty() {
+        base
+    } else {
+        base.strip_suffix('/').unwrap_or(base)
+    };
+    let mut joined = String::with_capacity(base.len() + suffix.len() + 16);
+    joined.push_str(base);
+    joined.push_str(suffix);
+    joined
 }
 
 /// Build the upstream URI (and the audit-safe target URL, without query) for a request whose
@@ -1049,6 +1078,21 @@ mod tests {
         let b = backend("https://api.example.com", "v2/x");
         let (uri, _) = upstream_uri(&b, None).unwrap();
         assert_eq!(uri, "https://api.example.com/v2/x");
+    }
+
+    #[test]
+    fn a_suffix_is_joined_without_doubling_a_slash() {
+        let s = |s: &str| PathSuffix::new(s).unwrap();
+        assert_eq!(join_suffix("/v1", &s("/models/m")), "/v1/models/m");
+        assert_eq!(join_suffix("/v1", &s("")), "/v1");
+        assert_eq!(join_suffix("/v1", &s("/")), "/v1/");
+        assert_eq!(join_suffix("/", &s("/models")), "/models");
+        assert_eq!(join_suffix("/", &s("")), "/");
+        assert_eq!(
+            join_suffix("http://h:1/", &s("/models")),
+            "http://h:1/models"
+        );
+        assert_eq!(join_suffix("/v1/", &s("/models")), "/v1/models");
     }
 
     #[test]

@@ -7,12 +7,12 @@
 //! |---|---|---|---|---|---|
 //! | 1 | [`RequestIdLayer`](request_id::RequestIdLayer) | `x-request-id` | `x-request-id` on request and response | never | no |
 //! | 2 | [`AuditLayer`](audit::AuditLayer) | req ext [`ClientAddr`]; resp ext [`KeyIdentity`], [`Rejected`], [`TargetUrl`] | one [`AuditEvent`] → queue → [`AuditSink`]; narrows `accept-encoding` to `gzip`/`deflate`/`identity` ([why](audit#compressed-answers-and-accept-encoding)) | never | [`AuditBody`](audit::AuditBody), [`AuditRequestBody`](audit::AuditRequestBody) |
-//! | 3 | [`RouteLayer`](route::RouteLayer) | method, path, [`RouteTable`](route::RouteTable) | req ext [`RouteConfig`] | 404 `route_not_found`; 405 `method_not_allowed` (`TRACE`, `TRACK`, `CONNECT`) | no |
+//! | 3 | [`RouteLayer`](route::RouteLayer) | method, path, [`RouteTable`](route::RouteTable) | req ext [`RouteConfig`], and [`PathSuffix`] for a prefix route | 404 `route_not_found`; 400 `invalid_path` (a prefix route's path that could leave its backend path); 405 `method_not_allowed` (`TRACE`, `TRACK`, `CONNECT`) | no |
 //! | 4 | [`ApiKeyAuthLayer`](auth::ApiKeyAuthLayer) | `x-api-key` / `authorization: Bearer`, [`RouteConfig::permission`] | req + resp ext [`KeyIdentity`]; removes copies of the key from the query and other headers | 401 / 403 / 503 (to gRPC callers: `grpc-status` 16 / 7 / 14) | no |
 //! | 5 | [`RequestSizeLimitLayer`](limit::RequestSizeLimitLayer) | `content-length`, body | — | 413 `request_too_large` | [`LimitedBody`](limit::LimitedBody) |
 //! | 6 | [`ScrubHeadersLayer`](scrub::ScrubHeadersLayer) | headers | removes credentials, hop-by-hop, `Connection`-listed | never | no |
 //! | 7 | [`InjectUpstreamKeyLayer`](inject::InjectUpstreamKeyLayer) | [`Backend::api_key`] | `authorization` (sensitive) | never | no |
-//! | 8 | [`ForwardService`](forward::ForwardService) | [`RouteConfig::backend`] | resp ext [`TargetUrl`] | 500 / 502 / 504 | [`GatewayBody`](body::GatewayBody) |
+//! | 8 | [`ForwardService`](forward::ForwardService) | [`RouteConfig::backend`], [`PathSuffix`] | resp ext [`TargetUrl`] | 500 / 502 / 504 | [`GatewayBody`](body::GatewayBody) |
 //!
 //! Every refusal is an OpenAI-shaped JSON body `{"error":{"message","type","code"}}` marked with
 //! [`Rejected`] (auth answers a gRPC call in gRPC's form instead, see [`auth`]), never an `Err`:
@@ -112,7 +112,8 @@ pub use audit::{AuditBatch, AuditEvent, AuditSink, Outcome, TokenUsage};
 pub use auth::{KeyResolver, PresentedKey, ResolveError};
 pub use error::{BoxError, json_error};
 pub use extensions::{
-    Backend, BackendUrlError, ClientAddr, KeyIdentity, Rejected, RouteConfig, TargetUrl,
+    Backend, BackendUrlError, ClientAddr, InvalidPathSuffix, KeyIdentity, PathSuffix, Rejected,
+    RouteConfig, TargetUrl,
 };
 pub use gateway::{Gateway, GatewayBuilder, GatewayLayer};
 pub use secret::Secret;

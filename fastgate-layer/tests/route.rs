@@ -80,3 +80,103 @@ async fn replace_routes_while_a_stream_is_in_flight() {
     let res = client().request(chat(addr, full("{}"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_prefix_route_forwards_the_rest_of_the_path_and_audits_its_target() {
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let up = upstream(move |req| {
+        let auth = req.headers()[http::header::AUTHORIZATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        record.lock().unwrap().push((req.uri().to_string(), auth));
+        async { Response::new(full("{}")) }
+    })
+    .await;
+    let mut prefix_backend = backend(up);
+    prefix_backend.path = "/v1".into();
+    let table = fastgate_layer::route::RouteTable::new(HashMap::from([(
+        "/proxy/openai/*".to_owned(),
+        RouteConfig {
+            name: "openai".into(),
+            permission: "chat".into(),
+            backend: Arc::new(prefix_backend),
+        },
+    )]));
+    let sink = fastgate_layer::audit::MemorySink::default();
+    let (audit, worker) =
+        fastgate_layer::audit::AuditLayer::pair(sink.clone(), test_audit_config());
+    tokio::spawn(worker.run());
+    let svc = fastgate_layer::GatewayBuilder::new(keys(), table)
+        .audit(audit)
+        .build::<Incoming>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(svc),
+                )
+                .await;
+            });
+        }
+    });
+    let get = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .header("x-api-key", CLIENT_KEY)
+            .body(full(""))
+            .unwrap()
+    };
+    for (path, upstream_uri) in [
+        (
+            "/proxy/openai/models/gpt-4?x=1",
+            "/base/v1/models/gpt-4?x=1",
+        ),
+        ("/proxy/openai", "/base/v1"),
+        ("/proxy/openai/", "/base/v1/"),
+    ] {
+        let res = client().request(get(path)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let (uri, auth) = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(uri, upstream_uri);
+        assert_eq!(auth, format!("Bearer {UPSTREAM_KEY}"));
+    }
+    for path in [
+        "/proxy/openai/%2e%2e/x",
+        "/proxy/openai/a%2Fb",
+        "/proxy/openai//x",
+    ] {
+        let res = client().request(get(path)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a refused path reached the upstream"
+    );
+
+    tokio::time::timeout(Duration::from_secs(10), sink.wait_for(6))
+        .await
+        .unwrap();
+    let events = sink.events();
+    let first = &events[0];
+    assert_eq!(first.path, "/proxy/openai/models/gpt-4");
+    assert_eq!(
+        first.target_url.as_deref(),
+        Some(&*format!("http://{up}/base/v1/models/gpt-4"))
+    );
+    assert_eq!(
+        events[2].target_url.as_deref(),
+        Some(&*format!("http://{up}/base/v1/"))
+    );
+    let refused = &events[3];
+    assert_eq!(refused.path, "/proxy/openai/%2e%2e/x");
+    assert_eq!((refused.status, refused.target_url.as_deref()), (400, None));
+    assert_eq!(refused.error_code, Some("invalid_path"));
+}
