@@ -1293,6 +1293,14 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
         .map_err(|m| ConfigError::new(path, "api_gateway.backend_url", m))?;
     check_path(&c.api_gateway.backend_path)
         .map_err(|m| ConfigError::new(path, "api_gateway.backend_path", m))?;
+    if c.api_gateway.backend_path.ends_with("/*") {
+        return Err(ConfigError::new(
+            path,
+            "api_gateway.backend_path",
+            "must not end with /* (the unified endpoint is one path; a prefix route belongs in \
+             the routes file)",
+        ));
+    }
     for (i, h) in c.api_gateway.strip_headers.iter().enumerate() {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
             return err(
@@ -1399,6 +1407,44 @@ fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The prefix of a prefix route (its `path` without the final `/*`): `/proxy` or below it, in
+/// plain segments, as requests are matched on the path as received.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.contains(['*', '%']) {
+        return Err(format!(
+            "{prefix:?}/* is not a valid prefix route: a '*' only as the last segment, /*, \
+             and no percent-escapes (paths are matched as received)"
+        ));
+    }
+    if prefix.ends_with('/') {
+        return Err(format!(
+            "{prefix:?}/* ends with an empty segment: write {:?}",
+            format!("{}/*", prefix.trim_end_matches('/'))
+        ));
+    }
+    if let Err(why) = fastgate_layer::PathSuffix::new(prefix) {
+        return Err(format!("{prefix:?}/* is not a valid prefix route: {why}"));
+    }
+    Ok(())
+}
+
+/// The backend path of a prefix route: what the rest of the request path is appended to.
+fn check_prefix_backend_path(p: &str) -> Result<(), String> {
+    if p.contains('*') {
+        return Err(format!(
+            "{p:?}: the backend path of a prefix route takes no '*' (the rest of the request \
+             path is appended to it: /v1, not /v1/*)"
+        ));
+    }
+    if p.ends_with("//") {
+        return Err(format!(
+            "{p:?} ends with an empty segment: the rest of the request path would follow \
+             after '//'"
+        ));
+    }
+    Ok(())
+}
+
 /// `p` as given when absolute, else relative to the directory of the config file.
 pub(crate) fn relative_to_config(config_path: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
@@ -1458,11 +1504,22 @@ fn load_routes_file(path: &Path) -> Result<RoutesFile, ConfigError> {
     let de = serde_yaml_ng::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let at = err.path().to_string();
+        let mut message = without_path(&at, &strip_location(&err.inner().to_string()));
+        // M-FastGate's first routes.yaml (route_manager.py) had `path_prefix` and `targets`.
+        if ["unknown field `path_prefix`", "unknown field `targets`"]
+            .iter()
+            .any(|m| message.contains(m))
+        {
+            message.push_str(
+                " (M-FastGate's path_prefix/targets format: FastGate writes a prefix route as \
+                 path: /proxy/<prefix>/* with backend_url and backend_path)",
+            );
+        }
         ConfigError {
             file: path.to_path_buf(),
             line: err.inner().location().map(|l| l.line()),
             key: display_path(&at),
-            message: without_path(&at, &strip_location(&err.inner().to_string())),
+            message,
         }
     })
 }
@@ -1512,6 +1569,18 @@ fn build_routes(
         }
         check_path(&r.path).map_err(|m| ConfigError::new(file, k("path"), m))?;
         check_path(&r.backend_path).map_err(|m| ConfigError::new(file, k("backend_path"), m))?;
+        if let Some(prefix) = r.path.strip_suffix("/*") {
+            check_prefix(prefix).map_err(|m| ConfigError::new(file, k("path"), m))?;
+            check_prefix_backend_path(&r.backend_path)
+                .map_err(|m| ConfigError::new(file, k("backend_path"), m))?;
+        } else if r.path.contains('*') {
+            return Err(ConfigError::new(
+                file,
+                k("path"),
+                "a '*' is only allowed as the last segment, /*, of a prefix route \
+                 (/proxy/openai/* matches /proxy/openai and every path below it)",
+            ));
+        }
         let base_url = parse_backend_url(&r.backend_url)
             .map_err(|m| ConfigError::new(file, k("backend_url"), m))?;
         let api_key = match (&r.real_api_key, &r.real_api_key_env) {
@@ -1905,6 +1974,101 @@ api_gateway:
         .unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert_eq!(e.key, "routes[0].path");
+    }
+
+    #[test]
+    fn prefix_routes_are_checked_and_shown_under_their_star_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let routes = |path: &str, backend_path: &str| {
+            std::fs::write(
+                dir.path().join("routes.yaml"),
+                format!(
+                    "routes:\n  - path: {path}\n    backend_url: http://127.0.0.1:9001\n    \
+                     backend_path: {backend_path}\n    permission: models\n    timeout: 7\n"
+                ),
+            )
+            .unwrap();
+        };
+        for (path, backend_path) in [
+            ("/proxy/openai/*", "/v1"),
+            ("/proxy/*", "/"),
+            ("/proxy/a/b/*", "/v1/"),
+        ] {
+            routes(path, backend_path);
+            let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+            let r = &s.routes[path];
+            assert_eq!((&*r.permission, &*r.backend.path), ("models", backend_path));
+            assert_eq!(r.backend.response_timeout, Duration::from_secs(7));
+            let shown = s.redacted_json();
+            let shown = shown["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["path"] == path)
+                .unwrap();
+            assert_eq!(shown["backend_path"], backend_path, "{shown}");
+        }
+        for (path, backend_path, key, want) in [
+            (
+                "/proxy/openai/**",
+                "/v1",
+                "path",
+                "only allowed as the last segment",
+            ),
+            (
+                "/proxy/*/x",
+                "/v1",
+                "path",
+                "only allowed as the last segment",
+            ),
+            (
+                "/proxy/openai*",
+                "/v1",
+                "path",
+                "only allowed as the last segment",
+            ),
+            (
+                "/proxy/open*/x/*",
+                "/v1",
+                "path",
+                "not a valid prefix route",
+            ),
+            ("/proxy/openai//*", "/v1", "path", "empty segment"),
+            ("/proxy/a/../b/*", "/v1", "path", "'.' or '..'"),
+            ("/proxy/%6fpenai/*", "/v1", "path", "no percent-escapes"),
+            ("/other/*", "/v1", "path", "must start with /proxy/"),
+            ("/proxy/openai/*", "/v1/*", "backend_path", "takes no '*'"),
+            ("/proxy/openai/*", "/v1//", "backend_path", "empty segment"),
+        ] {
+            routes(path, backend_path);
+            let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+            assert_eq!(
+                e.key,
+                format!("routes[0].{key}"),
+                "{path} {backend_path}: {e}"
+            );
+            assert!(e.to_string().contains(want), "{path} {backend_path}: {e}");
+        }
+        // M-FastGate's first routes format gets a pointer to this one.
+        std::fs::write(
+            dir.path().join("routes.yaml"),
+            "routes:\n  - name: x\n    path_prefix: /api/v1/example\n    targets:\n      - url: http://localhost:8001\n",
+        )
+        .unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("path: /proxy/<prefix>/*"), "{e}");
+        // The unified endpoint is one path.
+        std::fs::remove_file(dir.path().join("routes.yaml")).unwrap();
+        let yaml = SEED.replace(
+            "backend_path: \"/miniai/v2/chat/completions\"",
+            "backend_path: \"/miniai/v2/*\"",
+        );
+        assert_ne!(yaml, SEED);
+        std::fs::write(&cfg, yaml).unwrap();
+        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        assert_eq!(e.key, "api_gateway.backend_path", "{e}");
     }
 
     #[test]
