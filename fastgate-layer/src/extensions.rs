@@ -78,16 +78,16 @@ pub struct TargetUrl(pub Arc<str>);
 /// It can only be built from a suffix that cannot leave the backend's path
 /// ([`PathSuffix::new`]): empty (the prefix itself), or `/` followed by segments none of which is
 /// `.` or `..` (also before a `;`), empty (`//`; a single trailing `/` is kept) or holds a `\`;
-/// percent-escapes must be well formed, must not stand for a `/`, `\`, control character or a
-/// character that needs no escaping (letters, digits, `-._~`: `%2e` is a `.` to most backends,
-/// `%65` an `e`), and must decode to UTF-8 (no overlong `%c0%ae`).
+/// percent-escapes must be well formed, must not stand for a `/`, `\`, `%` (double encoding),
+/// a control character or a character that needs no escaping (letters, digits, `-._~`: `%2e` is
+/// a `.` to most backends, `%65` an `e`), and must decode to UTF-8 (no overlong `%c0%ae`).
 ///
 /// ```
 /// use fastgate_layer::PathSuffix;
 ///
 /// assert_eq!(PathSuffix::new("/models/gpt-4").unwrap().as_str(), "/models/gpt-4");
 /// assert!(PathSuffix::new("").is_ok() && PathSuffix::new("/files/").is_ok());
-/// for bad in ["/../admin", "/a/%2e%2E/b", "/a%2fb", "/a\\b", "/a//b", "/%6dodels", "x"] {
+/// for bad in ["/../admin", "/a/%2e%2E/b", "/a%2fb", "/a\\b", "/a//b", "/%6dodels", "/%252e", "x"] {
 ///     assert!(PathSuffix::new(bad).is_err(), "{bad}");
 /// }
 /// ```
@@ -169,6 +169,10 @@ fn check_escapes(suffix: &str) -> Result<(), InvalidPathSuffix> {
         }
         if matches!(byte, b'/' | b'\\') {
             return Err(InvalidPathSuffix("the path holds an encoded '/' or '\\'"));
+        }
+        // `%252e` is `%2e` after one decoding: a `.` to a backend that decodes twice.
+        if byte == b'%' {
+            return Err(InvalidPathSuffix("the path holds an encoded '%'"));
         }
         if byte.is_ascii_control() {
             return Err(InvalidPathSuffix(

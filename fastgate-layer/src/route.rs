@@ -24,8 +24,8 @@
 //! 3. the longest prefix route matching the path as received, when the table has any
 //!    ([`RouteTable::get_prefix`]). Its suffix must not be able to leave the backend's path:
 //!    a `.` or `..` segment, an empty one (`//`), a backslash, or a percent-escape of `/`, `\`,
-//!    a control character or of a character that needs none (`%2e`, `%65`), is answered 400 JSON
-//!    `invalid_path` (marked [`Rejected`](crate::Rejected)), never forwarded. That is what keeps
+//!    `%`, a control character or of a character that needs none (`%2e`, `%65`), is answered
+//!    400 JSON `invalid_path` (marked [`Rejected`](crate::Rejected)), never forwarded. That is what keeps
 //!    `/proxy/v1/%65mbeddings/x` from reaching a stricter prefix route's backend path
 //!    (`/proxy/v1/embeddings/*`) under a looser one's permission, as the backend would decode it.
 //!
@@ -693,6 +693,8 @@ mod tests {
             "/proxy/v1/a%2",
             "/proxy/v1/%c0%ae%c0%ae/x",
             "/proxy/v1/%ff",
+            "/proxy/v1/%252e%252e/x",
+            "/proxy/v1/a%25b",
             "/proxy/v1//models",
             "/proxy/v1/models//x",
             "/proxy/v1//",

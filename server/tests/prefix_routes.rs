@@ -132,6 +132,7 @@ async fn prefix_routes_forward_below_the_backend_path_and_refuse_escapes() {
         "/proxy/openai/a\\b",
         "/proxy/openai//x",
         "/proxy/openai/%65mbeddings/x",
+        "/proxy/openai/%252e%252e/x",
     ];
     for path in refused {
         let (status, answer) = raw_get(&fg, path, &chat_key).await;
