@@ -216,7 +216,11 @@ impl ModelSniffer {
         if self.done {
             return;
         }
-        self.scan.push(chunk);
+        if last && chunk.len() == len {
+            self.scan.push_last(chunk);
+        } else {
+            self.scan.push(chunk);
+        }
         // `chunk.len() < len`: a frame in several pieces (never from hyper, whose frames are
         // `Bytes`); only its first piece was seen, so the scanner cannot follow the rest.
         if last || self.scan.is_done() || chunk.len() < len {

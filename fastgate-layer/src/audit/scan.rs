@@ -559,7 +559,8 @@ enum State {
     Next,
     /// In the model's string value ([`ModelValue`]).
     Model,
-    /// The model was found and `stream` seen: nothing more to read.
+    /// The model was found and `stream` seen (or, in the body's last piece, no `stream` key can
+    /// follow): nothing more to read.
     Found,
     /// No model: not an object, malformed, no top-level `model` string, or a value that is not a
     /// valid string.
@@ -658,6 +659,18 @@ impl ModelScanner {
 
     /// Look at the next piece of the body.
     pub fn push(&mut self, chunk: &[u8]) {
+        self.scan(chunk, false);
+    }
+
+    /// Look at the last piece of the body: once the model is read, the rest is crossed only if
+    /// it holds the text `"stream"` (without it, no top-level `stream` key can follow), so a
+    /// body with its model first and no `stream` key costs no more than it did before `stream`
+    /// was looked for.
+    pub fn push_last(&mut self, chunk: &[u8]) {
+        self.scan(chunk, true);
+    }
+
+    fn scan(&mut self, chunk: &[u8], last: bool) {
         let mut state = self.state;
         let mut i = 0;
         while let Some(&b) = chunk.get(i) {
@@ -834,7 +847,14 @@ impl ModelScanner {
                         None => State::Model,
                         Some(true) => {
                             self.found = true;
-                            self.known()
+                            if last
+                                && self.stream.is_none()
+                                && memchr::memmem::find(&chunk[i..], b"\"stream\"").is_none()
+                            {
+                                State::Found
+                            } else {
+                                self.known()
+                            }
                         }
                         Some(false) => State::Failed,
                     };
@@ -1870,6 +1890,12 @@ mod tests {
                 scan.push(&body[split..]);
                 assert_eq!(scan.model(), model, "{text} split {split}");
                 assert_eq!(scan.stream(), stream, "{text} split {split}");
+                // The same with the second piece known to be the body's last.
+                let mut scan = ModelScanner::new();
+                scan.push(&body[..split]);
+                scan.push_last(&body[split..]);
+                assert_eq!(scan.model(), model, "{text} split {split}, last");
+                assert_eq!(scan.stream(), stream, "{text} split {split}, last");
             }
             let mut scan = ModelScanner::new();
             for b in body {
@@ -1877,6 +1903,21 @@ mod tests {
             }
             assert_eq!((scan.model(), scan.stream()), (model, stream), "{text}");
         }
+        // In the body's last piece, a model with no `"stream"` text after it ends the scan at
+        // once; with the text (even inside a string), the rest is crossed as before.
+        let mut scan = ModelScanner::new();
+        scan.push_last(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#);
+        assert!(scan.is_done());
+        assert_eq!((scan.model(), scan.stream()), (Some("m"), false));
+        let mut scan = ModelScanner::new();
+        scan.push_last(br#"{"model":"m","messages":[{"content":"x"}]"#);
+        assert!(
+            scan.is_done(),
+            "not crossed: the object's end is not needed"
+        );
+        let mut scan = ModelScanner::new();
+        scan.push(br#"{"model":"m","messages":[{"content":""stream""}]"#);
+        assert!(!scan.is_done(), "not the last piece: crossed");
         // The model is available as soon as it is read, and can be taken once.
         let mut scan = ModelScanner::new();
         scan.push(br#"{"model":"m","messages":[{"content":"x"#);
