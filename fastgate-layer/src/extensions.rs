@@ -77,7 +77,10 @@ pub struct TargetUrl(pub Arc<str>);
 ///
 /// It can only be built from a suffix that cannot leave the backend's path
 /// ([`PathSuffix::new`]): empty (the prefix itself), or `/` followed by segments none of which is
-/// `.` or `..` (also before a `;`), empty (`//`; a single trailing `/` is kept) or holds a `\`;
+/// `.` or `..`, empty (`//`; a single trailing `/` is kept), holds a `\` or ends, decoded, with
+/// a `.`, a space or a Unicode dot (`...`, `..%20`, `%ef%bc%8e%ef%bc%8e`, `gpt-4.`: a `..` or
+/// another path to some backends; see `is_dot_like`); no `;` anywhere, raw or as `%3B` (servlet
+/// containers drop a `;x` path parameter: `embeddings;x` would be `embeddings`);
 /// percent-escapes must be well formed, must not stand for a `/`, `\`, `%` (double encoding),
 /// a control character or a character that needs no escaping (letters, digits, `-._~`: `%2e` is
 /// a `.` to most backends, `%65` an `e`), and must decode to UTF-8 (no overlong `%c0%ae`).
@@ -87,7 +90,9 @@ pub struct TargetUrl(pub Arc<str>);
 ///
 /// assert_eq!(PathSuffix::new("/models/gpt-4").unwrap().as_str(), "/models/gpt-4");
 /// assert!(PathSuffix::new("").is_ok() && PathSuffix::new("/files/").is_ok());
-/// for bad in ["/../admin", "/a/%2e%2E/b", "/a%2fb", "/a\\b", "/a//b", "/%6dodels", "/%252e", "x"] {
+/// assert!(PathSuffix::new("/models/gpt-4.1").is_ok() && PathSuffix::new("/models/ft:gpt-4o:org:x:id").is_ok());
+/// for bad in ["/../admin", "/a/%2e%2E/b", "/a%2fb", "/a\\b", "/a//b", "/%6dodels", "/%252e", "x",
+///             "/embeddings;x", "/a%3Bb", "/.../x", "/..%20/x", "/%ef%bc%8e%ef%bc%8e/x", "/embeddings."] {
 ///     assert!(PathSuffix::new(bad).is_err(), "{bad}");
 /// }
 /// ```
@@ -120,24 +125,47 @@ fn check_suffix(suffix: &str) -> Result<(), InvalidPathSuffix> {
             Err(InvalidPathSuffix("the path does not continue at a '/'"))
         };
     };
+    // `embeddings;x` is `embeddings` to servlet containers (Tomcat drops a `;` path parameter):
+    // another route's backend path under this route's permission, and `..;x` a `..`.
+    if suffix.contains(';') {
+        return Err(InvalidPathSuffix("the path holds a ';'"));
+    }
+    if suffix.contains('%') {
+        check_escapes(suffix)?;
+    }
     let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         if segment.is_empty() && segments.peek().is_some() {
             return Err(InvalidPathSuffix("the path holds an empty segment (//)"));
         }
-        // `..;x` is `..` to servlet containers (Tomcat drops what follows a `;`).
-        let bare = segment.split(';').next().unwrap_or_default();
-        if bare == "." || bare == ".." {
+        if segment == "." || segment == ".." {
             return Err(InvalidPathSuffix("the path holds a '.' or '..' segment"));
         }
         if segment.contains('\\') {
             return Err(InvalidPathSuffix("the path holds a backslash"));
         }
-    }
-    if suffix.contains('%') {
-        check_escapes(suffix)?;
+        // A `.` or space at the end is dropped by Windows servers (`embeddings.` is
+        // `embeddings` to IIS), and `...`, `..%20` or fullwidth dots are `..` to some.
+        // The escapes are well formed by now (`%20`, `%ef%bc%8e` remain to decode).
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        if decoded.ends_with(is_dot_like) {
+            return Err(InvalidPathSuffix(
+                "the path holds a segment ending with a dot or a space",
+            ));
+        }
     }
     Ok(())
+}
+
+/// A character some backends take for a `.` (or `..`), or drop at the end of a segment: `.`,
+/// a space, and the dots that Unicode compatibility normalisation (NFKC) turns into `.` or
+/// `..`: fullwidth `．` (U+FF0E), small `﹒` (U+FE52), one and two dot leaders `․` `‥`
+/// (U+2024, U+2025).
+fn is_dot_like(c: char) -> bool {
+    matches!(
+        c,
+        '.' | ' ' | '\u{FF0E}' | '\u{FE52}' | '\u{2024}' | '\u{2025}'
+    )
 }
 
 /// Each `%` starts a well-formed escape of a byte that needs one, and the decoded suffix is UTF-8.
@@ -173,6 +201,9 @@ fn check_escapes(suffix: &str) -> Result<(), InvalidPathSuffix> {
         // `%252e` is `%2e` after one decoding: a `.` to a backend that decodes twice.
         if byte == b'%' {
             return Err(InvalidPathSuffix("the path holds an encoded '%'"));
+        }
+        if byte == b';' {
+            return Err(InvalidPathSuffix("the path holds a ';'"));
         }
         if byte.is_ascii_control() {
             return Err(InvalidPathSuffix(

@@ -23,8 +23,10 @@
 //!    `/proxy/v1/embeddings` (and need its permission), not a prefix route above it;
 //! 3. the longest prefix route matching the path as received, when the table has any
 //!    ([`RouteTable::get_prefix`]). Its suffix must not be able to leave the backend's path:
-//!    a `.` or `..` segment, an empty one (`//`), a backslash, or a percent-escape of `/`, `\`,
-//!    `%`, a control character or of a character that needs none (`%2e`, `%65`), is answered
+//!    a `.` or `..` segment, an empty one (`//`), one ending with a dot or a space (`...`,
+//!    `..%20`, fullwidth dots, `embeddings.`), a backslash, a `;` (`%3B` too: servlet containers
+//!    drop `;x`), or a percent-escape of `/`, `\`, `%`, a control character or of a character
+//!    that needs none (`%2e`, `%65`), is answered
 //!    400 JSON `invalid_path` (marked [`Rejected`](crate::Rejected)), never forwarded. That is what keeps
 //!    `/proxy/v1/%65mbeddings/x` from reaching a stricter prefix route's backend path
 //!    (`/proxy/v1/embeddings/*`) under a looser one's permission, as the backend would decode it.
@@ -703,6 +705,67 @@ mod tests {
             assert_eq!(
                 matched(&table, uri).await,
                 (StatusCode::BAD_REQUEST, "invalid_path".into()),
+                "{uri}"
+            );
+        }
+    }
+
+    /// `;` path parameters (dropped by servlet containers: `embeddings;x` is the exact route's
+    /// path to them) and segments some backends take for `..` or strip a dot or space from.
+    #[tokio::test]
+    async fn path_parameters_and_dot_like_segments_are_refused() {
+        let table = prefix_table();
+        for uri in [
+            "/proxy/v1/embeddings;x",
+            "/proxy/v1/embeddings;",
+            "/proxy/v1/embeddings%3Bx",
+            "/proxy/v1/embeddings%3bx",
+            "/proxy/v1/models;x/y",
+            "/proxy/v1/..%3b/x",
+            "/proxy/v1/..%20/x",
+            "/proxy/v1/...",
+            "/proxy/v1/.../x",
+            "/proxy/v1/%20",
+            "/proxy/v1/%ef%bc%8e%ef%bc%8e/x",
+            "/proxy/v1/%EF%BC%8E/x",
+            "/proxy/v1/%e2%80%a5/x",
+            "/proxy/v1/embeddings.",
+            "/proxy/v1/embeddings%20",
+            "/proxy/v1/embeddings%ef%bc%8e",
+            "/proxy/v1/files/file-1./content",
+            "/proxy/v1/models/gpt-4.",
+        ] {
+            assert_eq!(
+                matched(&table, uri).await,
+                (StatusCode::BAD_REQUEST, "invalid_path".into()),
+                "{uri}"
+            );
+        }
+        // Ids as OpenAI-compatible APIs write them keep working.
+        for (uri, want) in [
+            ("/proxy/v1/models/gpt-4.1", "v1 chat /models/gpt-4.1"),
+            (
+                "/proxy/v1/models/ft:gpt-4o:org:name:id",
+                "v1 chat /models/ft:gpt-4o:org:name:id",
+            ),
+            (
+                "/proxy/v1/files/file-abc123/content",
+                "files files /file-abc123/content",
+            ),
+            (
+                "/proxy/v1/responses/resp_67ccd2b",
+                "v1 chat /responses/resp_67ccd2b",
+            ),
+            ("/proxy/v1/models/.hidden", "v1 chat /models/.hidden"),
+            ("/proxy/v1/models/a%20b", "v1 chat /models/a%20b"),
+            (
+                "/proxy/v1/models/Llama-3.1-8B",
+                "v1 chat /models/Llama-3.1-8B",
+            ),
+        ] {
+            assert_eq!(
+                matched(&table, uri).await,
+                (StatusCode::OK, want.to_owned()),
                 "{uri}"
             );
         }

@@ -133,6 +133,14 @@ async fn prefix_routes_forward_below_the_backend_path_and_refuse_escapes() {
         "/proxy/openai//x",
         "/proxy/openai/%65mbeddings/x",
         "/proxy/openai/%252e%252e/x",
+        // `;x` is dropped by servlet containers: the exact route's path with the prefix
+        // route's permission. And segments some backends take for `..`.
+        "/proxy/openai/embeddings;x",
+        "/proxy/openai/embeddings%3Bx",
+        "/proxy/openai/..%20/x",
+        "/proxy/openai/.../x",
+        "/proxy/openai/%ef%bc%8e%ef%bc%8e/x",
+        "/proxy/openai/embeddings.",
     ];
     for path in refused {
         let (status, answer) = raw_get(&fg, path, &chat_key).await;
