@@ -29,6 +29,7 @@
 //! | failure | response | [`Rejected`](crate::Rejected) code / outcome |
 //! |---|---|---|
 //! | no `RouteConfig` in the extensions | 500 | `no_route` / `rejected` |
+//! | the backend's URL with the request's path and query is over 65,534 bytes | 414 | `uri_too_long` / `rejected` |
 //! | connection refused / DNS / TLS | 502 | `upstream_unreachable` / `upstream_error` |
 //! | the request body fails while sent (client gone mid-upload, broken chunked body; behind an `AuditLayer`) | 400 | `request_body_error` / `client_aborted` |
 //! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
@@ -342,6 +343,9 @@ struct Prepared<B> {
     uri: Uri,
     /// The same, origin-form (path only), for the pooled HTTP/1 path.
     origin: Uri,
+    /// The text of the URI `via` sends (`origin` or `uri`), which a prefix route's suffix is
+    /// appended to.
+    base: Box<str>,
     target: TargetUrl,
     /// How the requests go: a pool of plain `http://` connections of this backend, or
     /// hyper-util (TLS, HTTP/2).
@@ -517,40 +521,54 @@ where
                 Some(pool) => Via::Pool(pool),
                 None => Via::Client,
             };
+            let base = match via {
+                Via::Pool(_) => origin.to_string(),
+                Via::Client => uri.to_string(),
+            };
             Some(Arc::new(Prepared {
                 uri,
                 origin,
+                base: base.into(),
                 target,
                 via,
             }))
         });
-        // A prefix route's request: the rest of its path goes after the backend's path.
-        let suffix = req.extensions().get::<PathSuffix>();
-        let uri = prepared.as_ref().and_then(|p| {
-            let base = match p.via {
-                Via::Pool(_) => &p.origin,
-                Via::Client => &p.uri,
-            };
-            match (suffix, req.uri().query()) {
-                (None, None) => Some(base.clone()),
-                // The query string is kept; only then is a URI built per request.
-                (None, Some(q)) => format!("{base}?{q}").parse::<Uri>().ok(),
-                (Some(suffix), q) => {
-                    let mut uri = join_suffix(&base.to_string(), suffix);
-                    if let Some(q) = q {
-                        uri.push('?');
-                        uri.push_str(q);
-                    }
-                    uri.parse::<Uri>().ok()
-                }
-            }
-        });
-        let (Some(prepared), Some(uri)) = (prepared, uri) else {
+        let Some(prepared) = prepared else {
             tracing::error!(route = %route.name, "backend URL of route is not usable");
             return ResponseFuture::ready(rejection(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "bad_backend",
                 "the backend of this route is misconfigured",
+                Outcome::Rejected,
+            ));
+        };
+        // A prefix route's request: the rest of its path goes after the backend's path.
+        let suffix = req.extensions().get::<PathSuffix>();
+        let uri = match (suffix, req.uri().query()) {
+            (None, None) => Some(match prepared.via {
+                Via::Pool(_) => prepared.origin.clone(),
+                Via::Client => prepared.uri.clone(),
+            }),
+            // The query string is kept; only then is a URI built per request.
+            (None, Some(q)) => format!("{}?{q}", prepared.base).parse::<Uri>().ok(),
+            (Some(suffix), q) => {
+                let mut uri = join_suffix(&prepared.base, suffix);
+                if let Some(q) = q {
+                    uri.push('?');
+                    uri.push_str(q);
+                }
+                uri.parse::<Uri>().ok()
+            }
+        };
+        // The backend's URI was usable, and the path and query were as received: only the
+        // length limit of a URI (65,534 bytes) fails them. The client's doing, not the
+        // backend's: no 500, and no log line a client could fill the log with.
+        let Some(uri) = uri else {
+            tracing::debug!(route = %route.name, "upstream URI too long");
+            return ResponseFuture::ready(rejection(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "the request URI is too long for this route's backend",
                 Outcome::Rejected,
             ));
         };
@@ -1198,6 +1216,50 @@ mod tests {
                 "the 2.5 s route gave up after {took:?}"
             );
         }
+    }
+
+    /// A path below a prefix route that makes the upstream URI longer than `http` allows is the
+    /// client's 414, not the backend's 500 `bad_backend`; nothing is sent.
+    #[tokio::test]
+    async fn a_too_long_upstream_uri_is_414_not_bad_backend() {
+        let route = RouteConfig {
+            name: "prefix".into(),
+            permission: "chat".into(),
+            // Nothing listens there: the request must not get as far as connecting.
+            backend: Arc::new(backend("http://127.0.0.1:9", "/v1/base")),
+        };
+        let svc = ForwardService::<Full<Bytes>>::new();
+        let send = |suffix: Option<String>, query: &str| {
+            let mut req = Request::get(format!("/x?{query}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            req.extensions_mut().insert(route.clone());
+            if let Some(suffix) = suffix {
+                req.extensions_mut()
+                    .insert(PathSuffix::new(&suffix).unwrap());
+            }
+            svc.clone().oneshot(req)
+        };
+        // A request URI (`/x?` and the query) is at most 65,534 bytes, as the upstream's.
+        for (suffix, query) in [
+            (Some(format!("/{}", "a".repeat(65_600))), "q=1"),
+            (
+                Some(format!("/{}", "a".repeat(40_000))),
+                &*"b".repeat(30_000),
+            ),
+            (None, &*format!("q={}", "a".repeat(65_528))),
+        ] {
+            let res = send(suffix, query).await.unwrap();
+            assert_eq!(res.status(), StatusCode::URI_TOO_LONG);
+            let rejected = res.extensions().get::<crate::Rejected>().copied().unwrap();
+            assert_eq!(rejected.code, "uri_too_long");
+            assert_eq!(rejected.outcome, Outcome::Rejected);
+        }
+        // Just short enough: forwarded (the backend is unreachable: 502).
+        let res = send(Some(format!("/{}", "a".repeat(65_500))), "q=1")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     }
 
     #[tokio::test]

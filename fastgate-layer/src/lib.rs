@@ -12,7 +12,7 @@
 //! | 5 | [`RequestSizeLimitLayer`](limit::RequestSizeLimitLayer) | `content-length`, body | — | 413 `request_too_large` | [`LimitedBody`](limit::LimitedBody) |
 //! | 6 | [`ScrubHeadersLayer`](scrub::ScrubHeadersLayer) | headers | removes credentials, hop-by-hop, `Connection`-listed | never | no |
 //! | 7 | [`InjectUpstreamKeyLayer`](inject::InjectUpstreamKeyLayer) | [`Backend::api_key`] | `authorization` (sensitive) | never | no |
-//! | 8 | [`ForwardService`](forward::ForwardService) | [`RouteConfig::backend`], [`PathSuffix`] | resp ext [`TargetUrl`] | 500 / 502 / 504 | [`GatewayBody`](body::GatewayBody) |
+//! | 8 | [`ForwardService`](forward::ForwardService) | [`RouteConfig::backend`], [`PathSuffix`] | resp ext [`TargetUrl`] | 500 / 502 / 504; 414 `uri_too_long` | [`GatewayBody`](body::GatewayBody) |
 //!
 //! Every refusal is an OpenAI-shaped JSON body `{"error":{"message","type","code"}}` marked with
 //! [`Rejected`] (auth answers a gRPC call in gRPC's form instead, see [`auth`]), never an `Err`:
