@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastgate_layer::{Backend, RouteConfig, Secret};
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_yaml_ng::Value;
 
@@ -1291,7 +1292,7 @@ fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     }
     parse_backend_url(&c.api_gateway.backend_url)
         .map_err(|m| ConfigError::new(path, "api_gateway.backend_url", m))?;
-    check_path(&c.api_gateway.backend_path)
+    check_backend_path(&c.api_gateway.backend_path)
         .map_err(|m| ConfigError::new(path, "api_gateway.backend_path", m))?;
     if c.api_gateway.backend_path.ends_with("/*") {
         return Err(ConfigError::new(
@@ -1407,6 +1408,32 @@ fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A `backend_path` (of a route, or `api_gateway.backend_path`): a path ([`check_path`]) that
+/// cannot leave the backend's base path: no leading `//` (`//evil.example/v1` is a host to a URL
+/// parser, and to some backends) and no `.` or `..` segment, written out or percent-encoded
+/// (`/v1/..`, `/v1/%2e%2e`).
+fn check_backend_path(p: &str) -> Result<(), String> {
+    check_path(p)?;
+    if p.starts_with("//") {
+        return Err(format!(
+            "{p:?} starts with '//': write the path with a single '/' (a host belongs in \
+             backend_url)"
+        ));
+    }
+    let dot_segment = p.split('/').any(|segment| {
+        let bare = segment.split(';').next().unwrap_or_default();
+        let decoded = percent_decode_str(bare).decode_utf8_lossy();
+        decoded == "." || decoded == ".."
+    });
+    if dot_segment {
+        return Err(format!(
+            "{p:?} holds a '.' or '..' segment (also percent-encoded): write the path it \
+             stands for"
+        ));
+    }
+    Ok(())
+}
+
 /// The prefix of a prefix route (its `path` without the final `/*`): `/proxy` or below it, in
 /// plain segments, as requests are matched on the path as received.
 fn check_prefix(prefix: &str) -> Result<(), String> {
@@ -1440,6 +1467,13 @@ fn check_prefix_backend_path(p: &str) -> Result<(), String> {
         return Err(format!(
             "{p:?} ends with an empty segment: the rest of the request path would follow \
              after '//'"
+        ));
+    }
+    // What a request's path is appended to holds what the request's path may hold.
+    if let Err(why) = fastgate_layer::PathSuffix::new(p) {
+        return Err(format!(
+            "{p:?} is not a valid backend path for a prefix route: {}",
+            why.to_string().replace("the path", "it")
         ));
     }
     Ok(())
@@ -1568,7 +1602,8 @@ fn build_routes(
             return Err(ConfigError::new(file, k("path"), "must start with /proxy/"));
         }
         check_path(&r.path).map_err(|m| ConfigError::new(file, k("path"), m))?;
-        check_path(&r.backend_path).map_err(|m| ConfigError::new(file, k("backend_path"), m))?;
+        check_backend_path(&r.backend_path)
+            .map_err(|m| ConfigError::new(file, k("backend_path"), m))?;
         if let Some(prefix) = r.path.strip_suffix("/*") {
             check_prefix(prefix).map_err(|m| ConfigError::new(file, k("path"), m))?;
             check_prefix_backend_path(&r.backend_path)
@@ -2069,6 +2104,83 @@ api_gateway:
         std::fs::write(&cfg, yaml).unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert_eq!(e.key, "api_gateway.backend_path", "{e}");
+    }
+
+    #[test]
+    fn backend_paths_that_leave_the_backends_path_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let routes = |path: &str, backend_path: &str| {
+            std::fs::write(
+                dir.path().join("routes.yaml"),
+                format!(
+                    "routes:\n  - path: {path}\n    backend_url: http://127.0.0.1:9001\n    \
+                     backend_path: \"{backend_path}\"\n"
+                ),
+            )
+            .unwrap();
+            Settings::load_with_env(&cfg, Vec::new())
+        };
+        for path in ["/proxy/x", "/proxy/x/*"] {
+            for (backend_path, want) in [
+                ("/v1/..", "'.' or '..'"),
+                ("/v1/../admin", "'.' or '..'"),
+                ("/v1/./x", "'.' or '..'"),
+                ("/v1/%2e%2E/admin", "'.' or '..'"),
+                ("/v1/.%2e", "'.' or '..'"),
+                ("//evil.example/v1", "starts with '//'"),
+            ] {
+                let e = routes(path, backend_path).unwrap_err();
+                assert_eq!(
+                    e.key, "routes[0].backend_path",
+                    "{path} {backend_path}: {e}"
+                );
+                assert!(e.to_string().contains(want), "{path} {backend_path}: {e}");
+            }
+        }
+        // A prefix route's backend path is checked as what follows it would be.
+        for backend_path in ["/v1;x", "/v1%3Bx", "/%761", "/v1/...", "/v1.", "/v1\\\\x"] {
+            let e = routes("/proxy/x/*", backend_path).unwrap_err();
+            assert_eq!(e.key, "routes[0].backend_path", "{backend_path}: {e}");
+            assert!(
+                e.to_string().contains("prefix route"),
+                "{backend_path}: {e}"
+            );
+        }
+        for backend_path in ["/v1", "/v1/", "/", "/v1/a.b/c", "/models/gpt-4.1"] {
+            routes("/proxy/x/*", backend_path).unwrap();
+        }
+        for backend_path in ["/v1/chat/completions", "/v1/x;y", "/a%20b"] {
+            routes("/proxy/x", backend_path).unwrap();
+        }
+        // And the unified endpoint's.
+        std::fs::remove_file(dir.path().join("routes.yaml")).unwrap();
+        for backend_path in ["/v1/../admin", "//evil.example/v1", "/v1/%2E"] {
+            let yaml = SEED.replace("/miniai/v2/chat/completions", backend_path);
+            std::fs::write(&cfg, yaml).unwrap();
+            let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+            assert_eq!(e.key, "api_gateway.backend_path", "{backend_path}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_configs_still_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        for name in ["development.yaml", "production.example.yaml"] {
+            let path = root.join(name);
+            let env = [
+                (
+                    "FASTGATE__SECURITY__ADMIN_TOKEN",
+                    "a-long-admin-token-for-the-test-0123",
+                ),
+                ("FASTGATE__API_GATEWAY__REAL_API_KEY", "sk-test"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+            if let Err(e) = Settings::load_with_env(&path, env) {
+                panic!("{name}: {e}");
+            }
+        }
     }
 
     #[test]
