@@ -799,6 +799,8 @@ impl Settings {
                 crate::api::PERMISSION_RULE.replace("permissions must", "it should")
             ));
         }
+        let unified = format!("/proxy{}", config.api_gateway.backend_path);
+        warnings.extend(prefix_route_warnings(&routes, &unified));
         warnings.extend(mfastgate_warnings(&config));
         if !config.api_gateway.async_audit {
             warnings.push(
@@ -1558,6 +1560,108 @@ fn load_routes_file(path: &Path) -> Result<RoutesFile, ConfigError> {
     })
 }
 
+/// What a prefix route opens that another route guards differently: a prefix route forwards
+/// every path below its backend path, so another route (exact or prefix, the unified endpoint
+/// included) whose backend path is that path or below it on the same backend is reachable
+/// through the prefix route, with the prefix route's permission and real key. A warning, not an
+/// error: one API behind one route with its own permission for one endpoint is a legitimate
+/// setup when the keys that hold the prefix route's permission may reach that endpoint too.
+/// Also a prefix route that opens its backend's every path. Names routes and permissions only,
+/// never a URL (it may hold a password) or a key.
+/// `unified` is the unified endpoint's path (`/proxy` + `api_gateway.backend_path`).
+fn prefix_route_warnings(routes: &HashMap<String, RouteConfig>, unified: &str) -> Vec<String> {
+    let shown = |key: &str| {
+        if key == unified {
+            format!("the unified endpoint {key} (api_gateway)")
+        } else {
+            format!("route {key}")
+        }
+    };
+    let mut keys: Vec<&String> = routes.keys().collect();
+    keys.sort_unstable();
+    let mut warnings = Vec::new();
+    for &p_key in keys.iter().filter(|k| k.ends_with("/*")) {
+        let p = &routes[p_key];
+        let Some((p_origin, p_path)) = backend_target(&p.backend) else {
+            continue;
+        };
+        let p_dir = p_path.trim_end_matches('/');
+        if p_dir.is_empty() {
+            warnings.push(format!(
+                "prefix {} forwards every path of its backend (its full backend path is '/'): \
+                 any endpoint of that backend is reachable with the permission {:?}; give it \
+                 a backend_path such as /v1",
+                shown(p_key),
+                &*p.permission
+            ));
+        }
+        for &e_key in &keys {
+            if e_key == p_key {
+                continue;
+            }
+            let e = &routes[e_key];
+            let Some((e_origin, e_path)) = backend_target(&e.backend) else {
+                continue;
+            };
+            let below = e_path
+                .strip_prefix(p_dir)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if e_origin != p_origin || !below {
+                continue;
+            }
+            let other_key = p.backend.api_key.as_ref().map(Secret::expose)
+                != e.backend.api_key.as_ref().map(Secret::expose);
+            let why = if p.permission != e.permission {
+                format!(
+                    "a key with the permission {:?} reaches {} without {:?}",
+                    &*p.permission,
+                    shown(e_key),
+                    &*e.permission
+                )
+            } else if other_key {
+                format!(
+                    "requests through it reach {} with another real key than that route's",
+                    shown(e_key)
+                )
+            } else {
+                continue;
+            };
+            warnings.push(format!(
+                "prefix {} covers the backend path of {} (same backend URL): {why}, by a path \
+                 below the prefix; give the stricter endpoint its own backend_url (another \
+                 host or port) or replace the prefix route by longer ones that leave it out",
+                shown(p_key),
+                shown(e_key)
+            ));
+        }
+    }
+    warnings
+}
+
+/// A backend's origin (scheme, host and port, without user name or password, the port filled
+/// in from the scheme) and the path requests are sent to (the base URL's path and the backend
+/// path, as the forward service joins them), percent-decoded and lowercased: the forms in which
+/// two routes may reach the same endpoint of a backend that decodes or ignores case.
+fn backend_target(b: &Backend) -> Option<((String, String, u16), String)> {
+    let scheme = b.base_url.scheme_str()?.to_ascii_lowercase();
+    let authority = b.base_url.authority()?;
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let host = authority.host().to_ascii_lowercase();
+    let base = b.base_url.path().trim_end_matches('/');
+    let sep = if b.path.starts_with('/') || b.path.is_empty() {
+        ""
+    } else {
+        "/"
+    };
+    let path = format!("{base}{sep}{}", b.path);
+    let path = percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
+    Some(((scheme, host, port), path))
+}
+
 fn build_routes(
     config_path: &Path,
     routes_path: Option<&Path>,
@@ -2104,6 +2208,190 @@ api_gateway:
         std::fs::write(&cfg, yaml).unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
         assert_eq!(e.key, "api_gateway.backend_path", "{e}");
+    }
+
+    /// A prefix route forwards every path below its backend path: another route of another
+    /// permission (or real key) at or below that path on the same backend is reachable through
+    /// it. Warned about at load (check-config, start, reload), naming both routes, no secret.
+    #[test]
+    fn a_prefix_route_covering_a_stricter_route_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let load = |routes: &str| {
+            std::fs::write(dir.path().join("routes.yaml"), format!("routes:\n{routes}")).unwrap();
+            Settings::load_with_env(&cfg, Vec::new()).unwrap().warnings
+        };
+        let route = |path: &str, url: &str, backend_path: &str, extra: &str| {
+            format!(
+                "  - path: {path}\n    backend_url: {url}\n    backend_path: {backend_path}\n{extra}"
+            )
+        };
+        let about = |warnings: &[String], a: &str, b: &str| {
+            warnings
+                .iter()
+                .filter(|w| w.contains(a) && w.contains(b))
+                .count()
+        };
+        let openai = route(
+            "/proxy/openai/*",
+            "http://user:pw-SECRET@127.0.0.1:9001",
+            "/v1",
+            "    permission: chat\n",
+        );
+        // The review's case: fine-tuning jobs behind their own permission.
+        let w = load(&format!(
+            "{openai}{}",
+            route(
+                "/proxy/ft",
+                "http://127.0.0.1:9001/",
+                "/v1/fine_tuning/jobs",
+                "    permission: files\n"
+            )
+        ));
+        assert_eq!(about(&w, "/proxy/openai/*", "/proxy/ft"), 1, "{w:?}");
+        let shown = w.join("\n");
+        assert!(
+            shown.contains("\"files\"") && shown.contains("\"chat\""),
+            "{shown}"
+        );
+        assert!(shown.contains("own backend_url"), "{shown}");
+        assert!(!shown.contains("SECRET") && !shown.contains("your_real_api_key_here"));
+        // The same endpoint spelt another way (encoded, in another case, through a base path
+        // and the default port), and a longer prefix route of another permission.
+        for other in [
+            route(
+                "/proxy/e",
+                "HTTP://127.0.0.1:9001/v1",
+                "/%65mbeddings",
+                "    permission: embed\n",
+            ),
+            route(
+                "/proxy/e/*",
+                "http://127.0.0.1:9001",
+                "/V1/embeddings",
+                "    permission: embed\n",
+            ),
+        ] {
+            let w = load(&format!("{openai}{other}"));
+            assert_eq!(
+                about(&w, "/proxy/openai/*", "/proxy/e"),
+                1,
+                "{other}: {w:?}"
+            );
+        }
+        let w = load(&route(
+            "/proxy/p/*",
+            "http://127.0.0.1:80/x",
+            "/",
+            "    permission: chat\n",
+        ));
+        assert!(w.iter().all(|w| !w.contains("/proxy/p/*")), "{w:?}");
+        // The scheme's port written out or not.
+        let w = load(&format!(
+            "{}{}",
+            route(
+                "/proxy/p/*",
+                "http://127.0.0.1",
+                "/x/y",
+                "    permission: chat\n"
+            ),
+            route(
+                "/proxy/q",
+                "http://127.0.0.1:80",
+                "/x/y/z",
+                "    permission: z\n"
+            )
+        ));
+        assert_eq!(about(&w, "/proxy/p/*", "/proxy/q"), 1, "{w:?}");
+        // Another real key on the same permission.
+        let w = load(&format!(
+            "{}{}",
+            route(
+                "/proxy/k/*",
+                "http://127.0.0.1:9001",
+                "/v1",
+                "    real_api_key: sk-a-SECRET\n"
+            ),
+            route(
+                "/proxy/k2",
+                "http://127.0.0.1:9001",
+                "/v1/x",
+                "    real_api_key: sk-b-SECRET\n"
+            )
+        ));
+        assert_eq!(about(&w, "/proxy/k/*", "/proxy/k2"), 1, "{w:?}");
+        assert!(w.iter().all(|w| !w.contains("SECRET")), "{w:?}");
+        // The unified endpoint (permission chat by default) once a prefix route covers it.
+        let w = load(&route(
+            "/proxy/miniai/*",
+            "http://127.0.0.1:9000",
+            "/miniai",
+            "    permission: cheap\n",
+        ));
+        assert_eq!(
+            about(
+                &w,
+                "/proxy/miniai/*",
+                "unified endpoint /proxy/miniai/v2/chat/completions"
+            ),
+            1,
+            "{w:?}"
+        );
+        // A prefix route opening the whole backend.
+        let w = load(&route(
+            "/proxy/*",
+            "http://127.0.0.1:9002",
+            "/",
+            "    permission: chat\n",
+        ));
+        assert_eq!(
+            about(&w, "/proxy/*", "every path of its backend"),
+            1,
+            "{w:?}"
+        );
+        // Not warned: the same permission and key, another port or host, a sibling path.
+        for quiet in [
+            format!(
+                "{openai}{}",
+                route(
+                    "/proxy/m",
+                    "http://127.0.0.1:9001",
+                    "/v1/models",
+                    "    permission: chat\n"
+                )
+            ),
+            format!(
+                "{openai}{}",
+                route(
+                    "/proxy/ft",
+                    "http://127.0.0.1:9002",
+                    "/v1/fine_tuning/jobs",
+                    "    permission: files\n"
+                )
+            ),
+            format!(
+                "{openai}{}",
+                route(
+                    "/proxy/ft",
+                    "http://localhost:9001",
+                    "/v1/fine_tuning/jobs",
+                    "    permission: files\n"
+                )
+            ),
+            format!(
+                "{openai}{}",
+                route(
+                    "/proxy/ft",
+                    "http://127.0.0.1:9001",
+                    "/v10/x",
+                    "    permission: files\n"
+                )
+            ),
+        ] {
+            let w = load(&quiet);
+            assert_eq!(about(&w, "/proxy/openai/*", "covers"), 0, "{quiet}: {w:?}");
+        }
     }
 
     #[test]

@@ -46,6 +46,16 @@ async fn prefix_routes_forward_below_the_backend_path_and_refuse_escapes() {
         &[],
     )
     .await;
+    // The prefix route covers the exact route's backend path with another permission: warned
+    // about at start, naming both routes.
+    assert!(
+        fg.logs().contains(
+            "prefix route /proxy/openai/* covers the backend path of route \
+             /proxy/openai/embeddings"
+        ),
+        "{}",
+        fg.logs()
+    );
     let chat_key = fg.new_key("u-chat").await;
     let (status, created) = send_json(
         fg.http
