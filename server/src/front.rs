@@ -25,6 +25,10 @@
 //! byte yet) finishes its in-flight request (HTTP/1.1) or gets a GOAWAY (HTTP/2), and whatever
 //! is still open after the grace period is aborted, which lets the audit layer record those
 //! requests as interrupted.
+//!
+//! A request hyper's HTTP/1 parser refuses before any service sees it (a malformed request line or
+//! header, a head over 64 KiB) gets the OpenAI-shaped JSON error in hyper's answer, written in its
+//! place by the client socket's writer (`parse_refusal.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -155,9 +159,7 @@ impl Watched {
             Poll::Ready(Err(_)) => {}
         }
     }
-}
 
-impl Watched {
     /// When no request is in flight and `buf` is hyper's own answer to a request it could not
     /// parse, writes the JSON answer instead; `None` for every other write.
     fn poll_replace(
