@@ -13,7 +13,6 @@ use fastgate_layer::RouteConfig;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn replace_routes_while_a_stream_is_in_flight() {
@@ -32,23 +31,7 @@ async fn replace_routes_while_a_stream_is_in_flight() {
 
     let table = routes(backend(a));
     let svc = fastgate_layer::GatewayBuilder::new(keys(), table.clone()).build::<Incoming>();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = svc.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(
-                    hyper_util::rt::TokioIo::new(stream),
-                    hyper_util::service::TowerToHyperService::new(svc),
-                )
-                .await;
-            });
-        }
-    });
+    let addr = serve(svc).await;
 
     let res = client().request(chat(addr, full("{}"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -111,23 +94,7 @@ async fn a_prefix_route_forwards_the_rest_of_the_path_and_audits_its_target() {
     let svc = fastgate_layer::GatewayBuilder::new(keys(), table)
         .audit(audit)
         .build::<Incoming>();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = svc.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(
-                    hyper_util::rt::TokioIo::new(stream),
-                    hyper_util::service::TowerToHyperService::new(svc),
-                )
-                .await;
-            });
-        }
-    });
+    let addr = serve(svc).await;
     let get = |path: &str| {
         http::Request::get(format!("http://{addr}{path}"))
             .header("x-api-key", CLIENT_KEY)

@@ -192,6 +192,17 @@ pub async fn gateway_with_forward(
         .max_body_bytes(max_body)
         .forward_config(forward)
         .build::<Incoming>();
+    let addr = serve(svc).await;
+    Gateway {
+        addr,
+        sink,
+        stats,
+        worker,
+    }
+}
+
+/// Serve a built stack on 127.0.0.1:0 (HTTP/1.1 and h2c), each request with its client's address.
+pub async fn serve(svc: fastgate_layer::Gateway<StaticKeys, Incoming>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -209,12 +220,7 @@ pub async fn gateway_with_forward(
             });
         }
     });
-    Gateway {
-        addr,
-        sink,
-        stats,
-        worker,
-    }
+    addr
 }
 
 pub fn test_audit_config() -> AuditConfig {
