@@ -223,8 +223,6 @@ pub struct UsageScanner {
     usage: Option<Counts>,
     /// An NDJSON stream (Ollama's native API): its `"done":true` line is looked for.
     lines: bool,
-    /// NDJSON: a `"done":true` has passed.
-    done_seen: bool,
     /// The terminal event (`data: [DONE]`, or the `"done":true` line) has passed whole.
     terminal: bool,
 }
@@ -236,7 +234,6 @@ impl UsageScanner {
             buf: Vec::new(),
             usage: None,
             lines,
-            done_seen: false,
             terminal: false,
         }
     }
@@ -328,14 +325,8 @@ impl UsageScanner {
         let last = chunk.last().copied();
         while !chunk.is_empty() {
             let take = (SCAN_WINDOW - self.buf.len()).min(chunk.len());
-            // NDJSON: `"done":true` may straddle two chunks; the bytes before `take` that could
-            // hold its start are searched again.
-            let from = self.buf.len().saturating_sub(DONE_TRUE_LEN - 1);
             self.buf.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
-            if self.lines && !self.done_seen && DONE_TRUE_KEY.find(&self.buf[from..]).is_some() {
-                self.done_seen = true;
-            }
             if self.buf.len() == SCAN_WINDOW {
                 let found = extract_counts(&self.buf);
                 self.note(found);
@@ -343,8 +334,9 @@ impl UsageScanner {
             }
         }
         if let Some(last) = last {
-            // The terminal line has passed once its newline has.
-            self.terminal = self.done_seen && last == b'\n';
+            // The terminal line has passed once its newline has, and only while it is the last
+            // whole line that passed.
+            self.terminal = self.lines && last == b'\n' && is_done_line(&self.buf);
         }
     }
 
@@ -353,7 +345,8 @@ impl UsageScanner {
     fn event(&mut self, event: &[u8]) {
         let found = scan_event(event);
         self.note(found);
-        self.terminal |= is_done_event(event);
+        // Only while it is the last event that passed (a backend may send more after it).
+        self.terminal = is_done_event(event);
     }
 
     fn push_sse(&mut self, chunk: &[u8]) {
@@ -398,7 +391,9 @@ impl UsageScanner {
                 newlines = 0;
                 let event = &chunk[start..pos];
                 if overflow {
+                    // An event too large to scan: not `[DONE]`.
                     overflow = false;
+                    self.terminal = false;
                     self.buf.clear();
                 } else if self.buf.is_empty() {
                     self.event(event);
@@ -417,6 +412,10 @@ impl UsageScanner {
             last_cr = false;
         }
         let rest = &chunk[start..];
+        if !rest.is_empty() {
+            // Part of another event passed after the last whole one.
+            self.terminal = false;
+        }
         if !rest.is_empty() && !overflow {
             if self.buf.len() + rest.len() > SCAN_WINDOW {
                 overflow = true;
@@ -435,7 +434,20 @@ impl UsageScanner {
 
 /// Ollama's last NDJSON line has it (see [`UsageScanner::terminal`]).
 static DONE_TRUE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"done\":true"));
-const DONE_TRUE_LEN: usize = b"\"done\":true".len();
+/// Every other line of Ollama's has it.
+static DONE_FALSE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"done\":false"));
+
+/// Whether the last whole line at the end of `buf` (which ends with its newline) is Ollama's
+/// final object: it holds `"done":true` and not `"done":false` (a line that is not the last has
+/// `"done":false`, and may hold `"done":true` inside a tool call's arguments, which Ollama writes
+/// as a JSON object). Only the part of the line still in the scan window is looked at.
+fn is_done_line(buf: &[u8]) -> bool {
+    let Some(line) = buf.strip_suffix(b"\n") else {
+        return false;
+    };
+    let line = &line[memchr::memrchr(b'\n', line).map_or(0, |i| i + 1)..];
+    DONE_TRUE_KEY.find(line).is_some() && DONE_FALSE_KEY.find(line).is_none()
+}
 
 fn scan_event(event: &[u8]) -> Option<Counts> {
     // Ollama's counts come in JSON / NDJSON, never in SSE: not looked for here.
@@ -1840,6 +1852,42 @@ mod tests {
         let mut s = UsageScanner::json();
         s.push(lines.as_bytes());
         assert!(!s.terminal());
+        // Only while it is the last whole line: a tool call's arguments (a JSON object in
+        // Ollama's native API) may hold `"done":true` on a line that is not the last.
+        let tool = "{\"message\":{\"tool_calls\":[{\"function\":{\"arguments\":{\"done\":true}}}]},\"done\":false}\n";
+        let mut s = UsageScanner::ndjson();
+        s.push(tool.as_bytes());
+        assert!(!s.terminal());
+        let mut s = UsageScanner::ndjson();
+        s.push(lines.as_bytes());
+        assert!(s.terminal());
+        s.push(b"{\"done\":false}\n");
+        assert!(!s.terminal(), "a line after the done line");
+    }
+
+    #[test]
+    fn done_is_terminal_only_while_it_is_the_last_event_passed() {
+        let done = "data: [DONE]\n\n";
+        let after = "data: {\"choices\":[]}\n\n";
+        // Whole events in one chunk (the fast path) and one at a time.
+        let mut s = UsageScanner::sse();
+        s.push(format!("{done}{after}").as_bytes());
+        assert!(!s.terminal());
+        let mut s = UsageScanner::sse();
+        s.push(done.as_bytes());
+        assert!(s.terminal());
+        s.push(after.as_bytes());
+        assert!(!s.terminal(), "an event after [DONE]");
+        // Part of an event after it.
+        let mut s = UsageScanner::sse();
+        s.push(done.as_bytes());
+        s.push(b"data: {\"choi");
+        assert!(!s.terminal(), "a partial event after [DONE]");
+        // [DONE] twice is still the end.
+        let mut s = UsageScanner::sse();
+        s.push(format!("{after}{done}").as_bytes());
+        s.push(done.as_bytes());
+        assert!(s.terminal());
     }
 
     #[test]
