@@ -524,20 +524,7 @@ async fn cli_permissions_are_split_trimmed_and_checked_as_the_api_does() {
 async fn cli_key_changes_reach_the_running_server() {
     let upstream = Upstream::start().await;
     let fg = Fastgate::start(&upstream.url()).await;
-    let cli = |args: &[&str]| {
-        let out = fastgate_cmd()
-            .arg("--config")
-            .arg(&fg.config)
-            .args(args)
-            .current_dir(fg.dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| cli(&fg, args);
     let (ok, secret, stderr) = cli(&["keys", "create", "--source-path", "cli-user"]);
     assert!(ok, "{stderr}");
     let id = stderr
