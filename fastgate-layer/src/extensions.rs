@@ -333,6 +333,13 @@ pub(crate) fn redact_url(url: &str) -> String {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
     };
+    // An `@` after a `?`: a query value holding one, or a password holding a `?`. Either way
+    // everything after the scheme may be secret.
+    if let (Some(q), Some(at)) = (rest.find('?'), rest.rfind('@'))
+        && q < at
+    {
+        return format!("{head}***");
+    }
     let (user, rest) = match rest.rfind('@') {
         Some(at) => (true, &rest[at + 1..]),
         None => (false, rest),
@@ -412,5 +419,8 @@ mod tests {
         assert_eq!(redact_url("a:b@h"), "***@h");
         // A password with an unencoded `/`: everything before the last `@` is hidden.
         assert_eq!(redact_url("http://u:pa/ss@h/p"), "http://***@h/p");
+        // An `@` in a query value (the part after it was shown as the host).
+        assert_eq!(redact_url("http://h/p?sig=abc@def"), "http://***");
+        assert_eq!(redact_url("http://u:p?ss@h/p"), "http://***");
     }
 }

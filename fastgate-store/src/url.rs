@@ -266,48 +266,73 @@ fn parse_sqlite(rest: &str) -> Result<DatabaseUrl, StoreError> {
 /// (percent-decoded, in any case) contains `pass` or `pwd` (`password=`, which sqlx's PostgreSQL
 /// driver accepts, and misspellings such as `passwd=` or `pwd=`).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, after)) = url.split_once("://") else {
+    let Some(sep) = url.find("://") else {
         return url.to_owned();
     };
-    // The user part ends at the last `@`: a password holding an unencoded `/`, `?` or `#` is
-    // hidden whole (the host is read after it).
-    let (userinfo, rest) = match after.rfind('@') {
-        Some(at) => (Some(&after[..at]), &after[at..]),
-        None => (None, after),
-    };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (host, tail) = rest.split_at(auth_end);
-    let authority = match userinfo {
-        Some(u) => match u.split_once(':') {
-            Some((user, _)) => format!("{user}:******{host}"),
-            None if is_postgres_scheme(scheme) => format!("{u}{host}"),
-            None => format!("******{host}"),
-        },
-        None => host.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let (query, fragment) = match query.split_once('#') {
-                Some((q, f)) => (q, Some(f)),
-                None => (query, None),
-            };
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if names_a_password(k) => format!("{k}=******"),
-                    _ => p.to_owned(),
-                })
-                .collect();
-            let mut t = format!("{path}?{}", params.join("&"));
-            if let Some(f) = fragment {
-                t.push('#');
-                t.push_str(f);
-            }
-            t
+    let scheme = &url[..sep];
+    let base = sep + 3;
+    let after = &url[base..];
+    // Two readings of where the user part ends, and whatever is a secret in either is masked:
+    // at the last `@` (a password holding an unencoded `/`, `?` or `#` is hidden whole), and at
+    // the last `@` before the first `/`, `?` or `#` (the URL standard's reading, sqlx's: an `@`
+    // inside a query value such as `?password=a@b` belongs to that value).
+    let standard_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let mut secret: Vec<(usize, usize)> = Vec::new();
+    for at in [after.rfind('@'), after[..standard_end].rfind('@')]
+        .into_iter()
+        .flatten()
+    {
+        let userinfo = &after[..at];
+        match userinfo.find(':') {
+            Some(colon) => secret.push((base + colon + 1, base + at)),
+            None if is_postgres_scheme(scheme) => {}
+            None => secret.push((base, base + at)),
         }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
+        // The query of what follows this reading's host.
+        let rest = &after[at..];
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(q) = rest[host_end..].find('?') {
+            password_values(url, base + at + host_end + q + 1, &mut secret);
+        }
+    }
+    if let Some(q) = after.find('?') {
+        password_values(url, base + q + 1, &mut secret);
+    }
+    secret.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(secret.len());
+    for (from, to) in secret {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => merged.push((from, to)),
+        }
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut pos = 0;
+    for (from, to) in merged {
+        out.push_str(&url[pos..from]);
+        out.push_str("******");
+        pos = to;
+    }
+    out.push_str(&url[pos..]);
+    out
+}
+
+/// The byte ranges of `url` holding the values of password-like parameters of the query that
+/// starts at `query` (up to a `#`).
+fn password_values(url: &str, query: usize, secret: &mut Vec<(usize, usize)>) {
+    let q = &url[query..];
+    let q = &q[..q.find('#').unwrap_or(q.len())];
+    let mut at = query;
+    for param in q.split('&') {
+        if let Some((k, v)) = param.split_once('=')
+            && names_a_password(k)
+            && !v.is_empty()
+        {
+            let from = at + k.len() + 1;
+            secret.push((from, from + v.len()));
+        }
+        at += param.len() + 1;
+    }
 }
 
 /// `postgres`, `postgresql` or `postgresql+driver`, in any case.
@@ -362,6 +387,37 @@ mod redact_tests {
         );
         assert_eq!(redact_url("postgresql://fg@h/db"), "postgresql://fg@h/db");
         assert_eq!(redact_url("postgres://fg@h/db"), "postgres://fg@h/db");
+    }
+
+    #[test]
+    fn an_at_sign_in_a_password_parameter_does_not_end_the_user_part() {
+        // sqlx reads `password=Tr0ub4dor@horse`; the `@` is legal in a query value.
+        for (url, want) in [
+            (
+                "postgresql://fg@db.internal/fastgate?password=Tr0ub4dor@horse",
+                "postgresql://fg@db.internal/fastgate?password=******",
+            ),
+            (
+                "postgresql://postgres@127.0.0.1/db?port=55432&password=Tr0ub4dor@horse",
+                "postgresql://postgres@127.0.0.1/db?port=55432&password=******",
+            ),
+            // With a port, the last-`@` reading takes `5432/db?password=a` for a password:
+            // both readings' secrets are hidden.
+            (
+                "postgresql://postgres@127.0.0.1:5432/db?password=a@b",
+                "postgresql://postgres@127.0.0.1:******",
+            ),
+            // Outside PostgreSQL a lone user name is masked too (a token): the last-`@`
+            // reading hides everything before the `@`.
+            ("http://h/p?token=x&pass=a@b", "http://******"),
+        ] {
+            let shown = redact_url(url);
+            assert_eq!(shown, want, "{url}");
+            assert!(
+                !shown.contains("Tr0ub") && !shown.contains("horse"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]
