@@ -39,7 +39,6 @@ impl Default for BackgroundOptions {
 enum Event {
     Shutdown,
     Poll,
-    Purge,
     Notified(Result<Option<sqlx::postgres::PgNotification>, sqlx::Error>),
 }
 
@@ -62,10 +61,11 @@ impl Store {
     /// [`usage_flush_limit`](Self::usage_flush_limit) to end); then a final usage flush, bounded
     /// by that limit, whose counts go to the usage file ([`Store::keep_usage_in`]) if it fails
     /// (or are lost, with a warning, without one). Give it twice that limit and a little more
-    /// after `shutdown`. Usage flushes run beside the rest: one waiting for the database (a row
-    /// lock, at most [`USAGE_FLUSH_LOCK_TIMEOUT`](crate::USAGE_FLUSH_LOCK_TIMEOUT) on
-    /// PostgreSQL) holds up neither key change polls and notifications nor purges. Never
-    /// spawns: the caller runs (and tracks) the future.
+    /// after `shutdown`. Usage flushes, key change polls and notifications, and purges run
+    /// beside each other: a usage flush waiting for the database (a row lock, at most
+    /// [`USAGE_FLUSH_LOCK_TIMEOUT`](crate::USAGE_FLUSH_LOCK_TIMEOUT) on PostgreSQL) or a long
+    /// purge holds up neither of the others. Never spawns: the caller runs (and tracks) the
+    /// future.
     pub fn background(
         &self,
         opts: BackgroundOptions,
@@ -81,7 +81,8 @@ impl Store {
             tokio::join!(
                 relay,
                 store.usage_loop(opts.usage_flush_interval, stopped(stop_rx.clone())),
-                store.watch_loop(&opts, stopped(stop_rx)),
+                store.watch_loop(&opts, stopped(stop_rx.clone())),
+                store.purge_loop(&opts, stopped(stop_rx)),
             );
         }
     }
@@ -126,12 +127,43 @@ impl Store {
         }
     }
 
-    /// Key change polls and notifications, and purges, of [`background`](Self::background).
+    /// The retention purge and the rotated-secret cleanup of [`background`](Self::background),
+    /// in a loop of their own: a purge of a large backlog can take minutes, while key changes
+    /// made elsewhere must keep arriving (a revocation waited for the purge to end). Work under
+    /// way when the shutdown comes is dropped (it is done again at the next start).
+    async fn purge_loop(&self, opts: &BackgroundOptions, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut purge = tick(opts.purge_interval);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = purge.tick() => {}
+            }
+            let work = async {
+                if let Some(keep) = opts.retention {
+                    let cutoff = SystemTime::now() - keep;
+                    match self.purge_audit_older_than(cutoff, opts.purge_batch).await {
+                        Ok(n) if n > 0 => tracing::info!(rows = n, "audit retention purge"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "audit retention purge failed"),
+                    }
+                }
+                if let Err(e) = self.purge_expired_secrets(SystemTime::now()).await {
+                    tracing::debug!(error = %e, "rotated-secret cleanup failed");
+                }
+            };
+            tokio::select! {
+                () = work => {}
+                () = &mut shutdown => break,
+            }
+        }
+    }
+
+    /// Key change polls and notifications of [`background`](Self::background).
     async fn watch_loop(&self, opts: &BackgroundOptions, shutdown: impl Future<Output = ()>) {
         let store = self;
         let mut shutdown = std::pin::pin!(shutdown);
         let mut poll = tick(opts.invalidation_poll_interval);
-        let mut purge = tick(opts.purge_interval);
         let mut listener: Option<PgListener> = store.connect_listener().await;
         let mut generation = store.key_generation().await.ok();
 
@@ -146,13 +178,12 @@ impl Store {
                 tokio::select! {
                     () = &mut shutdown => Event::Shutdown,
                     _ = poll.tick() => Event::Poll,
-                    _ = purge.tick() => Event::Purge,
                     r = notified => Event::Notified(r),
                 }
             };
             // The work of an event, given up when the shutdown comes meanwhile (so that the
-            // caller's wait is spent on the final usage flush). A purge or a poll is safe to
-            // drop (read again later).
+            // caller's wait is spent on the final usage flush). A poll is safe to drop (read
+            // again later).
             macro_rules! unless_shutdown {
                 ($work:expr) => {
                     tokio::select! {
@@ -184,21 +215,6 @@ impl Store {
                             generation = Some(g);
                         }
                         Err(e) => tracing::debug!(error = %e, "key change poll failed"),
-                    }
-                }),
-                Event::Purge => unless_shutdown!(async {
-                    if let Some(keep) = opts.retention {
-                        let cutoff = SystemTime::now() - keep;
-                        match store.purge_audit_older_than(cutoff, opts.purge_batch).await {
-                            Ok(n) if n > 0 => tracing::info!(rows = n, "audit retention purge"),
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "audit retention purge failed")
-                            }
-                        }
-                    }
-                    if let Err(e) = store.purge_expired_secrets(SystemTime::now()).await {
-                        tracing::debug!(error = %e, "rotated-secret cleanup failed");
                     }
                 }),
                 Event::Notified(Ok(Some(n))) => {

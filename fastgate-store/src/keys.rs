@@ -504,7 +504,12 @@ impl Store {
         let now = SystemTime::now();
         let now_ms = to_ms(now);
         // Rounded up to the next millisecond: the old secret never gets less than `grace`.
-        let end = now + grace;
+        let end = now
+            .checked_add(grace)
+            .filter(|end| to_ms(*end) < i64::MAX)
+            .ok_or(StoreError::InvalidInput(
+                "the grace period is too long to be a point in time",
+            ))?;
         let partial_ms = end
             .duration_since(std::time::UNIX_EPOCH)
             .is_ok_and(|d| d.subsec_nanos() % 1_000_000 != 0);

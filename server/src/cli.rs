@@ -267,8 +267,8 @@ pub enum KeysCommand {
     Rotate {
         /// Key id (`k_…`; an imported M-FastGate key keeps its own), as `keys list` shows it.
         id: String,
-        /// Seconds the old secret keeps working.
-        #[arg(long, default_value_t = 0)]
+        /// Seconds the old secret keeps working (at most 2592000, 30 days, as in the admin API).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
         grace_seconds: u64,
     },
 }

@@ -555,6 +555,17 @@ async fn cli_key_changes_reach_the_running_server() {
     settles_on(secret.clone(), 401).await;
     assert_eq!(cli(&["keys", "enable", &id]).1, format!("enabled {id}"));
     settles_on(secret.clone(), 200).await;
+    // A grace period beyond the admin API's 30 days is refused (a huge one panicked).
+    let (ok, _, stderr) = cli(&[
+        "keys",
+        "rotate",
+        &id,
+        "--grace-seconds",
+        "18446744073709551615",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--grace-seconds"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let (ok, rotated, stderr) = cli(&["keys", "rotate", &id]);
     assert!(ok, "{stderr}");
     settles_on(secret.clone(), 401).await;
