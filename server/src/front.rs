@@ -43,7 +43,8 @@ use bytes::Bytes;
 use fastgate_layer::ClientAddr;
 use fastgate_layer::audit::{AuditBody, AuditStats};
 use fastgate_layer::body::GatewayBody;
-use http::{HeaderMap, HeaderName, Request, Response};
+use fastgate_layer::request_id::X_REQUEST_ID;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -289,6 +290,8 @@ pin_project! {
         #[pin]
         inner: FrontBody,
         in_flight: Option<InFlight>,
+        // The access log line, written when the body ends or is dropped.
+        log: Option<Box<AccessLog>>,
     }
 }
 
@@ -298,6 +301,7 @@ impl Default for Tracked {
         Self {
             inner: Either::Right(AppBody::default()),
             in_flight: None,
+            log: None,
         }
     }
 }
@@ -310,11 +314,23 @@ impl hyper::body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            // Ended: no longer in flight, even if hyper keeps the body a while.
-            this.in_flight.take();
+        let mut this = self.project();
+        let frame = this.inner.as_mut().poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => {
+                // Ended: no longer in flight, even if hyper keeps the body a while.
+                this.in_flight.take();
+                if let Some(mut log) = this.log.take() {
+                    log.complete = true;
+                }
+            }
+            // hyper stops polling a body that says it has ended (a known length reached).
+            Poll::Ready(Some(Ok(_))) if this.log.is_some() && this.inner.is_end_stream() => {
+                if let Some(mut log) = this.log.take() {
+                    log.complete = true;
+                }
+            }
+            _ => {}
         }
         frame
     }
@@ -522,7 +538,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             self.remote.ip()
         };
         let log = tracing::enabled!(target: "fastgate::access", tracing::Level::DEBUG)
-            .then(|| AccessLog::new(&req, client));
+            .then(|| Box::new(AccessLog::new(&req, client)));
         // A browser's request (it carries `Origin`) takes a boxed path of its own: the CORS
         // layer where it applies, and never the backend's own CORS headers (FastGate decides).
         // Servers and SDKs keep the unboxed path, with nothing added.
@@ -641,7 +657,7 @@ pin_project! {
     struct FrontFuture {
         #[pin]
         kind: Kind,
-        log: Option<AccessLog>,
+        log: Option<Box<AccessLog>>,
         in_flight: Option<InFlight>,
     }
 }
@@ -663,6 +679,7 @@ impl Future for FrontFuture {
         let untracked = |inner| Tracked {
             inner,
             in_flight: None,
+            log: None,
         };
         let mut res = match this.kind.project() {
             KindProj::Proxy { fut } => match std::task::ready!(fut.poll(cx)) {
@@ -678,22 +695,37 @@ impl Future for FrontFuture {
                 res
             }
         };
-        if let Some(log) = this.log.take() {
-            log.finish(res.status());
+        if let Some(mut log) = this.log.take() {
+            log.head(&res);
+            if hyper::body::Body::is_end_stream(res.body()) {
+                // Nothing to send after the head (hyper will not poll it).
+                log.complete = true;
+                drop(log);
+            } else {
+                res.body_mut().log = Some(log);
+            }
         }
         res.body_mut().in_flight = this.in_flight.take();
         Poll::Ready(Ok(res))
     }
 }
 
-/// One debug line per request: method, path (never the query string, which may hold the admin
-/// token), status and duration. Built only when the `fastgate::access` debug event is enabled,
-/// so the hot path copies nothing for it otherwise.
+/// One debug line per request, written when its response body has ended (or was dropped:
+/// the client left, the stream was cut): method, path (never the query string, which may hold
+/// the admin token), client, status, request id, the time to the response head and to the end
+/// of the body, and whether the body was sent whole. Built only when the `fastgate::access`
+/// debug event is enabled, so the hot path copies nothing for it otherwise.
 struct AccessLog {
     started: Instant,
     method: http::Method,
     path: String,
     client: std::net::IpAddr,
+    /// Set with the response head.
+    status: Option<http::StatusCode>,
+    request_id: Option<HeaderValue>,
+    head: Option<Duration>,
+    /// The body ended (not dropped before its end).
+    complete: bool,
 }
 
 impl AccessLog {
@@ -703,17 +735,33 @@ impl AccessLog {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             client,
+            status: None,
+            request_id: None,
+            head: None,
+            complete: false,
         }
     }
 
-    fn finish(self, status: http::StatusCode) {
+    fn head<B>(&mut self, res: &Response<B>) {
+        self.status = Some(res.status());
+        self.request_id = res.headers().get(&X_REQUEST_ID).cloned();
+        self.head = Some(self.started.elapsed());
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
         tracing::debug!(
             target: "fastgate::access",
             method = %self.method,
             path = self.path,
-            status = status.as_u16(),
+            status = self.status.map(|s| s.as_u16()),
             client = %self.client,
-            elapsed_ms = self.started.elapsed().as_micros() as f64 / 1000.0,
+            request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            head_ms = self.head.map(ms),
+            elapsed_ms = ms(self.started.elapsed()),
+            complete = self.complete,
             "request"
         );
     }

@@ -163,7 +163,11 @@ impl<E: Endpoint> Endpoint for AdminGuardEndpoint<E> {
                     entry.1 += 1;
                 }
             }
-            tracing::warn!(client = ?ip, path, "rejected admin request: invalid admin token");
+            tracing::warn!(
+                client = ip.map(tracing::field::display),
+                path,
+                "rejected admin request: invalid admin token"
+            );
             return Ok(error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_admin_token",

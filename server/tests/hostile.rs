@@ -211,6 +211,12 @@ async fn keys_and_secrets_never_reach_logs_error_bodies_audit_or_config() {
         log.contains("rejected admin request"),
         "the log is captured"
     );
+    // The client's address as an address (it was written `Some(127.0.0.1)`).
+    let line = log
+        .lines()
+        .find(|l| l.contains("rejected admin request"))
+        .unwrap_or_default();
+    assert!(line.contains("client=127.0.0.1"), "{line}");
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         for s in &secrets {

@@ -634,12 +634,19 @@ async fn rust_log_takes_python_level_names_and_a_bad_one_is_said() {
     let fg = start("info,fastgate::access=debug").await;
     let key = fg.key("access").await;
     assert_eq!(chat_status(&fg, &key).await, 200);
+    let proxied = |l: &&str| {
+        l.contains("fastgate::access") && l.contains("status=200") && l.contains("/proxy/")
+    };
     eventually(Duration::from_secs(5), "the access line", || {
         text = fg.logs();
-        text.lines()
-            .any(|l| l.contains("fastgate::access") && l.contains("status=200"))
+        text.lines().any(|l| proxied(&l))
     })
     .await;
+    // Written at the end of the body: the request id ties it to the audit record.
+    let line = text.lines().find(proxied).unwrap_or_default();
+    for field in ["request_id=", "head_ms=", "elapsed_ms=", "complete=true"] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
     assert!(!text.contains(" DEBUG fastgate_store"), "{text}");
 }
 
