@@ -1,7 +1,8 @@
 //! Strip client credentials and hop-by-hop headers before a request leaves the gateway.
 //!
 //! [`ScrubHeadersLayer`] removes a configurable list ([`default_strip_headers`]: `host`,
-//! `x-api-key`, `authorization`, `x-forwarded-for`) and **always** the client's credentials
+//! `x-api-key`, `authorization`, and the client-address headers `x-forwarded-for`, `forwarded`,
+//! `x-real-ip`) and **always** the client's credentials
 //! (`authorization`, `x-api-key`: the gateway key must never reach the upstream, whatever the
 //! configured list says) with OpenAI's account selectors (`openai-organization`,
 //! `openai-project`: they choose which organization and project the shared real key bills), the
@@ -56,6 +57,10 @@ pub fn default_strip_headers() -> Vec<HeaderName> {
         HeaderName::from_static("x-api-key"),
         header::AUTHORIZATION,
         HeaderName::from_static("x-forwarded-for"),
+        // The other ways a client can claim an address: a backend that trusts them (its own
+        // rate limits, logs) would take the client's word for it.
+        HeaderName::from_static("forwarded"),
+        HeaderName::from_static("x-real-ip"),
     ]
 }
 
@@ -279,6 +284,8 @@ mod tests {
             .header("x-api-key", "sk-client")
             .header("authorization", "Bearer sk-client")
             .header("x-forwarded-for", "10.0.0.1")
+            .header("forwarded", "for=10.0.0.2")
+            .header("x-real-ip", "10.0.0.3")
             .header("connection", "keep-alive, X-Secret-Hop")
             .header("keep-alive", "timeout=5")
             .header("proxy-connection", "keep-alive")

@@ -389,9 +389,16 @@ fn default_key_header() -> String {
     "authorization".into()
 }
 fn default_strip_headers() -> Vec<String> {
-    ["host", "x-api-key", "authorization", "x-forwarded-for"]
-        .map(String::from)
-        .to_vec()
+    [
+        "host",
+        "x-api-key",
+        "authorization",
+        "x-forwarded-for",
+        "forwarded",
+        "x-real-ip",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_timeout() -> u64 {
     60
@@ -1956,6 +1963,18 @@ api_gateway:
         assert_eq!(c.api_gateway.real_api_key.unwrap().expose(), "12345");
         assert_eq!(c.api_gateway.strip_headers, ["x-a", "x-b"]);
         assert_eq!(c.security.admin_token.expose(), "true");
+    }
+
+    #[test]
+    fn the_default_strip_list_removes_every_client_address_header() {
+        let c = parse(
+            "security:\n  admin_token: \"a-test-token-0123456789\"\napi_gateway:\n  backend_url: \"http://127.0.0.1:9\"\n  backend_path: \"/v1\"\n",
+            &[],
+        )
+        .unwrap();
+        for h in ["x-forwarded-for", "forwarded", "x-real-ip", "x-api-key"] {
+            assert!(c.api_gateway.strip_headers.iter().any(|s| s == h), "{h}");
+        }
     }
 
     #[test]
