@@ -7,6 +7,30 @@ use http::{HeaderValue, Response, StatusCode, header};
 /// Boxed error used where a trait object cannot be avoided.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error and its sources, for logs: `database error: error returned from database: attempt to
+/// write a readonly database` where the error alone says `database error`, and hyper-util's
+/// "client error (Connect)" alone does not say whether DNS, TLS or the proxy failed. A source
+/// whose text is already shown is skipped (drivers often repeat their source in their own
+/// message). For logs only: a source may name files, hosts or roles.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            let text = err.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            source = err.source();
+        }
+        f.write_str(&shown)
+    }
+}
+
 /// The `type` field of errors FastGate produces itself.
 pub const ERROR_TYPE: &str = "fastgate_error";
 

@@ -82,7 +82,7 @@ use tower::Service;
 use crate::audit::{AuditSlot, Outcome};
 use crate::backend_cache::BackendCache;
 use crate::body::GatewayBody;
-use crate::error::{BoxError, rejection};
+use crate::error::{BoxError, ErrorChain, rejection};
 use crate::extensions::{Backend, PathSuffix, RouteConfig, TargetUrl};
 use crate::scrub::remove_hop_by_hop;
 use crate::upstream::{HostPool, PoolSettings, PooledConn, SendError, Sent};
@@ -792,7 +792,7 @@ impl Future for ResponseFuture {
                     Ok(Ok((res, conn))) => upstream_response(res, *idle, conn),
                     Ok(Err(err)) if err.is_connect() => {
                         if let Some(skipped) = UNREACHABLE_LOG.allow() {
-                            tracing::warn!(upstream = %target.0, error = %Chain(&err), skipped, "upstream unreachable");
+                            tracing::warn!(upstream = %target.0, error = %ErrorChain(&err), skipped, "upstream unreachable");
                         }
                         rejection(
                             StatusCode::BAD_GATEWAY,
@@ -802,7 +802,7 @@ impl Future for ResponseFuture {
                         )
                     }
                     Ok(Err(err)) if upload.as_ref().is_some_and(|s| s.upload().failed) => {
-                        tracing::debug!(upstream = %target.0, error = %Chain(&err), "the client's request body failed while it was forwarded");
+                        tracing::debug!(upstream = %target.0, error = %ErrorChain(&err), "the client's request body failed while it was forwarded");
                         rejection(
                             StatusCode::BAD_REQUEST,
                             "request_body_error",
@@ -812,7 +812,7 @@ impl Future for ResponseFuture {
                     }
                     Ok(Err(err)) => {
                         if let Some(skipped) = FAILED_LOG.allow() {
-                            tracing::warn!(upstream = %target.0, error = %Chain(&err), skipped, "upstream request failed");
+                            tracing::warn!(upstream = %target.0, error = %ErrorChain(&err), skipped, "upstream request failed");
                         }
                         no_retry(rejection(
                             StatusCode::BAD_GATEWAY,
@@ -865,26 +865,6 @@ const UPLOAD_WAITS: u32 = 10;
 enum Late {
     Upstream,
     Upload,
-}
-
-/// An error and its sources, for logs: hyper-util's "client error (Connect)" alone does not say
-/// whether DNS, TLS or the proxy failed. A source whose text is already shown is skipped.
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            let text = err.to_string();
-            if !shown.contains(&text) {
-                shown.push_str(": ");
-                shown.push_str(&text);
-            }
-            source = err.source();
-        }
-        f.write_str(&shown)
-    }
 }
 
 /// The request on its way: through a pooled HTTP/1 connection, or through hyper-util.

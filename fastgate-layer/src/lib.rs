@@ -110,7 +110,7 @@ mod test_util;
 
 pub use audit::{AuditBatch, AuditEvent, AuditSink, Outcome, TokenUsage};
 pub use auth::{KeyResolver, PresentedKey, ResolveError};
-pub use error::{BoxError, json_error};
+pub use error::{BoxError, ErrorChain, json_error};
 pub use extensions::{
     Backend, BackendUrlError, ClientAddr, InvalidPathSuffix, KeyIdentity, PathSuffix, Rejected,
     RouteConfig, TargetUrl,

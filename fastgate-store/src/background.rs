@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use fastgate_layer::ErrorChain;
 use sqlx::postgres::PgListener;
 
 use crate::keys::NOTIFY_CHANNEL;
@@ -103,7 +104,7 @@ impl Store {
             tokio::select! {
                 r = &mut flush => {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "key usage flush failed; will retry");
+                        tracing::warn!(error = %ErrorChain(&e), "key usage flush failed; will retry");
                     }
                 }
                 () = &mut shutdown => {
@@ -112,7 +113,7 @@ impl Store {
                     // to the final flush below.
                     if let Ok(Err(e)) = tokio::time::timeout(self.usage_flush_limit(), flush).await
                     {
-                        tracing::warn!(error = %e, "key usage flush failed at shutdown");
+                        tracing::warn!(error = %ErrorChain(&e), "key usage flush failed at shutdown");
                     }
                     break;
                 }
@@ -145,7 +146,9 @@ impl Store {
                     match self.purge_audit_older_than(cutoff, opts.purge_batch).await {
                         Ok(n) if n > 0 => tracing::info!(rows = n, "audit retention purge"),
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "audit retention purge failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %ErrorChain(&e), "audit retention purge failed")
+                        }
                     }
                 }
                 if let Err(e) = self.purge_expired_secrets(SystemTime::now()).await {
@@ -214,7 +217,9 @@ impl Store {
                             }
                             generation = Some(g);
                         }
-                        Err(e) => tracing::debug!(error = %e, "key change poll failed"),
+                        Err(e) => {
+                            tracing::debug!(error = %ErrorChain(&e), "key change poll failed")
+                        }
                     }
                 }),
                 Event::Notified(Ok(Some(n))) => {

@@ -504,13 +504,13 @@ impl Store {
                     // lookup was attempted, so this is a miss and an error, not a negative hit).
                     Some(e) if e.rejected => Err(ResolveError::Refused(e.identity)),
                     Some(e) => {
-                        tracing::warn!(key_id = %e.identity.key_id, error = %err, "key lookup failed; serving cached identity");
+                        tracing::warn!(key_id = %e.identity.key_id, error = %fastgate_layer::ErrorChain(&err), "key lookup failed; serving cached identity");
                         Counters::add(&inner.counters.stale_served, 1);
                         inner.usage.record_use(&e.identity, wall);
                         Ok(e.identity)
                     }
                     None => {
-                        tracing::warn!(error = %err, "key lookup failed");
+                        tracing::warn!(error = %fastgate_layer::ErrorChain(&err), "key lookup failed");
                         Err(ResolveError::Unavailable(Box::new(err)))
                     }
                 }

@@ -1099,7 +1099,7 @@ macro_rules! unavailable {
         $state.record_error("store", &err);
         $variant(ErrorBody::new(
             "store_unavailable",
-            "the database is unavailable",
+            "the database could not be reached or failed the request (the gateway's log says why)",
         ))
     }};
 }

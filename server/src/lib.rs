@@ -172,7 +172,7 @@ async fn audit_sink(
         match spool.replay_now(Duration::from_secs(10)).await {
             Ok(written) => tracing::info!(written, "audit spool written to the database"),
             Err(e) => {
-                tracing::warn!(error = %e, "audit spool not written yet; retried while serving")
+                tracing::warn!(error = %fastgate_layer::ErrorChain(&e), "audit spool not written yet; retried while serving")
             }
         }
     }

@@ -63,7 +63,9 @@ impl AppState {
 
     /// Remember an internal error for `/health` (the text never holds a secret).
     pub fn record_error(&self, context: &str, err: &dyn std::error::Error) {
-        tracing::error!(error = %err, context, "internal error");
+        // The log gets the causes (a read-only file, a full disk, a refused connection); the
+        // text kept for /health, which anyone may read, only the top message.
+        tracing::error!(error = %fastgate_layer::ErrorChain(err), context, "internal error");
         let text = format!(
             "{} {context}: {err}",
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

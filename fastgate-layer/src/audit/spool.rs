@@ -480,7 +480,7 @@ impl<S: AuditSink> AuditSink for SpoolSink<S> {
             self.failed();
             return match self.append(events).await {
                 Ok(()) => {
-                    tracing::warn!(error = %sink, events = events.len(), path = %self.path.display(),
+                    tracing::warn!(error = %crate::ErrorChain(&sink), events = events.len(), path = %self.path.display(),
                         "audit sink failed; batch kept in the spool file until it works again");
                     Ok(())
                 }
@@ -519,7 +519,7 @@ impl<S: AuditSink> SpoolSink<S> {
             Ok(_) => self.succeeded(),
             Err(e) => {
                 self.failed();
-                tracing::warn!(error = %e, waiting = self.stats.waiting(), "audit spool not written to the sink yet; retried later");
+                tracing::warn!(error = %crate::ErrorChain(&e), waiting = self.stats.waiting(), "audit spool not written to the sink yet; retried later");
             }
         }
     }

@@ -113,7 +113,7 @@ impl<W: AuditSink> AuditWorker<W> {
                     self.stats.failing.store(true, Ordering::Relaxed);
                     attempt += 1;
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, attempt, events = batch.len(), "audit batch failed; retrying");
+                    tracing::warn!(error = %crate::ErrorChain(&error), attempt, events = batch.len(), "audit batch failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.config.max_retry_backoff);
                 }
@@ -122,7 +122,7 @@ impl<W: AuditSink> AuditWorker<W> {
                     // instead), so an idle gateway does not stay `failing` with nothing to retry.
                     self.stats.failing.store(false, Ordering::Relaxed);
                     self.stats.note_loss(batch.len() as u64, true);
-                    tracing::error!(%error, lost = batch.len(), "audit batch given up");
+                    tracing::error!(error = %crate::ErrorChain(&error), lost = batch.len(), "audit batch given up");
                     return;
                 }
             }

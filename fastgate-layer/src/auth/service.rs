@@ -372,7 +372,7 @@ where
                             )));
                         }
                         Err(ResolveError::Unavailable(source)) => {
-                            tracing::warn!(error = %source, "key resolver unavailable");
+                            tracing::warn!(error = %crate::ErrorChain(&*source), "key resolver unavailable");
                             let grpc = GrpcContentType::of(req.headers());
                             return Poll::Ready(Ok(reject(&AuthError::Unavailable, None, grpc)));
                         }
