@@ -113,6 +113,19 @@ fn parse_time(name: &str, s: &str) -> Result<SystemTime, String> {
         })
 }
 
+/// A key's `expires_at`: an RFC 3339 timestamp whose UTC instant lies in the years 1970–9999
+/// (year 0 was accepted and then answered as `-0001-12-31T…`, which no RFC 3339 parser reads:
+/// a generated client failed on the whole list of keys).
+fn parse_expiry(s: &str) -> Result<SystemTime, String> {
+    let t = parse_time("expires_at", s)?;
+    let utc = DateTime::<Utc>::from(t);
+    if (1970..=9999).contains(&chrono::Datelike::year(&utc)) {
+        Ok(t)
+    } else {
+        Err("expires_at must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z".into())
+    }
+}
+
 /// `since` / `start_time` and `until` / `end_time`, each parsed under the name the caller used;
 /// FastGate's and M-FastGate's name for one bound may both be given when they name the same
 /// instant.
@@ -1487,7 +1500,7 @@ impl AdminApi {
         let at = body.expires_at.filter(|t| !t.is_empty());
         let expires_at = match (at, expiry(body.expires_days, body.never_expires, now)) {
             (None, by_days) => by_days,
-            (Some(t), Ok(None)) => parse_time("expires_at", &t).map(|t| Some(Some(t))),
+            (Some(t), Ok(None)) => parse_expiry(&t).map(|t| Some(Some(t))),
             (Some(_), Ok(Some(_))) => {
                 Err("expires_at cannot be combined with expires_days or never_expires".into())
             }
@@ -1994,5 +2007,24 @@ mod tests {
         // Bodies are not URL-decoded: a space there is not a `+`.
         assert!(parse_time("expires_at", "2026-01-31 08:00:00Z").is_ok());
         assert!(parse_time("expires_at", "2026-01-31T08:00:00 08:00").is_err());
+    }
+
+    #[test]
+    fn an_expiry_outside_the_years_1970_to_9999_is_refused() {
+        for bad in [
+            "0000-01-01T00:00:00Z",
+            "0000-01-01T00:00:00+14:00",
+            "1969-12-31T23:59:59Z",
+            "9999-12-31T23:59:59-01:00",
+        ] {
+            assert!(parse_expiry(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "1970-01-01T00:00:00Z",
+            "2026-01-31T08:00:00+08:00",
+            "9999-12-31T23:59:59Z",
+        ] {
+            assert!(parse_expiry(good).is_ok(), "{good}");
+        }
     }
 }

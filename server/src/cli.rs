@@ -239,7 +239,7 @@ pub enum Command {
 pub enum KeysCommand {
     /// Create a key and print its secret once (on stdout; its id on stderr).
     Create(CreateArgs),
-    /// List keys (the first 1,000; the total is printed on stderr).
+    /// List every key (the count is printed on stderr, also with `--json`).
     List {
         /// Only keys of this owner.
         #[arg(long)]

@@ -498,18 +498,30 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List { source_path, json } => {
-            let page = store
-                .list_keys(&KeyFilter {
-                    active: None,
-                    source_path,
-                    expired: None,
-                    limit: 1000,
-                    offset: 0,
-                })
-                .await?;
+            // Every key, a page at a time (a key created meanwhile may shift a page: ids seen
+            // already are skipped).
+            let mut items = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut offset: u32 = 0;
+            loop {
+                let page = store
+                    .list_keys(&KeyFilter {
+                        active: None,
+                        source_path: source_path.clone(),
+                        expired: None,
+                        limit: 1000,
+                        offset,
+                    })
+                    .await?;
+                let got = u32::try_from(page.items.len()).unwrap_or(u32::MAX);
+                offset = offset.saturating_add(got);
+                items.extend(page.items.into_iter().filter(|k| seen.insert(k.id.clone())));
+                if got == 0 || u64::from(offset) >= page.total {
+                    break;
+                }
+            }
             if json {
-                let items: Vec<serde_json::Value> = page
-                    .items
+                let items: Vec<serde_json::Value> = items
                     .iter()
                     .map(|k| {
                         serde_json::json!({
@@ -521,15 +533,21 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", serde_json::Value::Array(items));
             } else {
-                println!(
-                    "{:<28} {:<10} {:<20} {:<16} {:<24} {:>8}",
-                    "ID", "STATUS", "SOURCE_PATH", "PERMISSIONS", "KEY", "REQUESTS"
-                );
                 // Values may hold control characters (an imported key's): escaped, so that
                 // none reaches the terminal.
-                for k in &page.items {
+                let id_width = items
+                    .iter()
+                    .map(|k| printable(&k.id).chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max(2);
+                println!(
+                    "{:<id_width$} {:<10} {:<20} {:<16} {:<24} {:>8}",
+                    "ID", "STATUS", "SOURCE_PATH", "PERMISSIONS", "KEY", "REQUESTS"
+                );
+                for k in &items {
                     println!(
-                        "{:<28} {:<10} {:<20} {:<16} {:<24} {:>8}",
+                        "{:<id_width$} {:<10} {:<20} {:<16} {:<24} {:>8}",
                         printable(&k.id),
                         k.status(now),
                         printable(&k.source_path),
@@ -538,8 +556,8 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
                         k.request_count
                     );
                 }
-                eprintln!("{} key(s)", page.total);
             }
+            eprintln!("{} key(s)", items.len());
         }
         KeysCommand::Revoke { id } => {
             set_active(&store, &id, false).await?;

@@ -362,6 +362,21 @@ async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["source_path"], "cli-user");
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&key));
+
+    // Every key, past the first page of 1,000 (it stopped there, silently with --json).
+    for chunk in [50; 20].into_iter().chain([1]) {
+        let created =
+            futures_util::future::join_all((0..chunk).map(|_| fg.create_key("many"))).await;
+        assert!(created.iter().all(|k| k["id"].is_string()));
+    }
+    let (ok, out, err) = cli(&fg, &["keys", "list", "--source-path", "many", "--json"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1_001));
+    assert!(err.contains("1001 key(s)"), "{err}");
+    let (ok, out, _) = cli(&fg, &["keys", "list", "--source-path", "many"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1 + 1_001);
 }
 
 /// `fastgate <args>` on `fg`'s config and database: (success, stdout, stderr).
