@@ -53,6 +53,11 @@ macro_rules! bind_args {
     }};
 }
 
+/// Bytes a SQLite file's `-wal` is cut back to after a checkpoint has emptied it (SQLite's
+/// default keeps the file at its largest size: a burst or a long reader could leave hundreds of
+/// megabytes beside a small database). Set on every connection, the audit writer's included.
+pub(crate) const SQLITE_JOURNAL_SIZE_LIMIT: &str = "67108864";
+
 mod audit;
 mod background;
 mod cache;
@@ -288,6 +293,7 @@ impl Store {
                 };
                 let conn = conn
                     .synchronous(SqliteSynchronous::Normal)
+                    .pragma("journal_size_limit", SQLITE_JOURNAL_SIZE_LIMIT)
                     .busy_timeout(opts.sqlite_busy_timeout)
                     .foreign_keys(true);
                 // Not for `:memory:`: closing its one connection would lose the database.

@@ -123,6 +123,7 @@ impl SqliteAuditWriter {
         conn.busy_timeout(self.busy_timeout)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "journal_size_limit", crate::SQLITE_JOURNAL_SIZE_LIMIT)?;
         // As on the sqlx connections (the audit tables have no foreign keys today).
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(16);

@@ -28,12 +28,7 @@ impl LogFile {
     /// Open (creating it and its missing directories, 0750) `path` for appending. Existing
     /// directories keep their permissions.
     pub fn open(path: &Path) -> io::Result<Arc<Self>> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(dir)?;
-        }
+        create_dirs(path)?;
         Ok(Arc::new(Self {
             path: path.to_owned(),
             file: Mutex::new(open_append(path)?),
@@ -41,8 +36,10 @@ impl LogFile {
         }))
     }
 
-    /// Open the path again (after logrotate moved the file away); lines go to the new file.
+    /// Open the path again (after logrotate moved the file away, or its directory); lines go
+    /// to the new file. Missing directories are created as at start.
     pub fn reopen(&self) -> io::Result<()> {
+        create_dirs(&self.path)?;
         let fresh = open_append(&self.path)?;
         *self.file.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
         Ok(())
@@ -78,6 +75,17 @@ impl LogFile {
             }),
         }
     }
+}
+
+/// The missing directories of `path`, created 0750 (existing ones keep their permissions).
+fn create_dirs(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)?;
+    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -161,6 +169,13 @@ mod tests {
         (&*log).write_all(b"three\n").unwrap();
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+        // The whole directory moved away: created again (0750), as at start.
+        let moved = dir.path().join("logs.old");
+        std::fs::rename(parent, &moved).unwrap();
+        log.reopen().unwrap();
+        (&*log).write_all(b"four\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "four\n");
+        assert_eq!(shared(parent), 0, "directory open to others");
     }
 
     #[test]
