@@ -27,7 +27,20 @@ impl std::fmt::Display for ErrorChain<'_> {
             }
             source = err.source();
         }
-        f.write_str(&shown)
+        // A wrapper whose text repeats its inner error's prefix ("error with configuration:
+        // error with configuration: unknown value …"): each part once.
+        let mut last = None;
+        for (i, part) in shown.split(": ").enumerate() {
+            if last == Some(part) {
+                continue;
+            }
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            f.write_str(part)?;
+            last = Some(part);
+        }
+        Ok(())
     }
 }
 
@@ -258,6 +271,30 @@ mod tests {
     use crate::audit::Outcome;
     use crate::extensions::Rejected;
     use http_body_util::{BodyExt, Full};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Text(&'static str, #[source] Option<Box<Text>>);
+
+    #[test]
+    fn error_chains_show_each_cause_once() {
+        let chain = |e: &Text| ErrorChain(e).to_string();
+        let inner = Text("attempt to write a readonly database", None);
+        let outer = Text("audit write failed", Some(Box::new(inner)));
+        assert_eq!(
+            chain(&outer),
+            "audit write failed: attempt to write a readonly database"
+        );
+        // A cause already in its parent's text, and a wrapper repeating its own prefix.
+        let inner = Text("role \"u\" does not exist", None);
+        let outer = Text("role \"u\" does not exist", Some(Box::new(inner)));
+        assert_eq!(chain(&outer), "role \"u\" does not exist");
+        let e = Text(
+            "error with configuration: error with configuration: bad ssl_mode",
+            None,
+        );
+        assert_eq!(chain(&e), "error with configuration: bad ssl_mode");
+    }
 
     #[test]
     fn grpc_content_types() {

@@ -119,8 +119,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // Once on stderr, as a plain line like the configuration errors above (shown
             // whatever the log filter); also in `logging.file`, as a log line (kept off stderr).
-            tracing::error!(target: EXIT_ERROR_TARGET, "{e:#}");
-            eprintln!("fastgate: {e:#}");
+            // Each cause once: drivers often repeat their source in their own message
+            // ("role \"u\" does not exist: role \"u\" does not exist" with `{e:#}`).
+            let shown = fastgate_layer::ErrorChain(e.as_ref()).to_string();
+            tracing::error!(target: EXIT_ERROR_TARGET, "{shown}");
+            eprintln!("fastgate: {shown}");
             ExitCode::FAILURE
         }
     }
