@@ -209,7 +209,7 @@ impl Store {
                     match store.key_generation().await {
                         Ok(g) => {
                             if generation.is_some_and(|old| old != g) {
-                                // Some key changed (any key, perhaps only renamed): each
+                                // Some key changed (anything the key check reads): each
                                 // cached key is read again on its next use, but the entries
                                 // stay as the last known state should the database fail
                                 // before that (dropping them made every key 503 then).
