@@ -8,8 +8,11 @@ use std::time::{Duration, SystemTime};
 #[non_exhaustive]
 pub enum Outcome {
     /// The response was delivered in full (whatever its status code), or, for a stream, its
-    /// terminal event was (`data: [DONE]`, Ollama's `"done":true` line) and the client hung up
-    /// before the backend ended the body.
+    /// terminal event was (`data: [DONE]`, the Responses API's `response.completed`, Anthropic's
+    /// `message_stop`, Ollama's `"done":true` line; see [`UsageScanner::terminal`]) and the client
+    /// hung up before the backend ended the body.
+    ///
+    /// [`UsageScanner::terminal`]: super::scan::UsageScanner::terminal
     Completed,
     /// The client went away before the response was complete.
     ClientAborted,

@@ -297,9 +297,10 @@ impl Drop for AuditGuard {
         if self.event.is_none() {
             return;
         }
-        // A stream whose terminal event (`data: [DONE]`, Ollama's `"done":true` line) was
-        // passed on was delivered: a client may hang up as soon as it has read it, before the
-        // backend ends its body (openai-python does).
+        // A stream whose terminal event (`data: [DONE]`, `response.completed`, `message_stop`,
+        // Ollama's `"done":true` line; see `UsageScanner::terminal`) was passed on was
+        // delivered: a client may hang up as soon as it has read it, before the backend ends
+        // its body (openai-python does).
         let outcome = if self.scanner.as_ref().is_some_and(Scan::terminal) {
             Outcome::Completed
         } else if self.stats.cutting.load(Ordering::Relaxed) {

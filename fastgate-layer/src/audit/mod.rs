@@ -21,7 +21,7 @@
 //! | response body ends (or was empty) | `completed`, or the [`Rejected`](crate::Rejected) outcome |
 //! | upstream body fails / goes idle mid-stream | `upstream_error` / `upstream_timeout`, bytes so far |
 //! | client drops the response (or the request before the headers) | `client_aborted` |
-//! | client drops a stream after its terminal event passed (`data: [DONE]`, Ollama's `"done":true` line) | `completed` |
+//! | client drops a stream after its terminal event passed (`data: [DONE]`, `response.completed` / `.failed` / `.incomplete`, `message_stop`, Ollama's `"done":true` line) | `completed` |
 //! | the host cuts it after [`AuditStats::cutting`] (end of its shutdown grace) | `interrupted` |
 //!
 //! Bytes pass through unchanged. The request's top-level `model` is read from the request body as

@@ -268,14 +268,19 @@ impl UsageScanner {
     }
 
     /// Whether the stream's terminal event has passed whole: an SSE event whose data is
-    /// `[DONE]` (OpenAI's end of stream; `data:[DONE]` too), or an NDJSON stream's line with
-    /// `"done":true` (Ollama's last object) up to its newline. A client may close the
-    /// connection as soon as it has read it, before the backend ends the body.
+    /// `[DONE]` (OpenAI's Chat Completions; `data:[DONE]` too), an SSE event of a terminal type
+    /// (OpenAI's Responses API: `response.completed`, `response.failed`, `response.incomplete`;
+    /// Anthropic's Messages API: `message_stop`), or an NDJSON stream's line with `"done":true`
+    /// (Ollama's last object) up to its newline. A client may close the connection as soon as
+    /// it has read it, before the backend ends the body.
     ///
     /// `[DONE]` counts only as an event's whole `data` line, not as text inside a JSON value
-    /// (where a `\n` before `data:` would be escaped). Ollama's key is looked for as its Go
-    /// encoder writes it, `"done":true`, without spaces; inside a string its quotes would be
-    /// escaped.
+    /// (where a `\n` before `data:` would be escaped). An event's type is its `event:` field
+    /// (`event: response.completed`), or the top-level `"type"` its data starts with
+    /// (`data: {"type":"response.completed",…`); the name as text elsewhere in the data (a
+    /// delta's text) does not count. Only the last event's own lines are looked at, a few bytes
+    /// each: its data is not parsed. Ollama's key is looked for as its Go encoder writes it,
+    /// `"done":true`, without spaces; inside a string its quotes would be escaped.
     pub fn terminal(&self) -> bool {
         self.terminal
     }
@@ -346,7 +351,7 @@ impl UsageScanner {
         let found = scan_event(event);
         self.note(found);
         // Only while it is the last event that passed (a backend may send more after it).
-        self.terminal = is_done_event(event);
+        self.terminal = is_terminal_event(event);
     }
 
     fn push_sse(&mut self, chunk: &[u8]) {
@@ -391,9 +396,11 @@ impl UsageScanner {
                 newlines = 0;
                 let event = &chunk[start..pos];
                 if overflow {
-                    // An event too large to scan: not `[DONE]`.
+                    // An event too large to scan: its usage is not read; its head (kept in
+                    // `buf`) says whether it is the terminal event (a Responses API
+                    // `response.completed` repeats the whole answer, and may be this large).
                     overflow = false;
-                    self.terminal = false;
+                    self.terminal = last_event_has_terminal_type(&self.buf);
                     self.buf.clear();
                 } else if self.buf.is_empty() {
                     self.event(event);
@@ -419,7 +426,12 @@ impl UsageScanner {
         if !rest.is_empty() && !overflow {
             if self.buf.len() + rest.len() > SCAN_WINDOW {
                 overflow = true;
-                self.buf = Vec::new();
+                // Keep only the event's first bytes: its `event:` line and the start of its data.
+                let mut head = Vec::with_capacity(EVENT_HEAD);
+                let held = self.buf.len().min(EVENT_HEAD);
+                head.extend_from_slice(&self.buf[..held]);
+                head.extend_from_slice(&rest[..(EVENT_HEAD - held).min(rest.len())]);
+                self.buf = head;
             } else {
                 self.buf.extend_from_slice(rest);
             }
@@ -466,6 +478,94 @@ fn is_done_event(events: &[u8]) -> bool {
         return false;
     };
     matches!(rest.last(), None | Some(b'\n' | b'\r'))
+}
+
+/// Bytes of an SSE event too large to scan that are kept to tell whether it is the terminal
+/// event: its first lines (`event: response.completed`, `data: {"type":"response.completed",…`).
+const EVENT_HEAD: usize = 256;
+
+/// Types of the events that end a stream, besides `data: [DONE]`: OpenAI's Responses API's
+/// last event (a response done, failed, or cut short) and Anthropic's Messages API's.
+const TERMINAL_TYPES: [&[u8]; 4] = [
+    b"response.completed",
+    b"response.failed",
+    b"response.incomplete",
+    b"message_stop",
+];
+
+/// Whether the last event in `events` (whole events, ending with their blank line) is the
+/// stream's terminal event (see [`UsageScanner::terminal`]).
+#[inline]
+fn is_terminal_event(events: &[u8]) -> bool {
+    is_done_event(events) || last_event_has_terminal_type(events)
+}
+
+/// Whether the last event in `events` is of a terminal type: its `event:` field names one, or
+/// its data starts with a JSON object whose first member is `"type"` naming one. `events` may
+/// also be the head of one event whose last line is cut.
+///
+/// The event's lines are walked from its end back to the blank line before it (one `memrchr`
+/// over the event), and only a few bytes at the start of each are compared: no allocation, and
+/// the data is not parsed.
+fn last_event_has_terminal_type(events: &[u8]) -> bool {
+    // The event without its blank line.
+    let trail = events
+        .iter()
+        .rev()
+        .take_while(|&&c| matches!(c, b'\n' | b'\r'))
+        .count();
+    let event = &events[..events.len() - trail];
+    let mut end = event.len();
+    let mut event_type: Option<&[u8]> = None;
+    let mut first_data: Option<&[u8]> = None;
+    loop {
+        let start = memchr::memrchr2(b'\n', b'\r', &event[..end]).map_or(0, |i| i + 1);
+        let line = &event[start..end];
+        if line.is_empty() {
+            break; // the blank line that ended the event before, or the start of `events`
+        }
+        // A field's value loses one leading space (the SSE spec); a later `event:` line wins.
+        let value = |name: &[u8]| {
+            line.strip_prefix(name)
+                .map(|v| v.strip_prefix(b" ").unwrap_or(v))
+        };
+        if let Some(v) = value(b"event:") {
+            event_type = event_type.or(Some(v));
+        } else if let Some(v) = value(b"data:") {
+            first_data = Some(v); // walking backwards: the first one is seen last
+        }
+        if start == 0 {
+            break;
+        }
+        // Step back over this line's terminator (`\n`, `\r` or `\r\n`).
+        end = start - 1;
+        if event[end] == b'\n' && end > 0 && event[end - 1] == b'\r' {
+            end -= 1;
+        }
+    }
+    event_type.is_some_and(|t| TERMINAL_TYPES.contains(&t))
+        || first_data.is_some_and(data_has_terminal_type)
+}
+
+/// Whether `data` starts with a JSON object whose first member is `"type"` naming a terminal
+/// event (`{"type":"message_stop"}`; whitespace allowed between the tokens).
+fn data_has_terminal_type(data: &[u8]) -> bool {
+    let Some(rest) = skip_ws(data).strip_prefix(b"{") else {
+        return false;
+    };
+    let Some(rest) = skip_ws(rest).strip_prefix(b"\"type\"") else {
+        return false;
+    };
+    let Some(rest) = skip_ws(rest).strip_prefix(b":") else {
+        return false;
+    };
+    let Some(rest) = skip_ws(rest).strip_prefix(b"\"") else {
+        return false;
+    };
+    TERMINAL_TYPES.iter().any(|t| {
+        rest.strip_prefix(*t)
+            .is_some_and(|r| r.first() == Some(&b'"'))
+    })
 }
 
 /// The top-level `"model"` string of a JSON object: [`ModelScanner`] over a whole (or truncated)
@@ -1829,6 +1929,203 @@ mod tests {
         // A JSON body is never a stream with a terminal event.
         let mut s = UsageScanner::json();
         s.push(b"data: [DONE]\n\n");
+        assert!(!s.terminal());
+    }
+
+    /// A Responses API stream: text that names the terminal event in a delta, then the event.
+    fn responses_body(sep: &str, named: bool) -> String {
+        let event = |name: &str, data: &str| {
+            let mut e = String::new();
+            if named {
+                e.push_str(&format!("event: {name}{}", &sep[..sep.len() / 2]));
+            }
+            e.push_str(&format!("data: {data}{sep}"));
+            e
+        };
+        let mut body = event(
+            "response.created",
+            r#"{"type":"response.created","sequence_number":0,"response":{"id":"r","status":"in_progress","usage":null}}"#,
+        );
+        body.push_str(&event(
+            "response.output_text.delta",
+            r#"{"type":"response.output_text.delta","sequence_number":1,"delta":"event: response.completed\ndata: {\"type\":\"response.completed\"}"}"#,
+        ));
+        body.push_str(&event(
+            "response.completed",
+            r#"{"type":"response.completed","sequence_number":2,"response":{"id":"r","status":"completed","usage":{"input_tokens":10,"output_tokens":5,"total_tokens":15}}}"#,
+        ));
+        body
+    }
+
+    #[test]
+    fn responses_and_anthropic_terminal_events_however_split() {
+        let anthropic = |sep: &str| {
+            let nl = &sep[..sep.len() / 2];
+            [
+                ("message_start", r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":10,"output_tokens":1}}}"#),
+                ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"{\"type\":\"message_stop\"}"}}"#),
+                ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#),
+                ("message_stop", r#"{"type":"message_stop"}"#),
+            ]
+            .iter()
+            .map(|(name, data)| format!("event: {name}{nl}data: {data}{sep}"))
+            .collect::<String>()
+        };
+        for sep in ["\n\n", "\r\n\r\n", "\r\r"] {
+            // With `event:` lines (OpenAI, Anthropic), and with only the data's `type`.
+            for body in [
+                responses_body(sep, true),
+                responses_body(sep, false),
+                anthropic(sep),
+            ] {
+                let last = body.trim_end().rfind(sep).unwrap() + sep.len();
+                // The event ends at its second line end (a CRLF's `\n` may follow).
+                let end = body.len() - usize::from(sep == "\r\n\r\n");
+                for split in 0..body.len() {
+                    let mut s = UsageScanner::sse();
+                    s.push(&body.as_bytes()[..split]);
+                    // Not before the last event's blank line has passed: the earlier events,
+                    // whose text names the terminal event, are not it.
+                    assert_eq!(s.terminal(), split >= end, "{body:?} split {split}");
+                    s.push(&body.as_bytes()[split..]);
+                    assert!(s.terminal(), "{body:?} split {split}");
+                    assert_eq!(
+                        s.usage().unwrap().total_tokens,
+                        15,
+                        "{body:?} split {split}"
+                    );
+                    assert_eq!(s.buffered(), 0);
+                }
+                let mut s = UsageScanner::sse();
+                for (i, b) in body.as_bytes().iter().enumerate() {
+                    s.push(std::slice::from_ref(b));
+                    assert_eq!(s.terminal(), i + 1 >= end, "byte by byte, {body:?} at {i}");
+                }
+                // The last event alone, and everything before it (not terminal).
+                let mut s = UsageScanner::sse();
+                s.push(&body.as_bytes()[last..]);
+                assert!(s.terminal(), "{body:?}");
+                let mut s = UsageScanner::sse();
+                s.push(&body.as_bytes()[..last]);
+                assert!(!s.terminal(), "{body:?}");
+            }
+        }
+        for terminal in [
+            "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{}}\n\n",
+            "event: response.incomplete\ndata: {\"type\":\"response.incomplete\",\"response\":{}}\n\n",
+            "event:message_stop\ndata:{\"type\":\"message_stop\"}\n\n",
+            "data: { \"type\" : \"message_stop\" }\n\n",
+            "data: {\"type\":\"response.completed\",\n\n",
+            "id: 7\nevent: response.completed\nretry: 10\ndata: {}\n\n",
+            // A later `event:` line is the event's type.
+            "event: x\nevent: response.completed\ndata: {}\n\n",
+            // vLLM writes `type` last, but names the event.
+            "event: response.completed\ndata: {\"response\":{},\"type\":\"response.completed\"}\n\n",
+        ] {
+            let mut s = UsageScanner::sse();
+            s.push(terminal.as_bytes());
+            assert!(s.terminal(), "{terminal:?}");
+            let body = format!("data: {{}}\n\n{terminal}");
+            for split in 0..body.len() {
+                let mut s = UsageScanner::sse();
+                s.push(&body.as_bytes()[..split]);
+                s.push(&body.as_bytes()[split..]);
+                assert!(s.terminal(), "{terminal:?} split {split}");
+            }
+        }
+        // The name as text in the data, or of a nested object, or another type: not the end.
+        for not_terminal in [
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"response.completed\"}\n\n",
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"{\\\"type\\\":\\\"response.completed\\\"}\"}\n\n",
+            "data: {\"delta\":\"\\nevent: response.completed\\n\"}\n\n",
+            "data: {\"item\":{\"type\":\"response.completed\"}}\n\n",
+            "data: {\"sequence_number\":3,\"type\":\"response.completed\"}\n\n",
+            "data: {\"type\":\"response.completed.x\"}\n\n",
+            "data: {\"type\":\"response.complete\"}\n\n",
+            "data: {\"type\":\"message_stopped\"}\n\n",
+            "data: [{\"type\":\"message_stop\"}]\n\n",
+            "data: \"type\":\"message_stop\"\n\n",
+            "event: response.completed_x\ndata: {}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"}\n\n",
+            "xevent: message_stop\n\n",
+            ": event: message_stop\n\n",
+            "data: {}\nmetadata: {\"type\":\"message_stop\"}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}",
+        ] {
+            let mut s = UsageScanner::sse();
+            s.push(not_terminal.as_bytes());
+            assert!(!s.terminal(), "{not_terminal:?}");
+            let mut s = UsageScanner::sse();
+            s.push(b"data: {}\n\ndata: ");
+            s.push(not_terminal.as_bytes());
+            assert!(!s.terminal(), "{not_terminal:?} after a pending line");
+        }
+    }
+
+    #[test]
+    fn responses_and_anthropic_ends_are_terminal_only_while_last() {
+        for (end, after) in [
+            (
+                "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+                "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\n",
+            ),
+            (
+                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+                "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+            ),
+        ] {
+            // Whole events in one chunk (the fast path) and one at a time.
+            let mut s = UsageScanner::sse();
+            s.push(format!("{end}{after}").as_bytes());
+            assert!(!s.terminal(), "{end:?} then {after:?}");
+            let mut s = UsageScanner::sse();
+            s.push(format!("{after}{end}").as_bytes());
+            assert!(s.terminal(), "{after:?} then {end:?}");
+            let mut s = UsageScanner::sse();
+            s.push(end.as_bytes());
+            assert!(s.terminal());
+            s.push(after.as_bytes());
+            assert!(!s.terminal(), "an event after {end:?}");
+            // Part of an event, or a comment, after it.
+            for part in ["data: {\"ty", ": keep-alive\n\n"] {
+                let mut s = UsageScanner::sse();
+                s.push(end.as_bytes());
+                s.push(part.as_bytes());
+                assert!(!s.terminal(), "{part:?} after {end:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_terminal_event_is_terminal_by_its_head() {
+        // `response.completed` repeats the whole answer: a long one passes the scan window.
+        let text = "x".repeat(SCAN_WINDOW * 2);
+        for named in [true, false] {
+            let mut body = String::new();
+            if named {
+                body.push_str("event: response.completed\n");
+            }
+            body.push_str(&format!(
+                "data: {{\"type\":\"response.completed\",\"response\":{{\"output\":[{{\"text\":\"{text}\"}}]}}}}\n\n"
+            ));
+            let mut s = UsageScanner::sse();
+            for piece in body.as_bytes().chunks(4096) {
+                s.push(piece);
+                assert!(s.buffered() <= SCAN_WINDOW);
+            }
+            assert!(s.terminal(), "named {named}");
+            assert_eq!(s.buffered(), 0);
+            s.push(b"data: {}\n\n");
+            assert!(!s.terminal());
+        }
+        // An oversized event of another type is not.
+        let mut s = UsageScanner::sse();
+        s.push(b"event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"text\":\"");
+        for _ in 0..(SCAN_WINDOW * 2 / 4096) {
+            s.push(&[b'x'; 4096]);
+        }
+        s.push(b"response.completed\"}\n\n");
         assert!(!s.terminal());
     }
 

@@ -291,35 +291,79 @@ async fn upstream_error_and_drop_mid_stream() {
 }
 
 /// openai-python hangs up as soon as it has read `data: [DONE]`: a body dropped after its
-/// terminal event (SSE `[DONE]`, Ollama's `"done":true` line) was passed on is `completed`;
-/// dropped before it, still `client_aborted`.
+/// terminal event (SSE `[DONE]`, a Responses API `response.completed`, Anthropic's
+/// `message_stop`, Ollama's `"done":true` line) was passed on is `completed`; dropped before it,
+/// still `client_aborted`.
 #[tokio::test]
 async fn drop_after_the_terminal_event_is_completed() {
+    use Outcome::{ClientAborted, Completed};
     let sink = MemorySink::default();
     let (layer, worker) = AuditLayer::pair(sink.clone(), config());
-    let cases: [(&str, [&'static [u8]; 2], usize); 4] = [
+    let cases: [(&str, [&'static [u8]; 2], usize, Outcome); 8] = [
         (
             "text/event-stream",
             [b"data: {\"choices\":[]}\n\ndata: [DO", b"NE]\n\n"],
             2,
+            Completed,
         ),
         (
             "text/event-stream",
             [b"data: {\"choices\":[]}\n\n", b"data: [DONE]\n\n"],
             1,
+            ClientAborted,
         ),
         (
             "application/x-ndjson",
             [b"{\"done\":false}\n{\"done\":tr", b"ue,\"eval_count\":3}\n"],
             2,
+            Completed,
         ),
         (
             "application/x-ndjson",
             [b"{\"done\":false}\n", b"{\"done\":true}\n"],
             1,
+            ClientAborted,
+        ),
+        (
+            "text/event-stream",
+            [
+                b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"response.completed\"}\n\nevent: response.compl",
+                b"eted\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+            ],
+            2,
+            Completed,
+        ),
+        (
+            "text/event-stream",
+            [
+                b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"response.completed\"}\n\n",
+                b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+            ],
+            1,
+            ClientAborted,
+        ),
+        (
+            "text/event-stream",
+            [
+                b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":2}}\n\n",
+                b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            ],
+            2,
+            Completed,
+        ),
+        (
+            "text/event-stream",
+            [
+                b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":2}}\n\n",
+                b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            ],
+            1,
+            ClientAborted,
         ),
     ];
-    for (content_type, [a, b], read) in cases {
+    let mut want = Vec::new();
+    for (content_type, [a, b], read, outcome) in cases {
+        want.push((outcome, [a, b][..read].iter().map(|p| p.len() as u64).sum()));
         let res = respond(&layer, request(), move || {
             let mut r = Response::new(MockBody::new([
                 Step::Data(a),
@@ -338,19 +382,11 @@ async fn drop_after_the_terminal_event_is_completed() {
         drop(body);
     }
     let events = events_after(layer, worker, &sink).await;
-    let outcomes: Vec<_> = events
+    let outcomes: Vec<(Outcome, u64)> = events
         .iter()
         .map(|e| (e.outcome, e.response_bytes))
         .collect();
-    assert_eq!(
-        outcomes,
-        [
-            (Outcome::Completed, 36),
-            (Outcome::ClientAborted, 22),
-            (Outcome::Completed, 44),
-            (Outcome::ClientAborted, 15),
-        ]
-    );
+    assert_eq!(outcomes, want);
 }
 
 #[tokio::test]
