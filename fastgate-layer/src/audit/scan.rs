@@ -209,7 +209,8 @@ enum Mode {
         newlines: u8,
         /// The last terminator was `\r` (a following `\n` belongs to it).
         last_cr: bool,
-        /// The current event grew past the window; it is skipped.
+        /// The current event grew past the window: only its head and tail are kept
+        /// ([`EVENT_HEAD`], [`EVENT_TAIL`]).
         overflow: bool,
     },
 }
@@ -302,6 +303,7 @@ impl UsageScanner {
     pub fn finish(&mut self) {
         if !self.buf.is_empty() {
             if let Mode::Sse { overflow: true, .. } = self.mode {
+                self.note(scan_event(overflow_tail(&self.buf)));
                 self.buf.clear();
                 return;
             }
@@ -396,11 +398,13 @@ impl UsageScanner {
                 newlines = 0;
                 let event = &chunk[start..pos];
                 if overflow {
-                    // An event too large to scan: its usage is not read; its head (kept in
-                    // `buf`) says whether it is the terminal event (a Responses API
-                    // `response.completed` repeats the whole answer, and may be this large).
+                    // An event too large to hold (a Responses API `response.completed` repeats
+                    // the whole answer): its head says whether it is the terminal event, its
+                    // tail holds the usage (the response object's last members).
                     overflow = false;
-                    self.terminal = last_event_has_terminal_type(&self.buf);
+                    keep_overflow(&mut self.buf, event);
+                    self.note(scan_event(overflow_tail(&self.buf)));
+                    self.terminal = last_event_has_terminal_type(overflow_head(&self.buf));
                     self.buf.clear();
                 } else if self.buf.is_empty() {
                     self.event(event);
@@ -423,15 +427,21 @@ impl UsageScanner {
             // Part of another event passed after the last whole one.
             self.terminal = false;
         }
-        if !rest.is_empty() && !overflow {
-            if self.buf.len() + rest.len() > SCAN_WINDOW {
+        if !rest.is_empty() {
+            if overflow {
+                keep_overflow(&mut self.buf, rest);
+            } else if self.buf.len() + rest.len() > SCAN_WINDOW {
                 overflow = true;
-                // Keep only the event's first bytes: its `event:` line and the start of its data.
-                let mut head = Vec::with_capacity(EVENT_HEAD);
+                // Keep the event's first bytes (its `event:` line and the start of its data) and
+                // its last ones; one allocation per oversized event.
+                let mut kept = Vec::with_capacity(EVENT_HEAD + 2 * EVENT_TAIL);
                 let held = self.buf.len().min(EVENT_HEAD);
-                head.extend_from_slice(&self.buf[..held]);
-                head.extend_from_slice(&rest[..(EVENT_HEAD - held).min(rest.len())]);
-                self.buf = head;
+                let taken = (EVENT_HEAD - held).min(rest.len());
+                kept.extend_from_slice(&self.buf[..held]);
+                kept.extend_from_slice(&rest[..taken]);
+                keep_overflow(&mut kept, &self.buf[held..]);
+                keep_overflow(&mut kept, &rest[taken..]);
+                self.buf = kept;
             } else {
                 self.buf.extend_from_slice(rest);
             }
@@ -480,9 +490,43 @@ fn is_done_event(events: &[u8]) -> bool {
     matches!(rest.last(), None | Some(b'\n' | b'\r'))
 }
 
-/// Bytes of an SSE event too large to scan that are kept to tell whether it is the terminal
-/// event: its first lines (`event: response.completed`, `data: {"type":"response.completed",…`).
+/// Bytes of an SSE event larger than the [`SCAN_WINDOW`] kept from its start, to tell whether it
+/// is the terminal event: its first lines (`event: response.completed`,
+/// `data: {"type":"response.completed",…`).
 const EVENT_HEAD: usize = 256;
+
+/// Bytes of an SSE event larger than the [`SCAN_WINDOW`] kept from its end, where its usage is
+/// read: a Responses API response object ends with `usage`, then `user` and `metadata` (at most
+/// 16 pairs of 64 + 512 characters).
+const EVENT_TAIL: usize = 16 * 1024;
+
+/// Add `piece` of an oversized event to what is kept of it in `kept`: its first [`EVENT_HEAD`]
+/// bytes (already there), then at least its last [`EVENT_TAIL`] bytes and at most twice that
+/// (the bytes in between are dropped only every `EVENT_TAIL` bytes or so: amortised O(piece)).
+fn keep_overflow(kept: &mut Vec<u8>, piece: &[u8]) {
+    if piece.len() >= EVENT_TAIL {
+        kept.truncate(EVENT_HEAD);
+        kept.extend_from_slice(&piece[piece.len() - EVENT_TAIL..]);
+        return;
+    }
+    if kept.len() + piece.len() > EVENT_HEAD + 2 * EVENT_TAIL {
+        // Then `kept` holds more than `EVENT_HEAD + EVENT_TAIL` bytes: `from` is past the head.
+        let from = kept.len() - (EVENT_TAIL - piece.len());
+        kept.drain(EVENT_HEAD..from);
+    }
+    kept.extend_from_slice(piece);
+}
+
+/// The head of what [`keep_overflow`] kept.
+fn overflow_head(kept: &[u8]) -> &[u8] {
+    &kept[..kept.len().min(EVENT_HEAD)]
+}
+
+/// The tail of what [`keep_overflow`] kept (possibly starting inside a JSON string: `"usage"`
+/// there is a key all the same, as a string's own quotes are escaped).
+fn overflow_tail(kept: &[u8]) -> &[u8] {
+    kept.get(EVENT_HEAD..).unwrap_or_default()
+}
 
 /// Types of the events that end a stream, besides `data: [DONE]`: OpenAI's Responses API's
 /// last event (a response done, failed, or cut short) and Anthropic's Messages API's.
@@ -2127,6 +2171,64 @@ mod tests {
         }
         s.push(b"response.completed\"}\n\n");
         assert!(!s.terminal());
+    }
+
+    #[test]
+    fn an_oversized_events_usage_is_read_from_its_tail() {
+        // A long answer's `response.completed`: the answer again, then the usage and metadata.
+        let text = "y".repeat(SCAN_WINDOW * 2);
+        let metadata = format!(r#"{{"k":"{}"}}"#, "m".repeat(8 * 1024));
+        let body = format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"y\"}}\n\n\
+             event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"output\":[{{\"text\":\"{text} \\\"usage\\\":{{\\\"input_tokens\\\":99}}\"}}],\
+             \"usage\":{{\"input_tokens\":10,\"output_tokens\":5,\"total_tokens\":15}},\"user\":null,\"metadata\":{metadata}}}}}\n\n"
+        );
+        let want = TokenUsage {
+            prompt_tokens: Some(10),
+            completion_tokens: Some(5),
+            total_tokens: 15,
+        };
+        for size in [
+            1,
+            7,
+            1000,
+            4096,
+            EVENT_TAIL - 1,
+            EVENT_TAIL,
+            SCAN_WINDOW + 1,
+        ] {
+            let mut s = UsageScanner::sse();
+            for piece in body.as_bytes().chunks(size) {
+                s.push(piece);
+                assert!(s.buffered() <= SCAN_WINDOW, "size {size}");
+            }
+            assert_eq!(s.usage(), Some(want), "size {size}");
+            assert!(s.terminal(), "size {size}");
+            assert_eq!(s.buffered(), 0);
+        }
+        // Whole, in one chunk (scanned in place), the same.
+        let mut s = UsageScanner::sse();
+        s.push(body.as_bytes());
+        assert_eq!((s.usage(), s.terminal()), (Some(want), true));
+        // A body cut inside the event: the tail seen so far is read at the end.
+        let cut = body.rfind(",\"user\"").unwrap();
+        let mut s = UsageScanner::sse();
+        for piece in body.as_bytes()[..cut].chunks(4096) {
+            s.push(piece);
+        }
+        assert!(!s.terminal());
+        s.finish();
+        assert_eq!(s.usage(), Some(want));
+        // Usage further than `EVENT_TAIL` from the end of an oversized event is not read.
+        let early = format!(
+            "data: {{\"usage\":{{\"input_tokens\":1}},\"text\":\"{}\"}}\n\n",
+            "z".repeat(SCAN_WINDOW * 2)
+        );
+        let mut s = UsageScanner::sse();
+        for piece in early.as_bytes().chunks(4096) {
+            s.push(piece);
+        }
+        assert_eq!(s.usage(), None);
     }
 
     #[test]
