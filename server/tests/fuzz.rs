@@ -277,7 +277,18 @@ fn well_formed_stream(r: &mut StdRng) -> (String, Option<Counts>) {
             ));
         }
     }
-    body.push_str(&format!("data: [DONE]{nl}"));
+    // The stream's terminal event: Chat Completions', the Responses API's, Anthropic's.
+    let half = &nl[..nl.len() / 2];
+    let end = [
+        "data: [DONE]".to_owned(),
+        format!(
+            "event: response.completed{half}data: {{\"type\":\"response.completed\",\"response\":{{\"usage\":null}}}}"
+        ),
+        "data: {\"type\":\"response.incomplete\",\"response\":{}}".to_owned(),
+        format!("event: message_stop{half}data: {{\"type\":\"message_stop\"}}"),
+    ];
+    body.push_str(&end[r.random_range(0..end.len())]);
+    body.push_str(nl);
     (body, expected)
 }
 
@@ -307,6 +318,7 @@ fn fuzz_sse_usage_scanner() {
             .usage()
             .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens));
         assert_eq!(got, expected, "stream: {body:?}");
+        assert!(scan.terminal(), "stream: {body:?}");
     });
 }
 
