@@ -695,7 +695,24 @@ impl fmt::Debug for Settings {
 impl Settings {
     /// Load `path`, apply the process environment's overrides and validate.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, std::env::vars())
+        // `std::env::vars` would panic on a variable that is not UTF-8: one of ours is an error,
+        // any other is none of the config's business.
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Ok(k) = k.into_string() else { continue };
+            match v.into_string() {
+                Ok(v) => env.push((k, v)),
+                Err(_) if env_key(&k).is_some() => {
+                    return Err(ConfigError::new(
+                        path,
+                        &k,
+                        "the value is not valid UTF-8 (value not shown)",
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        Self::load_with_env(path, env)
     }
 
     /// Load `path` with the given environment (tests pass their own).
@@ -710,17 +727,26 @@ impl Settings {
         // A value refused by the checks after parsing names its variable when one set it: the
         // file is not where to look then.
         Self::from_config(path, config).map_err(|mut e| {
-            let var = format!(
-                "{ENV_PREFIX}{}",
-                e.key.replace('.', "__").to_ascii_uppercase()
-            );
-            // The prefix as the parser reads it (exactly), the rest in any case.
-            let sets_it = |k: &str| {
-                k.strip_prefix(ENV_PREFIX)
-                    .is_some_and(|rest| rest.eq_ignore_ascii_case(&var[ENV_PREFIX.len()..]))
-            };
-            if env.iter().any(|(k, _)| sets_it(k)) && !e.message.contains(&var) {
-                e.message = format!("{} (set by {var})", e.message);
+            let set_by = env.iter().map(|(k, _)| k).find(|k| {
+                env_key(k).is_some_and(|rest| {
+                    covers(
+                        &rest
+                            .split("__")
+                            .collect::<Vec<_>>()
+                            .join(".")
+                            .to_ascii_lowercase(),
+                        &e.key,
+                    )
+                })
+            });
+            if let Some(var) = set_by {
+                // "(set here or by FASTGATE__…)" becomes what did set it.
+                let hint = format!(
+                    " (set here or by {ENV_PREFIX}{})",
+                    e.key.replace('.', "__").to_ascii_uppercase()
+                );
+                let message = e.message.strip_suffix(&hint).unwrap_or(&e.message);
+                e.message = format!("{message} (set by {var})");
             }
             e
         })
@@ -966,66 +992,229 @@ pub fn parse_config(
     for (segments, secret) in file_secrets(text) {
         set_path(&mut value, &segments, Value::String(secret));
     }
-    let overrides: Vec<(Vec<String>, String)> = env
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let rest = k.strip_prefix(ENV_PREFIX)?;
-            let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            (!segments.iter().any(String::is_empty)).then_some((segments, v))
-        })
-        .collect();
-    // Env values are taken verbatim as strings (a secret like `a #b` or `&x` stays intact);
-    // where the key wants another type (a number, a boolean, a `[a, b]` list) the value is
-    // read as YAML instead.
+    let overrides = env_overrides(path, env)?;
+    // A plain value is first taken as the text it is (a secret like `a #b` or `&x` stays
+    // intact); where the key wants another type (a number, a boolean) it is read as YAML instead.
     let mut as_yaml = vec![false; overrides.len()];
     loop {
         let mut merged = value.clone();
-        for (i, (segments, raw)) in overrides.iter().enumerate() {
-            let parsed = if as_yaml[i] {
-                serde_yaml_ng::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()))
-            } else {
-                Value::String(raw.clone())
+        for (i, o) in overrides.iter().enumerate() {
+            let parsed = match &o.value {
+                EnvValue::Yaml(v) => v.clone(),
+                EnvValue::Plain(raw) if as_yaml[i] => match serde_yaml_ng::from_str::<Value>(raw) {
+                    // YAML's null here came from a comment or an anchor (`#x`, `&x`): the text.
+                    Ok(v) if !v.is_null() => v,
+                    _ => Value::String(raw.clone()),
+                },
+                EnvValue::Plain(raw) => Value::String(raw.clone()),
             };
-            let parsed = if parsed.is_null() && !raw.trim().is_empty() {
-                Value::String(raw.clone())
-            } else {
-                parsed
-            };
-            set_path(&mut merged, segments, parsed);
+            set_path(&mut merged, &o.segments, parsed);
         }
         match serde_path_to_error::deserialize::<_, Config>(merged) {
-            Ok(config) => return Ok(config),
+            Ok(mut config) => {
+                resolve_env_paths(path, &overrides, &mut config)?;
+                return Ok(config);
+            }
             Err(err) => {
                 let key = err.path().to_string();
                 let retry = overrides
                     .iter()
-                    .position(|(segments, _)| segments.join(".") == key)
+                    .position(|o| o.key() == key && matches!(o.value, EnvValue::Plain(_)))
                     .filter(|&i| !as_yaml[i]);
                 if let Some(i) = retry {
                     as_yaml[i] = true;
                     continue;
                 }
-                let from_env = overrides.iter().any(|(segments, _)| {
-                    segments.join(".") == key
-                        || key.starts_with(&format!("{}.", segments.join(".")))
-                });
+                let message = strip_location(&err.inner().to_string());
                 return Err(ConfigError {
                     file: path.to_path_buf(),
                     line: None,
                     key: display_path(&key),
-                    message: if from_env {
-                        format!(
-                            "{} (set by {ENV_PREFIX}{})",
-                            strip_location(&err.inner().to_string()),
-                            key.replace('.', "__").to_ascii_uppercase()
-                        )
-                    } else {
-                        strip_location(&err.inner().to_string())
+                    message: match setting_var(&overrides, &key) {
+                        Some(var) => format!("{message} (set by {var})"),
+                        None => message,
                     },
                 });
             }
         }
     }
+}
+
+/// One `FASTGATE__SECTION__KEY` variable: its name as set, the key path it sets, its value.
+struct EnvOverride {
+    var: String,
+    segments: Vec<String>,
+    value: EnvValue,
+}
+
+impl EnvOverride {
+    fn key(&self) -> String {
+        self.segments.join(".")
+    }
+}
+
+/// An environment value as the config reads it (see [`read_env_value`]).
+enum EnvValue {
+    /// Taken as the text it is; read as a YAML scalar only where the key wants a number or a
+    /// boolean.
+    Plain(String),
+    /// What YAML reads (null, a quoted string, a list or a mapping), as in the file.
+    Yaml(Value),
+}
+
+/// How an environment value is read. Unlike the file's, it is text as given (spaces around it
+/// kept; `#`, `&`, `*`, `!`, `|`, `>` mean nothing), except for the spellings that mean
+/// something else than their text in the file, which mean the same here:
+/// - empty (or only spaces): the empty string, as `""` in the file;
+/// - `~`, `null`, `Null`, `NULL`: no value (YAML's null);
+/// - a value that starts with a quote: one quoted YAML string, `"…"` or `'…'` (docker's
+///   `--env-file` keeps the quotes of `KEY="…"`), which is its content: `""` is the empty string;
+/// - a value that starts with `[` or `{`: a YAML list or mapping (for a secret: refused).
+///
+/// The error never holds the value (it may be a secret).
+fn read_env_value(raw: &str) -> Result<EnvValue, &'static str> {
+    let t = raw.trim_matches([' ', '\t']);
+    if t.is_empty() {
+        return Ok(EnvValue::Yaml(Value::String(String::new())));
+    }
+    if matches!(t, "~" | "null" | "Null" | "NULL") {
+        return Ok(EnvValue::Yaml(Value::Null));
+    }
+    if t.starts_with(['"', '\'']) {
+        return match serde_yaml_ng::from_str::<Value>(t) {
+            Ok(v @ Value::String(_)) if t.len() >= 2 && t.ends_with(&t[..1]) => {
+                Ok(EnvValue::Yaml(v))
+            }
+            _ => Err(
+                "starts with a quote but is not one quoted string as YAML reads it (\"…\" or \
+                      '…'; value not shown): quote the whole value, or leave the quotes out",
+            ),
+        };
+    }
+    if t.starts_with(['[', '{']) {
+        return match serde_yaml_ng::from_str::<Value>(t) {
+            Ok(v @ (Value::Sequence(_) | Value::Mapping(_))) => Ok(EnvValue::Yaml(v)),
+            _ => Err(
+                "starts with [ or { but is not a YAML list or mapping (value not shown): \
+                      to mean the text, put it in quotes",
+            ),
+        };
+    }
+    Ok(EnvValue::Plain(raw.to_owned()))
+}
+
+/// The `FASTGATE__…` variables of `env` (the name in any case), by key path. A name with an empty
+/// segment (`FASTGATE__APP____PORT`, a trailing `__`), two names for one key
+/// (`FASTGATE__APP__PORT` and `fastgate__app__port`) and a value [`read_env_value`] refuses are
+/// errors naming the variable.
+fn env_overrides(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<EnvOverride>, ConfigError> {
+    let mut overrides: Vec<EnvOverride> = Vec::new();
+    for (var, raw) in env {
+        let Some(rest) = env_key(&var) else { continue };
+        let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                path,
+                &var,
+                "an empty segment in the variable's name (four underscores in a row, or __ at \
+                 its end): it names no key; write FASTGATE__SECTION__KEY",
+            ));
+        }
+        let key = segments.join(".");
+        if let Some(other) = overrides.iter().find(|o| o.segments == segments) {
+            return Err(ConfigError::new(
+                path,
+                &key,
+                format!(
+                    "set by both {} and {var} (names are read in any case): unset one",
+                    other.var
+                ),
+            ));
+        }
+        let value = read_env_value(&raw)
+            .map_err(|m| ConfigError::new(path, &key, format!("{m} (set by {var})")))?;
+        overrides.push(EnvOverride {
+            var,
+            segments,
+            value,
+        });
+    }
+    Ok(overrides)
+}
+
+/// The key part of a config variable's name (`APP__PORT` of `FASTGATE__APP__PORT`), the prefix
+/// read in any case as the rest is; `None` for other variables.
+fn env_key(var: &str) -> Option<&str> {
+    let prefix = var.get(..ENV_PREFIX.len())?;
+    prefix
+        .eq_ignore_ascii_case(ENV_PREFIX)
+        .then(|| &var[ENV_PREFIX.len()..])
+}
+
+/// The variable that set `key` (a dotted path) or a section holding it, as it was named.
+fn setting_var<'a>(overrides: &'a [EnvOverride], key: &str) -> Option<&'a str> {
+    overrides
+        .iter()
+        .find(|o| covers(&o.key(), key))
+        .map(|o| o.var.as_str())
+}
+
+/// Whether setting the key path `set` sets `key` (itself, or a part of it: `app.trusted_proxies`
+/// covers `app.trusted_proxies[0]`).
+fn covers(set: &str, key: &str) -> bool {
+    key.strip_prefix(set)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+/// The keys holding a file path that a path written in the config file resolves against the
+/// file's directory for. Given by a variable, a relative one is relative to the working
+/// directory instead (as a shell user expects, and as every other path is): made absolute here.
+fn resolve_env_paths(
+    path: &Path,
+    overrides: &[EnvOverride],
+    config: &mut Config,
+) -> Result<(), ConfigError> {
+    let g = &mut config.api_gateway;
+    for (key, value) in [
+        ("api_gateway.routes_file", &mut g.routes_file),
+        ("api_gateway.tls.ca_file", &mut g.tls.ca_file),
+        (
+            "api_gateway.tls.client_cert_file",
+            &mut g.tls.client_cert_file,
+        ),
+        (
+            "api_gateway.tls.client_key_file",
+            &mut g.tls.client_key_file,
+        ),
+    ] {
+        let Some(var) = setting_var(overrides, key) else {
+            continue;
+        };
+        let Some(p) = value.as_deref().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        if Path::new(p).is_absolute() {
+            continue;
+        }
+        let resolved = std::path::absolute(p)
+            .ok()
+            .and_then(|a| a.into_os_string().into_string().ok())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    path,
+                    key,
+                    format!(
+                        "{p:?} is relative and the working directory cannot be read (or is not \
+                         UTF-8): give an absolute path (set by {var})"
+                    ),
+                )
+            })?;
+        *value = Some(resolved);
+    }
+    Ok(())
 }
 
 fn display_path(path: &str) -> String {
@@ -1233,24 +1422,28 @@ fn weak_admin_token(token: &str) -> Option<&'static str> {
 
 fn validate(path: &Path, c: &Config) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| Err(ConfigError::new(path, key, msg));
-    if c.security.admin_token.expose().trim().is_empty() {
+    let token = c.security.admin_token.expose();
+    if token.trim().is_empty() {
         return err(
             "security.admin_token",
-            "must not be empty (set it here or by FASTGATE__SECURITY__ADMIN_TOKEN)".into(),
+            "no value: it is empty (set here or by FASTGATE__SECURITY__ADMIN_TOKEN)".into(),
         );
     }
-    if c.security
-        .admin_token
-        .expose()
-        .chars()
-        .any(char::is_control)
-    {
+    if token.chars().any(char::is_control) {
         // No header can carry it: every admin call would be refused.
         return err(
             "security.admin_token",
             "contains a control character, such as the line end a YAML block scalar (`|`, `>`) \
              adds (value not shown): write it on one line, in quotes"
                 .into(),
+        );
+    }
+    if token.trim() != token {
+        // Clients' header values are read without the spaces around them (HTTP's rule): it
+        // would never match.
+        return err(
+            "security.admin_token",
+            "has spaces around it, which no header can carry (value not shown): remove them".into(),
         );
     }
     let prefix = &c.security.key_prefix;
@@ -1526,6 +1719,29 @@ fn check_real_key(key: &Secret) -> Result<(), String> {
     }
 }
 
+/// A route's `real_api_key_env`: the variable's value, read as a config variable's is
+/// ([`read_env_value`]). Unset, empty, `""`, `null` or `~` is no key, and so an error, as a list
+/// or mapping is; the message never shows the value.
+fn route_key_from_env(var: &str) -> Result<Secret, &'static str> {
+    match std::env::var(var) {
+        Ok(raw) => route_key(&raw),
+        Err(std::env::VarError::NotPresent) => Err("is not set"),
+        Err(std::env::VarError::NotUnicode(_)) => Err("is not valid UTF-8"),
+    }
+}
+
+/// [`route_key_from_env`] of a value that is set.
+fn route_key(raw: &str) -> Result<Secret, &'static str> {
+    match read_env_value(raw)? {
+        EnvValue::Plain(key) => Ok(Secret::new(key)),
+        EnvValue::Yaml(Value::String(key)) if !key.is_empty() => Ok(Secret::new(key)),
+        EnvValue::Yaml(Value::String(_) | Value::Null) => {
+            Err("has no value (empty, \"\", ~ or null)")
+        }
+        EnvValue::Yaml(_) => Err("is not text (a list or a mapping; value not shown)"),
+    }
+}
+
 /// Whether the YAML file at `path` is FastGate's routes format: a mapping with a `routes` key, or,
 /// when it does not even parse (an indentation mistake), a line that starts with `routes:`.
 fn has_routes_key(path: &Path) -> bool {
@@ -1739,16 +1955,13 @@ fn build_routes(
             }
             (Some(key), None) if key.expose().is_empty() => None,
             (Some(key), None) => Some(key.clone()),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(v) if !v.is_empty() => Some(Secret::new(v)),
-                _ => {
-                    return Err(ConfigError::new(
-                        file,
-                        k("real_api_key_env"),
-                        format!("environment variable {var} is not set"),
-                    ));
-                }
-            },
+            (None, Some(var)) => Some(route_key_from_env(var).map_err(|m| {
+                ConfigError::new(
+                    file,
+                    k("real_api_key_env"),
+                    format!("environment variable {var} {m}"),
+                )
+            })?),
             (None, None) => g.real_api_key.clone(),
         };
         if let Some(key) = &api_key {
@@ -2012,6 +2225,59 @@ api_gateway:
         let e = parse(SEED, &[("FASTGATE__APP__PORT", "eighty")]).unwrap_err();
         assert_eq!(e.key, "app.port");
         assert!(e.message.contains("FASTGATE__APP__PORT"), "{e}");
+        // Named as it was set, in whatever case.
+        let e = parse(SEED, &[("FASTGATE__app__port", "eighty")]).unwrap_err();
+        assert!(e.message.contains("(set by FASTGATE__app__port)"), "{e}");
+    }
+
+    #[test]
+    fn env_names_are_read_in_any_case_and_refused_when_they_name_no_key() {
+        for var in [
+            "FASTGATE__app__port",
+            "fastgate__App__Port",
+            "FASTGATE__APP__PORT",
+        ] {
+            let c = parse(SEED, &[(var, "18611"), ("FASTGATE__app__debug", "false")])
+                .unwrap_or_else(|e| panic!("{var}: {e}"));
+            assert_eq!(c.app.port, 18611, "{var}");
+            assert!(!c.app.debug, "{var}");
+        }
+        // An empty segment named no key and was ignored (the default port served).
+        for var in [
+            "FASTGATE__APP____PORT",
+            "FASTGATE__APP__PORT__",
+            "FASTGATE____APP__PORT",
+            "FASTGATE__",
+            "FASTGATE____",
+        ] {
+            let e = parse(SEED, &[(var, "1")]).unwrap_err();
+            assert!(e.to_string().contains(var), "{var}: {e}");
+            assert!(e.message.contains("empty segment"), "{var}: {e}");
+        }
+        // Two names for one key: which one won depended on the environment's order, and the
+        // error named a variable that was not set.
+        let e = parse(
+            SEED,
+            &[
+                ("FASTGATE__APP__PORT", "18610"),
+                ("FASTGATE__app__port", "18611"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "app.port", "{e}");
+        assert!(
+            e.message
+                .contains("FASTGATE__APP__PORT and FASTGATE__app__port"),
+            "{e}"
+        );
+        assert!(!e.message.contains("1861"), "{e}");
+        // Other variables are not the config's.
+        let c = parse(
+            SEED,
+            &[("FASTGATE_APP__PORT", "1"), ("FASTGATEX__APP__PORT", "1")],
+        )
+        .unwrap();
+        assert_eq!(c.app.port, 8514);
     }
 
     #[test]
@@ -2618,6 +2884,53 @@ api_gateway:
         // In quotes, `~` is a token like any other.
         let c = parse(&SEED.replace("\"admin_secret_token_dev\"", "\"~\""), &[]).unwrap();
         assert_eq!(c.security.admin_token.expose(), "~");
+        // From the environment, the same: `null` was the token `null` (and `""`, from docker's
+        // `--env-file`, the two quotes), the real key `null` sent as `Bearer null`.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let load = |var: &str, v: &str| Settings::load_with_env(&cfg, [(var.into(), v.into())]);
+        let token = "FASTGATE__SECURITY__ADMIN_TOKEN";
+        let real_key = "FASTGATE__API_GATEWAY__REAL_API_KEY";
+        for null in [
+            "~", "null", "Null", "NULL", " null ", "", "  ", "\"\"", "''", " '' ",
+        ] {
+            let e = load(token, null).unwrap_err();
+            assert_eq!(e.key, "security.admin_token", "{null:?}: {e}");
+            assert!(e.message.contains("no value"), "{null:?}: {e}");
+            assert!(
+                e.message.contains(&format!("(set by {token})")),
+                "{null:?}: {e}"
+            );
+            let s = load(real_key, null).unwrap_or_else(|e| panic!("{null:?}: {e}"));
+            assert!(s.config.api_gateway.real_api_key.is_none(), "{null:?}");
+            assert!(
+                s.routes.values().all(|r| r.backend.api_key.is_none()),
+                "{null:?}"
+            );
+        }
+        for (var, key) in [
+            (token, "security.admin_token"),
+            (real_key, "api_gateway.real_api_key"),
+        ] {
+            for not_text in [
+                "[s3cr3t]",
+                "{s3cr3t: 1}",
+                " [s3cr3t, x]",
+                "[s3cr3t",
+                "{s3cr3t",
+                "\"s3cr3t",
+                "'s3cr3t",
+                "\"s3cr3t\" # x",
+                "\"s3cr3t\"x\"",
+            ] {
+                let e = load(var, not_text).unwrap_err();
+                let shown = e.to_string();
+                assert_eq!(e.key, key, "{not_text:?}: {shown}");
+                assert!(shown.contains(var), "{not_text:?}: {shown}");
+                assert!(!shown.contains("s3cr3t"), "{not_text:?}: {shown}");
+            }
+        }
         // Integers beyond 64 bits, which YAML's value tree cannot hold (serde's message quoted
         // them, in decimal).
         for (quoted, big) in [
@@ -2819,11 +3132,58 @@ api_gateway:
             &cfg,
             vec![(
                 "FASTGATE__API_GATEWAY__ROUTES_FILE".into(),
-                "routes.yaml".into(),
+                dir.path().join("routes.yaml").display().to_string(),
             )],
         )
         .unwrap_err();
         assert!(e.message.contains("miniai"), "{e}");
+    }
+
+    #[test]
+    fn a_relative_path_from_the_environment_is_relative_to_the_working_directory() {
+        // Tests run in the package's directory, `server/`: `../config/routes.yaml` is the
+        // shipped one from there, and nothing beside a config in a temporary directory.
+        let cwd = std::env::current_dir().unwrap();
+        let shipped = cwd.join("../config/routes.yaml");
+        assert!(shipped.is_file());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let var = |k: &str, v: &str| (format!("FASTGATE__API_GATEWAY__{k}"), v.to_owned());
+        // `FASTGATE_CONFIG=/dev/null`, everything by environment, resolved it to /dev/….
+        let s = Settings::load_with_env(&cfg, [var("ROUTES_FILE", "../config/routes.yaml")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.routes_path.as_deref(), Some(shipped.as_path()));
+        assert!(s.routes.contains_key("/proxy/v1/chat/completions"));
+        // Also quoted, and the TLS files likewise (made absolute: /admin/config shows them so).
+        let c = parse(
+            SEED,
+            &[
+                ("FASTGATE__API_GATEWAY__ROUTES_FILE", "\"r.yaml\""),
+                ("FASTGATE__API_GATEWAY__TLS__CA_FILE", "ca.pem"),
+                ("FASTGATE__API_GATEWAY__TLS__CLIENT_CERT_FILE", "tls/c.pem"),
+                ("FASTGATE__API_GATEWAY__TLS__CLIENT_KEY_FILE", "/abs/k.pem"),
+            ],
+        )
+        .unwrap();
+        let tls = &c.api_gateway.tls;
+        let at = |p: &str| Some(cwd.join(p).display().to_string());
+        assert_eq!(c.api_gateway.routes_file, at("r.yaml"));
+        assert_eq!(tls.ca_file, at("ca.pem"));
+        assert_eq!(tls.client_cert_file, at("tls/c.pem"));
+        assert_eq!(tls.client_key_file.as_deref(), Some("/abs/k.pem"));
+        // `""` is still none; written in the file, a relative path is still the file's
+        // directory's.
+        let c = parse(SEED, &[("FASTGATE__API_GATEWAY__ROUTES_FILE", "")]).unwrap();
+        assert_eq!(c.api_gateway.routes_file.as_deref(), Some(""));
+        let text = format!("{SEED}  routes_file: r.yaml\n  tls:\n    ca_file: ca.pem\n");
+        let c = parse(&text, &[("FASTGATE__APP__PORT", "1")]).unwrap();
+        assert_eq!(c.api_gateway.routes_file.as_deref(), Some("r.yaml"));
+        assert_eq!(c.api_gateway.tls.ca_file.as_deref(), Some("ca.pem"));
+        std::fs::write(dir.path().join("r.yaml"), "routes: []\n").unwrap();
+        std::fs::write(&cfg, &text).unwrap();
+        let s = Settings::load_with_env(&cfg, []).unwrap();
+        assert_eq!(s.routes_path, Some(dir.path().join("r.yaml")));
     }
 
     #[test]
@@ -2925,32 +3285,35 @@ api_gateway:
             ("FASTGATE__API_GATEWAY__TIMEOUT", "0"),
             ("FASTGATE__DATABASE__URL", "mysql://db/x"),
             ("FASTGATE__LOGGING__LEVEL", "loud"),
+            ("FASTGATE__APP__TRUSTED_PROXIES", "[x]"),
         ] {
             let e = Settings::load_with_env(&cfg, vec![(var.to_owned(), value.to_owned())])
                 .unwrap_err();
             assert!(e.to_string().contains(var), "{var}: {e}");
         }
-        // A variable the parser does not read (the prefix in lower case) is not named.
+        // Named as it was set (names are read in any case).
         let e = Settings::load_with_env(
             &cfg,
-            vec![
-                ("fastgate__api_gateway__timeout".to_owned(), "9".to_owned()),
-                ("FASTGATE__API_GATEWAY__TIMEOUT".to_owned(), "0".to_owned()),
-            ],
+            vec![("fastgate__Api_Gateway__timeout".to_owned(), "0".to_owned())],
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("FASTGATE__API_GATEWAY__TIMEOUT"),
+            e.to_string()
+                .contains("(set by fastgate__Api_Gateway__timeout)"),
             "{e}"
         );
-        std::fs::write(&cfg, SEED.replace("timeout: 60", "timeout: 0")).unwrap();
+        // A hint naming the variable gives way to the variable that did set it.
         let e = Settings::load_with_env(
             &cfg,
-            vec![("fastgate__api_gateway__timeout".to_owned(), "9".to_owned())],
+            vec![("FASTGATE__security__admin_token".to_owned(), String::new())],
         )
         .unwrap_err();
-        assert!(!e.to_string().contains("FASTGATE__"), "{e}");
-        std::fs::write(&cfg, SEED).unwrap();
+        assert!(
+            e.message
+                .ends_with("(set by FASTGATE__security__admin_token)"),
+            "{e}"
+        );
+        assert!(!e.message.contains("set here"), "{e}");
         // Set in the file: the file is named, no variable.
         std::fs::write(&cfg, SEED.replace("timeout: 60", "timeout: 0")).unwrap();
         let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
@@ -2996,6 +3359,112 @@ api_gateway:
         .unwrap();
         assert_eq!(c.security.admin_token.expose(), "s3cr3t #tail-part");
         assert_eq!(c.api_gateway.real_api_key.unwrap().expose(), "&anchor 'q' ");
+        // What YAML would read as something else than its text, unquoted in the file, is the
+        // text (as the file's secrets are), in the environment too; no comment, anchor or tag.
+        let extra = [
+            "abc:def", "#x", "a: b", "*alias", "!tag x", "|", "- x", "x\"y'",
+        ];
+        for spelled in SECRETS_YAML_READS_AS_OTHER_TYPES.iter().chain(&extra) {
+            let c = parse(
+                SEED,
+                &[
+                    ("FASTGATE__SECURITY__ADMIN_TOKEN", spelled),
+                    ("FASTGATE__API_GATEWAY__REAL_API_KEY", spelled),
+                    ("FASTGATE__APP__NAME", spelled),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{spelled}: {e}"));
+            assert_eq!(c.security.admin_token.expose(), *spelled);
+            assert_eq!(c.api_gateway.real_api_key.unwrap().expose(), *spelled);
+            assert_eq!(c.app.name, *spelled);
+        }
+        // A value in quotes is the quoted string, as in the file (docker's `--env-file` keeps
+        // the quotes of `KEY="…"`): to mean `null` or `~`, or to keep spaces or a `[`.
+        for (spelled, text) in [
+            ("\"abc\"", "abc"),
+            ("'abc'", "abc"),
+            ("\"null\"", "null"),
+            ("'~'", "~"),
+            ("  \"[x]\" ", "[x]"),
+            ("'it''s #1'", "it's #1"),
+            ("\"a\\u0041\"", "aA"),
+            ("\"0x1F\"", "0x1F"),
+        ] {
+            let c = parse(SEED, &[("FASTGATE__API_GATEWAY__REAL_API_KEY", spelled)])
+                .unwrap_or_else(|e| panic!("{spelled}: {e}"));
+            assert_eq!(
+                c.api_gateway.real_api_key.unwrap().expose(),
+                text,
+                "{spelled}"
+            );
+        }
+        // And where a key wants a number, a boolean or a list, a quoted value is a string, as
+        // in the file.
+        let e = parse(SEED, &[("FASTGATE__APP__PORT", "\"9999\"")]).unwrap_err();
+        assert_eq!(e.key, "app.port", "{e}");
+        let c = parse(SEED, &[("FASTGATE__APP__CORS_ALLOW_ORIGINS", "[]")]).unwrap();
+        assert!(c.app.cors_allow_origins.is_empty());
+        // An empty value is the empty string (`FASTGATE__LOGGING__FILE=`: none), also for a
+        // string that is not optional.
+        let c = parse(SEED, &[("FASTGATE__APP__NAME", "")]).unwrap();
+        assert_eq!(c.app.name, "");
+    }
+
+    #[test]
+    fn an_admin_token_with_spaces_around_it_is_refused_without_being_shown() {
+        // Header values are read without the spaces around them: such a token never matched.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        for (text, env) in [
+            (
+                SEED.replace("admin_secret_token_dev", " s3cr3t-admin-token-0123"),
+                None,
+            ),
+            (
+                SEED.replace("admin_secret_token_dev", "s3cr3t-admin-token-0123  "),
+                None,
+            ),
+            (SEED.to_owned(), Some("s3cr3t-admin-token-0123 ")),
+            (SEED.to_owned(), Some("\" s3cr3t-admin-token-0123\"")),
+        ] {
+            std::fs::write(&cfg, &text).unwrap();
+            let env = env.map(|v| ("FASTGATE__SECURITY__ADMIN_TOKEN".to_owned(), v.to_owned()));
+            let e = Settings::load_with_env(&cfg, env.clone()).unwrap_err();
+            let shown = e.to_string();
+            assert_eq!(e.key, "security.admin_token", "{shown}");
+            assert!(shown.contains("spaces around it"), "{shown}");
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert_eq!(
+                shown.contains("FASTGATE__SECURITY__ADMIN_TOKEN"),
+                env.is_some(),
+                "{shown}"
+            );
+        }
+        // A real key keeps them (a backend reads its header without them, as FastGate does).
+        std::fs::write(&cfg, SEED).unwrap();
+        let env = [(
+            "FASTGATE__API_GATEWAY__REAL_API_KEY".to_owned(),
+            " sk-x ".to_owned(),
+        )];
+        let s = Settings::load_with_env(&cfg, env).unwrap();
+        assert_eq!(
+            s.config.api_gateway.real_api_key.unwrap().expose(),
+            " sk-x "
+        );
+    }
+
+    #[test]
+    fn a_routes_real_key_from_the_environment_is_read_as_a_config_variable() {
+        assert_eq!(route_key("sk-abc #1").unwrap().expose(), "sk-abc #1");
+        assert_eq!(route_key("\"sk-abc\"").unwrap().expose(), "sk-abc");
+        assert_eq!(route_key("'null'").unwrap().expose(), "null");
+        for none in ["", "\"\"", "''", "null", "~", " "] {
+            let e = route_key(none).map(|_| ()).unwrap_err();
+            assert!(e.contains("no value"), "{none:?}: {e}");
+        }
+        for not_text in ["[sk]", "{sk: 1}", "\"sk"] {
+            assert!(route_key(not_text).is_err(), "{not_text:?}");
+        }
     }
 
     #[test]

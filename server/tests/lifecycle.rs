@@ -151,10 +151,70 @@ fn config_errors_exit_non_zero_naming_the_key() {
         assert_eq!(code, Some(2), "{out}");
         assert!(out.contains(needle), "expected {needle:?} in: {out}");
     }
-    // A bad value from the environment names the variable.
+    // A bad value from the environment names the variable, as it was set.
     let (code, out) = run_check(&good, &[("FASTGATE__APP__PORT", "eighty")]);
     assert_eq!(code, Some(2));
     assert!(out.contains("FASTGATE__APP__PORT"), "{out}");
+    for (var, value, needle) in [
+        // No value: the token `null` (or the two characters of docker's `""`) opened the admin
+        // API to anyone sending it.
+        ("FASTGATE__SECURITY__ADMIN_TOKEN", "null", "no value"),
+        ("FASTGATE__SECURITY__ADMIN_TOKEN", "\"\"", "no value"),
+        (
+            "FASTGATE__SECURITY__ADMIN_TOKEN",
+            "[s3cr3t]",
+            "expected a string",
+        ),
+        // A name that names no key was ignored.
+        ("FASTGATE__APP____PORT", "1", "empty segment"),
+        (
+            "FASTGATE__app__port",
+            "eighty",
+            "(set by FASTGATE__app__port)",
+        ),
+    ] {
+        let (code, out) = run_check(&good, &[(var, value)]);
+        assert_eq!(code, Some(2), "{var}={value}: {out}");
+        assert!(
+            out.contains(var) && out.contains(needle),
+            "{var}={value}: {out}"
+        );
+        assert!(!out.contains("s3cr3t"), "{out}");
+    }
+    // Configured by the environment alone: a relative path is the working directory's (it was
+    // resolved beside /dev/null, in /dev).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("extra-routes.yaml"),
+        "routes:\n  - path: /proxy/v1/embeddings\n    backend_url: http://127.0.0.1:9\n    \
+         backend_path: /v1/embeddings\n",
+    )
+    .unwrap();
+    let out = fastgate_cmd()
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env("FASTGATE_CONFIG", "/dev/null")
+        .env(
+            "FASTGATE__SECURITY__ADMIN_TOKEN",
+            "9f2c4e7a1b8d3f6e0a5c2b9d",
+        )
+        .env("FASTGATE__API_GATEWAY__BACKEND_URL", "http://127.0.0.1:9")
+        .env(
+            "FASTGATE__API_GATEWAY__BACKEND_PATH",
+            "/v1/chat/completions",
+        )
+        .env("FASTGATE__API_GATEWAY__ROUTES_FILE", "extra-routes.yaml")
+        .env("FASTGATE__DATABASE__URL", "sqlite:///./fastgate.db")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 route(s)"), "{stdout}");
+    assert!(!dir.path().join("fastgate.db").exists());
     // YAML errors carry a line number.
     let (_, out) = run_check(&good.replace("  port: 8514", "  port: [8514"), &[]);
     assert!(out.contains("c.yaml:"), "{out}");
