@@ -1250,10 +1250,29 @@ fn strip_location(message: &str) -> String {
         Some(i) => &message[..i],
         None => message,
     };
-    message.replace(
+    hide_strings(message).replace(
         "expected a boolean",
         "expected a boolean: true or false (not yes/no, on/off or 1/0)",
     )
+}
+
+/// serde's `invalid type: string "…", expected u64` without the string: a secret pasted into
+/// the wrong key (`timeout: sk-…`, `FASTGATE__API_GATEWAY__TIMEOUT=sk-…`) must not be printed.
+fn hide_strings(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let Some(end) = after.find("\", expected").or_else(|| after.rfind('"')) else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("a string (not shown)");
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn set_path(root: &mut Value, segments: &[String], new: Value) {
@@ -1730,6 +1749,23 @@ fn route_key_from_env(var: &str) -> Result<Secret, &'static str> {
     }
 }
 
+/// Whether `s` can be an environment variable's name (POSIX: `[A-Za-z_][A-Za-z0-9_]*`).
+fn is_variable_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An upper-case variable name of at most 64 characters (`OPENAI_API_KEY`): safe to print.
+fn is_conventional_variable_name(s: &str) -> bool {
+    is_variable_name(s)
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// [`route_key_from_env`] of a value that is set.
 fn route_key(raw: &str) -> Result<Secret, &'static str> {
     match read_env_value(raw)? {
@@ -1955,12 +1991,27 @@ fn build_routes(
             }
             (Some(key), None) if key.expose().is_empty() => None,
             (Some(key), None) => Some(key.clone()),
-            (None, Some(var)) => Some(route_key_from_env(var).map_err(|m| {
-                ConfigError::new(
+            (None, Some(var)) if !is_variable_name(var) => {
+                // Not a name: most likely the key itself, written in the wrong field.
+                return Err(ConfigError::new(
                     file,
                     k("real_api_key_env"),
-                    format!("environment variable {var} {m}"),
-                )
+                    "must name an environment variable (letters, digits and _, not starting \
+                     with a digit); the value is not shown: was the key itself written here?",
+                ));
+            }
+            (None, Some(var)) => Some(route_key_from_env(var).map_err(|m| {
+                // An upper-case name is shown; anything else could be a key that happens to
+                // be a valid name (sk_live_…).
+                let named = if is_conventional_variable_name(var) {
+                    format!("environment variable {var} {m}")
+                } else {
+                    format!(
+                        "the environment variable it names {m} (its name is not shown: it is \
+                         not an upper-case name, and could be a key written in the wrong field)"
+                    )
+                };
+                ConfigError::new(file, k("real_api_key_env"), named)
             })?),
             (None, None) => g.real_api_key.clone(),
         };
@@ -3465,6 +3516,50 @@ api_gateway:
         for not_text in ["[sk]", "{sk: 1}", "\"sk"] {
             assert!(route_key(not_text).is_err(), "{not_text:?}");
         }
+    }
+
+    /// A key written in `real_api_key_env` (instead of `real_api_key`), or pasted into a number
+    /// field, was quoted back in the error (on the console and, at a reload, in the log file).
+    #[test]
+    fn a_key_in_the_wrong_field_is_not_quoted_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        std::fs::write(&cfg, SEED).unwrap();
+        let with_env_name = |name: &str| {
+            std::fs::write(
+                dir.path().join("routes.yaml"),
+                format!(
+                    "routes:\n  - path: /proxy/emb\n    backend_url: http://127.0.0.1:9\n    \
+                     backend_path: /v1/embeddings\n    real_api_key_env: {name}\n"
+                ),
+            )
+            .unwrap();
+            Settings::load_with_env(&cfg, Vec::new())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        for secret in [
+            "sk-proj-ENVMISTAKE-abc123",
+            "sk_live_ENVMISTAKE123",
+            "9ENVMISTAKE",
+        ] {
+            let e = with_env_name(secret);
+            assert!(!e.contains("ENVMISTAKE"), "{e}");
+            assert!(e.contains("real_api_key_env"), "{e}");
+        }
+        // A variable's conventional name is still shown, so that the operator can set it.
+        let e = with_env_name("FASTGATE_TEST_UNSET_VARIABLE_7F3A");
+        assert!(
+            e.contains("FASTGATE_TEST_UNSET_VARIABLE_7F3A is not set"),
+            "{e}"
+        );
+        // A string where a number belongs, from the file or from the environment.
+        let e = parse(&SEED.replace("timeout: 60", "timeout: sk-FILESECRET"), &[]).unwrap_err();
+        assert!(!e.to_string().contains("FILESECRET"), "{e}");
+        assert!(e.to_string().contains("a string (not shown)"), "{e}");
+        let e = parse(SEED, &[("FASTGATE__API_GATEWAY__TIMEOUT", "sk-ENVSECRET")]).unwrap_err();
+        assert!(!e.to_string().contains("ENVSECRET"), "{e}");
     }
 
     #[test]
