@@ -385,7 +385,8 @@ const MAX_GRACE_SECONDS: u64 = 2_592_000;
 const LOSS_DEGRADES_FOR: Duration = Duration::from_secs(60);
 
 /// Every reason `/health` can give for `degraded`, in the order it lists them.
-pub(crate) const HEALTH_REASONS: [&str; 3] = [
+pub(crate) const HEALTH_REASONS: [&str; 4] = [
+    "draining",
     "database_unreachable",
     "audit_writes_failing",
     "audit_records_lost",
@@ -757,11 +758,12 @@ pub struct UpstreamHealth {
 /// `GET /health`.
 #[derive(Object, Debug)]
 pub struct Health {
-    /// `healthy` (M-FastGate's word), or `degraded` when the database is unreachable (with a
-    /// 503), audit writes are failing, or audit records were dropped or lost in the last minute
-    /// (with a 200).
+    /// `healthy` (M-FastGate's word), or `degraded` when the gateway is stopping or the
+    /// database is unreachable (with a 503), audit writes are failing, or audit records were
+    /// dropped or lost in the last minute (with a 200).
     pub status: String,
-    /// Why the status is `degraded` (empty when healthy): `database_unreachable`,
+    /// Why the status is `degraded` (empty when healthy): `draining` (a SIGTERM/SIGINT came:
+    /// still serving during `app.shutdown_accept_grace`, then stopping), `database_unreachable`,
     /// `audit_writes_failing`, `audit_records_lost`.
     pub reasons: Vec<String>,
     /// FastGate version.
@@ -790,7 +792,8 @@ enum HealthResponse {
     /// (`reasons` says which).
     #[oai(status = 200)]
     Ok(Json<Health>),
-    /// The database is unreachable (`status` is `degraded`).
+    /// The gateway is stopping (`draining`) or the database is unreachable (`status` is
+    /// `degraded`).
     #[oai(status = 503)]
     Degraded(Json<Health>),
 }
@@ -1193,8 +1196,10 @@ impl SystemApi {
 impl SystemApi {
     /// Health: version, uptime, database reachability, audit queue.
     ///
-    /// `status` is `degraded` when the database is unreachable (then with a 503; cached keys
-    /// keep working meanwhile), when audit records are not reaching it (kept in the spool file
+    /// `status` is `degraded` when the gateway is stopping (`draining`, after SIGTERM/SIGINT:
+    /// with a 503, so that a load balancer takes it out while it still serves during
+    /// `app.shutdown_accept_grace`), when the database is unreachable (then with a 503; cached
+    /// keys keep working meanwhile), when audit records are not reaching it (kept in the spool file
     /// or retried), or when audit records were dropped or lost in the last minute (both with a
     /// 200: requests are still served); `reasons` lists which. Backend failures never make it
     /// degraded.
@@ -1210,7 +1215,8 @@ impl SystemApi {
             .into_iter()
             .flatten()
             .any(|ago| ago < LOSS_DEGRADES_FOR);
-        let reasons: Vec<String> = [!reachable, failing, recent_loss]
+        let draining = s.draining();
+        let reasons: Vec<String> = [draining, !reachable, failing, recent_loss]
             .into_iter()
             .zip(HEALTH_REASONS)
             .filter(|&(on, _)| on)
@@ -1269,8 +1275,10 @@ impl SystemApi {
         // Only an unreachable database is a 503: audit trouble alone leaves requests served
         // (the records wait in the spool), and a load balancer that took out every instance
         // sharing a database refusing inserts, or each instance that dropped a record in a
-        // burst, would turn it into an outage. `status` and `reasons` still say it.
-        if reachable {
+        // burst, would turn it into an outage. `status` and `reasons` still say it. A gateway
+        // that is stopping answers 503 too: a load balancer takes it out before it stops
+        // accepting (`app.shutdown_accept_grace`).
+        if reachable && !draining {
             HealthResponse::Ok(Json(health))
         } else {
             HealthResponse::Degraded(Json(health))

@@ -144,6 +144,11 @@ pub struct AppConfig {
     pub port: u16,
     /// Seconds in-flight requests and streams get to finish on SIGTERM/SIGINT.
     pub shutdown_timeout: u64,
+    /// Seconds the gateway keeps accepting and serving after the first SIGTERM/SIGINT, with
+    /// `/health` answering 503 `draining`, before the shutdown (and its `shutdown_timeout`)
+    /// begins: time for a load balancer to take the instance out of rotation. 0 (the default):
+    /// the listener closes at once.
+    pub shutdown_accept_grace: u64,
     /// Seconds a connection may take to send a request's headers, counted from when it starts
     /// waiting for the request (so also how long an idle HTTP/1.1 keep-alive connection is kept);
     /// any connection, HTTP/2 included, with no request in flight for 1–1.5 × this long is shut
@@ -187,6 +192,7 @@ impl Default for AppConfig {
             host: "0.0.0.0".into(),
             port: 8514,
             shutdown_timeout: 30,
+            shutdown_accept_grace: 0,
             header_read_timeout: 60,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),

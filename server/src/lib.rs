@@ -583,6 +583,7 @@ fn keep_restart_only(running: &config::Config, new: &mut config::Config) -> Vec<
         "app.port" => app.port;
         "app.header_read_timeout" => app.header_read_timeout;
         "app.shutdown_timeout" => app.shutdown_timeout;
+        "app.shutdown_accept_grace" => app.shutdown_accept_grace;
         "app.trusted_proxies" => app.trusted_proxies;
         "app.forwarded_header" => app.forwarded_header;
         "app.cors_allow_origins" => app.cors_allow_origins;

@@ -398,7 +398,7 @@ async fn serve(
     })
     .await?;
 
-    loop {
+    let first = loop {
         tokio::select! {
             _ = hup.recv() => {
                 // The log file first (logrotate renamed it), so the reload's lines land there.
@@ -419,17 +419,57 @@ async fn serve(
                     ),
                 }
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+    // A signal that comes within a second of the first is the same stop sent twice (a
+    // supervisor signalling the process group, then the process), not an impatient operator.
+    let first_at = std::time::Instant::now();
+    let repeated = |name: &str, what: &str| {
+        let again = first_at.elapsed() >= Duration::from_secs(1);
+        if !again {
+            tracing::info!("{name} again within a second of the first: still {what}");
+        }
+        again
+    };
+    // From now on `/health` answers 503 `draining`: a load balancer polling it takes the
+    // instance out of rotation.
+    gateway.state.begin_draining();
+    // Read only at start: a reload keeps the running value.
+    let accept_grace =
+        Duration::from_secs(gateway.state.settings().config.app.shutdown_accept_grace);
+    if accept_grace.is_zero() {
+        tracing::info!("{first}: shutting down");
+    } else {
+        // Still accepting and serving (new connections and idle keep-alive ones alike) until
+        // the load balancer has taken the instance out; a second signal ends the wait.
+        tracing::info!(
+            "{first}: draining: /health answers 503 `draining`, new connections are still served \
+             for {} s (app.shutdown_accept_grace), then shutting down",
+            accept_grace.as_secs()
+        );
+        let waited = tokio::time::sleep(accept_grace);
+        tokio::pin!(waited);
+        loop {
+            let name = tokio::select! {
+                () = &mut waited => {
+                    tracing::info!("accept grace over: shutting down");
+                    break;
+                }
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if repeated(name, "draining") {
+                tracing::warn!("{name} again: accept grace ended early; shutting down");
+                break;
+            }
         }
     }
     let _ = stop_tx.send(());
-    // A second SIGTERM or Ctrl-C ends the grace period at once: what is still in flight is cut
+    // A further SIGTERM or Ctrl-C ends the grace period at once: what is still in flight is cut
     // (audited `interrupted`), the audit queue is still written.
-    // One that comes within a second of the first is the same stop sent twice (a supervisor
-    // signalling the process group, then the process), not an impatient operator.
     let cut = gateway.cut();
-    let first = std::time::Instant::now();
     let stopped = gateway.wait();
     tokio::pin!(stopped);
     loop {
@@ -438,9 +478,7 @@ async fn serve(
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        if first.elapsed() < Duration::from_secs(1) {
-            tracing::info!("{name} again within a second of the first: still shutting down");
-        } else {
+        if repeated(name, "shutting down") {
             tracing::warn!("{name} again: not waiting for requests in flight");
             cut.now();
         }

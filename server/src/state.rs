@@ -1,5 +1,6 @@
 //! State shared by the admin API, the guard and the signal handlers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ pub struct AppState {
     audit: AuditStats,
     spool: Option<SpoolStats>,
     last_error: Mutex<Option<String>>,
+    draining: AtomicBool,
 }
 
 impl AppState {
@@ -32,6 +34,7 @@ impl AppState {
             audit,
             spool: None,
             last_error: Mutex::new(None),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -59,6 +62,18 @@ impl AppState {
     /// Counters of the audit pipeline.
     pub fn audit_stats(&self) -> &AuditStats {
         &self.audit
+    }
+
+    /// The gateway is stopping (SIGTERM/SIGINT): from now on `/health` answers 503 `draining`, so
+    /// that a load balancer takes the instance out of rotation while it still serves (see
+    /// `app.shutdown_accept_grace`).
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`begin_draining`](Self::begin_draining) was called.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Remember an internal error for `/health` (the text never holds a secret).

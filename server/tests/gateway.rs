@@ -795,6 +795,7 @@ async fn openapi_spec_and_docs_describe_the_api() {
     assert_eq!(
         spec["components"]["schemas"]["Health"]["properties"]["reasons"]["items"]["enum"],
         serde_json::json!([
+            "draining",
             "database_unreachable",
             "audit_writes_failing",
             "audit_records_lost"

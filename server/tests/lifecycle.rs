@@ -440,12 +440,124 @@ async fn a_second_sigterm_cuts_the_grace_period_short() {
         fg.logs().contains("SIGTERM: shutting down")
     })
     .await;
+    // Without `app.shutdown_accept_grace` the listener closes at once: a new connection is
+    // refused while the stream keeps the process running.
+    eventually(Duration::from_secs(2), "the listener closed", || {
+        std::net::TcpStream::connect(("127.0.0.1", fg.port)).is_err()
+    })
+    .await;
     // A second signal within a second of the first is taken for the same stop sent twice.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     term_exits_within(&mut fg, Duration::from_secs(5)).await;
     reader.abort();
     let row = audit_row_after_exit(&fg, &rid).await;
     assert_eq!(row.outcome, "interrupted");
+}
+
+/// The test config with `app.shutdown_accept_grace` set to `seconds`.
+fn with_accept_grace(seconds: u64) -> impl FnOnce(&mut String) {
+    move |y| {
+        *y = y.replace(
+            "  shutdown_timeout: 20\n",
+            &format!("  shutdown_timeout: 20\n  shutdown_accept_grace: {seconds}\n"),
+        );
+    }
+}
+
+/// With `app.shutdown_accept_grace`, a SIGTERM does not close the listener at once: for the
+/// grace period new connections and a keep-alive connection opened before are served as usual,
+/// and `/health` answers 503 `draining` (a load balancer takes the instance out meanwhile);
+/// then the usual shutdown, exit 0. Before, the listener closed at once (connections refused
+/// until the load balancer noticed) and so did idle keep-alive connections.
+#[tokio::test]
+async fn an_accept_grace_keeps_serving_after_sigterm_with_health_draining() {
+    let upstream = Upstream::start().await;
+    let mut fg = Fastgate::start_with(&upstream.url(), with_accept_grace(3), &[]).await;
+    let key = fg.new_key("u").await;
+    let mut kept = http1_connection(&fg).await;
+    assert_eq!(chat_on(&mut kept, &key).await.status(), 200);
+    let (status, h) = fg.health().await;
+    assert_eq!(
+        (status, h["status"].as_str()),
+        (200, Some("healthy")),
+        "{h}"
+    );
+
+    let signalled = Instant::now();
+    fg.signal("TERM");
+    eventually(Duration::from_secs(5), "draining logged", || {
+        fg.logs().contains("SIGTERM: draining")
+    })
+    .await;
+    // A new connection for each request, as a client the load balancer still sends.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let res = fresh
+            .post(fg.proxy_url())
+            .header("X-API-Key", &key)
+            .header("content-type", "application/json")
+            .body(chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let (status, h) = send_json(fresh.get(fg.url("/health"))).await;
+        assert_eq!(status, 503, "{h}");
+        assert_eq!(h["status"], "degraded", "{h}");
+        assert_eq!(h["reasons"], serde_json::json!(["draining"]), "{h}");
+        assert!(h["audit"].is_object(), "the usual answer: {h}");
+        // The keep-alive connection opened before the signal serves too.
+        assert_eq!(chat_on(&mut kept, &key).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "the checks outlasted the grace period: {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(
+        fg.wait_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        fg.logs()
+    );
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(8),
+        "exit {took:?} after SIGTERM with a 3 s accept grace"
+    );
+    assert_eq!(fg.logs().matches("SIGTERM: draining").count(), 1);
+}
+
+/// A second SIGTERM (a second or more after the first) ends the accept grace: the gateway stops
+/// accepting and shuts down as without one.
+#[tokio::test]
+async fn a_second_sigterm_ends_the_accept_grace() {
+    let upstream = Upstream::start().await;
+    let mut fg = Fastgate::start_with(&upstream.url(), with_accept_grace(60), &[]).await;
+    fg.signal("TERM");
+    eventually(Duration::from_secs(5), "draining logged", || {
+        fg.logs().contains("SIGTERM: draining")
+    })
+    .await;
+    // Within a second of the first: the same stop sent twice, the grace goes on.
+    fg.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, h) = fg.health().await;
+    assert_eq!(
+        (status, &h["reasons"]),
+        (503, &serde_json::json!(["draining"]))
+    );
+    term_exits_within(&mut fg, Duration::from_secs(5)).await;
+    assert!(
+        fg.logs().contains("accept grace ended early"),
+        "{}",
+        fg.logs()
+    );
 }
 
 #[tokio::test]

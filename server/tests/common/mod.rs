@@ -895,6 +895,34 @@ impl Fastgate {
     }
 }
 
+/// One HTTP/1.1 connection to the gateway, kept alive (hyper's client): requests on it reuse it.
+pub type Http1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Open an [`Http1`] connection to `fg`.
+pub async fn http1_connection(fg: &Fastgate) -> Http1 {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A proxied (non-stream) chat request with `key` on `conn`: the answer, its body read.
+pub async fn chat_on(conn: &mut Http1, key: &str) -> Response<Bytes> {
+    conn.ready().await.unwrap();
+    let req = Request::post(format!("/proxy{BACKEND_PATH}"))
+        .header("host", "127.0.0.1")
+        .header("x-api-key", key)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_body(false))))
+        .unwrap();
+    let (parts, body) = conn.send_request(req).await.unwrap().into_parts();
+    Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
+
 /// The request id a response carries.
 pub fn request_id(res: &reqwest::Response) -> String {
     res.headers()["x-request-id"].to_str().unwrap().to_owned()
