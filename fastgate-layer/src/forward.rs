@@ -31,6 +31,7 @@
 //! | no `RouteConfig` in the extensions | 500 | `no_route` / `rejected` |
 //! | the backend's URL with the request's path and query is over 65,534 bytes | 414 | `uri_too_long` / `rejected` |
 //! | connection refused / DNS / TLS | 502 | `upstream_unreachable` / `upstream_error` |
+//! | no file descriptor for the connection (`EMFILE`, `ENFILE`: the gateway's own limit) | 503 | `gateway_overloaded` / `rejected` |
 //! | the request body fails while sent (client gone mid-upload, broken chunked body; behind an `AuditLayer`) | 400 | `request_body_error` / `client_aborted` |
 //! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
 //! | headers later than `response_timeout` | 504 | `upstream_timeout` / `upstream_timeout` |
@@ -60,10 +61,9 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -84,6 +84,7 @@ use crate::backend_cache::BackendCache;
 use crate::body::GatewayBody;
 use crate::error::{BoxError, ErrorChain, rejection};
 use crate::extensions::{Backend, PathSuffix, RouteConfig, TargetUrl};
+use crate::log_throttle::LogThrottle;
 use crate::scrub::remove_hop_by_hop;
 use crate::upstream::{HostPool, PoolSettings, PooledConn, SendError, Sent};
 
@@ -790,6 +791,19 @@ impl Future for ResponseFuture {
                 let target = target.take().expect("polled after completion");
                 let mut res = match result {
                     Ok(Ok((res, conn))) => upstream_response(res, *idle, conn),
+                    // The gateway's own resource exhaustion, not the backend's failure: nothing
+                    // reached the backend, so a retry is fine (no `x-should-retry: false`).
+                    Ok(Err(err)) if out_of_descriptors(&err) => {
+                        if let Some(skipped) = NO_DESCRIPTOR_LOG.allow() {
+                            tracing::warn!(upstream = %target.0, error = %ErrorChain(&err), skipped, "no file descriptor left to connect to the upstream (the open files limit, RLIMIT_NOFILE, is reached): answered 503 gateway_overloaded");
+                        }
+                        rejection(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "gateway_overloaded",
+                            "the gateway is out of connections (open files); try again later",
+                            Outcome::Rejected,
+                        )
+                    }
                     Ok(Err(err)) if err.is_connect() => {
                         if let Some(skipped) = UNREACHABLE_LOG.allow() {
                             tracing::warn!(upstream = %target.0, error = %ErrorChain(&err), skipped, "upstream unreachable");
@@ -867,6 +881,27 @@ enum Late {
     Upload,
 }
 
+/// `EMFILE` and `ENFILE` (the same numbers on Linux, the BSDs and macOS).
+const TOO_MANY_OPEN_FILES: [i32; 2] = [24, 23];
+
+/// Whether `err` (or an error it was caused by) is the process or the system running out of
+/// file descriptors (`EMFILE`, `ENFILE`): the gateway could not open a socket, the backend was
+/// never asked.
+fn out_of_descriptors(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| TOO_MANY_OPEN_FILES.contains(&code))
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// The request on its way: through a pooled HTTP/1 connection, or through hyper-util.
 enum Sending {
     Pooled(Pin<Box<dyn Future<Output = Result<Sent, SendError>> + Send>>),
@@ -905,46 +940,13 @@ impl Future for Sending {
     }
 }
 
-/// At most one WARN line per second for each kind of upstream failure: a backend outage under
-/// load would otherwise write a line per request. Each line says how many were not written
-/// since the one before (`skipped`); every failure is still audited and counted in `/health`.
-struct LogThrottle {
-    /// Milliseconds since [`LOG_EPOCH`] of the last line written, plus one (0: none yet).
-    last: AtomicU64,
-    skipped: AtomicU64,
-}
-
-static LOG_EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+// At most one WARN line per second for each kind of upstream failure: a backend outage under
+// load would otherwise write a line per request. Each line says how many were not written since
+// the one before (`skipped`); every failure is still audited and counted in `/health`.
 static UNREACHABLE_LOG: LogThrottle = LogThrottle::new();
 static FAILED_LOG: LogThrottle = LogThrottle::new();
 static TIMEOUT_LOG: LogThrottle = LogThrottle::new();
-
-impl LogThrottle {
-    const INTERVAL_MS: u64 = 1000;
-
-    const fn new() -> Self {
-        Self {
-            last: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines skipped since the last one)` when a line may be written now.
-    fn allow(&self) -> Option<u64> {
-        let now = u64::try_from(LOG_EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= Self::INTERVAL_MS)
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.skipped.swap(0, Ordering::Relaxed));
-        }
-        self.skipped.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
+static NO_DESCRIPTOR_LOG: LogThrottle = LogThrottle::new();
 
 /// Marks a failure after which the backend may have done the request's work (it timed out after
 /// the request went out, or the connection broke once it was sent) as not to be retried: the official OpenAI
@@ -1094,16 +1096,20 @@ mod tests {
     }
 
     #[test]
-    fn upstream_failure_lines_are_throttled_and_count_what_they_skip() {
-        let t = LogThrottle::new();
-        assert_eq!(t.allow(), Some(0));
-        for _ in 0..5 {
-            assert_eq!(t.allow(), None);
-        }
-        // A second later the next line reports the five it did not write.
-        std::thread::sleep(Duration::from_millis(1010));
-        assert_eq!(t.allow(), Some(5));
-        assert_eq!(t.allow(), None);
+    fn running_out_of_file_descriptors_is_told_from_an_unreachable_backend() {
+        let failure =
+            |code| SendFailure::Pooled(SendError::Connect(std::io::Error::from_raw_os_error(code)));
+        assert!(out_of_descriptors(&failure(24))); // EMFILE
+        assert!(out_of_descriptors(&failure(23))); // ENFILE
+        assert!(!out_of_descriptors(&failure(111))); // ECONNREFUSED
+        assert!(!out_of_descriptors(&SendFailure::Pooled(SendError::Closed)));
+        // Deeper in a chain (hyper-util's connect error wraps the I/O error).
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        assert!(out_of_descriptors(&Outer(
+            std::io::Error::from_raw_os_error(24)
+        )));
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub mod forward;
 pub mod gateway;
 pub mod inject;
 pub mod limit;
+pub mod log_throttle;
 pub mod request_id;
 pub mod route;
 pub mod scrub;

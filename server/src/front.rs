@@ -43,6 +43,7 @@ use bytes::Bytes;
 use fastgate_layer::ClientAddr;
 use fastgate_layer::audit::{AuditBody, AuditStats};
 use fastgate_layer::body::GatewayBody;
+use fastgate_layer::log_throttle::LogThrottle;
 use fastgate_layer::request_id::X_REQUEST_ID;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body_util::Either;
@@ -831,6 +832,7 @@ pub async fn serve(
         .max_send_buf_size(64 * 1024);
     // Set, then notified, when the shutdown signal comes: every connection closes gracefully.
     let closing = Closing::default();
+    let accept_failed_log = LogThrottle::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -841,8 +843,12 @@ pub async fn serve(
                 let (stream, remote) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accepting a connection failed: {e}");
+                        // Out of file descriptors (EMFILE) and the like: back off instead of
+                        // spinning (the connection stays in the listen queue and is taken once
+                        // a descriptor is free), and log once a second, not at each retry.
+                        if let Some(skipped) = accept_failed_log.allow() {
+                            tracing::warn!(error = %e, skipped, "accepting a connection failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }

@@ -57,6 +57,43 @@ pub async fn connect_store(settings: &Settings) -> Result<Store, fastgate_store:
     .await
 }
 
+/// Raise the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, as Go's runtime and
+/// nginx (`worker_rlimit_nofile`) do: every client connection and every upstream connection
+/// takes a descriptor, and systemd's default soft limit (1024, kept low for programs that still
+/// use `select`) is far below the hard one (524288). Said at debug level; a failure leaves the
+/// limit as it was (the process still runs, with fewer connections).
+#[cfg(unix)]
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    if limit.current == limit.maximum {
+        tracing::debug!(
+            soft = show(limit.current),
+            hard = show(limit.maximum),
+            "open files limit (RLIMIT_NOFILE)"
+        );
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(
+            soft = show(limit.maximum),
+            was = show(limit.current),
+            "open files limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => tracing::debug!(
+            soft = show(limit.current),
+            hard = show(limit.maximum),
+            error = %e,
+            "open files limit (RLIMIT_NOFILE) not raised"
+        ),
+    }
+}
+
 /// The OpenAPI service (admin API + health); also used to print the spec.
 pub fn openapi(state: Arc<AppState>) -> OpenApiService<(api::SystemApi, api::AdminApi), ()> {
     OpenApiService::new(

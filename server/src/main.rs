@@ -376,6 +376,8 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Before the database pool and the listener take descriptors.
+    fastgate_server::raise_open_files_limit();
     let store = connect_store(&settings).await.context("database")?;
     let addr = settings.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)

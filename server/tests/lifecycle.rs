@@ -560,6 +560,39 @@ async fn a_second_sigterm_ends_the_accept_grace() {
     );
 }
 
+/// The soft open files limit is raised to the hard one at start (systemd's default soft limit
+/// of 1024 made the 1024th connection fail with 502 `upstream_unreachable`); the debug log says
+/// so.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_soft_open_files_limit_is_raised_to_the_hard_limit() {
+    let (_, hard) = open_files_limit("self");
+    if hard <= 256 {
+        eprintln!("skipped: the hard open files limit ({hard}) leaves nothing to raise");
+        return;
+    }
+    let upstream = Upstream::start().await;
+    let fg = Fastgate::start_cmd(
+        fastgate_cmd_with_open_files(256, None),
+        &upstream.url(),
+        |_| {},
+        &[],
+    )
+    .await;
+    assert_eq!(
+        open_files_limit(&fg.child.id().to_string()),
+        (hard, hard),
+        "{}",
+        fg.logs()
+    );
+    assert!(
+        fg.logs()
+            .contains("open files limit (RLIMIT_NOFILE) raised to the hard limit"),
+        "{}",
+        fg.logs()
+    );
+}
+
 #[tokio::test]
 async fn sigterm_does_not_wait_for_idle_or_silent_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

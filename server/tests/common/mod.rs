@@ -310,6 +310,37 @@ pub fn fastgate_cmd() -> Command {
     cmd
 }
 
+/// [`fastgate_cmd`] with the open files limit (`RLIMIT_NOFILE`) lowered before the binary
+/// starts (by `sh`, which then execs it: same process id, signals reach the binary): the soft
+/// limit to `soft`, and the hard limit to `hard` when given (the binary cannot raise it back).
+pub fn fastgate_cmd_with_open_files(soft: u64, hard: Option<u64>) -> Command {
+    let mut script = format!("ulimit -S -n {soft}");
+    if let Some(hard) = hard {
+        script.push_str(&format!(" && ulimit -H -n {hard}"));
+    }
+    script.push_str(" && exec \"$0\" \"$@\"");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).arg(bin());
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The open files limit (soft, hard) of process `pid` (`"self"`: this one), from
+/// `/proc/<pid>/limits`; `u64::MAX` for `unlimited`.
+pub fn open_files_limit(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut values = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(u64::MAX));
+    (values.next().unwrap(), values.next().unwrap())
+}
+
 impl Fastgate {
     /// Start with the default test config pointing at `backend_url`.
     pub async fn start(backend_url: &str) -> Self {
@@ -322,13 +353,23 @@ impl Fastgate {
         edit: impl FnOnce(&mut String),
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_cmd(fastgate_cmd(), backend_url, edit, env).await
+    }
+
+    /// [`start_with`](Self::start_with), running `cmd` (a [`fastgate_cmd`] or a wrapper of it).
+    pub async fn start_cmd(
+        cmd: Command,
+        backend_url: &str,
+        edit: impl FnOnce(&mut String),
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut yaml = config_yaml(port, &dir.path().join("fastgate.db"), backend_url);
         edit(&mut yaml);
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
-        Self::spawn_in(dir, config, port, |cmd| {
+        Self::spawn_cmd_in(cmd, dir, config, port, |cmd| {
             for (k, v) in env {
                 cmd.env(k, v);
             }
@@ -344,8 +385,18 @@ impl Fastgate {
         port: u16,
         configure: impl FnOnce(&mut Command),
     ) -> Self {
+        Self::spawn_cmd_in(fastgate_cmd(), dir, config, port, configure).await
+    }
+
+    /// [`spawn_in`](Self::spawn_in), running `cmd`.
+    pub async fn spawn_cmd_in(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let log = dir.path().join("fastgate.log");
-        let mut cmd = fastgate_cmd();
         cmd.arg("--config")
             .arg(&config)
             .current_dir(dir.path())
