@@ -385,12 +385,16 @@ const MAX_GRACE_SECONDS: u64 = 2_592_000;
 const LOSS_DEGRADES_FOR: Duration = Duration::from_secs(60);
 
 /// Every reason `/health` can give for `degraded`, in the order it lists them.
-pub(crate) const HEALTH_REASONS: [&str; 4] = [
+pub(crate) const HEALTH_REASONS: [&str; 5] = [
     "draining",
     "database_unreachable",
     "audit_writes_failing",
     "audit_records_lost",
+    "audit_spool_unusable",
 ];
+
+/// The values of `/health`'s `audit.spool`.
+pub(crate) const SPOOL_STATES: [&str; 3] = ["active", "none", "unusable"];
 
 /// The grace period in a rotate body: `None` for no body (or `null`, `{}`).
 fn rotate_body_grace(raw: &[u8]) -> Result<Option<u64>, String> {
@@ -713,6 +717,11 @@ pub struct AuditHealth {
     /// spool file, `spool_lost`, is not timed here, but degrades `status` for a minute too.)
     #[oai(nullable)]
     pub last_loss_at: Option<String>,
+    /// The spool file (`audit.spool_file`): `active` (in use), `none` (set to `""`), or
+    /// `unusable` (set, but its directory was not writable or another process held its lock at
+    /// start: the gateway runs without one, and audit records of a database outage longer than
+    /// about 40 s are lost; `status` is `degraded`, `audit_spool_unusable`).
+    pub spool: String,
 }
 
 /// Key-lookup counters (since start).
@@ -764,7 +773,8 @@ pub struct Health {
     pub status: String,
     /// Why the status is `degraded` (empty when healthy): `draining` (a SIGTERM/SIGINT came:
     /// still serving during `app.shutdown_accept_grace`, then stopping), `database_unreachable`,
-    /// `audit_writes_failing`, `audit_records_lost`.
+    /// `audit_writes_failing`, `audit_records_lost`, `audit_spool_unusable` (the configured
+    /// spool file could not be used: running without one).
     pub reasons: Vec<String>,
     /// FastGate version.
     pub version: String,
@@ -1200,9 +1210,9 @@ impl SystemApi {
     /// with a 503, so that a load balancer takes it out while it still serves during
     /// `app.shutdown_accept_grace`), when the database is unreachable (then with a 503; cached
     /// keys keep working meanwhile), when audit records are not reaching it (kept in the spool file
-    /// or retried), or when audit records were dropped or lost in the last minute (both with a
-    /// 200: requests are still served); `reasons` lists which. Backend failures never make it
-    /// degraded.
+    /// or retried), when audit records were dropped or lost in the last minute, or when the
+    /// configured spool file could not be used at start (all three with a 200: requests are
+    /// still served); `reasons` lists which. Backend failures never make it degraded.
     #[oai(path = "/health", method = "get", operation_id = "get_health")]
     async fn health(&self) -> HealthResponse {
         let s = &self.state;
@@ -1216,7 +1226,8 @@ impl SystemApi {
             .flatten()
             .any(|ago| ago < LOSS_DEGRADES_FOR);
         let draining = s.draining();
-        let reasons: Vec<String> = [draining, !reachable, failing, recent_loss]
+        let spool_unusable = s.spool_unusable();
+        let reasons: Vec<String> = [draining, !reachable, failing, recent_loss, spool_unusable]
             .into_iter()
             .zip(HEALTH_REASONS)
             .filter(|&(on, _)| on)
@@ -1248,6 +1259,12 @@ impl SystemApi {
                 spool_lost: s.spool_stats().map_or(0, SpoolStats::lost),
                 failing,
                 last_loss_at: last_loss.map(rfc3339),
+                spool: match (s.spool_stats(), spool_unusable) {
+                    (Some(_), _) => SPOOL_STATES[0],
+                    (None, false) => SPOOL_STATES[1],
+                    (None, true) => SPOOL_STATES[2],
+                }
+                .into(),
             },
             keys: {
                 let k = s.store.stats();

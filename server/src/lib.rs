@@ -160,15 +160,22 @@ impl AuditSink for ServerSink {
     }
 }
 
+/// The audit spool as the gateway runs with it.
+enum Spool {
+    /// `audit.spool_file: ""`: none, on purpose.
+    Off,
+    /// Set, but not usable (said at start): the gateway runs without one.
+    Unusable,
+    /// In use, with its counters.
+    Active(SpoolStats),
+}
+
 /// The store's audit sink, behind a spool file when one is configured. The file's place is
 /// checked now (created and removed), not at the first outage; events a previous run left in it
 /// are written first.
-async fn audit_sink(
-    audit: &crate::config::AuditConfig,
-    store: &Store,
-) -> (ServerSink, Option<SpoolStats>) {
+async fn audit_sink(audit: &crate::config::AuditConfig, store: &Store) -> (ServerSink, Spool) {
     let Some(path) = audit.spool_file.as_deref().filter(|p| !p.is_empty()) else {
-        return (ServerSink::Store(store.audit_sink()), None);
+        return (ServerSink::Store(store.audit_sink()), Spool::Off);
     };
     let shown = path;
     let path = std::path::Path::new(path);
@@ -196,9 +203,9 @@ async fn audit_sink(
         Ok(spool) => spool,
         Err(e) => {
             tracing::error!(
-                "audit.spool_file {shown}: not usable ({e}); running without a spool: audit records of a database outage longer than about 40 s are lost. Set a writable path, or \"\" to silence this"
+                "audit.spool_file {shown}: not usable ({e}); running without a spool: audit records of a database outage longer than about 40 s are lost (/health says degraded: audit_spool_unusable). Set a writable path, or \"\" to silence this"
             );
-            return (ServerSink::Store(store.audit_sink()), None);
+            return (ServerSink::Store(store.audit_sink()), Spool::Unusable);
         }
     };
     let waiting = spool.stats().waiting();
@@ -214,7 +221,7 @@ async fn audit_sink(
         }
     }
     let stats = spool.stats();
-    (ServerSink::Spooled(spool), Some(stats))
+    (ServerSink::Spooled(spool), Spool::Active(stats))
 }
 
 /// The key usage file beside the audit spool file `spool` (`<spool>.usage`): usage counts the
@@ -334,8 +341,16 @@ impl Gateway {
             .forward_config(forward_config)
             .build::<linger::LingeringBody>();
         let audit_stats = audit.stats();
-        let state =
-            Arc::new(AppState::new(store.clone(), settings, audit_stats.clone()).with_spool(spool));
+        let spool_unusable = matches!(spool, Spool::Unusable);
+        let spool = match spool {
+            Spool::Active(stats) => Some(stats),
+            Spool::Off | Spool::Unusable => None,
+        };
+        let state = Arc::new(
+            AppState::new(store.clone(), settings, audit_stats.clone())
+                .with_spool(spool)
+                .with_spool_unusable(spool_unusable),
+        );
         drop(audit);
 
         let api = openapi(state.clone());

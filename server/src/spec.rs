@@ -175,6 +175,13 @@ pub fn finish(generated: &str) -> String {
         );
         set(
             schemas,
+            "AuditHealth",
+            "spool",
+            "enum",
+            json!(crate::api::SPOOL_STATES),
+        );
+        set(
+            schemas,
             "PeriodReport",
             "period",
             "enum",

@@ -20,6 +20,7 @@ pub struct AppState {
     settings: ArcSwap<Settings>,
     audit: AuditStats,
     spool: Option<SpoolStats>,
+    spool_unusable: bool,
     last_error: Mutex<Option<String>>,
     draining: AtomicBool,
 }
@@ -33,6 +34,7 @@ impl AppState {
             settings: ArcSwap::from_pointee(settings),
             audit,
             spool: None,
+            spool_unusable: false,
             last_error: Mutex::new(None),
             draining: AtomicBool::new(false),
         }
@@ -52,6 +54,20 @@ impl AppState {
     pub fn with_spool(mut self, spool: Option<SpoolStats>) -> Self {
         self.spool = spool;
         self
+    }
+
+    /// `audit.spool_file` names a file that could not be used (its directory not writable, or
+    /// its lock held by another process): the gateway runs without a spool, which `/health`
+    /// reports (`audit_spool_unusable`).
+    pub fn with_spool_unusable(mut self, unusable: bool) -> Self {
+        self.spool_unusable = unusable;
+        self
+    }
+
+    /// Whether `audit.spool_file` is set but could not be used (see
+    /// [`with_spool_unusable`](Self::with_spool_unusable)).
+    pub fn spool_unusable(&self) -> bool {
+        self.spool_unusable
     }
 
     /// Counters of the audit spool file, when there is one.

@@ -798,7 +798,8 @@ async fn openapi_spec_and_docs_describe_the_api() {
             "draining",
             "database_unreachable",
             "audit_writes_failing",
-            "audit_records_lost"
+            "audit_records_lost",
+            "audit_spool_unusable"
         ])
     );
     // The export's three formats, each with its media type.
