@@ -372,7 +372,13 @@ where
                             )));
                         }
                         Err(ResolveError::Unavailable(source)) => {
-                            tracing::warn!(error = %crate::ErrorChain(&*source), "key resolver unavailable");
+                            // Once a second at most: during a database outage every request
+                            // with a key not in the cache comes here.
+                            static UNAVAILABLE_LOG: crate::log_throttle::LogThrottle =
+                                crate::log_throttle::LogThrottle::new();
+                            if let Some(skipped) = UNAVAILABLE_LOG.allow() {
+                                tracing::warn!(error = %crate::ErrorChain(&*source), skipped, "key resolver unavailable");
+                            }
                             let grpc = GrpcContentType::of(req.headers());
                             return Poll::Ready(Ok(reject(&AuthError::Unavailable, None, grpc)));
                         }
