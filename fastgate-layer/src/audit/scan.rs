@@ -66,6 +66,24 @@ struct UsageJson {
     input_tokens: Option<u64>,
     #[serde(default)]
     output_tokens: Option<u64>,
+    /// Anthropic: input written to and read from its prompt cache, not counted in
+    /// `input_tokens` (the Responses API counts its cached tokens inside `input_tokens`).
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl UsageJson {
+    /// The prompt's tokens: `prompt_tokens`, or `input_tokens` plus Anthropic's cached input.
+    fn prompt(&self) -> Option<u64> {
+        self.prompt_tokens.or_else(|| {
+            self.input_tokens.map(|n| {
+                n.saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+                    .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+            })
+        })
+    }
 }
 
 /// Token counts as reported, each one `None` until a backend reports it.
@@ -181,7 +199,7 @@ fn extract_openai_usage(bytes: &[u8]) -> Option<Counts> {
         let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<UsageJson>();
         if let Some(Ok(u)) = stream.next()
             && let Some(counts) = Counts::new(
-                u.prompt_tokens.or(u.input_tokens),
+                u.prompt(),
                 u.completion_tokens.or(u.output_tokens),
                 u.total_tokens,
             )
@@ -1902,6 +1920,17 @@ mod tests {
                 prompt_tokens: Some(25),
                 completion_tokens: Some(15),
                 total_tokens: 40,
+            })
+        );
+        // With its prompt cache: the input written to and read from the cache is input too
+        // (Anthropic counts it outside `input_tokens`; it was left out).
+        let cached = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":200,"cache_read_input_tokens":300,"output_tokens":5}}"#;
+        assert_eq!(
+            extract_usage(cached),
+            Some(TokenUsage {
+                prompt_tokens: Some(510),
+                completion_tokens: Some(5),
+                total_tokens: 515,
             })
         );
     }
