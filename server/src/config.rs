@@ -1786,12 +1786,21 @@ fn route_key(raw: &str) -> Result<Secret, &'static str> {
 
 /// Whether the YAML file at `path` is FastGate's routes format: a mapping with a `routes` key, or,
 /// when it does not even parse (an indentation mistake), a line that starts with `routes:`.
+/// M-FastGate's own `config/routes.yaml` also has a top-level `routes:`, but its entries have
+/// `path_prefix` and `targets` (its route manager's format): that file is not FastGate's.
 fn has_routes_key(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(path) else {
         return false;
     };
     match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
-        Ok(v) => v.get("routes").is_some(),
+        Ok(v) => v.get("routes").is_some_and(|routes| {
+            !routes.as_sequence().is_some_and(|entries| {
+                entries.iter().any(|entry| {
+                    entry.get("path").is_none()
+                        && (entry.get("path_prefix").is_some() || entry.get("targets").is_some())
+                })
+            })
+        }),
         Err(_) => text.lines().any(|l| l.starts_with("routes:")),
     }
 }
@@ -2538,8 +2547,29 @@ api_gateway:
             "routes:\n  - name: x\n    path_prefix: /api/v1/example\n    targets:\n      - url: http://localhost:8001\n",
         )
         .unwrap();
-        let e = Settings::load_with_env(&cfg, Vec::new()).unwrap_err();
+        // Found beside the config (M-FastGate ships this file as config/routes.yaml), it is
+        // ignored with a warning that says how to write it; named by routes_file, it stops the
+        // start.
+        let s = Settings::load_with_env(&cfg, Vec::new()).unwrap();
+        let warning = s
+            .warnings
+            .iter()
+            .find(|w| w.starts_with("ignoring "))
+            .unwrap_or_else(|| panic!("no warning in {:?}", s.warnings));
+        assert!(warning.contains("path: /proxy/<prefix>/*"), "{warning}");
+        assert!(!s.routes.keys().any(|p| p.contains("example")));
+        let explicit = dir.path().join("explicit.yaml");
+        std::fs::write(&explicit, format!("{SEED}  routes_file: routes.yaml\n")).unwrap();
+        let e = Settings::load_with_env(&explicit, Vec::new()).unwrap_err();
         assert!(e.to_string().contains("path: /proxy/<prefix>/*"), "{e}");
+        // A FastGate routes file with one M-FastGate-style entry among its routes is FastGate's:
+        // the mistake stops the start.
+        std::fs::write(
+            dir.path().join("routes.yaml"),
+            "routes:\n  - path: /proxy/v1/embeddings\n    backend_url: http://127.0.0.1:9001\n    backend_path: /v1/embeddings\n  - path: /proxy/x/*\n    path_prefix: /x\n",
+        )
+        .unwrap();
+        assert!(Settings::load_with_env(&cfg, Vec::new()).is_err());
         // The unified endpoint is one path.
         std::fs::remove_file(dir.path().join("routes.yaml")).unwrap();
         let yaml = SEED.replace(
