@@ -309,6 +309,13 @@ impl KeyInfo {
     }
 }
 
+/// The answer to a deletion (M-FastGate's shape: a message).
+#[derive(Object)]
+pub struct DeletedKey {
+    /// `API key deleted`.
+    pub message: String,
+}
+
 /// A key together with its secret, shown this once.
 #[derive(Object)]
 pub struct CreatedKey {
@@ -811,8 +818,9 @@ enum HealthResponse {
 #[derive(ApiResponse)]
 #[allow(clippy::large_enum_variant)] // built once per admin call; boxing buys nothing
 enum CreateKeyResponse {
-    /// Created; `api_key` is shown this once.
-    #[oai(status = 201)]
+    /// Created; `api_key` is shown this once. 200, not 201: M-FastGate answered 200, and its
+    /// scripts (`create_api_keys.py`) check for it.
+    #[oai(status = 200)]
     Created(Json<CreatedKey>),
     /// Invalid input.
     #[oai(status = 400)]
@@ -881,9 +889,9 @@ enum RotateResponse {
 
 #[derive(ApiResponse)]
 enum DeleteResponse {
-    /// Deleted; the key stops working at once.
-    #[oai(status = 204)]
-    Deleted,
+    /// Deleted; the key stops working at once. 200 with a message, as M-FastGate answered.
+    #[oai(status = 200)]
+    Deleted(Json<DeletedKey>),
     /// A control character in the id (answered before the handler runs).
     #[oai(status = 400)]
     #[allow(dead_code)]
@@ -1576,7 +1584,9 @@ impl AdminApi {
         match self.state.store.delete_key(&id.0).await {
             Ok(true) => {
                 tracing::info!(key_id = %id.0, "key deleted");
-                DeleteResponse::Deleted
+                DeleteResponse::Deleted(Json(DeletedKey {
+                    message: "API key deleted".to_owned(),
+                }))
             }
             Ok(false) => DeleteResponse::NotFound(not_found("key")),
             Err(e) => unavailable!(self.state, DeleteResponse::Unavailable, e),

@@ -496,7 +496,7 @@ impl Fastgate {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 201);
+        assert_eq!(res.status(), 200);
         res.json().await.unwrap()
     }
 
