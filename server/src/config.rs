@@ -729,10 +729,22 @@ impl Settings {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let config = parse_config(path, &text, env.clone())?;
+        let config = parse_config(path, &text, env.clone()).map_err(|mut e| {
+            if e.key == "security.admin_token" || e.key == "security" {
+                if let Some(var) = mfastgate_variable(&env, "ADMIN_TOKEN") {
+                    e.message.push_str(&format!(
+                        " ({var} is set: M-FastGate read it for a key its YAML left out; \
+                         FastGate reads {ENV_PREFIX}SECURITY__ADMIN_TOKEN)"
+                    ));
+                }
+            }
+            e
+        })?;
+        let unused_real_key = config.api_gateway.real_api_key.is_none()
+            && mfastgate_variable(&env, "REAL_API_KEY").is_some();
         // A value refused by the checks after parsing names its variable when one set it: the
         // file is not where to look then.
-        Self::from_config(path, config).map_err(|mut e| {
+        let mut settings = Self::from_config(path, config).map_err(|mut e| {
             let set_by = env.iter().map(|(k, _)| k).find(|k| {
                 env_key(k).is_some_and(|rest| {
                     covers(
@@ -755,7 +767,18 @@ impl Settings {
                 e.message = format!("{message} (set by {var})");
             }
             e
-        })
+        })?;
+        if unused_real_key {
+            if let Some(var) = mfastgate_variable(&env, "REAL_API_KEY") {
+                settings.warnings.push(format!(
+                    "{var} is set but not read: M-FastGate read it for api_gateway.real_api_key \
+                     when its YAML left that out; FastGate reads \
+                     {ENV_PREFIX}API_GATEWAY__REAL_API_KEY (requests now go to the backend \
+                     without a real key)"
+                ));
+            }
+        }
+        Ok(settings)
     }
 
     /// Settings for describing the API only (`fastgate openapi` without a readable config):
@@ -1784,6 +1807,16 @@ fn route_key(raw: &str) -> Result<Secret, &'static str> {
     }
 }
 
+/// The name of a variable M-FastGate's settings (pydantic, names in any case, no prefix) read
+/// for `field` when its YAML left the key out, if one is set with a value. FastGate does not
+/// read it: the name is only used to point at the variable FastGate reads. Only names, never
+/// values, are returned.
+fn mfastgate_variable<'a>(env: &'a [(String, String)], field: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case(field) && !v.trim().is_empty())
+        .map(|(k, _)| k.as_str())
+}
+
 /// Whether the YAML file at `path` is FastGate's routes format: a mapping with a `routes` key, or,
 /// when it does not even parse (an indentation mistake), a line that starts with `routes:`.
 /// M-FastGate's own `config/routes.yaml` also has a top-level `routes:`, but its entries have
@@ -2141,6 +2174,61 @@ api_gateway:
             text,
             env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         )
+    }
+
+    /// M-FastGate's settings read `REAL_API_KEY` / `ADMIN_TOKEN` (any case, no prefix) for keys
+    /// its YAML left out. FastGate reads only `FASTGATE__…`, and says so instead of silently
+    /// sending requests without a real key; neither message shows a value.
+    #[test]
+    fn mfastgate_style_secret_variables_are_pointed_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dev.yaml");
+        let no_key = SEED.replace("  real_api_key: \"your_real_api_key_here\"\n", "");
+        assert_ne!(no_key, SEED);
+        std::fs::write(&cfg, &no_key).unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let s = Settings::load_with_env(&cfg, env(&[("real_api_key", "sk-secret-value")])).unwrap();
+        let w = s
+            .warnings
+            .iter()
+            .find(|w| w.contains("real_api_key is set but not read"))
+            .unwrap_or_else(|| panic!("no warning in {:?}", s.warnings));
+        assert!(w.contains("FASTGATE__API_GATEWAY__REAL_API_KEY"), "{w}");
+        assert!(!w.contains("sk-secret-value"), "{w}");
+        // Set the FastGate way as well: nothing to say.
+        let s = Settings::load_with_env(
+            &cfg,
+            env(&[
+                ("REAL_API_KEY", "sk-secret-value"),
+                ("FASTGATE__API_GATEWAY__REAL_API_KEY", "sk-secret-value"),
+            ]),
+        )
+        .unwrap();
+        assert!(
+            !s.warnings.iter().any(|w| w.contains("REAL_API_KEY is set")),
+            "{:?}",
+            s.warnings
+        );
+        // No admin token in the file: the start stops, and the error names the variable to use.
+        let no_token = SEED.replace("  admin_token: \"admin_secret_token_dev\"\n", "");
+        assert_ne!(no_token, SEED);
+        std::fs::write(&cfg, &no_token).unwrap();
+        let e =
+            Settings::load_with_env(&cfg, env(&[("ADMIN_TOKEN", "tok-secret-value-123456789")]))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("ADMIN_TOKEN is set"), "{e}");
+        assert!(e.contains("FASTGATE__SECURITY__ADMIN_TOKEN"), "{e}");
+        assert!(!e.contains("tok-secret-value"), "{e}");
+        let e = Settings::load_with_env(&cfg, Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("ADMIN_TOKEN is set"), "{e}");
     }
 
     #[test]
