@@ -99,7 +99,8 @@ impl ErrorBody {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// RFC 3339 in UTC with milliseconds, as the admin API writes times (the CLI too).
+pub fn rfc3339(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
+use fastgate_server::api::rfc3339;
 use fastgate_server::cli::{Cli, Command, KeysCommand, Listen, printable};
 use fastgate_server::config::{LogFormat, Settings};
 use fastgate_server::logfile::LogFile;
@@ -534,8 +535,12 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
                 })
                 .await?;
             println!("{}", created.secret);
+            let expiry = match created.record.expires_at {
+                Some(t) => format!("expires {}", rfc3339(t)),
+                None => "never expires".to_owned(),
+            };
             eprintln!(
-                "created key {} for {} — store it now: it is not shown again",
+                "created key {} for {} ({expiry}) — store it now: it is not shown again",
                 printable(&created.record.id),
                 printable(&created.record.source_path)
             );
@@ -571,6 +576,9 @@ async fn keys(cmd: KeysCommand, settings: Settings) -> anyhow::Result<()> {
                             "id": k.id, "name": k.name, "source_path": k.source_path,
                             "permissions": k.permissions, "display": k.display,
                             "status": k.status(now), "request_count": k.request_count,
+                            "created_at": rfc3339(k.created_at),
+                            "expires_at": k.expires_at.map(rfc3339),
+                            "last_used_at": k.last_used_at.map(rfc3339),
                         })
                     })
                     .collect();

@@ -344,6 +344,10 @@ async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
     );
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("fg_"), "{key}");
+    // The expiry is said, as M-FastGate's create_api_keys.py printed it; never the key.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("(expires 20"), "{said}");
+    assert!(!said.contains(&key), "{said}");
     let res = fg
         .http
         .post(fg.proxy_url())
@@ -364,6 +368,14 @@ async fn cli_keys_work_on_the_same_database_while_the_server_runs() {
     assert!(out.status.success());
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["source_path"], "cli-user");
+    // Times as the admin API writes them: a 30-day expiry, 30 days after the creation.
+    let time = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    let lifetime = time(&list[0]["expires_at"]) - time(&list[0]["created_at"]);
+    assert_eq!(lifetime.num_days(), 30, "{}", list[0]);
+    assert!(list[0]["last_used_at"].is_string() || list[0]["last_used_at"].is_null());
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&key));
 
     // Every key, past the first page of 1,000 (it stopped there, silently with --json).
