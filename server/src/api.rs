@@ -311,7 +311,7 @@ impl KeyInfo {
 }
 
 /// The answer to a deletion (M-FastGate's shape: a message).
-#[derive(Object)]
+#[derive(Debug, Object)]
 pub struct DeletedKey {
     /// `API key deleted`.
     pub message: String,

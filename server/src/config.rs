@@ -730,13 +730,13 @@ impl Settings {
             .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
         let env: Vec<(String, String)> = env.into_iter().collect();
         let config = parse_config(path, &text, env.clone()).map_err(|mut e| {
-            if e.key == "security.admin_token" || e.key == "security" {
-                if let Some(var) = mfastgate_variable(&env, "ADMIN_TOKEN") {
-                    e.message.push_str(&format!(
-                        " ({var} is set: M-FastGate read it for a key its YAML left out; \
-                         FastGate reads {ENV_PREFIX}SECURITY__ADMIN_TOKEN)"
-                    ));
-                }
+            if (e.key == "security.admin_token" || e.key == "security")
+                && let Some(var) = mfastgate_variable(&env, "ADMIN_TOKEN")
+            {
+                e.message.push_str(&format!(
+                    " ({var} is set: M-FastGate read it for a key its YAML left out; \
+                     FastGate reads {ENV_PREFIX}SECURITY__ADMIN_TOKEN)"
+                ));
             }
             e
         })?;
@@ -768,15 +768,13 @@ impl Settings {
             }
             e
         })?;
-        if unused_real_key {
-            if let Some(var) = mfastgate_variable(&env, "REAL_API_KEY") {
-                settings.warnings.push(format!(
-                    "{var} is set but not read: M-FastGate read it for api_gateway.real_api_key \
-                     when its YAML left that out; FastGate reads \
-                     {ENV_PREFIX}API_GATEWAY__REAL_API_KEY (requests now go to the backend \
-                     without a real key)"
-                ));
-            }
+        if unused_real_key && let Some(var) = mfastgate_variable(&env, "REAL_API_KEY") {
+            settings.warnings.push(format!(
+                "{var} is set but not read: M-FastGate read it for api_gateway.real_api_key \
+                 when its YAML left that out; FastGate reads \
+                 {ENV_PREFIX}API_GATEWAY__REAL_API_KEY (requests now go to the backend \
+                 without a real key)"
+            ));
         }
         Ok(settings)
     }
