@@ -978,6 +978,22 @@ async fn openapi_spec_and_docs_describe_the_api() {
 
     let docs = fg.http.get(fg.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
+    // The page takes the admin token ("Try it out"): not framed elsewhere, nothing loaded or
+    // called outside this origin.
+    let header = |name: &str| {
+        docs.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    let csp = header("content-security-policy");
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
     let docs = docs.text().await.unwrap();
     assert!(docs.contains("swagger"));
     // The page shows the finished spec, with or without the trailing slash.
