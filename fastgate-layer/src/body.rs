@@ -193,7 +193,7 @@ impl Body for GatewayBody {
                             timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
                         if !*armed {
                             *armed = true;
-                            timer.as_mut().reset(Instant::now() + *idle);
+                            timer.as_mut().reset(deadline_after(Instant::now(), *idle));
                         }
                         ready!(timer.as_mut().poll(cx));
                         Poll::Ready(Some(Err(GatewayBodyError::IdleTimeout(*idle))))
@@ -218,6 +218,16 @@ impl Body for GatewayBody {
             }
         }
     }
+}
+
+/// `from + wait`, or a deadline about 30 years away when that sum does not fit the clock: an
+/// embedder may give `Duration::MAX` to mean "no limit", and `Instant + Duration` panics on
+/// overflow (tokio's own `sleep` makes the same substitution).
+pub(crate) fn deadline_after(from: Instant, wait: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    from.checked_add(wait)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from)
 }
 
 #[allow(dead_code)]
@@ -256,6 +266,51 @@ mod tests {
                 .to_bytes()
                 .is_empty()
         );
+    }
+
+    /// A response head whose chunked body never comes: `Incoming` that stays pending.
+    async fn pending_upstream_body() -> (Incoming, tokio::io::DuplexStream) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (client, mut server) = tokio::io::duplex(4096);
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let res = tokio::spawn(async move {
+            tx.ready().await?;
+            tx.send_request(req).await
+        });
+        // The answer comes once the request was written (hyper refuses an unasked one).
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            server.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let res = res.await.unwrap().unwrap();
+        (res.into_body(), server)
+    }
+
+    /// An embedder's `Duration::MAX` (meaning "no idle timeout") arms no timer that overflows
+    /// the clock: the body just waits.
+    #[tokio::test]
+    async fn a_huge_idle_timeout_waits_instead_of_panicking() {
+        let (incoming, _server) = pending_upstream_body().await;
+        let mut body = GatewayBody::upstream(incoming, Duration::MAX);
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        assert!(polled.is_pending());
+        // Still waiting a while later (the timer is far in the future, not expired).
+        let waited = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
+        assert!(waited.is_err());
     }
 
     #[test]

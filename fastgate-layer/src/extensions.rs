@@ -252,9 +252,11 @@ pub struct Backend {
     pub key_header: http::HeaderName,
     /// Time allowed to open a connection.
     pub connect_timeout: std::time::Duration,
-    /// Time allowed until the response headers arrive.
+    /// Time allowed until the response headers arrive. `Duration::MAX` (or any time too long
+    /// for the clock) sets no limit in practice: the wait ends decades away.
     pub response_timeout: std::time::Duration,
     /// Longest silence allowed between two body chunks of the response (never a total timeout).
+    /// `Duration::MAX` sets no limit in practice, as for `response_timeout`.
     pub idle_timeout: std::time::Duration,
 }
 

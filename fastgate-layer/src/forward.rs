@@ -81,7 +81,7 @@ use tower::Service;
 
 use crate::audit::{AuditSlot, Outcome};
 use crate::backend_cache::BackendCache;
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, deadline_after};
 use crate::error::{BoxError, ErrorChain, rejection};
 use crate::extensions::{Backend, PathSuffix, RouteConfig, TargetUrl};
 use crate::log_throttle::LogThrottle;
@@ -763,11 +763,15 @@ impl Future for ResponseFuture {
                         break Err(Late::Upstream);
                     };
                     let now = tokio::time::Instant::now();
-                    let since = *since.get_or_insert(sleep.deadline() - *wait);
+                    // Checked arithmetic here and below: an embedder may give `Duration::MAX`
+                    // to mean "no limit" (the sleep then ends decades away, see
+                    // `deadline_after`), and `Instant ± Duration` panics on overflow.
+                    let since =
+                        *since.get_or_insert_with(|| wait_began(sleep.deadline(), *wait, now));
                     let state = slot.upload();
                     match state.ended {
                         Some(ended) => {
-                            let deadline = ended + *wait;
+                            let deadline = deadline_after(ended, *wait);
                             if deadline <= now {
                                 break Err(Late::Upstream);
                             }
@@ -776,9 +780,9 @@ impl Future for ResponseFuture {
                         // Still uploading: the wait restarts while bytes move, up to
                         // UPLOAD_WAITS waits in all (a client trickling a byte at a time must
                         // not hold an upstream connection for ever).
-                        None if state.bytes != *uploaded && now < since + *wait * UPLOAD_WAITS => {
+                        None if state.bytes != *uploaded && upload_may_go_on(since, *wait, now) => {
                             *uploaded = state.bytes;
-                            sleep.as_mut().reset(now + *wait);
+                            sleep.as_mut().reset(deadline_after(now, *wait));
                         }
                         // Nothing moved: the client's stall if the body was waiting for it,
                         // else the upstream's (connecting, or not reading what it was sent).
@@ -873,6 +877,28 @@ impl Future for ResponseFuture {
 
 /// How many response timeouts an upload may take in all while it keeps making progress.
 const UPLOAD_WAITS: u32 = 10;
+
+/// When a wait of `wait` that ends at `deadline` began (`now` if that is before the clock's
+/// origin: a huge wait, whose deadline `deadline_after` moved to decades from now).
+fn wait_began(
+    deadline: tokio::time::Instant,
+    wait: Duration,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    deadline.checked_sub(wait).unwrap_or(now)
+}
+
+/// Whether an upload that began waiting at `since` may still take more time at `now`: less
+/// than [`UPLOAD_WAITS`] waits have passed. A total that does not fit the clock is no limit.
+fn upload_may_go_on(
+    since: tokio::time::Instant,
+    wait: Duration,
+    now: tokio::time::Instant,
+) -> bool {
+    wait.checked_mul(UPLOAD_WAITS)
+        .and_then(|all| since.checked_add(all))
+        .is_none_or(|end| now < end)
+}
 
 /// Whose wait ran out: the upstream's (no response headers in time after the upload ended) or
 /// the client's (its upload made no progress for as long).
@@ -1246,6 +1272,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    /// A `response_timeout` of `Duration::MAX` (an embedder's "no limit"): the checks made when
+    /// the wait ends do not overflow the clock. (End to end the wait never ends in a test: on a
+    /// paused clock, tokio would step through the pool's once-a-second reaper for 30 years.)
+    #[test]
+    fn a_huge_response_timeout_does_not_overflow_the_clock() {
+        let now = tokio::time::Instant::now();
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(86_400 * 365));
+        assert_eq!(wait_began(far, Duration::MAX, now), now);
+        assert!(upload_may_go_on(now, Duration::MAX, now));
+        let wait = Duration::from_secs(10);
+        let since = wait_began(now + wait, wait, now);
+        assert_eq!(since, now);
+        assert!(upload_may_go_on(since, wait, now + wait * 9));
+        assert!(!upload_may_go_on(since, wait, now + wait * UPLOAD_WAITS));
     }
 
     #[tokio::test]
