@@ -32,6 +32,7 @@
 //! | the backend's URL with the request's path and query is over 65,534 bytes | 414 | `uri_too_long` / `rejected` |
 //! | connection refused / DNS / TLS | 502 | `upstream_unreachable` / `upstream_error` |
 //! | no file descriptor for the connection (`EMFILE`, `ENFILE`: the gateway's own limit) | 503 | `gateway_overloaded` / `rejected` |
+//! | the request body passes a [`RequestSizeLimit`](crate::limit::RequestSizeLimit) while sent (no `Content-Length`; behind an `AuditLayer`) | 413 | `request_too_large` / `rejected` |
 //! | the request body fails while sent (client gone mid-upload, broken chunked body; behind an `AuditLayer`) | 400 | `request_body_error` / `client_aborted` |
 //! | other failure before the headers | 502 | `upstream_error` / `upstream_error` |
 //! | headers later than `response_timeout` | 504 | `upstream_timeout` / `upstream_timeout` |
@@ -817,6 +818,18 @@ impl Future for ResponseFuture {
                             "upstream_unreachable",
                             "the upstream could not be reached",
                             Outcome::UpstreamError,
+                        )
+                    }
+                    // The size limit cut the upload (a body without Content-Length): the
+                    // client's 413 (the limit layer answers it), not a backend failure to warn
+                    // about, and not one to take a line of FAILED_LOG's allowance.
+                    Ok(Err(err)) if upload.as_ref().is_some_and(AuditSlot::too_large) => {
+                        tracing::debug!(upstream = %target.0, error = %ErrorChain(&err), "the request body passed the size limit while it was forwarded");
+                        rejection(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request_too_large",
+                            "the request body is too large",
+                            Outcome::Rejected,
                         )
                     }
                     Ok(Err(err)) if upload.as_ref().is_some_and(|s| s.upload().failed) => {

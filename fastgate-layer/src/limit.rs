@@ -5,6 +5,10 @@
 //! `Content-Length` is counted as it streams: the [`LimitedBody`] fails once the limit is passed,
 //! which makes the forward fail, and the layer then answers 413 instead of whatever the inner
 //! service produced (the response headers have not been sent at that point). Nothing is buffered.
+//! Behind an [`AuditLayer`](crate::audit::AuditLayer) the forward service knows the failure for
+//! the client's (413 `request_too_large`, `rejected`, no warning about the backend), and an
+//! answer the upstream had already begun (it answered before reading the whole body) is cut and
+//! audited `rejected` / `request_too_large`, not as the backend's failure.
 //!
 //! # Example
 //!
@@ -43,7 +47,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::audit::Outcome;
+use crate::audit::{AuditSlot, Outcome, RequestStats};
 use crate::error::{BoxError, rejection};
 
 /// The request body was larger than the configured limit.
@@ -129,12 +133,19 @@ where
                 },
             };
         }
-        let exceeded = Arc::new(AtomicBool::new(false));
+        // Behind an audit layer (every `Gateway` has one) the flag is the request's audit
+        // record's, which the forward service and the audit read too: a cut upload is then
+        // the client's 413, never logged or counted as a backend failure. This lookup replaces
+        // an allocation of the flag's own.
+        let exceeded = match req.extensions().get::<AuditSlot>() {
+            Some(slot) => Exceeded::Audit(Arc::clone(&slot.0)),
+            None => Exceeded::Own(Arc::new(AtomicBool::new(false))),
+        };
         let req = req.map(|inner| LimitedBody {
             inner,
             remaining: self.max_bytes,
             limit: self.max_bytes,
-            exceeded: Arc::clone(&exceeded),
+            exceeded: exceeded.clone(),
         });
         ResponseFuture {
             state: State::Inner {
@@ -166,7 +177,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         TooLarge { res: Option<Response<B>> },
-        Inner { #[pin] fut: F, exceeded: Arc<AtomicBool> },
+        Inner { #[pin] fut: F, exceeded: Exceeded },
     }
 }
 
@@ -191,12 +202,37 @@ where
             }
             StateProj::Inner { fut, exceeded } => {
                 let res = ready!(fut.poll(cx))?;
-                if exceeded.load(Ordering::Acquire) {
+                if exceeded.get() {
                     // The inner answer (usually a 502 from the failed forward) is replaced.
                     return Poll::Ready(Ok(too_large()));
                 }
                 Poll::Ready(Ok(res))
             }
+        }
+    }
+}
+
+/// Where a [`LimitedBody`] notes that it passed the limit, for its layer to answer 413.
+#[derive(Clone)]
+enum Exceeded {
+    /// The audit layer's record of the request (see `RequestStats::too_large`).
+    Audit(Arc<RequestStats>),
+    /// A flag of its own (no audit layer outside).
+    Own(Arc<AtomicBool>),
+}
+
+impl Exceeded {
+    fn set(&self) {
+        match self {
+            Self::Audit(stats) => stats.too_large.store(true, Ordering::Release),
+            Self::Own(flag) => flag.store(true, Ordering::Release),
+        }
+    }
+
+    fn get(&self) -> bool {
+        match self {
+            Self::Audit(stats) => stats.too_large.load(Ordering::Acquire),
+            Self::Own(flag) => flag.load(Ordering::Acquire),
         }
     }
 }
@@ -208,7 +244,7 @@ pin_project! {
         inner: B,
         remaining: u64,
         limit: u64,
-        exceeded: Arc<AtomicBool>,
+        exceeded: Exceeded,
     }
 }
 
@@ -227,7 +263,7 @@ impl<B> LimitedBody<B> {
             inner,
             remaining: limit,
             limit,
-            exceeded: Arc::default(),
+            exceeded: Exceeded::Own(Arc::default()),
         }
     }
 }
@@ -253,7 +289,7 @@ where
         if let Some(data) = frame.data_ref() {
             let len = data.remaining() as u64;
             if len > *this.remaining {
-                this.exceeded.store(true, Ordering::Release);
+                this.exceeded.set();
                 *this.remaining = 0;
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *this.limit }))));
             }

@@ -229,6 +229,55 @@ async fn body_too_large_is_413_with_and_without_content_length() {
     assert_eq!(e.error_code, Some("request_too_large"));
 }
 
+/// Full duplex: the upstream answers its head before it reads the body, and the chunked upload
+/// then passes the limit. The answer can only be cut (its head went out), but the cut is the
+/// client's doing: audited `rejected` / `request_too_large`, not the backend's
+/// `upstream_error`, and not counted in the upstream failures.
+#[tokio::test]
+async fn body_too_large_after_the_upstream_answered_is_not_an_upstream_failure() {
+    let up = upstream(|req: Request<hyper::body::Incoming>| async move {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Bytes::from_static(b"data: {}\n\n"))).await;
+            // Reads the upload until the gateway cuts it, and keeps its answer open a while.
+            let _ = req.into_body().collect().await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(tx);
+        });
+        let mut res = Response::new(body);
+        res.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        res
+    })
+    .await;
+    let gw = gateway(backend(up), test_audit_config(), 1 << 20, true).await;
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        for _ in 0..32 {
+            if tx
+                .send(Ok(Bytes::from(vec![b'y'; 64 * 1024])))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let res = client()
+        .request(with_id(chat(gw.addr, body), "big-duplex"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cut = tokio::time::timeout(Duration::from_secs(4), res.into_body().collect())
+        .await
+        .expect("the answer is cut before the upstream ends it");
+    assert!(cut.is_err(), "the answer ended normally");
+    let e = exactly_one(&gw, "big-duplex").await;
+    assert_eq!(e.outcome, Outcome::Rejected, "{e:?}");
+    assert_eq!(e.error_code, Some("request_too_large"));
+    assert_eq!(gw.stats.upstream_failures(), 0);
+}
+
 #[tokio::test]
 async fn upstream_reset_and_idle_mid_stream_keep_bytes_so_far() {
     let up = upstream(|req: Request<hyper::body::Incoming>| async move {

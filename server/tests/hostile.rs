@@ -1669,3 +1669,54 @@ async fn a_lingering_upload_does_not_hold_up_shutdown() {
     );
     trickle.abort();
 }
+
+/// A chunked upload over `max_body_bytes` is the client's 413, not a backend failure: no WARN
+/// "upstream request failed" (which is throttled to a line a second, so each one also hid a
+/// real backend failure), audited `rejected`, and not counted in `/health`'s upstream failures.
+#[tokio::test]
+async fn an_oversized_chunked_upload_is_413_without_blaming_the_backend() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start_with(
+        &up.url(),
+        |y| {
+            *y = y.replace(
+                "  timeout: 5\n",
+                "  timeout: 5\n  max_body_bytes: 1048576\n",
+            )
+        },
+        &[],
+    )
+    .await;
+    let key = fg.key("u").await;
+    for round in 0..3 {
+        // 2 MiB in 64 KiB chunks, without a Content-Length.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            (0..32).map(|_| Ok(vec![b'x'; 64 * 1024])).collect();
+        let res = fg
+            .http
+            .post(fg.proxy_url())
+            .header("X-API-Key", &key)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let rid = request_id(&res);
+        let text = res.text().await.unwrap_or_default();
+        assert_eq!(status, 413, "round {round}: {text}");
+        let row = fg.wait_audit(&rid).await;
+        assert_eq!(row["status"], 413, "{row}");
+        assert_eq!(row["outcome"], "rejected", "{row}");
+        assert_eq!(row["error_code"], "request_too_large", "{row}");
+    }
+    let (_, health) = fg.health().await;
+    assert_eq!(health["upstream"]["failures"], 0, "{health}");
+    let logs = fg.logs();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("fastgate_layer::forward"))
+        .collect();
+    assert!(warned.is_empty(), "{warned:#?}");
+}

@@ -81,7 +81,14 @@ where
                 }
             }
             Some(Err(err)) => {
-                let (outcome, code) = classify(err);
+                // An answer cut because the upload passed the size limit after the upstream
+                // had answered (full duplex): the client's doing. The connection's failure
+                // reaches this body as a generic one, so the limit's flag tells.
+                let (outcome, code) = if guard.request_too_large() {
+                    (Outcome::Rejected, "request_too_large")
+                } else {
+                    classify(err)
+                };
                 guard.finish(outcome, Some(code));
             }
             None => guard.finish(Outcome::Completed, None),

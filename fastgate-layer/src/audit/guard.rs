@@ -33,6 +33,11 @@ pub(crate) struct RequestStats {
     pub(crate) client_pending: std::sync::atomic::AtomicBool,
     /// The request body failed on the client's side (gone mid-upload, broken chunked body).
     pub(crate) body_failed: std::sync::atomic::AtomicBool,
+    /// The request body passed the size limit: set by the limit layer's
+    /// [`LimitedBody`](crate::limit::LimitedBody), which wraps the audit's request body and
+    /// whose failure this body never sees. What then fails (the forward, or an answer already
+    /// streaming) is the client's doing, not the backend's.
+    pub(crate) too_large: std::sync::atomic::AtomicBool,
 }
 
 /// Request extension through which the inner layers report to the audit guard (see
@@ -52,6 +57,11 @@ impl AuditSlot {
     /// The upstream target of this request.
     pub(crate) fn target(&self, target: &TargetUrl) {
         let _ = self.0.target.set(Arc::clone(&target.0));
+    }
+
+    /// The request body passed the size limit (see [`RequestStats::too_large`]).
+    pub(crate) fn too_large(&self) -> bool {
+        self.0.too_large.load(Ordering::Acquire)
     }
 
     /// How far the client's upload has come.
@@ -233,6 +243,11 @@ impl AuditGuard {
             }
             None => {}
         }
+    }
+
+    /// The request body passed the size limit (see [`RequestStats::too_large`]).
+    pub(crate) fn request_too_large(&self) -> bool {
+        self.request.too_large.load(Ordering::Acquire)
     }
 
     /// Emit the event (once). `code` overrides the error code (body failures).

@@ -95,7 +95,7 @@ mod worker;
 
 pub use body::{AuditBody, AuditRequestBody};
 pub use event::{AuditEvent, Outcome, TokenUsage};
-pub(crate) use guard::AuditSlot;
+pub(crate) use guard::{AuditSlot, RequestStats};
 pub use layer::{Audit, AuditConfig, AuditLayer, AuditStats, ResponseFuture, UpstreamFailure};
 pub use memory::MemorySink;
 pub use sink::{AuditBatch, AuditSink};
