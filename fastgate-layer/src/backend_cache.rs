@@ -11,7 +11,10 @@ use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use crate::extensions::Backend;
 
-/// Entries kept at most; past this the memo starts over (a table that large means churn).
+/// Entries kept at most; past this one entry, picked at random, makes room for the new one.
+/// Random, not the oldest or least recently used: a routes file with more backends than this,
+/// used round robin, would otherwise miss on every request (each miss evicting the entry the
+/// next request needs), where a random eviction keeps most of them.
 const MAX_ENTRIES: usize = 256;
 
 /// One memoised value and the backend it was derived from.
@@ -57,7 +60,9 @@ impl<T: Clone> BackendCache<T> {
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         entries.retain(|(w, _)| w.strong_count() > 0);
         if entries.len() >= MAX_ENTRIES {
-            entries.clear();
+            // Only on a miss; hits stay a scan under the read lock.
+            let victim = rand::random_range(0..entries.len());
+            entries.swap_remove(victim);
         }
         if !entries.iter().any(|(w, _)| w.as_ptr() == ptr) {
             entries.push((Arc::downgrade(backend), value.clone()));
@@ -105,5 +110,22 @@ mod tests {
         assert_eq!(cache.get_or_insert_with(&c, || c.path.clone()), "/c");
         let live = cache.entries.read().unwrap();
         assert_eq!(live.len(), 2, "the dropped backend's entry is pruned");
+    }
+
+    #[test]
+    fn a_full_memo_evicts_one_entry_not_all() {
+        let cache = BackendCache::default();
+        let backends: Vec<_> = (0..=MAX_ENTRIES)
+            .map(|i| backend(&format!("/{i}")))
+            .collect();
+        for b in &backends {
+            cache.get_or_insert_with(b, || b.path.clone());
+        }
+        // One entry made room for the newest; the others are all still there (a full memo
+        // used to start over with the newest alone).
+        let entries = cache.entries.read().unwrap();
+        assert_eq!(entries.len(), MAX_ENTRIES);
+        let newest = Arc::as_ptr(&backends[MAX_ENTRIES]);
+        assert!(entries.iter().any(|(w, _)| w.as_ptr() == newest));
     }
 }

@@ -5,8 +5,9 @@
 //! `backend.base_url` + `backend.path` (keeping the query string) and sends the request upstream
 //! with TCP_NODELAY. Bodies are streamed both ways, never collected.
 //!
-//! Plain `http://` backends get HTTP/1.1 connections pooled per backend that are driven by the
-//! request using them (no task per connection, no hop between tasks; see the `upstream` module).
+//! Plain `http://` backends get HTTP/1.1 connections pooled per upstream (authority and connect
+//! timeout: backends on one upstream share them) that are driven by the request using them (no
+//! task per connection, no hop between tasks; see the `upstream` module).
 //! `https://` backends go through hyper-util's pooled client with rustls (HTTP/1.1, or HTTP/2
 //! when the upstream offers it through ALPN). Their certificates are checked against Mozilla's
 //! roots (`webpki-roots`), or against the roots of the `rustls::ClientConfig` given with
@@ -62,7 +63,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -100,8 +101,8 @@ pub struct ForwardConfig {
     /// uvicorn, and so vLLM, and Node close idle keep-alive connections themselves; a request
     /// sent on a connection the backend is closing fails, and the service never resends one).
     pub pool_idle_timeout: Duration,
-    /// Idle connections kept per backend (`http://`) or per upstream host (`https://`)
-    /// (default 64).
+    /// Idle connections kept per upstream: authority and connect timeout (`http://`), or
+    /// host (`https://`) (default 64).
     pub pool_max_idle_per_host: usize,
     /// TLS client settings for `https://` backends; `None` (the default): Mozilla's roots
     /// (`webpki-roots`) and no client certificate. Set with
@@ -384,7 +385,15 @@ struct Shared<B> {
     pool_settings: PoolSettings,
     /// The upstream URI (without query), audit target and connection pool of each backend.
     targets: BackendCache<Option<Arc<Prepared<B>>>>,
+    /// The connection pools of plain `http://` upstreams by authority and connect timeout:
+    /// backends on one upstream (many routes of a routes file, a reloaded configuration)
+    /// share its connections. Weak: a pool lives while a memoised backend (or a connection of
+    /// its own) uses it. Read only when a backend is first seen.
+    pools: Mutex<Vec<SharedPool<B>>>,
 }
+
+/// A pool in [`Shared::pools`]: the upstream's authority, the connect timeout, the pool.
+type SharedPool<B> = (Box<str>, Duration, Weak<HostPool<B>>);
 
 impl<B> Clone for ForwardService<B> {
     fn clone(&self) -> Self {
@@ -437,6 +446,7 @@ where
                     max_idle: config.pool_max_idle_per_host,
                 },
                 targets: BackendCache::default(),
+                pools: Mutex::default(),
             }),
         }
     }
@@ -486,6 +496,34 @@ where
     }
 }
 
+impl<B> Shared<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// The pool of `uri`'s upstream for `connect_timeout` (a plain `http://` URI), shared with
+    /// the other backends on that upstream; `None` for other URIs.
+    fn pool(&self, uri: &Uri, connect_timeout: Duration) -> Option<Arc<HostPool<B>>> {
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            return None;
+        }
+        let authority = uri.authority()?.as_str();
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = pools
+            .iter()
+            .find(|(a, t, _)| &**a == authority && *t == connect_timeout)
+            .and_then(|(_, _, pool)| pool.upgrade())
+        {
+            return Some(pool);
+        }
+        let pool = HostPool::for_uri(uri, connect_timeout, self.pool_settings)?;
+        pools.retain(|(_, _, pool)| pool.strong_count() > 0);
+        pools.push((authority.into(), connect_timeout, Arc::downgrade(&pool)));
+        Some(pool)
+    }
+}
+
 impl<B> Service<Request<B>> for ForwardService<B>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -519,7 +557,7 @@ where
                 .map_or("/", |pq| pq.as_str())
                 .parse::<Uri>()
                 .ok()?;
-            let via = match HostPool::for_uri(&uri, backend.connect_timeout, shared.pool_settings) {
+            let via = match shared.pool(&uri, backend.connect_timeout) {
                 Some(pool) => Via::Pool(pool),
                 None => Via::Client,
             };

@@ -1,5 +1,6 @@
-//! HTTP/1.1 connections to plain `http://` upstreams, pooled per backend and driven by the
-//! request that uses them.
+//! HTTP/1.1 connections to plain `http://` upstreams, pooled per upstream (authority and connect
+//! timeout; the forward service shares a pool between the backends on one upstream) and driven
+//! by the request that uses them.
 //!
 //! hyper-util's pooled client runs each upstream connection as a task of its own: a request is
 //! handed to that task through a channel and its response handed back, the pool is a mutex-guarded
@@ -7,7 +8,7 @@
 //! spawned to wait until the connection is idle again. Here a connection is a plain value. The
 //! request's future polls it while waiting for the headers, then the response body
 //! ([`GatewayBody`](crate::body::GatewayBody)) polls it while streaming, and when the body has
-//! ended the connection goes back to its backend's idle list. No task switch, no spawn, no hash
+//! ended the connection goes back to its upstream's idle list. No task switch, no spawn, no hash
 //! map; an idle connection costs no task either. For a bare proxy this cut the instructions per
 //! request from 39.1k to 29.5k (callgrind, `examples/bare_proxy.rs` against the same loop on this
 //! module's design).
@@ -79,7 +80,8 @@ impl SendError {
     }
 }
 
-/// The idle connections to one backend, and how to open new ones.
+/// The idle connections to one upstream (authority and connect timeout), and how to open new
+/// ones.
 pub(crate) struct HostPool<B> {
     /// Host to connect to (IPv6 literals without brackets) and port.
     host: String,

@@ -894,3 +894,50 @@ async fn without_audit_a_slow_upload_is_not_the_backends_timeout() {
     );
     drop(tx);
 }
+
+/// 300 routes (each its own `Backend`, as a routes file gives them) on one upstream, used round
+/// robin by a few concurrent clients: their requests share the upstream's connections. Past the
+/// forward service's memo of 256 backends, every request used to build a new pool (and reaper
+/// task) and open a new connection.
+#[tokio::test]
+async fn many_routes_to_one_upstream_share_its_connections() {
+    const ROUTES: usize = 300;
+    const CONCURRENCY: usize = 4;
+    let mut up = fixed_upstream("{}").await;
+    let routes: Vec<RouteConfig> = (0..ROUTES)
+        .map(|i| {
+            let mut b = backend(up.addr);
+            b.path = format!("/v1/route-{i}");
+            RouteConfig {
+                name: format!("route-{i}").into(),
+                permission: "chat".into(),
+                backend: Arc::new(b),
+            }
+        })
+        .collect();
+    let routes = Arc::new(routes);
+    let svc = ForwardService::<TestBody>::new();
+    let mut set = tokio::task::JoinSet::new();
+    for worker in 0..CONCURRENCY {
+        let (svc, routes) = (svc.clone(), Arc::clone(&routes));
+        set.spawn(async move {
+            // Two rounds over every route, the workers interleaved.
+            for n in 0..2 * ROUTES / CONCURRENCY {
+                let route = &routes[(n * CONCURRENCY + worker) % ROUTES];
+                let (status, body) = post(&svc, route, "{}").await;
+                assert_eq!(status, StatusCode::OK, "{}", route.name);
+                assert_eq!(body, "{}");
+            }
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.unwrap();
+    }
+    assert_eq!(up.drain_seen().len(), 2 * ROUTES);
+    let accepted = up.accepted();
+    assert!(
+        accepted <= CONCURRENCY + 2,
+        "{} requests over {ROUTES} routes, {CONCURRENCY} at a time, opened {accepted} connections",
+        2 * ROUTES
+    );
+}
