@@ -85,6 +85,8 @@ enum Inner {
         /// The pooled upstream connection that reads `body` (plain `http://` upstreams; with
         /// hyper-util's client the connection runs in a task of its own and this is `None`).
         conn: Option<PooledConn>,
+        /// The upstream's error, held back for one poll: see [`Body::poll_frame`].
+        failed: Option<hyper::Error>,
     },
     Local(Option<Bytes>),
 }
@@ -119,6 +121,7 @@ impl GatewayBody {
                 idle,
                 timer: None,
                 armed: false,
+                failed: None,
                 conn,
             },
         }
@@ -171,7 +174,11 @@ impl Body for GatewayBody {
                 timer,
                 armed,
                 conn,
+                failed,
             } => {
+                if let Some(err) = failed.take() {
+                    return Poll::Ready(Some(Err(GatewayBodyError::Upstream(err))));
+                }
                 if let Some(conn) = conn.as_mut() {
                     conn.drive(cx);
                 }
@@ -184,6 +191,17 @@ impl Body for GatewayBody {
                     }
                 }
                 match polled {
+                    // An error is given one poll later: hyper's HTTP/1 server writes out what
+                    // it holds (the response head, the frames before) when the body is pending,
+                    // but closes the connection without writing when the body fails. A backend
+                    // that fails right after its head would leave the client with no answer at
+                    // all, not even the status, and an SDK would retry a request the backend
+                    // had taken. Only a failing body pays for this.
+                    Poll::Ready(Some(Err(err))) => {
+                        *failed = Some(err);
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
                     Poll::Ready(frame) => {
                         *armed = false;
                         Poll::Ready(frame.map(|r| r.map_err(GatewayBodyError::Upstream)))

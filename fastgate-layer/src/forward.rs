@@ -833,6 +833,19 @@ impl Future for ResponseFuture {
                 };
                 let target = target.take().expect("polled after completion");
                 let mut res = match result {
+                    // FastGate never forwards `Upgrade`: a 101 is the backend's mistake, and
+                    // relayed it would leave the client a switched connection with nothing on it.
+                    Ok(Ok((res, _))) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        if let Some(skipped) = FAILED_LOG.allow() {
+                            tracing::warn!(upstream = %target.0, skipped, "upstream answered 101 Switching Protocols to a request that asked for no upgrade");
+                        }
+                        no_retry(rejection(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            "the upstream switched protocols unasked",
+                            Outcome::UpstreamError,
+                        ))
+                    }
                     Ok(Ok((res, conn))) => upstream_response(res, *idle, conn),
                     // The gateway's own resource exhaustion, not the backend's failure: nothing
                     // reached the backend, so a retry is fine (no `x-should-retry: false`).
@@ -1048,6 +1061,22 @@ fn upstream_response(
     // Content-Length must not reach the client (RFC 9112 6.1), or it would cut the body there.
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
         parts.headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(length) = parts.headers.get(header::CONTENT_LENGTH)
+        && length.as_bytes().contains(&b',')
+    {
+        // A list of equal values (`5, 5`), which hyper read as one length: clients refuse the
+        // list (node), wait for the connection's end (Python) or reset the stream (HTTP/2).
+        // RFC 9112 6.3: pass one value.
+        match body.size_hint().exact() {
+            Some(n) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            None => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+        }
     }
     remove_hop_by_hop(&mut parts.headers);
     if BodyKind::of(&parts.headers).is_stream() {
