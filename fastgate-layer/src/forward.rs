@@ -68,7 +68,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -628,6 +628,19 @@ where
         }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
+        // hyper's HTTP/1.1 client sends a GET or HEAD body of unknown length (an HTTP/2
+        // client's, which needs no Content-Length) as no body at all, unless the request says
+        // `Transfer-Encoding: chunked`: the backend would answer without the bytes the client
+        // sent. A GET without a body (the common one) costs the method check.
+        if matches!(parts.method, Method::GET | Method::HEAD)
+            && !body.is_end_stream()
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         let req = Request::from_parts(parts, body);
         let fut = match &prepared.via {
             Via::Pool(pool) => Sending::Pooled(Box::pin(Arc::clone(pool).send(req))),

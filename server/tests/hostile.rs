@@ -1720,3 +1720,41 @@ async fn an_oversized_chunked_upload_is_413_without_blaming_the_backend() {
         .collect();
     assert!(warned.is_empty(), "{warned:#?}");
 }
+
+/// A GET with a body and no Content-Length (an HTTP/2 client's: HEADERS without END_STREAM,
+/// then DATA) reaches the backend with its body. hyper's HTTP/1.1 client sends a GET body of
+/// unknown length as no body at all unless the request says `Transfer-Encoding: chunked`: the
+/// backend answered without the bytes, and the client got a normal answer.
+#[tokio::test]
+async fn an_http2_get_with_a_body_reaches_the_backend_with_it() {
+    let up = Upstream::start().await;
+    let fg = Fastgate::start(&up.url()).await;
+    let key = fg.key("u").await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", fg.port))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    const BODY: &str = r#"{"model":"m","input":"a GET with a body"}"#;
+    let req = http::Request::get(format!("http://127.0.0.1:{}/proxy{BACKEND_PATH}", fg.port))
+        .header("x-api-key", &key)
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (answer, mut upload) = client.send_request(req, false).unwrap();
+    upload
+        .send_data(bytes::Bytes::from_static(BODY.as_bytes()), true)
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+    }
+    let seen = up.last();
+    assert_eq!(seen.body, BODY.as_bytes(), "{:?}", seen.headers);
+}
