@@ -20,7 +20,11 @@
 //! also shut down gracefully once it has had no request in flight for 1 to 1.5 times that long
 //! (an HTTP/2 client gets a GOAWAY whatever PINGs it sends, and is dropped if it then does not
 //! let the connection close), so idle HTTP/2 connections do not pile up; a request in flight (a
-//! slow answer, a stream with long pauses) keeps its connection, keep-alive included. On
+//! slow answer, a stream with long pauses) keeps its connection, keep-alive included, unless its
+//! client stops reading: a connection with a response under way and nothing written to it for 1
+//! to 1.5 times that long, its socket full (HTTP/1) or a response frame held for flow-control
+//! window the client does not give (HTTP/2, where the socket never fills), is dropped, and with
+//! it the upstream connections of its responses (HTTP/2: at most 128 streams a connection). On
 //! shutdown the listener closes, every connection (including one that has not sent its first
 //! byte yet) finishes its in-flight request (HTTP/1.1) or gets a GOAWAY (HTTP/2), and whatever
 //! is still open after the grace period is aborted, which lets the audit layer record those
@@ -123,6 +127,12 @@ struct Activity {
     /// A response body ended and its last bytes may not be written yet (hyper drops a body
     /// before it writes out what it queued): cleared by the next completed flush.
     unflushed: AtomicBool,
+    /// HTTP/2 response bodies whose last frame hyper took and has not asked for the next one
+    /// (see [`InFlight::park`]): it holds it until the client gives flow-control window.
+    parked: AtomicUsize,
+    /// Frames HTTP/2 response bodies handed to hyper (wrapping; only compared with an earlier
+    /// value).
+    passed: AtomicU64,
 }
 
 pin_project! {
@@ -267,21 +277,57 @@ impl tokio::io::AsyncWrite for Watched {
 }
 
 /// One request in flight: counted from `call` until its response body ends or is dropped.
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    /// An HTTP/2 request: its body's frames are followed (see [`park`](Self::park)).
+    http2: bool,
+    /// Counted in `Activity::parked`.
+    parked: bool,
+}
 
 impl InFlight {
-    fn new(activity: &Arc<Activity>) -> Self {
+    fn new(activity: &Arc<Activity>, version: http::Version) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(activity))
+        Self {
+            activity: Arc::clone(activity),
+            http2: version == http::Version::HTTP_2,
+            parked: false,
+        }
+    }
+
+    /// The body handed a frame to hyper. Over HTTP/2 hyper holds a frame it has no
+    /// flow-control window for and polls the body again only once the client gives some: a
+    /// client that never does leaves nothing written and its socket never full, so the check
+    /// for a client that stopped reading (in [`Drive`]) looks at frames held this way instead.
+    /// HTTP/1 is left alone (no atomic per frame): there the socket fills.
+    fn park(&mut self) {
+        if self.http2 && !self.parked {
+            self.parked = true;
+            self.activity.parked.fetch_add(1, Ordering::Relaxed);
+            // A plain load and store: the check only needs "it changed".
+            let passed = self.activity.passed.load(Ordering::Relaxed);
+            self.activity
+                .passed
+                .store(passed.wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// hyper asked for the next frame (or the body is gone).
+    fn resume(&mut self) {
+        if self.parked {
+            self.parked = false;
+            self.activity.parked.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.resume();
         // Idleness counts from the end of the last request, not from its last check.
-        self.0.touched.store(true, Ordering::Relaxed);
-        self.0.unflushed.store(true, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Release);
+        self.activity.touched.store(true, Ordering::Relaxed);
+        self.activity.unflushed.store(true, Ordering::Relaxed);
+        self.activity.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -316,6 +362,9 @@ impl hyper::body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
+        if let Some(in_flight) = this.in_flight.as_mut() {
+            in_flight.resume();
+        }
         let frame = this.inner.as_mut().poll_frame(cx);
         match &frame {
             Poll::Ready(None) => {
@@ -325,9 +374,17 @@ impl hyper::body::Body for Tracked {
                     log.complete = true;
                 }
             }
-            // hyper stops polling a body that says it has ended (a known length reached).
-            Poll::Ready(Some(Ok(_))) if this.log.is_some() && this.inner.is_end_stream() => {
-                if let Some(mut log) = this.log.take() {
+            Poll::Ready(Some(Ok(_))) => {
+                // Until hyper asks again (or drops the body); the last frame too, which an
+                // HTTP/2 stream holds as long as any other while it waits for window.
+                if let Some(in_flight) = this.in_flight.as_mut() {
+                    in_flight.park();
+                }
+                // hyper stops polling a body that says it has ended (a known length reached).
+                if this.log.is_some()
+                    && this.inner.is_end_stream()
+                    && let Some(mut log) = this.log.take()
+                {
                     log.complete = true;
                 }
             }
@@ -527,7 +584,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // A plain store (no read-modify-write): the idle check only needs "some request began".
         self.activity.touched.store(true, Ordering::Relaxed);
-        let in_flight = Some(InFlight::new(&self.activity));
+        let in_flight = Some(InFlight::new(&self.activity, req.version()));
         let client = if self.peer_trusted {
             forwarded_client(
                 &self.shared.trusted,
@@ -826,10 +883,16 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     // As for HTTP/1 above: at most 64 KiB queued per stream for a client that does not read.
+    // Streams per connection: nginx's default (`http2_max_concurrent_streams`) rather than
+    // hyper's 200. Each stream holds an upstream connection, and a client that reads one stream
+    // keeps the others open without window as long as it likes (the stall check in `Drive`
+    // sees a connection that makes progress), as an HTTP/1 client reading slowly does; this
+    // bounds what one connection can hold that way.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_send_buf_size(64 * 1024);
+        .max_send_buf_size(64 * 1024)
+        .max_concurrent_streams(128);
     // Set, then notified, when the shutdown signal comes: every connection closes gracefully.
     let closing = Closing::default();
     let accept_failed_log = LogThrottle::new();
@@ -971,10 +1034,12 @@ pin_project! {
         period: Duration,
         activity: Arc<Activity>,
         quiet_checks: u8,
-        // Checks in a row that found the client's socket full with nothing written since the
-        // previous one.
+        // Checks in a row that found the client not reading: its socket full (HTTP/1), or a
+        // frame held for flow-control window (HTTP/2), with nothing written since the previous
+        // check (and, for the latter, no frame passed).
         stalled_checks: u8,
         written_seen: u64,
+        passed_seen: u64,
         closing: Pin<Box<tokio::sync::futures::OwnedNotified>>,
         closing_flag: Arc<AtomicBool>,
         armed: bool,
@@ -1002,6 +1067,7 @@ impl<C: GracefulConnection> Drive<C> {
             quiet_checks: 0,
             stalled_checks: 0,
             written_seen: 0,
+            passed_seen: 0,
             closing,
             closing_flag,
             armed: false,
@@ -1055,12 +1121,17 @@ impl<C: GracefulConnection> Future for Drive<C> {
                 }
                 // A client that stopped reading: its socket has been full, with no write to it
                 // succeeding, since the previous check (as nginx's `send_timeout`). Dropped, and with
-                // it the upstream connection of its response (a generation nobody reads).
+                // it the upstream connection of its response (a generation nobody reads). An
+                // HTTP/2 client that gives no flow-control window leaves the socket empty: there
+                // hyper holding a frame of a response, with nothing written and no other frame
+                // passed since the previous check, is the same stall.
                 let written = this.activity.written.load(Ordering::Relaxed);
-                if this.activity.blocked.load(Ordering::Relaxed)
-                    && !idle_now()
-                    && written == *this.written_seen
-                {
+                let passed = this.activity.passed.load(Ordering::Relaxed);
+                let stuck = this.activity.blocked.load(Ordering::Relaxed)
+                    || (this.activity.parked.load(Ordering::Relaxed) != 0
+                        && passed == *this.passed_seen);
+                *this.passed_seen = passed;
+                if stuck && !idle_now() && written == *this.written_seen {
                     *this.stalled_checks += 1;
                     if *this.stalled_checks >= 2 {
                         tracing::debug!("closing a connection whose client stopped reading");
