@@ -20,7 +20,10 @@
 //! Timeouts: the backend's `connect_timeout` for opening a connection (TCP and TLS; a timeout
 //! counts as unreachable), its `response_timeout` from sending the request up to the response
 //! headers (connecting included), and its `idle_timeout` between two response body frames. There
-//! is never a total timeout on a stream. Behind an [`AuditLayer`](crate::audit::AuditLayer)
+//! is never a total timeout on a stream. An upload still going on after the answer (the backend
+//! answered before it had the whole body) is bounded like one before it: a plain `http://`
+//! backend's connection is closed when the upload makes no progress for `response_timeout`, or
+//! is still going on ten of them after the answer. Behind an [`AuditLayer`](crate::audit::AuditLayer)
 //! (enabled or [disabled](crate::audit::AuditLayer::disabled): every
 //! [`Gateway`](crate::Gateway) has one), which follows the client's upload, the
 //! `response_timeout` counts from the end of the upload
@@ -392,8 +395,8 @@ struct Shared<B> {
     pools: Mutex<Vec<SharedPool<B>>>,
 }
 
-/// A pool in [`Shared::pools`]: the upstream's authority, the connect timeout, the pool.
-type SharedPool<B> = (Box<str>, Duration, Weak<HostPool<B>>);
+/// A pool in [`Shared::pools`]: the upstream's authority, the connect and response timeouts, the pool.
+type SharedPool<B> = (Box<str>, (Duration, Duration), Weak<HostPool<B>>);
 
 impl<B> Clone for ForwardService<B> {
     fn clone(&self) -> Self {
@@ -504,7 +507,12 @@ where
 {
     /// The pool of `uri`'s upstream for `connect_timeout` (a plain `http://` URI), shared with
     /// the other backends on that upstream; `None` for other URIs.
-    fn pool(&self, uri: &Uri, connect_timeout: Duration) -> Option<Arc<HostPool<B>>> {
+    fn pool(
+        &self,
+        uri: &Uri,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Option<Arc<HostPool<B>>> {
         if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
             return None;
         }
@@ -512,14 +520,18 @@ where
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(pool) = pools
             .iter()
-            .find(|(a, t, _)| &**a == authority && *t == connect_timeout)
+            .find(|(a, t, _)| &**a == authority && *t == (connect_timeout, response_timeout))
             .and_then(|(_, _, pool)| pool.upgrade())
         {
             return Some(pool);
         }
-        let pool = HostPool::for_uri(uri, connect_timeout, self.pool_settings)?;
+        let pool = HostPool::for_uri(uri, connect_timeout, response_timeout, self.pool_settings)?;
         pools.retain(|(_, _, pool)| pool.strong_count() > 0);
-        pools.push((authority.into(), connect_timeout, Arc::downgrade(&pool)));
+        pools.push((
+            authority.into(),
+            (connect_timeout, response_timeout),
+            Arc::downgrade(&pool),
+        ));
         Some(pool)
     }
 }
@@ -557,7 +569,7 @@ where
                 .map_or("/", |pq| pq.as_str())
                 .parse::<Uri>()
                 .ok()?;
-            let via = match shared.pool(&uri, backend.connect_timeout) {
+            let via = match shared.pool(&uri, backend.connect_timeout, backend.response_timeout) {
                 Some(pool) => Via::Pool(pool),
                 None => Via::Client,
             };
@@ -952,8 +964,9 @@ impl Future for ResponseFuture {
     }
 }
 
-/// How many response timeouts an upload may take in all while it keeps making progress.
-const UPLOAD_WAITS: u32 = 10;
+/// How many response timeouts an upload may take in all while it keeps making progress (before
+/// the answer here, after it in the `upstream` module).
+pub(crate) const UPLOAD_WAITS: u32 = 10;
 
 /// When a wait of `wait` that ends at `deadline` began (`now` if that is before the clock's
 /// origin: a huge wait, whose deadline `deadline_after` moved to decades from now).

@@ -16,7 +16,10 @@
 //! One exception: when the upstream answers before it has the whole request body, the upload must
 //! go on while the response body may be polled only as fast as the client reads it, so such a
 //! connection is handed to a task of its own (as hyper-util does for every connection) and pooled
-//! by that task when the exchange is over.
+//! by that task when the exchange is over. That task gives up (and closes the connection) when the
+//! upload makes no progress for the backend's `response_timeout`, or is still going on
+//! [`UPLOAD_WAITS`] of them after the answer: an upstream that answered and stopped reading, or a
+//! client that stopped sending, would otherwise hold the connection and the request body for ever.
 //!
 //! Semantics kept from hyper-util: idle connections expire after the pool's idle timeout (a task
 //! per pool closes expired ones and ones the upstream closed, also without traffic) and at most
@@ -29,7 +32,7 @@
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -43,6 +46,7 @@ use sync_wrapper::SyncWrapper;
 use tokio::net::TcpStream;
 
 use crate::error::BoxError;
+use crate::forward::UPLOAD_WAITS;
 
 /// Largest read buffer of an upstream connection (hyper's default is ~400 KiB). A client that
 /// stops reading a fast stream leaves this much buffered here, per stream, besides what the
@@ -89,6 +93,9 @@ pub(crate) struct HostPool<B> {
     /// `Host` header for requests that carry none.
     host_header: HeaderValue,
     connect_timeout: Duration,
+    /// The backend's response timeout: bounds an upload still going on after the answer (see
+    /// [`drive_to_idle`]).
+    response_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     /// Idle connections, most recently used last, with the instant each became idle.
@@ -121,15 +128,24 @@ struct Conn<B> {
     conn: ConnFuture,
     /// The connection future has completed (closed or failed): never poll it again.
     done: bool,
-    /// Set once hyper has taken the last frame of the current request body.
-    uploaded: Arc<AtomicBool>,
+    /// How far hyper has taken the current request body.
+    upload: Arc<UploadProgress>,
     pool: Weak<HostPool<B>>,
 }
 
-/// A request body as the connection sees it: records when hyper has taken its last frame.
+/// How far hyper has taken a connection's current request body.
+#[derive(Debug, Default)]
+struct UploadProgress {
+    /// Set once hyper has taken the last frame.
+    ended: AtomicBool,
+    /// Frames hyper has taken (wrapping; only compared with an earlier value).
+    frames: AtomicU64,
+}
+
+/// A request body as the connection sees it: records the frames hyper takes, and the last one.
 struct Upload<B> {
     inner: B,
-    uploaded: Arc<AtomicBool>,
+    progress: Arc<UploadProgress>,
 }
 
 impl<B> Body for Upload<B>
@@ -147,11 +163,18 @@ where
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let finished = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => {
+                // Only one task polls the body: a plain load and store.
+                let frames = this.progress.frames.load(Ordering::Relaxed);
+                this.progress
+                    .frames
+                    .store(frames.wrapping_add(1), Ordering::Relaxed);
+                this.inner.is_end_stream()
+            }
             _ => false,
         };
         if finished {
-            this.uploaded.store(true, Ordering::Release);
+            this.progress.ended.store(true, Ordering::Release);
         }
         polled
     }
@@ -177,6 +200,7 @@ where
     pub(crate) fn for_uri(
         uri: &Uri,
         connect_timeout: Duration,
+        response_timeout: Duration,
         settings: PoolSettings,
     ) -> Option<Arc<Self>> {
         if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
@@ -196,6 +220,7 @@ where
             port: port.unwrap_or(80),
             host_header,
             connect_timeout,
+            response_timeout,
             idle_timeout: settings.idle_timeout,
             max_idle: settings.max_idle,
             idle: Mutex::default(),
@@ -219,11 +244,13 @@ where
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            let uploaded = Arc::clone(&conn.uploaded);
-            uploaded.store(req.body().is_end_stream(), Ordering::Release);
+            let progress = Arc::clone(&conn.upload);
+            progress
+                .ended
+                .store(req.body().is_end_stream(), Ordering::Release);
             let mut sent = std::pin::pin!(
                 conn.tx
-                    .try_send_request(req.map(|inner| Upload { inner, uploaded }))
+                    .try_send_request(req.map(|inner| Upload { inner, progress }))
             );
             let first = poll_fn(|cx| {
                 conn.drive(cx);
@@ -237,14 +264,14 @@ where
             })
             .await;
             let mut err = match first {
-                Some(Ok(res)) if conn.uploaded.load(Ordering::Acquire) => {
+                Some(Ok(res)) if conn.upload.ended.load(Ordering::Acquire) => {
                     return Ok((res, Some(PooledConn::new(conn))));
                 }
                 Some(Ok(res)) => {
                     // The upstream answered before it had the whole request body. The body of
                     // the response may only be polled while the client can take it, and the
                     // upload must go on regardless: a task of its own drives the connection.
-                    tokio::spawn(drive_to_idle(conn));
+                    tokio::spawn(drive_to_idle(conn, self.response_timeout));
                     return Ok((res, None));
                 }
                 Some(Err(err)) => err,
@@ -335,7 +362,7 @@ where
                 tx,
                 conn: Box::pin(conn) as ConnFuture,
                 done: false,
-                uploaded: Arc::default(),
+                upload: Arc::default(),
                 pool: Arc::downgrade(self),
             }))
         };
@@ -347,22 +374,54 @@ where
 
 /// Drive a connection whose request body is still being uploaded until the exchange is over,
 /// then pool it (or drop it if it closed).
-async fn drive_to_idle<B>(mut conn: Box<Conn<B>>)
+///
+/// The request's future and its timeouts ended with the answer, so the upload is bounded here:
+/// when hyper has taken no frame of it for `stall` (the backend's response timeout, as for an
+/// upload before the answer), or it is still going on [`UPLOAD_WAITS`] × `stall` after the
+/// answer, the connection is closed and the request body dropped. An upstream that answered
+/// and stopped reading, or a client that stopped sending, held both for ever before. Once the
+/// upload has ended, what is left is the response body, bounded by whoever reads it (hyper
+/// closes the connection when that body is dropped). Off the hot path: only an upload still
+/// going on after the answer gets this task and its timer.
+async fn drive_to_idle<B>(mut conn: Box<Conn<B>>, stall: Duration)
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    poll_fn(|cx| {
+    let progress = Arc::clone(&conn.upload);
+    let give_up = tokio::time::Instant::now() + stall * UPLOAD_WAITS;
+    let mut frames = progress.frames.load(Ordering::Relaxed);
+    let check = tokio::time::sleep(stall);
+    tokio::pin!(check);
+    let over = poll_fn(|cx| {
         conn.drive(cx);
         if conn.done || conn.tx.is_ready() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+            return Poll::Ready(true);
         }
+        if progress.ended.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        while check.as_mut().poll(cx).is_ready() {
+            let now = tokio::time::Instant::now();
+            let taken = progress.frames.load(Ordering::Relaxed);
+            if taken == frames || now >= give_up {
+                return Poll::Ready(false);
+            }
+            frames = taken;
+            check.as_mut().reset(now + stall);
+        }
+        Poll::Pending
     })
     .await;
-    conn.release();
+    if over {
+        conn.release();
+    } else {
+        tracing::debug!(
+            "closing an upstream connection whose request body stalled after the answer"
+        );
+        drop(conn);
+    }
 }
 
 /// Every so often, close the pool's idle connections that expired or were closed by the upstream

@@ -941,3 +941,115 @@ async fn many_routes_to_one_upstream_share_its_connections() {
         2 * ROUTES
     );
 }
+
+/// An upstream that answers before it has the whole request body, then neither reads nor closes,
+/// while the client's upload stays pending: the connection (driven by a task of its own once the
+/// answer came) is closed after the backend's `response_timeout` without upload progress, and the
+/// request body is let go. Before, the task waited for the upload for ever, holding both.
+#[tokio::test]
+async fn a_stalled_upload_after_the_answer_does_not_hold_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head did not arrive");
+            head.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        // Nothing of the body comes (the client sends none): a read only sees the close.
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = eof_tx.send(std::time::Instant::now());
+    });
+    let timeout = Duration::from_secs(1);
+    let mut backend = backend(addr);
+    backend.response_timeout = timeout;
+    let route = RouteConfig {
+        name: "pool-test".into(),
+        permission: "chat".into(),
+        backend: Arc::new(backend),
+    };
+    let svc = ForwardService::<TestBody>::new();
+    // The request body: its sender is kept, and sends nothing.
+    let (tx, body) = channel_body();
+    let req = forward_request(Method::POST, ROUTE, &route, body);
+    let (status, _, text) = send(&svc, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text, "ok");
+    let answered = std::time::Instant::now();
+    let closed_at = tokio::time::timeout(3 * timeout, eof_rx)
+        .await
+        .expect("the upstream connection is still open 3 × response_timeout after the answer")
+        .unwrap();
+    assert!(
+        closed_at.duration_since(answered) >= timeout / 2,
+        "closed before the upload had stalled for response_timeout"
+    );
+    // The request body was let go with the connection.
+    tokio::time::timeout(Duration::from_secs(1), tx.closed())
+        .await
+        .expect("the request body is still held");
+}
+
+/// The bound above is on progress, not on the upload's length: an upload that goes on after the
+/// answer, a piece every 400 ms for 2 s against a 1 s `response_timeout`, reaches the upstream
+/// whole.
+#[tokio::test]
+async fn an_upload_progressing_after_the_answer_is_not_cut() {
+    let addr = upstream(move |req: Request<Incoming>| async move {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Bytes::from_static(b": accepted\n\n"))).await;
+            let Ok(got) = req.into_body().collect().await else {
+                return;
+            };
+            let n = got.to_bytes().len();
+            let _ = tx.send(Ok(Bytes::from(format!("data: got {n}\n\n")))).await;
+        });
+        let mut res = Response::new(body);
+        res.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        res
+    })
+    .await;
+    let mut backend = backend(addr);
+    backend.response_timeout = Duration::from_secs(1);
+    let route = RouteConfig {
+        name: "pool-test".into(),
+        permission: "chat".into(),
+        backend: Arc::new(backend),
+    };
+    let svc = ForwardService::<TestBody>::new();
+    let (tx, body) = channel_body();
+    tx.send(Ok(Bytes::from_static(b"{\"p\":0,"))).await.unwrap();
+    let req = forward_request(Method::POST, ROUTE, &route, body);
+    let res = tokio::time::timeout(Duration::from_secs(5), svc.clone().oneshot(req))
+        .await
+        .expect("response headers in time")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tx.send(Ok(Bytes::from_static(b"\"q\":1,"))).await.unwrap();
+    }
+    tx.send(Ok(Bytes::from_static(b"\"r\":2}"))).await.unwrap();
+    drop(tx);
+    let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect())
+        .await
+        .expect("response body in time")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, ": accepted\n\ndata: got 43\n\n");
+}
