@@ -1346,4 +1346,24 @@ describe('a window with only refused requests', { concurrency: 1 }, () => {
       assert.equal((await badge.textContent()).trim(), 'healthy');
     });
   });
+
+  test('opens while the database fails, showing the failure instead of the sign-in form', async () => {
+    // Its own gateway whose key table is gone (renamed): every admin call that reads the
+    // database answers 503. Sign-in used such a call, so the admin was sent back to the form,
+    // also with the right token, and could not reach the status panel.
+    const url = await startGateway('fastgate-dbdown');
+    const db = path.join(tmp, 'fastgate-dbdown.db');
+    execFileSync('python3', ['-c',
+      'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("ALTER TABLE api_keys RENAME TO api_keys_gone"); c.commit(); c.close()',
+      db]);
+    const keys = await fetch(`${url}/admin/keys?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+    assert.equal(keys.status, 503, 'the key list fails');
+    await onDashboard(url, async (page) => {
+      await tid(page, 'app-view').waitFor({ state: 'visible' });
+      assert.equal(await tid(page, 'signin-view').isVisible(), false);
+      await tid(page, 'error-banner').waitFor({ state: 'visible' });
+      assert.match(await tid(page, 'error-text').textContent(), /\S/);
+      await shot(page, 'desktop-dashboard-database-failing');
+    });
+  });
 });
