@@ -819,6 +819,32 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.deepEqual(dialogs, [], `dialogs fired: ${dialogs.join(', ')}`);
   });
 
+  test('bidirectional controls a client sent are shown, not obeyed (no spoofed file names)', async () => {
+    // U+202E (right-to-left override) made the model `approved-\u202etxt.exe` read as
+    // "approved-exe.txt", and a user agent `ua-\u202eevil` as "ua-live".
+    const key = (await admin('POST', '/admin/keys', { source_path: 'bidi-e2e' })).api_key;
+    const model = 'approved-\u202etxt.exe';
+    const ua = Buffer.from('ua-\u202eevil', 'utf8').toString('latin1'); // UTF-8 bytes on the wire
+    const res = await chat(key, { model, headers: { 'user-agent': ua } });
+    assert.equal(res.status, 200, await res.text());
+    await tid(page, 'tab-logs').click();
+    const row = page.locator('[data-testid="log-row"]', { hasText: 'bidi-e2e' }).first();
+    await waitFor('audit row of the bidi key', async () => {
+      await refresh(page);
+      return row.count();
+    }, { timeout: 20000, interval: 500 });
+    assert.match(await row.textContent(), /approved-\[U\+202E\]txt\.exe/);
+    assert.doesNotMatch(await row.textContent(), /\u202e/);
+    await row.click();
+    await tid(page, 'log-detail').waitFor({ state: 'visible' });
+    const detail = await tid(page, 'log-detail-body').textContent();
+    assert.match(detail, /ua-\[U\+202E\]evil/);
+    assert.match(detail, /approved-\[U\+202E\]txt\.exe/);
+    assert.doesNotMatch(detail, /\u202e/);
+    await tid(page, 'log-detail-close').click();
+    await tid(page, 'tab-dashboard').click();
+  });
+
   test('the audit log pages with next_cursor ("Load older")', async () => {
     const adminGet = async (p) => (await fetch(`${base}${p}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
     const have = (await adminGet('/admin/logs?limit=1000')).items.length;

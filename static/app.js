@@ -236,13 +236,26 @@
   function $(id) { return document.getElementById(id); }
   function show(node, on) { node.classList.toggle('d-none', !on); }
 
-  /** Build an element. `text` is always set as textContent (never HTML). */
+  // Bidirectional controls (embeddings, overrides, isolates, marks) in text a client or an admin
+  // chose reorder what is shown: a model `approved-<U+202E>txt.exe` read as "approved-exe.txt".
+  var BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+  /** `s` as text to show: each bidirectional control written out as `[U+202E]`. */
+  function visible(s) {
+    return String(s).replace(BIDI, function (c) {
+      return '[U+' + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0') + ']';
+    });
+  }
+
+  /**
+   * Build an element. `text` is always set as textContent (never HTML); `text` and `title` show
+   * bidirectional controls written out (`visible`).
+   */
   function el(tag, opts, children) {
     var node = document.createElement(tag);
     opts = opts || {};
     if (opts.cls) node.className = opts.cls;
-    if (opts.text !== undefined && opts.text !== null) node.textContent = String(opts.text);
-    if (opts.title) node.title = String(opts.title);
+    if (opts.text !== undefined && opts.text !== null) node.textContent = visible(opts.text);
+    if (opts.title) node.title = visible(opts.title);
     if (opts.attrs) {
       for (var k in opts.attrs) {
         if (Object.prototype.hasOwnProperty.call(opts.attrs, k) && opts.attrs[k] !== undefined && opts.attrs[k] !== null) {
@@ -889,7 +902,7 @@
   function openEdit(k) {
     editKey = k;
     editFocusId = k.id;
-    $('edit-key-display').textContent = (k.display || k.id) + ' · ID ' + k.id;
+    $('edit-key-display').textContent = visible((k.display || k.id) + ' · ID ' + k.id);
     $('ke-source').value = k.source_path || '';
     $('ke-name').value = k.name || '';
     $('ke-perms').value = (k.permissions || []).join(', ');
@@ -999,7 +1012,7 @@
   }
 
   function showNewKey(res, rotated) {
-    $('new-key-title').textContent = t(rotated ? 'keys.rotatedtitle' : 'keys.newtitle', { s: keyLabel(res) });
+    $('new-key-title').textContent = visible(t(rotated ? 'keys.rotatedtitle' : 'keys.newtitle', { s: keyLabel(res) }));
     $('new-key-value').value = res.api_key || '';
     $('new-key-meta').textContent = (res.id ? 'ID ' + res.id : '') + (res.expires_at ? ' · ' + t('col.expires') + ' ' + fmtTime(res.expires_at) : '');
     $('new-key-copy').textContent = t('action.copy');
@@ -1078,8 +1091,8 @@
   function askConfirm(title, body, okText, action, grace) {
     show($('confirm-grace-row'), !!grace);
     $('confirm-grace').value = '0';
-    $('confirm-title').textContent = title;
-    $('confirm-body').textContent = body;
+    $('confirm-title').textContent = visible(title);
+    $('confirm-body').textContent = visible(body);
     $('confirm-ok').textContent = okText;
     confirmAction = action;
     if (!confirmModal) confirmModal = new window.bootstrap.Modal($('confirm-modal'));
