@@ -770,8 +770,10 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.equal(res.status(), 404);
     const body = await res.json();
     assert.equal(typeof body.error.message, 'string');
+    // The page says what happened and drops the stale row (as Edit does).
     await tid(page, 'error-banner').waitFor({ state: 'visible' });
-    assert.equal(await tid(page, 'error-text').textContent(), body.error.message);
+    assert.equal(await tid(page, 'error-text').textContent(), 'This key no longer exists: it was deleted elsewhere.');
+    await waitFor('the stale row to go', async () => (await keyRow(page, 'e2e-stale').count()) === 0);
     // Client-side validation of the form.
     await tid(page, 'key-source').fill('');
     await tid(page, 'key-create-submit').click();
@@ -784,6 +786,28 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await tid(page, 'key-source').fill('');
     await refresh(page);
     await tid(page, 'error-banner').waitFor({ state: 'hidden' }); // a good manual refresh clears it
+  });
+
+  test('rotating an expired or disabled key warns first; a deleted key\'s one-time box goes', async () => {
+    const made = await admin('POST', '/admin/keys', { source_path: 'e2e-rot-exp' });
+    await admin('PATCH', `/admin/keys/${encodeURIComponent(made.id)}`, { expires_at: '2020-01-01T00:00:00Z' });
+    await refresh(page);
+    await tid(page, 'tab-keys').click();
+    await tid(page, 'keys-filter-source').fill('e2e-rot-exp');
+    await tid(page, 'keys-filter-source').press('Enter');
+    const row = keyRow(page, 'e2e-rot-exp');
+    await row.waitFor({ state: 'visible' });
+    await row.locator('[data-testid="key-rotate"]').click();
+    await tid(page, 'confirm-ok').waitFor({ state: 'visible' });
+    assert.match(await page.locator('#confirm-body').textContent(), /has expired.*Extend the expiry/);
+    await tid(page, 'confirm-ok').click();
+    await tid(page, 'new-key-box').waitFor({ state: 'visible' });
+    // Deleted from the page: the box no longer offers its (dead) secret.
+    await row.locator('[data-testid="key-delete"]').click();
+    await tid(page, 'confirm-ok').click();
+    await tid(page, 'new-key-box').waitFor({ state: 'hidden' });
+    await tid(page, 'keys-filter-source').fill('');
+    await tid(page, 'keys-filter-source').press('Enter');
   });
 
   test('user-provided strings are rendered as text (no HTML injection)', async () => {

@@ -69,6 +69,8 @@
       'keys.confirm.delete.body': 'Key {d} ({s}) will be deleted permanently. Clients using it will get 401.',
       'keys.confirm.rotate.title': 'Rotate API key?',
       'keys.confirm.rotate.body': 'A new key replaces {d} ({s}); clients must switch to it.',
+      'keys.confirm.rotate.expired': 'This key has expired, and the new key keeps its expiry: it will be refused (401) at once. Extend the expiry with Edit first.',
+      'keys.confirm.rotate.disabled': 'This key is disabled, and so will the new key be: enable it to let clients in.',
       'keys.confirm.disable.title': 'Disable API key?',
       'keys.confirm.disable.body': 'Key {d} ({s}) will be rejected with 401 until it is enabled again.',
       'keys.range': '{a}–{b} of {n}', 'keys.unused': 'never',
@@ -160,6 +162,8 @@
       'keys.confirm.delete.body': 'Key {d}（{s}）将被永久删除，使用它的客户端将收到 401。',
       'keys.confirm.rotate.title': '轮换 API Key？',
       'keys.confirm.rotate.body': '将生成新 Key 替换 {d}（{s}），客户端需改用新 Key。',
+      'keys.confirm.rotate.expired': '此 Key 已过期，新 Key 沿用其过期时间：会立即被拒绝（401）。请先用“编辑”延长过期时间。',
+      'keys.confirm.rotate.disabled': '此 Key 已停用，新 Key 也将处于停用状态：启用后客户端才能使用。',
       'keys.confirm.disable.title': '禁用 API Key？',
       'keys.confirm.disable.body': 'Key {d}（{s}）在重新启用之前会被拒绝（401）。',
       'keys.range': '第 {a}–{b} 条，共 {n} 条', 'keys.unused': '从未使用',
@@ -1016,6 +1020,7 @@
     $('new-key-value').value = res.api_key || '';
     $('new-key-meta').textContent = (res.id ? 'ID ' + res.id : '') + (res.expires_at ? ' · ' + t('col.expires') + ' ' + fmtTime(res.expires_at) : '');
     $('new-key-copy').textContent = t('action.copy');
+    $('new-key-box').setAttribute('data-key-id', res.id || '');
     show($('new-key-box'), true);
     selectTab('keys');
     $('new-key-box').scrollIntoView({ block: 'nearest' });
@@ -1024,6 +1029,7 @@
 
   function hideNewKey() {
     $('new-key-value').value = '';
+    $('new-key-box').removeAttribute('data-key-id');
     show($('new-key-box'), false);
   }
 
@@ -1110,11 +1116,30 @@
     return Promise.all([loadKeys(), loadKeyOptions(), loadMetrics()]).catch(showError);
   }
 
+  /**
+   * A key action failed. A 404 means the key was deleted elsewhere meanwhile: say so and draw
+   * the list again, so its row goes (as Edit does); other errors are shown as they are.
+   */
+  function keyActionFailed(k) {
+    return function (err) {
+      if (err && err.status === 404) {
+        forgetNewKey(k.id);
+        showError(new ApiError(t('keys.err.gone'), 404));
+        return Promise.all([loadKeys(), loadKeyOptions()]).catch(showError);
+      }
+      showError(err);
+    };
+  }
+
+  /** Hide the one-time key box if it shows a secret of key `id` (deleted: the secret is dead). */
+  function forgetNewKey(id) {
+    if ($('new-key-box').getAttribute('data-key-id') === id) hideNewKey();
+  }
+
   function toggleKey(k) {
     var doIt = function () {
       api('PATCH', '/admin/keys/' + encodeURIComponent(k.id), { active: !k.active })
-        .then(function () { return afterKeyChange(t(k.active ? 'keys.disabled' : 'keys.enabled')); })
-        .catch(showError);
+        .then(function () { return afterKeyChange(t(k.active ? 'keys.disabled' : 'keys.enabled')); }, keyActionFailed(k));
     };
     if (k.active) {
       askConfirm(t('keys.confirm.disable.title'), t('keys.confirm.disable.body', { d: k.display || k.id, s: keyLabel(k) }), t('action.disable'), doIt);
@@ -1122,15 +1147,19 @@
   }
 
   function rotateKey(k) {
-    askConfirm(t('keys.confirm.rotate.title'), t('keys.confirm.rotate.body', { d: k.display || k.id, s: keyLabel(k) }), t('action.rotate'), function () {
+    var body = t('keys.confirm.rotate.body', { d: k.display || k.id, s: keyLabel(k) });
+    // The new secret keeps the key's expiry and state: say so before making a dead key.
+    var st = k.status || (k.active ? 'active' : 'disabled');
+    if (st === 'expired') body += ' ' + t('keys.confirm.rotate.expired');
+    else if (st === 'disabled') body += ' ' + t('keys.confirm.rotate.disabled');
+    askConfirm(t('keys.confirm.rotate.title'), body, t('action.rotate'), function () {
       var grace = parseInt($('confirm-grace').value, 10) || 0;
       var until = new Date(Date.now() + grace * 1000);
       api('POST', '/admin/keys/' + encodeURIComponent(k.id) + '/rotate' + qs({ grace_seconds: grace }), {})
         .then(function (res) {
           showNewKey(res, true);
           return afterKeyChange(grace ? t('keys.rotated.grace', { t: fmtTime(until.toISOString()) }) : t('keys.rotated'));
-        })
-        .catch(showError);
+        }, keyActionFailed(k));
     }, true);
   }
 
@@ -1139,9 +1168,9 @@
       api('DELETE', '/admin/keys/' + encodeURIComponent(k.id))
         .then(function () {
           if (keysState.items.length === 1 && keysState.offset > 0) keysState.offset = Math.max(0, keysState.offset - KEYS_PAGE);
+          forgetNewKey(k.id);
           return afterKeyChange(t('keys.deleted'));
-        })
-        .catch(showError);
+        }, keyActionFailed(k));
     });
   }
 
