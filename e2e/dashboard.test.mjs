@@ -802,6 +802,32 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     assert.match(await page.locator('#confirm-body').textContent(), /has expired.*Extend the expiry/);
     await tid(page, 'confirm-ok').click();
     await tid(page, 'new-key-box').waitFor({ state: 'visible' });
+    // Every key action's text is readable: WCAG's 4.5:1 against the page (Bootstrap's
+    // outline-warning "Disable" was 1.6:1).
+    const ratios = await page.evaluate(() => {
+      const lum = (css) => {
+        const [r, g, b] = css.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number).map((v) => {
+          const c = v / 255;
+          return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+        });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+      };
+      // The colour behind a button: its nearest ancestor (or itself) with a background.
+      const behind = (node) => {
+        for (let n = node; n; n = n.parentElement) {
+          const c = getComputedStyle(n).backgroundColor;
+          if (c && !/rgba\(0, 0, 0, 0\)|transparent/.test(c)) return c;
+        }
+        return 'rgb(255, 255, 255)';
+      };
+      return [...document.querySelectorAll('[data-testid="key-row"] button')].map((b) => {
+        const fg = lum(getComputedStyle(b).color);
+        const bg = lum(behind(b));
+        return [b.textContent, (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05)];
+      });
+    });
+    assert.ok(ratios.length > 0);
+    for (const [label, ratio] of ratios) assert.ok(ratio >= 4.5, `${label}: ${ratio.toFixed(2)}:1`);
     // Deleted from the page: the box no longer offers its (dead) secret.
     await row.locator('[data-testid="key-delete"]').click();
     await tid(page, 'confirm-ok').click();

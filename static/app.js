@@ -805,7 +805,7 @@
     items.forEach(function (k) {
       var active = k.status ? k.status === 'active' : !!k.active;
       var toggle = el('button', {
-        cls: 'btn btn-sm ' + (k.active ? 'btn-outline-warning' : 'btn-outline-success'),
+        cls: 'btn btn-sm ' + (k.active ? 'btn-outline-warning fg-btn-warn' : 'btn-outline-success'),
         text: k.active ? t('action.disable') : t('action.enable'),
         attrs: { type: 'button', 'data-testid': 'key-toggle', 'data-action': k.active ? 'disable' : 'enable' }
       });
