@@ -1423,6 +1423,32 @@ describe('a window with only refused requests', { concurrency: 1 }, () => {
     });
   });
 
+  test('the audit log\'s key filter names a key older than the newest 1,000', async () => {
+    // Its own gateway with 1,001 keys: the filter lists the newest 1,000; the oldest, reached
+    // through its row's Logs button, showed as a bare id.
+    const url = await startGateway('fastgate-manykeys');
+    const make = (source) => fetch(`${url}/admin/keys?token=${encodeURIComponent(ADMIN_TOKEN)}`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ source_path: source }),
+    }).then((r) => r.json());
+    const oldest = await make('oldest-key-e2e');
+    for (let i = 0; i < 1000; i += 50) {
+      await Promise.all(Array.from({ length: 50 }, (_, j) => make(`bulk-${i + j}`)));
+    }
+    await onDashboard(url, async (page) => {
+      await tid(page, 'app-view').waitFor({ state: 'visible' });
+      await tid(page, 'tab-keys').click();
+      await tid(page, 'keys-filter-source').fill('oldest-key-e2e');
+      await tid(page, 'keys-filter-source').press('Enter');
+      const row = keyRow(page, 'oldest-key-e2e');
+      await row.waitFor({ state: 'visible' });
+      await row.locator('[data-testid="key-logs"]').click();
+      const option = page.locator(`#lf-key option[value="${oldest.id}"]`);
+      await waitFor('the key filter to name the oldest key', async () =>
+        (await option.count()) === 1 && (await option.textContent()).includes('oldest-key-e2e'));
+      assert.equal(await page.locator('#lf-key').inputValue(), oldest.id);
+    });
+  });
+
   test('opens while the database fails, showing the failure instead of the sign-in form', async () => {
     // Its own gateway whose key table is gone (renamed): every admin call that reads the
     // database answers 503. Sign-in used such a call, so the admin was sent back to the form,

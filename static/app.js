@@ -1174,21 +1174,35 @@
     });
   }
 
-  // Key choices for the audit-log filter.
+  /** The label of a key in the audit-log filter. */
+  function keyOptionLabel(k) { return keyLabel(k) + ' · ' + (k.display || k.id); }
+
+  /**
+   * An option for key `id`, which the list did not bring (an older key): labelled with its id,
+   * then with its name once fetched, as the listed keys are.
+   */
+  function extraKeyOption(sel, id) {
+    var opt = el('option', { text: id, attrs: { value: id } });
+    sel.appendChild(opt);
+    api('GET', '/admin/keys/' + encodeURIComponent(id)).then(function (k) {
+      if (k && k.id === id) opt.textContent = visible(keyOptionLabel(k));
+    }, function () { /* deleted meanwhile: the id stays */ });
+  }
+
+  // Key choices for the audit-log filter: the newest 1,000 keys (the API's page limit).
   function loadKeyOptions() {
-    return api('GET', '/admin/keys' + qs({ limit: 200 })).then(function (res) {
+    return api('GET', '/admin/keys' + qs({ limit: 1000 })).then(function (res) {
       var sel = $('lf-key');
       var cur = sel.value;
       while (sel.options.length > 1) sel.remove(1);
       var items = res && Array.isArray(res.items) ? res.items : [];
       var found = false;
       items.forEach(function (k) {
-        var label = keyLabel(k) + ' · ' + (k.display || k.id);
-        var opt = el('option', { text: label, attrs: { value: k.id } });
+        var opt = el('option', { text: keyOptionLabel(k), attrs: { value: k.id } });
         if (k.id === cur) found = true;
         sel.appendChild(opt);
       });
-      if (cur && !found) sel.appendChild(el('option', { text: cur, attrs: { value: cur } }));
+      if (cur && !found) extraKeyOption(sel, cur);
       sel.value = cur;
     });
   }
@@ -1197,7 +1211,7 @@
     var sel = $('lf-key');
     var has = false;
     for (var i = 0; i < sel.options.length; i++) if (sel.options[i].value === id) has = true;
-    if (!has) sel.appendChild(el('option', { text: id, attrs: { value: id } }));
+    if (!has) extraKeyOption(sel, id);
     sel.value = id;
     selectTab('logs');
     applyLogFilters().catch(showError);
