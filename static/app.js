@@ -85,6 +85,9 @@
       'keys.err.permcount': 'At most 32 permissions.',
       'keys.err.perm': 'Permission “{p}” is not valid: 1 to 64 of A–Z, a–z, 0–9 and _ - . : *',
       'keys.err.gone': 'This key no longer exists: it was deleted elsewhere.',
+      'err.code.too_many_attempts': 'Too many wrong admin tokens from this address: try again in {n} s.',
+      'err.code.store_unavailable': 'The gateway cannot reach its database: keys and logs cannot be read or changed now. Proxied requests with keys already checked keep working; see the system status.',
+      'err.code.not_found': 'Not found: it may have been deleted elsewhere.',
       'filter.all': 'All', 'filter.apply': 'Apply', 'filter.reset': 'Reset', 'filter.key': 'Key',
       'filter.export': 'Export CSV', 'logs.exported': 'audit_logs.csv saved ({s})',
       'logs.exported.capped': 'audit_logs.csv saved ({s}): the newest {n} records only; GET /admin/logs/export has no limit',
@@ -178,6 +181,9 @@
       'keys.err.permcount': '最多 32 个权限。',
       'keys.err.perm': '权限“{p}”无效：只能由 1 到 64 个 A–Z、a–z、0–9 及 _ - . : * 组成。',
       'keys.err.gone': '此 Key 已不存在：已在别处删除。',
+      'err.code.too_many_attempts': '此地址输入错误管理令牌的次数过多，请 {n} 秒后再试。',
+      'err.code.store_unavailable': '网关无法连接数据库：暂时无法读取或修改 Key 和日志。已验证过的 Key 的代理请求仍可继续；请查看系统状态。',
+      'err.code.not_found': '未找到：可能已在别处删除。',
       'filter.all': '全部', 'filter.apply': '筛选', 'filter.reset': '重置', 'filter.key': 'Key',
       'filter.export': '导出 CSV', 'logs.exported': '已保存 audit_logs.csv（{s}）',
       'logs.exported.capped': '已保存 audit_logs.csv（{s}）：仅含最新的 {n} 条记录；GET /admin/logs/export 不限条数',
@@ -407,6 +413,11 @@
         if (res.ok || (opts.acceptStatus && opts.acceptStatus.indexOf(res.status) >= 0 && data)) return data;
         var msg = data && data.error && typeof data.error.message === 'string' ? data.error.message : t('err.http', { s: res.status });
         var code = data && data.error && data.error.code;
+        // Known codes in the page's language; others keep the server's (English) message.
+        if (typeof code === 'string' && I18N.en['err.code.' + code]) {
+          var wait = parseInt(res.headers.get('Retry-After') || '', 10);
+          msg = t('err.code.' + code, { n: isNaN(wait) ? '60' : String(wait) });
+        }
         var err = new ApiError(msg, res.status, code);
         if (res.status === 401 && !opts.noAuth && !opts.signin) onUnauthorized();
         throw err;
