@@ -895,6 +895,33 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await tid(page, 'tab-dashboard').click();
   });
 
+  test('dialogs give the focus back to what opened them; a confirmation opens on Cancel', async () => {
+    await tid(page, 'tab-logs').click();
+    const row = page.locator('[data-testid="log-row"]').first();
+    await row.waitFor({ state: 'visible' });
+    const rid = await row.getAttribute('data-request-id');
+    await row.focus();
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelector('#log-modal').getAttribute('data-modal') === 'shown');
+    await page.keyboard.press('Escape');
+    await page.waitForFunction(() => document.querySelector('#log-modal').getAttribute('data-modal') === 'hidden');
+    await waitFor('the focus back on the log row', () => page.evaluate(
+      (id) => document.activeElement && document.activeElement.getAttribute('data-request-id') === id, rid));
+
+    await tid(page, 'tab-keys').click();
+    const rotate = page.locator('[data-testid="key-row"] [data-testid="key-rotate"]').first();
+    await rotate.focus();
+    await rotate.press('Enter');
+    await page.waitForFunction(() => document.querySelector('#confirm-modal').getAttribute('data-modal') === 'shown');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'confirm-cancel');
+    await page.keyboard.press('Enter'); // Cancel: nothing rotated
+    await page.waitForFunction(() => document.querySelector('#confirm-modal').getAttribute('data-modal') === 'hidden');
+    await waitFor('the focus back on the Rotate button', () => page.evaluate(
+      () => document.activeElement && document.activeElement.getAttribute('data-testid') === 'key-rotate'));
+    await tid(page, 'new-key-box').waitFor({ state: 'hidden' });
+    await tid(page, 'tab-dashboard').click();
+  });
+
   test('the audit log pages with next_cursor ("Load older")', async () => {
     const adminGet = async (p) => (await fetch(`${base}${p}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
     const have = (await adminGet('/admin/logs?limit=1000')).items.length;

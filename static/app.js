@@ -1504,6 +1504,22 @@
       editFocusId = null;
       if (id) focusEdit(id);
     });
+    // The log detail and the confirmation dialog give the focus back to what opened them (a log
+    // row, a key's button) when they close, if it is still on the page; it went to the body.
+    ['log-modal', 'confirm-modal'].forEach(function (id) {
+      var node = $(id);
+      node.addEventListener('show.bs.modal', function () {
+        node.fgOpener = document.activeElement !== document.body ? document.activeElement : null;
+      });
+      node.addEventListener('hidden.bs.modal', function () {
+        var opener = node.fgOpener;
+        node.fgOpener = null;
+        if (opener && opener.isConnected && typeof opener.focus === 'function') opener.focus();
+      });
+    });
+    // A confirmation opens on a button, so Enter answers it: on Cancel, as every confirmed
+    // action (disable, rotate, delete) cuts clients off.
+    $('confirm-modal').addEventListener('shown.bs.modal', function () { $('confirm-cancel').focus(); });
 
     $('keys-filter').addEventListener('submit', function (ev) {
       ev.preventDefault();
