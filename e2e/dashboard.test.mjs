@@ -754,6 +754,36 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('Escape pressed while a dialog still fades in closes it', async () => {
+    await keyWithTraffic('e2e-fast-escape');
+    const { context: ctx, page: p, row } = await openKeyRow('e2e-fast-escape');
+    // The state each dialog was in when Escape went down: it must be the fade-in.
+    await p.evaluate(() => {
+      window.fgEscapeStates = [];
+      document.addEventListener('keydown', (ev) => {
+        if (ev.key !== 'Escape') return;
+        for (const m of document.querySelectorAll('.modal')) if (m.getAttribute('data-modal') === 'showing') window.fgEscapeStates.push(m.id);
+      }, true);
+    });
+    const escapeWhileShowing = async (open, id) => {
+      await open();
+      await p.keyboard.press('Escape');
+      await p.waitForFunction((m) => document.getElementById(m).getAttribute('data-modal') === 'hidden', id, { timeout: 5000 });
+      assert.equal(await p.evaluate(() => window.fgEscapeStates.pop()), id, `${id} was still fading in`);
+      await p.waitForFunction(() => !document.querySelector('.modal-backdrop'));
+    };
+    await escapeWhileShowing(() => row.locator('[data-testid="key-edit"]').click({ noWaitAfter: true }), 'edit-modal');
+    await escapeWhileShowing(() => row.locator('[data-testid="key-delete"]').click({ noWaitAfter: true }), 'confirm-modal');
+    await tid(p, 'tab-logs').click();
+    const logRow = p.locator('[data-testid="log-row"]').first();
+    await logRow.waitFor({ state: 'visible' });
+    await escapeWhileShowing(() => logRow.click({ noWaitAfter: true }), 'log-modal');
+    // Escape closed them, so nothing was deleted.
+    await tid(p, 'tab-keys').click();
+    await row.waitFor({ state: 'visible' });
+    await ctx.close();
+  });
+
   test('API errors are shown as readable messages', async () => {
     // A key with a 7-day expiry, deleted behind the page's back: acting on the stale row
     // gets a 404 whose error.message the page must show.

@@ -1493,6 +1493,17 @@
         node.addEventListener(e[0] + '.bs.modal', function () { node.setAttribute('data-modal', e[1]); });
       });
     });
+    // Escape while a dialog still fades in: the focus is still on what opened it (Bootstrap
+    // moves it into the dialog, and listens for Escape there, only once shown) and Bootstrap
+    // ignores hide() mid-fade, so the key did nothing. It closes the dialog once shown.
+    document.addEventListener('keydown', function (ev) {
+      if (ev.key !== 'Escape') return;
+      ['confirm-modal', 'edit-modal', 'log-modal'].forEach(function (id) {
+        var node = $(id);
+        var modal = window.bootstrap && window.bootstrap.Modal.getInstance(node);
+        if (modal && node.getAttribute('data-modal') === 'showing') hideModal(modal, node);
+      });
+    });
     $('edit-form').addEventListener('submit', submitEdit);
     $('ke-expiry').addEventListener('change', function () { syncExpiryRows(); syncPastWarning(); });
     $('ke-at').addEventListener('input', syncPastWarning);
