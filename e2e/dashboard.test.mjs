@@ -784,6 +784,36 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('every control has a label in the page\'s language (placeholders are not labels)', async () => {
+    const { context: ctx, page: p } = await newPage({ locale: 'zh-CN' });
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    await p.waitForFunction(() => document.documentElement.lang === 'zh-CN');
+    const unlabelled = () => p.evaluate(() => [...document.querySelectorAll('input, select, textarea, button')]
+      .filter((e) => e.offsetParent !== null)
+      .filter((e) => {
+        const label = e.labels && [...e.labels].some((l) => l.textContent.trim());
+        const aria = (e.getAttribute('aria-label') || '').trim() || e.getAttribute('aria-labelledby') || e.getAttribute('title');
+        return !label && !aria && !(e.tagName === 'BUTTON' && e.textContent.trim());
+      })
+      .map((e) => e.id || e.outerHTML.slice(0, 80)));
+    for (const tab of ['dashboard', 'keys', 'logs']) {
+      await tid(p, `tab-${tab}`).click();
+      await tid(p, `view-${tab}`).waitFor({ state: 'visible' });
+      assert.deepEqual(await unlabelled(), [], `unlabelled controls on ${tab}`);
+    }
+    await tid(p, 'tab-keys').click();
+    const names = () => p.evaluate(() => ({
+      source: [...document.getElementById('kfl-source').labels].map((l) => l.textContent.trim()).join(' '),
+      status: document.getElementById('kfl-status').getAttribute('aria-label'),
+    }));
+    assert.deepEqual(await names(), { source: '来源路径 (source_path)', status: '状态' });
+    await tid(p, 'lang-select').selectOption('en');
+    await p.waitForFunction(() => document.documentElement.lang === 'en');
+    assert.deepEqual(await names(), { source: 'Source path', status: 'Status' });
+    await ctx.close();
+  });
+
   test('API errors are shown as readable messages', async () => {
     // A key with a 7-day expiry, deleted behind the page's back: acting on the stale row
     // gets a 404 whose error.message the page must show.
