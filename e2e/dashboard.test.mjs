@@ -784,6 +784,38 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     await ctx.close();
   });
 
+  test('the 30-day chart says its days are UTC days (axis and tooltip), in both languages', async () => {
+    const { context: ctx, page: p } = await newPage({ timezoneId: 'America/New_York' });
+    await signIn(p);
+    await tid(p, 'app-view').waitFor({ state: 'visible' });
+    const axis = () => p.evaluate(() => {
+      const c = window.Chart.getChart(document.getElementById('trend-chart'));
+      const title = c.options.plugins.tooltip.callbacks.title;
+      return { shown: c.options.scales.x.title.display, text: c.options.scales.x.title.text,
+        tip: title.call(c.tooltip, [{ chart: c, dataIndex: c.data.labels.length - 1, label: c.data.labels[c.data.labels.length - 1] }]),
+        last: c.data.labels[c.data.labels.length - 1] };
+    });
+    await tid(p, 'window-30d').click();
+    await p.waitForFunction(() => document.getElementById('trend-chart').getAttribute('data-points') === '31');
+    let a = await axis();
+    assert.equal(a.shown, true);
+    assert.equal(a.text, 'Day (UTC)');
+    assert.equal(a.tip, `${a.last} UTC`);
+    // The last bar is today in UTC, not in New York.
+    const today = new Date().toLocaleString('en-US', { month: '2-digit', day: '2-digit', timeZone: 'UTC' });
+    assert.equal(a.last, today);
+    await tid(p, 'lang-select').selectOption('zh');
+    await p.waitForFunction(() => document.getElementById('trend-chart').getAttribute('data-x-title') === '日期（UTC）');
+    assert.equal((await axis()).shown, true);
+    // Hours are local times: no UTC title there.
+    await tid(p, 'window-24h').click();
+    await p.waitForFunction(() => document.getElementById('trend-chart').getAttribute('data-points') !== '31');
+    a = await axis();
+    assert.equal(a.shown, false);
+    assert.doesNotMatch(a.tip, /UTC/);
+    await ctx.close();
+  });
+
   test('every control has a label in the page\'s language (placeholders are not labels)', async () => {
     const { context: ctx, page: p } = await newPage({ locale: 'zh-CN' });
     await signIn(p);

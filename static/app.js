@@ -36,6 +36,7 @@
       'stat.streamreq': '{n} streaming requests', 'stat.tokensplit': 'prompt {a} · completion {b}',
       'stat.keystotal': 'total: {n}',
       'chart.title': 'Request trend', 'chart.requests': 'Requests', 'chart.errors': 'Errors',
+      'chart.utcdays': 'Day (UTC)',
       'chart.empty': 'No requests in this window yet.',
       'health.title': 'System status', 'health.status': 'Status', 'health.version': 'Version',
       'health.uptime': 'Uptime', 'health.database': 'Database', 'health.queue': 'Audit queue',
@@ -132,6 +133,7 @@
       'stat.streamreq': '{n} 个流式请求', 'stat.tokensplit': '输入 {a} · 输出 {b}',
       'stat.keystotal': '共 {n} 个 Key',
       'chart.title': '请求趋势', 'chart.requests': '请求', 'chart.errors': '错误',
+      'chart.utcdays': '日期（UTC）',
       'chart.empty': '该时间段内暂无请求。',
       'health.title': '系统状态', 'health.status': '状态', 'health.version': '版本',
       'health.uptime': '运行时间', 'health.database': '数据库', 'health.queue': '审计队列',
@@ -711,6 +713,11 @@
     canvas.setAttribute('data-total-errors', String(errSum));
     canvas.setAttribute('data-points', String(series.length));
     show($('chart-empty'), sum === 0);
+    // The 30-day bars are UTC days (the server's, whatever the browser's zone): say so on the
+    // axis and in the tooltip, as a date alone read as a local day.
+    var utcDays = metricsWindow === '30d';
+    var xTitle = { display: utcDays, text: utcDays ? t('chart.utcdays') : '' };
+    canvas.setAttribute('data-x-title', xTitle.text);
     if (typeof window.Chart !== 'function') return;
     if (!chart) {
       chart = new window.Chart(canvas, {
@@ -723,14 +730,21 @@
           responsive: true, maintainAspectRatio: false, animation: false,
           interaction: { mode: 'index', intersect: false },
           scales: {
-            x: { ticks: { maxRotation: 0, autoSkip: true, maxTicksLimit: 8 }, grid: { display: false } },
+            x: { title: xTitle, ticks: { maxRotation: 0, autoSkip: true, maxTicksLimit: 8 }, grid: { display: false } },
             y: { beginAtZero: true, ticks: { precision: 0 } }
           },
-          plugins: { legend: { position: 'bottom' } }
+          plugins: {
+            legend: { position: 'bottom' },
+            tooltip: { callbacks: { title: function (items) {
+              var label = items.length ? String(items[0].label) : '';
+              return metricsWindow === '30d' && label ? label + ' UTC' : label;
+            } } }
+          }
         }
       });
     } else {
       chart.data.labels = labels;
+      chart.options.scales.x.title = xTitle;
       chart.data.datasets[0].data = req;
       chart.data.datasets[1].data = errs;
       chart.data.datasets[0].label = t('chart.requests');
