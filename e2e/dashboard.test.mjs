@@ -977,12 +977,17 @@ describe('FastGate dashboard', { concurrency: 1 }, () => {
     }, { timeout: 20000, interval: 500 });
     assert.match(await row.textContent(), /approved-\[U\+202E\]txt\.exe/);
     assert.doesNotMatch(await row.textContent(), /\u202e/);
+    // The marker stands out from the text around it (it is not part of the name).
+    const marker = row.locator('.fg-bidi').first();
+    assert.equal(await marker.textContent(), '[U+202E]');
+    assert.notEqual(await marker.evaluate((m) => getComputedStyle(m).backgroundColor), 'rgba(0, 0, 0, 0)');
     await row.click();
     await tid(page, 'log-detail').waitFor({ state: 'visible' });
     const detail = await tid(page, 'log-detail-body').textContent();
     assert.match(detail, /ua-\[U\+202E\]evil/);
     assert.match(detail, /approved-\[U\+202E\]txt\.exe/);
     assert.doesNotMatch(detail, /\u202e/);
+    assert.equal(await tid(page, 'log-detail-body').locator('.fg-bidi').count(), 2);
     await tid(page, 'log-detail-close').click();
     await tid(page, 'tab-dashboard').click();
   });

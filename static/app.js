@@ -257,16 +257,39 @@
       return '[U+' + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0') + ']';
     });
   }
+  var BIDI_SPLIT = new RegExp('(' + BIDI.source + ')');
+  /**
+   * Set `node`'s text (never HTML) to `s`, each bidirectional control written out as
+   * `[U+202E]` in a marker of its own (`fg-bidi`), so it stands out from the text around it.
+   * Titles and `<option>`s cannot hold markup: they take `visible(s)`.
+   */
+  function setText(node, s) {
+    s = String(s);
+    if (s.search(BIDI) < 0) { node.textContent = s; return; }
+    clear(node);
+    s.split(BIDI_SPLIT).forEach(function (part, i) {
+      if (i % 2) {
+        var mark = document.createElement('span');
+        mark.className = 'fg-bidi';
+        mark.textContent = visible(part);
+        node.appendChild(mark);
+      } else if (part) {
+        node.appendChild(document.createTextNode(part));
+      }
+    });
+  }
 
   /**
-   * Build an element. `text` is always set as textContent (never HTML); `text` and `title` show
-   * bidirectional controls written out (`visible`).
+   * Build an element. `text` is always set as text (never HTML); `text` and `title` show
+   * bidirectional controls written out (`setText`, `visible`).
    */
   function el(tag, opts, children) {
     var node = document.createElement(tag);
     opts = opts || {};
     if (opts.cls) node.className = opts.cls;
-    if (opts.text !== undefined && opts.text !== null) node.textContent = visible(opts.text);
+    if (opts.text !== undefined && opts.text !== null) {
+      if (tag === 'option') node.textContent = visible(opts.text); else setText(node, opts.text);
+    }
     if (opts.title) node.title = visible(opts.title);
     if (opts.attrs) {
       for (var k in opts.attrs) {
@@ -931,7 +954,7 @@
   function openEdit(k) {
     editKey = k;
     editFocusId = k.id;
-    $('edit-key-display').textContent = visible((k.display || k.id) + ' · ID ' + k.id);
+    setText($('edit-key-display'), (k.display || k.id) + ' · ID ' + k.id);
     $('ke-source').value = k.source_path || '';
     $('ke-name').value = k.name || '';
     $('ke-perms').value = (k.permissions || []).join(', ');
@@ -1041,7 +1064,7 @@
   }
 
   function showNewKey(res, rotated) {
-    $('new-key-title').textContent = visible(t(rotated ? 'keys.rotatedtitle' : 'keys.newtitle', { s: keyLabel(res) }));
+    setText($('new-key-title'), t(rotated ? 'keys.rotatedtitle' : 'keys.newtitle', { s: keyLabel(res) }));
     $('new-key-value').value = res.api_key || '';
     $('new-key-meta').textContent = (res.id ? 'ID ' + res.id : '') + (res.expires_at ? ' · ' + t('col.expires') + ' ' + fmtTime(res.expires_at) : '');
     $('new-key-copy').textContent = t('action.copy');
@@ -1122,8 +1145,8 @@
   function askConfirm(title, body, okText, action, grace) {
     show($('confirm-grace-row'), !!grace);
     $('confirm-grace').value = '0';
-    $('confirm-title').textContent = visible(title);
-    $('confirm-body').textContent = visible(body);
+    setText($('confirm-title'), title);
+    setText($('confirm-body'), body);
     $('confirm-ok').textContent = okText;
     confirmAction = action;
     if (!confirmModal) confirmModal = new window.bootstrap.Modal($('confirm-modal'));
